@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run orch's whole test suite, installing what the tests need first.
+#
+#   sudo ./scripts/test.sh
+#
+# Later suites (agents, containers, nftables) need root, network namespaces
+# and the Debian packages below; the script installs the packages itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian/Ubuntu packages the tests use. gcc builds the bundled SQLite.
+packages=(gcc)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: missing packages ${missing[*]}; run this script as root (sudo) so it can install them" >&2
+        exit 1
+    fi
+    echo "== installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found; install Rust from https://rustup.rs and run this script again" >&2
+    exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked

@@ -1,0 +1,216 @@
+//! The `orch` binary as a user runs it: version, usage errors, and the
+//! server's start, refusal of a bad store, and clean stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+
+fn orch(args: &[&str]) -> Output {
+    Command::new(ORCH)
+        .args(args)
+        .env_remove("ORCH_DATA_DIR")
+        .output()
+        .expect("run orch")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn version_prints_version_commit_and_target() {
+    let out = orch(&["version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("orch version v{} (", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let commit = text.split(['(', ')']).nth(1).unwrap();
+    assert!(!commit.is_empty(), "commit missing: {text}");
+    assert!(
+        text.contains("target: x86_64") || text.contains("target: aarch64"),
+        "{text}"
+    );
+}
+
+/// A usage error is one line saying what is wrong, then the usage; exit 2.
+fn assert_usage_error(args: &[&str], mentions: &str, usage: &str) {
+    let out = orch(args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "orch {args:?}: {}",
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "orch {args:?} printed:\n{err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(mentions),
+        "{err}"
+    );
+    assert!(lines[1].starts_with(&format!("usage: {usage}")), "{err}");
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    assert_usage_error(&["server", "--bogus"], "'--bogus'", "orch server");
+}
+
+#[test]
+fn misspelt_flag_names_the_right_one() {
+    assert_usage_error(&["server", "--data-dri", "/x"], "--data-dir", "orch server");
+}
+
+#[test]
+fn missing_flag_value_is_a_usage_error() {
+    assert_usage_error(&["server", "--data-dir"], "--data-dir", "orch server");
+}
+
+#[test]
+fn missing_required_flag_is_a_usage_error() {
+    assert_usage_error(&["agent"], "--server", "orch agent");
+}
+
+#[test]
+fn missing_subcommand_is_a_usage_error() {
+    let out = orch(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("Usage: orch"), "{}", stderr(&out));
+}
+
+/// A running `orch server`, killed if the test fails.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(data_dir: &Path) -> Server {
+    Server(
+        Command::new(ORCH)
+            .args(["server", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env_remove("ORCH_LOG_LEVEL")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start orch server"),
+    )
+}
+
+/// Wait (up to 30 s) for a stderr line containing `needle`.
+fn wait_for_log(server: &mut Server, needle: &str) -> Vec<String> {
+    let stderr = server.0.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("no log line with {needle:?} within 30 s; saw {seen:#?}"),
+        }
+    }
+}
+
+fn wait_exit(server: &mut Server) -> std::process::ExitStatus {
+    for _ in 0..300 {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("orch server did not exit within 30 s");
+}
+
+#[test]
+fn server_creates_its_store_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(dir.path());
+    wait_for_log(&mut server, "orch server ready");
+    let db = dir.path().join("server/db/state.db");
+    assert!(db.exists(), "store file {} missing", db.display());
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(status.success());
+    let exit = wait_exit(&mut server);
+    assert!(
+        exit.success(),
+        "orch server exited with {exit} after SIGTERM"
+    );
+    // The file it left is a valid orch store.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, 0x6f72_6368);
+}
+
+#[test]
+fn server_refuses_a_file_that_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server/db/state.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, b"not a database at all\n".repeat(50)).unwrap();
+    let out = Command::new(ORCH)
+        .args(["server", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot open ") && last.contains(&db.display().to_string()),
+        "{err}"
+    );
+    assert!(last.contains("not a SQLite database"), "{err}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"not a database at all\n".repeat(50)
+    );
+}
+
+#[test]
+fn second_server_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start_server(dir.path());
+    wait_for_log(&mut first, "orch server ready");
+    let out = Command::new(ORCH)
+        .args(["server", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by another process"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first server keeps running"
+    );
+}
