@@ -96,6 +96,9 @@ impl SqliteConfig {
 /// The SQLite implementation of [`super::Backend`].
 pub struct SqliteBackend {
     shared: Arc<Shared>,
+    /// The writer thread holds the only other clone, so watchers end once
+    /// the backend is dropped and the writer has stopped.
+    hub: Hub,
     writes: Option<mpsc::Sender<WriteRequest>>,
     writer: Option<JoinHandle<()>>,
     /// Held (flock) for the backend's life so a second process cannot open
@@ -108,7 +111,6 @@ pub struct SqliteBackend {
 struct Shared {
     path: PathBuf,
     readers: ReaderPool,
-    hub: Hub,
     current: AtomicU64,
     compacted: AtomicU64,
 }
@@ -173,17 +175,18 @@ impl SqliteBackend {
                 idle: Mutex::new(Vec::new()),
                 max_idle: config.max_idle_readers,
             },
-            hub: Hub::new(config.watch_buffer),
             current: AtomicU64::new(state.current),
             compacted: AtomicU64::new(state.compact_revision),
         });
         // Fail now, not on the first request, if readers cannot open.
         shared.readers.read(|_, _| Ok(()))?;
 
+        let hub = Hub::new(config.watch_buffer);
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             conn,
             shared: shared.clone(),
+            hub: hub.clone(),
             max_batch: config.max_batch.max(1),
             chunk: config.compaction_chunk.max(1),
             compacted_through: state.compacted_through,
@@ -199,6 +202,7 @@ impl SqliteBackend {
         tracing::info!(path = %path.display(), revision = state.current, compacted = state.compact_revision, "store opened");
         Ok(Self {
             shared,
+            hub,
             writes: Some(tx),
             writer: Some(handle),
             _lock: lock,
@@ -327,7 +331,7 @@ impl super::Backend for SqliteBackend {
     ) -> BoxFuture<'a, Result<Watcher, Error>> {
         Box::pin(async move {
             // Subscribe before reading the replay bound: see watch.rs.
-            let live = self.shared.hub.subscribe();
+            let live = self.hub.subscribe();
             let upto = self
                 .read(move |_, snap| {
                     if after < snap.compacted {
@@ -339,14 +343,14 @@ impl super::Backend for SqliteBackend {
                     Ok(snap.current)
                 })
                 .await?;
-            let history: Arc<dyn History> = Arc::new(SqliteHistory(self.shared.clone()));
+            let history: Arc<dyn History> = Arc::new(SqliteHistory(Arc::downgrade(&self.shared)));
             Ok(Watcher::new(
                 prefix,
                 after,
                 upto,
                 live,
                 history,
-                self.shared.hub.capacity(),
+                self.hub.capacity(),
             ))
         })
     }
@@ -444,7 +448,8 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-struct SqliteHistory(Arc<Shared>);
+/// Weak, so that a forgotten watcher does not keep the database open.
+struct SqliteHistory(std::sync::Weak<Shared>);
 
 impl History for SqliteHistory {
     fn read_history<'a>(
@@ -454,9 +459,10 @@ impl History for SqliteHistory {
         upto: Revision,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Event>, Error>> {
-        let shared = self.0.clone();
+        let shared = self.0.upgrade();
         let prefix = prefix.to_owned();
         Box::pin(async move {
+            let shared = shared.ok_or(Error::Closed)?;
             tokio::task::spawn_blocking(move || {
                 shared.readers.read(move |tx, snap| {
                     if after < snap.compacted {
@@ -861,6 +867,7 @@ struct Compaction {
 struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
+    hub: Hub,
     max_batch: usize,
     chunk: u64,
     compacted_through: u64,
@@ -966,7 +973,7 @@ impl Writer {
         }
         self.shared.current.store(revision, Ordering::Release);
         for event in events {
-            self.shared.hub.publish(Arc::new(event));
+            self.hub.publish(Arc::new(event));
         }
         for (reply, result) in replies {
             let _ = reply.send(result);

@@ -791,3 +791,89 @@ fn prefix_end_is_the_least_upper_bound() {
     assert_eq!(prefix_end(b"\xff\xff"), None);
     assert_eq!(prefix_end(b""), None);
 }
+
+#[tokio::test]
+async fn watchers_end_when_the_store_is_closed() {
+    let (_dir, store) = temp_store();
+    let mut w = store.watch("/", Revision(0)).await.unwrap();
+    store.create("/a", v("1")).await.unwrap();
+    next_event(&mut w).await;
+    drop(store);
+    let end = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("watch did not end after the store closed");
+    assert!(end.is_none(), "expected the end of the watch, got {end:?}");
+}
+
+/// Poll `check` until it holds, failing with `what` after 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_automatic_compactor_bounds_history() {
+    let (_dir, store) = temp_store();
+    for i in 0..300 {
+        store.create(&format!("/auto/{i}"), v("x")).await.unwrap();
+    }
+    let policy = CompactionPolicy {
+        retention: Duration::ZERO,
+        min_revisions: 100,
+        interval: Duration::from_millis(10),
+    };
+    let task = Compactor::spawn(store.clone(), policy);
+    eventually("the compactor to compact to current - 100", async || {
+        store.compacted_revision() == Revision(200)
+    })
+    .await;
+    task.abort();
+    let err = store.watch("/auto/", Revision(199)).await.err().unwrap();
+    assert!(matches!(err, Error::Compacted { .. }), "{err}");
+}
+
+fn row_count(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_interrupted_compaction_finishes_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let store = open_in(&dir);
+        store.create("/a", v("0")).await.unwrap();
+        for i in 1..100 {
+            store.update("/a", v(&i.to_string()), None).await.unwrap();
+        }
+    }
+    assert_eq!(row_count(&path), 100);
+    {
+        // As if the process died right after recording the compaction
+        // target, before removing any row.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = 90 WHERE name = 'compact_revision'",
+            [],
+        )
+        .unwrap();
+    }
+    let store = open_in(&dir);
+    assert_eq!(store.compacted_revision(), Revision(90));
+    eventually(
+        "the resumed compaction to remove superseded rows",
+        async || row_count(&path) == 11,
+    )
+    .await;
+    assert_eq!(store.get("/a", None).await.unwrap().unwrap().value, v("99"));
+    let at90 = store.get("/a", Some(Revision(90))).await.unwrap().unwrap();
+    assert_eq!(at90.value, v("89"));
+}

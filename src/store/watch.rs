@@ -23,7 +23,9 @@ use super::{BoxFuture, Error, Event, Revision};
 /// How many history events a resuming watcher loads at a time.
 const REPLAY_PAGE: usize = 1000;
 
-/// The live side: one broadcast channel every watcher subscribes to.
+/// The live side: one broadcast channel every watcher subscribes to. The
+/// channel closes, ending every watcher, when the last `Hub` clone is gone.
+#[derive(Clone)]
 pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<Event>>,
     capacity: usize,
