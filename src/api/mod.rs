@@ -1,6 +1,11 @@
 //! Kubernetes API knowledge shared by server and agent: the resource catalog,
-//! selectors, patches, `Status` errors and table columns. Pure logic, no IO.
-//!
-//! Empty until the API server lands (issue #3).
+//! selectors, patches, validation, defaulting, `Status` errors and table
+//! columns. Pure logic on JSON values: no IO, no tokio.
 
 #![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod defaults;
+pub mod selector;
+pub mod status;
+pub mod validation;

@@ -1,0 +1,704 @@
+//! Validation of objects, as the API server does before storing them: every
+//! problem is collected (not just the first) so one 422 lists them all.
+//! Messages follow upstream's wording so users can search for them.
+
+use serde_json::Value;
+
+use super::selector::{LabelSelector, check_key, check_value};
+use super::status::FieldError;
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+/// How a kind's names are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    Subdomain,
+    Label,
+    Dns1035,
+    /// Path segment names (e.g. events use `name.hash`): no `/`, `%`, `.`/`..`.
+    PathSegment,
+}
+
+pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
+    match rule {
+        NameRule::Subdomain if !is_dns1123_subdomain(name) => Some(DNS1123_SUBDOMAIN_MSG.into()),
+        NameRule::Label if !is_dns1123_label(name) => Some(DNS1123_LABEL_MSG.into()),
+        NameRule::Dns1035 if !is_dns1035_label(name) => Some(DNS1035_LABEL_MSG.into()),
+        NameRule::PathSegment
+            if name == "." || name == ".." || name.contains(['/', '%']) || name.is_empty() =>
+        {
+            Some("may not contain '/' or '%' and may not be '.' or '..'".into())
+        }
+        _ => None,
+    }
+}
+
+/// `metadata`: name (or generateName), namespace, labels, annotations.
+pub fn validate_meta(obj: &Value, rule: NameRule, namespaced: bool, errs: &mut Vec<FieldError>) {
+    let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        errs.push(FieldError {
+            reason: "FieldValueRequired",
+            field: "metadata.name".into(),
+            message: "Required value: name or generateName is required".into(),
+        });
+    } else if let Some(msg) = check_name(rule, name) {
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            &Value::from(name),
+            msg,
+        ));
+    }
+    let ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if namespaced {
+        if ns.is_empty() {
+            errs.push(FieldError::required("metadata.namespace"));
+        } else if !is_dns1123_label(ns) {
+            errs.push(FieldError::invalid(
+                "metadata.namespace",
+                &Value::from(ns),
+                DNS1123_LABEL_MSG,
+            ));
+        }
+    } else if !ns.is_empty() {
+        errs.push(FieldError::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
+    }
+    validate_labels(meta.get("labels"), "metadata.labels", errs);
+    if let Some(ann) = meta.get("annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (k, v) in ann {
+            if let Err(e) = check_key(k) {
+                errs.push(FieldError::invalid(
+                    "metadata.annotations",
+                    &Value::from(k.as_str()),
+                    e.0,
+                ));
+            }
+            total += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if total > 256 * 1024 {
+            errs.push(FieldError {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: "Too long: must have at most 262144 bytes".into(),
+            });
+        }
+    }
+}
+
+fn validate_labels(labels: Option<&Value>, field: &str, errs: &mut Vec<FieldError>) {
+    let Some(labels) = labels.and_then(Value::as_object) else {
+        return;
+    };
+    for (k, v) in labels {
+        if let Err(e) = check_key(k) {
+            errs.push(FieldError::invalid(field, &Value::from(k.as_str()), e.0));
+        }
+        if let Err(e) = check_value(v.as_str().unwrap_or_default()) {
+            errs.push(FieldError::invalid(format!("{field}.{k}"), v, e.0));
+        }
+    }
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn one_of(v: &Value, key: &str, path: &str, allowed: &[&str], errs: &mut Vec<FieldError>) {
+    if let Some(s) = v.get(key).and_then(Value::as_str)
+        && !allowed.contains(&s)
+    {
+        errs.push(FieldError::not_supported(
+            format!("{path}.{key}"),
+            &Value::from(s),
+            allowed,
+        ));
+    }
+}
+
+fn port_in_range(v: &Value, key: &str, path: &str, required: bool, errs: &mut Vec<FieldError>) {
+    match v.get(key).and_then(Value::as_i64) {
+        Some(p) if (1..=65535).contains(&p) => {}
+        Some(p) => errs.push(FieldError::invalid(
+            format!("{path}.{key}"),
+            &Value::from(p),
+            "must be between 1 and 65535, inclusive",
+        )),
+        None if required => errs.push(FieldError::required(format!("{path}.{key}"))),
+        None => {}
+    }
+}
+
+fn validate_containers(
+    list: Option<&Value>,
+    path: &str,
+    required: bool,
+    names: &mut Vec<String>,
+    errs: &mut Vec<FieldError>,
+) {
+    let containers = list.and_then(Value::as_array).cloned().unwrap_or_default();
+    if containers.is_empty() && required {
+        errs.push(FieldError::required(path));
+    }
+    for (i, c) in containers.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let name = str_at(c, "name");
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{p}.name")));
+        } else if !is_dns1123_label(name) {
+            errs.push(FieldError::invalid(
+                format!("{p}.name"),
+                &Value::from(name),
+                DNS1123_LABEL_MSG,
+            ));
+        } else if names.iter().any(|n| n == name) {
+            errs.push(FieldError::duplicate(
+                format!("{p}.name"),
+                &Value::from(name),
+            ));
+        } else {
+            names.push(name.to_owned());
+        }
+        if str_at(c, "image").trim().is_empty() {
+            errs.push(FieldError::required(format!("{p}.image")));
+        }
+        one_of(
+            c,
+            "imagePullPolicy",
+            &p,
+            &["Always", "IfNotPresent", "Never"],
+            errs,
+        );
+        one_of(
+            c,
+            "terminationMessagePolicy",
+            &p,
+            &["File", "FallbackToLogsOnError"],
+            errs,
+        );
+        for (j, port) in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let pp = format!("{p}.ports[{j}]");
+            port_in_range(port, "containerPort", &pp, true, errs);
+            port_in_range(port, "hostPort", &pp, false, errs);
+            one_of(port, "protocol", &pp, &["TCP", "UDP", "SCTP"], errs);
+        }
+        let mut env_names = Vec::new();
+        for (j, env) in c
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let name = str_at(env, "name");
+            if name.is_empty() {
+                errs.push(FieldError::required(format!("{p}.env[{j}].name")));
+            }
+            env_names.push(name);
+        }
+    }
+}
+
+/// A pod spec, at `path` (`spec` or `spec.template.spec`).
+pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let mut names = Vec::new();
+    validate_containers(
+        spec.get("initContainers"),
+        &format!("{path}.initContainers"),
+        false,
+        &mut names,
+        errs,
+    );
+    validate_containers(
+        spec.get("containers"),
+        &format!("{path}.containers"),
+        true,
+        &mut names,
+        errs,
+    );
+    one_of(
+        spec,
+        "restartPolicy",
+        path,
+        &["Always", "OnFailure", "Never"],
+        errs,
+    );
+    one_of(
+        spec,
+        "dnsPolicy",
+        path,
+        &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+        errs,
+    );
+    let mut volumes = Vec::new();
+    for (i, v) in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name = str_at(v, "name");
+        let field = format!("{path}.volumes[{i}].name");
+        if name.is_empty() {
+            errs.push(FieldError::required(field));
+        } else if volumes.contains(&name) {
+            errs.push(FieldError::duplicate(field, &Value::from(name)));
+        } else {
+            volumes.push(name);
+        }
+    }
+    if let Some(g) = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        && g < 0
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            &Value::from(g),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// `spec.selector` and `spec.template` of a workload; `selector_required`
+/// is true for apps/v1 kinds.
+fn validate_workload(spec: &Value, errs: &mut Vec<FieldError>, selector_required: bool) {
+    if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            &Value::from(r),
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = spec.get("selector");
+    let parsed = match selector {
+        None | Some(Value::Null) => {
+            if selector_required {
+                errs.push(FieldError::required("spec.selector"));
+            }
+            None
+        }
+        Some(sel) => match LabelSelector::from_label_selector(sel) {
+            Ok(s) if s.is_empty() => {
+                errs.push(FieldError::invalid(
+                    "spec.selector",
+                    sel,
+                    "empty selector is invalid for deployment",
+                ));
+                None
+            }
+            Ok(s) => Some(s),
+            Err(e) => {
+                errs.push(FieldError::invalid("spec.selector", sel, e.0));
+                None
+            }
+        },
+    };
+    match spec.get("template") {
+        None | Some(Value::Null) => errs.push(FieldError::required("spec.template")),
+        Some(template) => {
+            validate_labels(
+                template.pointer("/metadata/labels"),
+                "spec.template.metadata.labels",
+                errs,
+            );
+            if let Some(sel) = parsed
+                && !sel.matches_object(template)
+            {
+                errs.push(FieldError::invalid(
+                    "spec.template.metadata.labels",
+                    template.pointer("/metadata/labels").unwrap_or(&Value::Null),
+                    "`selector` does not match template `labels`",
+                ));
+            }
+            validate_pod_spec(
+                template.get("spec").unwrap_or(&Value::Null),
+                "spec.template.spec",
+                errs,
+            );
+        }
+    }
+}
+
+/// Kind-specific checks of a new or updated object (not its metadata).
+pub fn validate_spec(group: &str, kind: &str, obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    match (group, kind) {
+        ("", "Pod") => validate_pod_spec(&spec, "spec", errs),
+        ("apps", "Deployment") => {
+            validate_workload(&spec, errs, true);
+            if let Some(strategy) = spec.get("strategy") {
+                one_of(
+                    strategy,
+                    "type",
+                    "spec.strategy",
+                    &["Recreate", "RollingUpdate"],
+                    errs,
+                );
+                if str_at(strategy, "type") == "Recreate"
+                    && strategy.get("rollingUpdate").is_some_and(|r| !r.is_null())
+                {
+                    errs.push(FieldError::forbidden(
+                        "spec.strategy.rollingUpdate",
+                        "may not be specified when strategy `type` is 'Recreate'",
+                    ));
+                }
+            }
+        }
+        ("apps", "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
+            validate_workload(&spec, errs, true)
+        }
+        ("batch", "Job") => {
+            validate_workload(&spec, errs, false);
+            let policy = spec
+                .pointer("/template/spec/restartPolicy")
+                .and_then(Value::as_str);
+            if let Some(p) = policy
+                && p != "OnFailure"
+                && p != "Never"
+            {
+                errs.push(FieldError::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    &Value::from(p),
+                    &["OnFailure", "Never"],
+                ));
+            }
+        }
+        ("batch", "CronJob") => {
+            if str_at(&spec, "schedule").trim().is_empty() {
+                errs.push(FieldError::required("spec.schedule"));
+            }
+            if spec.get("jobTemplate").is_none() {
+                errs.push(FieldError::required("spec.jobTemplate"));
+            }
+            one_of(
+                &spec,
+                "concurrencyPolicy",
+                "spec",
+                &["Allow", "Forbid", "Replace"],
+                errs,
+            );
+        }
+        ("", "Service") => validate_service(&spec, errs),
+        ("", "ConfigMap" | "Secret") => {
+            let mut keys: Vec<&str> = Vec::new();
+            for field in ["data", "binaryData", "stringData"] {
+                for (k, _) in obj
+                    .get(field)
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    let valid = !k.is_empty()
+                        && k.len() <= 253
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+                    if !valid {
+                        errs.push(FieldError::invalid(
+                            format!("{field}[{k}]"),
+                            &Value::from(k.as_str()),
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                        ));
+                    } else if field == "binaryData" && keys.contains(&k.as_str()) {
+                        errs.push(FieldError::invalid(
+                            format!("{field}[{k}]"),
+                            &Value::from(k.as_str()),
+                            "duplicate of key present in data",
+                        ));
+                    }
+                    keys.push(k);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn validate_service(spec: &Value, errs: &mut Vec<FieldError>) {
+    one_of(
+        spec,
+        "type",
+        "spec",
+        &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"],
+        errs,
+    );
+    one_of(spec, "sessionAffinity", "spec", &["None", "ClientIP"], errs);
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if kind == "ExternalName" {
+        if str_at(spec, "externalName").is_empty() {
+            errs.push(FieldError::required("spec.externalName"));
+        }
+    } else if ports.is_empty() && str_at(spec, "clusterIP") != "None" {
+        errs.push(FieldError::required("spec.ports"));
+    }
+    let mut names = Vec::new();
+    let mut seen = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let p = format!("spec.ports[{i}]");
+        let name = str_at(port, "name");
+        if ports.len() > 1 && name.is_empty() {
+            errs.push(FieldError::required(format!("{p}.name")));
+        } else if !name.is_empty() && names.contains(&name) {
+            errs.push(FieldError::duplicate(
+                format!("{p}.name"),
+                &Value::from(name),
+            ));
+        }
+        names.push(name);
+        port_in_range(port, "port", &p, true, errs);
+        one_of(port, "protocol", &p, &["TCP", "UDP", "SCTP"], errs);
+        let key = (
+            port.get("port").and_then(Value::as_i64),
+            str_at(port, "protocol").to_owned(),
+        );
+        if seen.contains(&key) {
+            errs.push(FieldError::duplicate(
+                p.clone(),
+                &serde_json::json!({"port": key.0, "protocol": key.1}),
+            ));
+        }
+        seen.push(key);
+        if let Some(np) = port.get("nodePort").and_then(Value::as_i64)
+            && np != 0
+            && kind == "ClusterIP"
+        {
+            errs.push(FieldError::forbidden(
+                format!("{p}.nodePort"),
+                "may not be used when `type` is 'ClusterIP'",
+            ));
+        }
+    }
+    validate_labels(spec.get("selector"), "spec.selector", errs);
+}
+
+/// Checks that compare an update with the stored object.
+pub fn validate_update(
+    group: &str,
+    kind: &str,
+    old: &Value,
+    new: &Value,
+    errs: &mut Vec<FieldError>,
+) {
+    let immutable = |path: &str, field: &str, errs: &mut Vec<FieldError>| {
+        if old.pointer(path) != new.pointer(path) {
+            errs.push(FieldError::invalid(
+                field,
+                new.pointer(path).unwrap_or(&Value::Null),
+                "field is immutable",
+            ));
+        }
+    };
+    match (group, kind) {
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") | ("batch", "Job") => {
+            immutable("/spec/selector", "spec.selector", errs);
+            if kind == "Job" {
+                immutable("/spec/template", "spec.template", errs);
+            }
+        }
+        ("", "Pod") => validate_pod_update(old, new, errs),
+        ("", "Service") => {
+            let old_ip = old
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let new_ip = new
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !old_ip.is_empty() && old_ip != new_ip && !new_ip.is_empty() {
+                errs.push(FieldError::invalid(
+                    "spec.clusterIP",
+                    &Value::from(new_ip),
+                    "field is immutable",
+                ));
+            }
+        }
+        ("", "ConfigMap" | "Secret") if old.get("immutable") == Some(&Value::Bool(true)) => {
+            for field in ["data", "binaryData"] {
+                if old.get(field) != new.get(field) {
+                    errs.push(FieldError::forbidden(
+                        field,
+                        "field is immutable when `immutable` is set",
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A pod's spec may only change in a few places once created.
+fn validate_pod_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    let mut a = old.get("spec").cloned().unwrap_or(Value::Null);
+    let mut b = new.get("spec").cloned().unwrap_or(Value::Null);
+    for spec in [&mut a, &mut b] {
+        for list in ["containers", "initContainers"] {
+            if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                for c in cs {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("image");
+                    }
+                }
+            }
+        }
+        if let Some(m) = spec.as_object_mut() {
+            m.remove("activeDeadlineSeconds");
+            m.remove("tolerations");
+            m.remove("terminationGracePeriodSeconds");
+            // Binding sets nodeName once, through the binding subresource.
+            m.remove("nodeName");
+        }
+    }
+    if a != b {
+        errs.push(FieldError::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors(group: &str, kind: &str, obj: Value) -> Vec<String> {
+        let mut errs = Vec::new();
+        validate_spec(group, kind, &obj, &mut errs);
+        errs.iter().map(|e| e.field.clone()).collect()
+    }
+
+    #[test]
+    fn names_follow_rfc1123() {
+        for (name, ok) in [
+            ("web", true),
+            ("web-1.example", true),
+            ("Web", false),
+            ("-web", false),
+            ("a_b", false),
+            ("", false),
+        ] {
+            assert_eq!(is_dns1123_subdomain(name), ok, "{name}");
+        }
+        assert!(!is_dns1123_label("a.b"));
+        assert!(!is_dns1035_label("1abc"));
+        assert!(!is_dns1123_label(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn pod_validation_lists_every_problem() {
+        let fields = errors(
+            "",
+            "Pod",
+            json!({"spec": {
+                "containers": [{"name": "a"}, {"name": "a", "image": "x", "ports": [{"containerPort": 70000}]}],
+                "restartPolicy": "Sometimes"
+            }}),
+        );
+        assert_eq!(
+            fields,
+            [
+                "spec.containers[0].image",
+                "spec.containers[1].name",
+                "spec.containers[1].ports[0].containerPort",
+                "spec.restartPolicy",
+            ]
+        );
+        assert_eq!(errors("", "Pod", json!({"spec": {}})), ["spec.containers"]);
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let d = json!({"spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+        }});
+        assert_eq!(
+            errors("apps", "Deployment", d),
+            ["spec.template.metadata.labels"]
+        );
+        assert_eq!(
+            errors("apps", "Deployment", json!({"spec": {}})),
+            ["spec.selector", "spec.template"]
+        );
+    }
+
+    #[test]
+    fn deployment_selector_is_immutable() {
+        let old = json!({"spec": {"selector": {"matchLabels": {"app": "web"}}}});
+        let new = json!({"spec": {"selector": {"matchLabels": {"app": "other"}}}});
+        let mut errs = Vec::new();
+        validate_update("apps", "Deployment", &old, &new, &mut errs);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("field is immutable"));
+    }
+
+    #[test]
+    fn pod_spec_is_mostly_immutable() {
+        let old = json!({"spec": {"containers": [{"name": "c", "image": "a"}]}});
+        let image = json!({"spec": {"containers": [{"name": "c", "image": "b"}]}});
+        let env =
+            json!({"spec": {"containers": [{"name": "c", "image": "a", "env": [{"name": "X"}]}]}});
+        let mut errs = Vec::new();
+        validate_update("", "Pod", &old, &image, &mut errs);
+        assert!(errs.is_empty(), "changing the image is allowed");
+        validate_update("", "Pod", &old, &env, &mut errs);
+        assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn services_need_ports_and_unique_names() {
+        assert_eq!(errors("", "Service", json!({"spec": {}})), ["spec.ports"]);
+        assert_eq!(
+            errors(
+                "",
+                "Service",
+                json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81}]}})
+            ),
+            ["spec.ports[1].name"]
+        );
+    }
+}
