@@ -6,6 +6,8 @@
 
 pub mod catalog;
 pub mod defaults;
+pub mod patch;
 pub mod selector;
 pub mod status;
+pub mod table;
 pub mod validation;

@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,119 @@
+//! Who is calling, and may they: the cluster PKI, authentication (client
+//! certificates signed by the cluster CA, bearer tokens) and authorization.
+//!
+//! Authorization is a chain of authorizers so that node and RBAC rules can
+//! be added (issue #6); today the only one lets `system:masters` do
+//! everything.
+
+#![forbid(unsafe_code)]
+
+pub mod pki;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use pki::Pki;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Pki(String),
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    fn new(name: &str, groups: &[&str]) -> Self {
+        let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        groups.push("system:authenticated".into());
+        Self {
+            name: name.to_owned(),
+            uid: String::new(),
+            groups,
+        }
+    }
+
+    /// The identity in a client certificate: CN is the user, each O a group.
+    pub fn from_certificate(der: &[u8]) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let subject = cert.subject();
+        let name = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+        let groups: Vec<&str> = subject
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .collect();
+        Some(Self::new(&name, &groups))
+    }
+}
+
+/// Bearer tokens known to the server.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    users: HashMap<String, User>,
+}
+
+impl Tokens {
+    pub fn with_admin(token: &str) -> Self {
+        let mut users = HashMap::new();
+        users.insert(
+            token.to_owned(),
+            User::new("system:admin", &["system:masters"]),
+        );
+        Self { users }
+    }
+
+    /// The user of an `Authorization: Bearer …` header value.
+    pub fn authenticate(&self, header: &str) -> Option<User> {
+        let token = header.strip_prefix("Bearer ")?.trim();
+        self.users.get(token).cloned()
+    }
+}
+
+/// May `user` perform `verb` on the resource? (`system:masters` only, for now.)
+pub fn authorize(user: &User) -> bool {
+    user.groups.iter().any(|g| g == "system:masters")
+}
+
+/// rustls configuration: our serving certificate, client certificates
+/// optional (checked against the cluster CA when offered), h2 and http/1.1.
+///
+/// # Errors
+/// When the PEM material cannot be parsed.
+pub fn server_tls_config(pki: &Pki) -> Result<rustls::ServerConfig, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
+        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls(&e))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving_cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key.as_bytes()).map_err(|e| tls(&e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,293 @@
+//! The cluster's certificates: a CA, the API server's serving certificate
+//! and the admin client certificate, created on first start under
+//! `<data-dir>/server/tls/` and reused afterwards. The serving certificate is
+//! re-issued (by the same CA) when the names it must cover change or it
+//! nears expiry, so clients keep trusting the server.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use super::Error;
+
+/// Certificates and keys, PEM-encoded.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_cert: String,
+    pub serving_cert: String,
+    pub serving_key: String,
+    pub admin_cert: String,
+    pub admin_key: String,
+    /// A bearer token that authenticates as the admin.
+    pub admin_token: String,
+}
+
+/// Leaf certificates live a year and are renewed at start when fewer than
+/// 90 days remain (as k3s does).
+const LEAF_DAYS: i64 = 365;
+const RENEW_DAYS: i64 = 90;
+const CA_DAYS: i64 = 3650;
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = jiff::Timestamp::now();
+    let start = now
+        .checked_sub(jiff::SignedDuration::from_hours(1))
+        .unwrap_or(now);
+    let end = now
+        .checked_add(jiff::SignedDuration::from_hours(24 * days))
+        .unwrap_or(now);
+    let ymd = |t: jiff::Timestamp| {
+        let d = t.to_zoned(jiff::tz::TimeZone::UTC).date();
+        rcgen::date_time_ymd(i32::from(d.year()), d.month() as u8, d.day() as u8)
+    };
+    params.not_before = ymd(start);
+    params.not_after = ymd(end);
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Pki(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn read(path: &Path) -> Result<Option<String>, Error> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Pki(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+fn rcgen_err(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
+    move |e| Error::Pki(format!("cannot {what}: {e}"))
+}
+
+/// Days until a PEM certificate expires, and its subject alternative names.
+fn inspect(pem: &str) -> Option<(i64, Vec<String>)> {
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = der.parse_x509().ok()?;
+    let left = cert.validity().not_after.timestamp() - jiff::Timestamp::now().as_second();
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    let addr = match ip.len() {
+                        4 => IpAddr::from(<[u8; 4]>::try_from(*ip).ok()?),
+                        16 => IpAddr::from(<[u8; 16]>::try_from(*ip).ok()?),
+                        _ => continue,
+                    };
+                    names.push(addr.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    Some((left / 86400, names))
+}
+
+impl Pki {
+    /// Load the certificates under `dir`, creating what is missing. `sans`
+    /// are the names and IPs the serving certificate must cover.
+    ///
+    /// # Errors
+    /// Unreadable or unwritable files, or a CA that cannot be parsed.
+    pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Self, Error> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::Pki(format!("cannot create {}: {e}", dir.display())))?;
+        let p = |name: &str| dir.join(name);
+
+        // The CA: created once, never replaced (clients pin it).
+        let (ca_cert, ca_key) = match (read(&p("ca.crt"))?, read(&p("ca.key"))?) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                let key = KeyPair::generate().map_err(rcgen_err("generate the CA key"))?;
+                let mut params = CertificateParams::default();
+                let mut dn = DistinguishedName::new();
+                dn.push(
+                    DnType::CommonName,
+                    format!("orch-server-ca@{}", jiff::Timestamp::now().as_second()),
+                );
+                params.distinguished_name = dn;
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                validity(&mut params, CA_DAYS);
+                let cert = params.self_signed(&key).map_err(rcgen_err("sign the CA"))?;
+                write_private(&p("ca.key"), &key.serialize_pem())?;
+                write_private(&p("ca.crt"), &cert.pem())?;
+                tracing::info!(dir = %dir.display(), "created the cluster CA");
+                (cert.pem(), key.serialize_pem())
+            }
+            _ => {
+                return Err(Error::Pki(format!(
+                    "{} has only one of ca.crt and ca.key; restore both from a backup (clients trust this CA)",
+                    dir.display()
+                )));
+            }
+        };
+        let ca_key = KeyPair::from_pem(&ca_key).map_err(rcgen_err("read the CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert, &ca_key)
+            .map_err(rcgen_err("read the CA certificate"))?;
+
+        // The serving certificate: re-issued when names change or expiry nears.
+        let wanted: Vec<String> = sans.to_vec();
+        let current = read(&p("serving.crt"))?.zip(read(&p("serving.key"))?);
+        let reuse = current
+            .as_ref()
+            .and_then(|(cert, _)| inspect(cert))
+            .is_some_and(|(days, names)| {
+                days > RENEW_DAYS && wanted.iter().all(|w| names.contains(w))
+            });
+        let (serving_cert, serving_key) = if let (true, Some(pair)) = (reuse, current) {
+            pair
+        } else {
+            let key = KeyPair::generate().map_err(rcgen_err("generate the serving key"))?;
+            let mut params = CertificateParams::new(wanted.clone())
+                .map_err(rcgen_err("use the server names"))?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "kube-apiserver");
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            validity(&mut params, LEAF_DAYS);
+            let cert = params
+                .signed_by(&key, &issuer)
+                .map_err(rcgen_err("sign the serving certificate"))?;
+            write_private(&p("serving.key"), &key.serialize_pem())?;
+            write_private(&p("serving.crt"), &cert.pem())?;
+            tracing::info!(names = ?wanted, "issued the API serving certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+
+        // The admin client certificate (system:admin in system:masters).
+        let current = read(&p("admin.crt"))?.zip(read(&p("admin.key"))?);
+        let reuse = current
+            .as_ref()
+            .and_then(|(cert, _)| inspect(cert))
+            .is_some_and(|(days, _)| days > RENEW_DAYS);
+        let (admin_cert, admin_key) = if let (true, Some(pair)) = (reuse, current) {
+            pair
+        } else {
+            let key = KeyPair::generate().map_err(rcgen_err("generate the admin key"))?;
+            let mut params = CertificateParams::default();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "system:admin");
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, "system:masters");
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            validity(&mut params, LEAF_DAYS);
+            let cert = params
+                .signed_by(&key, &issuer)
+                .map_err(rcgen_err("sign the admin certificate"))?;
+            write_private(&p("admin.key"), &key.serialize_pem())?;
+            write_private(&p("admin.crt"), &cert.pem())?;
+            (cert.pem(), key.serialize_pem())
+        };
+
+        let admin_token = match read(&p("admin.token"))? {
+            Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            _ => {
+                let token = format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                write_private(&p("admin.token"), &token)?;
+                token
+            }
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            ca_cert,
+            serving_cert,
+            serving_key,
+            admin_cert,
+            admin_key,
+            admin_token,
+        })
+    }
+
+    /// A kubeconfig for the admin, pointing at `server`.
+    pub fn admin_kubeconfig(&self, server: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: {server}
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+preferences: {{}}
+users:
+- name: default
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+",
+            ca = b64(&self.ca_cert),
+            cert = b64(&self.admin_cert),
+            key = b64(&self.admin_key),
+        )
+    }
+}
+
+/// Write a kubeconfig with mode 0600, creating its directory.
+///
+/// # Errors
+/// The path cannot be written; the message names it.
+pub fn write_kubeconfig(path: &Path, contents: &str) -> Result<(), Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| {
+                Error::Pki(format!(
+                    "cannot create {} for the kubeconfig: {e}; pass --write-kubeconfig",
+                    dir.display()
+                ))
+            })?;
+    }
+    write_private(path, contents)
+}
