@@ -93,9 +93,6 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(s, "terminationGracePeriodSeconds", json!(30));
     set_default(s, "schedulerName", json!("default-scheduler"));
     set_default(s, "securityContext", json!({}));
-    set_default(s, "enableServiceLinks", json!(true));
-    set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
-    set_default(s, "priority", json!(0));
     for list in ["containers", "initContainers"] {
         for c in s
             .get_mut(list)
@@ -142,6 +139,12 @@ pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = root.get_mut("spec") {
                 default_pod_spec(spec);
+                // Pod-only defaults (templates do not get them upstream).
+                if let Some(s) = spec.as_object_mut() {
+                    set_default(s, "enableServiceLinks", json!(true));
+                    set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
+                    set_default(s, "priority", json!(0));
+                }
             }
         }
         ("apps", "Deployment") => {

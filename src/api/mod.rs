@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod defaults;
 pub mod patch;
+pub mod proto;
 pub mod selector;
 pub mod status;
 pub mod table;

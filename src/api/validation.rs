@@ -145,6 +145,8 @@ fn one_of(v: &Value, key: &str, path: &str, allowed: &[&str], errs: &mut Vec<Fie
 fn port_in_range(v: &Value, key: &str, path: &str, required: bool, errs: &mut Vec<FieldError>) {
     match v.get(key).and_then(Value::as_i64) {
         Some(p) if (1..=65535).contains(&p) => {}
+        // An unset optional port arrives as 0 from protobuf clients.
+        Some(0) if !required => {}
         Some(p) => errs.push(FieldError::invalid(
             format!("{path}.{key}"),
             &Value::from(p),

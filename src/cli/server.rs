@@ -1,9 +1,11 @@
 //! `orch server`
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
 use anyhow::Context;
 
 use crate::server;
-use crate::store::CompactionPolicy;
 
 use super::DataDirArgs;
 
@@ -11,12 +13,114 @@ use super::DataDirArgs;
 pub struct Args {
     #[command(flatten)]
     pub data: DataDirArgs,
+
+    /// (listener) Address the API server listens on.
+    #[arg(
+        long,
+        env = "ORCH_BIND_ADDRESS",
+        value_name = "IP",
+        default_value = "0.0.0.0"
+    )]
+    pub bind_address: IpAddr,
+
+    /// (listener) HTTPS port of the API server.
+    #[arg(
+        long,
+        env = "ORCH_HTTPS_LISTEN_PORT",
+        value_name = "PORT",
+        default_value_t = 6443
+    )]
+    pub https_listen_port: u16,
+
+    /// (listener) Address agents and the `kubernetes` Service use to reach
+    /// this server [default: the address of the default route, else 127.0.0.1].
+    #[arg(long, env = "ORCH_ADVERTISE_ADDRESS", value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// (listener) Extra host name or IP for the serving certificate (repeatable).
+    #[arg(
+        long = "tls-san",
+        env = "ORCH_TLS_SAN",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub tls_san: Vec<String>,
+
+    /// (client) Write the admin kubeconfig here too (mode 0600).
+    #[arg(
+        long,
+        env = "ORCH_KUBECONFIG_OUTPUT",
+        value_name = "PATH",
+        default_value = "/etc/orch/orch.yaml"
+    )]
+    pub write_kubeconfig: PathBuf,
+
+    /// (networking) Service IP range.
+    #[arg(long, env = "ORCH_SERVICE_CIDR", value_name = "CIDR", default_value = "10.43.0.0/16", value_parser = parse_cidr)]
+    pub service_cidr: (Ipv4Addr, u8),
+
+    /// (networking) NodePort range.
+    #[arg(long, env = "ORCH_SERVICE_NODE_PORT_RANGE", value_name = "LOW-HIGH", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: (u16, u16),
+
+    /// (agent) Run the control plane alone, without the embedded agent.
+    #[arg(long, env = "ORCH_DISABLE_AGENT")]
+    pub disable_agent: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, bits) = s
+        .split_once('/')
+        .ok_or("expected an IPv4 CIDR such as 10.43.0.0/16")?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let bits: u8 = bits
+        .parse()
+        .map_err(|_| format!("{bits:?} is not a prefix length"))?;
+    if !(8..=28).contains(&bits) {
+        return Err("the prefix length must be between 8 and 28".into());
+    }
+    Ok((ip, bits))
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
+    let lo: u16 = lo.parse().map_err(|_| format!("{lo:?} is not a port"))?;
+    let hi: u16 = hi.parse().map_err(|_| format!("{hi:?} is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err("LOW must be at least 1 and not above HIGH".into());
+    }
+    Ok((lo, hi))
+}
+
+/// The source address of the default route: a UDP `connect` picks it
+/// without sending anything.
+fn default_route_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    socket
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let config = server::Config {
-        data_dir: args.data.data_dir,
-        compaction: CompactionPolicy::default(),
+    let mut config = server::Config::new(args.data.data_dir);
+    config.listen = SocketAddr::new(args.bind_address, args.https_listen_port);
+    config.advertise_address = args
+        .advertise_address
+        .or_else(|| (!args.bind_address.is_unspecified()).then_some(args.bind_address))
+        .or_else(default_route_address)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    config.tls_sans = args.tls_san;
+    config.write_kubeconfig = Some(args.write_kubeconfig);
+    config.service_ranges = server::registry::ServiceRanges {
+        cidr: args.service_cidr,
+        node_ports: args.service_node_port_range,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -24,6 +128,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        if !args.disable_agent {
+            tracing::warn!("the embedded agent is not built yet (issue #5): running the control plane alone, as with --disable-agent");
+        }
         let shutdown = super::shutdown_signal()?;
         server::run(config, shutdown).await?;
         Ok(())

@@ -1,28 +1,89 @@
-//! `orch server`: the control plane. Today it owns the state store and its
-//! compaction; the API server, scheduler, controllers and the embedded agent
-//! join it in later issues (#3, #4, #5).
+//! `orch server`: the control plane — the state store, the Kubernetes API
+//! over HTTPS, and (in later issues) the scheduler, controllers and the
+//! embedded agent.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
+mod bootstrap;
+pub mod registry;
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::store::{self, CompactionPolicy, Compactor, SqliteConfig, Store};
+
+/// The Kubernetes version the API reports (semver, as kubectl requires).
+pub const KUBERNETES_VERSION: &str = concat!("v1.33.0+orch", env!("CARGO_PKG_VERSION"));
 
 /// What `orch server` needs to run, already validated by the CLI.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub compaction: CompactionPolicy,
+    /// Where the API listens (default 0.0.0.0:6443).
+    pub listen: SocketAddr,
+    /// The address agents and the `kubernetes` Service point at.
+    pub advertise_address: IpAddr,
+    /// Extra names and IPs for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// Also write the admin kubeconfig here (default /etc/orch/orch.yaml).
+    pub write_kubeconfig: Option<PathBuf>,
+    pub service_ranges: registry::ServiceRanges,
 }
 
 impl Config {
+    /// A config with the defaults, for `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            compaction: CompactionPolicy::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
+            advertise_address: IpAddr::from([127, 0, 0, 1]),
+            tls_sans: Vec::new(),
+            write_kubeconfig: Some(PathBuf::from("/etc/orch/orch.yaml")),
+            service_ranges: registry::ServiceRanges::default(),
+        }
+    }
+
     /// `<data-dir>/server/db/state.db`
     pub fn store_path(&self) -> PathBuf {
         store_path(&self.data_dir)
     }
+
+    /// The names the serving certificate covers.
+    fn serving_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+            self.service_ranges.nth(1).to_string(),
+        ];
+        if let Some(host) = hostname() {
+            names.push(host);
+        }
+        names.push(self.advertise_address.to_string());
+        if !self.listen.ip().is_unspecified() {
+            names.push(self.listen.ip().to_string());
+        }
+        names.extend(self.tls_sans.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty())
 }
 
 /// Where the store lives under a data dir.
@@ -34,12 +95,25 @@ pub fn store_path(data_dir: &Path) -> PathBuf {
 pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
+    #[error(
+        "cannot listen on {addr}: {source}; is another server using the port? pass --https-listen-port or --bind-address"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the API: {0}")]
+    Api(crate::api::status::ApiError),
 }
 
 /// Run the server until `shutdown` resolves.
 ///
 /// # Errors
-/// Fails when the store cannot be opened; the message names the file and
+/// Fails when the store cannot be opened, the certificates cannot be
+/// created, or the port is taken; the message names the file or port and
 /// what to do.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let path = config.store_path();
@@ -48,13 +122,64 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|_| store::Error::Closed)??;
     let compactor = Compactor::spawn(store.clone(), config.compaction);
+
+    let tls_dir = config.data_dir.join("server").join("tls");
+    let names = config.serving_names();
+    let pki = tokio::task::spawn_blocking(move || auth::Pki::load_or_create(&tls_dir, &names))
+        .await
+        .map_err(|_| store::Error::Closed)??;
+    let tls = Arc::new(auth::server_tls_config(&pki)?);
+
+    let registry = registry::Registry::new(store.clone(), config.service_ranges)
+        .await
+        .map_err(Error::Api)?;
+    bootstrap::ensure(&registry, config.advertise_address, config.listen.port())
+        .await
+        .map_err(Error::Api)?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let host = if config.listen.ip().is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        config.listen.ip()
+    };
+    let server_url = format!("https://{}", SocketAddr::new(host, local.port()));
+    let kubeconfig = pki.admin_kubeconfig(&server_url);
+    auth::pki::write_kubeconfig(
+        &config.data_dir.join("server").join("admin.kubeconfig"),
+        &kubeconfig,
+    )?;
+    if let Some(path) = &config.write_kubeconfig {
+        auth::pki::write_kubeconfig(path, &kubeconfig)?;
+    }
+
+    let api = Arc::new(api::ApiServer {
+        registry,
+        tokens: auth::Tokens::with_admin(&pki.admin_token),
+        server_address: format!("{}:{}", config.advertise_address, local.port()),
+        git_commit: env!("ORCH_GIT_COMMIT"),
+    });
+    let serving = tokio::spawn(api::serve(listener, tls, api));
     tracing::info!(
         data_dir = %config.data_dir.display(),
+        listen = %local,
+        kubeconfig = %config.write_kubeconfig.as_deref().unwrap_or(&config.data_dir.join("server/admin.kubeconfig")).display(),
         revision = %store.current_revision(),
         "orch server ready"
     );
     shutdown.await;
     tracing::info!("orch server shutting down");
+    serving.abort();
+    let _ = serving.await;
     compactor.abort();
     let _ = compactor.await;
     // Dropping the last handle flushes queued writes and closes the file.

@@ -1,0 +1,886 @@
+//! The HTTP face of the API server: TLS (h2 and HTTP/1.1 on one port),
+//! authentication, routing, content negotiation, and the mapping of every
+//! failure to a `metav1.Status`. Object semantics live in
+//! [`crate::server::registry`]; this module turns requests into registry
+//! calls and results into responses.
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod discovery;
+mod openapi;
+mod request;
+mod watch;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::api::catalog::Resource;
+use crate::api::patch::PatchType;
+use crate::api::selector::{FieldSelector, LabelSelector, selectable_fields};
+use crate::api::status::{self, ApiError};
+use crate::api::table;
+use crate::server::auth::{self, Tokens, User};
+use crate::server::registry::{
+    DeleteOptions, FieldValidation, ListQuery, Registry, WriteOptions, Written,
+};
+use crate::store::Revision;
+
+pub use body::Body;
+use request::{Representation, ResourcePath, Target};
+
+/// Request bodies above this are refused with 413 (upstream's limit).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// What the handlers share.
+pub struct ApiServer {
+    pub registry: Arc<Registry>,
+    pub tokens: Tokens,
+    /// `host:port` clients reach the server at (for `/api`).
+    pub server_address: String,
+    pub git_commit: &'static str,
+}
+
+type Query = std::collections::HashMap<String, Vec<String>>;
+
+fn q<'a>(query: &'a Query, key: &str) -> Option<&'a str> {
+    query.get(key).and_then(|v| v.first()).map(String::as_str)
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).expect("a JSON value always serialises");
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::full(bytes))
+        .expect("static response parts are valid")
+}
+
+fn error_response(err: &ApiError) -> Response<Body> {
+    let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &err.to_status())
+}
+
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let text = format!("299 - {:?}", w);
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("Warning", v);
+        }
+    }
+    resp
+}
+
+/// Serve the API on `listener` until the returned future is dropped.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<ApiServer>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Reap finished connection tasks so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let api = api.clone();
+        connections.spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let cert_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| User::from_certificate(c));
+            let service = hyper::service::service_fn(move |req| {
+                let api = api.clone();
+                let user = cert_user.clone();
+                async move { Ok::<_, Infallible>(api.handle(req, user).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+}
+
+impl ApiServer {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        cert_user: Option<User>,
+    ) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        // Unauthenticated endpoints.
+        match path.as_str() {
+            "/version" => return json_response(StatusCode::OK, &self.version()),
+            p if p == "/healthz"
+                || p == "/livez"
+                || p == "/readyz"
+                || p.starts_with("/healthz/")
+                || p.starts_with("/livez/")
+                || p.starts_with("/readyz/") =>
+            {
+                return Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Body::full("ok"))
+                    .expect("static response parts are valid");
+            }
+            _ => {}
+        }
+        let user = cert_user.or_else(|| {
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|h| self.tokens.authenticate(h))
+        });
+        let Some(user) = user else {
+            return error_response(&ApiError::unauthorized());
+        };
+        let span = tracing::debug_span!("request", method = %req.method(), path = %path, user = %user.name);
+        async move {
+            if !auth::authorize(&user) {
+                return error_response(&ApiError::forbidden(format!(
+                    "User {:?} cannot {} path {:?}",
+                    user.name,
+                    req.method().as_str().to_lowercase(),
+                    path
+                )));
+            }
+            match self.route(req, &user).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    tracing::debug!(code = err.code, reason = err.reason, message = %err.message, "request failed");
+                    error_response(&err)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn version(&self) -> Value {
+        json!({
+            "major": "1",
+            "minor": "33",
+            "gitVersion": crate::server::KUBERNETES_VERSION,
+            "gitCommit": self.git_commit,
+            "gitTreeState": "clean",
+            "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "go1.24.0",
+            "compiler": "rustc",
+            "platform": format!("linux/{}", if cfg!(target_arch = "aarch64") { "arm64" } else if cfg!(target_arch = "arm") { "arm" } else { "amd64" }),
+        })
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        user: &User,
+    ) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_owned();
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(rest) = path.strip_prefix("/openapi/v3") {
+            let catalog = &self.registry.catalog;
+            let doc = match rest.trim_matches('/') {
+                "" => Some(openapi::index(catalog, self.git_commit)),
+                gv => {
+                    let parts: Vec<&str> = gv.split('/').collect();
+                    match parts.as_slice() {
+                        ["api", v] => openapi::group_version(catalog, "", v),
+                        ["apis", g, v] => openapi::group_version(catalog, g, v),
+                        _ => None,
+                    }
+                }
+            };
+            return doc
+                .map(|d| json_response(StatusCode::OK, &d))
+                .ok_or_else(ApiError::not_found_path);
+        }
+        let catalog = &self.registry.catalog;
+        let target = request::parse_path(&path, |g, v, p| {
+            catalog.find(g, v, p).is_some_and(|r| r.namespaced)
+        })
+        .ok_or_else(ApiError::not_found_path)?;
+        match target {
+            Target::Discovery {
+                legacy,
+                group,
+                version,
+            } => {
+                if req.method() != Method::GET {
+                    return Err(ApiError::method_not_allowed(req.method().as_str()));
+                }
+                self.discovery(
+                    legacy,
+                    group.as_deref(),
+                    version.as_deref(),
+                    accept.as_deref(),
+                )
+            }
+            Target::Resource(rp) => self.resource(req, rp, accept.as_deref(), user).await,
+        }
+    }
+
+    fn discovery(
+        &self,
+        legacy: bool,
+        group: Option<&str>,
+        version: Option<&str>,
+        accept: Option<&str>,
+    ) -> Result<Response<Body>, ApiError> {
+        let catalog = &self.registry.catalog;
+        let doc = match (group, version) {
+            (None, _) if discovery::wants_aggregated(accept) => {
+                let bytes =
+                    serde_json::to_vec(&discovery::aggregated(catalog, legacy)).expect("JSON");
+                return Ok(Response::builder()
+                    .header(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)
+                    .body(Body::full(bytes))
+                    .expect("static response parts are valid"));
+            }
+            (None, _) if legacy => Some(discovery::api_versions(&self.server_address)),
+            (None, _) => Some(discovery::api_group_list(catalog)),
+            (Some(g), None) => discovery::api_group(catalog, g),
+            (Some(g), Some(v)) => discovery::api_resource_list(catalog, g, v),
+        };
+        doc.map(|d| json_response(StatusCode::OK, &d))
+            .ok_or_else(ApiError::not_found_path)
+    }
+
+    async fn resource(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        rp: ResourcePath,
+        accept: Option<&str>,
+        user: &User,
+    ) -> Result<Response<Body>, ApiError> {
+        let registry = self.registry.clone();
+        let res = registry
+            .catalog
+            .find(&rp.group, &rp.version, &rp.plural)
+            .cloned()
+            .ok_or_else(ApiError::not_found_path)?;
+        if (!res.namespaced && rp.namespace.is_some())
+            || (res.namespaced && rp.namespace.is_none() && rp.name.is_some())
+        {
+            return Err(ApiError::not_found_path());
+        }
+        if let Some(sub) = &rp.subresource
+            && res.subresource(sub).is_none()
+        {
+            return Err(ApiError::not_found_path());
+        }
+        let query = request::parse_query(req.uri().query());
+        let method = req.method().clone();
+        let ns = rp.namespace.as_deref();
+        let representation = request::negotiate(accept)
+            .ok_or_else(|| ApiError::not_acceptable(accept.unwrap_or_default()))?;
+        let write = write_options(&query)?;
+        match (&method, rp.name.as_deref(), rp.subresource.as_deref()) {
+            // Collections.
+            (&Method::GET, None, None) => {
+                let watching = matches!(q(&query, "watch"), Some("true" | "1"));
+                let list_query = list_query(&res, &query)?;
+                if watching {
+                    let params = watch::Params::parse(&query, list_query)?;
+                    return Ok(watch::start(
+                        registry,
+                        res,
+                        rp.namespace.clone(),
+                        params,
+                        representation,
+                    ));
+                }
+                if !res.allows("list") {
+                    return Err(ApiError::method_not_allowed("list"));
+                }
+                let list = registry.list(&res, ns, &list_query).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &render_list(
+                        &res,
+                        list.items,
+                        list.revision,
+                        list.continue_token,
+                        representation,
+                        &query,
+                    ),
+                ))
+            }
+            (&Method::POST, None, None) => {
+                let body = read_body(req).await?;
+                if !res.allows("create") {
+                    return Err(ApiError::method_not_allowed("create"));
+                }
+                if res.group == "authentication.k8s.io" && res.kind == "SelfSubjectReview" {
+                    return Ok(json_response(
+                        StatusCode::CREATED,
+                        &json!({
+                            "kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                            "metadata": {"creationTimestamp": null},
+                            "status": {"userInfo": {"username": user.name, "uid": user.uid, "groups": user.groups}},
+                        }),
+                    ));
+                }
+                if res.group == "authorization.k8s.io" && res.kind == "SelfSubjectAccessReview" {
+                    let mut review = body.value;
+                    review["status"] = json!({"allowed": auth::authorize(user)});
+                    return Ok(json_response(StatusCode::CREATED, &review));
+                }
+                let written = registry.create(&res, ns, body.value, &write).await?;
+                Ok(written_response(
+                    StatusCode::CREATED,
+                    &res,
+                    written,
+                    representation,
+                ))
+            }
+            (&Method::DELETE, None, None) => {
+                let body = read_optional_body(req).await?;
+                let opts = delete_options(&query, body.as_ref())?;
+                let list_query = list_query(&res, &query)?;
+                let items = registry
+                    .delete_collection(&res, ns, &list_query, &opts)
+                    .await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &render_list(
+                        &res,
+                        items,
+                        registry.store.current_revision(),
+                        None,
+                        Representation::Json,
+                        &query,
+                    ),
+                ))
+            }
+            // One object.
+            (&Method::GET, Some(name), None) => {
+                let obj = registry.get(&res, ns, name).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &render_object(&res, obj, representation, &query),
+                ))
+            }
+            (&Method::PUT, Some(name), sub @ (None | Some("status" | "finalize"))) => {
+                let body = read_body(req).await?;
+                let sub = if sub == Some("finalize") { None } else { sub };
+                let written = registry
+                    .update(&res, ns, name, body.value, sub, &write)
+                    .await?;
+                Ok(written_response(
+                    StatusCode::OK,
+                    &res,
+                    written,
+                    representation,
+                ))
+            }
+            (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+                let (patch_type, body) = read_patch(req).await?;
+                let written = registry
+                    .patch(&res, ns, name, (patch_type, &body), sub, &write)
+                    .await?;
+                Ok(written_response(
+                    StatusCode::OK,
+                    &res,
+                    written,
+                    representation,
+                ))
+            }
+            (&Method::DELETE, Some(name), None) => {
+                let body = read_optional_body(req).await?;
+                let opts = delete_options(&query, body.as_ref())?;
+                let obj = registry.delete(&res, ns, name, &opts).await?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &render_object(&res, obj, representation, &query),
+                ))
+            }
+            (&Method::GET, Some(name), Some("status")) => {
+                let obj = registry.get(&res, ns, name).await?;
+                Ok(json_response(StatusCode::OK, &obj))
+            }
+            (_, Some(name), Some("scale")) => self.scale(req, &res, ns, name, &write).await,
+            (&Method::POST, Some(name), Some("binding")) => {
+                let body = read_body(req).await?;
+                registry
+                    .bind(ns.unwrap_or_default(), name, &body.value)
+                    .await?;
+                Ok(json_response(StatusCode::CREATED, &status::success(None)))
+            }
+            (&Method::POST, Some(name), Some("eviction")) => {
+                let body = read_body(req).await?;
+                let opts = delete_options(&Query::new(), body.value.get("deleteOptions"))?;
+                registry.delete(&res, ns, name, &opts).await?;
+                Ok(json_response(StatusCode::CREATED, &status::success(None)))
+            }
+            (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
+                let pod = registry.get(&res, ns, name).await?;
+                let node = pod
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if node.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "pod {name} does not have a host assigned; {sub} needs a running pod"
+                    )));
+                }
+                Err(ApiError::service_unavailable(format!(
+                    "no connection to the node agent of node {node:?} (pod {name}): this server runs without agents (--disable-agent), so pods/{sub} cannot be served"
+                )))
+            }
+            _ => Err(ApiError::method_not_allowed(method.as_str())),
+        }
+    }
+
+    /// `…/scale` as an `autoscaling/v1` Scale.
+    async fn scale(
+        &self,
+        req: Request<Incoming>,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        write: &WriteOptions,
+    ) -> Result<Response<Body>, ApiError> {
+        let registry = &self.registry;
+        let method = req.method().clone();
+        let obj = registry.get(res, ns, name).await?;
+        let scale = scale_of(&obj);
+        let wanted = match method {
+            Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
+            Method::PUT => read_body(req).await?.value,
+            Method::PATCH => {
+                let (patch_type, body) = read_patch(req).await?;
+                match patch_type {
+                    PatchType::Json => crate::api::patch::json_patch(&scale, &body),
+                    PatchType::Merge | PatchType::Strategic => {
+                        crate::api::patch::merge_patch(&scale, &body)
+                    }
+                    PatchType::Apply => {
+                        return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            "server-side apply is not supported yet",
+                        ));
+                    }
+                }
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+            }
+            other => return Err(ApiError::method_not_allowed(other.as_str())),
+        };
+        let replicas = wanted
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    name,
+                    vec![crate::api::status::FieldError::required("spec.replicas")],
+                )
+            })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                vec![crate::api::status::FieldError::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
+            ));
+        }
+        let mut updated = obj.clone();
+        updated["spec"]["replicas"] = json!(replicas);
+        if let Some(rv) = wanted
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            updated["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let written = registry.update(res, ns, name, updated, None, write).await?;
+        Ok(json_response(StatusCode::OK, &scale_of(&written.object)))
+    }
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| LabelSelector::from_label_selector(s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+fn written_response(
+    code: StatusCode,
+    res: &Resource,
+    written: Written,
+    representation: Representation,
+) -> Response<Body> {
+    let body = render_object(res, written.object, representation, &Query::new());
+    with_warnings(json_response(code, &body), &written.warnings)
+}
+
+fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
+}
+
+/// A Table of `items`, with rows carrying the object as `includeObject` says.
+pub(crate) fn table_of(
+    res: &Resource,
+    items: &[Value],
+    revision: Option<Revision>,
+    continue_token: Option<&str>,
+    include: &str,
+) -> Value {
+    let now = jiff::Timestamp::now();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|obj| {
+            let mut row = json!({"cells": table::cells(&res.group, &res.kind, obj, now)});
+            match include {
+                "None" => {}
+                "Object" => row["object"] = obj.clone(),
+                _ => row["object"] = partial_metadata(obj),
+            }
+            row
+        })
+        .collect();
+    let mut metadata = json!({});
+    if let Some(rv) = revision {
+        metadata["resourceVersion"] = json!(rv.0.to_string());
+    }
+    if let Some(c) = continue_token {
+        metadata["continue"] = json!(c);
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": table::column_definitions(&res.group, &res.kind),
+        "rows": rows,
+    })
+}
+
+fn render_object(
+    res: &Resource,
+    obj: Value,
+    representation: Representation,
+    query: &Query,
+) -> Value {
+    match representation {
+        Representation::Table
+            if obj.get("kind").and_then(Value::as_str) == Some(res.kind.as_str()) =>
+        {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .map(Revision);
+            table_of(
+                res,
+                std::slice::from_ref(&obj),
+                rv,
+                None,
+                q(query, "includeObject").unwrap_or("Metadata"),
+            )
+        }
+        Representation::PartialObjectMetadata => partial_metadata(&obj),
+        _ => obj,
+    }
+}
+
+fn render_list(
+    res: &Resource,
+    items: Vec<Value>,
+    revision: Revision,
+    continue_token: Option<String>,
+    representation: Representation,
+    query: &Query,
+) -> Value {
+    match representation {
+        Representation::Table => table_of(
+            res,
+            &items,
+            Some(revision),
+            continue_token.as_deref(),
+            q(query, "includeObject").unwrap_or("Metadata"),
+        ),
+        Representation::PartialObjectMetadata => {
+            let items: Vec<Value> = items.iter().map(partial_metadata).collect();
+            let mut metadata = json!({"resourceVersion": revision.0.to_string()});
+            if let Some(c) = continue_token {
+                metadata["continue"] = json!(c);
+            }
+            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items})
+        }
+        _ => {
+            let mut metadata = json!({"resourceVersion": revision.0.to_string()});
+            if let Some(c) = continue_token {
+                metadata["continue"] = json!(c);
+            }
+            json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": metadata, "items": items})
+        }
+    }
+}
+
+fn write_options(query: &Query) -> Result<WriteOptions, ApiError> {
+    let dry_run = match q(query, "dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported dry run value {other:?}; the only supported value is All"
+            )));
+        }
+    };
+    let field_validation = match q(query, "fieldValidation") {
+        None | Some("") | Some("Warn") => FieldValidation::Warn,
+        Some("Strict") => FieldValidation::Strict,
+        Some("Ignore") => FieldValidation::Ignore,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            )));
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_validation,
+    })
+}
+
+fn list_query(res: &Resource, query: &Query) -> Result<ListQuery, ApiError> {
+    let labels = LabelSelector::parse(q(query, "labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(q(query, "fieldSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let allowed = selectable_fields(&res.group, &res.plural);
+    for t in &fields.terms {
+        if t.field != "metadata.name"
+            && t.field != "metadata.namespace"
+            && !allowed.contains(&t.field.as_str())
+        {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {}",
+                t.field
+            )));
+        }
+    }
+    let limit = match q(query, "limit") {
+        None | Some("") => None,
+        Some(l) => Some(
+            l.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("limit: invalid value {l:?}")))?
+                .max(0) as usize,
+        ),
+    }
+    .filter(|l| *l > 0);
+    let rv = q(query, "resourceVersion").filter(|s| !s.is_empty());
+    let exact = match (rv, q(query, "resourceVersionMatch")) {
+        (Some(rv), Some("Exact")) => Some(parse_revision(rv)?),
+        (Some(rv), None) if limit.is_some() && rv != "0" => Some(parse_revision(rv)?),
+        (None, Some(m)) if !m.is_empty() => {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        (_, Some("Exact" | "NotOlderThan") | None) => None,
+        (_, Some(other)) => {
+            return Err(ApiError::bad_request(format!(
+                "resourceVersionMatch: unsupported value {other:?}; use Exact or NotOlderThan"
+            )));
+        }
+    };
+    Ok(ListQuery {
+        labels,
+        fields,
+        limit,
+        continue_token: q(query, "continue")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        exact_revision: exact,
+    })
+}
+
+fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<u64>().map(Revision).map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid resource version {rv:?}: must be a non-negative integer"
+        ))
+    })
+}
+
+fn delete_options(query: &Query, body: Option<&Value>) -> Result<DeleteOptions, ApiError> {
+    let from_body = |k: &str| body.and_then(|b| b.get(k)).cloned();
+    let grace = match q(query, "gracePeriodSeconds") {
+        Some(g) => Some(g.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}"))
+        })?),
+        None => from_body("gracePeriodSeconds").and_then(|v| v.as_i64()),
+    };
+    let policy = q(query, "propagationPolicy")
+        .map(str::to_owned)
+        .or_else(|| from_body("propagationPolicy").and_then(|v| v.as_str().map(str::to_owned)))
+        .or_else(
+            || match from_body("orphanDependents").and_then(|v| v.as_bool()) {
+                Some(true) => Some("Orphan".into()),
+                Some(false) => Some("Background".into()),
+                None => None,
+            },
+        );
+    let dry_run = q(query, "dryRun") == Some("All")
+        || from_body("dryRun")
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|a| a.contains(&json!("All")));
+    Ok(DeleteOptions {
+        grace_period_seconds: grace,
+        propagation_policy: policy,
+        precondition_uid: body
+            .and_then(|b| b.pointer("/preconditions/uid"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        precondition_resource_version: body
+            .and_then(|b| b.pointer("/preconditions/resourceVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        dry_run,
+    })
+}
+
+struct Parsed {
+    value: Value,
+}
+
+async fn read_bytes(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::too_large(MAX_BODY)
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    Ok((content_type, bytes))
+}
+
+fn parse_document(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    if crate::api::proto::is_protobuf(content_type) {
+        return crate::api::proto::decode(bytes)
+            .map_err(|e| ApiError::bad_request(format!("cannot decode the protobuf body: {e}")));
+    }
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/json" | "" | "*/*" => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            serde_yaml_ng::from_slice::<Value>(bytes).map_err(|e| {
+                ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+            })
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Parsed, ApiError> {
+    let (ct, bytes) = read_bytes(req).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send the object as JSON or YAML",
+        ));
+    }
+    let value = parse_document(&ct, &bytes)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON or YAML object",
+        ));
+    }
+    Ok(Parsed { value })
+}
+
+async fn read_optional_body(req: Request<Incoming>) -> Result<Option<Value>, ApiError> {
+    let (ct, bytes) = read_bytes(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_document(&ct, &bytes).map(Some)
+}
+
+async fn read_patch(req: Request<Incoming>) -> Result<(PatchType, Value), ApiError> {
+    let (ct, bytes) = read_bytes(req).await?;
+    let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"),
+        )
+    })?;
+    let value = if patch_type == PatchType::Apply {
+        serde_yaml_ng::from_slice::<Value>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid YAML: {e}")))?
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?
+    };
+    Ok((patch_type, value))
+}

@@ -1,0 +1,241 @@
+//! Watch streams: `?watch=true` answered as newline-delimited
+//! `{"type":…,"object":…}` events, from the store's watch, with
+//! resourceVersion semantics (unset/"0": initial ADDED events first; N:
+//! changes after N; compacted: one ERROR event with 410 Expired),
+//! selector-aware event types, bookmarks and `timeoutSeconds`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::body::Body;
+use super::request::Representation;
+use super::{Query, q, table_of};
+use crate::api::catalog::Resource;
+use crate::api::status::ApiError;
+use crate::server::registry::{ListQuery, Registry};
+use crate::store::{self, EventKind, Revision};
+
+/// Upstream's default when the client sets no timeout (min-request-timeout).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Params {
+    list: ListQuery,
+    /// `None`: send the current state first.
+    start: Option<Revision>,
+    bookmarks: bool,
+    initial_events_end: bool,
+    timeout: Duration,
+    include_object: String,
+}
+
+impl Params {
+    pub fn parse(query: &Query, list: ListQuery) -> Result<Self, ApiError> {
+        let send_initial = q(query, "sendInitialEvents") == Some("true");
+        let start = match q(query, "resourceVersion") {
+            None | Some("" | "0") => None,
+            Some(_) if send_initial => None,
+            Some(rv) => Some(Revision(rv.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid resource version {rv:?}: must be a non-negative integer"
+                ))
+            })?)),
+        };
+        let timeout = match q(query, "timeoutSeconds") {
+            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}"))
+            })?),
+            None => DEFAULT_TIMEOUT,
+        };
+        Ok(Self {
+            list: ListQuery {
+                limit: None,
+                continue_token: None,
+                exact_revision: None,
+                ..list
+            },
+            start,
+            bookmarks: matches!(q(query, "allowWatchBookmarks"), Some("true" | "1")),
+            initial_events_end: send_initial,
+            timeout,
+            include_object: q(query, "includeObject").unwrap_or("Metadata").to_owned(),
+        })
+    }
+}
+
+/// Start streaming; the response is returned at once and events follow.
+pub fn start(
+    registry: Arc<Registry>,
+    res: Resource,
+    namespace: Option<String>,
+    params: Params,
+    representation: Representation,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let stream = Stream {
+            tx,
+            res,
+            representation,
+            include_object: params.include_object.clone(),
+        };
+        let _ = tokio::time::timeout(
+            params.timeout,
+            stream.run(&registry, namespace.as_deref(), &params),
+        )
+        .await;
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::Stream(rx))
+        .expect("static response parts are valid")
+}
+
+struct Stream {
+    tx: mpsc::Sender<Bytes>,
+    res: Resource,
+    representation: Representation,
+    include_object: String,
+}
+
+/// The client went away.
+struct Gone;
+
+impl Stream {
+    async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
+        let object = match (self.representation, kind) {
+            (Representation::Table, "ADDED" | "MODIFIED" | "DELETED") => {
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .map(Revision);
+                table_of(
+                    &self.res,
+                    std::slice::from_ref(&object),
+                    rv,
+                    None,
+                    &self.include_object,
+                )
+            }
+            (Representation::PartialObjectMetadata, "ADDED" | "MODIFIED" | "DELETED") => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
+            }
+            _ => object,
+        };
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("JSON");
+        line.push(b'\n');
+        self.tx.send(Bytes::from(line)).await.map_err(|_| Gone)
+    }
+
+    async fn bookmark(&self, rv: Revision, initial_end: bool) -> Result<(), Gone> {
+        let mut meta = json!({"resourceVersion": rv.0.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        self.send(
+            "BOOKMARK",
+            json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta}),
+        )
+        .await
+    }
+
+    async fn run(
+        &self,
+        registry: &Registry,
+        namespace: Option<&str>,
+        params: &Params,
+    ) -> Result<(), Gone> {
+        let matches =
+            |obj: &Value| params.list.labels.matches_object(obj) && params.list.fields.matches(obj);
+        let from = match params.start {
+            Some(rv) => rv,
+            None => match registry.list(&self.res, namespace, &params.list).await {
+                Ok(list) => {
+                    for item in list.items {
+                        self.send("ADDED", item).await?;
+                    }
+                    if params.initial_events_end {
+                        self.bookmark(list.revision, true).await?;
+                    }
+                    list.revision
+                }
+                Err(err) => return self.send("ERROR", err.to_status()).await,
+            },
+        };
+        let mut prefix = self.res.list_prefix(namespace);
+        if self.res.namespaced
+            && namespace.is_none()
+            && let Some(ns) = params.list.fields.required("metadata.namespace")
+        {
+            prefix = self.res.list_prefix(Some(ns));
+        }
+        let mut watcher = match registry.store.watch(&prefix, from).await {
+            Ok(w) => w,
+            Err(store::Error::Compacted {
+                requested,
+                compacted,
+            }) => {
+                let err = ApiError::expired(format!(
+                    "too old resource version: {requested} ({compacted})"
+                ));
+                return self.send("ERROR", err.to_status()).await;
+            }
+            Err(err) => {
+                return self
+                    .send("ERROR", ApiError::internal(err.to_string()).to_status())
+                    .await;
+            }
+        };
+        let mut bookmark_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        loop {
+            tokio::select! {
+                event = watcher.next() => {
+                    let Some(event) = event else { return Ok(()) };
+                    let event = match event {
+                        Ok(e) => e,
+                        // Lagged or compacted mid-stream: end the stream; the
+                        // client re-watches from the last version it saw.
+                        Err(err) => {
+                            tracing::debug!(%err, "watch ended");
+                            return Ok(());
+                        }
+                    };
+                    let decode = |kv: &store::KeyValue, rv: Revision| -> Option<Value> {
+                        let mut obj: Value = serde_json::from_slice(&kv.value).ok()?;
+                        obj["metadata"]["resourceVersion"] = json!(rv.0.to_string());
+                        Some(obj)
+                    };
+                    let rev = event.revision();
+                    let new = match event.kind {
+                        EventKind::Put => decode(&event.kv, rev),
+                        EventKind::Delete => None,
+                    };
+                    let old = event.prev.as_ref().and_then(|p| decode(p, rev));
+                    let new_matches = new.as_ref().is_some_and(matches);
+                    let old_matches = old.as_ref().is_some_and(matches);
+                    match (new, new_matches, old_matches) {
+                        (Some(obj), true, true) => self.send("MODIFIED", obj).await?,
+                        (Some(obj), true, false) => self.send("ADDED", obj).await?,
+                        // Left the selection: DELETED, with the new state.
+                        (Some(obj), false, true) => self.send("DELETED", obj).await?,
+                        (None, _, true) => self.send("DELETED", old.expect("old matched")).await?,
+                        _ => {}
+                    }
+                }
+                _ = bookmark_timer.tick(), if params.bookmarks => {
+                    self.bookmark(watcher.resume_revision(), false).await?;
+                }
+                _ = self.tx.closed() => return Err(Gone),
+            }
+        }
+    }
+}

@@ -1,0 +1,1219 @@
+//! The registry: what happens to an object between the HTTP layer and the
+//! store. Decoding against the typed schema (k8s-openapi), defaulting,
+//! system metadata (uid, timestamps, generation, resourceVersion),
+//! spec/status separation, validation, admission (namespace lifecycle,
+//! Service IPs, pod tolerations), optimistic concurrency, finalizers and
+//! graceful deletion. Controllers and the scheduler write through here too,
+//! so every writer gets the same rules.
+//!
+//! Objects are stored as JSON without `metadata.resourceVersion`; reads put
+//! the store revision there.
+
+#![forbid(unsafe_code)]
+
+mod services;
+mod typed;
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value, json};
+
+use crate::api::catalog::{Catalog, Resource};
+use crate::api::defaults::apply_defaults;
+use crate::api::patch::{self, PatchType};
+use crate::api::selector::{FieldSelector, LabelSelector};
+use crate::api::status::{ApiError, FieldError, Target};
+use crate::api::validation::{self, NameRule};
+use crate::store::{self, KeyValue, ListOptions, Revision, Store};
+
+pub use services::{Allocator, Held, ServiceRanges};
+
+/// How unknown fields in a request body are treated (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    Strict,
+    #[default]
+    Warn,
+    Ignore,
+}
+
+/// Options every write takes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+/// A write's result: the object as stored, and warnings for the client.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+/// `DeleteOptions` fields the registry honours.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What a list returns.
+#[derive(Debug, Clone)]
+pub struct ListResult {
+    pub items: Vec<Value>,
+    pub revision: Revision,
+    pub continue_token: Option<String>,
+}
+
+/// List parameters after parsing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    /// Read at exactly this revision (`resourceVersionMatch=Exact`).
+    pub exact_revision: Option<Revision>,
+}
+
+pub struct Registry {
+    pub store: Store,
+    pub catalog: Catalog,
+    allocator: Mutex<Allocator>,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn target<'a>(res: &'a Resource, name: &'a str) -> Target<'a> {
+    Target {
+        group: &res.group,
+        resource: &res.plural,
+        name,
+    }
+}
+
+fn meta(obj: &Value) -> &Value {
+    obj.get("metadata").unwrap_or(&Value::Null)
+}
+
+fn meta_str<'a>(obj: &'a Value, key: &str) -> &'a str {
+    meta(obj)
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.get("metadata").is_some_and(Value::is_object) {
+        obj["metadata"] = json!({});
+    }
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
+}
+
+/// Kinds whose `metadata.generation` counts spec changes.
+fn tracks_generation(res: &Resource) -> bool {
+    matches!(
+        (res.group.as_str(), res.kind.as_str()),
+        ("apps", _) | ("batch", _)
+    ) && res.kind != "ControllerRevision"
+}
+
+fn name_rule(res: &Resource) -> NameRule {
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("", "Namespace") => NameRule::Label,
+        ("", "Service") => NameRule::Dns1035,
+        _ => NameRule::Subdomain,
+    }
+}
+
+/// Everything but metadata and status: what a generation counts.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+/// Random suffix for `generateName`, from upstream's alphabet (no vowels, no
+/// look-alike characters).
+fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn store_error(res: &Resource, name: &str, err: store::Error) -> ApiError {
+    match err {
+        store::Error::AlreadyExists { .. } => ApiError::already_exists(target(res, name)),
+        store::Error::NotFound { .. } => ApiError::not_found(target(res, name)),
+        store::Error::Conflict { .. } => ApiError::modified(target(res, name)),
+        store::Error::Compacted {
+            requested,
+            compacted,
+        } => ApiError::gone(format!(
+            "The resourceVersion for the provided list is too old ({requested}, oldest is {compacted}). You can start a new list without the continue parameter or resourceVersion."
+        )),
+        store::Error::FutureRevision { requested, current } => ApiError::timeout(format!(
+            "Too large resource version: {requested}, current: {current}"
+        )),
+        store::Error::InvalidContinue { reason, .. } => {
+            ApiError::bad_request(format!("invalid continue token: {reason}"))
+        }
+        other => {
+            tracing::error!(err = %other, "store failure");
+            ApiError::internal(other.to_string())
+        }
+    }
+}
+
+/// The object as clients see it: stored JSON plus resourceVersion.
+fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
+    meta_mut(&mut obj).insert(
+        "resourceVersion".into(),
+        json!(kv.mod_revision.0.to_string()),
+    );
+    Ok(obj)
+}
+
+fn encode(obj: &Value) -> Vec<u8> {
+    let mut stored = obj.clone();
+    if let Some(m) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&stored).expect("a JSON value always serialises")
+}
+
+fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<u64>().map(Revision).map_err(|_| {
+        ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: must be a non-negative integer"
+        ))
+    })
+}
+
+/// The names of fields in `input` that the typed round trip dropped.
+fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    Some(tv) => unknown_fields(v, tv, &p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                unknown_fields(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Pod QoS class from requests and limits.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        for r in ["cpu", "memory"] {
+            let req = requests.and_then(|m| m.get(r));
+            let lim = limits.and_then(|m| m.get(r));
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            match (req, lim) {
+                (_, None) => guaranteed = false,
+                (Some(q), Some(l)) if q != l => guaranteed = false,
+                _ => {}
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Admission a pod gets on create: its service account, and tolerating
+/// not-ready/unreachable nodes for 300 s (upstream's
+/// DefaultTolerationSeconds).
+fn admit_pod(pod: &mut Value) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let sa = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    spec.insert("serviceAccountName".into(), json!(sa));
+    spec.insert("serviceAccount".into(), json!(sa));
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(list) = tolerations.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let present = list.iter().any(|t| {
+                t.get("key").and_then(Value::as_str) == Some(key)
+                    || (t.get("operator").and_then(Value::as_str) == Some("Exists")
+                        && t.get("key").is_none())
+            });
+            if !present {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// A registry over `store`, with allocations rebuilt from stored Services.
+    ///
+    /// # Errors
+    /// When the stored Services cannot be read.
+    pub async fn new(store: Store, ranges: ServiceRanges) -> Result<Arc<Self>, ApiError> {
+        let catalog = Catalog::builtin();
+        let mut allocator = Allocator::new(ranges);
+        let services = catalog
+            .find("", "v1", "services")
+            .expect("services are in the catalog")
+            .clone();
+        let page = store
+            .list(&services.key_prefix(), ListOptions::default())
+            .await
+            .map_err(|e| store_error(&services, "", e))?;
+        for kv in &page.items {
+            allocator.restore(&Held::of(&decode_kv(kv)?));
+        }
+        Ok(Arc::new(Self {
+            store,
+            catalog,
+            allocator: Mutex::new(allocator),
+        }))
+    }
+
+    pub fn service_ranges(&self) -> ServiceRanges {
+        self.allocator.lock().expect("allocator lock").ranges
+    }
+
+    pub fn resource(&self, group: &str, plural: &str) -> Option<&Resource> {
+        self.catalog.find(group, "v1", plural)
+    }
+
+    /// Read one object.
+    ///
+    /// # Errors
+    /// 404 when it does not exist.
+    pub async fn get(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        Ok(self.get_kv(res, namespace, name).await?.1)
+    }
+
+    async fn get_kv(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(KeyValue, Value), ApiError> {
+        let key = res.key(namespace, name);
+        let kv = self
+            .store
+            .get(&key, None)
+            .await
+            .map_err(|e| store_error(res, name, e))?
+            .ok_or_else(|| ApiError::not_found(target(res, name)))?;
+        let obj = decode_kv(&kv)?;
+        Ok((kv, obj))
+    }
+
+    /// List objects, filtered by selectors, paged by `limit`/`continue`.
+    ///
+    /// # Errors
+    /// 410 for a continue token or revision that has been compacted.
+    pub async fn list(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        query: &ListQuery,
+    ) -> Result<ListResult, ApiError> {
+        let mut prefix = res.list_prefix(namespace);
+        // A selector on the namespace narrows the scan to that namespace.
+        if res.namespaced
+            && namespace.is_none()
+            && let Some(ns) = query.fields.required("metadata.namespace")
+        {
+            prefix = res.list_prefix(Some(ns));
+        }
+        let filtered = !query.labels.is_empty() || !query.fields.is_empty();
+        let mut items = Vec::new();
+        let mut token = query.continue_token.clone();
+        let mut revision = query.exact_revision;
+        loop {
+            let want = query.limit.map(|l| l.saturating_sub(items.len()));
+            let page = self
+                .store
+                .list(
+                    &prefix,
+                    ListOptions {
+                        revision: if token.is_some() { None } else { revision },
+                        limit: want,
+                        continue_token: token.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    store::Error::Compacted { .. } if token.is_some() => ApiError::gone(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ),
+                    other => store_error(res, "", other),
+                })?;
+            revision = Some(page.revision);
+            for kv in &page.items {
+                let obj = decode_kv(kv)?;
+                if !filtered || (query.labels.matches_object(&obj) && query.fields.matches(&obj)) {
+                    items.push(obj);
+                }
+            }
+            token = page.continue_token;
+            let full = query.limit.is_some_and(|l| items.len() >= l);
+            if token.is_none() || full {
+                break;
+            }
+        }
+        Ok(ListResult {
+            items,
+            revision: revision.unwrap_or_default(),
+            continue_token: token,
+        })
+    }
+
+    /// Check the typed schema: wrong types are a 400, unknown fields a 400
+    /// (Strict) or a warning (Warn). Returns the object pruned to known fields.
+    fn decode(
+        &self,
+        res: &Resource,
+        obj: Value,
+        validation: FieldValidation,
+        warnings: &mut Vec<String>,
+    ) -> Result<Value, ApiError> {
+        let Some(typed) = typed::round_trip(&res.group, &res.kind, &obj) else {
+            return Ok(obj);
+        };
+        let typed = typed.map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                res.kind,
+                res.api_version(),
+                res.kind
+            ))
+        })?;
+        if validation != FieldValidation::Ignore {
+            let mut unknown = Vec::new();
+            unknown_fields(&obj, &typed, "", &mut unknown);
+            if !unknown.is_empty() {
+                let msgs: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field {f:?}"))
+                    .collect();
+                if validation == FieldValidation::Strict {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        msgs.join(", ")
+                    )));
+                }
+                warnings.extend(msgs);
+            }
+        }
+        Ok(typed)
+    }
+
+    /// Check apiVersion/kind against the URL's resource and fill them in.
+    fn check_type(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON or YAML object",
+            ));
+        }
+        let api_version = res.api_version();
+        match obj.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => obj["apiVersion"] = json!(api_version),
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        match obj.get("kind").and_then(Value::as_str) {
+            None | Some("") => obj["kind"] = json!(res.kind),
+            Some(k) if k == res.kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({}); send it to the {} endpoint",
+                    res.kind,
+                    k.to_lowercase()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespace must exist and not be terminating.
+    async fn check_namespace(&self, res: &Resource, namespace: &str) -> Result<(), ApiError> {
+        if !res.namespaced {
+            return Ok(());
+        }
+        let ns_res = self
+            .resource("", "namespaces")
+            .expect("namespaces are in the catalog");
+        let ns = self.get(ns_res, None, namespace).await?;
+        if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate(&self, res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        let mut errs = Vec::new();
+        validation::validate_meta(obj, name_rule(res), res.namespaced, &mut errs);
+        validation::validate_spec(&res.group, &res.kind, obj, &mut errs);
+        if let Some(old) = old {
+            validation::validate_update(&res.group, &res.kind, old, obj, &mut errs);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(
+                &res.group,
+                &res.kind,
+                meta_str(obj, "name"),
+                errs,
+            ))
+        }
+    }
+
+    /// Create an object from a client's body.
+    ///
+    /// # Errors
+    /// 400 for a malformed body, 404/403 for a missing or terminating
+    /// namespace, 409 when the name is taken, 422 when invalid.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        Self::check_type(res, &mut obj)?;
+        let mut warnings = Vec::new();
+        {
+            let m = meta_mut(&mut obj);
+            if res.namespaced {
+                let body_ns = m
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                match namespace {
+                    Some(ns) if body_ns.is_empty() => {
+                        m.insert("namespace".into(), json!(ns));
+                    }
+                    Some(ns) if body_ns != ns => {
+                        return Err(ApiError::bad_request(
+                            "the namespace of the provided object does not match the namespace sent on the request",
+                        ));
+                    }
+                    _ => {}
+                }
+            } else {
+                m.remove("namespace");
+            }
+            let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty()
+                && let Some(prefix) = m.get("generateName").and_then(Value::as_str)
+                && !prefix.is_empty()
+            {
+                let generated = format!("{prefix}{}", name_suffix());
+                m.insert("name".into(), json!(generated));
+            }
+            // Fields only the system sets.
+            for key in [
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "selfLink",
+                "managedFields",
+            ] {
+                m.remove(key);
+            }
+        }
+        let mut obj = self.decode(res, obj, opts.field_validation, &mut warnings)?;
+        apply_defaults(&res.group, &res.kind, &mut obj);
+        let uid = uuid::Uuid::new_v4().to_string();
+        {
+            let m = meta_mut(&mut obj);
+            m.insert("uid".into(), json!(uid));
+            m.insert("creationTimestamp".into(), json!(now_rfc3339()));
+            if tracks_generation(res) {
+                m.insert("generation".into(), json!(1));
+            }
+        }
+        self.prepare_create(res, &mut obj, &uid);
+        let ns = meta_str(&obj, "namespace").to_owned();
+        let name = meta_str(&obj, "name").to_owned();
+        self.validate(res, &obj, None)?;
+        if !ns.is_empty() {
+            self.check_namespace(res, &ns).await?;
+        }
+        let held = if res.group.is_empty() && res.kind == "Service" {
+            let held = self
+                .allocator
+                .lock()
+                .expect("allocator lock")
+                .assign(&mut obj, None)
+                .map_err(|errs| ApiError::invalid("", "Service", &name, errs))?;
+            Some(held)
+        } else {
+            None
+        };
+        let release = |held: &Option<Held>| {
+            if let Some(h) = held {
+                self.allocator.lock().expect("allocator lock").release(h);
+            }
+        };
+        if opts.dry_run {
+            release(&held);
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
+        }
+        let key = res.key(Some(&ns), &name);
+        match self.store.create(&key, encode(&obj)).await {
+            Ok(kv) => {
+                meta_mut(&mut obj).insert(
+                    "resourceVersion".into(),
+                    json!(kv.mod_revision.0.to_string()),
+                );
+                Ok(Written {
+                    object: obj,
+                    warnings,
+                })
+            }
+            Err(e) => {
+                release(&held);
+                Err(store_error(res, &name, e))
+            }
+        }
+    }
+
+    /// Kind-specific changes on create: initial status, pod admission, job
+    /// selectors.
+    fn prepare_create(&self, res: &Resource, obj: &mut Value, uid: &str) {
+        let m = obj.as_object_mut().expect("checked to be an object");
+        match (res.group.as_str(), res.kind.as_str()) {
+            ("", "Pod") => {
+                let qos = qos_class(&Value::Object(m.clone()));
+                m.insert(
+                    "status".into(),
+                    json!({"phase": "Pending", "qosClass": qos}),
+                );
+                admit_pod(obj);
+            }
+            ("", "Namespace") => {
+                m.insert("status".into(), json!({"phase": "Active"}));
+                let name = m.get("metadata").and_then(|md| md.get("name")).cloned();
+                if let Some(name) = name {
+                    // Every namespace carries its name as a label (1.22+).
+                    let labels = meta_mut(obj).entry("labels").or_insert_with(|| json!({}));
+                    labels["kubernetes.io/metadata.name"] = name;
+                }
+            }
+            ("", "Service") => {
+                m.insert("status".into(), json!({"loadBalancer": {}}));
+            }
+            ("", "Node") => {}
+            ("batch", "Job") => {
+                m.remove("status");
+                let manual = obj.pointer("/spec/manualSelector") == Some(&json!(true));
+                if !manual {
+                    let name = meta_str(obj, "name").to_owned();
+                    let labels = json!({
+                        "batch.kubernetes.io/controller-uid": uid,
+                        "batch.kubernetes.io/job-name": name,
+                        "controller-uid": uid,
+                        "job-name": name,
+                    });
+                    obj["spec"]["selector"] =
+                        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                    if let Some(t) = obj.pointer_mut("/spec/template")
+                        && let Some(tm) = t.as_object_mut()
+                    {
+                        let tmeta = tm.entry("metadata").or_insert_with(|| json!({}));
+                        let tl = tmeta
+                            .as_object_mut()
+                            .expect("template metadata is an object")
+                            .entry("labels")
+                            .or_insert_with(|| json!({}));
+                        for (k, v) in labels.as_object().expect("literal object") {
+                            tl[k] = v.clone();
+                        }
+                    }
+                }
+            }
+            _ if res.has_status() => {
+                m.remove("status");
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace an object (PUT), or its status (`subresource = "status"`).
+    ///
+    /// # Errors
+    /// 404 when missing, 409 on a stale resourceVersion, 400/422 for a bad
+    /// body.
+    pub async fn update(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let (kv, old) = self.get_kv(res, namespace, name).await?;
+        self.update_from(res, &kv, old, obj, subresource, opts)
+            .await
+    }
+
+    async fn update_from(
+        &self,
+        res: &Resource,
+        kv: &KeyValue,
+        old: Value,
+        mut obj: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let name = meta_str(&old, "name").to_owned();
+        Self::check_type(res, &mut obj)?;
+        let body_name = meta_str(&obj, "name");
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let body_ns = meta_str(&obj, "namespace");
+        let ns = meta_str(&old, "namespace").to_owned();
+        if res.namespaced && !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let precondition = match meta_str(&obj, "resourceVersion") {
+            "" => None,
+            rv => Some(parse_rv(rv)?),
+        };
+        if let Some(rv) = precondition
+            && rv != kv.mod_revision
+        {
+            return Err(ApiError::modified(target(res, &name)));
+        }
+        let mut warnings = Vec::new();
+        let mut obj = self.decode(res, obj, opts.field_validation, &mut warnings)?;
+        apply_defaults(&res.group, &res.kind, &mut obj);
+        // System metadata is the server's.
+        {
+            let old_meta = meta(&old).clone();
+            let m = meta_mut(&mut obj);
+            m.insert("name".into(), json!(name));
+            if res.namespaced {
+                m.insert("namespace".into(), json!(ns));
+            }
+            for key in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                match old_meta.get(key) {
+                    Some(v) => m.insert(key.into(), v.clone()),
+                    None => m.remove(key),
+                };
+            }
+            m.remove("resourceVersion");
+        }
+        match subresource {
+            Some("status") => {
+                // /status changes status only.
+                let status = obj.get("status").cloned();
+                let mut merged = old.clone();
+                match status {
+                    Some(s) => merged["status"] = s,
+                    None => {
+                        if let Some(m) = merged.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+                obj = merged;
+            }
+            _ if res.has_status() => match old.get("status") {
+                Some(s) => obj["status"] = s.clone(),
+                None => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            },
+            _ => {}
+        }
+        if tracks_generation(res) && spec_part(&old) != spec_part(&obj) {
+            let generation = meta(&old)
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
+            meta_mut(&mut obj).insert("generation".into(), json!(generation));
+        }
+        if res.group.is_empty() && res.kind == "Pod" {
+            // Admission fields the client may have dropped stay as they were.
+            if obj.pointer("/spec/serviceAccountName").is_none() {
+                admit_pod(&mut obj);
+            }
+        }
+        meta_mut(&mut obj).remove("resourceVersion");
+        let mut old_cmp = old.clone();
+        meta_mut(&mut old_cmp).remove("resourceVersion");
+        self.validate(res, &obj, Some(&old_cmp))?;
+        if obj == old_cmp {
+            // A no-op write changes nothing, not even the resourceVersion.
+            return Ok(Written {
+                object: old,
+                warnings,
+            });
+        }
+        let held = if res.group.is_empty() && res.kind == "Service" {
+            let before = Held::of(&old);
+            let mut allocator = self.allocator.lock().expect("allocator lock");
+            let now = allocator
+                .assign(&mut obj, Some(&before))
+                .map_err(|errs| ApiError::invalid("", "Service", &name, errs))?;
+            Some((before, now))
+        } else {
+            None
+        };
+        if opts.dry_run {
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
+        }
+        // The last finalizer gone from an object being deleted: remove it.
+        let finalizers_left = meta(&obj)
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if meta(&obj).get("deletionTimestamp").is_some() && !finalizers_left {
+            let deleted = self
+                .store
+                .delete(&kv.key, Some(kv.mod_revision))
+                .await
+                .map_err(|e| store_error(res, &name, e))?;
+            self.after_delete(res, &old);
+            meta_mut(&mut obj).insert(
+                "resourceVersion".into(),
+                json!(deleted.revision.0.to_string()),
+            );
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
+        }
+        match self
+            .store
+            .update(&kv.key, encode(&obj), Some(kv.mod_revision))
+            .await
+        {
+            Ok(new_kv) => {
+                meta_mut(&mut obj).insert(
+                    "resourceVersion".into(),
+                    json!(new_kv.mod_revision.0.to_string()),
+                );
+                Ok(Written {
+                    object: obj,
+                    warnings,
+                })
+            }
+            Err(e) => {
+                if let Some((before, now)) = held {
+                    // Undo: give back new allocations, keep the old ones.
+                    let mut allocator = self.allocator.lock().expect("allocator lock");
+                    allocator.release(&now);
+                    allocator.restore(&before);
+                }
+                Err(store_error(res, &name, e))
+            }
+        }
+    }
+
+    /// Patch an object (or its status), retrying on concurrent changes.
+    ///
+    /// # Errors
+    /// 400 for a malformed patch, 422 when the patch cannot apply or the
+    /// result is invalid, 409 when the patch names a stale resourceVersion.
+    pub async fn patch(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        (patch_type, patch_body): (PatchType, &Value),
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (kv, old) = self.get_kv(res, namespace, name).await?;
+            let patched = match patch_type {
+                PatchType::Json => patch::json_patch(&old, patch_body),
+                PatchType::Merge => patch::merge_patch(&old, patch_body),
+                PatchType::Strategic => patch::strategic_merge(&res.kind, &old, patch_body),
+                PatchType::Apply => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        "server-side apply is not supported yet; use client-side apply (kubectl apply without --server-side)",
+                    ));
+                }
+            }
+            .map_err(|e| match e {
+                patch::Error::BadRequest(m) => ApiError::bad_request(m),
+                patch::Error::Invalid(m) => ApiError::new(422, "Invalid", m),
+            })?;
+            // A patch that names a resourceVersion is a precondition; one that
+            // does not applies to whatever is current.
+            let patched_rv = meta_str(&patched, "resourceVersion").to_owned();
+            let explicit = patched_rv != kv.mod_revision.0.to_string();
+            let mut patched = patched;
+            if !explicit {
+                meta_mut(&mut patched).remove("resourceVersion");
+            }
+            match self
+                .update_from(res, &kv, old, patched, subresource, opts)
+                .await
+            {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && !explicit && attempts < 5 => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delete an object: at once, or by marking it (finalizers, graceful pod
+    /// termination) for its owner to finish.
+    ///
+    /// # Errors
+    /// 404 when missing, 409 when a precondition fails.
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        let (kv, old) = self.get_kv(res, namespace, name).await?;
+        if let Some(uid) = &opts.precondition_uid
+            && uid != meta_str(&old, "uid")
+        {
+            return Err(ApiError::conflict(
+                target(res, name),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&old, "uid")
+                ),
+            ));
+        }
+        if let Some(rv) = &opts.precondition_resource_version
+            && *rv != kv.mod_revision.0.to_string()
+        {
+            return Err(ApiError::conflict(
+                target(res, name),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    kv.mod_revision
+                ),
+            ));
+        }
+        let mut obj = old.clone();
+        let mut finalizers: Vec<Value> = meta(&obj)
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        match opts.propagation_policy.as_deref() {
+            Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
+                finalizers.push(json!("orphan"))
+            }
+            Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
+                finalizers.push(json!("foregroundDeletion"));
+            }
+            Some("Orphan" | "Foreground" | "Background") | None => {}
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "",
+                    "DeleteOptions",
+                    "",
+                    vec![FieldError::not_supported(
+                        "propagationPolicy",
+                        &json!(other),
+                        &["Foreground", "Background", "Orphan"],
+                    )],
+                ));
+            }
+        }
+        let grace = self.grace_period(res, &obj, opts);
+        let already_deleting = meta(&obj).get("deletionTimestamp").is_some();
+        if grace > 0 || !finalizers.is_empty() || (res.kind == "Namespace" && res.group.is_empty())
+        {
+            if already_deleting
+                && grace == 0
+                && finalizers.len()
+                    == meta(&obj)
+                        .get("finalizers")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                && res.kind != "Pod"
+            {
+                return Ok(old);
+            }
+            let m = meta_mut(&mut obj);
+            if !already_deleting || grace == 0 {
+                let when = jiff::Timestamp::now()
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or_else(|_| jiff::Timestamp::now());
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
+                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
+            if !finalizers.is_empty() {
+                m.insert("finalizers".into(), Value::Array(finalizers.clone()));
+            }
+            if res.group.is_empty() && res.kind == "Namespace" {
+                obj["status"]["phase"] = json!("Terminating");
+            }
+            let pending = grace > 0 || !finalizers.is_empty() || res.kind == "Namespace";
+            if pending {
+                if opts.dry_run {
+                    return Ok(obj);
+                }
+                meta_mut(&mut obj).remove("resourceVersion");
+                let new_kv = self
+                    .store
+                    .update(&kv.key, encode(&obj), Some(kv.mod_revision))
+                    .await
+                    .map_err(|e| store_error(res, name, e))?;
+                meta_mut(&mut obj).insert(
+                    "resourceVersion".into(),
+                    json!(new_kv.mod_revision.0.to_string()),
+                );
+                return Ok(obj);
+            }
+        }
+        if opts.dry_run {
+            return Ok(old);
+        }
+        let deleted = self
+            .store
+            .delete(&kv.key, Some(kv.mod_revision))
+            .await
+            .map_err(|e| store_error(res, name, e))?;
+        self.after_delete(res, &old);
+        let mut out = old;
+        meta_mut(&mut out).insert(
+            "resourceVersion".into(),
+            json!(deleted.revision.0.to_string()),
+        );
+        Ok(out)
+    }
+
+    /// Seconds a deletion waits: only pods bound to a node wait, for their
+    /// grace period, so their agent can stop the containers.
+    fn grace_period(&self, res: &Resource, obj: &Value, opts: &DeleteOptions) -> i64 {
+        if !(res.group.is_empty() && res.kind == "Pod") {
+            return 0;
+        }
+        let bound = obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let phase = obj
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !bound || phase == "Succeeded" || phase == "Failed" {
+            return 0;
+        }
+        let requested = opts
+            .grace_period_seconds
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30)
+            .max(0);
+        // An earlier, shorter grace period is never extended.
+        match meta(obj)
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+        {
+            Some(current) if meta(obj).get("deletionTimestamp").is_some() => requested.min(current),
+            _ => requested,
+        }
+    }
+
+    fn after_delete(&self, res: &Resource, old: &Value) {
+        if res.group.is_empty() && res.kind == "Service" {
+            self.allocator
+                .lock()
+                .expect("allocator lock")
+                .release(&Held::of(old));
+        }
+    }
+
+    /// Delete every object a list query selects.
+    ///
+    /// # Errors
+    /// As [`Registry::list`] and [`Registry::delete`].
+    pub async fn delete_collection(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        query: &ListQuery,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let list = self.list(res, namespace, query).await?;
+        let mut out = Vec::new();
+        for item in list.items {
+            let ns = meta_str(&item, "namespace").to_owned();
+            let name = meta_str(&item, "name").to_owned();
+            let ns = (!ns.is_empty()).then_some(ns);
+            match self.delete(res, ns.as_deref(), &name, opts).await {
+                Ok(v) => out.push(v),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bind a pod to a node (`pods/binding`).
+    ///
+    /// # Errors
+    /// 409 when the pod is already bound or being deleted.
+    pub async fn bind(&self, namespace: &str, name: &str, binding: &Value) -> Result<(), ApiError> {
+        let res = self
+            .resource("", "pods")
+            .expect("pods are in the catalog")
+            .clone();
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                "",
+                "Binding",
+                name,
+                vec![FieldError::required("target.name")],
+            ));
+        }
+        let (kv, old) = self.get_kv(&res, Some(namespace), name).await?;
+        if meta(&old).get("deletionTimestamp").is_some() {
+            return Err(ApiError::conflict(
+                target(&res, name),
+                "pod is being deleted, cannot be assigned to a host",
+            ));
+        }
+        let current = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !current.is_empty() {
+            return Err(ApiError::conflict(
+                target(&res, name),
+                &format!("pod {name} is already assigned to node {current:?}"),
+            ));
+        }
+        let mut obj = old.clone();
+        obj["spec"]["nodeName"] = json!(node);
+        let conditions = obj
+            .pointer_mut("/status")
+            .and_then(Value::as_object_mut)
+            .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+        if let Some(Value::Array(list)) = conditions {
+            list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
+        }
+        meta_mut(&mut obj).remove("resourceVersion");
+        self.store
+            .update(&kv.key, encode(&obj), Some(kv.mod_revision))
+            .await
+            .map_err(|e| store_error(&res, name, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
