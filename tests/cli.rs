@@ -97,8 +97,18 @@ impl Drop for Server {
 fn start_server(data_dir: &Path) -> Server {
     Server(
         Command::new(ORCH)
-            .args(["server", "--data-dir"])
+            .args([
+                "server",
+                "--disable-agent",
+                "--bind-address",
+                "127.0.0.1",
+                "--https-listen-port",
+                "0",
+                "--data-dir",
+            ])
             .arg(data_dir)
+            .arg("--write-kubeconfig")
+            .arg(data_dir.join("kubeconfig.yaml"))
             .env("RUST_LOG", "info")
             .env_remove("ORCH_LOG_LEVEL")
             .stderr(Stdio::piped())

@@ -98,12 +98,11 @@ pub enum Error {
     #[error(transparent)]
     Auth(#[from] auth::Error),
     #[error(
-        "cannot listen on {addr}: {source}; is another server using the port? pass --https-listen-port or --bind-address"
+        "cannot listen on {addr}: {err}; is another server using the port? pass --https-listen-port or --bind-address"
     )]
     Listen {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     #[error("cannot prepare the API: {0}")]
     Api(crate::api::status::ApiError),
@@ -139,13 +138,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Listen {
+        .map_err(|err| Error::Listen {
             addr: config.listen,
-            source,
+            err,
         })?;
-    let local = listener.local_addr().map_err(|source| Error::Listen {
+    let local = listener.local_addr().map_err(|err| Error::Listen {
         addr: config.listen,
-        source,
+        err,
     })?;
     let host = if config.listen.ip().is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
