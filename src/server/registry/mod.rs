@@ -1001,13 +1001,14 @@ impl Registry {
             .cloned()
             .unwrap_or_default();
         match opts.propagation_policy.as_deref() {
-            Some("Orphan") if !finalizers.contains(&json!("orphan")) => {
-                finalizers.push(json!("orphan"))
-            }
+            // Orphaning is done here, before the delete, rather than through
+            // the `orphan` finalizer and the garbage collector (which does
+            // not exist yet, TODO(#4)): the end state is the same.
+            Some("Orphan") => self.orphan_dependents(&old).await?,
             Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
                 finalizers.push(json!("foregroundDeletion"));
             }
-            Some("Orphan" | "Foreground" | "Background") | None => {}
+            Some("Foreground" | "Background") | None => {}
             Some(other) => {
                 return Err(ApiError::invalid(
                     "",
@@ -1086,6 +1087,61 @@ impl Registry {
             json!(deleted.revision.0.to_string()),
         );
         Ok(out)
+    }
+
+    /// Remove ownerReferences to `owner` from every object in its namespace
+    /// (or every object, for a cluster-scoped owner).
+    async fn orphan_dependents(&self, owner: &Value) -> Result<(), ApiError> {
+        let uid = meta_str(owner, "uid").to_owned();
+        let ns = meta_str(owner, "namespace").to_owned();
+        let resources: Vec<Resource> = self
+            .catalog
+            .resources()
+            .iter()
+            .filter(|r| r.allows("list"))
+            .cloned()
+            .collect();
+        for res in resources {
+            let scope = (res.namespaced && !ns.is_empty()).then_some(ns.as_str());
+            let list = self.list(&res, scope, &ListQuery::default()).await?;
+            for item in list.items {
+                let refs = meta(&item)
+                    .get("ownerReferences")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if !refs
+                    .iter()
+                    .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid.as_str()))
+                {
+                    continue;
+                }
+                let kept: Vec<Value> = refs
+                    .into_iter()
+                    .filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()))
+                    .collect();
+                let patch = json!({"metadata": {"ownerReferences": if kept.is_empty() { Value::Null } else { Value::Array(kept) }}});
+                let item_ns = meta_str(&item, "namespace").to_owned();
+                let name = meta_str(&item, "name").to_owned();
+                let scope = (!item_ns.is_empty()).then_some(item_ns.as_str());
+                match self
+                    .patch(
+                        &res,
+                        scope,
+                        &name,
+                        (PatchType::Merge, &patch),
+                        None,
+                        &WriteOptions::default(),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Seconds a deletion waits: only pods bound to a node wait, for their

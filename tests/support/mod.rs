@@ -1,0 +1,168 @@
+//! Test fixtures: a real `orch server` in a temp dir on a free port, and
+//! the real kubectl binaries pointed at it.
+
+#![allow(dead_code)] // each test file uses part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+
+/// kubectl versions the API must serve unchanged ("" is the dispatcher).
+pub const KUBECTL_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", ""];
+
+/// A running `orch server --disable-agent`, stopped when dropped.
+pub struct TestServer {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    /// Lines the server logged (collected in the background).
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut child = Command::new(ORCH)
+            .args([
+                "server",
+                "--disable-agent",
+                "--bind-address",
+                "127.0.0.1",
+                "--https-listen-port",
+                "0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .arg("--write-kubeconfig")
+            .arg(&kubeconfig)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start orch server");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    let ready = line.contains("orch server ready");
+                    seen.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => panic!("orch server did not become ready within 30 s: {seen:#?}"),
+            }
+        }
+        Self {
+            child,
+            dir,
+            kubeconfig,
+            log: rx,
+        }
+    }
+
+    /// Run `kubectl` of `version` ("" for the dispatcher) against the server.
+    pub fn kubectl(&self, version: &str, args: &[&str]) -> Output {
+        self.kubectl_env(version, args, &[])
+    }
+
+    pub fn kubectl_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(kubectl_path(version));
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd.arg("--cache-dir")
+            .arg(self.dir.path().join(format!("kube-cache-{version}")));
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("KUBECONFIG");
+        cmd.output().expect("run kubectl")
+    }
+
+    /// Run kubectl and return stdout, failing the test with stderr on error.
+    pub fn ok(&self, version: &str, args: &[&str]) -> String {
+        let out = self.kubectl(version, args);
+        assert!(
+            out.status.success(),
+            "kubectl {version} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Run kubectl expecting failure; return stderr.
+    pub fn fails(&self, version: &str, args: &[&str]) -> String {
+        let out = self.kubectl(version, args);
+        assert!(
+            !out.status.success(),
+            "kubectl {version} {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+}
+
+/// The versioned kubectl binary next to the `kubectl` on PATH.
+pub fn kubectl_path(version: &str) -> PathBuf {
+    let which = Command::new("sh")
+        .args(["-c", "command -v kubectl"])
+        .output()
+        .expect("sh");
+    let found = String::from_utf8_lossy(&which.stdout).trim().to_owned();
+    assert!(
+        !found.is_empty(),
+        "kubectl is not on PATH; these tests drive the real kubectl binaries (kubectl and kubectl.1.31…1.33 beside it)"
+    );
+    let real = std::fs::canonicalize(&found).expect("resolve kubectl");
+    if version.is_empty() {
+        return real;
+    }
+    let path = real
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!("kubectl.{version}"));
+    assert!(
+        path.exists(),
+        "{} is missing; install kubectl {version} beside {}",
+        path.display(),
+        real.display()
+    );
+    path
+}
+
+/// The header (first line) of a table, split into column names.
+pub fn header(table: &str) -> Vec<String> {
+    let first = table.lines().next().unwrap_or_default();
+    first
+        .split("  ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
