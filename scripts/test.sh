@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian/Ubuntu packages the tests use. gcc builds the bundled SQLite.
+# Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite.
 packages=(gcc)
 
 missing=()
@@ -24,6 +24,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+
+# The official Python client, for tests/python_client.rs.
+if ! python3 -c "import kubernetes" >/dev/null 2>&1; then
+    echo "== installing the Python kubernetes client"
+    python3 -m pip install --quiet kubernetes
+fi
+# The API tests drive the real kubectl binaries (kubectl and kubectl.1.31…1.33
+# beside it); they fail with a message naming what is missing.
+command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl is not on PATH; the kubectl tests will fail" >&2
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install Rust from https://rustup.rs and run this script again" >&2
