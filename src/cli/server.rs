@@ -122,8 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cidr: args.service_cidr,
         node_ports: args.service_node_port_range,
     };
+    // Store reads run on the blocking pool, each on its own SQLite read
+    // connection (with its own page cache): bounding the pool bounds both
+    // the threads and the memory a burst of reads can take.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(8)
         .thread_name("orch-server")
         .build()
         .context("cannot start the async runtime")?;

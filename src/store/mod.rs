@@ -122,9 +122,10 @@ pub struct ListPage {
 
 /// Where a paged list stopped: the revision it reads at and the last key it
 /// returned. Encoded as `<revision>/<hex of last key>` so that it is opaque,
-/// printable and free of separators that clients might mangle.
+/// printable and free of separators that clients might mangle. Callers that
+/// filter a page may make their own token to stop at any key of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ContinueToken {
+pub struct ContinueToken {
     pub revision: Revision,
     pub last_key: String,
 }
@@ -138,6 +139,8 @@ impl ContinueToken {
         s
     }
 
+    /// # Errors
+    /// [`Error::InvalidContinue`] for a token this store did not make.
     pub fn decode(token: &str) -> Result<Self, Error> {
         let invalid = |why: &str| Error::InvalidContinue {
             token: token.to_owned(),

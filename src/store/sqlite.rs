@@ -445,6 +445,9 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // 1 MiB of page cache per reader: enough for index pages, and readers
+    // are many while the writer is one.
+    conn.execute_batch("PRAGMA cache_size = -1024;")?;
     Ok(conn)
 }
 

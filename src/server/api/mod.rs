@@ -33,7 +33,7 @@ use crate::api::status::{self, ApiError};
 use crate::api::table;
 use crate::server::auth::{self, Tokens, User};
 use crate::server::registry::{
-    DeleteOptions, FieldValidation, ListQuery, Registry, WriteOptions, Written,
+    DeleteOptions, FieldValidation, ListQuery, ListResult, Registry, WriteOptions, Written,
 };
 use crate::store::Revision;
 
@@ -331,17 +331,7 @@ impl ApiServer {
                     return Err(ApiError::method_not_allowed("list"));
                 }
                 let list = registry.list(&res, ns, &list_query).await?;
-                Ok(json_response(
-                    StatusCode::OK,
-                    &render_list(
-                        &res,
-                        list.items,
-                        list.revision,
-                        list.continue_token,
-                        representation,
-                        &query,
-                    ),
-                ))
+                list_response(&res, &list, representation, &query)
             }
             (&Method::POST, None, None) => {
                 let body = read_body(req).await?;
@@ -574,27 +564,24 @@ fn partial_metadata(obj: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
-/// A Table of `items`, with rows carrying the object as `includeObject` says.
+/// One Table row, carrying the object as `includeObject` says.
+pub(crate) fn table_row(res: &Resource, obj: &Value, include: &str, now: jiff::Timestamp) -> Value {
+    let mut row = json!({"cells": table::cells(&res.group, &res.kind, obj, now)});
+    match include {
+        "None" => {}
+        "Object" => row["object"] = obj.clone(),
+        _ => row["object"] = partial_metadata(obj),
+    }
+    row
+}
+
+/// A Table of rows made by [`table_row`].
 pub(crate) fn table_of(
     res: &Resource,
-    items: &[Value],
+    rows: Vec<Value>,
     revision: Option<Revision>,
     continue_token: Option<&str>,
-    include: &str,
 ) -> Value {
-    let now = jiff::Timestamp::now();
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|obj| {
-            let mut row = json!({"cells": table::cells(&res.group, &res.kind, obj, now)});
-            match include {
-                "None" => {}
-                "Object" => row["object"] = obj.clone(),
-                _ => row["object"] = partial_metadata(obj),
-            }
-            row
-        })
-        .collect();
     let mut metadata = json!({});
     if let Some(rv) = revision {
         metadata["resourceVersion"] = json!(rv.0.to_string());
@@ -611,6 +598,21 @@ pub(crate) fn table_of(
     })
 }
 
+/// A one-row Table for a single object.
+pub(crate) fn table_of_object(res: &Resource, obj: &Value, include: &str) -> Value {
+    let rv = obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .map(Revision);
+    table_of(
+        res,
+        vec![table_row(res, obj, include, jiff::Timestamp::now())],
+        rv,
+        None,
+    )
+}
+
 fn render_object(
     res: &Resource,
     obj: Value,
@@ -621,22 +623,83 @@ fn render_object(
         Representation::Table
             if obj.get("kind").and_then(Value::as_str) == Some(res.kind.as_str()) =>
         {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok())
-                .map(Revision);
-            table_of(
-                res,
-                std::slice::from_ref(&obj),
-                rv,
-                None,
-                q(query, "includeObject").unwrap_or("Metadata"),
-            )
+            table_of_object(res, &obj, q(query, "includeObject").unwrap_or("Metadata"))
         }
         Representation::PartialObjectMetadata => partial_metadata(&obj),
         _ => obj,
     }
+}
+
+/// A list response. Plain JSON is written straight from the stored bytes;
+/// Tables and metadata-only lists decode one object at a time.
+fn list_response(
+    res: &Resource,
+    list: &ListResult,
+    representation: Representation,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    if representation == Representation::Table {
+        let include = q(query, "includeObject").unwrap_or("Metadata");
+        let now = jiff::Timestamp::now();
+        let mut rows = Vec::with_capacity(list.items.len());
+        for item in &list.items {
+            rows.push(table_row(res, &item.decode()?, include, now));
+        }
+        let table = table_of(
+            res,
+            rows,
+            Some(list.revision),
+            list.continue_token.as_deref(),
+        );
+        return Ok(json_response(StatusCode::OK, &table));
+    }
+    if representation != Representation::Json {
+        let items = list.decoded()?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &render_list(
+                res,
+                items,
+                list.revision,
+                list.continue_token.clone(),
+                representation,
+                query,
+            ),
+        ));
+    }
+    let total: usize = list.items.iter().map(|i| i.json.len() + 32).sum();
+    let mut out = Vec::with_capacity(total + 256);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    out.extend_from_slice(
+        serde_json::to_string(&res.api_version())
+            .expect("JSON")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in list.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        item.write_json(&mut out);
+    }
+    out.extend_from_slice(b"],\"kind\":");
+    out.extend_from_slice(
+        serde_json::to_string(&format!("{}List", res.kind))
+            .expect("JSON")
+            .as_bytes(),
+    );
+    let mut metadata = json!({"resourceVersion": list.revision.0.to_string()});
+    if let Some(c) = &list.continue_token {
+        metadata["continue"] = json!(c);
+    }
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(&serde_json::to_vec(&metadata).expect("JSON"));
+    out.push(b'}');
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::full(out))
+        .expect("static response parts are valid"))
 }
 
 fn render_list(
@@ -648,13 +711,15 @@ fn render_list(
     query: &Query,
 ) -> Value {
     match representation {
-        Representation::Table => table_of(
-            res,
-            &items,
-            Some(revision),
-            continue_token.as_deref(),
-            q(query, "includeObject").unwrap_or("Metadata"),
-        ),
+        Representation::Table => {
+            let include = q(query, "includeObject").unwrap_or("Metadata");
+            let now = jiff::Timestamp::now();
+            let rows = items
+                .iter()
+                .map(|o| table_row(res, o, include, now))
+                .collect();
+            table_of(res, rows, Some(revision), continue_token.as_deref())
+        }
         Representation::PartialObjectMetadata => {
             let items: Vec<Value> = items.iter().map(partial_metadata).collect();
             let mut metadata = json!({"resourceVersion": revision.0.to_string()});

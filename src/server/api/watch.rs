@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::body::Body;
 use super::request::Representation;
-use super::{Query, q, table_of};
+use super::{Query, q, table_of_object};
 use crate::api::catalog::Resource;
 use crate::api::status::ApiError;
 use crate::server::registry::{ListQuery, Registry};
@@ -112,18 +112,7 @@ impl Stream {
     async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
         let object = match (self.representation, kind) {
             (Representation::Table, "ADDED" | "MODIFIED" | "DELETED") => {
-                let rv = object
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse().ok())
-                    .map(Revision);
-                table_of(
-                    &self.res,
-                    std::slice::from_ref(&object),
-                    rv,
-                    None,
-                    &self.include_object,
-                )
+                table_of_object(&self.res, &object, &self.include_object)
             }
             (Representation::PartialObjectMetadata, "ADDED" | "MODIFIED" | "DELETED") => {
                 json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
@@ -159,8 +148,11 @@ impl Stream {
             Some(rv) => rv,
             None => match registry.list(&self.res, namespace, &params.list).await {
                 Ok(list) => {
-                    for item in list.items {
-                        self.send("ADDED", item).await?;
+                    for item in &list.items {
+                        match item.decode() {
+                            Ok(obj) => self.send("ADDED", obj).await?,
+                            Err(err) => return self.send("ERROR", err.to_status()).await,
+                        }
                     }
                     if params.initial_events_end {
                         self.bookmark(list.revision, true).await?;

@@ -61,12 +61,95 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
+/// An object as stored: JSON without `metadata.resourceVersion`, and the
+/// revision that goes there. Lists keep objects in this form so that large
+/// lists are written out without building a JSON tree per object.
+#[derive(Debug, Clone)]
+pub struct RawObject {
+    pub json: Vec<u8>,
+    pub revision: Revision,
+}
+
+impl RawObject {
+    /// The object as clients see it.
+    ///
+    /// # Errors
+    /// A stored value that is not JSON (500).
+    pub fn decode(&self) -> Result<Value, ApiError> {
+        let mut obj: Value = serde_json::from_slice(&self.json)
+            .map_err(|e| ApiError::internal(format!("corrupt stored object: {e}")))?;
+        meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.revision.0.to_string()));
+        Ok(obj)
+    }
+
+    /// Append the object's JSON, with its resourceVersion, to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let rv = format!("\"resourceVersion\":\"{}\"", self.revision.0);
+        match metadata_open_brace(&self.json) {
+            Some(i) => {
+                out.extend_from_slice(&self.json[..=i]);
+                out.extend_from_slice(rv.as_bytes());
+                if self.json.get(i + 1) != Some(&b'}') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&self.json[i + 1..]);
+            }
+            None => out.extend_from_slice(&self.json),
+        }
+    }
+}
+
+/// The index of the `{` that opens the top-level `"metadata"` object, found
+/// by a scan that skips strings and nested values.
+fn metadata_open_brace(json: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    if json[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if depth == 1 && &json[start..i.min(json.len())] == b"metadata" {
+                    let mut j = i + 1;
+                    while j < json.len() && (json[j] == b':' || json[j].is_ascii_whitespace()) {
+                        j += 1;
+                    }
+                    if json.get(j) == Some(&b'{') {
+                        return Some(j);
+                    }
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// What a list returns.
 #[derive(Debug, Clone)]
 pub struct ListResult {
-    pub items: Vec<Value>,
+    pub items: Vec<RawObject>,
     pub revision: Revision,
     pub continue_token: Option<String>,
+}
+
+impl ListResult {
+    /// Every item decoded (for callers that work on a few objects).
+    ///
+    /// # Errors
+    /// A stored value that is not JSON.
+    pub fn decoded(&self) -> Result<Vec<Value>, ApiError> {
+        self.items.iter().map(RawObject::decode).collect()
+    }
 }
 
 /// List parameters after parsing.
@@ -390,14 +473,20 @@ impl Registry {
         let mut token = query.continue_token.clone();
         let mut revision = query.exact_revision;
         loop {
-            let want = query.limit.map(|l| l.saturating_sub(items.len()));
+            // Unfiltered lists page exactly; filtered ones read big pages
+            // and stop at the limit themselves.
+            let page_size = match (query.limit, filtered) {
+                (Some(l), false) => Some(l - items.len()),
+                (Some(l), true) => Some((l - items.len()).max(500)),
+                (None, _) => None,
+            };
             let page = self
                 .store
                 .list(
                     &prefix,
                     ListOptions {
                         revision: if token.is_some() { None } else { revision },
-                        limit: want,
+                        limit: page_size,
                         continue_token: token.clone(),
                     },
                 )
@@ -409,13 +498,35 @@ impl Registry {
                     other => store_error(res, "", other),
                 })?;
             revision = Some(page.revision);
-            for kv in &page.items {
-                let obj = decode_kv(kv)?;
-                if !filtered || (query.labels.matches_object(&obj) && query.fields.matches(&obj)) {
-                    items.push(obj);
+            token = page.continue_token;
+            let count = page.items.len();
+            for (n, kv) in page.items.into_iter().enumerate() {
+                let raw = RawObject {
+                    json: kv.value,
+                    revision: kv.mod_revision,
+                };
+                if filtered {
+                    let obj = raw.decode()?;
+                    if !(query.labels.matches_object(&obj) && query.fields.matches(&obj)) {
+                        continue;
+                    }
+                }
+                items.push(raw);
+                if query.limit.is_some_and(|l| items.len() >= l) {
+                    // Stop here; the next page starts after this key (unless
+                    // it was the last one there is).
+                    if n + 1 < count {
+                        token = Some(
+                            store::ContinueToken {
+                                revision: page.revision,
+                                last_key: kv.key,
+                            }
+                            .encode(),
+                        );
+                    }
+                    break;
                 }
             }
-            token = page.continue_token;
             let full = query.limit.is_some_and(|l| items.len() >= l);
             if token.is_none() || full {
                 break;
@@ -1104,7 +1215,7 @@ impl Registry {
         for res in resources {
             let scope = (res.namespaced && !ns.is_empty()).then_some(ns.as_str());
             let list = self.list(&res, scope, &ListQuery::default()).await?;
-            for item in list.items {
+            for item in list.decoded()? {
                 let refs = meta(&item)
                     .get("ownerReferences")
                     .and_then(Value::as_array)
@@ -1201,7 +1312,7 @@ impl Registry {
     ) -> Result<Vec<Value>, ApiError> {
         let list = self.list(res, namespace, query).await?;
         let mut out = Vec::new();
-        for item in list.items {
+        for item in list.decoded()? {
             let ns = meta_str(&item, "namespace").to_owned();
             let name = meta_str(&item, "name").to_owned();
             let ns = (!ns.is_empty()).then_some(ns);
