@@ -1,8 +1,209 @@
-//! Records the git commit and target triple for `orch version`.
+//! Build-time facts for the binary:
+//! - the git commit and target triple for `orch version`;
+//! - the OpenAPI v3 component schemas of the served kinds (what
+//!   `kubectl explain` reads), generated from the k8s-openapi types through
+//!   schemars and stored gzip-compressed, so the binary carries ~0.5 MB of
+//!   compressed JSON instead of the schema code.
 
+use std::io::Write;
 use std::process::Command;
 
+fn openapi_schemas() {
+    use schemars::JsonSchema;
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds: Vec<(String, &str, &str)> = Vec::new();
+    macro_rules! kinds {
+        ($( ($g:expr, $k:expr, $($path:ident)::+) ),* $(,)?) => {
+            {
+                $(
+                    let _ = generator.subschema_for::<k8s_openapi::api::$($path)::+>();
+                    kinds.push((<k8s_openapi::api::$($path)::+ as JsonSchema>::schema_name().into_owned(), $g, $k));
+                )*
+            }
+        };
+    }
+    include!("src/api/kinds.in");
+    let mut schemas = generator.take_definitions(true);
+    for (name, group, kind) in kinds {
+        if let Some(schema) = schemas.get_mut(&name).and_then(|s| s.as_object_mut()) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                serde_json::json!([{"group": group, "kind": kind, "version": "v1"}]),
+            );
+        }
+    }
+    // How kubectl must build strategic merge patches for these lists: the
+    // same merge keys as src/api/patch.rs applies (upstream's struct tags).
+    const PATCH_STRATEGIES: &[(&str, &str, &str, Option<&str>)] = &[
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "containers",
+            "merge",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "initContainers",
+            "merge",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "ephemeralContainers",
+            "merge",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "volumes",
+            "merge,retainKeys",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "imagePullSecrets",
+            "merge",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "hostAliases",
+            "merge",
+            Some("ip"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "topologySpreadConstraints",
+            "merge",
+            Some("topologyKey"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "schedulingGates",
+            "merge",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodSpec",
+            "resourceClaims",
+            "merge,retainKeys",
+            Some("name"),
+        ),
+        ("io.k8s.api.core.v1.Container", "env", "merge", Some("name")),
+        (
+            "io.k8s.api.core.v1.Container",
+            "ports",
+            "merge",
+            Some("containerPort"),
+        ),
+        (
+            "io.k8s.api.core.v1.Container",
+            "volumeMounts",
+            "merge",
+            Some("mountPath"),
+        ),
+        (
+            "io.k8s.api.core.v1.Container",
+            "volumeDevices",
+            "merge",
+            Some("devicePath"),
+        ),
+        (
+            "io.k8s.api.core.v1.EphemeralContainer",
+            "env",
+            "merge",
+            Some("name"),
+        ),
+        (
+            "io.k8s.api.core.v1.EphemeralContainer",
+            "volumeMounts",
+            "merge",
+            Some("mountPath"),
+        ),
+        (
+            "io.k8s.api.core.v1.EphemeralContainer",
+            "volumeDevices",
+            "merge",
+            Some("devicePath"),
+        ),
+        (
+            "io.k8s.api.core.v1.ServiceSpec",
+            "ports",
+            "merge",
+            Some("port"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodStatus",
+            "conditions",
+            "merge",
+            Some("type"),
+        ),
+        (
+            "io.k8s.api.core.v1.PodStatus",
+            "podIPs",
+            "merge",
+            Some("ip"),
+        ),
+        (
+            "io.k8s.api.core.v1.NodeStatus",
+            "conditions",
+            "merge",
+            Some("type"),
+        ),
+        (
+            "io.k8s.api.core.v1.NodeStatus",
+            "addresses",
+            "merge",
+            Some("type"),
+        ),
+        (
+            "io.k8s.api.apps.v1.DeploymentStatus",
+            "conditions",
+            "merge",
+            Some("type"),
+        ),
+        (
+            "io.k8s.api.apps.v1.DeploymentSpec",
+            "strategy",
+            "retainKeys",
+            None,
+        ),
+        (
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+            "finalizers",
+            "merge",
+            None,
+        ),
+        (
+            "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+            "ownerReferences",
+            "merge",
+            Some("uid"),
+        ),
+    ];
+    for (schema, field, strategy, key) in PATCH_STRATEGIES {
+        let prop = schemas
+            .get_mut(*schema)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(*field))
+            .and_then(|f| f.as_object_mut())
+            .unwrap_or_else(|| panic!("{schema}.{field} is not in the generated schemas"));
+        prop.insert("x-kubernetes-patch-strategy".into(), (*strategy).into());
+        if let Some(key) = key {
+            prop.insert("x-kubernetes-patch-merge-key".into(), (*key).into());
+        }
+    }
+    let json = serde_json::to_vec(&schemas).expect("schemas serialise");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"))
+        .join("openapi-schemas.json.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&json).expect("compress");
+    std::fs::write(out, gz.finish().expect("compress")).expect("write schemas");
+}
+
 fn main() {
+    openapi_schemas();
+    println!("cargo:rerun-if-changed=src/api/kinds.in");
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

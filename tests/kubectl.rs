@@ -463,6 +463,22 @@ fn api_resources_lists_kinds_with_short_names() {
 }
 
 #[test]
+fn explain_describes_fields_from_openapi() {
+    let server = TestServer::start();
+    for v in KUBECTL_VERSIONS {
+        let out = server.ok(v, &["explain", "deployment.spec.strategy"]);
+        assert!(
+            out.contains("DeploymentStrategy")
+                && out.contains("rollingUpdate")
+                && out.contains("Recreate"),
+            "{v}: {out}"
+        );
+        let out = server.ok(v, &["explain", "pods.spec.containers.image"]);
+        assert!(out.contains("Container image name"), "{v}: {out}");
+    }
+}
+
+#[test]
 fn bad_input_gets_clear_errors_and_changes_nothing() {
     let server = TestServer::start();
     let bad = server.write(

@@ -3,10 +3,28 @@
 //! how kubectl learns that the server validates fields itself (so
 //! `kubectl apply` works with its default `--validate=strict`).
 //!
-//! Component schemas (what `kubectl explain` reads) are not generated yet:
-//! TODO(#3).
+//! The component schemas (what `kubectl explain` reads) are generated at
+//! build time from the k8s-openapi types (see build.rs) and embedded
+//! gzip-compressed; they are decompressed on the first request.
+
+use std::io::Read;
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value, json};
+
+static SCHEMAS_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi-schemas.json.gz"));
+
+/// The component schemas, keyed by their OpenAPI names.
+fn schemas() -> &'static Value {
+    static SCHEMAS: OnceLock<Value> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(SCHEMAS_GZ)
+            .read_to_end(&mut json)
+            .expect("the embedded schemas were compressed by build.rs");
+        serde_json::from_slice(&json).expect("the embedded schemas are JSON")
+    })
+}
 
 use crate::api::catalog::{Catalog, Resource};
 
@@ -98,6 +116,6 @@ pub fn group_version(catalog: &Catalog, group: &str, version: &str) -> Option<Va
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": crate::server::KUBERNETES_VERSION},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas()},
     }))
 }

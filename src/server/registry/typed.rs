@@ -2,7 +2,6 @@
 //! body with a wrong type fails as upstream's decoder does, and fields the
 //! schema does not know are dropped (and reported by the caller).
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -14,28 +13,15 @@ fn through<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Value, String
 
 /// Decode and re-encode `obj` as its kind; `None` for kinds without a type.
 pub fn round_trip(group: &str, kind: &str, obj: &Value) -> Option<Result<Value, String>> {
-    Some(match (group, kind) {
-        ("", "Namespace") => through::<core::v1::Namespace>(obj),
-        ("", "Node") => through::<core::v1::Node>(obj),
-        ("", "Pod") => through::<core::v1::Pod>(obj),
-        ("", "Service") => through::<core::v1::Service>(obj),
-        ("", "Endpoints") => through::<core::v1::Endpoints>(obj),
-        ("", "ConfigMap") => through::<core::v1::ConfigMap>(obj),
-        ("", "Secret") => through::<core::v1::Secret>(obj),
-        ("", "ServiceAccount") => through::<core::v1::ServiceAccount>(obj),
-        ("", "Event") => through::<core::v1::Event>(obj),
-        ("coordination.k8s.io", "Lease") => through::<coordination::v1::Lease>(obj),
-        ("apps", "Deployment") => through::<apps::v1::Deployment>(obj),
-        ("apps", "ReplicaSet") => through::<apps::v1::ReplicaSet>(obj),
-        ("apps", "DaemonSet") => through::<apps::v1::DaemonSet>(obj),
-        ("apps", "StatefulSet") => through::<apps::v1::StatefulSet>(obj),
-        ("apps", "ControllerRevision") => through::<apps::v1::ControllerRevision>(obj),
-        ("batch", "Job") => through::<batch::v1::Job>(obj),
-        ("batch", "CronJob") => through::<batch::v1::CronJob>(obj),
-        ("discovery.k8s.io", "EndpointSlice") => through::<discovery::v1::EndpointSlice>(obj),
-        ("events.k8s.io", "Event") => through::<events::v1::Event>(obj),
-        _ => return None,
-    })
+    macro_rules! kinds {
+        ($( ($g:expr, $k:expr, $($path:ident)::+) ),* $(,)?) => {
+            match (group, kind) {
+                $( ($g, $k) => Some(through::<k8s_openapi::api::$($path)::+>(obj)), )*
+                _ => None,
+            }
+        };
+    }
+    include!("../../api/kinds.in")
 }
 
 #[cfg(test)]
@@ -62,5 +48,18 @@ mod tests {
         let out = round_trip("", "ConfigMap", &extra).unwrap().unwrap();
         assert!(out.get("bogus").is_none());
         assert_eq!(out["data"]["a"], "b");
+    }
+
+    #[test]
+    fn every_kind_with_a_type_is_in_the_catalog() {
+        let catalog = crate::api::catalog::Catalog::builtin();
+        macro_rules! kinds {
+            ($( ($g:expr, $k:expr, $($path:ident)::+) ),* $(,)?) => {
+                {
+                    $( assert!(catalog.find_kind($g, "v1", $k).is_some(), "{}/{} is not served", $g, $k); )*
+                }
+            };
+        }
+        include!("../../api/kinds.in");
     }
 }
