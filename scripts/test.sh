@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite.
-packages=(gcc)
+# Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite;
+# curl sends raw HTTP requests in tests/api_errors.rs.
+packages=(gcc curl)
 
 missing=()
 for p in "${packages[@]}"; do

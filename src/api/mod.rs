@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod defaults;
+pub mod duplicates;
 pub mod patch;
 pub mod proto;
 pub mod selector;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
@@ -42,6 +42,8 @@ use request::{Representation, ResourcePath, Target};
 
 /// Request bodies above this are refused with 413 (upstream's limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// How much of a too-large body is read and dropped before answering.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
 
 /// What the handlers share.
 pub struct ApiServer {
@@ -353,7 +355,9 @@ impl ApiServer {
                     review["status"] = json!({"allowed": auth::authorize(user)});
                     return Ok(json_response(StatusCode::CREATED, &review));
                 }
-                let written = registry.create(&res, ns, body.value, &write).await?;
+                let warnings = body.check_duplicates(&write)?;
+                let mut written = registry.create(&res, ns, body.value, &write).await?;
+                written.warnings.extend(warnings);
                 Ok(written_response(
                     StatusCode::CREATED,
                     &res,
@@ -391,9 +395,11 @@ impl ApiServer {
             (&Method::PUT, Some(name), sub @ (None | Some("status" | "finalize"))) => {
                 let body = read_body(req).await?;
                 let sub = if sub == Some("finalize") { None } else { sub };
-                let written = registry
+                let warnings = body.check_duplicates(&write)?;
+                let mut written = registry
                     .update(&res, ns, name, body.value, sub, &write)
                     .await?;
+                written.warnings.extend(warnings);
                 Ok(written_response(
                     StatusCode::OK,
                     &res,
@@ -864,6 +870,31 @@ fn delete_options(query: &Query, body: Option<&Value>) -> Result<DeleteOptions, 
 
 struct Parsed {
     value: Value,
+    /// Fields that appear twice in a JSON body (YAML and protobuf bodies
+    /// cannot carry duplicates past their parsers).
+    duplicates: Vec<String>,
+}
+
+impl Parsed {
+    /// Apply `fieldValidation` to duplicate fields: an error when Strict,
+    /// warnings when Warn.
+    fn check_duplicates(&self, write: &WriteOptions) -> Result<Vec<String>, ApiError> {
+        if self.duplicates.is_empty() || write.field_validation == FieldValidation::Ignore {
+            return Ok(Vec::new());
+        }
+        let msgs: Vec<String> = self
+            .duplicates
+            .iter()
+            .map(|f| format!("duplicate field {f:?}"))
+            .collect();
+        if write.field_validation == FieldValidation::Strict {
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                msgs.join(", ")
+            )));
+        }
+        Ok(msgs)
+    }
 }
 
 async fn read_bytes(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
@@ -873,19 +904,27 @@ async fn read_bytes(req: Request<Incoming>) -> Result<(String, Bytes), ApiError>
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::too_large(MAX_BODY)
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
+    // Read up to MAX_BODY; past it, keep draining (up to a bound) so the
+    // client gets the 413 instead of a reset stream.
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > MAX_DRAIN {
+                break;
             }
-        })?
-        .to_bytes();
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    let bytes = buf.freeze();
     Ok((content_type, bytes))
 }
 
@@ -920,7 +959,16 @@ async fn read_body(req: Request<Incoming>) -> Result<Parsed, ApiError> {
             "the request body must be a JSON or YAML object",
         ));
     }
-    Ok(Parsed { value })
+    let is_json = matches!(
+        ct.split(';').next().unwrap_or_default().trim(),
+        "application/json" | "" | "*/*"
+    );
+    let duplicates = if is_json {
+        crate::api::duplicates::duplicate_fields(&bytes).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Parsed { value, duplicates })
 }
 
 async fn read_optional_body(req: Request<Incoming>) -> Result<Option<Value>, ApiError> {

@@ -1,0 +1,303 @@
+//! Bad input over HTTP gets the right 4xx `Status`, and nothing stored
+//! changes. Driven with curl so the requests are exactly what is sent.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::TestServer;
+
+struct Api<'a> {
+    server: &'a TestServer,
+    base: String,
+    token: String,
+}
+
+struct Reply {
+    code: u16,
+    body: String,
+    headers: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// A `metav1.Status` with this code and reason.
+    fn status(&self, code: u16, reason: &str) -> Value {
+        let s = self.json();
+        assert_eq!(
+            (
+                self.code,
+                s["kind"].as_str(),
+                s["code"].as_u64(),
+                s["reason"].as_str()
+            ),
+            (code, Some("Status"), Some(u64::from(code)), Some(reason)),
+            "{}",
+            self.body
+        );
+        s
+    }
+}
+
+impl<'a> Api<'a> {
+    fn new(server: &'a TestServer) -> Self {
+        let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+        let base = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("server URL")
+            .to_owned();
+        let token =
+            std::fs::read_to_string(server.dir.path().join("server/tls/admin.token")).unwrap();
+        Self {
+            server,
+            base,
+            token: token.trim().to_owned(),
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+        auth: bool,
+    ) -> Reply {
+        let body_file = self.server.dir.path().join("body");
+        let header_file = self.server.dir.path().join("headers");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-X", method, "-o", "-", "-w", "\n%{http_code}", "-D"])
+            .arg(&header_file)
+            .arg("--cacert")
+            .arg(self.server.dir.path().join("server/tls/ca.crt"))
+            .args(["-H", &format!("Content-Type: {content_type}")]);
+        if auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {}", self.token)]);
+        }
+        if let Some(body) = body {
+            std::fs::write(&body_file, body).unwrap();
+            cmd.arg("--data-binary")
+                .arg(format!("@{}", body_file.display()));
+        }
+        cmd.arg(format!("{}{path}", self.base));
+        let out = cmd
+            .output()
+            .expect("curl is needed for these tests (scripts/test.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status code line");
+        Reply {
+            code: code.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+            headers: std::fs::read_to_string(&header_file).unwrap_or_default(),
+        }
+    }
+
+    fn post(&self, path: &str, body: &str) -> Reply {
+        self.call(
+            "POST",
+            path,
+            "application/json",
+            Some(body.as_bytes()),
+            true,
+        )
+    }
+}
+
+#[test]
+fn identity_and_health() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let v = api.call("GET", "/version", "application/json", None, false);
+    assert_eq!(v.code, 200);
+    let git = v.json()["gitVersion"].as_str().unwrap().to_owned();
+    assert!(git.starts_with("v1.33.") && git.contains("+orch"), "{git}");
+    for path in ["/healthz", "/livez", "/readyz"] {
+        assert_eq!(
+            api.call("GET", path, "application/json", None, false).code,
+            200,
+            "{path}"
+        );
+    }
+    api.call("GET", "/api/v1/namespaces", "application/json", None, false)
+        .status(401, "Unauthorized");
+    let ok = api.call("GET", "/api/v1/namespaces", "application/json", None, true);
+    assert_eq!(ok.code, 200, "{}", ok.body);
+    assert!(
+        ok.headers
+            .to_lowercase()
+            .contains("content-type: application/json"),
+        "{}",
+        ok.headers
+    );
+}
+
+#[test]
+fn malformed_and_mismatched_bodies_are_rejected() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    api.post(
+        cms,
+        r#"{"kind": "ConfigMap", "metadata": {"name": "ok"}, "data": {"a": "1"}}"#,
+    );
+    let before = api
+        .call("GET", &format!("{cms}/ok"), "application/json", None, true)
+        .json();
+
+    api.post(cms, "{not json").status(400, "BadRequest");
+    api.post(
+        cms,
+        r#"{"apiVersion": "apps/v1", "kind": "ConfigMap", "metadata": {"name": "x"}}"#,
+    )
+    .status(400, "BadRequest");
+    api.post(cms, r#"{"kind": "Secret", "metadata": {"name": "x"}}"#)
+        .status(400, "BadRequest");
+    api.post(
+        cms,
+        r#"{"kind": "ConfigMap", "metadata": {"name": "x"}, "data": "not a map"}"#,
+    )
+    .status(400, "BadRequest");
+    let big = format!(
+        r#"{{"kind": "ConfigMap", "metadata": {{"name": "big"}}, "data": {{"a": "{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    api.post(cms, &big).status(413, "RequestEntityTooLarge");
+    api.call("POST", cms, "text/plain", Some(b"hello"), true)
+        .status(415, "UnsupportedMediaType");
+    api.call("GET", "/api/v1/widgets", "application/json", None, true)
+        .status(404, "NotFound");
+    api.call(
+        "GET",
+        &format!("{cms}?labelSelector=a%20in%20b"),
+        "application/json",
+        None,
+        true,
+    )
+    .status(400, "BadRequest");
+    api.call(
+        "PATCH",
+        &format!("{cms}/ok"),
+        "text/plain",
+        Some(b"{}"),
+        true,
+    )
+    .status(415, "UnsupportedMediaType");
+    api.call(
+        "PATCH",
+        &format!("{cms}/ok"),
+        "application/json-patch+json",
+        Some(b"{\"not\": \"a list\"}"),
+        true,
+    )
+    .status(400, "BadRequest");
+
+    // Duplicate fields: an error under Strict, a warning by default.
+    let dup =
+        r#"{"kind": "ConfigMap", "metadata": {"name": "dup", "name": "dup"}, "data": {"a": "1"}}"#;
+    let strict = api
+        .post(&format!("{cms}?fieldValidation=Strict"), dup)
+        .status(400, "BadRequest");
+    assert!(
+        strict["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field \"metadata.name\""),
+        "{strict}"
+    );
+    let warned = api.post(cms, dup);
+    assert_eq!(warned.code, 201, "{}", warned.body);
+    assert!(
+        warned.headers.to_lowercase().contains("warning: 299")
+            && warned.headers.contains("duplicate field"),
+        "{}",
+        warned.headers
+    );
+
+    let after = api
+        .call("GET", &format!("{cms}/ok"), "application/json", None, true)
+        .json();
+    assert_eq!(before, after, "nothing stored changed");
+    let list = api.call("GET", cms, "application/json", None, true).json();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !names.contains(&"x") && !names.contains(&"big"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn conflicts_and_invalid_objects() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let created = api.post(
+        cms,
+        r#"{"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}"#,
+    );
+    assert_eq!(created.code, 201, "{}", created.body);
+    let s = api
+        .post(cms, r#"{"kind": "ConfigMap", "metadata": {"name": "c"}}"#)
+        .status(409, "AlreadyExists");
+    assert_eq!(s["details"]["name"], "c");
+    let stale = r#"{"kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "1"}, "data": {"a": "2"}}"#;
+    api.call(
+        "PUT",
+        &format!("{cms}/c"),
+        "application/json",
+        Some(stale.as_bytes()),
+        true,
+    )
+    .status(409, "Conflict");
+    api.call(
+        "GET",
+        &format!("{cms}/nope"),
+        "application/json",
+        None,
+        true,
+    )
+    .status(404, "NotFound");
+    let invalid = api
+        .post("/api/v1/namespaces/default/pods", r#"{"kind": "Pod", "metadata": {"name": "Bad"}, "spec": {"containers": [{"name": "c"}, {"name": "c", "image": "x"}]}}"#)
+        .status(422, "Invalid");
+    let causes: Vec<&str> = invalid["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            "metadata.name",
+            "spec.containers[0].image",
+            "spec.containers[1].name"
+        ],
+        "{invalid}"
+    );
+    api.post(
+        "/api/v1/namespaces/missing/configmaps",
+        r#"{"kind": "ConfigMap", "metadata": {"name": "c"}}"#,
+    )
+    .status(404, "NotFound");
+    let svc = r#"{"kind": "Service", "metadata": {"name": "s"}, "spec": {"clusterIP": "10.0.0.9", "ports": [{"port": 80}]}}"#;
+    let s = api
+        .post("/api/v1/namespaces/default/services", svc)
+        .status(422, "Invalid");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the valid range"),
+        "{s}"
+    );
+}
