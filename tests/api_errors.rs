@@ -301,3 +301,102 @@ fn conflicts_and_invalid_objects() {
         "{s}"
     );
 }
+
+/// `curl -N` on a watch URL: the event lines it printed before `max_time`.
+fn watch_lines(api: &Api<'_>, path: &str, max_time: &str) -> Vec<Value> {
+    let out = Command::new("curl")
+        .args(["-s", "-N", "--max-time", max_time, "--cacert"])
+        .arg(api.server.dir.path().join("server/tls/ca.crt"))
+        .args(["-H", &format!("Authorization: Bearer {}", api.token)])
+        .arg(format!("{}{path}", api.base))
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("watch line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+#[test]
+fn watch_semantics_over_the_wire() {
+    let server = TestServer::start_with(&[
+        "--compaction-interval",
+        "1",
+        "--compaction-retention",
+        "0",
+        "--compaction-min-revisions",
+        "2",
+    ]);
+    let api = Api::new(&server);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    for i in 0..5 {
+        api.post(
+            cms,
+            &format!(r#"{{"kind": "ConfigMap", "metadata": {{"name": "w{i}"}}}}"#),
+        );
+    }
+    // Initial state as ADDED events, then a bookmark marking their end.
+    let events = watch_lines(
+        &api,
+        &format!(
+            "{cms}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"
+        ),
+        "5",
+    );
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["ADDED", "ADDED", "ADDED", "ADDED", "ADDED", "BOOKMARK"],
+        "{events:?}"
+    );
+    assert_eq!(
+        events[5]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    // timeoutSeconds ends the stream (curl's own limit is longer).
+    let started = std::time::Instant::now();
+    watch_lines(
+        &api,
+        &format!("{cms}?watch=1&resourceVersion=0&timeoutSeconds=1"),
+        "10",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the watch outlived timeoutSeconds"
+    );
+    // Once history is compacted, an old resourceVersion gets 410 Expired.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let expired = loop {
+        api.post(
+            cms,
+            r#"{"kind": "ConfigMap", "metadata": {"generateName": "tick-"}}"#,
+        );
+        let events = watch_lines(
+            &api,
+            &format!("{cms}?watch=1&resourceVersion=1&timeoutSeconds=1"),
+            "5",
+        );
+        if events.first().is_some_and(|e| e["type"] == "ERROR") {
+            break events[0].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "history was never compacted: {events:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(expired["object"]["code"], 410, "{expired}");
+    assert_eq!(expired["object"]["reason"], "Expired", "{expired}");
+    // A list at a compacted revision is 410 Gone.
+    api.call(
+        "GET",
+        &format!("{cms}?resourceVersion=1&resourceVersionMatch=Exact"),
+        "application/json",
+        None,
+        true,
+    )
+    .status(410, "Gone");
+}

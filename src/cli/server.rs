@@ -63,6 +63,33 @@ pub struct Args {
     #[arg(long, env = "ORCH_SERVICE_NODE_PORT_RANGE", value_name = "LOW-HIGH", default_value = "30000-32767", value_parser = parse_port_range)]
     pub service_node_port_range: (u16, u16),
 
+    /// (datastore) Seconds between automatic compactions of the store's history.
+    #[arg(
+        long,
+        env = "ORCH_COMPACTION_INTERVAL",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
+    pub compaction_interval: u64,
+
+    /// (datastore) Seconds of history kept for watches to resume from.
+    #[arg(
+        long,
+        env = "ORCH_COMPACTION_RETENTION",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    pub compaction_retention: u64,
+
+    /// (datastore) Revisions of history always kept.
+    #[arg(
+        long,
+        env = "ORCH_COMPACTION_MIN_REVISIONS",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub compaction_min_revisions: u64,
+
     /// (agent) Run the control plane alone, without the embedded agent.
     #[arg(long, env = "ORCH_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -117,6 +144,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .or_else(default_route_address)
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     config.tls_sans = args.tls_san;
+    if args.compaction_interval == 0 {
+        anyhow::bail!("--compaction-interval must be at least 1 second");
+    }
+    config.compaction = crate::store::CompactionPolicy {
+        retention: std::time::Duration::from_secs(args.compaction_retention),
+        min_revisions: args.compaction_min_revisions,
+        interval: std::time::Duration::from_secs(args.compaction_interval),
+    };
     config.write_kubeconfig = Some(args.write_kubeconfig);
     config.service_ranges = server::registry::ServiceRanges {
         cidr: args.service_cidr,

@@ -32,6 +32,11 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra `orch server` flags.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let mut child = Command::new(ORCH)
@@ -47,6 +52,7 @@ impl TestServer {
             .arg(dir.path())
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()

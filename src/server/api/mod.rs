@@ -800,6 +800,8 @@ fn list_query(res: &Resource, query: &Query) -> Result<ListQuery, ApiError> {
     let exact = match (rv, q(query, "resourceVersionMatch")) {
         (Some(rv), Some("Exact")) => Some(parse_revision(rv)?),
         (Some(rv), None) if limit.is_some() && rv != "0" => Some(parse_revision(rv)?),
+        // A watch with sendInitialEvents names NotOlderThan without a version.
+        (None, Some("NotOlderThan")) if q(query, "sendInitialEvents") == Some("true") => None,
         (None, Some(m)) if !m.is_empty() => {
             return Err(ApiError::bad_request(
                 "resourceVersionMatch is forbidden unless resourceVersion is provided",
