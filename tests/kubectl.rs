@@ -515,3 +515,38 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         );
     }
 }
+
+#[test]
+fn restart_keeps_certificates_data_and_the_kubeconfig_working() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let flags = ["--https-listen-port", port.as_str()];
+    let first = TestServer::start_with(&flags);
+    first.ok(
+        "1.33",
+        &["create", "configmap", "kept", "--from-literal=a=b"],
+    );
+    let ca = std::fs::read(first.dir.path().join("server/tls/ca.crt")).unwrap();
+    let kubeconfig = std::fs::read_to_string(&first.kubeconfig).unwrap();
+    // Same data dir, new process: the old kubeconfig must still work.
+    let second = first.restart(&flags);
+    assert_eq!(
+        std::fs::read(second.dir.path().join("server/tls/ca.crt")).unwrap(),
+        ca,
+        "the CA is reused"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&second.kubeconfig).unwrap(),
+        kubeconfig,
+        "the kubeconfig is unchanged"
+    );
+    let out = second.ok(
+        "1.33",
+        &["get", "configmap", "kept", "-o", "jsonpath={.data.a}"],
+    );
+    assert_eq!(out, "b");
+}

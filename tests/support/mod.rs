@@ -37,7 +37,18 @@ impl TestServer {
 
     /// Start with extra `orch server` flags.
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), extra)
+    }
+
+    /// Stop this server (SIGKILL) and start a new one on the same data dir.
+    pub fn restart(mut self, extra: &[&str]) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let mut child = Command::new(ORCH)
             .args([
@@ -45,14 +56,18 @@ impl TestServer {
                 "--disable-agent",
                 "--bind-address",
                 "127.0.0.1",
-                "--https-listen-port",
-                "0",
                 "--data-dir",
             ])
             .arg(dir.path())
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
             .args(extra)
+            // A free port unless the test picked one.
+            .args(if extra.contains(&"--https-listen-port") {
+                &[][..]
+            } else {
+                &["--https-listen-port", "0"][..]
+            })
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
