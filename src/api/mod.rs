@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod defaults;
 pub mod duplicates;
+pub mod join;
 pub mod patch;
 pub mod proto;
 pub mod selector;

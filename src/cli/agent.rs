@@ -1,8 +1,12 @@
 //! `orch agent`
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use super::DataDirArgs;
+use crate::agent;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -23,16 +27,98 @@ pub struct Args {
     #[arg(long, env = "ORCH_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// (agent) Node name [default: the host name].
+    #[arg(long, env = "ORCH_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// (simulation) Register this many simulated nodes (no containers run)
+    /// named <node-name>-sim-<i>: for testing and benchmarking the control plane.
+    #[arg(long, value_name = "N")]
+    pub simulate: Option<usize>,
+
+    /// (simulation) CPU of each simulated node.
+    #[arg(
+        long,
+        value_name = "QUANTITY",
+        default_value = "8",
+        requires = "simulate"
+    )]
+    pub sim_cpu: String,
+
+    /// (simulation) Memory of each simulated node.
+    #[arg(
+        long,
+        value_name = "QUANTITY",
+        default_value = "32Gi",
+        requires = "simulate"
+    )]
+    pub sim_memory: String,
+
+    /// (simulation) Pod capacity of each simulated node.
+    #[arg(long, value_name = "N", default_value_t = 110, requires = "simulate")]
+    pub sim_pods: u32,
+
+    /// (simulation) Seconds between Lease renewals.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 10,
+        requires = "simulate"
+    )]
+    pub sim_heartbeat: u64,
+
     #[command(flatten)]
     pub data: DataDirArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.token.is_none() && args.token_file.is_none() {
-        anyhow::bail!("orch agent needs a join token: pass --token TOKEN or --token-file FILE");
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the token file {}", f.display()))?,
+        (None, None) => {
+            anyhow::bail!("orch agent needs a join token: pass --token TOKEN or --token-file FILE")
+        }
+    };
+    let Some(count) = args.simulate else {
+        anyhow::bail!(
+            "orch agent cannot run real pods yet: the node agent and runtime are not part of this build (issue #5); use --simulate N to join simulated nodes to {}",
+            args.server
+        );
+    };
+    if count == 0 {
+        anyhow::bail!("--simulate needs at least 1 node");
     }
-    anyhow::bail!(
-        "orch agent cannot join {} yet: the node agent is not part of this build (issue #5)",
-        args.server
-    )
+    let prefix = args
+        .node_name
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_lowercase())
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "orch".into());
+    let config = agent::simulate::Config {
+        count,
+        prefix,
+        cpu: args.sim_cpu,
+        memory: args.sim_memory,
+        pods: args.sim_pods,
+        heartbeat: Duration::from_secs(args.sim_heartbeat.max(1)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orch-agent")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = agent::join::client(&args.server, &token).await?;
+        let shutdown = super::shutdown_signal()?;
+        tokio::select! {
+            result = agent::simulate::run(client, config) => result?,
+            () = shutdown => tracing::info!("orch agent stopping"),
+        }
+        Ok(())
+    })
 }

@@ -7,7 +7,10 @@
 pub mod api;
 pub mod auth;
 mod bootstrap;
+pub mod controllers;
+pub mod informer;
 pub mod registry;
+pub mod scheduler;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -136,6 +139,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(Error::Api)?;
 
+    let (control, mut control_tasks) = controllers::start(registry.clone()).await;
+    scheduler::start(control.clone(), &mut control_tasks);
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|err| Error::Listen {
@@ -161,9 +167,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         auth::pki::write_kubeconfig(path, &kubeconfig)?;
     }
 
+    let token_path = config.data_dir.join("server").join("token");
+    let join_token = auth::join_token(&token_path, &pki.ca_cert)?;
     let api = Arc::new(api::ApiServer {
         registry,
-        tokens: auth::Tokens::with_admin(&pki.admin_token),
+        tokens: auth::Tokens::with_admin(&pki.admin_token).with_join_token(&join_token),
+        ca_pem: pki.ca_cert.clone(),
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });
@@ -179,6 +188,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("orch server shutting down");
     serving.abort();
     let _ = serving.await;
+    control_tasks.shutdown().await;
     compactor.abort();
     let _ = compactor.await;
     // Dropping the last handle flushes queued writes and closes the file.

@@ -149,6 +149,73 @@ impl TestServer {
     }
 }
 
+/// `orch agent --simulate` joined to a test server; stopped when dropped.
+pub struct SimulatedNodes(Child);
+
+impl Drop for SimulatedNodes {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl TestServer {
+    /// Join `count` simulated nodes named `<prefix>-sim-<i>`, and wait until
+    /// they are Ready.
+    pub fn simulate(&self, prefix: &str, count: usize, extra: &[&str]) -> SimulatedNodes {
+        let kubeconfig = std::fs::read_to_string(&self.kubeconfig).unwrap();
+        let url = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("server URL")
+            .to_owned();
+        let child = Command::new(ORCH)
+            .args(["agent", "--server", &url, "--token-file"])
+            .arg(self.dir.path().join("server/token"))
+            .args(["--node-name", prefix, "--simulate", &count.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start orch agent --simulate");
+        let nodes = SimulatedNodes(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.kubectl("1.33", &["get", "nodes", "-o", "name"]);
+            let n = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(&format!("{prefix}-sim-")))
+                .count();
+            if n >= count {
+                return nodes;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "simulated nodes did not register within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Poll `kubectl args` until `check` accepts its output (30 s).
+    pub fn eventually(&self, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.kubectl("1.33", args);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && check(&text) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// The versioned kubectl binary next to the `kubectl` on PATH.
 pub fn kubectl_path(version: &str) -> PathBuf {
     let which = Command::new("sh")

@@ -52,6 +52,9 @@ pub struct ApiServer {
     /// `host:port` clients reach the server at (for `/api`).
     pub server_address: String,
     pub git_commit: &'static str,
+    /// Served unauthenticated at `/cacerts`: agents check it against the
+    /// hash in their join token before trusting it.
+    pub ca_pem: String,
 }
 
 type Query = std::collections::HashMap<String, Vec<String>>;
@@ -147,6 +150,12 @@ impl ApiServer {
         // Unauthenticated endpoints.
         match path.as_str() {
             "/version" => return json_response(StatusCode::OK, &self.version()),
+            "/cacerts" => {
+                return Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                    .body(Body::full(self.ca_pem.clone()))
+                    .expect("static response parts are valid");
+            }
             p if p == "/healthz"
                 || p == "/livez"
                 || p == "/readyz"

@@ -70,12 +70,42 @@ impl Tokens {
         Self { users }
     }
 
+    /// Accept the cluster join token too. Until node identities exist
+    /// (issue #6), an agent holding it acts with full rights.
+    pub fn with_join_token(mut self, token: &str) -> Self {
+        self.users.insert(
+            token.to_owned(),
+            User::new("system:orch-agent", &["system:nodes", "system:masters"]),
+        );
+        self
+    }
+
     /// The user of an `Authorization: Bearer …` header value.
     pub fn authenticate(&self, header: &str) -> Option<User> {
         let token = header.strip_prefix("Bearer ")?.trim();
         self.users.get(token).cloned()
     }
 }
+
+/// The join token: `K10<sha256 of the CA PEM>::server:<secret>`, created
+/// once in `<data-dir>/server/token` (mode 0600) and reused.
+///
+/// # Errors
+/// The token file cannot be read or written.
+pub fn join_token(path: &std::path::Path, ca_pem: &str) -> Result<String, Error> {
+    let hash = ca_hash(ca_pem);
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim().to_owned();
+        if existing.starts_with(&format!("K10{hash}::")) {
+            return Ok(existing);
+        }
+    }
+    let token = format!("K10{hash}::server:{}", uuid::Uuid::new_v4().simple());
+    pki::write_private_file(path, &format!("{token}\n"))?;
+    Ok(token)
+}
+
+pub use crate::api::join::ca_hash;
 
 /// May `user` perform `verb` on the resource? (`system:masters` only, for now.)
 pub fn authorize(user: &User) -> bool {

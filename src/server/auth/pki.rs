@@ -52,6 +52,14 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = ymd(end);
 }
 
+/// Write a secret file (mode 0600) atomically.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_private_file(path: &Path, contents: &str) -> Result<(), Error> {
+    write_private(path, contents)
+}
+
 fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Pki(format!("cannot write {}: {e}", path.display()));
     let tmp = path.with_extension("tmp");

@@ -319,6 +319,17 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
     }
 }
 
+/// A Namespace stays while `spec.finalizers` (the namespace controller's)
+/// is not empty.
+fn namespace_finalizers_left(res: &Resource, obj: &Value) -> bool {
+    res.group.is_empty()
+        && res.kind == "Namespace"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+}
+
 /// Pod QoS class from requests and limits.
 fn qos_class(pod: &Value) -> &'static str {
     let containers: Vec<&Value> = ["containers", "initContainers"]
@@ -972,7 +983,8 @@ impl Registry {
         let finalizers_left = meta(&obj)
             .get("finalizers")
             .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+            .is_some_and(|f| !f.is_empty())
+            || namespace_finalizers_left(res, &obj);
         if meta(&obj).get("deletionTimestamp").is_some() && !finalizers_left {
             let deleted = self
                 .store
@@ -1135,8 +1147,8 @@ impl Registry {
         }
         let grace = self.grace_period(res, &obj, opts);
         let already_deleting = meta(&obj).get("deletionTimestamp").is_some();
-        if grace > 0 || !finalizers.is_empty() || (res.kind == "Namespace" && res.group.is_empty())
-        {
+        let ns_pending = namespace_finalizers_left(res, &obj);
+        if grace > 0 || !finalizers.is_empty() || ns_pending {
             if already_deleting
                 && grace == 0
                 && finalizers.len()
@@ -1165,7 +1177,7 @@ impl Registry {
             if res.group.is_empty() && res.kind == "Namespace" {
                 obj["status"]["phase"] = json!("Terminating");
             }
-            let pending = grace > 0 || !finalizers.is_empty() || res.kind == "Namespace";
+            let pending = grace > 0 || !finalizers.is_empty() || ns_pending;
             if pending {
                 if opts.dry_run {
                     return Ok(obj);

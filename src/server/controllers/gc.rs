@@ -1,0 +1,287 @@
+//! The garbage collector: dependents follow their owners.
+//!
+//! - Background deletion: once an owner is gone, its dependents (objects
+//!   whose ownerReferences name its uid and no other live owner) are deleted.
+//! - Foreground deletion: an owner marked with the `foregroundDeletion`
+//!   finalizer has its dependents deleted first; the finalizer is removed
+//!   (and the owner goes) when none are left.
+//! - Orphan deletion is done by the registry before the owner is deleted.
+//!
+//! Owners and dependents are tracked for the kinds with informers
+//! (Deployments → ReplicaSets → Pods); dependents left dangling while the
+//! server was down are collected at start.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use super::{Action, Context, is_deleting, meta_str, run_workers};
+use crate::api::catalog::Resource;
+use crate::api::patch::PatchType;
+use crate::api::status::ApiError;
+use crate::server::informer::{Informer, Queue, object_key};
+use crate::server::registry::{DeleteOptions, WriteOptions};
+
+const FOREGROUND: &str = "foregroundDeletion";
+
+pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
+    // Keys are "<informer index>|<object key>" of owners to look at.
+    let queue = Queue::new();
+    let owners: [Arc<Informer>; 2] = [
+        ctx.informers.deployments.clone(),
+        ctx.informers.replicasets.clone(),
+    ];
+    for (i, informer) in owners.iter().enumerate() {
+        let (queue, informer) = (queue.clone(), informer.clone());
+        let mut rx = informer.subscribe();
+        tasks.spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(change) => {
+                        let deleted = change.new.is_none();
+                        let foreground = change
+                            .new
+                            .as_deref()
+                            .is_some_and(|o| is_deleting(o) && has_finalizer(o, FOREGROUND));
+                        if deleted || foreground {
+                            let owner = change.new.or(change.old).expect("a change has an object");
+                            queue.add(format!("{i}|{}|{}", meta_str(&owner, "uid"), change.key));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+    // A dependent going away may let a foreground owner finish.
+    {
+        let (queue, ctx2) = (queue.clone(), ctx.clone());
+        let mut pods = ctx.informers.pods.subscribe();
+        let mut rss = ctx.informers.replicasets.subscribe();
+        tasks.spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    c = pods.recv() => c,
+                    c = rss.recv() => c,
+                };
+                let Ok(change) = change else { continue };
+                if change.new.is_some() {
+                    continue;
+                }
+                let Some(gone) = change.old else { continue };
+                for r in gone
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let owner_key = format!(
+                        "{}/{}",
+                        meta_str(&gone, "namespace"),
+                        r["name"].as_str().unwrap_or_default()
+                    );
+                    let i = match r["kind"].as_str() {
+                        Some("Deployment") => 0,
+                        Some("ReplicaSet") => 1,
+                        _ => continue,
+                    };
+                    let informer = if i == 0 {
+                        &ctx2.informers.deployments
+                    } else {
+                        &ctx2.informers.replicasets
+                    };
+                    if informer.get(&owner_key).is_some_and(|o| is_deleting(&o)) {
+                        queue.add(format!(
+                            "{i}|{}|{owner_key}",
+                            r["uid"].as_str().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        });
+    }
+    // Dangling dependents from before this start.
+    {
+        let ctx2 = ctx.clone();
+        tasks.spawn(async move {
+            let live: HashSet<String> = [&ctx2.informers.deployments, &ctx2.informers.replicasets]
+                .iter()
+                .flat_map(|i| i.list(None))
+                .map(|o| meta_str(&o, "uid").to_owned())
+                .collect();
+            for dep in [&ctx2.informers.replicasets, &ctx2.informers.pods]
+                .iter()
+                .flat_map(|i| i.list(None))
+            {
+                let refs: Vec<&Value> = dep
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| matches!(r["kind"].as_str(), Some("Deployment" | "ReplicaSet")))
+                    .collect();
+                if !refs.is_empty()
+                    && refs
+                        .iter()
+                        .all(|r| !live.contains(r["uid"].as_str().unwrap_or_default()))
+                {
+                    delete_dependent(&ctx2, &dep, None).await;
+                }
+            }
+        });
+    }
+    run_workers(tasks, "garbage-collector", queue, 2, move |key| {
+        reconcile(ctx.clone(), key)
+    });
+}
+
+fn has_finalizer(obj: &Value, name: &str) -> bool {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|v| v == name))
+}
+
+fn res_of(ctx: &Context, obj: &Value) -> Option<Resource> {
+    let (group, version) = obj["apiVersion"]
+        .as_str()?
+        .rsplit_once('/')
+        .unwrap_or(("", obj["apiVersion"].as_str()?));
+    ctx.registry
+        .catalog
+        .find_kind(group, version, obj["kind"].as_str()?)
+        .cloned()
+}
+
+async fn delete_dependent(ctx: &Context, dep: &Value, policy: Option<&str>) {
+    let Some(res) = res_of(ctx, dep) else { return };
+    let ns = meta_str(dep, "namespace");
+    let opts = DeleteOptions {
+        propagation_policy: policy.map(str::to_owned),
+        precondition_uid: Some(meta_str(dep, "uid").to_owned()),
+        ..DeleteOptions::default()
+    };
+    match ctx
+        .registry
+        .delete(
+            &res,
+            (!ns.is_empty()).then_some(ns),
+            meta_str(dep, "name"),
+            &opts,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code == 404 || e.code == 409 => {}
+        Err(e) => tracing::warn!(%e, dependent = %object_key(dep), "garbage collection failed"),
+    }
+}
+
+/// Dependents of `uid` in the tracked informers.
+fn dependents(ctx: &Context, uid: &str) -> Vec<Arc<Value>> {
+    [&ctx.informers.replicasets, &ctx.informers.pods]
+        .iter()
+        .flat_map(|i| i.list(None))
+        .filter(|o| {
+            o.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+        })
+        .collect()
+}
+
+async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
+    let mut parts = key.splitn(3, '|');
+    let (Some(i), Some(uid), Some(owner_key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(Action::AwaitChange);
+    };
+    let informer = if i == "0" {
+        &ctx.informers.deployments
+    } else {
+        &ctx.informers.replicasets
+    };
+    let owner = informer
+        .get(owner_key)
+        .filter(|o| meta_str(o, "uid") == uid);
+    match owner {
+        // Gone: background deletion of dependents with no other live owner.
+        None => {
+            for dep in dependents(&ctx, uid) {
+                let others_alive = dep
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["uid"] != uid)
+                    .any(|r| {
+                        let k = format!(
+                            "{}/{}",
+                            meta_str(&dep, "namespace"),
+                            r["name"].as_str().unwrap_or_default()
+                        );
+                        [&ctx.informers.deployments, &ctx.informers.replicasets]
+                            .iter()
+                            .any(|inf| {
+                                inf.get(&k)
+                                    .is_some_and(|o| o["metadata"]["uid"] == r["uid"])
+                            })
+                    });
+                if !others_alive && !is_deleting(&dep) {
+                    delete_dependent(&ctx, &dep, Some("Background")).await;
+                }
+            }
+            Ok(Action::AwaitChange)
+        }
+        // Foreground: dependents first, then drop the finalizer.
+        Some(owner) if is_deleting(&owner) && has_finalizer(&owner, FOREGROUND) => {
+            let deps = dependents(&ctx, uid);
+            for dep in deps.iter().filter(|d| !is_deleting(d)) {
+                // Dependents that own things themselves (ReplicaSets) go in
+                // the foreground too; leaves (pods) simply go.
+                let policy = if dep["kind"] == "ReplicaSet" {
+                    "Foreground"
+                } else {
+                    "Background"
+                };
+                delete_dependent(&ctx, dep, Some(policy)).await;
+            }
+            if deps.is_empty() {
+                let Some(res) = res_of(&ctx, &owner) else {
+                    return Ok(Action::AwaitChange);
+                };
+                let finalizers: Vec<Value> = owner["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|f| f != FOREGROUND)
+                    .collect();
+                let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": owner["metadata"]["resourceVersion"]}});
+                let ns = meta_str(&owner, "namespace");
+                match ctx
+                    .registry
+                    .patch(
+                        &res,
+                        (!ns.is_empty()).then_some(ns),
+                        meta_str(&owner, "name"),
+                        (PatchType::Merge, &patch),
+                        None,
+                        &WriteOptions::default(),
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(Action::AwaitChange),
+                    Err(e) if e.code == 404 => Ok(Action::AwaitChange),
+                    Err(e) => Err(e),
+                }
+            } else {
+                // Dependents still terminating (e.g. pods in their grace period).
+                Ok(Action::RequeueAfter(Duration::from_secs(2)))
+            }
+        }
+        Some(_) => Ok(Action::AwaitChange),
+    }
+}

@@ -1,0 +1,403 @@
+//! The control plane with simulated nodes, driven by kubectl: deployments
+//! roll out, update within their surge/unavailability budget, roll back,
+//! pause and resume, scale; deletes cascade; namespaces empty and go;
+//! unschedulable pods say why.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::api::{Api, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::Value;
+use support::TestServer;
+
+fn deployment(name: &str, image: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - {{name: app, image: \"{image}\"}}
+"
+    )
+}
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("invalid JSON ({e}): {s}"))
+}
+
+async fn client(server: &TestServer) -> Client {
+    let kc = Kubeconfig::read_from(&server.kubeconfig).unwrap();
+    Client::try_from(
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_stays_within_surge_and_unavailability_and_rolls_back() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("roll", 3, &[]);
+    let file = server.write("web.yaml", &deployment("web", "nginx:1", 4));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let out = server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/web", "--timeout=60s"],
+    );
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    let old_rs = server.ok(
+        "1.33",
+        &[
+            "get",
+            "rs",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    // Record every ReplicaSet change during the update.
+    let rss: Api<ReplicaSet> = Api::namespaced(client(&server).await, "default");
+    let rv = server.ok(
+        "1.33",
+        &["get", "rs", "-o", "jsonpath={.metadata.resourceVersion}"],
+    );
+    let mut stream = rss
+        .watch(&WatchParams::default().timeout(60), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    std::fs::write(&file, deployment("web", "nginx:2", 4)).unwrap();
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let status = tokio::task::spawn_blocking({
+        let kubeconfig = server.kubeconfig.clone();
+        move || {
+            std::process::Command::new(support::kubectl_path("1.33"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["rollout", "status", "deploy/web", "--timeout=60s"])
+                .output()
+                .unwrap()
+        }
+    });
+    let mut state: HashMap<String, (i32, i32)> = HashMap::new();
+    let mut steps = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the rollout finished within 60 s")
+            .expect("watch open")
+            .unwrap();
+        let rs = match event {
+            WatchEvent::Added(rs) | WatchEvent::Modified(rs) => rs,
+            _ => continue,
+        };
+        let name = rs.metadata.name.clone().unwrap();
+        let spec = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let available = rs
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        state.insert(name, (spec, available));
+        let total: i32 = state.values().map(|(s, _)| s).sum();
+        let avail: i32 = state.values().map(|(_, a)| a).sum();
+        steps.push(format!("{state:?}"));
+        assert!(
+            total <= 5,
+            "more than replicas + maxSurge pods wanted: {steps:#?}"
+        );
+        assert!(
+            avail >= 4 || state.len() < 2,
+            "fewer than replicas - maxUnavailable available: {steps:#?}"
+        );
+        let done = state.len() == 2
+            && state.get(&old_rs).is_some_and(|&(s, _)| s == 0)
+            && state
+                .iter()
+                .any(|(n, &(s, a))| *n != old_rs && s == 4 && a == 4);
+        if done {
+            break;
+        }
+    }
+    let out = status.await.unwrap();
+    assert!(
+        out.status.success(),
+        "rollout status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        steps.len() >= 4,
+        "the update went in several steps: {steps:#?}"
+    );
+
+    let history = server.ok("1.33", &["rollout", "history", "deploy/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    server.ok("1.33", &["rollout", "undo", "deploy/web"]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/web", "--timeout=60s"],
+    );
+    let image = server.ok(
+        "1.33",
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(image, "nginx:1");
+    let rev = server.ok(
+        "1.33",
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+        ],
+    );
+    assert_eq!(rev, "3", "the rolled-back template gets the next revision");
+}
+
+#[test]
+fn pause_resume_restart_and_scale() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("ops", 2, &[]);
+    let file = server.write("api.yaml", &deployment("api", "busybox:1", 2));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/api", "--timeout=60s"],
+    );
+
+    server.ok("1.33", &["rollout", "pause", "deploy/api"]);
+    server.ok("1.33", &["set", "image", "deploy/api", "app=busybox:2"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let rs = server.ok("1.33", &["get", "rs", "-l", "app=api", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 1, "no rollout while paused: {rs}");
+    server.ok("1.33", &["rollout", "resume", "deploy/api"]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/api", "--timeout=60s"],
+    );
+    let rs = server.ok("1.33", &["get", "rs", "-l", "app=api", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 2, "{rs}");
+
+    server.ok("1.33", &["rollout", "restart", "deploy/api"]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/api", "--timeout=60s"],
+    );
+    server.eventually(
+        &["get", "rs", "-l", "app=api", "-o", "name"],
+        "a third ReplicaSet after restart",
+        |o| o.lines().count() == 3,
+    );
+
+    server.ok("1.33", &["scale", "deploy/api", "--replicas=0"]);
+    server.eventually(
+        &["get", "pods", "-l", "app=api", "-o", "name"],
+        "no pods at 0 replicas",
+        |o| o.trim().is_empty(),
+    );
+    server.ok("1.33", &["scale", "deploy/api", "--replicas=3"]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/api", "--timeout=60s"],
+    );
+    let pods = server.ok("1.33", &["get", "pods", "-l", "app=api", "-o", "json"]);
+    let pods = json(&pods);
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items.iter().all(|p| {
+        p["status"]["phase"] == "Running"
+            && p["spec"]["nodeName"]
+                .as_str()
+                .unwrap()
+                .starts_with("ops-sim-")
+    }));
+}
+
+#[test]
+fn deletes_cascade_and_namespaces_empty_before_they_go() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("gc", 2, &[]);
+    server.ok("1.33", &["create", "namespace", "tmp"]);
+    for ns in ["default", "tmp"] {
+        let file = server.write(&format!("{ns}.yaml"), &deployment("app", "busybox:1", 2));
+        server.ok("1.33", &["apply", "-n", ns, "-f", file.to_str().unwrap()]);
+        server.ok(
+            "1.33",
+            &["rollout", "status", "-n", ns, "deploy/app", "--timeout=60s"],
+        );
+    }
+    let sa = server.ok(
+        "1.33",
+        &[
+            "get",
+            "serviceaccount",
+            "default",
+            "-n",
+            "tmp",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(
+        sa.trim(),
+        "serviceaccount/default",
+        "every namespace gets a default ServiceAccount"
+    );
+
+    // Background: the ReplicaSet and pods follow the Deployment.
+    server.ok("1.33", &["delete", "deploy", "app"]);
+    server.eventually(
+        &["get", "rs,pods", "-l", "app=app", "-o", "name"],
+        "dependents deleted",
+        |o| o.trim().is_empty(),
+    );
+
+    // Foreground, through the namespace: everything in it goes, then it does.
+    server.ok("1.33", &["delete", "namespace", "tmp", "--timeout=60s"]);
+    let err = server.fails("1.33", &["get", "namespace", "tmp"]);
+    assert!(
+        err.contains("NotFound") || err.contains("not found"),
+        "{err}"
+    );
+    let left = server.ok("1.33", &["get", "pods,rs,deploy", "-A", "-o", "name"]);
+    assert!(!left.contains("app"), "{left}");
+}
+
+#[test]
+fn foreground_delete_waits_for_dependents() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("fg", 1, &[]);
+    let file = server.write("fg.yaml", &deployment("fg", "busybox:1", 2));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok("1.33", &["rollout", "status", "deploy/fg", "--timeout=60s"]);
+    let out = server.ok(
+        "1.33",
+        &[
+            "delete",
+            "deploy",
+            "fg",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ],
+    );
+    assert!(out.contains("deleted"), "{out}");
+    let left = server.ok(
+        "1.33",
+        &["get", "deploy,rs,pods", "-l", "app=fg", "-o", "name"],
+    );
+    assert_eq!(left.trim(), "", "owner and dependents are gone");
+}
+
+#[test]
+fn unschedulable_pods_say_why_and_schedule_when_room_appears() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("small", 2, &["--sim-cpu", "1"]);
+    let pod = server.write(
+        "big.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: big}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: \"2\"}}\n",
+    );
+    server.ok("1.33", &["apply", "-f", pod.to_str().unwrap()]);
+    let describe = server.eventually(
+        &["describe", "pod", "big"],
+        "a FailedScheduling event",
+        |o| o.contains("FailedScheduling"),
+    );
+    assert!(
+        describe.contains("0/2 nodes are available: 2 Insufficient cpu."),
+        "{describe}"
+    );
+    let cond = server.ok(
+        "1.33",
+        &[
+            "get",
+            "pod",
+            "big",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+        ],
+    );
+    assert_eq!(cond, "Unschedulable");
+    // A bigger node joins: the pod is retried and lands there.
+    let _big = server.simulate("large", 1, &["--sim-cpu", "4"]);
+    server.eventually(
+        &["get", "pod", "big", "-o", "jsonpath={.spec.nodeName}"],
+        "the pod bound to the large node",
+        |o| o == "large-sim-0",
+    );
+    server.eventually(
+        &["get", "pod", "big", "-o", "jsonpath={.status.phase}"],
+        "the pod running",
+        |o| o == "Running",
+    );
+}
+
+#[test]
+fn scheduler_spreads_and_respects_selectors_and_taints() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("spread", 3, &[]);
+    server.ok("1.33", &["label", "node", "spread-sim-0", "disk=ssd"]);
+    server.ok(
+        "1.33",
+        &["taint", "node", "spread-sim-2", "dedicated=gpu:NoSchedule"],
+    );
+    let file = server.write("s.yaml", &deployment("s", "busybox:1", 4));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok("1.33", &["rollout", "status", "deploy/s", "--timeout=60s"]);
+    let nodes = server.ok(
+        "1.33",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=s",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ],
+    );
+    let nodes: Vec<&str> = nodes.split_whitespace().collect();
+    assert!(
+        !nodes.contains(&"spread-sim-2"),
+        "the tainted node gets no pods: {nodes:?}"
+    );
+    assert_eq!(
+        nodes.iter().filter(|n| **n == "spread-sim-0").count(),
+        2,
+        "spread evenly: {nodes:?}"
+    );
+    let picky = server.write(
+        "picky.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: picky}\nspec:\n  nodeSelector: {disk: ssd}\n  containers: [{name: c, image: busybox}]\n",
+    );
+    server.ok("1.33", &["apply", "-f", picky.to_str().unwrap()]);
+    server.eventually(
+        &["get", "pod", "picky", "-o", "jsonpath={.spec.nodeName}"],
+        "the selected node",
+        |o| o == "spread-sim-0",
+    );
+}
