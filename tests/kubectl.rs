@@ -432,7 +432,8 @@ fn delete_including_orphan_cascade() {
             orphan["metadata"].get("ownerReferences").is_none(),
             "{v}: owner reference removed: {orphan}"
         );
-        let out = server.ok(v, &["delete", "rs", "web-1", "-n", &ns]);
+        // The Deployment controller's own ReplicaSet was orphaned too.
+        let out = server.ok(v, &["delete", "rs", "--all", "-n", &ns]);
         assert!(out.contains("deleted"), "{v}: {out}");
         let out = server.ok(v, &["get", "rs", "-n", &ns, "-o", "name"]);
         assert_eq!(out.trim(), "", "{v}");

@@ -129,7 +129,8 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                         .iter()
                         .all(|r| !live.contains(r["uid"].as_str().unwrap_or_default()))
                 {
-                    delete_dependent(&ctx2, &dep, None).await;
+                    let owner = refs[0]["uid"].as_str().map(str::to_owned);
+                    delete_dependent(&ctx2, &dep, None, owner.as_deref()).await;
                 }
             }
         });
@@ -156,9 +157,34 @@ fn res_of(ctx: &Context, obj: &Value) -> Option<Resource> {
         .cloned()
 }
 
-async fn delete_dependent(ctx: &Context, dep: &Value, policy: Option<&str>) {
+async fn delete_dependent(
+    ctx: &Context,
+    dep: &Value,
+    policy: Option<&str>,
+    owner_uid: Option<&str>,
+) {
     let Some(res) = res_of(ctx, dep) else { return };
     let ns = meta_str(dep, "namespace");
+    // The cache may be behind (an orphaning patch in flight): decide on the
+    // object as stored now.
+    if let Some(owner_uid) = owner_uid {
+        match ctx
+            .registry
+            .get(&res, (!ns.is_empty()).then_some(ns), meta_str(dep, "name"))
+            .await
+        {
+            Ok(current) => {
+                let still_owned = current
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid));
+                if !still_owned || current["metadata"]["uid"] != dep["metadata"]["uid"] {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
     let opts = DeleteOptions {
         propagation_policy: policy.map(str::to_owned),
         precondition_uid: Some(meta_str(dep, "uid").to_owned()),
@@ -230,7 +256,7 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                             })
                     });
                 if !others_alive && !is_deleting(&dep) {
-                    delete_dependent(&ctx, &dep, Some("Background")).await;
+                    delete_dependent(&ctx, &dep, Some("Background"), Some(uid)).await;
                 }
             }
             Ok(Action::AwaitChange)
@@ -246,7 +272,7 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                 } else {
                     "Background"
                 };
-                delete_dependent(&ctx, dep, Some(policy)).await;
+                delete_dependent(&ctx, dep, Some(policy), Some(uid)).await;
             }
             if deps.is_empty() {
                 let Some(res) = res_of(&ctx, &owner) else {

@@ -1094,6 +1094,32 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        // Controllers may change the object between our read and our write;
+        // without a client precondition that is no reason to fail.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.delete_once(res, namespace, name, opts).await {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && opts.precondition_resource_version.is_none()
+                        && opts.precondition_uid.is_none()
+                        && attempts < 5 =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_once(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let (kv, old) = self.get_kv(res, namespace, name).await?;
         if let Some(uid) = &opts.precondition_uid
             && uid != meta_str(&old, "uid")
@@ -1124,10 +1150,52 @@ impl Registry {
             .cloned()
             .unwrap_or_default();
         match opts.propagation_policy.as_deref() {
-            // Orphaning is done here, before the delete, rather than through
-            // the `orphan` finalizer and the garbage collector (which does
-            // not exist yet, TODO(#4)): the end state is the same.
-            Some("Orphan") => self.orphan_dependents(&old).await?,
+            // Orphaning: mark the owner as deleting (with the `orphan`
+            // finalizer, so no controller adopts anything on its behalf
+            // meanwhile), release its dependents, then let it go.
+            Some("Orphan") if !opts.dry_run && !finalizers.contains(&json!("orphan")) => {
+                let mut marked = old.clone();
+                let m = meta_mut(&mut marked);
+                m.insert("deletionTimestamp".into(), json!(now_rfc3339()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                let mut with_orphan = finalizers.clone();
+                with_orphan.push(json!("orphan"));
+                m.insert("finalizers".into(), Value::Array(with_orphan));
+                m.remove("resourceVersion");
+                let marked_kv = self
+                    .store
+                    .update(&kv.key, encode(&marked), Some(kv.mod_revision))
+                    .await
+                    .map_err(|e| store_error(res, name, e))?;
+                self.orphan_dependents(&old).await?;
+                // Drop the finalizer; with none left the object goes.
+                let mut done = marked;
+                meta_mut(&mut done).insert("finalizers".into(), Value::Array(finalizers.clone()));
+                if finalizers.is_empty() {
+                    let deleted = self
+                        .store
+                        .delete(&kv.key, Some(marked_kv.mod_revision))
+                        .await
+                        .map_err(|e| store_error(res, name, e))?;
+                    self.after_delete(res, &old);
+                    meta_mut(&mut done).insert(
+                        "resourceVersion".into(),
+                        json!(deleted.revision.0.to_string()),
+                    );
+                } else {
+                    let updated = self
+                        .store
+                        .update(&kv.key, encode(&done), Some(marked_kv.mod_revision))
+                        .await
+                        .map_err(|e| store_error(res, name, e))?;
+                    meta_mut(&mut done).insert(
+                        "resourceVersion".into(),
+                        json!(updated.mod_revision.0.to_string()),
+                    );
+                }
+                return Ok(done);
+            }
+            Some("Orphan") => {}
             Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
                 finalizers.push(json!("foregroundDeletion"));
             }
