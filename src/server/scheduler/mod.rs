@@ -29,7 +29,7 @@ use crate::server::controllers::{
 };
 use crate::server::informer::{Queue, object_key, split_key};
 use crate::server::registry::WriteOptions;
-use plugins::{NodeInfo, PodOnNode, filter, pod_requests, score, unschedulable_message};
+use plugins::{NodeInfo, PodOnNode, PodView, filter, score, unschedulable_message};
 
 const SCHEDULER_NAME: &str = "default-scheduler";
 /// Bindings written at once.
@@ -38,6 +38,8 @@ const BINDS_IN_FLIGHT: usize = 64;
 #[derive(Default)]
 struct State {
     nodes: HashMap<String, NodeInfo>,
+    /// Node names, sorted: the order searches rotate through.
+    names: Vec<String>,
     /// Which node each counted pod is on.
     pod_node: HashMap<String, String>,
     /// Pods that fit nowhere, waiting for the cluster to change.
@@ -81,6 +83,20 @@ fn counts_on_node(pod: &Value) -> Option<String> {
 }
 
 impl State {
+    fn insert_node(&mut self, name: String, info: NodeInfo) {
+        if let Err(i) = self.names.binary_search(&name) {
+            self.names.insert(i, name.clone());
+        }
+        self.nodes.insert(name, info);
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        if let Ok(i) = self.names.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.names.remove(i);
+        }
+        self.nodes.remove(name);
+    }
+
     fn account(&mut self, key: &str, pod: Option<&Value>) {
         let now_on = pod.and_then(counts_on_node);
         if let Some(prev) = self.pod_node.get(key).cloned()
@@ -174,10 +190,10 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                                                 info.add_pod(&object_key(&pod), PodOnNode::of(&pod));
                                             }
                                         }
-                                        s.nodes.insert(c.key.clone(), info);
+                                        s.insert_node(c.key.clone(), info);
                                     }
                                 },
-                                None => { s.nodes.remove(&c.key); }
+                                None => s.remove_node(&c.key),
                             }
                             s.requeue_unschedulable(&queue);
                         }
@@ -228,29 +244,26 @@ async fn schedule_one(
     {
         return Ok(Action::AwaitChange);
     }
-    let req = pod_requests(&pod);
+    let view = PodView::of(&pod);
     let decision = {
-        let mut s = state.lock().expect("scheduler lock");
-        let total = s.nodes.len();
-        let names: Vec<String> = {
-            let mut n: Vec<&String> = s.nodes.keys().collect();
-            n.sort();
-            n.into_iter().cloned().collect()
-        };
-        // Like upstream's percentageOfNodesToScore: enough feasible nodes
-        // to choose well, not all of a large cluster.
-        let enough = (total / 2).max(100);
+        let mut guard = state.lock().expect("scheduler lock");
+        let s = &mut *guard;
+        let total = s.names.len();
+        // Upstream's adaptive percentageOfNodesToScore: enough feasible
+        // nodes to choose well, not all of a large cluster.
+        let percent = (50usize.saturating_sub(total / 125)).max(5);
+        let enough = (total * percent / 100).max(100);
         let start = if total > 0 { s.next_start % total } else { 0 };
         let mut best: Option<(i64, String)> = None;
         let mut feasible = 0;
         let mut reasons: HashMap<String, usize> = HashMap::new();
         for i in 0..total {
-            let name = &names[(start + i) % total];
+            let name = &s.names[(start + i) % total];
             let node = &s.nodes[name];
-            match filter(&pod, &req, node) {
+            match filter(&view, node) {
                 Ok(()) => {
                     feasible += 1;
-                    let sc = score(&pod, &req, node);
+                    let sc = score(&view, node);
                     if best.as_ref().is_none_or(|(b, _)| sc > *b) {
                         best = Some((sc, name.clone()));
                     }

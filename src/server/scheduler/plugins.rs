@@ -226,6 +226,67 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// What the filters and scores need from a pod, extracted once per
+/// scheduling decision instead of once per node.
+pub struct PodView<'a> {
+    pub pod: &'a Value,
+    pub req: Resources,
+    tolerations: &'a [Value],
+    node_selector: Option<&'a serde_json::Map<String, Value>>,
+    required_terms: Option<&'a Vec<Value>>,
+    preferred: &'a [Value],
+    host_ports: Vec<(String, i64)>,
+    anti_affinity: Vec<(crate::api::selector::LabelSelector, Vec<String>)>,
+    owner: Option<&'a str>,
+}
+
+impl<'a> PodView<'a> {
+    pub fn of(pod: &'a Value) -> Self {
+        let ns = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let anti_affinity = pod
+            .pointer(
+                "/spec/affinity/podAntiAffinity/requiredDuringSchedulingIgnoredDuringExecution",
+            )
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|t| t["topologyKey"].as_str() == Some("kubernetes.io/hostname"))
+            .filter_map(|t| {
+                let sel =
+                    crate::api::selector::LabelSelector::from_label_selector(&t["labelSelector"])
+                        .ok()?;
+                let namespaces = t["namespaces"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_else(|| vec![ns.to_owned()]);
+                Some((sel, namespaces))
+            })
+            .collect();
+        Self {
+            pod,
+            req: pod_requests(pod),
+            tolerations: pod.pointer("/spec/tolerations").and_then(Value::as_array).map_or(&[], Vec::as_slice),
+            node_selector: pod.pointer("/spec/nodeSelector").and_then(Value::as_object),
+            required_terms: pod.pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms").and_then(Value::as_array),
+            preferred: pod
+                .pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice),
+            host_ports: host_ports(pod),
+            anti_affinity,
+            owner: super::super::controllers::controller_of(pod).and_then(|o| o["uid"].as_str()),
+        }
+    }
+}
+
 fn tolerates(tolerations: &[Value], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
         let key = t["key"].as_str().unwrap_or_default();
@@ -288,15 +349,12 @@ fn node_selector_term_matches(term: &Value, node: &NodeInfo) -> bool {
 }
 
 /// Why a node cannot take a pod, worded as upstream's scheduler words it.
-pub fn filter(pod: &Value, req: &Resources, node: &NodeInfo) -> Result<(), String> {
-    let tolerations: Vec<Value> = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+pub fn filter(pod: &PodView<'_>, node: &NodeInfo) -> Result<(), String> {
+    let tolerations = pod.tolerations;
+    let req = &pod.req;
     if node.unschedulable
         && !tolerates(
-            &tolerations,
+            tolerations,
             &Taint {
                 key: "node.kubernetes.io/unschedulable".into(),
                 value: String::new(),
@@ -312,13 +370,13 @@ pub fn filter(pod: &Value, req: &Resources, node: &NodeInfo) -> Result<(), Strin
             value: String::new(),
             effect: "NoSchedule".into(),
         };
-        if !tolerates(&tolerations, &t) {
+        if !tolerates(tolerations, &t) {
             return Err("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into());
         }
     }
     for taint in &node.taints {
         if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerates(&tolerations, taint)
+            && !tolerates(tolerations, taint)
         {
             return Err(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
@@ -326,14 +384,14 @@ pub fn filter(pod: &Value, req: &Resources, node: &NodeInfo) -> Result<(), Strin
             ));
         }
     }
-    if let Some(sel) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object)
+    if let Some(sel) = pod.node_selector
         && !sel
             .iter()
             .all(|(k, v)| node.labels.get(k).map(String::as_str) == v.as_str())
     {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
-    if let Some(terms) = pod.pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms").and_then(Value::as_array)
+    if let Some(terms) = pod.required_terms
         && !terms.iter().any(|t| node_selector_term_matches(t, node))
     {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
@@ -353,44 +411,22 @@ pub fn filter(pod: &Value, req: &Resources, node: &NodeInfo) -> Result<(), Strin
     {
         return Err("Insufficient ephemeral-storage".into());
     }
-    let wanted = host_ports(pod);
-    if !wanted.is_empty() {
+    if !pod.host_ports.is_empty() {
         let used: HashSet<&(String, i64)> = node
             .pods
             .values()
             .flat_map(|p| p.host_ports.iter())
             .collect();
-        if wanted.iter().any(|p| used.contains(p)) {
+        if pod.host_ports.iter().any(|p| used.contains(p)) {
             return Err("node(s) didn't have free ports for the requested pod ports".into());
         }
     }
     // Required anti-affinity on the hostname topology: no matching pod here.
-    for term in pod
-        .pointer("/spec/affinity/podAntiAffinity/requiredDuringSchedulingIgnoredDuringExecution")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if term["topologyKey"].as_str() != Some("kubernetes.io/hostname") {
-            continue;
-        }
-        let Ok(sel) =
-            crate::api::selector::LabelSelector::from_label_selector(&term["labelSelector"])
-        else {
-            continue;
-        };
-        let ns = pod
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let namespaces: Vec<&str> = term["namespaces"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_else(|| vec![ns]);
+    for (sel, namespaces) in &pod.anti_affinity {
         if node
             .pods
             .values()
-            .any(|p| namespaces.contains(&p.namespace.as_str()) && sel.matches(&p.labels))
+            .any(|p| namespaces.contains(&p.namespace) && sel.matches(&p.labels))
         {
             return Err("node(s) didn't match pod anti-affinity rules".into());
         }
@@ -414,8 +450,8 @@ fn scoring_requests(req: &Resources) -> (i64, i64) {
 /// The node's score for the pod (higher is better): least allocated,
 /// balanced allocation, spreading an owner's pods, preferred node affinity,
 /// and avoiding PreferNoSchedule taints.
-pub fn score(pod: &Value, req: &Resources, node: &NodeInfo) -> i64 {
-    let (cpu, mem) = scoring_requests(req);
+pub fn score(pod: &PodView<'_>, node: &NodeInfo) -> i64 {
+    let (cpu, mem) = scoring_requests(&pod.req);
     let frac = |used: i64, alloc: i64| {
         if alloc <= 0 {
             1.0
@@ -427,8 +463,7 @@ pub fn score(pod: &Value, req: &Resources, node: &NodeInfo) -> i64 {
     let mem_f = frac(node.requested.memory + mem, node.allocatable.memory);
     let least_allocated = ((1.0 - cpu_f) * 50.0 + (1.0 - mem_f) * 50.0) as i64;
     let balanced = (100.0 - (cpu_f - mem_f).abs() * 100.0) as i64;
-    let owner = super::super::controllers::controller_of(pod).and_then(|o| o["uid"].as_str());
-    let spread = match owner {
+    let spread = match pod.owner {
         Some(uid) => {
             let same = node
                 .pods
@@ -440,22 +475,15 @@ pub fn score(pod: &Value, req: &Resources, node: &NodeInfo) -> i64 {
         None => 100,
     };
     let preferred: i64 = pod
-        .pointer("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .preferred
+        .iter()
         .filter(|t| node_selector_term_matches(&t["preference"], node))
         .map(|t| t["weight"].as_i64().unwrap_or(0))
         .sum();
-    let tolerations: Vec<Value> = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
     let soft_taints = node
         .taints
         .iter()
-        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(&tolerations, t))
+        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(pod.tolerations, t))
         .count() as i64;
     least_allocated + balanced + 2 * spread + preferred.min(100) - 50 * soft_taints
 }
@@ -506,7 +534,7 @@ mod tests {
         let n = node("n1", "1", "1Gi");
         let big = pod("2");
         assert_eq!(
-            filter(&big, &pod_requests(&big), &n),
+            filter(&PodView::of(&big), &n),
             Err("Insufficient cpu".into())
         );
         let mut tainted = node("n2", "8", "8Gi");
@@ -517,26 +545,23 @@ mod tests {
         });
         let small = pod("100m");
         assert_eq!(
-            filter(&small, &pod_requests(&small), &tainted),
+            filter(&PodView::of(&small), &tainted),
             Err("node(s) had untolerated taint {dedicated: gpu}".into())
         );
         let mut tolerant = small.clone();
         tolerant["spec"]["tolerations"] = json!([{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]);
-        assert_eq!(
-            filter(&tolerant, &pod_requests(&tolerant), &tainted),
-            Ok(())
-        );
+        assert_eq!(filter(&PodView::of(&tolerant), &tainted), Ok(()));
         let mut selective = small.clone();
         selective["spec"]["nodeSelector"] = json!({"zone": "b"});
         assert!(
-            filter(&selective, &pod_requests(&selective), &n)
+            filter(&PodView::of(&selective), &n)
                 .unwrap_err()
                 .contains("node affinity/selector")
         );
         let mut cordoned = node("n3", "8", "8Gi");
         cordoned.unschedulable = true;
         assert_eq!(
-            filter(&small, &pod_requests(&small), &cordoned),
+            filter(&PodView::of(&small), &cordoned),
             Err("node(s) were unschedulable".into())
         );
     }
@@ -573,8 +598,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = pod_requests(&p);
-        assert!(score(&p, &r, &empty) > score(&p, &r, &busy));
+        let v = PodView::of(&p);
+        assert!(score(&v, &empty) > score(&v, &busy));
     }
 
     proptest! {
@@ -588,9 +613,9 @@ mod tests {
             let mut n = node("n", &node_cpu.to_string(), "64Gi");
             for (i, c) in cpus.iter().enumerate() {
                 let p = pod(&format!("{c}m"));
-                let r = pod_requests(&p);
-                if filter(&p, &r, &n).is_ok() {
-                    n.add_pod(&i.to_string(), PodOnNode { requests: r, ..Default::default() });
+                let v = PodView::of(&p);
+                if filter(&v, &n).is_ok() {
+                    n.add_pod(&i.to_string(), PodOnNode { requests: v.req, ..Default::default() });
                 }
                 prop_assert!(n.requested.cpu <= n.allocatable.cpu);
             }
