@@ -10,109 +10,18 @@
 //! (bench profile) on a free loopback port with a store on disk
 //! (synchronous=FULL) and talks to it with kube-rs over HTTPS.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::Client;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::json;
+use support::{client, machine, ms, pct, rss_kib, start_server};
 use tokio::sync::Mutex;
-
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let base = std::env::var_os("ORCH_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&base).expect("bench dir");
-    let dir = tempfile::tempdir_in(base).expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args([
-            "server",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            "0",
-            "--log-level",
-            "warn,orch::server=info",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start orch server");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("server exited before it was ready")
-            .expect("read log");
-        if line.contains("orch server ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        _dir: dir,
-        kubeconfig,
-    }
-}
-
-async fn client(server: &Server) -> Client {
-    let kc = Kubeconfig::read_from(&server.kubeconfig).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    Client::try_from(config).expect("client")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse()
-                    .unwrap_or(0)
-            })
-        })
-        .unwrap_or(0)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
@@ -379,20 +288,4 @@ fn main() {
         println!("list 5,000 pods as Table: {} ({} KiB)", ms(table_time), table_bytes / 1024);
         println!("server RSS with 5,000 pods (+7,400 configmaps) stored: {loaded_rss} MiB after loading, {} MiB after the lists   target < 60 MiB", rss_kib(pid) / 1024);
     });
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    format!(
-        "{cpu}, {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
 }

@@ -8,107 +8,17 @@
 //!
 //! Run with `cargo bench --bench control_plane`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::json;
-
-struct Server {
-    child: Child,
-    _dir: tempfile::TempDir,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let base = std::env::var_os("ORCH_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    std::fs::create_dir_all(&base).expect("bench dir");
-    let dir = tempfile::tempdir_in(base).expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig.yaml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args([
-            "server",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            "0",
-            "--log-level",
-            "warn,orch::server=info",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start orch server");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("server exited before it was ready")
-            .expect("read log");
-        if line.contains("orch server ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        _dir: dir,
-        kubeconfig,
-    }
-}
-
-async fn client(server: &Server) -> Client {
-    let kc = Kubeconfig::read_from(&server.kubeconfig).expect("kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    Client::try_from(config).expect("client")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse()
-                    .unwrap_or(0)
-            })
-        })
-        .unwrap_or(0)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
+use support::{client, machine, ms, pct, rss_kib, start_server};
 
 async fn bound_count(pods: &Api<Pod>) -> usize {
     let list = pods.list(&ListParams::default()).await.expect("list pods");
@@ -205,7 +115,7 @@ fn main() {
         .find_map(|l| l.trim().strip_prefix("server: "))
         .expect("url")
         .to_owned();
-    let token_file = server._dir.path().join("server/token");
+    let token_file = server.dir.path().join("server/token");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_orch"))
         .args(["agent", "--server", &url, "--token-file"])
         .arg(&token_file)
@@ -272,20 +182,4 @@ fn main() {
     // The probe ran during the churn; its latencies are what it managed.
     let _ = agent.kill();
     let _ = agent.wait();
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    format!(
-        "{cpu}, {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
 }
