@@ -401,3 +401,82 @@ fn scheduler_spreads_and_respects_selectors_and_taints() {
         |o| o == "spread-sim-0",
     );
 }
+
+#[test]
+fn endpoints_follow_ready_pods_with_named_ports_resolved() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("ep", 2, &[]);
+    let app = server.write(
+        "app.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop}
+spec:
+  selector: {app: shop}
+  ports: [{name: web, port: 80, targetPort: http}]
+",
+    );
+    server.ok("1.33", &["apply", "-f", app.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/shop", "--timeout=60s"],
+    );
+    let ep = server.eventually(
+        &["get", "endpoints", "shop", "-o", "json"],
+        "two ready addresses",
+        |o| {
+            serde_json::from_str::<Value>(o).is_ok_and(|v| {
+                v.pointer("/subsets/0/addresses")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.len() == 2)
+            })
+        },
+    );
+    let ep = json(&ep);
+    assert_eq!(
+        ep["subsets"][0]["ports"],
+        serde_json::json!([{"name": "web", "port": 8080, "protocol": "TCP"}]),
+        "named port resolved"
+    );
+    server.ok("1.33", &["scale", "deploy/shop", "--replicas=3"]);
+    server.eventually(
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=shop",
+            "-o",
+            "json",
+        ],
+        "three endpoints in the slice",
+        |o| {
+            serde_json::from_str::<Value>(o).is_ok_and(|v| {
+                v.pointer("/items/0/endpoints")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.len() == 3)
+            })
+        },
+    );
+    let table = server.ok("1.33", &["get", "endpoints", "shop"]);
+    assert!(table.contains(":8080"), "{table}");
+    server.ok("1.33", &["delete", "service", "shop"]);
+    server.eventually(
+        &["get", "endpoints,endpointslices", "-o", "name"],
+        "endpoints removed with the service",
+        |o| !o.contains("shop"),
+    );
+}

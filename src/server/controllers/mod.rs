@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod namespace;
 pub mod replicaset;
@@ -35,6 +36,7 @@ pub struct Informers {
     pub replicasets: Arc<Informer>,
     pub deployments: Arc<Informer>,
     pub serviceaccounts: Arc<Informer>,
+    pub services: Arc<Informer>,
 }
 
 impl Informers {
@@ -52,6 +54,7 @@ impl Informers {
             replicasets: Informer::start(registry.clone(), res("apps", "replicasets")),
             deployments: Informer::start(registry.clone(), res("apps", "deployments")),
             serviceaccounts: Informer::start(registry.clone(), res("", "serviceaccounts")),
+            services: Informer::start(registry.clone(), res("", "services")),
         }
     }
 
@@ -95,6 +98,7 @@ pub async fn start(registry: Arc<Registry>) -> (Arc<Context>, JoinSet<()>) {
     let mut tasks = JoinSet::new();
     replicaset::start(ctx.clone(), &mut tasks);
     deployment::start(ctx.clone(), &mut tasks);
+    endpoints::start(ctx.clone(), &mut tasks);
     gc::start(ctx.clone(), &mut tasks);
     namespace::start(ctx.clone(), &mut tasks);
     serviceaccount::start(ctx.clone(), &mut tasks);
