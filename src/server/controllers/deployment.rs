@@ -259,25 +259,9 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
         {
             Some(u) if u == uid => owned.push((*rs).clone()),
             None if selector.matches_object(&rs) && !is_deleting(&rs) => {
-                let mut refs = rs["metadata"]["ownerReferences"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                refs.push(controller_ref(&d));
-                let patch = json!({"metadata": {"ownerReferences": refs}});
-                let written = ctx
-                    .registry
-                    .patch(
-                        &rs_res,
-                        Some(&ns),
-                        meta_str(&rs, "name"),
-                        (PatchType::Merge, &patch),
-                        None,
-                        &WriteOptions::default(),
-                    )
-                    .await?;
-                w.last = w.last.max(rv_of(&written.object));
-                owned.push(written.object);
+                let adopted = super::adopt(&ctx, &rs_res, &rs, &d).await?;
+                w.last = w.last.max(rv_of(&adopted));
+                owned.push(adopted);
             }
             _ => {}
         }

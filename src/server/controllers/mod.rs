@@ -181,6 +181,71 @@ pub fn controller_ref(owner: &Value) -> Value {
     })
 }
 
+/// Make `owner` the controller of `obj` (adoption); returns `obj` as stored.
+///
+/// # Errors
+/// The patch failed (e.g. `obj` is gone).
+pub async fn adopt(
+    ctx: &Context,
+    res: &Resource,
+    obj: &Value,
+    owner: &Value,
+) -> Result<Value, ApiError> {
+    let mut refs = obj["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    refs.push(controller_ref(owner));
+    set_owner_references(ctx, res, obj, refs).await
+}
+
+/// Remove `obj`'s references to the owner with `owner_uid` (release).
+///
+/// # Errors
+/// The patch failed.
+pub async fn release(
+    ctx: &Context,
+    res: &Resource,
+    obj: &Value,
+    owner_uid: &str,
+) -> Result<Value, ApiError> {
+    let refs: Vec<Value> = obj["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid))
+        .collect();
+    set_owner_references(ctx, res, obj, refs).await
+}
+
+async fn set_owner_references(
+    ctx: &Context,
+    res: &Resource,
+    obj: &Value,
+    refs: Vec<Value>,
+) -> Result<Value, ApiError> {
+    let refs = if refs.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(refs)
+    };
+    let patch = json!({"metadata": {"ownerReferences": refs}});
+    let ns = meta_str(obj, "namespace");
+    let written = ctx
+        .registry
+        .patch(
+            res,
+            (!ns.is_empty()).then_some(ns),
+            meta_str(obj, "name"),
+            (crate::api::patch::PatchType::Merge, &patch),
+            None,
+            &WriteOptions::default(),
+        )
+        .await?;
+    Ok(written.object)
+}
+
 pub fn is_deleting(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp")
         .is_some_and(|v| !v.is_null())

@@ -16,7 +16,7 @@ use super::{
     Action, Context, controller_of, controller_ref, is_deleting, meta_str, pod_is_active,
     pod_ready_since, run_workers,
 };
-use crate::api::patch::PatchType;
+use super::{adopt, release};
 use crate::api::selector::LabelSelector;
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, object_key, split_key};
@@ -174,48 +174,14 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                 if matches {
                     owned.push(pod);
                 } else {
-                    let refs: Vec<Value> = pod["metadata"]["ownerReferences"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()))
-                        .collect();
-                    let patch = json!({"metadata": {"ownerReferences": if refs.is_empty() { Value::Null } else { Value::Array(refs) }}});
-                    let w = ctx
-                        .registry
-                        .patch(
-                            &pods_res,
-                            Some(&ns),
-                            meta_str(&pod, "name"),
-                            (PatchType::Merge, &patch),
-                            None,
-                            &WriteOptions::default(),
-                        )
-                        .await?;
-                    last_write = last_write.max(rv_of(&w.object));
+                    let released = release(&ctx, &pods_res, &pod, &uid).await?;
+                    last_write = last_write.max(rv_of(&released));
                 }
             }
             None if matches && pod_is_active(&pod) && !is_deleting(&rs) => {
-                let mut refs = pod["metadata"]["ownerReferences"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                refs.push(controller_ref(&rs));
-                let patch = json!({"metadata": {"ownerReferences": refs}});
-                let w = ctx
-                    .registry
-                    .patch(
-                        &pods_res,
-                        Some(&ns),
-                        meta_str(&pod, "name"),
-                        (PatchType::Merge, &patch),
-                        None,
-                        &WriteOptions::default(),
-                    )
-                    .await?;
-                last_write = last_write.max(rv_of(&w.object));
-                owned.push(Arc::new(w.object));
+                let adopted = adopt(&ctx, &pods_res, &pod, &rs).await?;
+                last_write = last_write.max(rv_of(&adopted));
+                owned.push(Arc::new(adopted));
             }
             _ => {}
         }

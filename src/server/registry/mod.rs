@@ -986,36 +986,16 @@ impl Registry {
             .is_some_and(|f| !f.is_empty())
             || namespace_finalizers_left(res, &obj);
         if meta(&obj).get("deletionTimestamp").is_some() && !finalizers_left {
-            let deleted = self
-                .store
-                .delete(&kv.key, Some(kv.mod_revision))
-                .await
-                .map_err(|e| store_error(res, &name, e))?;
-            self.after_delete(res, &old);
-            meta_mut(&mut obj).insert(
-                "resourceVersion".into(),
-                json!(deleted.revision.0.to_string()),
-            );
-            return Ok(Written {
-                object: obj,
-                warnings,
-            });
+            let object = self
+                .store_remove(res, &name, &kv.key, &old, obj, kv.mod_revision)
+                .await?;
+            return Ok(Written { object, warnings });
         }
         match self
-            .store
-            .update(&kv.key, encode(&obj), Some(kv.mod_revision))
+            .store_replace(res, &name, &kv.key, obj, kv.mod_revision)
             .await
         {
-            Ok(new_kv) => {
-                meta_mut(&mut obj).insert(
-                    "resourceVersion".into(),
-                    json!(new_kv.mod_revision.0.to_string()),
-                );
-                Ok(Written {
-                    object: obj,
-                    warnings,
-                })
-            }
+            Ok(object) => Ok(Written { object, warnings }),
             Err(e) => {
                 if let Some((before, now)) = held {
                     // Undo: give back new allocations, keep the old ones.
@@ -1023,7 +1003,7 @@ impl Registry {
                     allocator.release(&now);
                     allocator.restore(&before);
                 }
-                Err(store_error(res, &name, e))
+                Err(e)
             }
         }
     }
@@ -1162,38 +1142,23 @@ impl Registry {
                 with_orphan.push(json!("orphan"));
                 m.insert("finalizers".into(), Value::Array(with_orphan));
                 m.remove("resourceVersion");
-                let marked_kv = self
-                    .store
-                    .update(&kv.key, encode(&marked), Some(kv.mod_revision))
-                    .await
-                    .map_err(|e| store_error(res, name, e))?;
+                let marked = self
+                    .store_replace(res, name, &kv.key, marked, kv.mod_revision)
+                    .await?;
+                let marked_rev =
+                    Revision(meta_str(&marked, "resourceVersion").parse().unwrap_or(0));
                 self.orphan_dependents(&old).await?;
                 // Drop the finalizer; with none left the object goes.
                 let mut done = marked;
                 meta_mut(&mut done).insert("finalizers".into(), Value::Array(finalizers.clone()));
-                if finalizers.is_empty() {
-                    let deleted = self
-                        .store
-                        .delete(&kv.key, Some(marked_kv.mod_revision))
+                meta_mut(&mut done).remove("resourceVersion");
+                return if finalizers.is_empty() {
+                    self.store_remove(res, name, &kv.key, &old, done, marked_rev)
                         .await
-                        .map_err(|e| store_error(res, name, e))?;
-                    self.after_delete(res, &old);
-                    meta_mut(&mut done).insert(
-                        "resourceVersion".into(),
-                        json!(deleted.revision.0.to_string()),
-                    );
                 } else {
-                    let updated = self
-                        .store
-                        .update(&kv.key, encode(&done), Some(marked_kv.mod_revision))
+                    self.store_replace(res, name, &kv.key, done, marked_rev)
                         .await
-                        .map_err(|e| store_error(res, name, e))?;
-                    meta_mut(&mut done).insert(
-                        "resourceVersion".into(),
-                        json!(updated.mod_revision.0.to_string()),
-                    );
-                }
-                return Ok(done);
+                };
             }
             Some("Orphan") => {}
             Some("Foreground") if !finalizers.contains(&json!("foregroundDeletion")) => {
@@ -1251,33 +1216,16 @@ impl Registry {
                     return Ok(obj);
                 }
                 meta_mut(&mut obj).remove("resourceVersion");
-                let new_kv = self
-                    .store
-                    .update(&kv.key, encode(&obj), Some(kv.mod_revision))
-                    .await
-                    .map_err(|e| store_error(res, name, e))?;
-                meta_mut(&mut obj).insert(
-                    "resourceVersion".into(),
-                    json!(new_kv.mod_revision.0.to_string()),
-                );
-                return Ok(obj);
+                return self
+                    .store_replace(res, name, &kv.key, obj, kv.mod_revision)
+                    .await;
             }
         }
         if opts.dry_run {
             return Ok(old);
         }
-        let deleted = self
-            .store
-            .delete(&kv.key, Some(kv.mod_revision))
+        self.store_remove(res, name, &kv.key, &old, old.clone(), kv.mod_revision)
             .await
-            .map_err(|e| store_error(res, name, e))?;
-        self.after_delete(res, &old);
-        let mut out = old;
-        meta_mut(&mut out).insert(
-            "resourceVersion".into(),
-            json!(deleted.revision.0.to_string()),
-        );
-        Ok(out)
     }
 
     /// Remove ownerReferences to `owner` from every object in its namespace
@@ -1333,6 +1281,52 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Store `obj` over the version at `expected` and return it with its new
+    /// resourceVersion.
+    async fn store_replace(
+        &self,
+        res: &Resource,
+        name: &str,
+        key: &str,
+        mut obj: Value,
+        expected: Revision,
+    ) -> Result<Value, ApiError> {
+        let kv = self
+            .store
+            .update(key, encode(&obj), Some(expected))
+            .await
+            .map_err(|e| store_error(res, name, e))?;
+        meta_mut(&mut obj).insert(
+            "resourceVersion".into(),
+            json!(kv.mod_revision.0.to_string()),
+        );
+        Ok(obj)
+    }
+
+    /// Remove the version at `expected`, release what `old` held (Service
+    /// IPs), and return `obj` with the delete's resourceVersion.
+    async fn store_remove(
+        &self,
+        res: &Resource,
+        name: &str,
+        key: &str,
+        old: &Value,
+        mut obj: Value,
+        expected: Revision,
+    ) -> Result<Value, ApiError> {
+        let deleted = self
+            .store
+            .delete(key, Some(expected))
+            .await
+            .map_err(|e| store_error(res, name, e))?;
+        self.after_delete(res, old);
+        meta_mut(&mut obj).insert(
+            "resourceVersion".into(),
+            json!(deleted.revision.0.to_string()),
+        );
+        Ok(obj)
     }
 
     /// Seconds a deletion waits: only pods bound to a node wait, for their
