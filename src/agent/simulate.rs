@@ -151,19 +151,29 @@ async fn heartbeat(client: Client, cfg: Config, names: Vec<String>) {
     }
 }
 
-fn pod_finishes(pod: &Pod) -> bool {
+/// The exit code of a pod that "runs" to completion: a single container
+/// with command `["true"]` (0) or `["false"]` (1), to exercise Jobs.
+fn pod_exit_code(pod: &Pod) -> Option<i32> {
     let containers = pod
         .spec
         .as_ref()
         .map(|s| s.containers.clone())
         .unwrap_or_default();
-    containers.len() == 1 && containers[0].command.as_deref() == Some(&["true".to_owned()][..])
+    if containers.len() != 1 {
+        return None;
+    }
+    match containers[0].command.as_deref() {
+        Some([c]) if c == "true" => Some(0),
+        Some([c]) if c == "false" => Some(1),
+        _ => None,
+    }
 }
 
 /// The status a simulated kubelet reports for a pod it "runs".
 fn running_status(pod: &Pod, node: &str, ip: &str) -> Value {
     let ts = now();
-    let done = pod_finishes(pod);
+    let exit = pod_exit_code(pod);
+    let done = exit.is_some();
     let containers = pod
         .spec
         .as_ref()
@@ -173,7 +183,9 @@ fn running_status(pod: &Pod, node: &str, ip: &str) -> Value {
         .iter()
         .map(|c| {
             let state = if done {
-                json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": ts, "finishedAt": ts}})
+                let code = exit.unwrap_or_default();
+                let reason = if code == 0 { "Completed" } else { "Error" };
+                json!({"terminated": {"exitCode": code, "reason": reason, "startedAt": ts, "finishedAt": ts}})
             } else {
                 json!({"running": {"startedAt": ts}})
             };
@@ -184,7 +196,7 @@ fn running_status(pod: &Pod, node: &str, ip: &str) -> Value {
     let ready = if done { "False" } else { "True" };
     let cond = |kind: &str, status: &str| json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": ts});
     json!({"status": {
-        "phase": if done { "Succeeded" } else { "Running" },
+        "phase": match exit { None => "Running", Some(0) => "Succeeded", Some(_) => "Failed" },
         "hostIP": node, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": ts,
         "conditions": [cond("PodReadyToStartContainers", "True"), cond("Initialized", "True"), cond("Ready", ready), cond("ContainersReady", ready), cond("PodScheduled", "True")],
         "containerStatuses": statuses,

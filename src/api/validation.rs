@@ -402,8 +402,20 @@ pub fn validate_spec(group: &str, kind: &str, obj: &Value, errs: &mut Vec<FieldE
             }
         }
         ("batch", "CronJob") => {
-            if str_at(&spec, "schedule").trim().is_empty() {
+            let schedule = str_at(&spec, "schedule");
+            if schedule.trim().is_empty() {
                 errs.push(FieldError::required("spec.schedule"));
+            } else if let Err(e) = crate::server::controllers::cron::Schedule::parse(schedule) {
+                errs.push(FieldError::invalid(
+                    "spec.schedule",
+                    &Value::from(schedule),
+                    e,
+                ));
+            }
+            if let Some(tz) = spec.get("timeZone").and_then(Value::as_str)
+                && let Err(e) = crate::server::controllers::cron::time_zone(Some(tz))
+            {
+                errs.push(FieldError::invalid("spec.timeZone", &Value::from(tz), e));
             }
             if spec.get("jobTemplate").is_none() {
                 errs.push(FieldError::required("spec.jobTemplate"));

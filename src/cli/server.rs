@@ -90,6 +90,54 @@ pub struct Args {
     )]
     pub compaction_min_revisions: u64,
 
+    /// (controllers) Seconds without a Lease renewal before a node is
+    /// marked unreachable (Ready=Unknown).
+    #[arg(
+        long,
+        env = "ORCH_NODE_MONITOR_GRACE_PERIOD",
+        value_name = "SECONDS",
+        default_value_t = 40
+    )]
+    pub node_monitor_grace_period: u64,
+
+    /// (controllers) tolerationSeconds of the not-ready NoExecute toleration
+    /// every pod gets: how long its pods stay on a node that is not ready.
+    #[arg(
+        long,
+        env = "ORCH_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    pub default_not_ready_toleration_seconds: u32,
+
+    /// (controllers) tolerationSeconds of the unreachable NoExecute
+    /// toleration every pod gets: how long its pods stay on a lost node.
+    #[arg(
+        long,
+        env = "ORCH_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
+    pub default_unreachable_toleration_seconds: u32,
+
+    /// (controllers) Terminated pods kept before the oldest are deleted.
+    #[arg(
+        long,
+        env = "ORCH_TERMINATED_POD_GC_THRESHOLD",
+        value_name = "N",
+        default_value_t = 12500
+    )]
+    pub terminated_pod_gc_threshold: usize,
+
+    /// (controllers) Seconds an event is kept after it last happened.
+    #[arg(
+        long,
+        env = "ORCH_EVENT_TTL",
+        value_name = "SECONDS",
+        default_value_t = 3600
+    )]
+    pub event_ttl: u64,
+
     /// (agent) Run the control plane alone, without the embedded agent.
     #[arg(long, env = "ORCH_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -156,6 +204,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.service_ranges = server::registry::ServiceRanges {
         cidr: args.service_cidr,
         node_ports: args.service_node_port_range,
+    };
+    if args.node_monitor_grace_period == 0 {
+        anyhow::bail!("--node-monitor-grace-period must be at least 1 second");
+    }
+    if args.terminated_pod_gc_threshold == 0 {
+        anyhow::bail!("--terminated-pod-gc-threshold must be at least 1");
+    }
+    config.admission = server::registry::Admission {
+        not_ready_toleration_seconds: args.default_not_ready_toleration_seconds.into(),
+        unreachable_toleration_seconds: args.default_unreachable_toleration_seconds.into(),
+    };
+    let grace = std::time::Duration::from_secs(args.node_monitor_grace_period);
+    config.controllers = server::controllers::Config {
+        node_monitor_grace_period: grace,
+        // Check often enough to notice a lost node within the grace period.
+        node_monitor_period: (grace / 8).clamp(
+            std::time::Duration::from_millis(250),
+            std::time::Duration::from_secs(5),
+        ),
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        event_ttl: std::time::Duration::from_secs(args.event_ttl.max(60)),
     };
     // Store reads run on the blocking pool, each on its own SQLite read
     // connection (with its own page cache): bounding the pool bounds both

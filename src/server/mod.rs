@@ -36,6 +36,8 @@ pub struct Config {
     /// Also write the admin kubeconfig here (default /etc/orch/orch.yaml).
     pub write_kubeconfig: Option<PathBuf>,
     pub service_ranges: registry::ServiceRanges,
+    pub admission: registry::Admission,
+    pub controllers: controllers::Config,
 }
 
 impl Config {
@@ -49,6 +51,8 @@ impl Config {
             tls_sans: Vec::new(),
             write_kubeconfig: Some(PathBuf::from("/etc/orch/orch.yaml")),
             service_ranges: registry::ServiceRanges::default(),
+            admission: registry::Admission::default(),
+            controllers: controllers::Config::default(),
         }
     }
 
@@ -132,14 +136,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|_| store::Error::Closed)??;
     let tls = Arc::new(auth::server_tls_config(&pki)?);
 
-    let registry = registry::Registry::new(store.clone(), config.service_ranges)
+    let registry = registry::Registry::new(store.clone(), config.service_ranges, config.admission)
         .await
         .map_err(Error::Api)?;
     bootstrap::ensure(&registry, config.advertise_address, config.listen.port())
         .await
         .map_err(Error::Api)?;
 
-    let (control, mut control_tasks) = controllers::start(registry.clone()).await;
+    let (control, mut control_tasks) =
+        controllers::start(registry.clone(), config.controllers.clone()).await;
     scheduler::start(control.clone(), &mut control_tasks);
 
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -27,6 +27,15 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the server said last.
+        if std::thread::panicking() {
+            let lines: Vec<String> = self.log.try_iter().collect();
+            let tail = &lines[lines.len().saturating_sub(150)..];
+            eprintln!("--- last {} lines of the orch server log ---", tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

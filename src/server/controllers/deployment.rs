@@ -429,7 +429,7 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
             if target != new_replicas {
                 w.scale(new_rs, target).await?;
                 record_event(
-                    &ctx.registry,
+                    &ctx,
                     &d,
                     "Normal",
                     "ScalingReplicaSet",
@@ -474,7 +474,7 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                         can_remove -= cut;
                         w.scale(rs, *reps).await?;
                         record_event(
-                            &ctx.registry,
+                            &ctx,
                             &d,
                             "Normal",
                             "ScalingReplicaSet",

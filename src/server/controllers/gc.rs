@@ -5,11 +5,14 @@
 //! - Foreground deletion: an owner marked with the `foregroundDeletion`
 //!   finalizer has its dependents deleted first; the finalizer is removed
 //!   (and the owner goes) when none are left.
-//! - Orphan deletion is done by the registry before the owner is deleted.
+//! - Orphan deletion is done by the registry before the owner is deleted;
+//!   an orphaning interrupted by a crash (the `orphan` finalizer left on an
+//!   object being deleted) is finished here at start.
 //!
 //! Owners and dependents are tracked for the kinds with informers
-//! (Deployments → ReplicaSets → Pods); dependents left dangling while the
-//! server was down are collected at start.
+//! (Deployments → ReplicaSets → Pods, DaemonSets/StatefulSets → Pods and
+//! ControllerRevisions, CronJobs → Jobs → Pods); dependents left dangling
+//! while the server was down are collected at start.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,15 +30,38 @@ use crate::server::registry::{DeleteOptions, WriteOptions};
 
 const FOREGROUND: &str = "foregroundDeletion";
 
+/// The kinds that own things the collector tracks.
+const OWNER_KINDS: [&str; 6] = [
+    "Deployment",
+    "ReplicaSet",
+    "DaemonSet",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+];
+
+fn owner_informers(ctx: &Context) -> Vec<Arc<Informer>> {
+    OWNER_KINDS
+        .iter()
+        .filter_map(|k| ctx.informers.of_kind(k).cloned())
+        .collect()
+}
+
+fn dependent_informers(ctx: &Context) -> [&Arc<Informer>; 4] {
+    [
+        &ctx.informers.replicasets,
+        &ctx.informers.jobs,
+        &ctx.informers.controllerrevisions,
+        &ctx.informers.pods,
+    ]
+}
+
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
-    // Keys are "<informer index>|<object key>" of owners to look at.
+    // Keys are "<owner kind>|<uid>|<object key>" of owners to look at.
     let queue = Queue::new();
-    let owners: [Arc<Informer>; 2] = [
-        ctx.informers.deployments.clone(),
-        ctx.informers.replicasets.clone(),
-    ];
-    for (i, informer) in owners.iter().enumerate() {
-        let (queue, informer) = (queue.clone(), informer.clone());
+    for informer in owner_informers(&ctx) {
+        let kind = informer.res.kind.clone();
+        let queue = queue.clone();
         let mut rx = informer.subscribe();
         tasks.spawn(async move {
             loop {
@@ -48,7 +74,7 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                             .is_some_and(|o| is_deleting(o) && has_finalizer(o, FOREGROUND));
                         if deleted || foreground {
                             let owner = change.new.or(change.old).expect("a change has an object");
-                            queue.add(format!("{i}|{}|{}", meta_str(&owner, "uid"), change.key));
+                            queue.add(format!("{kind}|{}|{}", meta_str(&owner, "uid"), change.key));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -62,11 +88,15 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         let (queue, ctx2) = (queue.clone(), ctx.clone());
         let mut pods = ctx.informers.pods.subscribe();
         let mut rss = ctx.informers.replicasets.subscribe();
+        let mut jobs = ctx.informers.jobs.subscribe();
+        let mut revisions = ctx.informers.controllerrevisions.subscribe();
         tasks.spawn(async move {
             loop {
                 let change = tokio::select! {
                     c = pods.recv() => c,
                     c = rss.recv() => c,
+                    c = jobs.recv() => c,
+                    c = revisions.recv() => c,
                 };
                 let Ok(change) = change else { continue };
                 if change.new.is_some() {
@@ -84,19 +114,15 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                         meta_str(&gone, "namespace"),
                         r["name"].as_str().unwrap_or_default()
                     );
-                    let i = match r["kind"].as_str() {
-                        Some("Deployment") => 0,
-                        Some("ReplicaSet") => 1,
-                        _ => continue,
+                    let kind = r["kind"].as_str().unwrap_or_default();
+                    let Some(informer) = ctx2.informers.of_kind(kind) else {
+                        continue;
                     };
-                    let informer = if i == 0 {
-                        &ctx2.informers.deployments
-                    } else {
-                        &ctx2.informers.replicasets
-                    };
-                    if informer.get(&owner_key).is_some_and(|o| is_deleting(&o)) {
+                    if OWNER_KINDS.contains(&kind)
+                        && informer.get(&owner_key).is_some_and(|o| is_deleting(&o))
+                    {
                         queue.add(format!(
-                            "{i}|{}|{owner_key}",
+                            "{kind}|{}|{owner_key}",
                             r["uid"].as_str().unwrap_or_default()
                         ));
                     }
@@ -108,23 +134,24 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     {
         let ctx2 = ctx.clone();
         tasks.spawn(async move {
-            let live: HashSet<String> = [&ctx2.informers.deployments, &ctx2.informers.replicasets]
+            finish_orphaning(&ctx2).await;
+            let live: HashSet<String> = owner_informers(&ctx2)
                 .iter()
                 .flat_map(|i| i.list(None))
                 .map(|o| meta_str(&o, "uid").to_owned())
                 .collect();
-            for dep in [&ctx2.informers.replicasets, &ctx2.informers.pods]
-                .iter()
-                .flat_map(|i| i.list(None))
-            {
+            for dep in dependent_informers(&ctx2).iter().flat_map(|i| i.list(None)) {
                 let refs: Vec<&Value> = dep
                     .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .filter(|r| matches!(r["kind"].as_str(), Some("Deployment" | "ReplicaSet")))
                     .collect();
+                let tracked = refs
+                    .iter()
+                    .all(|r| OWNER_KINDS.contains(&r["kind"].as_str().unwrap_or_default()));
                 if !refs.is_empty()
+                    && tracked
                     && refs
                         .iter()
                         .all(|r| !live.contains(r["uid"].as_str().unwrap_or_default()))
@@ -138,6 +165,40 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     run_workers(tasks, "garbage-collector", queue, 2, move |key| {
         reconcile(ctx.clone(), key)
     });
+}
+
+/// Finish orphaning deletes a crash interrupted: objects being deleted
+/// that still carry the `orphan` finalizer.
+async fn finish_orphaning(ctx: &Context) {
+    let resources: Vec<Resource> = ctx
+        .registry
+        .catalog
+        .resources()
+        .iter()
+        .filter(|r| r.allows("list") && r.allows("patch"))
+        .cloned()
+        .collect();
+    for res in resources {
+        let Ok(list) = ctx
+            .registry
+            .list(&res, None, &crate::server::registry::ListQuery::default())
+            .await
+        else {
+            continue;
+        };
+        for obj in list.decoded().unwrap_or_default() {
+            if is_deleting(&obj) && has_finalizer(&obj, "orphan") {
+                match ctx.registry.finish_orphaning(&res, &obj).await {
+                    Ok(()) => {
+                        tracing::info!(object = %object_key(&obj), kind = %res.kind, "finished an interrupted orphaning delete")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, object = %object_key(&obj), "could not finish an orphaning delete")
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn has_finalizer(obj: &Value, name: &str) -> bool {
@@ -208,7 +269,7 @@ async fn delete_dependent(
 
 /// Dependents of `uid` in the tracked informers.
 fn dependents(ctx: &Context, uid: &str) -> Vec<Arc<Value>> {
-    [&ctx.informers.replicasets, &ctx.informers.pods]
+    dependent_informers(ctx)
         .iter()
         .flat_map(|i| i.list(None))
         .filter(|o| {
@@ -221,13 +282,12 @@ fn dependents(ctx: &Context, uid: &str) -> Vec<Arc<Value>> {
 
 async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
     let mut parts = key.splitn(3, '|');
-    let (Some(i), Some(uid), Some(owner_key)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(kind), Some(uid), Some(owner_key)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Ok(Action::AwaitChange);
     };
-    let informer = if i == "0" {
-        &ctx.informers.deployments
-    } else {
-        &ctx.informers.replicasets
+    let Some(informer) = ctx.informers.of_kind(kind) else {
+        return Ok(Action::AwaitChange);
     };
     let owner = informer
         .get(owner_key)
@@ -248,9 +308,10 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                             meta_str(&dep, "namespace"),
                             r["name"].as_str().unwrap_or_default()
                         );
-                        [&ctx.informers.deployments, &ctx.informers.replicasets]
-                            .iter()
-                            .any(|inf| {
+                        // Owners of kinds not tracked here count as alive.
+                        ctx.informers
+                            .of_kind(r["kind"].as_str().unwrap_or_default())
+                            .is_none_or(|inf| {
                                 inf.get(&k)
                                     .is_some_and(|o| o["metadata"]["uid"] == r["uid"])
                             })
@@ -267,7 +328,7 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
             for dep in deps.iter().filter(|d| !is_deleting(d)) {
                 // Dependents that own things themselves (ReplicaSets) go in
                 // the foreground too; leaves (pods) simply go.
-                let policy = if dep["kind"] == "ReplicaSet" {
+                let policy = if matches!(dep["kind"].as_str(), Some("ReplicaSet" | "Job")) {
                     "Foreground"
                 } else {
                     "Background"

@@ -8,15 +8,24 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
+pub mod revisions;
 pub mod serviceaccount;
+pub mod statefulset;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -25,7 +34,7 @@ use tracing::Instrument;
 
 use crate::api::catalog::Resource;
 use crate::api::status::ApiError;
-use crate::server::informer::{Informer, Queue};
+use crate::server::informer::{Change, Informer, Queue, object_key};
 use crate::server::registry::{Registry, WriteOptions};
 
 /// Informers for the kinds the control plane watches.
@@ -37,6 +46,12 @@ pub struct Informers {
     pub deployments: Arc<Informer>,
     pub serviceaccounts: Arc<Informer>,
     pub services: Arc<Informer>,
+    pub daemonsets: Arc<Informer>,
+    pub statefulsets: Arc<Informer>,
+    pub controllerrevisions: Arc<Informer>,
+    pub jobs: Arc<Informer>,
+    pub cronjobs: Arc<Informer>,
+    pub leases: Arc<Informer>,
 }
 
 impl Informers {
@@ -55,19 +70,69 @@ impl Informers {
             deployments: Informer::start(registry.clone(), res("apps", "deployments")),
             serviceaccounts: Informer::start(registry.clone(), res("", "serviceaccounts")),
             services: Informer::start(registry.clone(), res("", "services")),
+            daemonsets: Informer::start(registry.clone(), res("apps", "daemonsets")),
+            statefulsets: Informer::start(registry.clone(), res("apps", "statefulsets")),
+            controllerrevisions: Informer::start(
+                registry.clone(),
+                res("apps", "controllerrevisions"),
+            ),
+            jobs: Informer::start(registry.clone(), res("batch", "jobs")),
+            cronjobs: Informer::start(registry.clone(), res("batch", "cronjobs")),
+            leases: Informer::start(registry.clone(), res("coordination.k8s.io", "leases")),
         }
     }
 
-    pub async fn synced(&self) {
-        for i in [
+    fn all(&self) -> [&Arc<Informer>; 13] {
+        [
             &self.pods,
             &self.nodes,
             &self.namespaces,
             &self.replicasets,
             &self.deployments,
             &self.serviceaccounts,
-        ] {
+            &self.services,
+            &self.daemonsets,
+            &self.statefulsets,
+            &self.controllerrevisions,
+            &self.jobs,
+            &self.cronjobs,
+            &self.leases,
+        ]
+    }
+
+    pub async fn synced(&self) {
+        for i in self.all() {
             i.synced().await;
+        }
+    }
+
+    /// The informer for objects of `kind` (in the groups the control plane
+    /// watches), if there is one.
+    pub fn of_kind(&self, kind: &str) -> Option<&Arc<Informer>> {
+        self.all().into_iter().find(|i| i.res.kind == kind)
+    }
+}
+
+/// Timings and thresholds of the controllers (flags of `orch server`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A node whose Lease is not renewed for this long is unreachable.
+    pub node_monitor_grace_period: Duration,
+    /// How often node health is checked.
+    pub node_monitor_period: Duration,
+    /// Terminated pods kept before the oldest are deleted.
+    pub terminated_pod_gc_threshold: usize,
+    /// Events not repeated for this long are deleted.
+    pub event_ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_monitor_grace_period: Duration::from_secs(40),
+            node_monitor_period: Duration::from_secs(5),
+            terminated_pod_gc_threshold: 12_500,
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -76,6 +141,8 @@ impl Informers {
 pub struct Context {
     pub registry: Arc<Registry>,
     pub informers: Informers,
+    pub config: Config,
+    events: Arc<Mutex<HashMap<EventKey, (String, u64)>>>,
 }
 
 impl Context {
@@ -88,16 +155,24 @@ impl Context {
 }
 
 /// Start every controller; they stop when the returned set is dropped.
-pub async fn start(registry: Arc<Registry>) -> (Arc<Context>, JoinSet<()>) {
+pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, JoinSet<()>) {
     let informers = Informers::start(&registry);
     informers.synced().await;
     let ctx = Arc::new(Context {
         registry,
         informers,
+        config,
+        events: Arc::default(),
     });
     let mut tasks = JoinSet::new();
     replicaset::start(ctx.clone(), &mut tasks);
     deployment::start(ctx.clone(), &mut tasks);
+    daemonset::start(ctx.clone(), &mut tasks);
+    statefulset::start(ctx.clone(), &mut tasks);
+    job::start(ctx.clone(), &mut tasks);
+    cronjob::start(ctx.clone(), &mut tasks);
+    nodelifecycle::start(ctx.clone(), &mut tasks);
+    podgc::start(ctx.clone(), &mut tasks);
     endpoints::start(ctx.clone(), &mut tasks);
     gc::start(ctx.clone(), &mut tasks);
     namespace::start(ctx.clone(), &mut tasks);
@@ -150,6 +225,74 @@ pub fn run_workers<F, Fut>(
                 }
             }
         });
+    }
+}
+
+/// Feed `queue` from `informer`: the keys `keys` derives from each change,
+/// and `resync()` at start and whenever changes were missed.
+pub fn feed<K, R>(
+    tasks: &mut JoinSet<()>,
+    informer: &Arc<Informer>,
+    queue: &Arc<Queue>,
+    keys: K,
+    resync: R,
+) where
+    K: Fn(&Change) -> Vec<String> + Send + 'static,
+    R: Fn() -> Vec<String> + Send + 'static,
+{
+    let mut rx = informer.subscribe();
+    let queue = queue.clone();
+    tasks.spawn(async move {
+        for key in resync() {
+            queue.add(key);
+        }
+        loop {
+            match rx.recv().await {
+                Ok(change) => {
+                    for key in keys(&change) {
+                        queue.add(key);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    for key in resync() {
+                        queue.add(key);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// The keys of every object `informer` holds.
+pub fn all_keys(informer: &Arc<Informer>) -> impl Fn() -> Vec<String> + Send + 'static {
+    let informer = informer.clone();
+    move || informer.list(None).iter().map(|o| object_key(o)).collect()
+}
+
+/// The key of the controlling owner of the changed object, if it is of
+/// `kind`.
+pub fn owner_keys(kind: &'static str) -> impl Fn(&Change) -> Vec<String> + Send + 'static {
+    move |change| {
+        let mut keys: Vec<String> = [change.old.as_deref(), change.new.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|obj| {
+                let owner = controller_of(obj)?;
+                (owner.get("kind").and_then(Value::as_str) == Some(kind)).then(|| {
+                    let name = owner
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    match meta_str(obj, "namespace") {
+                        "" => name.to_owned(),
+                        ns => format!("{ns}/{name}"),
+                    }
+                })
+            })
+            .collect();
+        keys.dedup();
+        keys
     }
 }
 
@@ -251,25 +394,56 @@ pub fn is_deleting(obj: &Value) -> bool {
         .is_some_and(|v| !v.is_null())
 }
 
-/// Record an Event about `obj` (what `kubectl describe` shows). Failures are
-/// logged, never returned: events are best effort.
+/// What makes two events the same occurrence (upstream's EventCorrelator
+/// aggregates on the same fields).
+type EventKey = (String, &'static str, String, String, &'static str);
+
+/// Most distinct events remembered for aggregation.
+const EVENT_CACHE: usize = 4096;
+
+/// Record an Event about `obj` (what `kubectl describe` shows). A repeat of
+/// an event already recorded (same object, type, reason, message and
+/// component) bumps its `count` and `lastTimestamp` instead of adding a new
+/// object. Failures are logged, never returned: events are best effort.
 pub fn record_event(
-    registry: &Arc<Registry>,
+    ctx: &Context,
     obj: &Value,
-    kind: &str,
+    kind: &'static str,
     reason: &str,
     message: String,
     component: &'static str,
 ) {
-    let registry = registry.clone();
+    let registry = ctx.registry.clone();
     let ns = match meta_str(obj, "namespace") {
         "" => "default".to_owned(),
         ns => ns.to_owned(),
     };
     let now = jiff::Timestamp::now();
     let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let key: EventKey = (
+        meta_str(obj, "uid").to_owned(),
+        kind,
+        reason.to_owned(),
+        message.clone(),
+        component,
+    );
+    let (name, count) = {
+        let mut cache = ctx.events.lock().expect("event cache lock");
+        if cache.len() >= EVENT_CACHE && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        let entry = cache.entry(key.clone()).or_insert_with(|| {
+            (
+                format!("{}.{:x}", meta_str(obj, "name"), now.as_nanosecond()),
+                0,
+            )
+        });
+        entry.1 += 1;
+        entry.clone()
+    };
+    let cache = ctx.events.clone();
     let event = json!({
-        "metadata": {"name": format!("{}.{:x}", meta_str(obj, "name"), now.as_nanosecond()), "namespace": ns},
+        "metadata": {"name": name, "namespace": ns},
         "involvedObject": {
             "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
             "namespace": obj["metadata"]["namespace"], "uid": obj["metadata"]["uid"],
@@ -290,6 +464,41 @@ pub fn record_event(
             .resource("", "events")
             .expect("events are in the catalog")
             .clone();
+        if count > 1 {
+            // Repeats race each other: write the newest count, and again
+            // if it grew meanwhile, so the stored count never goes back.
+            let mut written = 0;
+            loop {
+                let latest = cache
+                    .lock()
+                    .expect("event cache lock")
+                    .get(&key)
+                    .map_or(count, |e| e.1);
+                if latest <= written {
+                    return;
+                }
+                let patch = json!({"count": latest, "lastTimestamp": ts});
+                match registry
+                    .patch(
+                        &res,
+                        Some(&ns),
+                        &name,
+                        (crate::api::patch::PatchType::Merge, &patch),
+                        None,
+                        &WriteOptions::default(),
+                    )
+                    .await
+                {
+                    Ok(_) => written = latest,
+                    // Expired (or its create is still in flight): record anew.
+                    Err(err) if err.code == 404 => break,
+                    Err(err) => {
+                        tracing::debug!(%err, "could not update an event");
+                        return;
+                    }
+                }
+            }
+        }
         if let Err(err) = registry
             .create(&res, Some(&ns), event, &WriteOptions::default())
             .await
@@ -325,3 +534,6 @@ pub fn pod_is_active(pod: &Value) -> bool {
         .unwrap_or_default();
     phase != "Succeeded" && phase != "Failed" && !is_deleting(pod)
 }
+
+#[cfg(test)]
+mod tests;

@@ -167,6 +167,26 @@ pub struct Registry {
     pub store: Store,
     pub catalog: Catalog,
     allocator: Mutex<Allocator>,
+    admission: Admission,
+}
+
+/// What pods get on creation (flags of `orch server`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// tolerationSeconds of the default `node.kubernetes.io/not-ready`
+    /// NoExecute toleration (upstream's DefaultTolerationSeconds).
+    pub not_ready_toleration_seconds: i64,
+    /// ... and of the `node.kubernetes.io/unreachable` one.
+    pub unreachable_toleration_seconds: i64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -367,7 +387,7 @@ fn qos_class(pod: &Value) -> &'static str {
 /// Admission a pod gets on create: its service account, and tolerating
 /// not-ready/unreachable nodes for 300 s (upstream's
 /// DefaultTolerationSeconds).
-fn admit_pod(pod: &mut Value) {
+fn admit_pod(pod: &mut Value, admission: Admission) {
     let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
@@ -381,9 +401,15 @@ fn admit_pod(pod: &mut Value) {
     spec.insert("serviceAccount".into(), json!(sa));
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(list) = tolerations.as_array_mut() {
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
+        for (key, seconds) in [
+            (
+                "node.kubernetes.io/not-ready",
+                admission.not_ready_toleration_seconds,
+            ),
+            (
+                "node.kubernetes.io/unreachable",
+                admission.unreachable_toleration_seconds,
+            ),
         ] {
             let present = list.iter().any(|t| {
                 t.get("key").and_then(Value::as_str) == Some(key)
@@ -391,7 +417,7 @@ fn admit_pod(pod: &mut Value) {
                         && t.get("key").is_none())
             });
             if !present {
-                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
             }
         }
     }
@@ -402,7 +428,11 @@ impl Registry {
     ///
     /// # Errors
     /// When the stored Services cannot be read.
-    pub async fn new(store: Store, ranges: ServiceRanges) -> Result<Arc<Self>, ApiError> {
+    pub async fn new(
+        store: Store,
+        ranges: ServiceRanges,
+        admission: Admission,
+    ) -> Result<Arc<Self>, ApiError> {
         let catalog = Catalog::builtin();
         let mut allocator = Allocator::new(ranges);
         let services = catalog
@@ -420,6 +450,7 @@ impl Registry {
             store,
             catalog,
             allocator: Mutex::new(allocator),
+            admission,
         }))
     }
 
@@ -786,7 +817,7 @@ impl Registry {
                     "status".into(),
                     json!({"phase": "Pending", "qosClass": qos}),
                 );
-                admit_pod(obj);
+                admit_pod(obj, self.admission);
             }
             ("", "Namespace") => {
                 m.insert("status".into(), json!({"phase": "Active"}));
@@ -949,7 +980,7 @@ impl Registry {
         if res.group.is_empty() && res.kind == "Pod" {
             // Admission fields the client may have dropped stay as they were.
             if obj.pointer("/spec/serviceAccountName").is_none() {
-                admit_pod(&mut obj);
+                admit_pod(&mut obj, self.admission);
             }
         }
         meta_mut(&mut obj).remove("resourceVersion");
@@ -1226,6 +1257,40 @@ impl Registry {
         }
         self.store_remove(res, name, &kv.key, &old, old.clone(), kv.mod_revision)
             .await
+    }
+
+    /// Finish an orphaning delete a crash interrupted: release the
+    /// dependents, then drop the `orphan` finalizer (the object goes when
+    /// no finalizer is left).
+    ///
+    /// # Errors
+    /// A dependent or the object could not be written.
+    pub async fn finish_orphaning(&self, res: &Resource, obj: &Value) -> Result<(), ApiError> {
+        self.orphan_dependents(obj).await?;
+        let finalizers: Vec<Value> = meta(obj)
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|f| *f != "orphan")
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": meta(obj).get("resourceVersion")}});
+        let ns = meta_str(obj, "namespace");
+        match self
+            .patch(
+                res,
+                (!ns.is_empty()).then_some(ns),
+                meta_str(obj, "name"),
+                (PatchType::Merge, &patch),
+                None,
+                &WriteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Remove ownerReferences to `owner` from every object in its namespace

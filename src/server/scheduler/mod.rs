@@ -307,7 +307,7 @@ async fn schedule_one(
                 match ctx.registry.bind(&ns, &name, &binding).await {
                     Ok(()) => {
                         record_event(
-                            &ctx.registry,
+                            &ctx,
                             &pod,
                             "Normal",
                             "Scheduled",
@@ -362,7 +362,7 @@ async fn schedule_one(
                     Err(e) => return Err(e),
                 }
                 record_event(
-                    &ctx.registry,
+                    &ctx,
                     &pod,
                     "Warning",
                     "FailedScheduling",

@@ -352,6 +352,25 @@ fn node_selector_term_matches(term: &Value, node: &NodeInfo) -> bool {
 pub fn filter(pod: &PodView<'_>, node: &NodeInfo) -> Result<(), String> {
     let tolerations = pod.tolerations;
     let req = &pod.req;
+    if !node.ready {
+        let t = Taint {
+            key: "node.kubernetes.io/not-ready".into(),
+            value: String::new(),
+            effect: "NoSchedule".into(),
+        };
+        if !tolerates(tolerations, &t) {
+            return Err("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into());
+        }
+    }
+    placement(pod, node)?;
+    resources_and_neighbours(pod, node, req)
+}
+
+/// Whether the pod may go to the node at all, whatever runs there: not
+/// cordoned, taints tolerated, node selector and required node affinity
+/// matched. (What the DaemonSet controller asks of a node.)
+pub fn placement(pod: &PodView<'_>, node: &NodeInfo) -> Result<(), String> {
+    let tolerations = pod.tolerations;
     if node.unschedulable
         && !tolerates(
             tolerations,
@@ -363,16 +382,6 @@ pub fn filter(pod: &PodView<'_>, node: &NodeInfo) -> Result<(), String> {
         )
     {
         return Err("node(s) were unschedulable".into());
-    }
-    if !node.ready {
-        let t = Taint {
-            key: "node.kubernetes.io/not-ready".into(),
-            value: String::new(),
-            effect: "NoSchedule".into(),
-        };
-        if !tolerates(tolerations, &t) {
-            return Err("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into());
-        }
     }
     for taint in &node.taints {
         if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
@@ -396,6 +405,14 @@ pub fn filter(pod: &PodView<'_>, node: &NodeInfo) -> Result<(), String> {
     {
         return Err("node(s) didn't match Pod's node affinity/selector".into());
     }
+    Ok(())
+}
+
+fn resources_and_neighbours(
+    pod: &PodView<'_>,
+    node: &NodeInfo,
+    req: &Resources,
+) -> Result<(), String> {
     let free = |alloc: i64, used: i64| alloc - used;
     if node.allocatable.pods > 0 && free(node.allocatable.pods, node.requested.pods) < req.pods {
         return Err("Too many pods".into());
