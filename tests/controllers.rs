@@ -473,6 +473,32 @@ spec:
     );
     let table = server.ok("1.33", &["get", "endpoints", "shop"]);
     assert!(table.contains(":8080"), "{table}");
+    // Slices hold at most 100 endpoints; extra slices go when unneeded.
+    let slice_sizes = |o: &str| -> Vec<usize> {
+        let v: Value = serde_json::from_str(o).unwrap_or_default();
+        let mut sizes: Vec<usize> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+            .collect();
+        sizes.sort_unstable();
+        sizes
+    };
+    let slices = [
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=shop",
+        "-o",
+        "json",
+    ];
+    server.ok("1.33", &["scale", "deploy/shop", "--replicas=105"]);
+    server.eventually(&slices, "105 endpoints in two slices", |o| {
+        slice_sizes(o) == [5, 100]
+    });
+    server.ok("1.33", &["scale", "deploy/shop", "--replicas=2"]);
+    server.eventually(&slices, "back to one slice", |o| slice_sizes(o) == [2]);
     server.ok("1.33", &["delete", "service", "shop"]);
     server.eventually(
         &["get", "endpoints,endpointslices", "-o", "name"],

@@ -1,9 +1,9 @@
 //! Endpoints and EndpointSlices from Services and their pods: every
 //! Service with a selector gets an Endpoints object (ready addresses and
-//! not-ready ones, or all as ready with `publishNotReadyAddresses`) and one
-//! EndpointSlice, with named target ports resolved against each pod's
-//! container ports. Pod readiness changes show up as soon as the informer
-//! sees them.
+//! not-ready ones, or all as ready with `publishNotReadyAddresses`) and
+//! EndpointSlices — one per set of resolved ports, at most 100 endpoints
+//! each — with named target ports resolved against each pod's container
+//! ports. Pod readiness changes show up as soon as the informer sees them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use super::{Action, Context, meta_str, run_workers};
 use crate::api::selector::LabelSelector;
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, object_key, split_key};
-use crate::server::registry::WriteOptions;
+use crate::server::registry::{ListQuery, WriteOptions};
 
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let queue = Queue::new();
@@ -60,6 +60,18 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 
 /// Ready addresses, not-ready addresses and ports of one Endpoints subset.
 type Subset = (Vec<Value>, Vec<Value>, Vec<Value>);
+
+/// Endpoints per EndpointSlice (upstream's `--max-endpoints-per-slice`).
+const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+fn slice_name(service: &str, i: usize) -> String {
+    if i == 0 {
+        format!("{service}-orch")
+    } else {
+        format!("{service}-orch-{i}")
+    }
+}
 
 fn selector(svc: &Value) -> Option<LabelSelector> {
     let map = svc.pointer("/spec/selector")?.as_object()?;
@@ -138,26 +150,52 @@ async fn upsert(
     }
 }
 
-async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
-    let (ns, name) = split_key(&key);
-    let (ns, name) = (ns.unwrap_or_default().to_owned(), name.to_owned());
-    let Some(svc) = ctx.informers.services.get(&key) else {
-        // The Service is gone; its Endpoints and slice go with it (they are
-        // owned by it for the slice; Endpoints share its name).
-        for (group, plural, object) in [
-            ("", "endpoints", name.clone()),
-            ("discovery.k8s.io", "endpointslices", format!("{name}-orch")),
-        ] {
-            let res = ctx.res(group, plural);
+/// Delete the Service's slices not named in `keep`.
+async fn remove_slices_except(
+    ctx: &Context,
+    ns: &str,
+    service: &str,
+    keep: &[String],
+) -> Result<(), ApiError> {
+    let res = ctx.res("discovery.k8s.io", "endpointslices");
+    let query = ListQuery {
+        labels: LabelSelector::parse(&format!(
+            "kubernetes.io/service-name={service},endpointslice.kubernetes.io/managed-by={MANAGED_BY}"
+        ))
+        .map_err(|e| ApiError::internal(e.to_string()))?,
+        ..ListQuery::default()
+    };
+    for old in ctx.registry.list(&res, Some(ns), &query).await?.decoded()? {
+        let old_name = meta_str(&old, "name");
+        if !keep.iter().any(|n| n == old_name) {
             match ctx
                 .registry
-                .delete(&res, Some(&ns), &object, &Default::default())
+                .delete(&res, Some(ns), old_name, &Default::default())
                 .await
             {
                 Ok(_) | Err(ApiError { code: 404, .. }) => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+    Ok(())
+}
+
+async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
+    let (ns, name) = split_key(&key);
+    let (ns, name) = (ns.unwrap_or_default().to_owned(), name.to_owned());
+    let Some(svc) = ctx.informers.services.get(&key) else {
+        // The Service is gone; its Endpoints and slices go with it.
+        let res = ctx.res("", "endpoints");
+        match ctx
+            .registry
+            .delete(&res, Some(&ns), &name, &Default::default())
+            .await
+        {
+            Ok(_) | Err(ApiError { code: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+        remove_slices_except(&ctx, &ns, &name, &[]).await?;
         return Ok(Action::AwaitChange);
     };
     let Some(sel) = selector(&svc) else {
@@ -172,8 +210,9 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
         .unwrap_or_default();
     // Group addresses by their resolved port set, as upstream's subsets do.
     let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
-    let mut slice_endpoints = Vec::new();
-    let mut slice_ports: Option<Vec<Value>> = None;
+    // EndpointSlice endpoints, grouped by their resolved ports like the
+    // subsets (a slice has one port list).
+    let mut slice_groups: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     let mut pods: Vec<Arc<Value>> = ctx
         .informers
         .pods
@@ -208,16 +247,19 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
             .cloned()
             .unwrap_or(Value::Null);
         let address = json!({"ip": ip, "nodeName": node, "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}});
+        let port_key = serde_json::to_string(&resolved).expect("JSON");
         let entry = subsets
-            .entry(serde_json::to_string(&resolved).expect("JSON"))
+            .entry(port_key.clone())
             .or_insert_with(|| (Vec::new(), Vec::new(), resolved.clone()));
         if ready {
             entry.0.push(address);
         } else {
             entry.1.push(address);
         }
-        slice_ports.get_or_insert(resolved);
-        slice_endpoints.push(json!({
+        let group = slice_groups
+            .entry(port_key)
+            .or_insert_with(|| (resolved, Vec::new()));
+        group.1.push(json!({
             "addresses": [ip],
             "conditions": {"ready": ready, "serving": ready, "terminating": false},
             "nodeName": node,
@@ -242,24 +284,43 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
         endpoints["subsets"] = Value::Array(subsets);
     }
     upsert(&ctx, "", "endpoints", &ns, &name, endpoints, &["subsets"]).await?;
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{name}-orch"), "namespace": ns,
-                     "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-                     "ownerReferences": [super::controller_ref(&svc)]},
-        "addressType": "IPv4",
-        "endpoints": slice_endpoints,
-        "ports": slice_ports.unwrap_or_default(),
-    });
-    upsert(
-        &ctx,
-        "discovery.k8s.io",
-        "endpointslices",
-        &ns,
-        &format!("{name}-orch"),
-        slice,
-        &["endpoints", "ports"],
-    )
-    .await?;
+    // Slices of at most 100 endpoints (upstream's default), named
+    // `<service>-orch` then `<service>-orch-<n>`; a Service without
+    // endpoints keeps one empty slice.
+    let mut wanted: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
+    for (ports, endpoints) in slice_groups.into_values() {
+        for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
+            wanted.push((ports.clone(), chunk.to_vec()));
+        }
+    }
+    if wanted.is_empty() {
+        wanted.push((Vec::new(), Vec::new()));
+    }
+    let mut names = Vec::new();
+    for (i, (ports, endpoints)) in wanted.into_iter().enumerate() {
+        let slice_name = slice_name(&name, i);
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": slice_name, "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
+                         "ownerReferences": [super::controller_ref(&svc)]},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": ports,
+        });
+        upsert(
+            &ctx,
+            "discovery.k8s.io",
+            "endpointslices",
+            &ns,
+            &slice_name,
+            slice,
+            &["endpoints", "ports"],
+        )
+        .await?;
+        names.push(slice_name);
+    }
+    // Slices no longer needed (fewer endpoints or port sets than before).
+    remove_slices_except(&ctx, &ns, &name, &names).await?;
     Ok(Action::AwaitChange)
 }
