@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite;
-# curl sends raw HTTP requests in tests/api_errors.rs.
-packages=(gcc curl)
+# Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite and
+# zstd; curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
+# umoci and skopeo build and write the test images (tests/images.rs).
+packages=(gcc curl busybox-static umoci skopeo)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod image;
 mod server;
 mod version;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Server(server::Args),
     /// Run a node agent that joins a server.
     Agent(agent::Args),
+    /// Manage the node's images (import, ls, rm).
+    Image(image::Args),
     /// Print the version, git commit and target.
     Version(version::Args),
 }
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Image(args) => image::run(args),
         Command::Version(args) => version::run(args),
     }
 }
