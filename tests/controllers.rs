@@ -237,6 +237,13 @@ fn pause_resume_restart_and_scale() {
                 .unwrap()
                 .starts_with("ops-sim-")
     }));
+    // What the ReplicaSet controller did shows in describe.
+    let describe = server.eventually(
+        &["describe", "rs", "-l", "app=api"],
+        "ReplicaSet events",
+        |o| o.contains("SuccessfulCreate") && o.contains("SuccessfulDelete"),
+    );
+    assert!(describe.contains("Created pod: api-"), "{describe}");
 }
 
 #[test]

@@ -386,6 +386,67 @@ spec:
     std::thread::sleep(Duration::from_secs(4));
     let after = server.ok("1.33", &["get", "jobs", "-o", "name"]);
     assert_eq!(before, after, "a suspended CronJob started a Job");
+    // Forbid: while a run is active (these pods never finish) no other
+    // starts; Replace: each run replaces the active one.
+    let busy = server.write(
+        "busy.yaml",
+        "apiVersion: batch/v1
+kind: CronJob
+metadata: {name: forbid}
+spec:
+  schedule: \"@every 1s\"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: busybox, command: [sleep, \"3600\"]}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: replace}
+spec:
+  schedule: \"@every 1s\"
+  concurrencyPolicy: Replace
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: busybox, command: [sleep, \"3600\"]}]
+",
+    );
+    server.ok("1.33", &["apply", "-f", busy.to_str().unwrap()]);
+    let owned_by = |jobs: &Value, cj: &str| -> Vec<String> {
+        items(jobs)
+            .into_iter()
+            .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == cj)
+            .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+            .map(|j| j["metadata"]["uid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first_replace = owned_by(
+        &wait_json(&server, &["get", "jobs"], 30, "a replace run", |v| {
+            !owned_by(v, "replace").is_empty()
+        }),
+        "replace",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let jobs = json(&server.ok("1.33", &["get", "jobs", "-o", "json"]));
+    assert_eq!(
+        owned_by(&jobs, "forbid").len(),
+        1,
+        "Forbid ran concurrently: {jobs}"
+    );
+    let replace_now = owned_by(&jobs, "replace");
+    assert_eq!(replace_now.len(), 1, "Replace left several runs: {jobs}");
+    assert_ne!(
+        replace_now, first_replace,
+        "Replace never replaced the first run"
+    );
+    server.ok("1.33", &["delete", "cronjob", "forbid", "replace"]);
+
     // kubectl create job --from works on it.
     server.ok("1.33", &["create", "job", "manual", "--from=cronjob/tick"]);
     server.ok(

@@ -10,8 +10,9 @@
 //! - Finished Jobs beyond `successfulJobsHistoryLimit` /
 //!   `failedJobsHistoryLimit` are deleted, oldest first; `suspend` stops new
 //!   runs.
-//! - Jobs are named `<cronjob>-<scheduled minutes since the epoch>`, so a
-//!   time is never run twice even across restarts.
+//! - Jobs are named `<cronjob>-<scheduled minutes since the epoch>` (or
+//!   seconds, for sub-minute `@every` schedules), so a time is never run
+//!   twice even across restarts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,8 +116,16 @@ fn missed_times(
     (last, count)
 }
 
+/// Upstream names a run by its minute; runs of sub-minute `@every`
+/// schedules (not on a whole minute) are named by their second instead, so
+/// they do not collide.
 fn job_name(cj: &str, scheduled: &jiff::Zoned) -> String {
-    format!("{cj}-{}", scheduled.timestamp().as_second() / 60)
+    let secs = scheduled.timestamp().as_second();
+    if secs % 60 == 0 {
+        format!("{cj}-{}", secs / 60)
+    } else {
+        format!("{cj}-{secs}")
+    }
 }
 
 async fn delete_job(ctx: &Context, job: &Value) -> Result<(), ApiError> {
@@ -453,6 +462,10 @@ mod tests {
         assert_eq!(
             job_name("backup", &at("2026-01-01T00:05:00Z")),
             "backup-29453765"
+        );
+        assert_eq!(
+            job_name("tick", &at("2026-01-01T00:05:02Z")),
+            "tick-1767225902"
         );
     }
 }

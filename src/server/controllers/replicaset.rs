@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::{
     Action, Context, controller_of, controller_ref, is_deleting, meta_str, pod_is_active,
-    pod_ready_since, run_workers,
+    pod_ready_since, record_event, run_workers,
 };
 use super::{adopt, release};
 use crate::api::selector::LabelSelector;
@@ -214,7 +214,17 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
             }
             while let Some(done) = creates.join_next().await {
                 match done.map_err(|e| ApiError::internal(e.to_string()))? {
-                    Ok(written) => last_write = last_write.max(rv_of(&written.object)),
+                    Ok(written) => {
+                        last_write = last_write.max(rv_of(&written.object));
+                        record_event(
+                            &ctx,
+                            &rs,
+                            "Normal",
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", meta_str(&written.object, "name")),
+                            "replicaset-controller",
+                        );
+                    }
                     // The namespace is being deleted: nothing to create.
                     Err(e) if e.code == 403 => return Ok(Action::AwaitChange),
                     Err(e) => return Err(e),
@@ -233,7 +243,17 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                     )
                     .await
                 {
-                    Ok(obj) => last_write = last_write.max(rv_of(&obj)),
+                    Ok(obj) => {
+                        last_write = last_write.max(rv_of(&obj));
+                        record_event(
+                            &ctx,
+                            &rs,
+                            "Normal",
+                            "SuccessfulDelete",
+                            format!("Deleted pod: {}", meta_str(pod, "name")),
+                            "replicaset-controller",
+                        );
+                    }
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }
