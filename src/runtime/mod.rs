@@ -1,4 +1,8 @@
 //! The in-process OCI runtime: images, overlay root filesystems, OCI specs,
-//! and the per-pod `orch shim`, the only caller of libcontainer.
+//! container logs, and the per-pod `orch shim`, the only caller of
+//! libcontainer.
 
 pub mod image;
+pub mod logs;
+pub mod rootfs;
+pub mod spec;
