@@ -3,7 +3,8 @@
 #
 #   ./install.sh            then   sudo orch server
 #
-# Needs a Rust toolchain (https://rustup.rs) and a C compiler (apt-get install gcc).
+# Needs a Rust toolchain (https://rustup.rs), a C compiler and libseccomp
+# (apt-get install gcc pkg-config libseccomp-dev).
 # A later release adds downloads of prebuilt binaries and a systemd unit.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +15,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 if ! command -v cc >/dev/null 2>&1; then
     echo "error: no C compiler found (needed for the bundled SQLite); run: sudo apt-get install gcc" >&2
+    exit 1
+fi
+
+if ! pkg-config --exists libseccomp 2>/dev/null; then
+    echo "error: libseccomp not found (containers get seccomp filters); run: sudo apt-get install pkg-config libseccomp-dev" >&2
     exit 1
 fi
 

@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite and
-# zstd; curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
+# zstd; libseccomp-dev and pkg-config link the container runtime; curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
 # umoci and skopeo build and write the test images (tests/images.rs).
-packages=(gcc curl busybox-static umoci skopeo)
+packages=(gcc pkg-config libseccomp-dev curl busybox-static umoci skopeo)
 
 missing=()
 for p in "${packages[@]}"; do
