@@ -7,6 +7,7 @@
 mod agent;
 mod image;
 mod server;
+mod shim;
 mod version;
 
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub enum Command {
     Agent(agent::Args),
     /// Manage the node's images (import, ls, rm).
     Image(image::Args),
+    /// (internal) The per-pod container supervisor the agent starts.
+    #[command(hide = true)]
+    Shim(shim::Args),
     /// Print the version, git commit and target.
     Version(version::Args),
 }
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Image(args) => image::run(args),
+        Command::Shim(args) => shim::run(args),
         Command::Version(args) => version::run(args),
     }
 }

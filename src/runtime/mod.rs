@@ -5,4 +5,5 @@
 pub mod image;
 pub mod logs;
 pub mod rootfs;
+pub mod shim;
 pub mod spec;

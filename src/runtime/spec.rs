@@ -6,8 +6,10 @@
 //! Defaults follow containerd's CRI plugin, so containers behave as they
 //! do under k3s: its default capability set, masked and read-only `/proc`
 //! paths, `/dev` as tmpfs with devpts and mqueue, read-only `/sys` and
-//! cgroup, `RLIMIT_NOFILE` 1048576, and devices denied except the
-//! standard ones.
+//! cgroup, and devices denied except the standard ones. Resource limits
+//! (`RLIMIT_NOFILE`, …) are inherited from the shim, as containerd's CRI
+//! containers inherit containerd's (raising them can fail with EPERM where
+//! `fs.nr_open` is lower).
 
 use std::path::PathBuf;
 
@@ -276,7 +278,6 @@ pub fn build(c: &ContainerConfig) -> Value {
             "env": c.env,
             "cwd": if c.cwd.is_empty() { "/" } else { c.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576}],
             "noNewPrivileges": c.no_new_privileges,
         },
         "root": {"path": "rootfs", "readonly": c.readonly_rootfs},

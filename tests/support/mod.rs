@@ -263,3 +263,60 @@ pub fn header(table: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A one-layer busybox image written by skopeo as an OCI archive in `dir`
+/// (built with umoci from busybox-static; scripts/test.sh installs them).
+pub fn busybox_archive(dir: &Path) -> PathBuf {
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("{cmd:?}: {e} (scripts/test.sh installs umoci, skopeo, busybox-static)")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let layout = dir.join("oci");
+    let bundle = dir.join("bundle");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let busybox =
+        String::from_utf8(run(Command::new("sh").args(["-c", "command -v busybox"])).stdout)
+            .unwrap();
+    std::fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
+    for applet in [
+        "sh", "sleep", "echo", "cat", "ip", "hostname", "grep", "ls", "true", "false", "wget", "nc",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/sh",
+        "--config.env",
+        "PATH=/bin",
+    ]));
+    let archive = dir.join("busybox.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        &format!("oci:{image}"),
+        &format!("oci-archive:{}", archive.display()),
+    ]));
+    archive
+}

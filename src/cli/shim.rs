@@ -1,0 +1,19 @@
+//! `orch shim` (internal): the per-pod process that runs containers.
+//! Started by the agent; not meant to be run by hand.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pod's runtime directory (socket, container state, exit records).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    // Single-threaded on purpose: libcontainer clones (see runtime::shim).
+    crate::runtime::shim::run(&args.dir)
+        .with_context(|| format!("orch shim in {}", args.dir.display()))
+}

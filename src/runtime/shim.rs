@@ -1,0 +1,447 @@
+//! `orch shim`: one single-threaded process per pod, the only caller of
+//! libcontainer (which clones, and must not do so from tokio's threads —
+//! ARCHITECTURE.md decision 3).
+//!
+//! The shim owns its containers: it creates them (stdin `/dev/null`,
+//! stdout and stderr pipes it reads into CRI-format log files), starts,
+//! signals and deletes them, reaps them through pidfds and records each
+//! exit code and finish time under `<dir>/exits/`, so an agent that
+//! restarts (or dies) loses nothing: the shim and its containers keep
+//! running, and the new agent asks the shim for the state.
+//!
+//! Protocol: the agent connects to `<dir>/shim.sock`, writes one JSON
+//! [`Request`] and a newline, and reads one JSON [`Response`]. The event
+//! loop is `poll(2)` over the socket, the log pipes and the pidfds — no
+//! threads, no signals.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, WaitOptions};
+use serde::{Deserialize, Serialize};
+
+use super::logs::{CriLog, Stream};
+
+/// Log files rotate at this size, keeping this many (the kubelet's
+/// defaults: 10 MiB, 5 files).
+const LOG_MAX_SIZE: u64 = 10 << 20;
+const LOG_MAX_FILES: usize = 5;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// Create a container from an OCI bundle (`config.json` + `rootfs`).
+    Create {
+        id: String,
+        bundle: PathBuf,
+        log: PathBuf,
+    },
+    Start {
+        id: String,
+    },
+    Kill {
+        id: String,
+        signal: i32,
+    },
+    /// Remove a container (killing it if it still runs) and its exit record.
+    Delete {
+        id: String,
+    },
+    State,
+    /// Exit once no container is left.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    pub id: String,
+    pub pid: i32,
+    /// `created`, `running` or `exited`.
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<ContainerState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the shim answered: {0}")]
+    Shim(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Send one request to the shim at `socket`.
+///
+/// # Errors
+/// The shim is not there or failed the request.
+pub fn call(socket: &Path, request: &Request) -> Result<Response, Error> {
+    let what = || format!("shim {}", socket.display());
+    let mut stream = UnixStream::connect(socket).map_err(io_err(what()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io_err(what()))?;
+    let mut line = serde_json::to_vec(request).expect("requests serialise");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err(what()))?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(io_err(what()))?;
+    let mut answer = Vec::new();
+    BufReader::new(&stream)
+        .read_until(b'\n', &mut answer)
+        .map_err(io_err(what()))?;
+    let response: Response = serde_json::from_slice(&answer)
+        .map_err(|e| Error::Shim(format!("unreadable answer: {e}")))?;
+    if response.ok {
+        Ok(response)
+    } else {
+        Err(Error::Shim(response.error.unwrap_or_default()))
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// One container as the shim tracks it.
+struct Tracked {
+    container: libcontainer::container::Container,
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    log: CriLog,
+    record: ContainerState,
+}
+
+/// The shim's state and its directory layout.
+struct Shim {
+    dir: PathBuf,
+    containers: BTreeMap<String, Tracked>,
+    shutting_down: bool,
+}
+
+impl Shim {
+    fn state_root(&self) -> PathBuf {
+        self.dir.join("containers")
+    }
+
+    fn exit_path(&self, id: &str) -> PathBuf {
+        self.dir.join("exits").join(format!("{id}.json"))
+    }
+
+    fn create(&mut self, id: &str, bundle: &Path, log: &Path) -> Result<ContainerState, String> {
+        if self.containers.contains_key(id) {
+            return Err(format!("container {id} exists"));
+        }
+        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("pipe: {e}"))?;
+        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        let log = CriLog::open(log, LOG_MAX_SIZE, LOG_MAX_FILES)
+            .map_err(|e| format!("log {}: {e}", log.display()))?;
+        let container = libcontainer::container::builder::ContainerBuilder::new(
+            id.to_owned(),
+            libcontainer::syscall::syscall::SyscallType::default(),
+        )
+        .with_root_path(self.state_root())
+        .map_err(|e| format!("state dir: {e}"))?
+        .with_stdin(OwnedFd::from(devnull))
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .validate_id()
+        .map_err(|e| format!("container id {id:?}: {e}"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("creating container {id}: {e}"))?;
+        let pid = container.pid().map_or(0, |p| p.as_raw());
+        let pidfd = Pid::from_raw(pid)
+            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok());
+        let record = ContainerState {
+            id: id.to_owned(),
+            pid,
+            status: "created".into(),
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+        };
+        self.containers.insert(
+            id.to_owned(),
+            Tracked {
+                container,
+                pid,
+                pidfd,
+                stdout: Some(File::from(out_r)),
+                stderr: Some(File::from(err_r)),
+                log,
+                record: record.clone(),
+            },
+        );
+        Ok(record)
+    }
+
+    fn tracked(&mut self, id: &str) -> Result<&mut Tracked, String> {
+        self.containers
+            .get_mut(id)
+            .ok_or_else(|| format!("no container {id} in this shim"))
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        let result: Result<Vec<ContainerState>, String> = match request {
+            Request::Create { id, bundle, log } => self.create(&id, &bundle, &log).map(|s| vec![s]),
+            Request::Start { id } => self.tracked(&id).and_then(|t| {
+                t.container
+                    .start()
+                    .map_err(|e| format!("starting {id}: {e}"))?;
+                t.record.status = "running".into();
+                t.record.started_at = Some(now());
+                Ok(vec![t.record.clone()])
+            }),
+            Request::Kill { id, signal } => self.tracked(&id).and_then(|t| {
+                if t.record.status == "exited" {
+                    return Ok(vec![t.record.clone()]);
+                }
+                let sig = libcontainer::signal::Signal::try_from(signal)
+                    .map_err(|e| format!("signal {signal}: {e}"))?;
+                t.container
+                    .kill(sig, true)
+                    .map_err(|e| format!("signalling {id}: {e}"))?;
+                Ok(vec![t.record.clone()])
+            }),
+            Request::Delete { id } => match self.containers.remove(&id) {
+                Some(mut t) => {
+                    let result = t
+                        .container
+                        .delete(true)
+                        .map_err(|e| format!("deleting {id}: {e}"));
+                    if t.record.status != "exited" {
+                        // Reap it (delete killed it).
+                        if let Some(pid) = Pid::from_raw(t.pid) {
+                            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+                        }
+                    }
+                    let _ = fs::remove_file(self.exit_path(&id));
+                    result.map(|()| Vec::new())
+                }
+                None => Err(format!("no container {id} in this shim")),
+            },
+            Request::State => Ok(self.containers.values().map(|t| t.record.clone()).collect()),
+            Request::Shutdown => {
+                self.shutting_down = true;
+                Ok(Vec::new())
+            }
+        };
+        match result {
+            Ok(containers) => Response {
+                ok: true,
+                error: None,
+                containers,
+            },
+            Err(e) => Response {
+                ok: false,
+                error: Some(e),
+                containers: Vec::new(),
+            },
+        }
+    }
+
+    /// The container's init exited: reap it and record how.
+    fn reap(&mut self, id: &str) {
+        let exit_path = self.exit_path(id);
+        let Some(t) = self.containers.get_mut(id) else {
+            return;
+        };
+        t.pidfd = None;
+        let code = Pid::from_raw(t.pid)
+            .and_then(|pid| {
+                rustix::process::waitpid(Some(pid), WaitOptions::NOHANG)
+                    .ok()
+                    .flatten()
+            })
+            .map_or(255, |(_, status)| {
+                status
+                    .exit_status()
+                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(255)
+            });
+        t.record.status = "exited".into();
+        t.record.exit_code = Some(code);
+        t.record.finished_at = Some(now());
+        if let Ok(bytes) = serde_json::to_vec(&t.record) {
+            let _ = fs::write(&exit_path, bytes);
+        }
+    }
+}
+
+/// Run the shim in `dir` until it is told to shut down and has no
+/// containers left.
+///
+/// # Errors
+/// The socket cannot be bound or polling fails.
+pub fn run(dir: &Path) -> Result<(), Error> {
+    fs::create_dir_all(dir.join("exits")).map_err(io_err(format!("creating {}", dir.display())))?;
+    let socket = dir.join("shim.sock");
+    let _ = fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
+    fs::write(dir.join("shim.pid"), std::process::id().to_string())
+        .map_err(io_err("writing shim.pid"))?;
+    let mut shim = Shim {
+        dir: dir.to_owned(),
+        containers: BTreeMap::new(),
+        shutting_down: false,
+    };
+    tracing::info!(dir = %dir.display(), pid = std::process::id(), "orch shim ready");
+    loop {
+        if shim.shutting_down && shim.containers.is_empty() {
+            break;
+        }
+        // What to watch: (container id, which) per poll entry after the listener.
+        #[derive(Clone, Copy)]
+        enum Kind {
+            Out,
+            Err,
+            Exit,
+        }
+        let mut keys: Vec<(String, Kind)> = Vec::new();
+        let mut ready: Vec<bool> = Vec::new();
+        let listener_ready;
+        {
+            let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
+            for (id, t) in &shim.containers {
+                if let Some(f) = &t.stdout {
+                    fds.push(PollFd::from_borrowed_fd(f.as_fd(), PollFlags::IN));
+                    keys.push((id.clone(), Kind::Out));
+                }
+                if let Some(f) = &t.stderr {
+                    fds.push(PollFd::from_borrowed_fd(f.as_fd(), PollFlags::IN));
+                    keys.push((id.clone(), Kind::Err));
+                }
+                if let Some(fd) = &t.pidfd {
+                    fds.push(PollFd::from_borrowed_fd(fd.as_fd(), PollFlags::IN));
+                    keys.push((id.clone(), Kind::Exit));
+                }
+            }
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(io_err("poll")(errno(e))),
+            }
+            listener_ready = !fds[0].revents().is_empty();
+            ready.extend(fds[1..].iter().map(|f| !f.revents().is_empty()));
+        }
+        // Output first, so a container's last words are logged before its exit.
+        for ((id, kind), _) in keys.iter().zip(&ready).filter(|(_, r)| **r) {
+            let Some(t) = shim.containers.get_mut(id) else {
+                continue;
+            };
+            let (pipe, stream) = match kind {
+                Kind::Out => (&mut t.stdout, Stream::Stdout),
+                Kind::Err => (&mut t.stderr, Stream::Stderr),
+                Kind::Exit => continue,
+            };
+            let mut buf = [0u8; 64 * 1024];
+            let n = pipe
+                .as_mut()
+                .map_or(Ok(0), |f| f.read(&mut buf))
+                .unwrap_or(0);
+            if n == 0 {
+                *pipe = None;
+                let _ = t.log.close_stream(stream);
+            } else if let Err(e) = t.log.write(stream, &buf[..n]) {
+                tracing::warn!(container = %id, %e, "cannot write the container log");
+            }
+        }
+        for ((id, kind), _) in keys.iter().zip(&ready).filter(|(_, r)| **r) {
+            if matches!(kind, Kind::Exit) {
+                shim.reap(id);
+            }
+        }
+        if listener_ready && let Ok((stream, _)) = listener.accept() {
+            serve(&mut shim, stream);
+        }
+    }
+    let _ = fs::remove_file(&socket);
+    tracing::info!("orch shim exiting: no containers left");
+    Ok(())
+}
+
+fn serve(shim: &mut Shim, stream: UnixStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let mut reader = BufReader::new(&stream);
+    let response = match reader.read_line(&mut line) {
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => shim.handle(request),
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                containers: Vec::new(),
+            },
+        },
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("reading the request: {e}")),
+            containers: Vec::new(),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).expect("responses serialise");
+    out.push(b'\n');
+    let _ = (&stream).write_all(&out);
+    // A container created but not started holds a copy of this socket
+    // until it execs: shut the connection down rather than rely on close.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_as_tagged_json() {
+        let r: Request = serde_json::from_str(r#"{"op":"kill","id":"web","signal":15}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Kill {
+                id: "web".into(),
+                signal: 15
+            }
+        );
+        let s = serde_json::to_string(&Request::State).unwrap();
+        assert_eq!(s, r#"{"op":"state"}"#);
+    }
+}

@@ -1,0 +1,365 @@
+//! `orch shim` runs real containers through libcontainer: a busybox image
+//! (built with umoci, imported with `orch image import`) on an overlay
+//! root, joined to a network namespace the test creates, with CRI-format
+//! logs and exit codes recorded. Needs root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orch::runtime::shim::{self, Request};
+use orch::runtime::spec::{self, ContainerConfig};
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+
+/// A network namespace for the test, removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("orch-test-{tag}-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(name)
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The directories of cgroup `path` in every hierarchy (v1) or the
+/// unified one (v2).
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if unified {
+        return vec![Path::new("/sys/fs/cgroup").join(rel)];
+    }
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join(rel))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Removes the test's parent cgroups (deepest first) when dropped.
+struct CgroupCleanup(Vec<String>);
+
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            for dir in cgroup_dirs(path) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+/// The shim process; shut down (or killed) when dropped.
+struct Shim {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Shim {
+    fn start(dir: &Path) -> Self {
+        let child = Command::new(ORCH)
+            .args(["shim", "--dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.join("shim.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the shim did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { child, socket }
+    }
+    fn call(&self, r: Request) -> shim::Response {
+        shim::call(&self.socket, &r).unwrap_or_else(|e| panic!("{r:?}: {e}"))
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        // Also when the test failed: no container outlives the test.
+        if let Ok(state) = shim::call(&self.socket, &Request::State) {
+            for c in state.containers {
+                let _ = shim::call(&self.socket, &Request::Delete { id: c.id });
+            }
+        }
+        let _ = shim::call(&self.socket, &Request::Shutdown);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The unpacked layers of the busybox test image, bottom first.
+fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
+    let archive = support::busybox_archive(dir);
+    let data = dir.join("data");
+    let out = Command::new(ORCH)
+        .args(["image", "--data-dir"])
+        .arg(&data)
+        .args(["import", "--name", "busybox:test"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("images/images.json")).unwrap()).unwrap();
+    index["images"]["docker.io/library/busybox:test"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            data.join("images/layers/sha256")
+                .join(l["diffId"].as_str().unwrap().trim_start_matches("sha256:"))
+        })
+        .collect()
+}
+
+/// An OCI bundle for `args` at `dir/<name>`, its root an overlay.
+struct Bundle {
+    dir: PathBuf,
+}
+
+impl Bundle {
+    fn new(dir: &Path, name: &str, layers: &[PathBuf], config: &ContainerConfig) -> Self {
+        let bundle = dir.join(name);
+        orch::runtime::rootfs::mount(
+            layers,
+            &bundle.join("upper"),
+            &bundle.join("work"),
+            &bundle.join("rootfs"),
+        )
+        .unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&spec::build(config)).unwrap(),
+        )
+        .unwrap();
+        Self { dir: bundle }
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = orch::runtime::rootfs::unmount(&self.dir.join("rootfs"));
+    }
+}
+
+fn config(args: &[&str], netns: &Netns, cgroup: &str) -> ContainerConfig {
+    ContainerConfig {
+        args: args.iter().map(|s| (*s).to_owned()).collect(),
+        env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
+        hostname: "pod-a".into(),
+        netns: Some(netns.path()),
+        cgroup: cgroup.into(),
+        no_new_privileges: true,
+        ..ContainerConfig::default()
+    }
+}
+
+fn wait_exit(shim: &Shim, id: &str) -> shim::ContainerState {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = shim.call(Request::State);
+        let c = state
+            .containers
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+            .unwrap();
+        if c.status == "exited" {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "{id} did not exit: {c:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_lines(path: &Path) -> Vec<(String, String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            let ts = p.next().unwrap();
+            assert!(ts.parse::<jiff::Timestamp>().is_ok(), "{l}");
+            (
+                p.next().unwrap().to_owned(),
+                p.next().unwrap().to_owned(),
+                p.next().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn containers_run_log_and_report_their_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = busybox_layers(dir.path());
+    let netns = Netns::new("shim");
+    let cg = format!("/orch-test/shim-{}", std::process::id());
+    let _cgroups = CgroupCleanup(vec![cg.clone(), "/orch-test".into()]);
+    let shim = Shim::start(&dir.path().join("shim"));
+
+    // A container that writes to both streams and fails.
+    let script = "echo $GREETING from $(hostname); echo oops >&2; ip link 2>/dev/null | grep -c ': ' ; exit 3";
+    let bundle = Bundle::new(
+        dir.path(),
+        "a",
+        &layers,
+        &config(&["/bin/sh", "-c", script], &netns, &format!("{cg}/a")),
+    );
+    let log = dir.path().join("logs/a/0.log");
+    let created = shim.call(Request::Create {
+        id: "a".into(),
+        bundle: bundle.dir.clone(),
+        log: log.clone(),
+    });
+    assert_eq!(created.containers[0].status, "created");
+    assert!(created.containers[0].pid > 0);
+    shim.call(Request::Start { id: "a".into() });
+    let exited = wait_exit(&shim, "a");
+    assert_eq!(exited.exit_code, Some(3), "{exited:?}");
+    assert!(exited.finished_at.is_some() && exited.started_at.is_some());
+    let lines = log_lines(&log);
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "hello from pod-a".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "F".into(), "oops".into())),
+        "{lines:?}"
+    );
+    // Only loopback: the container is in the test's network namespace.
+    assert!(
+        lines.contains(&("stdout".into(), "F".into(), "1".into())),
+        "{lines:?}"
+    );
+    // The exit is on disk for an agent that was not there to see it.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("shim/exits/a.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["exitCode"], 3);
+
+    // Long-running ones stop on signals: a TERM handler's exit code, and
+    // 128 + 9 for SIGKILL (PID 1 in its namespace ignores unhandled TERM).
+    let trap = "trap 'exit 42' TERM; echo ready; while true; do sleep 1; done";
+    let bundle_b = Bundle::new(
+        dir.path(),
+        "b",
+        &layers,
+        &config(&["/bin/sh", "-c", trap], &netns, &format!("{cg}/b")),
+    );
+    let bundle_c = Bundle::new(
+        dir.path(),
+        "c",
+        &layers,
+        &config(&["/bin/sleep", "600"], &netns, &format!("{cg}/c")),
+    );
+    for (id, bundle) in [("b", &bundle_b), ("c", &bundle_c)] {
+        shim.call(Request::Create {
+            id: id.into(),
+            bundle: bundle.dir.clone(),
+            log: dir.path().join(format!("logs/{id}/0.log")),
+        });
+        shim.call(Request::Start { id: id.into() });
+    }
+    let running = shim.call(Request::State);
+    assert_eq!(
+        running
+            .containers
+            .iter()
+            .filter(|c| c.status == "running")
+            .count(),
+        2,
+        "{running:?}"
+    );
+    // Wait until the trap is installed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(dir.path().join("logs/b/0.log"))
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(Instant::now() < deadline, "b never said ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    shim.call(Request::Kill {
+        id: "b".into(),
+        signal: 15,
+    });
+    assert_eq!(wait_exit(&shim, "b").exit_code, Some(42));
+    shim.call(Request::Kill {
+        id: "c".into(),
+        signal: 9,
+    });
+    assert_eq!(wait_exit(&shim, "c").exit_code, Some(137));
+
+    // Bad requests get errors, not crashes.
+    let err = shim::call(&shim.socket, &Request::Start { id: "nope".into() }).unwrap_err();
+    assert!(err.to_string().contains("no container nope"), "{err}");
+    let err = shim::call(
+        &shim.socket,
+        &Request::Create {
+            id: "bad".into(),
+            bundle: dir.path().join("missing"),
+            log: dir.path().join("logs/bad.log"),
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("creating container bad"), "{err}");
+
+    for id in ["a", "b", "c"] {
+        shim.call(Request::Delete { id: id.into() });
+    }
+    assert!(shim.call(Request::State).containers.is_empty());
+    assert!(!dir.path().join("shim/exits/a.json").exists());
+    drop(shim);
+    drop((bundle, bundle_b, bundle_c));
+    // The containers' cgroups went with them; only the parents are left.
+    for c in cgroup_dirs(&cg) {
+        assert!(
+            std::fs::read_dir(&c)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.path().is_dir()),
+            "a container cgroup was left in {}",
+            c.display()
+        );
+    }
+}
