@@ -78,13 +78,13 @@ struct Shim {
 }
 
 impl Shim {
-    fn start(dir: &Path) -> Self {
-        let child = Command::new(ORCH)
-            .args(["shim", "--dir"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+    fn start(dir: &Path, netns: Option<&Path>) -> Self {
+        let mut cmd = Command::new(ORCH);
+        cmd.args(["shim", "--dir"]).arg(dir);
+        if let Some(n) = netns {
+            cmd.arg("--netns").arg(n);
+        }
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap();
         let socket = dir.join("shim.sock");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
@@ -181,12 +181,12 @@ impl Drop for Bundle {
     }
 }
 
-fn config(args: &[&str], netns: &Netns, cgroup: &str) -> ContainerConfig {
+fn config(args: &[&str], netns: PathBuf, cgroup: &str) -> ContainerConfig {
     ContainerConfig {
         args: args.iter().map(|s| (*s).to_owned()).collect(),
         env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
         hostname: "pod-a".into(),
-        netns: Some(netns.path()),
+        netns: Some(netns),
         cgroup: cgroup.into(),
         no_new_privileges: true,
         ..ContainerConfig::default()
@@ -235,7 +235,7 @@ fn containers_run_log_and_report_their_exit() {
     let netns = Netns::new("shim");
     let cg = format!("/orch-test/shim-{}", std::process::id());
     let _cgroups = CgroupCleanup(vec![cg.clone(), "/orch-test".into()]);
-    let shim = Shim::start(&dir.path().join("shim"));
+    let shim = Shim::start(&dir.path().join("shim"), None);
 
     // A container that writes to both streams and fails.
     let script = "echo $GREETING from $(hostname); echo oops >&2; ip link 2>/dev/null | grep -c ': ' ; exit 3";
@@ -243,7 +243,7 @@ fn containers_run_log_and_report_their_exit() {
         dir.path(),
         "a",
         &layers,
-        &config(&["/bin/sh", "-c", script], &netns, &format!("{cg}/a")),
+        &config(&["/bin/sh", "-c", script], netns.path(), &format!("{cg}/a")),
     );
     let log = dir.path().join("logs/a/0.log");
     let created = shim.call(Request::Create {
@@ -284,13 +284,13 @@ fn containers_run_log_and_report_their_exit() {
         dir.path(),
         "b",
         &layers,
-        &config(&["/bin/sh", "-c", trap], &netns, &format!("{cg}/b")),
+        &config(&["/bin/sh", "-c", trap], netns.path(), &format!("{cg}/b")),
     );
     let bundle_c = Bundle::new(
         dir.path(),
         "c",
         &layers,
-        &config(&["/bin/sleep", "600"], &netns, &format!("{cg}/c")),
+        &config(&["/bin/sleep", "600"], netns.path(), &format!("{cg}/c")),
     );
     for (id, bundle) in [("b", &bundle_b), ("c", &bundle_c)] {
         shim.call(Request::Create {
@@ -362,4 +362,43 @@ fn containers_run_log_and_report_their_exit() {
             c.display()
         );
     }
+}
+
+#[test]
+fn the_shim_makes_the_pods_network_namespace_with_loopback_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = busybox_layers(dir.path());
+    let cg = format!("/orch-test/netns-{}", std::process::id());
+    let _cgroups = CgroupCleanup(vec![cg.clone(), "/orch-test".into()]);
+    let netns_path = dir.path().join("netns/pod");
+    let shim = Shim::start(&dir.path().join("shim"), Some(&netns_path));
+    let cfg = config(
+        &[
+            "/bin/sh",
+            "-c",
+            "ip -o link show lo; ip -o addr show lo | grep -c 127.0.0.1",
+        ],
+        netns_path.clone(),
+        &format!("{cg}/a"),
+    );
+    let bundle = Bundle::new(dir.path(), "a", &layers, &cfg);
+    let log = dir.path().join("logs/a/0.log");
+    shim.call(Request::Create {
+        id: "a".into(),
+        bundle: bundle.dir.clone(),
+        log: log.clone(),
+    });
+    shim.call(Request::Start { id: "a".into() });
+    assert_eq!(wait_exit(&shim, "a").exit_code, Some(0));
+    let lines = log_lines(&log);
+    assert!(
+        lines[0].2.contains("lo:") && lines[0].2.contains("UP"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[1].2, "1", "loopback has 127.0.0.1: {lines:?}");
+    shim.call(Request::Delete { id: "a".into() });
+    drop(shim);
+    drop(bundle);
+    orch::runtime::netns::remove(&netns_path).unwrap();
+    assert!(!netns_path.exists());
 }

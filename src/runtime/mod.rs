@@ -4,6 +4,7 @@
 
 pub mod image;
 pub mod logs;
+pub mod netns;
 pub mod rootfs;
 pub mod shim;
 pub mod spec;

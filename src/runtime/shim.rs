@@ -308,11 +308,16 @@ impl Shim {
 }
 
 /// Run the shim in `dir` until it is told to shut down and has no
-/// containers left.
+/// containers left. With `netns`, the shim first creates the pod's network
+/// namespace there (or joins it, after a restart) and lives in it.
 ///
 /// # Errors
-/// The socket cannot be bound or polling fails.
-pub fn run(dir: &Path) -> Result<(), Error> {
+/// The namespace, the socket or polling fails.
+pub fn run(dir: &Path, netns: Option<&Path>) -> Result<(), Error> {
+    if let Some(path) = netns {
+        super::netns::create_or_join(path)
+            .map_err(io_err(format!("network namespace {}", path.display())))?;
+    }
     fs::create_dir_all(dir.join("exits")).map_err(io_err(format!("creating {}", dir.display())))?;
     let socket = dir.join("shim.sock");
     let _ = fs::remove_file(&socket);

@@ -1,0 +1,103 @@
+//! A pod's network namespace: created by its shim (a single-threaded
+//! process, so no fork helper is needed — ARCHITECTURE.md decision 3),
+//! bind-mounted at a path containers join, with loopback up. Addresses,
+//! veths and routes come with pod networking (issue #7).
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use rustix::mount::UnmountFlags;
+use rustix::net::{AddressFamily, SocketType, netlink};
+
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// Move the calling process into a new network namespace, pin it at
+/// `path` and bring loopback up; or, when `path` already holds one (the
+/// shim restarted), join that one.
+///
+/// Call only from a single-threaded process: `unshare` moves the calling
+/// thread alone.
+///
+/// # Errors
+/// Needs root (CAP_SYS_ADMIN); fails if the kernel refuses.
+pub fn create_or_join(path: &Path) -> io::Result<()> {
+    if let Ok(existing) = fs::File::open(path)
+        && rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&existing),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .is_ok()
+    {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(path, b"")?;
+    // SAFETY: NEWNET only changes the calling thread's network namespace;
+    // the shim is single-threaded, so no other thread sees a changed view
+    // (the hazard `unshare_unsafe` warns about is FILES, not used here).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+        .map_err(errno)?;
+    rustix::mount::mount_bind("/proc/self/ns/net", path).map_err(errno)?;
+    loopback_up()
+}
+
+/// Unpin a pod's namespace (it goes when nothing uses it any more).
+///
+/// # Errors
+/// The unmount or removal failed for a reason other than "not there".
+pub fn remove(path: &Path) -> io::Result<()> {
+    match rustix::mount::unmount(path, UnmountFlags::DETACH) {
+        Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(errno(e)),
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// `ip link set lo up`, in this thread's namespace, over rtnetlink:
+/// RTM_NEWLINK for ifindex 1 (loopback is always 1 in a new namespace)
+/// with IFF_UP, and wait for the acknowledgement.
+fn loopback_up() -> io::Result<()> {
+    const RTM_NEWLINK: u16 = 16;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_ACK: u16 = 4;
+    const IFF_UP: u32 = 1;
+    let mut msg = Vec::with_capacity(32);
+    msg.extend_from_slice(&32u32.to_ne_bytes()); // nlmsg_len
+    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    msg.extend_from_slice(&[0, 0]); // ifi_family AF_UNSPEC, pad
+    msg.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
+    msg.extend_from_slice(&1i32.to_ne_bytes()); // ifi_index: lo
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_flags
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes()); // ifi_change
+    let sock = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, None) // None is NETLINK_ROUTE
+        .map_err(errno)?;
+    rustix::net::sendto(
+        &sock,
+        &msg,
+        rustix::net::SendFlags::empty(),
+        &netlink::SocketAddrNetlink::new(0, 0),
+    )
+    .map_err(errno)?;
+    let mut buf = [0u8; 256];
+    let (n, _) =
+        rustix::net::recv(&sock, &mut buf[..], rustix::net::RecvFlags::empty()).map_err(errno)?;
+    // NLMSG_ERROR (2) carries an errno; 0 is the acknowledgement.
+    if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == 2 {
+        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+        if code != 0 {
+            return Err(io::Error::from_raw_os_error(-code));
+        }
+    }
+    Ok(())
+}
