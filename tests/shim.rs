@@ -11,36 +11,9 @@ use std::time::{Duration, Instant};
 
 use orch::runtime::shim::{self, Request};
 use orch::runtime::spec::{self, ContainerConfig};
+use support::Netns;
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
-
-/// A network namespace for the test, removed when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = format!("orch-test-{tag}-{}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(name)
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// The directories of cgroup `path` in every hierarchy (v1) or the
 /// unified one (v2).

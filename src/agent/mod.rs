@@ -1,15 +1,23 @@
 //! The node agent (kubelet): joining a server, node registration and
-//! heartbeat, pod status. Today it runs simulated nodes (no containers), the
-//! way the control plane is tested without root and benchmarked at scale;
-//! the real pod workers, runtime and probes land with issue #5.
+//! heartbeat, pod workers that run containers through the runtime's shims,
+//! pod status. Simulated nodes (no containers) test and benchmark the
+//! control plane without root.
 //!
 //! The agent talks to the server only through the public API, like any
 //! client, over a connection it opens (so agents behind NAT work).
 
 #![forbid(unsafe_code)]
 
+pub mod container;
 pub mod join;
+pub mod node;
+pub mod pods;
 pub mod simulate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,4 +47,74 @@ pub enum Error {
     },
     #[error("invalid --server URL {url:?}: {reason}")]
     Url { url: String, reason: String },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// What a real agent needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: node::NodeConfig,
+    /// Shims and network namespaces (`/run/orch`).
+    pub run_dir: PathBuf,
+    /// Container logs (`/var/log/pods`).
+    pub log_dir: PathBuf,
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+}
+
+/// Register the node, import the images waiting in
+/// `<data-dir>/agent/images/`, then heartbeat and run this node's pods
+/// until the process stops.
+///
+/// # Errors
+/// The node cannot be registered or the image store cannot be opened.
+pub async fn run(client: Client, cfg: Config) -> Result<(), Error> {
+    let images_dir = cfg.node.data_dir.join("images");
+    let images = crate::runtime::image::ImageStore::open(&images_dir)
+        .map_err(|e| Error::Runtime(format!("image store {}: {e}", images_dir.display())))?;
+    import_bundled(&images, &cfg.node.data_dir.join("agent").join("images")).await;
+    node::register(&client, &cfg.node).await?;
+    tracing::info!(node = %cfg.node.name, ip = %cfg.node.ip, "node registered");
+    let kubelet = Arc::new(pods::Kubelet {
+        client: client.clone(),
+        node: cfg.node.name.clone(),
+        node_ip: cfg.node.ip.to_string(),
+        data_dir: cfg.node.data_dir.clone(),
+        run_dir: cfg.run_dir,
+        log_dir: cfg.log_dir,
+        images,
+        cluster_dns: cfg.cluster_dns,
+        cluster_domain: cfg.cluster_domain,
+    });
+    let heartbeat = tokio::spawn(node::heartbeat(client, cfg.node));
+    pods::run(kubelet).await;
+    heartbeat.abort();
+    Ok(())
+}
+
+/// Air-gapped installs: import every archive in `dir` at start.
+async fn import_bundled(store: &crate::runtime::image::ImageStore, dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !path.is_file() {
+            continue;
+        }
+        match crate::runtime::image::import(
+            store,
+            &path,
+            None,
+            &crate::runtime::image::Platform::current(),
+        ) {
+            Ok(images) => {
+                for i in images {
+                    tracing::info!(image = %i.reference, file = %path.display(), "imported");
+                }
+            }
+            Err(err) => tracing::warn!(file = %path.display(), %err, "cannot import"),
+        }
+    }
 }

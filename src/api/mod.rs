@@ -10,6 +10,7 @@ pub mod duplicates;
 pub mod join;
 pub mod patch;
 pub mod proto;
+pub mod quantity;
 pub mod selector;
 pub mod status;
 pub mod table;

@@ -2,6 +2,7 @@
 //! container logs, and the per-pod `orch shim`, the only caller of
 //! libcontainer.
 
+pub mod cgroup;
 pub mod image;
 pub mod logs;
 pub mod netns;

@@ -17,6 +17,8 @@ pub const KUBECTL_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", ""];
 /// A running `orch server --disable-agent`, stopped when dropped.
 pub struct TestServer {
     child: Child,
+    /// The network namespace the server (and kubectl) run in, if any.
+    pub netns: Option<String>,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     /// Lines the server logged (collected in the background).
@@ -54,12 +56,25 @@ impl TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        Self::start_in(dir, extra)
+        Self::start_ns(dir, extra, self.netns.clone())
+    }
+
+    /// Start a server inside the network namespace `/run/netns/<netns>`.
+    pub fn start_in_netns(netns: &str, extra: &[&str]) -> Self {
+        Self::start_ns(
+            tempfile::tempdir().expect("temp dir"),
+            extra,
+            Some(netns.to_owned()),
+        )
     }
 
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_ns(dir, extra, None)
+    }
+
+    fn start_ns(dir: tempfile::TempDir, extra: &[&str], netns: Option<String>) -> Self {
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        let mut child = Command::new(ORCH)
+        let mut child = in_netns(netns.as_deref(), ORCH)
             .args([
                 "server",
                 "--disable-agent",
@@ -105,6 +120,7 @@ impl TestServer {
         }
         Self {
             child,
+            netns,
             dir,
             kubeconfig,
             log: rx,
@@ -117,7 +133,7 @@ impl TestServer {
     }
 
     pub fn kubectl_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(kubectl_path(version));
+        let mut cmd = in_netns(self.netns.as_deref(), kubectl_path(version));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         cmd.arg("--cache-dir")
             .arg(self.dir.path().join(format!("kube-cache-{version}")));
@@ -222,6 +238,57 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// `program`, run inside `/run/netns/<netns>` when given (with nsenter,
+/// not `ip netns exec`, which remounts /sys and hides the cgroups).
+pub fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A network namespace for a test (loopback up), removed when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("orch-test-{tag}-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "lo up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(name)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 

@@ -1,0 +1,393 @@
+//! From a pod, one of its containers and its image config to the runtime's
+//! [`ContainerConfig`], as the kubelet and containerd's CRI plugin do it.
+//! Pure: values in, a config out.
+//!
+//! - Command: `command` replaces the image's Entrypoint and then ignores
+//!   its Cmd; `args` alone replaces Cmd (the Kubernetes rules).
+//! - Environment: the image's, then the container's `env` (later wins),
+//!   with `valueFrom.fieldRef` for the pod's name, namespace, uid, node,
+//!   service account and IPs.
+//! - User: `runAsUser`/`runAsGroup` (container over pod), else the image's
+//!   numeric `User`.
+//! - Resources: the CPU request becomes cpu.shares (1024 per core, at
+//!   least 2), the CPU limit a CFS quota per 100 ms, the memory limit bytes.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::runtime::spec::{BindMount, ContainerConfig, Resources};
+
+/// Where the pod's generated files and volumes are.
+#[derive(Debug, Clone)]
+pub struct PodFiles {
+    pub hosts: PathBuf,
+    pub hostname: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// `emptyDir` volumes live under here, one directory each.
+    pub volumes: PathBuf,
+}
+
+fn quantity_milli(q: &str) -> Option<i64> {
+    crate::api::quantity::parse_quantity(q, 1000.0)
+}
+
+fn quantity_bytes(q: &str) -> Option<i64> {
+    crate::api::quantity::parse_quantity(q, 1.0)
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    v.as_array().map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// The process arguments, by the Kubernetes rules.
+pub fn command_line(container: &Value, image_config: &Value) -> Vec<String> {
+    let entrypoint = strings(&image_config["config"]["Entrypoint"]).unwrap_or_default();
+    let cmd = strings(&image_config["config"]["Cmd"]).unwrap_or_default();
+    let command = strings(&container["command"]).filter(|c| !c.is_empty());
+    let args = strings(&container["args"]).filter(|a| !a.is_empty());
+    match (command, args) {
+        (Some(c), Some(a)) => c.into_iter().chain(a).collect(),
+        (Some(c), None) => c,
+        (None, Some(a)) => entrypoint.into_iter().chain(a).collect(),
+        (None, None) => entrypoint.into_iter().chain(cmd).collect(),
+    }
+}
+
+/// A `fieldRef` value from the pod.
+fn field_ref(pod: &Value, path: &str) -> Option<String> {
+    let ptr = match path {
+        "metadata.name" => "/metadata/name",
+        "metadata.namespace" => "/metadata/namespace",
+        "metadata.uid" => "/metadata/uid",
+        "spec.nodeName" => "/spec/nodeName",
+        "spec.serviceAccountName" => "/spec/serviceAccountName",
+        "status.hostIP" => "/status/hostIP",
+        "status.podIP" => "/status/podIP",
+        _ => {
+            // metadata.labels['x'] / metadata.annotations['x']
+            let (map, key) = path
+                .strip_prefix("metadata.labels['")
+                .map(|k| ("labels", k))
+                .or_else(|| {
+                    path.strip_prefix("metadata.annotations['")
+                        .map(|k| ("annotations", k))
+                })?;
+            let key = key.strip_suffix("']")?;
+            return pod["metadata"][map][key].as_str().map(str::to_owned);
+        }
+    };
+    pod.pointer(ptr).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// `NAME=value` entries: the image's, then the container's.
+pub fn environment(pod: &Value, container: &Value, image_config: &Value) -> Vec<String> {
+    let mut env: Vec<(String, String)> = strings(&image_config["config"]["Env"])
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    for e in container["env"].as_array().into_iter().flatten() {
+        let Some(name) = e["name"].as_str() else {
+            continue;
+        };
+        let value = if let Some(v) = e["value"].as_str() {
+            // $(VAR) references to earlier variables.
+            let mut v = v.to_owned();
+            for (k, val) in &env {
+                v = v.replace(&format!("$({k})"), val);
+            }
+            v
+        } else if let Some(path) = e
+            .pointer("/valueFrom/fieldRef/fieldPath")
+            .and_then(Value::as_str)
+        {
+            field_ref(pod, path).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        env.retain(|(k, _)| k != name);
+        env.push((name.to_owned(), value));
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.push((
+            "HOSTNAME".into(),
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn security<'a>(pod: &'a Value, container: &'a Value, field: &str) -> Option<&'a Value> {
+    container
+        .pointer(&format!("/securityContext/{field}"))
+        .or_else(|| pod.pointer(&format!("/spec/securityContext/{field}")))
+        .filter(|v| !v.is_null())
+}
+
+/// The container's runtime config. `id` names its cgroup.
+pub fn config(
+    pod: &Value,
+    container: &Value,
+    image_config: &Value,
+    files: &PodFiles,
+    netns: Option<PathBuf>,
+    cgroup: String,
+) -> ContainerConfig {
+    let image_user = image_config["config"]["User"].as_str().unwrap_or_default();
+    let (image_uid, image_gid) = match image_user.split_once(':') {
+        Some((u, g)) => (u.parse().ok(), g.parse().ok()),
+        None => (image_user.parse().ok(), None),
+    };
+    let uid = security(pod, container, "runAsUser")
+        .and_then(Value::as_u64)
+        .map(|u| u as u32)
+        .or(image_uid)
+        .unwrap_or(0);
+    let gid = security(pod, container, "runAsGroup")
+        .and_then(Value::as_u64)
+        .map(|g| g as u32)
+        .or(image_gid)
+        .unwrap_or(0);
+    let mut additional_gids: Vec<u32> = pod
+        .pointer("/spec/securityContext/supplementalGroups")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .map(|g| g as u32)
+        .collect();
+    if let Some(fs_group) = pod
+        .pointer("/spec/securityContext/fsGroup")
+        .and_then(Value::as_u64)
+    {
+        additional_gids.push(fs_group as u32);
+    }
+    let privileged = container.pointer("/securityContext/privileged") == Some(&Value::Bool(true));
+    let no_new_privileges =
+        container.pointer("/securityContext/allowPrivilegeEscalation") == Some(&Value::Bool(false));
+    let caps = |which: &str| {
+        strings(&container["securityContext"]["capabilities"][which]).unwrap_or_default()
+    };
+    let res = &container["resources"];
+    let cpu_request = res["requests"]["cpu"].as_str().and_then(quantity_milli);
+    let cpu_limit = res["limits"]["cpu"].as_str().and_then(quantity_milli);
+    let memory_limit = res["limits"]["memory"].as_str().and_then(quantity_bytes);
+    let resources = Resources {
+        // The kubelet: shares = milliCPU * 1024 / 1000, at least 2; a limit
+        // alone implies the request.
+        cpu_shares: cpu_request
+            .or(cpu_limit)
+            .map(|m| ((m * 1024) / 1000).max(2) as u64),
+        cpu_quota: cpu_limit.map(|m| (m * 100).max(1000)),
+        memory_limit,
+    };
+    let mut mounts = vec![
+        BindMount {
+            source: files.hosts.clone(),
+            destination: "/etc/hosts".into(),
+            readonly: false,
+        },
+        BindMount {
+            source: files.hostname.clone(),
+            destination: "/etc/hostname".into(),
+            readonly: false,
+        },
+        BindMount {
+            source: files.resolv_conf.clone(),
+            destination: "/etc/resolv.conf".into(),
+            readonly: false,
+        },
+    ];
+    let volumes = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for m in container["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(name), Some(path)) = (m["name"].as_str(), m["mountPath"].as_str()) else {
+            continue;
+        };
+        let Some(volume) = volumes.iter().find(|v| v["name"] == name) else {
+            continue;
+        };
+        let source = if let Some(host) = volume.pointer("/hostPath/path").and_then(Value::as_str) {
+            PathBuf::from(host)
+        } else if volume.get("emptyDir").is_some() {
+            files.volumes.join(name)
+        } else {
+            // configMap, secret, projected… come with the volume manager.
+            continue;
+        };
+        let sub = m["subPath"].as_str().unwrap_or_default();
+        mounts.push(BindMount {
+            source: if sub.is_empty() {
+                source
+            } else {
+                source.join(sub)
+            },
+            destination: path.to_owned(),
+            readonly: m["readOnly"] == Value::Bool(true),
+        });
+    }
+    let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+    ContainerConfig {
+        args: command_line(container, image_config),
+        env: environment(pod, container, image_config),
+        cwd: container["workingDir"]
+            .as_str()
+            .filter(|w| !w.is_empty())
+            .or_else(|| image_config["config"]["WorkingDir"].as_str())
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .to_owned(),
+        uid,
+        gid,
+        additional_gids,
+        hostname: if host_network {
+            crate::agent::node::hostname()
+        } else {
+            pod.pointer("/spec/hostname")
+                .and_then(Value::as_str)
+                .or_else(|| pod["metadata"]["name"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        },
+        netns: if host_network { None } else { netns },
+        host_ipc: pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true)),
+        host_pid: pod.pointer("/spec/hostPID") == Some(&Value::Bool(true)),
+        cgroup,
+        resources,
+        privileged,
+        readonly_rootfs: container.pointer("/securityContext/readOnlyRootFilesystem")
+            == Some(&Value::Bool(true)),
+        no_new_privileges,
+        add_caps: caps("add"),
+        drop_caps: caps("drop"),
+        mounts,
+        shm: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn image() -> Value {
+        json!({"config": {"Entrypoint": ["/entry"], "Cmd": ["--serve"], "Env": ["PATH=/bin", "MODE=image"], "WorkingDir": "/app", "User": "1000:1000"}})
+    }
+
+    #[test]
+    fn command_and_args_follow_the_kubernetes_rules() {
+        let img = image();
+        assert_eq!(command_line(&json!({}), &img), ["/entry", "--serve"]);
+        assert_eq!(
+            command_line(&json!({"args": ["-v"]}), &img),
+            ["/entry", "-v"]
+        );
+        assert_eq!(
+            command_line(&json!({"command": ["/bin/sh"]}), &img),
+            ["/bin/sh"]
+        );
+        assert_eq!(
+            command_line(
+                &json!({"command": ["/bin/sh"], "args": ["-c", "true"]}),
+                &img
+            ),
+            ["/bin/sh", "-c", "true"]
+        );
+    }
+
+    #[test]
+    fn environment_layers_the_container_over_the_image() {
+        let pod = json!({"metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}}, "spec": {"nodeName": "n1"}});
+        let c = json!({"env": [
+            {"name": "MODE", "value": "pod"},
+            {"name": "URL", "value": "http://$(MODE)"},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+        ]});
+        let env = environment(&pod, &c, &image());
+        for want in [
+            "PATH=/bin",
+            "MODE=pod",
+            "URL=http://pod",
+            "NS=shop",
+            "APP=web",
+            "HOSTNAME=web-1",
+        ] {
+            assert!(env.contains(&want.to_owned()), "{want} in {env:?}");
+        }
+        assert!(!env.contains(&"MODE=image".to_owned()));
+    }
+
+    #[test]
+    fn user_resources_and_security_reach_the_config() {
+        let pod = json!({"metadata": {"name": "p", "uid": "u"}, "spec": {
+            "securityContext": {"runAsUser": 2000, "fsGroup": 3000},
+            "volumes": [{"name": "scratch", "emptyDir": {}}, {"name": "host", "hostPath": {"path": "/srv"}}]}});
+        let c = json!({"name": "c", "resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "500m", "memory": "64Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"add": ["NET_ADMIN"]}},
+            "volumeMounts": [{"name": "scratch", "mountPath": "/tmp/s"}, {"name": "host", "mountPath": "/data", "readOnly": true}]});
+        let files = PodFiles {
+            hosts: "/p/hosts".into(),
+            hostname: "/p/hostname".into(),
+            resolv_conf: "/p/resolv.conf".into(),
+            volumes: "/p/volumes".into(),
+        };
+        let cfg = config(
+            &pod,
+            &c,
+            &image(),
+            &files,
+            Some("/ns".into()),
+            "/orch/podu/c".into(),
+        );
+        assert_eq!(
+            (cfg.uid, cfg.gid),
+            (2000, 1000),
+            "pod runAsUser over the image's user"
+        );
+        assert_eq!(cfg.additional_gids, [3000]);
+        assert_eq!(cfg.cwd, "/app");
+        assert_eq!(cfg.resources.cpu_shares, Some(256));
+        assert_eq!(cfg.resources.cpu_quota, Some(50_000));
+        assert_eq!(cfg.resources.memory_limit, Some(64 << 20));
+        assert!(cfg.no_new_privileges && cfg.readonly_rootfs);
+        assert_eq!(cfg.add_caps, ["NET_ADMIN"]);
+        assert_eq!(cfg.hostname, "p");
+        assert!(
+            cfg.mounts
+                .iter()
+                .any(|m| m.destination == "/tmp/s" && m.source == Path::new("/p/volumes/scratch"))
+        );
+        assert!(
+            cfg.mounts
+                .iter()
+                .any(|m| m.destination == "/data" && m.readonly)
+        );
+        assert!(
+            cfg.mounts
+                .iter()
+                .any(|m| m.destination == "/etc/resolv.conf")
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The Node object: registration with what this machine has, a Lease
+//! renewed every 10 s in `kube-node-lease`, and the status (conditions,
+//! heartbeat) posted at start and every minute.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use super::Error;
+
+const LEASE_EVERY: Duration = Duration::from_secs(10);
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// What the node is called and how it is reached.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub ip: IpAddr,
+    pub data_dir: std::path::PathBuf,
+    pub labels: Vec<(String, String)>,
+}
+
+/// This machine's host name, lower case.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Memory in KiB from /proc/meminfo.
+fn memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes of the file system holding `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    rustix::fs::statvfs(dir)
+        .map(|s| s.f_blocks * s.f_frsize)
+        .unwrap_or(0)
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// The status this node reports.
+pub fn status(cfg: &NodeConfig) -> Value {
+    let ts = now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = format!("{}Ki", memory_kib());
+    let disk = disk_bytes(&cfg.data_dir).to_string();
+    let condition = |kind: &str, status: &str, reason: &str, message: &str| json!({"type": kind, "status": status, "reason": reason, "message": message, "lastHeartbeatTime": ts, "lastTransitionTime": ts});
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    let machine_id = std::fs::read_to_string("/etc/machine-id")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    let capacity =
+        json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110", "ephemeral-storage": disk});
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ],
+        "addresses": [
+            {"type": "InternalIP", "address": cfg.ip.to_string()},
+            {"type": "Hostname", "address": hostname()},
+        ],
+        "nodeInfo": {
+            "machineID": machine_id, "systemUUID": machine_id, "bootID": boot_id,
+            "kernelVersion": kernel, "osImage": os_image(),
+            "containerRuntimeVersion": concat!("orch://", env!("CARGO_PKG_VERSION")),
+            "kubeletVersion": concat!("v1.33.0+orch", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": crate::runtime::image::Platform::current().architecture,
+        },
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+    })
+}
+
+/// Create the Node (or take over the existing one of this name) and post
+/// its status.
+///
+/// # Errors
+/// The API refused.
+pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = json!({
+        "kubernetes.io/hostname": cfg.name, "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": crate::runtime::image::Platform::current().architecture,
+    });
+    for (k, v) in &cfg.labels {
+        labels[k] = json!(v);
+    }
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": cfg.name, "labels": labels},
+        "status": status(cfg),
+    }))
+    .expect("node literal");
+    let api_err = |what: &str| {
+        let what = format!("{what} node {}", cfg.name);
+        move |source| Error::Api { what, source }
+    };
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            nodes
+                .patch(
+                    &cfg.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": labels}})),
+                )
+                .await
+                .map_err(api_err("labelling"))?;
+        }
+        Err(e) => return Err(api_err("registering")(e)),
+    }
+    nodes
+        .patch_status(
+            &cfg.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status(cfg)})),
+        )
+        .await
+        .map_err(api_err("posting the status of"))?;
+    Ok(())
+}
+
+/// Renew the Lease every 10 s and the status every minute, forever.
+pub async fn heartbeat(client: Client, cfg: NodeConfig) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client);
+    let mut tick = tokio::time::interval(LEASE_EVERY);
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let renew = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": cfg.name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": cfg.name, "leaseDurationSeconds": 40, "renewTime": renew},
+        });
+        match leases
+            .patch(&cfg.name, &PatchParams::default(), &Patch::Merge(&lease))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let lease: Lease = serde_json::from_value(lease).expect("lease literal");
+                if let Err(e) = leases.create(&PostParams::default(), &lease).await {
+                    tracing::warn!(%e, "cannot create the node lease");
+                }
+            }
+            Err(e) => tracing::warn!(%e, "cannot renew the node lease; retrying"),
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            last_status = tokio::time::Instant::now();
+            if let Err(e) = nodes
+                .patch_status(
+                    &cfg.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status(&cfg)})),
+                )
+                .await
+            {
+                tracing::warn!(%e, "cannot post the node status; retrying");
+            }
+        }
+    }
+}

@@ -1,0 +1,915 @@
+//! Pod workers: the kubelet's core loop. Every pod bound to this node gets
+//! a worker task that drives it towards its spec through the pod's shim:
+//!
+//! 1. sandbox — the pod's directories, `/etc/hosts`, `/etc/hostname`,
+//!    `/etc/resolv.conf`, and its shim (which makes the network
+//!    namespace unless `hostNetwork`);
+//! 2. init containers one at a time, each to a successful exit;
+//! 3. app containers, restarted by `restartPolicy` with upstream's
+//!    back-off (10 s doubling to 5 min);
+//! 4. status — phase, conditions and container states, posted when they
+//!    change;
+//! 5. deletion — SIGTERM, the grace period, SIGKILL, clean-up, and the
+//!    final delete of the pod object.
+//!
+//! A container instance is `<name>.<restart>` in the shim, so an agent that
+//! restarts reads the restart counts back from the shims, which kept
+//! running with their containers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions, WatchEvent, WatchParams,
+};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::container::{PodFiles, config as container_config};
+use crate::runtime::image::{ImageRef, ImageStore};
+use crate::runtime::shim::{self, ContainerState, Request};
+use crate::runtime::{rootfs, spec};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Where the agent keeps things, and who it is.
+pub struct Kubelet {
+    pub client: Client,
+    pub node: String,
+    pub node_ip: String,
+    /// `<data-dir>`: images, pod volumes and container root filesystems.
+    pub data_dir: PathBuf,
+    /// `/run/orch`: shims, network namespaces.
+    pub run_dir: PathBuf,
+    /// `/var/log/pods`.
+    pub log_dir: PathBuf,
+    pub images: ImageStore,
+    /// The cluster DNS server and domain pods get in resolv.conf.
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+}
+
+impl Kubelet {
+    fn shim_dir(&self, uid: &str) -> PathBuf {
+        self.run_dir.join("pods").join(uid)
+    }
+    fn netns(&self, uid: &str) -> PathBuf {
+        self.run_dir.join("netns").join(uid)
+    }
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.data_dir.join("pods").join(uid)
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Watch this node's pods and keep one worker per pod.
+pub async fn run(k: Arc<Kubelet>) {
+    let pods: Api<Pod> = Api::all(k.client.clone());
+    let workers: Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>> = Arc::default();
+    let selector = format!("spec.nodeName={}", k.node);
+    // First a list: workers for the pods that exist, and clean-up of what
+    // is left on this node from pods deleted while the agent was away.
+    // The watch then starts from the list's version.
+    let mut rv = loop {
+        match pods.list(&ListParams::default().fields(&selector)).await {
+            Ok(list) => {
+                let live: std::collections::HashSet<String> =
+                    list.items.iter().filter_map(ResourceExt::uid).collect();
+                for uid in leftovers(&k, &live) {
+                    tracing::info!(pod_uid = %uid, "cleaning up a pod deleted while the agent was away");
+                    teardown(&k, &uid).await;
+                }
+                let mut w = workers.lock().expect("workers lock");
+                for pod in list.items {
+                    let Some(uid) = pod.uid() else { continue };
+                    let value = serde_json::to_value(&pod).expect("pods serialise");
+                    let (tx, rx) = watch::channel(Some(value));
+                    w.insert(uid.clone(), tx);
+                    let (k, workers) = (k.clone(), workers.clone());
+                    tokio::spawn(async move {
+                        worker(k, uid.clone(), rx).await;
+                        workers.lock().expect("workers lock").remove(&uid);
+                    });
+                }
+                break list.metadata.resource_version.unwrap_or_else(|| "0".into());
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot list this node's pods, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    loop {
+        let params = WatchParams::default().fields(&selector).timeout(290);
+        let mut stream = match pods.watch(&params, &rv).await {
+            Ok(s) => s.boxed(),
+            Err(err) => {
+                tracing::warn!(%err, "pod watch failed, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                rv = "0".into();
+                continue;
+            }
+        };
+        loop {
+            let event = match stream.try_next().await {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(%err, "pod watch ended");
+                    rv = "0".into();
+                    break;
+                }
+            };
+            let (pod, gone) = match event {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => (p, false),
+                WatchEvent::Deleted(p) => (p, true),
+                WatchEvent::Bookmark(b) => {
+                    rv = b.metadata.resource_version;
+                    continue;
+                }
+                WatchEvent::Error(e) => {
+                    tracing::debug!(?e, "pod watch error, relisting");
+                    rv = "0".into();
+                    break;
+                }
+            };
+            if let Some(v) = pod.resource_version() {
+                rv = v;
+            }
+            let Some(uid) = pod.uid() else { continue };
+            let value = serde_json::to_value(&pod).expect("pods serialise");
+            let mut w = workers.lock().expect("workers lock");
+            match w.get(&uid) {
+                Some(tx) => {
+                    let _ = tx.send(if gone { None } else { Some(value) });
+                }
+                None if !gone => {
+                    let (tx, rx) = watch::channel(Some(value));
+                    w.insert(uid.clone(), tx);
+                    let (k, workers) = (k.clone(), workers.clone());
+                    tokio::spawn(async move {
+                        worker(k, uid.clone(), rx).await;
+                        workers.lock().expect("workers lock").remove(&uid);
+                    });
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Pods with state on this node (shim or pod directory) that are not in
+/// `live`.
+fn leftovers(k: &Kubelet, live: &std::collections::HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in [k.run_dir.join("pods"), k.data_dir.join("pods")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !live.contains(&uid) && !out.contains(&uid) {
+                out.push(uid);
+            }
+        }
+    }
+    out
+}
+
+/// What the worker remembers between syncs.
+#[derive(Default)]
+struct WorkerState {
+    /// Per container: do not restart before this.
+    backoff: HashMap<String, (tokio::time::Instant, Duration)>,
+    /// Why a container is waiting (image missing, …).
+    waiting: HashMap<String, (String, String)>,
+    last_status: Option<Value>,
+    torn_down: bool,
+}
+
+async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Value>>) {
+    let mut state = WorkerState::default();
+    loop {
+        let pod = rx.borrow_and_update().clone();
+        match pod {
+            None => {
+                teardown(&k, &uid).await;
+                return;
+            }
+            Some(pod) => {
+                if let Err(e) = sync(&k, &pod, &mut state).await {
+                    tracing::warn!(pod = %pod["metadata"]["name"], error = %e, "pod sync failed; retrying");
+                }
+                if state.torn_down {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+async fn shim_call(socket: PathBuf, request: Request) -> Result<shim::Response, shim::Error> {
+    blocking(move || shim::call(&socket, &request)).await
+}
+
+/// Start the pod's shim unless it runs already.
+async fn ensure_shim(k: &Kubelet, uid: &str, host_network: bool) -> Result<PathBuf, String> {
+    let dir = k.shim_dir(uid);
+    let socket = dir.join("shim.sock");
+    if shim_call(socket.clone(), Request::State).await.is_ok() {
+        return Ok(socket);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim.log: {e}"))?;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args(["shim", "--dir"]).arg(&dir);
+    if !host_network {
+        cmd.arg("--netns").arg(k.netns(uid));
+    }
+    // Its own process group: signals to the agent's group (Ctrl-C, a
+    // service manager stopping the agent) do not reach it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .env("RUST_LOG", "warn");
+    let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
+    // Reap it if it exits while we run (it is ours until we exit).
+    tokio::task::spawn_blocking(move || child.wait());
+    for _ in 0..100 {
+        if shim_call(socket.clone(), Request::State).await.is_ok() {
+            return Ok(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!(
+        "the shim did not come up; see {}",
+        dir.join("shim.log").display()
+    ))
+}
+
+fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Result<()> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    std::fs::create_dir_all(&files.volumes)?;
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        if v.get("emptyDir").is_some()
+            && let Some(n) = v["name"].as_str()
+        {
+            std::fs::create_dir_all(files.volumes.join(n))?;
+        }
+    }
+    let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+    let hostname = if host_network {
+        super::node::hostname()
+    } else {
+        pod.pointer("/spec/hostname")
+            .and_then(Value::as_str)
+            .unwrap_or(name)
+            .to_owned()
+    };
+    std::fs::write(&files.hostname, format!("{hostname}\n"))?;
+    let mut hosts = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
+    if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    for alias in pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
+        let names: Vec<&str> = alias["hostnames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        hosts.push_str(&format!(
+            "{}\t{}\n",
+            alias["ip"].as_str().unwrap_or_default(),
+            names.join("\t")
+        ));
+    }
+    std::fs::write(&files.hosts, hosts)?;
+    let policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+    let resolv = match policy {
+        "Default" => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        "ClusterFirstWithHostNet" | "ClusterFirst"
+            if !(host_network && policy == "ClusterFirst") =>
+        {
+            let d = &k.cluster_domain;
+            format!(
+                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
+                k.cluster_dns
+            )
+        }
+        "None" => {
+            let cfg = &pod["spec"]["dnsConfig"];
+            let list = |f: &str| -> Vec<String> {
+                cfg[f]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            let mut out = String::new();
+            let search = list("searches");
+            if !search.is_empty() {
+                out.push_str(&format!("search {}\n", search.join(" ")));
+            }
+            for n in list("nameservers") {
+                out.push_str(&format!("nameserver {n}\n"));
+            }
+            out
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    std::fs::write(&files.resolv_conf, resolv)
+}
+
+/// The newest instance of each container the shim has, by container name.
+fn latest(states: &[ContainerState]) -> HashMap<String, (u32, ContainerState)> {
+    let mut out: HashMap<String, (u32, ContainerState)> = HashMap::new();
+    for s in states {
+        let Some((name, n)) = s.id.rsplit_once('.') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else { continue };
+        if out.get(name).is_none_or(|(have, _)| n > *have) {
+            out.insert(name.to_owned(), (n, s.clone()));
+        }
+    }
+    out
+}
+
+/// Prepare and start instance `restart` of `container`.
+async fn start_container(
+    k: &Arc<Kubelet>,
+    pod: &Value,
+    container: &Value,
+    restart: u32,
+    socket: &Path,
+    state: &mut WorkerState,
+) -> Result<(), String> {
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let name = container["name"].as_str().unwrap_or_default().to_owned();
+    let image = container["image"].as_str().unwrap_or_default();
+    let reference = ImageRef::parse(image).map_err(|e| format!("image {image:?}: {e}"))?;
+    let stored = match k.images.get(&reference.to_string()) {
+        Ok(i) => i,
+        Err(_) => {
+            let never = container["imagePullPolicy"] == "Never";
+            state.waiting.insert(
+                name.clone(),
+                (
+                    if never { "ErrImageNeverPull" } else { "ImagePullBackOff" }.into(),
+                    format!(
+                        "image {reference} is not on this node; import it with `orch image import` (pulling from registries is not built yet)"
+                    ),
+                ),
+            );
+            return Ok(());
+        }
+    };
+    state.waiting.remove(&name);
+    let image_config: Value = serde_json::from_slice(
+        &k.images
+            .read_blob(&stored.config_digest)
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("image config: {e}"))?;
+    let pod_dir = k.pod_dir(&uid);
+    let files = PodFiles {
+        hosts: pod_dir.join("etc/hosts"),
+        hostname: pod_dir.join("etc/hostname"),
+        resolv_conf: pod_dir.join("etc/resolv.conf"),
+        volumes: pod_dir.join("volumes"),
+    };
+    let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+    let id = format!("{name}.{restart}");
+    let cfg = container_config(
+        pod,
+        container,
+        &image_config,
+        &files,
+        (!host_network).then(|| k.netns(&uid)),
+        format!("/orch/pod{uid}/{id}"),
+    );
+    let layers: Vec<PathBuf> = stored
+        .layers
+        .iter()
+        .map(|l| k.images.layer_dir(&l.diff_id).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let bundle = pod_dir.join("containers").join(&id);
+    let log = k
+        .log_dir
+        .join(format!(
+            "{}_{}_{uid}",
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+            pod["metadata"]["name"].as_str().unwrap_or_default()
+        ))
+        .join(&name)
+        .join(format!("{restart}.log"));
+    let socket = socket.to_owned();
+    let spec = spec::build(&cfg);
+    blocking(move || -> Result<(), String> {
+        let _ = rootfs::unmount(&bundle.join("rootfs"));
+        let _ = std::fs::remove_dir_all(&bundle);
+        rootfs::mount(
+            &layers,
+            &bundle.join("upper"),
+            &bundle.join("work"),
+            &bundle.join("rootfs"),
+        )
+        .map_err(|e| e.to_string())?;
+        // Mount points for the pod's files must exist in the image.
+        for m in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+            let p = bundle.join("rootfs").join(m);
+            if !p.exists() {
+                if let Some(parent) = p.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                let _ = std::fs::write(&p, b"");
+            }
+        }
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&spec).expect("spec serialises"),
+        )
+        .map_err(|e| e.to_string())?;
+        shim::call(
+            &socket,
+            &Request::Create {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                log,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        shim::call(&socket, &Request::Start { id }).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+}
+
+fn restart_policy(pod: &Value) -> &str {
+    pod["spec"]["restartPolicy"].as_str().unwrap_or("Always")
+}
+
+/// Should an exited container start again?
+fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Always" => true,
+        "OnFailure" => exit_code != 0,
+        _ => false,
+    }
+}
+
+/// Upstream's crash-loop back-off for the `restarts`-th restart.
+fn backoff(restarts: u32) -> Duration {
+    (Duration::from_secs(10) * 2u32.saturating_pow(restarts.saturating_sub(1).min(10)))
+        .min(MAX_BACKOFF)
+}
+
+async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<(), String> {
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+    {
+        terminate(k, pod).await;
+        teardown(k, &uid).await;
+        let api: Api<Pod> = Api::namespaced(
+            k.client.clone(),
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        );
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(format!("deleting the pod: {e}")),
+        }
+        state.torn_down = true;
+        return Ok(());
+    }
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if phase == "Succeeded" || phase == "Failed" {
+        return Ok(());
+    }
+    let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+    let pod_dir = k.pod_dir(&uid);
+    let files = PodFiles {
+        hosts: pod_dir.join("etc/hosts"),
+        hostname: pod_dir.join("etc/hostname"),
+        resolv_conf: pod_dir.join("etc/resolv.conf"),
+        volumes: pod_dir.join("volumes"),
+    };
+    std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
+    write_pod_files(k, pod, &files).map_err(|e| format!("pod files: {e}"))?;
+    let socket = ensure_shim(k, &uid, host_network).await?;
+    let shim_state = shim_call(socket.clone(), Request::State)
+        .await
+        .map_err(|e| e.to_string())?;
+    let instances = latest(&shim_state.containers);
+    let policy = restart_policy(pod);
+    let mut failed_init = false;
+
+    // Init containers, one at a time.
+    let mut inits_done = true;
+    for c in pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = c["name"].as_str().unwrap_or_default();
+        match instances.get(name) {
+            None => {
+                start_container(k, pod, c, 0, &socket, state).await?;
+                inits_done = false;
+                break;
+            }
+            Some((_, s)) if s.status != "exited" => {
+                inits_done = false;
+                break;
+            }
+            Some((_, s)) if s.exit_code == Some(0) => {}
+            Some((n, _)) => {
+                inits_done = false;
+                if policy == "Never" {
+                    failed_init = true;
+                } else {
+                    restart_later(k, pod, c, *n, &socket, state).await?;
+                }
+                break;
+            }
+        }
+    }
+    if inits_done {
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or_default();
+            match instances.get(name) {
+                None => start_container(k, pod, c, 0, &socket, state).await?,
+                Some((n, s)) if s.status == "exited" => {
+                    if should_restart(policy, s.exit_code.unwrap_or(1)) {
+                        restart_later(k, pod, c, *n, &socket, state).await?;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let shim_state = shim_call(socket, Request::State)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = pod_status(k, pod, &latest(&shim_state.containers), state, failed_init);
+    if state.last_status.as_ref() != Some(&status) {
+        let api: Api<Pod> = Api::namespaced(
+            k.client.clone(),
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        );
+        api.patch_status(
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": status})),
+        )
+        .await
+        .map_err(|e| format!("posting the pod status: {e}"))?;
+        state.last_status = Some(status);
+    }
+    Ok(())
+}
+
+/// Restart an exited container once its back-off has passed.
+async fn restart_later(
+    k: &Arc<Kubelet>,
+    pod: &Value,
+    c: &Value,
+    n: u32,
+    socket: &Path,
+    state: &mut WorkerState,
+) -> Result<(), String> {
+    let name = c["name"].as_str().unwrap_or_default().to_owned();
+    let now = tokio::time::Instant::now();
+    match state.backoff.get(&name) {
+        Some((until, _)) if *until > now => {
+            state.waiting.insert(
+                name.clone(),
+                (
+                    "CrashLoopBackOff".into(),
+                    format!(
+                        "back-off {}s restarting failed container={name} pod={}",
+                        backoff(n + 1).as_secs(),
+                        pod["metadata"]["name"].as_str().unwrap_or_default()
+                    ),
+                ),
+            );
+            Ok(())
+        }
+        Some(_) => {
+            state.backoff.remove(&name);
+            state.waiting.remove(&name);
+            // The previous instance stays in the shim for its last state.
+            start_container(k, pod, c, n + 1, socket, state).await
+        }
+        None => {
+            let wait = backoff(n + 1);
+            state.backoff.insert(name, (now + wait, wait));
+            Ok(())
+        }
+    }
+}
+
+/// The pod's status from what the shim reports.
+fn pod_status(
+    k: &Kubelet,
+    pod: &Value,
+    instances: &HashMap<String, (u32, ContainerState)>,
+    state: &WorkerState,
+    failed_init: bool,
+) -> Value {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let status_of = |c: &Value| -> Value {
+        let name = c["name"].as_str().unwrap_or_default();
+        let image = c["image"].as_str().unwrap_or_default();
+        let image_name = ImageRef::parse(image)
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let image_id = k
+            .images
+            .get(&image_name)
+            .map(|i| {
+                format!(
+                    "{}@{}",
+                    ImageRef::parse(image).map(|r| r.name()).unwrap_or_default(),
+                    i.manifest_digest
+                )
+            })
+            .unwrap_or_default();
+        let mut s = json!({"name": name, "image": image_name, "imageID": image_id, "ready": false, "started": false, "restartCount": 0});
+        match instances.get(name) {
+            Some((n, cs)) => {
+                let cid = format!("orch://{uid}/{}", cs.id);
+                s["containerID"] = json!(cid);
+                s["restartCount"] = json!(n);
+                match cs.status.as_str() {
+                    "running" => {
+                        s["state"] = json!({"running": {"startedAt": cs.started_at}});
+                        s["ready"] = json!(true);
+                        s["started"] = json!(true);
+                    }
+                    "exited" => {
+                        let code = cs.exit_code.unwrap_or(0);
+                        let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                            "startedAt": cs.started_at, "finishedAt": cs.finished_at, "containerID": cid});
+                        match state.waiting.get(name) {
+                            Some((reason, message)) => {
+                                s["state"] =
+                                    json!({"waiting": {"reason": reason, "message": message}});
+                                s["lastState"] = json!({"terminated": terminated});
+                            }
+                            None => s["state"] = json!({"terminated": terminated}),
+                        }
+                    }
+                    _ => s["state"] = json!({"waiting": {"reason": "ContainerCreating"}}),
+                }
+            }
+            None => {
+                let (reason, message) = state
+                    .waiting
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| ("ContainerCreating".into(), String::new()));
+                s["state"] = json!({"waiting": {"reason": reason, "message": message}});
+            }
+        }
+        s
+    };
+    let inits: Vec<Value> = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(status_of)
+        .collect();
+    let apps: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(status_of)
+        .collect();
+    let code = |s: &Value| {
+        s.pointer("/state/terminated/exitCode")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+    };
+    let policy = restart_policy(pod);
+    let inits_done = inits
+        .iter()
+        .all(|s| s.pointer("/state/terminated").is_some() && code(s) == 0);
+    // Upstream's getPhase: a container waiting to restart counts as stopped.
+    let running = apps
+        .iter()
+        .filter(|s| s.pointer("/state/running").is_some())
+        .count();
+    let waiting = apps
+        .iter()
+        .filter(|s| s.pointer("/state/waiting").is_some() && s.get("lastState").is_none())
+        .count();
+    let stopped = apps.len() - running - waiting;
+    let succeeded = apps
+        .iter()
+        .filter(|s| s.pointer("/state/terminated").is_some() && code(s) == 0)
+        .count();
+    let phase = if failed_init {
+        "Failed"
+    } else if !inits_done || waiting > 0 {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if stopped > 0 {
+        match policy {
+            "Always" => "Running",
+            "OnFailure" if stopped == succeeded => "Succeeded",
+            "OnFailure" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            _ => "Failed",
+        }
+    } else {
+        "Pending"
+    };
+    let all_ready = !apps.is_empty() && apps.iter().all(|s| s["ready"] == true);
+    let started_at = pod
+        .pointer("/status/startTime")
+        .cloned()
+        .unwrap_or_else(|| json!(now()));
+    let cond = |kind: &str, ok: bool| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastProbeTime": null});
+    let mut status = json!({
+        "phase": phase,
+        "hostIP": k.node_ip,
+        "hostIPs": [{"ip": k.node_ip}],
+        "startTime": started_at,
+        "conditions": [
+            cond("PodReadyToStartContainers", true),
+            cond("Initialized", inits_done),
+            cond("ContainersReady", all_ready),
+            cond("Ready", all_ready),
+            cond("PodScheduled", true),
+        ],
+        "containerStatuses": apps,
+        "qosClass": pod.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort")),
+    });
+    if !inits.is_empty() {
+        status["initContainerStatuses"] = json!(inits);
+    }
+    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
+        status["podIP"] = json!(k.node_ip);
+        status["podIPs"] = json!([{"ip": k.node_ip}]);
+    }
+    status
+}
+
+/// Stop the pod's containers: SIGTERM, the grace period, SIGKILL.
+async fn terminate(k: &Kubelet, pod: &Value) {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let socket = k.shim_dir(uid).join("shim.sock");
+    let Ok(state) = shim_call(socket.clone(), Request::State).await else {
+        return;
+    };
+    let running: Vec<String> = state
+        .containers
+        .iter()
+        .filter(|c| c.status == "running")
+        .map(|c| c.id.clone())
+        .collect();
+    for id in &running {
+        let _ = shim_call(
+            socket.clone(),
+            Request::Kill {
+                id: id.clone(),
+                signal: 15,
+            },
+        )
+        .await;
+    }
+    let grace = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds"))
+        .and_then(Value::as_u64)
+        .unwrap_or(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+    while tokio::time::Instant::now() < deadline {
+        match shim_call(socket.clone(), Request::State).await {
+            Ok(s) if s.containers.iter().all(|c| c.status != "running") => return,
+            Err(_) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    for id in &running {
+        let _ = shim_call(
+            socket.clone(),
+            Request::Kill {
+                id: id.clone(),
+                signal: 9,
+            },
+        )
+        .await;
+    }
+}
+
+/// Remove everything of the pod on this node: containers, shim, root
+/// filesystems, network namespace, directories (logs stay until the log
+/// directory is cleaned).
+async fn teardown(k: &Kubelet, uid: &str) {
+    let socket = k.shim_dir(uid).join("shim.sock");
+    if let Ok(state) = shim_call(socket.clone(), Request::State).await {
+        for c in state.containers {
+            let _ = shim_call(socket.clone(), Request::Delete { id: c.id }).await;
+        }
+        let _ = shim_call(socket.clone(), Request::Shutdown).await;
+    }
+    let (pod_dir, shim_dir, netns) = (k.pod_dir(uid), k.shim_dir(uid), k.netns(uid));
+    let uid = uid.to_owned();
+    blocking(move || {
+        if let Ok(entries) = std::fs::read_dir(pod_dir.join("containers")) {
+            for e in entries.flatten() {
+                let _ = rootfs::unmount(&e.path().join("rootfs"));
+            }
+        }
+        let _ = crate::runtime::netns::remove(&netns);
+        crate::runtime::cgroup::remove(&format!("/orch/pod{uid}"));
+        let _ = std::fs::remove_dir_all(&pod_dir);
+        let _ = std::fs::remove_dir_all(&shim_dir);
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_follow_the_policy_and_back_off() {
+        assert!(should_restart("Always", 0));
+        assert!(should_restart("OnFailure", 1));
+        assert!(!should_restart("OnFailure", 0));
+        assert!(!should_restart("Never", 1));
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(3), Duration::from_secs(40));
+        assert_eq!(backoff(10), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn the_newest_instance_of_each_container_wins() {
+        let s = |id: &str, status: &str| ContainerState {
+            id: id.into(),
+            pid: 1,
+            status: status.into(),
+            exit_code: None,
+            started_at: None,
+            finished_at: None,
+        };
+        let l = latest(&[
+            s("web.0", "exited"),
+            s("web.2", "running"),
+            s("web.1", "exited"),
+            s("db.0", "running"),
+        ]);
+        assert_eq!(l["web"].0, 2);
+        assert_eq!(l["web"].1.status, "running");
+        assert_eq!(l["db"].0, 0);
+    }
+}

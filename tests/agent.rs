@@ -1,0 +1,345 @@
+//! A real node: `orch server` and `orch agent` in a network namespace the
+//! test creates, pods running busybox through the shim and libcontainer,
+//! driven by kubectl. Needs root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Netns, TestServer, in_netns};
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+
+/// `orch agent` for a test; its pods are torn down when dropped.
+struct Agent {
+    child: Child,
+    args: Vec<String>,
+    netns: String,
+    run_dir: PathBuf,
+    data: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &TestServer, netns: &Netns, data: &Path, run_dir: &Path, logs: &Path) -> Self {
+        let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+        let url = kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .unwrap()
+            .to_owned();
+        let args: Vec<String> = vec![
+            "agent".into(),
+            "--server".into(),
+            url,
+            "--token-file".into(),
+            server.dir.path().join("server/token").display().to_string(),
+            "--node-name".into(),
+            "node-a".into(),
+            "--node-ip".into(),
+            "127.0.0.1".into(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
+            "--pod-log-dir".into(),
+            logs.display().to_string(),
+        ];
+        let child = Self::spawn(&netns.0, &args);
+        Self {
+            child,
+            args,
+            netns: netns.0.clone(),
+            run_dir: run_dir.to_owned(),
+            data: data.to_owned(),
+        }
+    }
+
+    fn spawn(netns: &str, args: &[String]) -> Child {
+        in_netns(Some(netns), ORCH)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILL the agent and start a new one (pods must survive).
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.netns, &self.args);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever the test left: every container, shim and mount.
+        for pod in std::fs::read_dir(self.run_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let socket = pod.path().join("shim.sock");
+            if let Ok(state) =
+                orch::runtime::shim::call(&socket, &orch::runtime::shim::Request::State)
+            {
+                for c in state.containers {
+                    let _ = orch::runtime::shim::call(
+                        &socket,
+                        &orch::runtime::shim::Request::Delete { id: c.id },
+                    );
+                }
+                let _ = orch::runtime::shim::call(&socket, &orch::runtime::shim::Request::Shutdown);
+            }
+        }
+        for ns in std::fs::read_dir(self.run_dir.join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = orch::runtime::netns::remove(&ns.path());
+        }
+        for pod in std::fs::read_dir(self.data.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for c in std::fs::read_dir(pod.path().join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = orch::runtime::rootfs::unmount(&c.path().join("rootfs"));
+            }
+        }
+        // Empty pod cgroups (and the /orch parent, if nothing else uses it).
+        orch::runtime::cgroup::remove("/orch");
+    }
+}
+
+fn import_busybox(dir: &Path, data: &Path) {
+    let archive = support::busybox_archive(dir);
+    let out = Command::new(ORCH)
+        .args(["image", "--data-dir"])
+        .arg(data)
+        .args(["import", "--name", "busybox:test"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_json(
+    server: &TestServer,
+    args: &[&str],
+    secs: u64,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["-o", "json"]);
+    loop {
+        let out = server.kubectl("1.33", &full);
+        if out.status.success() {
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if check(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what}: {v}"
+            );
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pod(name: &str, command: &str, policy: &str, grace: u32) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: {grace}
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"{command}\"]
+    env: [{{name: WHO, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+"
+    )
+}
+
+#[test]
+fn pods_really_run_exit_restart_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("agent");
+    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let (data, run_dir, logs) = (
+        dir.path().join("agent"),
+        dir.path().join("run"),
+        dir.path().join("logs"),
+    );
+    import_busybox(dir.path(), &data);
+    let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs);
+    let node = wait_json(
+        &server,
+        &["get", "node", "node-a"],
+        30,
+        "the node Ready",
+        |n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        },
+    );
+    assert!(
+        node["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("orch://")
+    );
+    assert!(
+        node["status"]["capacity"]["cpu"]
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            >= 1
+    );
+
+    // Runs to completion: Succeeded, exit 0, its output in the CRI log.
+    let file = server.write(
+        "ok.yaml",
+        &pod("ok", "echo hello from $WHO on $(hostname)", "Never", 30),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let ok = wait_json(&server, &["get", "pod", "ok"], 60, "ok Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let term = &ok["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 0, "{ok}");
+    assert_eq!(term["reason"], "Completed");
+    assert!(
+        ok["status"]["containerStatuses"][0]["imageID"]
+            .as_str()
+            .unwrap()
+            .contains("@sha256:")
+    );
+    let uid = ok["metadata"]["uid"].as_str().unwrap();
+    let log = std::fs::read_to_string(logs.join(format!("default_ok_{uid}/main/0.log"))).unwrap();
+    assert!(log.contains(" stdout F hello from ok on ok"), "{log}");
+
+    // Fails: Failed with the exit code.
+    let file = server.write("bad.yaml", &pod("bad", "exit 3", "Never", 30));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let bad = wait_json(&server, &["get", "pod", "bad"], 60, "bad Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(
+        bad["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+
+    // OnFailure restarts after the back-off; the count shows.
+    let file = server.write("flaky.yaml", &pod("flaky", "exit 1", "OnFailure", 30));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let flaky = wait_json(&server, &["get", "pod", "flaky"], 60, "a restart", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    assert_eq!(flaky["status"]["phase"], "Running", "still trying: {flaky}");
+
+    // Long-running: Running and Ready; survives an agent kill -9.
+    let file = server.write(
+        "long.yaml",
+        &pod("long", "echo started; exec sleep 3600", "Always", 2),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let long = wait_json(&server, &["get", "pod", "long"], 60, "long Running", |p| {
+        p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
+    });
+    let started = long["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+    agent.kill_and_restart();
+    std::thread::sleep(Duration::from_secs(2));
+    let long = wait_json(
+        &server,
+        &["get", "pod", "long"],
+        30,
+        "long still Running",
+        |p| p["status"]["phase"] == "Running",
+    );
+    let cs = &long["status"]["containerStatuses"][0];
+    assert_eq!(
+        cs["state"]["running"]["startedAt"], started,
+        "the container was not restarted: {long}"
+    );
+    assert_eq!(cs["restartCount"], 0);
+
+    // Deleted: TERM (ignored by sleep as PID 1), the 2 s grace, KILL, gone.
+    let long_uid = long["metadata"]["uid"].as_str().unwrap().to_owned();
+    let t0 = Instant::now();
+    let out = server.kubectl("1.33", &["delete", "pod", "long", "--timeout=60s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "killed before the grace period"
+    );
+    assert!(
+        !run_dir.join("pods").join(&long_uid).exists(),
+        "the shim dir is cleaned up"
+    );
+    assert!(
+        !run_dir.join("netns").join(&long_uid).exists(),
+        "the netns is cleaned up"
+    );
+    assert!(
+        !data.join("pods").join(&long_uid).exists(),
+        "the rootfs is cleaned up"
+    );
+
+    for p in ["ok", "bad", "flaky"] {
+        server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
+    }
+    // Finished pods go at once (no grace): the agent cleans up after.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(data.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not clean up the deleted pods"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_dir(run_dir.join("pods")).unwrap().count(), 0);
+    drop(agent);
+}
