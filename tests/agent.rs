@@ -46,6 +46,8 @@ impl Agent {
             run_dir.display().to_string(),
             "--pod-log-dir".into(),
             logs.display().to_string(),
+            "--cgroup-root".into(),
+            cgroup_root("a"),
         ];
         let child = Self::spawn(&netns.0, &args);
         Self {
@@ -78,48 +80,55 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Whatever the test left: every container, shim and mount.
-        for pod in std::fs::read_dir(self.run_dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let socket = pod.path().join("shim.sock");
-            if let Ok(state) =
-                orch::runtime::shim::call(&socket, &orch::runtime::shim::Request::State)
-            {
-                for c in state.containers {
-                    let _ = orch::runtime::shim::call(
-                        &socket,
-                        &orch::runtime::shim::Request::Delete { id: c.id },
-                    );
-                }
-                let _ = orch::runtime::shim::call(&socket, &orch::runtime::shim::Request::Shutdown);
-            }
-        }
-        for ns in std::fs::read_dir(self.run_dir.join("netns"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = orch::runtime::netns::remove(&ns.path());
-        }
-        for pod in std::fs::read_dir(self.data.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for c in std::fs::read_dir(pod.path().join("containers"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = orch::runtime::rootfs::unmount(&c.path().join("rootfs"));
-            }
-        }
-        // Empty pod cgroups (and the /orch parent, if nothing else uses it).
-        orch::runtime::cgroup::remove("/orch");
+        cleanup(&self.run_dir, &self.data);
     }
+}
+
+/// Whatever a test left: every container, shim, mount, netns and cgroup.
+fn cleanup(run_dir: &Path, data: &Path) {
+    use orch::runtime::shim::{Request, call};
+    for pod in std::fs::read_dir(run_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let socket = pod.path().join("shim.sock");
+        if let Ok(state) = call(&socket, &Request::State) {
+            for c in state.containers {
+                let _ = call(&socket, &Request::Delete { id: c.id });
+            }
+            let _ = call(&socket, &Request::Shutdown);
+        }
+    }
+    for ns in std::fs::read_dir(run_dir.join("netns"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = orch::runtime::netns::remove(&ns.path());
+    }
+    for pod in std::fs::read_dir(data.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for c in std::fs::read_dir(pod.path().join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = orch::runtime::rootfs::unmount(&c.path().join("rootfs"));
+        }
+    }
+    // The test's cgroup parents (each test has its own).
+    for tag in ["a", "embedded"] {
+        orch::runtime::cgroup::remove(&cgroup_root(tag));
+    }
+}
+
+/// This test process's cgroup parent for agent `tag`.
+fn cgroup_root(tag: &str) -> String {
+    format!("/orch-test-agent-{}-{tag}", std::process::id())
 }
 
 fn import_busybox(dir: &Path, data: &Path) {
@@ -342,4 +351,72 @@ fn pods_really_run_exit_restart_and_go() {
     }
     assert_eq!(std::fs::read_dir(run_dir.join("pods")).unwrap().count(), 0);
     drop(agent);
+}
+
+#[test]
+fn the_server_runs_pods_on_its_embedded_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("embedded");
+    let archive = support::busybox_archive(dir.path());
+    let (run_dir, logs) = (dir.path().join("run"), dir.path().join("logs"));
+    let server = TestServer::start_with_agent(
+        &netns.0,
+        &[
+            "--node-name",
+            "embedded",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--pod-log-dir",
+            logs.to_str().unwrap(),
+            "--cgroup-root",
+            &cgroup_root("embedded"),
+        ],
+        // An air-gapped install: images waiting in <data-dir>/agent/images.
+        |data| {
+            std::fs::create_dir_all(data.join("agent/images")).unwrap();
+            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
+        },
+    );
+    let guard = Cleanup {
+        run_dir: run_dir.clone(),
+        data: server.dir.path().to_owned(),
+    };
+    wait_json(
+        &server,
+        &["get", "node", "embedded"],
+        30,
+        "the embedded node Ready",
+        |n| {
+            n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        },
+    );
+    let file = server.write("hi.yaml", &pod("hi", "echo hi from $WHO", "Never", 30));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let hi = wait_json(&server, &["get", "pod", "hi"], 60, "hi Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    assert_eq!(hi["spec"]["nodeName"], "embedded");
+    let uid = hi["metadata"]["uid"].as_str().unwrap();
+    let log = std::fs::read_to_string(logs.join(format!("default_hi_{uid}/main/0.log"))).unwrap();
+    assert!(log.contains(" stdout F hi from hi"), "{log}");
+    server.ok("1.33", &["delete", "pod", "hi"]);
+    drop(server);
+    drop(guard);
+}
+
+/// Tears down what an agent left in `run_dir` and `data` (for agents whose
+/// process the test does not hold).
+struct Cleanup {
+    run_dir: PathBuf,
+    data: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup(&self.run_dir, &self.data);
+    }
 }

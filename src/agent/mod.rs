@@ -59,6 +59,8 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// Container logs (`/var/log/pods`).
     pub log_dir: PathBuf,
+    /// Parent of the pods' cgroups (`/orch`).
+    pub cgroup_root: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
 }
@@ -83,6 +85,7 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), Error> {
         data_dir: cfg.node.data_dir.clone(),
         run_dir: cfg.run_dir,
         log_dir: cfg.log_dir,
+        cgroup_root: cfg.cgroup_root,
         images,
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,

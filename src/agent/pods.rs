@@ -49,6 +49,8 @@ pub struct Kubelet {
     pub run_dir: PathBuf,
     /// `/var/log/pods`.
     pub log_dir: PathBuf,
+    /// Parent of the pods' cgroups: `<root>/pod<uid>/<container>.<restart>`.
+    pub cgroup_root: String,
     pub images: ImageStore,
     /// The cluster DNS server and domain pods get in resolv.conf.
     pub cluster_dns: String,
@@ -413,7 +415,7 @@ async fn start_container(
         &image_config,
         &files,
         (!host_network).then(|| k.netns(&uid)),
-        format!("/orch/pod{uid}/{id}"),
+        format!("{}/pod{uid}/{id}", k.cgroup_root),
     );
     let layers: Vec<PathBuf> = stored
         .layers
@@ -862,6 +864,7 @@ async fn teardown(k: &Kubelet, uid: &str) {
     }
     let (pod_dir, shim_dir, netns) = (k.pod_dir(uid), k.shim_dir(uid), k.netns(uid));
     let uid = uid.to_owned();
+    let cgroup_root = k.cgroup_root.clone();
     blocking(move || {
         if let Ok(entries) = std::fs::read_dir(pod_dir.join("containers")) {
             for e in entries.flatten() {
@@ -869,7 +872,7 @@ async fn teardown(k: &Kubelet, uid: &str) {
             }
         }
         let _ = crate::runtime::netns::remove(&netns);
-        crate::runtime::cgroup::remove(&format!("/orch/pod{uid}"));
+        crate::runtime::cgroup::remove(&format!("{cgroup_root}/pod{uid}"));
         let _ = std::fs::remove_dir_all(&pod_dir);
         let _ = std::fs::remove_dir_all(&shim_dir);
     })

@@ -27,59 +27,8 @@ pub struct Args {
     #[arg(long, env = "ORCH_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// (agent) Node name [default: the host name].
-    #[arg(long, env = "ORCH_NODE_NAME", value_name = "NAME")]
-    pub node_name: Option<String>,
-
-    /// (agent) Address other nodes and the server reach this node at
-    /// [default: the address of the default route].
-    #[arg(long, env = "ORCH_NODE_IP", value_name = "IP")]
-    pub node_ip: Option<std::net::IpAddr>,
-
-    /// (agent) Node label to register with, KEY=VALUE (repeatable).
-    #[arg(
-        long = "node-label",
-        env = "ORCH_NODE_LABEL",
-        value_name = "KEY=VALUE",
-        value_delimiter = ','
-    )]
-    pub node_labels: Vec<String>,
-
-    /// (agent) Directory for shims and pod network namespaces.
-    #[arg(
-        long,
-        env = "ORCH_RUN_DIR",
-        value_name = "DIR",
-        default_value = "/run/orch"
-    )]
-    pub run_dir: PathBuf,
-
-    /// (agent) Directory for container logs.
-    #[arg(
-        long,
-        env = "ORCH_POD_LOG_DIR",
-        value_name = "DIR",
-        default_value = "/var/log/pods"
-    )]
-    pub pod_log_dir: PathBuf,
-
-    /// (networking) Cluster DNS server address pods are given.
-    #[arg(
-        long,
-        env = "ORCH_CLUSTER_DNS",
-        value_name = "IP",
-        default_value = "10.43.0.10"
-    )]
-    pub cluster_dns: std::net::IpAddr,
-
-    /// (networking) Cluster domain.
-    #[arg(
-        long,
-        env = "ORCH_CLUSTER_DOMAIN",
-        value_name = "DOMAIN",
-        default_value = "cluster.local"
-    )]
-    pub cluster_domain: String,
+    #[command(flatten)]
+    pub node: super::NodeArgs,
 
     /// (simulation) Register this many simulated nodes (no containers run)
     /// named <node-name>-sim-<i>: for testing and benchmarking the control plane.
@@ -137,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("--simulate needs at least 1 node");
     }
     let prefix = args
+        .node
         .node_name
         .clone()
         .or_else(|| {
@@ -170,45 +120,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// The source address of the default route (no packet is sent).
-fn default_route_address() -> Option<std::net::IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    socket
-        .local_addr()
-        .ok()
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_unspecified())
-}
-
 fn run_real(args: Args, token: String) -> anyhow::Result<()> {
-    let name = args.node_name.clone().unwrap_or_else(agent::node::hostname);
-    if name.is_empty() {
-        anyhow::bail!("cannot tell this machine's host name; pass --node-name NAME");
-    }
-    let mut labels = Vec::new();
-    for l in &args.node_labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--node-label {l:?}: expected KEY=VALUE"))?;
-        labels.push((k.to_owned(), v.to_owned()));
-    }
-    let ip = args
-        .node_ip
-        .or_else(default_route_address)
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    let config = agent::Config {
-        node: agent::node::NodeConfig {
-            name,
-            ip,
-            data_dir: args.data.data_dir.clone(),
-            labels,
-        },
-        run_dir: args.run_dir,
-        log_dir: args.pod_log_dir,
-        cluster_dns: args.cluster_dns.to_string(),
-        cluster_domain: args.cluster_domain,
-    };
+    let config = args.node.to_config(&args.data.data_dir, None)?;
     std::fs::create_dir_all(&args.data.data_dir)
         .with_context(|| format!("cannot create {}", args.data.data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -55,6 +55,132 @@ pub struct DataDirArgs {
     pub data_dir: PathBuf,
 }
 
+/// Flags of the node agent, for `orch agent` and the agent `orch server`
+/// embeds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// (agent) Node name [default: the host name].
+    #[arg(long, env = "ORCH_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// (agent) Address other nodes and the server reach this node at
+    /// [default: the address of the default route].
+    #[arg(long, env = "ORCH_NODE_IP", value_name = "IP")]
+    pub node_ip: Option<std::net::IpAddr>,
+
+    /// (agent) Node label to register with, KEY=VALUE (repeatable).
+    #[arg(
+        long = "node-label",
+        env = "ORCH_NODE_LABEL",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub node_labels: Vec<String>,
+
+    /// (agent) Directory for shims and pod network namespaces.
+    #[arg(
+        long,
+        env = "ORCH_RUN_DIR",
+        value_name = "DIR",
+        default_value = "/run/orch"
+    )]
+    pub run_dir: PathBuf,
+
+    /// (agent) Directory for container logs.
+    #[arg(
+        long,
+        env = "ORCH_POD_LOG_DIR",
+        value_name = "DIR",
+        default_value = "/var/log/pods"
+    )]
+    pub pod_log_dir: PathBuf,
+
+    /// (agent) Parent cgroup of the pods' cgroups.
+    #[arg(
+        long,
+        env = "ORCH_CGROUP_ROOT",
+        value_name = "PATH",
+        default_value = "/orch"
+    )]
+    pub cgroup_root: String,
+
+    /// (networking) Cluster DNS server address pods are given.
+    #[arg(
+        long,
+        env = "ORCH_CLUSTER_DNS",
+        value_name = "IP",
+        default_value = "10.43.0.10"
+    )]
+    pub cluster_dns: std::net::IpAddr,
+
+    /// (networking) Cluster domain.
+    #[arg(
+        long,
+        env = "ORCH_CLUSTER_DOMAIN",
+        value_name = "DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+}
+
+impl NodeArgs {
+    /// The agent's config for a node keeping its state in `data_dir`;
+    /// `default_ip` when --node-ip is not given.
+    ///
+    /// # Errors
+    /// A malformed --node-label, or no host name to name the node after.
+    pub fn to_config(
+        &self,
+        data_dir: &std::path::Path,
+        default_ip: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<crate::agent::Config> {
+        let name = self
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::agent::node::hostname);
+        if name.is_empty() {
+            anyhow::bail!("cannot tell this machine's host name; pass --node-name NAME");
+        }
+        let mut labels = Vec::new();
+        for l in &self.node_labels {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected KEY=VALUE"))?;
+            labels.push((k.to_owned(), v.to_owned()));
+        }
+        let ip = self
+            .node_ip
+            .or(default_ip)
+            .or_else(default_route_address)
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        Ok(crate::agent::Config {
+            node: crate::agent::node::NodeConfig {
+                name,
+                ip,
+                data_dir: data_dir.to_owned(),
+                labels,
+            },
+            run_dir: self.run_dir.clone(),
+            log_dir: self.pod_log_dir.clone(),
+            cgroup_root: format!("/{}", self.cgroup_root.trim_matches('/')),
+            cluster_dns: self.cluster_dns.to_string(),
+            cluster_domain: self.cluster_domain.clone(),
+        })
+    }
+}
+
+/// The source address of the default route: a UDP `connect` picks it
+/// without sending anything.
+pub fn default_route_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    socket
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+}
+
 /// Run the parsed command.
 ///
 /// # Errors

@@ -141,6 +141,9 @@ pub struct Args {
     /// (agent) Run the control plane alone, without the embedded agent.
     #[arg(long, env = "ORCH_DISABLE_AGENT")]
     pub disable_agent: bool,
+
+    #[command(flatten)]
+    pub node: super::NodeArgs,
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -235,12 +238,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .thread_name("orch-server")
         .build()
         .context("cannot start the async runtime")?;
+    let agent_config = if args.disable_agent {
+        None
+    } else {
+        Some(
+            args.node
+                .to_config(&config.data_dir, Some(config.advertise_address))?,
+        )
+    };
+    let token_path = config.data_dir.join("server").join("token");
     runtime.block_on(async {
-        if !args.disable_agent {
-            tracing::warn!("the embedded agent is not built yet (issue #5): running the control plane alone, as with --disable-agent");
-        }
         let shutdown = super::shutdown_signal()?;
-        server::run(config, shutdown).await?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        // The embedded agent joins the way a remote one does: the join
+        // token, the CA it pins, the public API (the k3s way).
+        let agent = agent_config.map(|cfg| {
+            tokio::spawn(async move {
+                let Ok(url) = ready_rx.await else { return };
+                let result = async {
+                    let token = std::fs::read_to_string(&token_path)
+                        .with_context(|| format!("cannot read {}", token_path.display()))?;
+                    let client = crate::agent::join::client(&url, token.trim()).await?;
+                    crate::agent::run(client, cfg).await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(err) = result {
+                    tracing::error!("the embedded agent stopped: {err:#}");
+                }
+            })
+        });
+        let result = server::run_with(config, shutdown, Some(ready_tx)).await;
+        if let Some(agent) = agent {
+            agent.abort();
+        }
+        result?;
         Ok(())
     })
 }

@@ -122,6 +122,19 @@ pub enum Error {
 /// created, or the port is taken; the message names the file or port and
 /// what to do.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`], sending the URL agents on this machine use to `ready` once the
+/// API serves (how `orch server` starts its embedded agent).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
+) -> Result<(), Error> {
     let path = config.store_path();
     // Opening checks the file's integrity: file IO, so off the runtime.
     let store = tokio::task::spawn_blocking(move || Store::open_sqlite(SqliteConfig::new(path)))
@@ -189,6 +202,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         revision = %store.current_revision(),
         "orch server ready"
     );
+    if let Some(tx) = ready {
+        let _ = tx.send(server_url.clone());
+    }
     shutdown.await;
     tracing::info!("orch server shutting down");
     serving.abort();

@@ -72,16 +72,29 @@ impl TestServer {
         Self::start_ns(dir, extra, None)
     }
 
+    /// Start a server with its embedded agent in `/run/netns/<netns>`,
+    /// after `prepare` has filled its data dir (e.g. images to import).
+    pub fn start_with_agent(netns: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
+        Self::spawn(dir, extra, Some(netns.to_owned()), false)
+    }
+
     fn start_ns(dir: tempfile::TempDir, extra: &[&str], netns: Option<String>) -> Self {
+        Self::spawn(dir, extra, netns, true)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        netns: Option<String>,
+        disable_agent: bool,
+    ) -> Self {
         let kubeconfig = dir.path().join("kubeconfig.yaml");
         let mut child = in_netns(netns.as_deref(), ORCH)
-            .args([
-                "server",
-                "--disable-agent",
-                "--bind-address",
-                "127.0.0.1",
-                "--data-dir",
-            ])
+            .arg("server")
+            .args(disable_agent.then_some("--disable-agent"))
+            .args(["--bind-address", "127.0.0.1", "--data-dir"])
             .arg(dir.path())
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
@@ -331,7 +344,8 @@ pub fn header(table: &str) -> Vec<String> {
         .collect()
 }
 
-/// A one-layer busybox image written by skopeo as an OCI archive in `dir`
+/// A one-layer busybox image, `docker.io/library/busybox:test`, written by
+/// skopeo as an OCI archive in `dir`
 /// (built with umoci from busybox-static; scripts/test.sh installs them).
 pub fn busybox_archive(dir: &Path) -> PathBuf {
     let run = |cmd: &mut Command| {
@@ -383,7 +397,10 @@ pub fn busybox_archive(dir: &Path) -> PathBuf {
         "copy",
         "-q",
         &format!("oci:{image}"),
-        &format!("oci-archive:{}", archive.display()),
+        &format!(
+            "oci-archive:{}:docker.io/library/busybox:test",
+            archive.display()
+        ),
     ]));
     archive
 }
