@@ -23,7 +23,14 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(server: &TestServer, netns: &Netns, data: &Path, run_dir: &Path, logs: &Path) -> Self {
+    fn start(
+        server: &TestServer,
+        netns: &Netns,
+        data: &Path,
+        run_dir: &Path,
+        logs: &Path,
+        tag: &str,
+    ) -> Self {
         let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
         let url = kubeconfig
             .lines()
@@ -47,7 +54,7 @@ impl Agent {
             "--pod-log-dir".into(),
             logs.display().to_string(),
             "--cgroup-root".into(),
-            cgroup_root("a"),
+            cgroup_root(tag),
         ];
         let child = Self::spawn(&netns.0, &args);
         Self {
@@ -62,7 +69,7 @@ impl Agent {
     fn spawn(netns: &str, args: &[String]) -> Child {
         in_netns(Some(netns), ORCH)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,orch::agent::pods=debug")
             .stdin(Stdio::null())
             .spawn()
             .unwrap()
@@ -121,7 +128,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         }
     }
     // The test's cgroup parents (each test has its own).
-    for tag in ["a", "embedded"] {
+    for tag in ["a", "embedded", "probes"] {
         orch::runtime::cgroup::remove(&cgroup_root(tag));
     }
 }
@@ -208,7 +215,7 @@ fn pods_really_run_exit_restart_and_go() {
         dir.path().join("logs"),
     );
     import_busybox(dir.path(), &data);
-    let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs);
+    let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "a");
     let node = wait_json(
         &server,
         &["get", "node", "node-a"],
@@ -418,5 +425,103 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         cleanup(&self.run_dir, &self.data);
+    }
+}
+
+#[test]
+fn probes_gate_readiness_and_restart_unhealthy_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("probes");
+    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let (data, run_dir, logs) = (
+        dir.path().join("agent"),
+        dir.path().join("run"),
+        dir.path().join("logs"),
+    );
+    import_busybox(dir.path(), &data);
+    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "probes");
+    let file = server.write(
+        "probes.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 8080 -h /www\"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slow}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"mkdir -p /tmp; sleep 3; touch /tmp/ready; exec sleep 3600\"]
+    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sick}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"mkdir -p /tmp; touch /tmp/alive; (sleep 4; rm /tmp/alive) & exec sleep 3600\"]
+    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let ready = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    // Not ready while the exec probe fails, ready once it passes.
+    let slow = wait_json(&server, &["get", "pod", "slow"], 30, "slow running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert!(!ready(&slow), "ready before its probe passed: {slow}");
+    wait_json(&server, &["get", "pod", "slow"], 30, "slow ready", ready);
+    // HTTP readiness and TCP liveness against busybox httpd.
+    let web = wait_json(&server, &["get", "pod", "web"], 30, "web ready", ready);
+    assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
+    // The liveness probe passes while /tmp/alive exists...
+    let alive = wait_json(&server, &["get", "pod", "sick"], 30, "sick running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert_eq!(alive["status"]["containerStatuses"][0]["restartCount"], 0);
+    // ...then fails: the container is restarted.
+    let sick = wait_json(
+        &server,
+        &["get", "pod", "sick"],
+        60,
+        "sick restarted",
+        |p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+    let last = &sick["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert!(
+        last["exitCode"].as_i64().unwrap_or(0) >= 128,
+        "killed by a signal: {sick}"
+    );
+    for p in ["web", "slow", "sick"] {
+        server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }
 }

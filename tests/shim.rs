@@ -292,6 +292,51 @@ fn containers_run_log_and_report_their_exit() {
         assert!(Instant::now() < deadline, "b never said ready");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Exec (what exec probes use): exit codes and output come back.
+    let ok = shim.call(Request::Exec {
+        id: "b".into(),
+        args: vec!["test".into(), "-f".into(), "/bin/sh".into()],
+        timeout_ms: 2000,
+    });
+    assert_eq!(
+        ok.probe.as_ref().map(|p| (p.success, p.exit_code)),
+        Some((true, Some(0))),
+        "{ok:?}"
+    );
+    let made = shim.call(Request::Exec {
+        id: "b".into(),
+        args: vec!["touch".into(), "/ready".into()],
+        timeout_ms: 2000,
+    });
+    assert_eq!(
+        made.probe.as_ref().map(|p| p.success),
+        Some(true),
+        "{made:?}"
+    );
+    let seen = shim.call(Request::Exec {
+        id: "b".into(),
+        args: vec!["test".into(), "-f".into(), "/ready".into()],
+        timeout_ms: 2000,
+    });
+    assert_eq!(
+        seen.probe.as_ref().map(|p| p.success),
+        Some(true),
+        "{seen:?}"
+    );
+    let bad = shim.call(Request::Exec {
+        id: "b".into(),
+        args: vec!["cat".into(), "/nope".into()],
+        timeout_ms: 2000,
+    });
+    let bad = bad.probe.unwrap();
+    assert_eq!((bad.success, bad.exit_code), (false, Some(1)));
+    assert!(bad.message.contains("/nope"), "{bad:?}");
+    let slow = shim.call(Request::Exec {
+        id: "b".into(),
+        args: vec!["sleep".into(), "5".into()],
+        timeout_ms: 300,
+    });
+    assert!(slow.probe.unwrap().message.contains("timed out"));
     shim.call(Request::Kill {
         id: "b".into(),
         signal: 15,

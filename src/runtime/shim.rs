@@ -56,6 +56,36 @@ pub enum Request {
     State,
     /// Exit once no container is left.
     Shutdown,
+    /// Run a command in a running container (exec probes); killed after
+    /// the timeout.
+    Exec {
+        id: String,
+        args: Vec<String>,
+        timeout_ms: u64,
+    },
+    /// Connect to a TCP port in the pod's network namespace.
+    ProbeTcp {
+        port: u16,
+        timeout_ms: u64,
+    },
+    /// GET a path over HTTP in the pod's network namespace; 200–399 is
+    /// success.
+    ProbeHttp {
+        port: u16,
+        path: String,
+        host: Option<String>,
+        headers: Vec<(String, String)>,
+        timeout_ms: u64,
+    },
+}
+
+/// How a probe or exec went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    pub success: bool,
+    pub message: String,
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,6 +108,8 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default)]
     pub containers: Vec<ContainerState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeResult>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,19 +296,144 @@ impl Shim {
                 self.shutting_down = true;
                 Ok(Vec::new())
             }
+            Request::Exec {
+                id,
+                args,
+                timeout_ms,
+            } => {
+                let probe = self.exec(&id, args, Duration::from_millis(timeout_ms));
+                return match probe {
+                    Ok(p) => Response {
+                        ok: true,
+                        probe: Some(p),
+                        ..Response::default()
+                    },
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(e),
+                        ..Response::default()
+                    },
+                };
+            }
+            Request::ProbeTcp { port, timeout_ms } => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let probe = match std::net::TcpStream::connect_timeout(
+                    &addr,
+                    Duration::from_millis(timeout_ms.max(1)),
+                ) {
+                    Ok(_) => ProbeResult {
+                        success: true,
+                        ..ProbeResult::default()
+                    },
+                    Err(e) => ProbeResult {
+                        success: false,
+                        message: format!("dial tcp {addr}: {e}"),
+                        exit_code: None,
+                    },
+                };
+                return Response {
+                    ok: true,
+                    probe: Some(probe),
+                    ..Response::default()
+                };
+            }
+            Request::ProbeHttp {
+                port,
+                path,
+                host,
+                headers,
+                timeout_ms,
+            } => {
+                let probe = http_probe(port, &path, host.as_deref(), &headers, timeout_ms);
+                return Response {
+                    ok: true,
+                    probe: Some(probe),
+                    ..Response::default()
+                };
+            }
         };
         match result {
             Ok(containers) => Response {
                 ok: true,
-                error: None,
                 containers,
+                ..Response::default()
             },
             Err(e) => Response {
                 ok: false,
                 error: Some(e),
-                containers: Vec::new(),
+                ..Response::default()
             },
         }
+    }
+
+    /// Run `args` in running container `id`, up to `timeout`.
+    fn exec(
+        &mut self,
+        id: &str,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ProbeResult, String> {
+        let t = self.tracked(id)?;
+        if t.record.status != "running" {
+            return Err(format!("container {id} is not running"));
+        }
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("pipe: {e}"))?;
+        let w2 = w.try_clone().map_err(|e| format!("pipe: {e}"))?;
+        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        let pid = libcontainer::container::builder::ContainerBuilder::new(
+            id.to_owned(),
+            libcontainer::syscall::syscall::SyscallType::default(),
+        )
+        .with_root_path(self.state_root())
+        .map_err(|e| format!("state dir: {e}"))?
+        .with_stdin(OwnedFd::from(devnull))
+        .with_stdout(w)
+        .with_stderr(w2)
+        .as_tenant()
+        .with_container_args(args)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("exec in {id}: {e}"))?;
+        let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+                Ok(Some((_, status))) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(None) => {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+                    break None;
+                }
+                Err(e) => return Err(format!("waiting for the exec: {e}")),
+            }
+        };
+        let mut out = File::from(r);
+        rustix::fs::fcntl_setfl(&out, rustix::fs::OFlags::NONBLOCK).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 4096];
+        let n = out.read(&mut buf).unwrap_or(0);
+        let output = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+        Ok(match status {
+            None => ProbeResult {
+                success: false,
+                message: format!("command timed out after {}s", timeout.as_secs_f32()),
+                exit_code: None,
+            },
+            Some(st) => {
+                let code = st
+                    .exit_status()
+                    .or_else(|| st.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(255);
+                ProbeResult {
+                    success: code == 0,
+                    message: output,
+                    exit_code: Some(code),
+                }
+            }
+        })
     }
 
     /// The container's init exited: reap it and record how.
@@ -405,6 +562,60 @@ pub fn run(dir: &Path, netns: Option<&Path>) -> Result<(), Error> {
     Ok(())
 }
 
+/// An HTTP GET from inside the pod's network namespace, as the kubelet
+/// probes: 200–399 is success.
+fn http_probe(
+    port: u16,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(String, String)],
+    timeout_ms: u64,
+) -> ProbeResult {
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let fail = |message: String| ProbeResult {
+        success: false,
+        message,
+        exit_code: None,
+    };
+    let mut stream = match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("Get \"http://{addr}{path}\": dial tcp: {e}")),
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n",
+        host.map_or_else(|| addr.to_string(), str::to_owned)
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if let Err(e) = stream.write_all(req.as_bytes()) {
+        return fail(format!("Get \"http://{addr}{path}\": {e}"));
+    }
+    let mut line = String::new();
+    if let Err(e) = BufReader::new(&stream).read_line(&mut line) {
+        return fail(format!("Get \"http://{addr}{path}\": {e}"));
+    }
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if (200..400).contains(&code) {
+        ProbeResult {
+            success: true,
+            message: String::new(),
+            exit_code: None,
+        }
+    } else {
+        fail(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
 fn serve(shim: &mut Shim, stream: UnixStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
@@ -415,13 +626,13 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
             Err(e) => Response {
                 ok: false,
                 error: Some(format!("bad request: {e}")),
-                containers: Vec::new(),
+                ..Response::default()
             },
         },
         Err(e) => Response {
             ok: false,
             error: Some(format!("reading the request: {e}")),
-            containers: Vec::new(),
+            ..Response::default()
         },
     };
     let mut out = serde_json::to_vec(&response).expect("responses serialise");

@@ -376,7 +376,8 @@ pub fn busybox_archive(dir: &Path) -> PathBuf {
             .unwrap();
     std::fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
     for applet in [
-        "sh", "sleep", "echo", "cat", "ip", "hostname", "grep", "ls", "true", "false", "wget", "nc",
+        "sh", "sleep", "echo", "cat", "ip", "hostname", "grep", "ls", "true", "false", "wget",
+        "nc", "httpd", "mkdir", "touch", "rm", "test",
     ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
