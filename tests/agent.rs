@@ -128,7 +128,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         }
     }
     // The test's cgroup parents (each test has its own).
-    for tag in ["a", "embedded", "probes"] {
+    for tag in ["a", "embedded", "probes", "config"] {
         orch::runtime::cgroup::remove(&cgroup_root(tag));
     }
 }
@@ -524,4 +524,116 @@ spec:
     for p in ["web", "slow", "sick"] {
         server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }
+}
+
+#[test]
+fn configmaps_and_secrets_reach_containers_and_follow_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("config");
+    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let (data, run_dir, logs) = (
+        dir.path().join("agent"),
+        dir.path().join("run"),
+        dir.path().join("logs"),
+    );
+    import_busybox(dir.path(), &data);
+    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "config");
+    // The pod first: its ConfigMap is missing, so it waits.
+    let file = server.write(
+        "app.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: app, labels: {tier: web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"echo env $LEVEL $PW $APP_MODE; while true; do echo conf $(cat /etc/app/app.conf) secret $(cat /etc/secret/password) tier $(cat /etc/info/labels); sleep 1; done\"]
+    env:
+    - {name: PW, valueFrom: {secretKeyRef: {name: db, key: password}}}
+    - {name: LEVEL, valueFrom: {configMapKeyRef: {name: app, key: level}}}
+    envFrom: [{configMapRef: {name: app}, prefix: APP_}]
+    volumeMounts:
+    - {name: cfg, mountPath: /etc/app}
+    - {name: creds, mountPath: /etc/secret}
+    - {name: info, mountPath: /etc/info}
+  volumes:
+  - {name: cfg, configMap: {name: app, items: [{key: conf, path: app.conf}]}}
+  - {name: creds, secret: {secretName: db, defaultMode: 0400}}
+  - {name: info, downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}}
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let waiting = wait_json(
+        &server,
+        &["get", "pod", "app"],
+        30,
+        "CreateContainerConfigError",
+        |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        },
+    );
+    let message = waiting["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("not found"), "{message}");
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "configmap",
+            "app",
+            "--from-literal=conf=v1",
+            "--from-literal=level=debug",
+            "--from-literal=MODE=fast",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "--from-literal=password=hunter2",
+        ],
+    );
+    let app = wait_json(&server, &["get", "pod", "app"], 30, "app Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let uid = app["metadata"]["uid"].as_str().unwrap().to_owned();
+    let log_path = logs.join(format!("default_app_{uid}/main/0.log"));
+    let wait_log = |needle: &str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in the log after {secs} s: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_log("env debug hunter2 fast", 10);
+    wait_log("conf v1 secret hunter2 tier tier=\"web\"", 10);
+    // An update reaches the running container within a minute.
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "configmap",
+            "app",
+            "-p",
+            r#"{"data":{"conf":"v2"}}"#,
+        ],
+    );
+    wait_log("conf v2 secret hunter2", 60);
+    server.ok("1.33", &["delete", "pod", "app", "--timeout=60s"]);
 }

@@ -4,9 +4,10 @@
 //!
 //! - Command: `command` replaces the image's Entrypoint and then ignores
 //!   its Cmd; `args` alone replaces Cmd (the Kubernetes rules).
-//! - Environment: the image's, then the container's `env` (later wins),
-//!   with `valueFrom.fieldRef` for the pod's name, namespace, uid, node,
-//!   service account and IPs.
+//! - Environment: the image's, then `envFrom`, then `env` (later wins),
+//!   with `valueFrom` configMapKeyRef, secretKeyRef, and fieldRef for the
+//!   pod's name, namespace, uid, labels, annotations, node, service
+//!   account and IPs.
 //! - User: `runAsUser`/`runAsGroup` (container over pod), else the image's
 //!   numeric `User`.
 //! - Resources: the CPU request becomes cpu.shares (1024 per core, at
@@ -60,7 +61,7 @@ pub fn command_line(container: &Value, image_config: &Value) -> Vec<String> {
 }
 
 /// A `fieldRef` value from the pod.
-fn field_ref(pod: &Value, path: &str) -> Option<String> {
+pub(crate) fn field_ref(pod: &Value, path: &str) -> Option<String> {
     let ptr = match path {
         "metadata.name" => "/metadata/name",
         "metadata.namespace" => "/metadata/namespace",
@@ -85,13 +86,34 @@ fn field_ref(pod: &Value, path: &str) -> Option<String> {
     pod.pointer(ptr).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// `NAME=value` entries: the image's, then the container's.
-pub fn environment(pod: &Value, container: &Value, image_config: &Value) -> Vec<String> {
+/// `NAME=value` entries: the image's, then `envFrom`, then `env`.
+pub fn environment(
+    pod: &Value,
+    container: &Value,
+    image_config: &Value,
+    sources: &super::volumes::Sources,
+) -> Vec<String> {
     let mut env: Vec<(String, String)> = strings(&image_config["config"]["Env"])
         .unwrap_or_default()
         .into_iter()
         .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
         .collect();
+    let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        let prefix = from["prefix"].as_str().unwrap_or_default();
+        let data = if let Some(n) = from.pointer("/configMapRef/name").and_then(Value::as_str) {
+            sources.get(&("ConfigMap", n.to_owned()))
+        } else if let Some(n) = from.pointer("/secretRef/name").and_then(Value::as_str) {
+            sources.get(&("Secret", n.to_owned()))
+        } else {
+            None
+        };
+        for (k, v) in data.into_iter().flatten() {
+            let name = format!("{prefix}{k}");
+            env.retain(|(e, _)| *e != name);
+            env.push((name, text(v)));
+        }
+    }
     for e in container["env"].as_array().into_iter().flatten() {
         let Some(name) = e["name"].as_str() else {
             continue;
@@ -108,6 +130,16 @@ pub fn environment(pod: &Value, container: &Value, image_config: &Value) -> Vec<
             .and_then(Value::as_str)
         {
             field_ref(pod, path).unwrap_or_default()
+        } else if let Some((kind, r)) = e
+            .pointer("/valueFrom/configMapKeyRef")
+            .map(|r| ("ConfigMap", r))
+            .or_else(|| e.pointer("/valueFrom/secretKeyRef").map(|r| ("Secret", r)))
+        {
+            sources
+                .get(&(kind, r["name"].as_str().unwrap_or_default().to_owned()))
+                .and_then(|d| d.get(r["key"].as_str().unwrap_or_default()))
+                .map(text)
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -147,6 +179,7 @@ pub fn config(
     pod: &Value,
     container: &Value,
     image_config: &Value,
+    sources: &super::volumes::Sources,
     files: &PodFiles,
     netns: Option<PathBuf>,
     cgroup: String,
@@ -227,12 +260,15 @@ pub fn config(
         let Some(volume) = volumes.iter().find(|v| v["name"] == name) else {
             continue;
         };
+        let api_backed = ["configMap", "secret", "downwardAPI", "projected"]
+            .iter()
+            .any(|k| volume.get(*k).is_some());
         let source = if let Some(host) = volume.pointer("/hostPath/path").and_then(Value::as_str) {
             PathBuf::from(host)
-        } else if volume.get("emptyDir").is_some() {
+        } else if volume.get("emptyDir").is_some() || api_backed {
             files.volumes.join(name)
         } else {
-            // configMap, secret, projected… come with the volume manager.
+            // Other volume types (persistent volumes) are not served yet.
             continue;
         };
         let sub = m["subPath"].as_str().unwrap_or_default();
@@ -243,13 +279,14 @@ pub fn config(
                 source.join(sub)
             },
             destination: path.to_owned(),
-            readonly: m["readOnly"] == Value::Bool(true),
+            // API-backed volumes are read-only, as the kubelet mounts them.
+            readonly: m["readOnly"] == Value::Bool(true) || api_backed,
         });
     }
     let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
     ContainerConfig {
         args: command_line(container, image_config),
-        env: environment(pod, container, image_config),
+        env: environment(pod, container, image_config, sources),
         cwd: container["workingDir"]
             .as_str()
             .filter(|w| !w.is_empty())
@@ -325,7 +362,28 @@ mod tests {
             {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
         ]});
-        let env = environment(&pod, &c, &image());
+        let mut sources = super::super::volumes::Sources::new();
+        sources.insert(
+            ("ConfigMap", "cfg".into()),
+            [("LEVEL".to_owned(), b"debug".to_vec())]
+                .into_iter()
+                .collect(),
+        );
+        sources.insert(
+            ("Secret", "db".into()),
+            [("password".to_owned(), b"hunter2".to_vec())]
+                .into_iter()
+                .collect(),
+        );
+        let c = {
+            let mut c = c;
+            c["envFrom"] = json!([{"configMapRef": {"name": "cfg"}, "prefix": "APP_"}]);
+            c["env"].as_array_mut().unwrap().push(json!({"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}));
+            c
+        };
+        let env = environment(&pod, &c, &image(), &sources);
+        assert!(env.contains(&"APP_LEVEL=debug".to_owned()), "{env:?}");
+        assert!(env.contains(&"PW=hunter2".to_owned()), "{env:?}");
         for want in [
             "PATH=/bin",
             "MODE=pod",
@@ -357,6 +415,7 @@ mod tests {
             &pod,
             &c,
             &image(),
+            &Default::default(),
             &files,
             Some("/ns".into()),
             "/orch/podu/c".into(),

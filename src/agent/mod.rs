@@ -13,6 +13,7 @@ pub mod join;
 pub mod node;
 pub mod pods;
 pub mod simulate;
+pub mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -171,6 +171,54 @@ pub async fn run(k: Arc<Kubelet>) {
     }
 }
 
+/// Read the pod's ConfigMaps and Secrets (at most every 30 s) and write
+/// its API-backed volumes; a missing source blocks container creation.
+async fn refresh_volumes(k: &Kubelet, pod: &Value, files: &PodFiles, state: &mut WorkerState) {
+    // Waiting for a missing source: look again soon.
+    let every = if state.config_error.is_some() {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(30)
+    };
+    let due = state.sources_read.is_none_or(|t| t.elapsed() >= every);
+    if !due {
+        return;
+    }
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let mut sources = super::volumes::Sources::new();
+    for (kind, name) in super::volumes::references(pod) {
+        match super::volumes::fetch(&k.client, ns, kind, &name).await {
+            Ok(Some(data)) => {
+                sources.insert((kind, name), data);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a pod's volume source; keeping the last copy");
+                return;
+            }
+        }
+    }
+    state.sources = sources;
+    state.sources_read = Some(tokio::time::Instant::now());
+    match super::volumes::render(pod, &state.sources) {
+        Ok(volumes) => {
+            state.config_error = None;
+            let dir = files.volumes.clone();
+            let result = blocking(move || -> std::io::Result<()> {
+                for (name, content) in &volumes {
+                    super::volumes::write_atomic(&dir.join(name), content)?;
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(e) = result {
+                state.config_error = Some(format!("writing volumes: {e}"));
+            }
+        }
+        Err(e) => state.config_error = Some(e),
+    }
+}
+
 /// Pods with state on this node (shim or pod directory) that are not in
 /// `live`.
 fn leftovers(k: &Kubelet, live: &std::collections::HashSet<String>) -> Vec<String> {
@@ -197,6 +245,11 @@ struct WorkerState {
     torn_down: bool,
     /// Probe state per container instance (`<name>.<restart>`).
     probes: HashMap<String, Probes>,
+    /// The ConfigMaps and Secrets the pod uses, and when they were read.
+    sources: super::volumes::Sources,
+    sources_read: Option<tokio::time::Instant>,
+    /// Why containers cannot start (a missing ConfigMap, …).
+    config_error: Option<String>,
 }
 
 /// One container instance's probes.
@@ -429,6 +482,13 @@ async fn start_container(
             return Ok(());
         }
     };
+    if let Some(e) = &state.config_error {
+        state.waiting.insert(
+            name.clone(),
+            ("CreateContainerConfigError".into(), e.clone()),
+        );
+        return Ok(());
+    }
     state.waiting.remove(&name);
     let image_config: Value = serde_json::from_slice(
         &k.images
@@ -449,6 +509,7 @@ async fn start_container(
         pod,
         container,
         &image_config,
+        &state.sources,
         &files,
         (!host_network).then(|| k.netns(&uid)),
         format!("{}/pod{uid}/{id}", k.cgroup_root),
@@ -591,6 +652,7 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
     };
     std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
     write_pod_files(k, pod, &files).map_err(|e| format!("pod files: {e}"))?;
+    refresh_volumes(k, pod, &files, state).await;
     let socket = ensure_shim(k, &uid, host_network).await?;
     let shim_state = shim_call(socket.clone(), Request::State)
         .await

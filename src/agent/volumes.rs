@@ -1,0 +1,457 @@
+//! Volumes whose content comes from the API — configMap, secret,
+//! downwardAPI and projected — written into the pod's volume directory the
+//! way the kubelet's atomic writer does it: the files go into a fresh
+//! timestamped directory, `..data` is switched to it with one rename, and
+//! each top-level name is a symlink through `..data`, so a container never
+//! sees half an update. Refreshed at most every 30 s, so changes reach
+//! running pods within a minute.
+//!
+//! Also: the ConfigMaps and Secrets that `env` / `envFrom` refer to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
+use kube::api::Api;
+use serde_json::Value;
+
+/// Files of one volume: relative path → (content, mode).
+pub type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// Key → value of a ConfigMap or Secret, by `(kind, name)`.
+pub type Sources = HashMap<(&'static str, String), BTreeMap<String, Vec<u8>>>;
+
+/// Fetch a ConfigMap's or Secret's data (`None`: it does not exist).
+///
+/// # Errors
+/// The API failed for another reason than "not found".
+pub async fn fetch(
+    client: &Client,
+    ns: &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+    let not_found = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    if kind == "ConfigMap" {
+        match Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+        {
+            Ok(cm) => {
+                let mut out: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                for (k, v) in cm.binary_data.unwrap_or_default() {
+                    out.insert(k, v.0);
+                }
+                Ok(Some(out))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(format!("configmap {ns}/{name}: {e}")),
+        }
+    } else {
+        match Api::<Secret>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+        {
+            Ok(s) => {
+                let mut out: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                for (k, v) in s.string_data.unwrap_or_default() {
+                    out.insert(k, v.into_bytes());
+                }
+                Ok(Some(out))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(format!("secret {ns}/{name}: {e}")),
+        }
+    }
+}
+
+/// The ConfigMaps and Secrets a pod's volumes and env refer to.
+pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    let mut add = |kind: &'static str, name: Option<&str>| {
+        if let Some(n) = name.filter(|n| !n.is_empty())
+            && !out.iter().any(|(k, m)| *k == kind && m == n)
+        {
+            out.push((kind, n.to_owned()));
+        }
+    };
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        add(
+            "ConfigMap",
+            v.pointer("/configMap/name").and_then(Value::as_str),
+        );
+        add(
+            "Secret",
+            v.pointer("/secret/secretName").and_then(Value::as_str),
+        );
+        for src in v
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            add(
+                "ConfigMap",
+                src.pointer("/configMap/name").and_then(Value::as_str),
+            );
+            add(
+                "Secret",
+                src.pointer("/secret/name").and_then(Value::as_str),
+            );
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for c in pod["spec"][list].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                add(
+                    "ConfigMap",
+                    e.pointer("/valueFrom/configMapKeyRef/name")
+                        .and_then(Value::as_str),
+                );
+                add(
+                    "Secret",
+                    e.pointer("/valueFrom/secretKeyRef/name")
+                        .and_then(Value::as_str),
+                );
+            }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                add(
+                    "ConfigMap",
+                    e.pointer("/configMapRef/name").and_then(Value::as_str),
+                );
+                add(
+                    "Secret",
+                    e.pointer("/secretRef/name").and_then(Value::as_str),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Whether a reference is marked `optional: true`.
+fn optional(v: &Value) -> bool {
+    v["optional"] == Value::Bool(true)
+}
+
+/// Files from a ConfigMap/Secret source: all keys, or the listed `items`.
+fn from_keys(
+    src: &Value,
+    data: Option<&BTreeMap<String, Vec<u8>>>,
+    default_mode: u32,
+    what: &str,
+    files: &mut Files,
+) -> Result<(), String> {
+    let Some(data) = data else {
+        return if optional(src) {
+            Ok(())
+        } else {
+            Err(format!("{what} not found"))
+        };
+    };
+    match src["items"].as_array() {
+        Some(items) => {
+            for item in items {
+                let key = item["key"].as_str().unwrap_or_default();
+                let path = item["path"].as_str().unwrap_or(key);
+                let mode = item["mode"].as_u64().map_or(default_mode, |m| m as u32);
+                match data.get(key) {
+                    Some(v) => {
+                        files.insert(path.to_owned(), (v.clone(), mode));
+                    }
+                    None if optional(src) => {}
+                    None => return Err(format!("{what} has no key {key:?}")),
+                }
+            }
+        }
+        None => {
+            for (k, v) in data {
+                files.insert(k.clone(), (v.clone(), default_mode));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// downwardAPI files from the pod's fields.
+fn downward(pod: &Value, items: &[Value], default_mode: u32, files: &mut Files) {
+    for item in items {
+        let Some(path) = item["path"].as_str() else {
+            continue;
+        };
+        let value = match item.pointer("/fieldRef/fieldPath").and_then(Value::as_str) {
+            Some("metadata.labels") | Some("metadata.annotations") => {
+                let map = if item.pointer("/fieldRef/fieldPath")
+                    == Some(&Value::from("metadata.labels"))
+                {
+                    &pod["metadata"]["labels"]
+                } else {
+                    &pod["metadata"]["annotations"]
+                };
+                map.as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}=\"{}\"\n", v.as_str().unwrap_or_default()))
+                            .collect::<String>()
+                    })
+                    .unwrap_or_default()
+            }
+            Some(field) => super::container::field_ref(pod, field).unwrap_or_default(),
+            None => continue,
+        };
+        let mode = item["mode"].as_u64().map_or(default_mode, |m| m as u32);
+        files.insert(path.to_owned(), (value.into_bytes(), mode));
+    }
+}
+
+/// The files of every API-backed volume of the pod, by volume name.
+///
+/// # Errors
+/// A non-optional ConfigMap, Secret or key is missing (the container
+/// cannot start: CreateContainerConfigError).
+pub fn render(pod: &Value, sources: &Sources) -> Result<BTreeMap<String, Files>, String> {
+    let mut out = BTreeMap::new();
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        let Some(name) = v["name"].as_str() else {
+            continue;
+        };
+        let mut files = Files::new();
+        if let Some(cm) = v.get("configMap") {
+            let mode = cm["defaultMode"].as_u64().map_or(0o644, |m| m as u32);
+            let n = cm["name"].as_str().unwrap_or_default();
+            from_keys(
+                cm,
+                sources.get(&("ConfigMap", n.to_owned())),
+                mode,
+                &format!("configmap {n:?}"),
+                &mut files,
+            )?;
+        } else if let Some(sec) = v.get("secret") {
+            let mode = sec["defaultMode"].as_u64().map_or(0o644, |m| m as u32);
+            let n = sec["secretName"].as_str().unwrap_or_default();
+            from_keys(
+                sec,
+                sources.get(&("Secret", n.to_owned())),
+                mode,
+                &format!("secret {n:?}"),
+                &mut files,
+            )?;
+        } else if let Some(d) = v.get("downwardAPI") {
+            let mode = d["defaultMode"].as_u64().map_or(0o644, |m| m as u32);
+            downward(
+                pod,
+                d["items"].as_array().map_or(&[][..], Vec::as_slice),
+                mode,
+                &mut files,
+            );
+        } else if let Some(p) = v.get("projected") {
+            let mode = p["defaultMode"].as_u64().map_or(0o644, |m| m as u32);
+            for src in p["sources"].as_array().into_iter().flatten() {
+                if let Some(cm) = src.get("configMap") {
+                    let n = cm["name"].as_str().unwrap_or_default();
+                    from_keys(
+                        cm,
+                        sources.get(&("ConfigMap", n.to_owned())),
+                        mode,
+                        &format!("configmap {n:?}"),
+                        &mut files,
+                    )?;
+                } else if let Some(sec) = src.get("secret") {
+                    let n = sec["name"].as_str().unwrap_or_default();
+                    from_keys(
+                        sec,
+                        sources.get(&("Secret", n.to_owned())),
+                        mode,
+                        &format!("secret {n:?}"),
+                        &mut files,
+                    )?;
+                } else if let Some(d) = src.get("downwardAPI") {
+                    downward(
+                        pod,
+                        d["items"].as_array().map_or(&[][..], Vec::as_slice),
+                        mode,
+                        &mut files,
+                    );
+                }
+                // serviceAccountToken needs the TokenRequest API (issue #6).
+            }
+        } else {
+            continue;
+        }
+        out.insert(name.to_owned(), files);
+    }
+    Ok(out)
+}
+
+/// Write `files` into `dir` atomically (the kubelet's AtomicWriter):
+/// nothing changes when the content is the same.
+///
+/// # Errors
+/// The file system refused.
+pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let current = dir.join("..data");
+    // Unchanged? Compare with what ..data holds.
+    if current.exists() {
+        let same = files
+            .iter()
+            .all(|(p, (content, _))| std::fs::read(current.join(p)).is_ok_and(|c| &c == content))
+            && count_files(&current) == files.len();
+        if same {
+            return Ok(());
+        }
+    }
+    let stamp = format!(
+        "..{}",
+        jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f")
+    );
+    let fresh = dir.join(&stamp);
+    for (path, (content, mode)) in files {
+        let target = fresh.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, content)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode & 0o7777))?;
+    }
+    std::fs::create_dir_all(&fresh)?;
+    let old = std::fs::read_link(&current).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp)?;
+    std::fs::rename(&tmp, &current)?;
+    // Top-level names point through ..data; names no longer there go.
+    let top: std::collections::BTreeSet<String> = files
+        .keys()
+        .filter_map(|p| p.split('/').next().map(str::to_owned))
+        .collect();
+    for t in &top {
+        let link = dir.join(t);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{t}"), &link)?;
+        }
+    }
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !top.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Decode helper for tests and callers holding base64 text.
+pub fn b64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sources() -> Sources {
+        let mut s = Sources::new();
+        s.insert(
+            ("ConfigMap", "app".into()),
+            BTreeMap::from([
+                ("app.conf".into(), b"port=80".to_vec()),
+                ("extra".into(), b"x".to_vec()),
+            ]),
+        );
+        s.insert(
+            ("Secret", "db".into()),
+            BTreeMap::from([("password".into(), b64("aHVudGVyMg=="))]),
+        );
+        s
+    }
+
+    #[test]
+    fn volumes_render_keys_items_modes_and_fields() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"}},
+        "spec": {"volumes": [
+            {"name": "cfg", "configMap": {"name": "app"}},
+            {"name": "one", "configMap": {"name": "app", "items": [{"key": "app.conf", "path": "conf/app.conf", "mode": 0o600}]}},
+            {"name": "creds", "secret": {"secretName": "db", "defaultMode": 0o400}},
+            {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                                                       {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {"name": "maybe", "configMap": {"name": "missing", "optional": true}},
+            {"name": "scratch", "emptyDir": {}},
+        ]}});
+        let out = render(&pod, &sources()).unwrap();
+        assert_eq!(out["cfg"].len(), 2);
+        assert_eq!(out["one"]["conf/app.conf"], (b"port=80".to_vec(), 0o600));
+        assert_eq!(out["creds"]["password"], (b"hunter2".to_vec(), 0o400));
+        assert_eq!(out["info"]["name"].0, b"p");
+        assert_eq!(out["info"]["labels"].0, b"app=\"web\"\n");
+        assert!(out["maybe"].is_empty());
+        assert!(!out.contains_key("scratch"));
+        let missing =
+            json!({"spec": {"volumes": [{"name": "x", "secret": {"secretName": "nope"}}]}});
+        assert_eq!(
+            render(&missing, &sources()).unwrap_err(),
+            "secret \"nope\" not found"
+        );
+    }
+
+    #[test]
+    fn updates_swap_atomically_and_drop_removed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path().join("cfg");
+        let mut files = Files::new();
+        files.insert("a".into(), (b"1".to_vec(), 0o644));
+        files.insert("b".into(), (b"2".to_vec(), 0o644));
+        write_atomic(&v, &files).unwrap();
+        assert_eq!(std::fs::read(v.join("a")).unwrap(), b"1");
+        let first = std::fs::read_link(v.join("..data")).unwrap();
+        write_atomic(&v, &files).unwrap();
+        assert_eq!(
+            std::fs::read_link(v.join("..data")).unwrap(),
+            first,
+            "no change, no swap"
+        );
+        files.insert("a".into(), (b"updated".to_vec(), 0o644));
+        files.remove("b");
+        write_atomic(&v, &files).unwrap();
+        assert_eq!(std::fs::read(v.join("a")).unwrap(), b"updated");
+        assert!(!v.join("b").exists());
+        assert!(!v.join(&first).exists(), "the old generation is removed");
+        assert_eq!(
+            std::fs::read_link(v.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
+    }
+}
