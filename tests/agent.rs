@@ -126,9 +126,17 @@ fn cleanup(run_dir: &Path, data: &Path) {
         {
             let _ = orch::runtime::rootfs::unmount(&c.path().join("rootfs"));
         }
+        let _ = orch::runtime::rootfs::unmount(&pod.path().join("shm"));
+        for v in std::fs::read_dir(pod.path().join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = orch::runtime::rootfs::unmount(&v.path());
+        }
     }
     // The test's cgroup parents (each test has its own).
-    for tag in ["a", "embedded", "probes", "config"] {
+    for tag in ["a", "embedded", "probes", "config", "lifecycle"] {
         orch::runtime::cgroup::remove(&cgroup_root(tag));
     }
 }
@@ -411,6 +419,14 @@ fn the_server_runs_pods_on_its_embedded_agent() {
     let log = std::fs::read_to_string(logs.join(format!("default_hi_{uid}/main/0.log"))).unwrap();
     assert!(log.contains(" stdout F hi from hi"), "{log}");
     server.ok("1.33", &["delete", "pod", "hi"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.dir.path().join("pods").join(uid).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded agent did not clean up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(server);
     drop(guard);
 }
@@ -636,4 +652,149 @@ spec:
     );
     wait_log("conf v2 secret hunter2", 60);
     server.ok("1.33", &["delete", "pod", "app", "--timeout=60s"]);
+}
+
+#[test]
+fn oom_kills_termination_messages_hooks_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("lifecycle");
+    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let (data, run_dir, logs) = (
+        dir.path().join("agent"),
+        dir.path().join("run"),
+        dir.path().join("logs"),
+    );
+    import_busybox(dir.path(), &data);
+    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "lifecycle");
+    let container = |name: &str, script: &str, extra: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"{script}\"]
+{extra}---
+"
+        )
+    };
+    let manifest = [
+        container("oom", "dd if=/dev/zero of=/dev/null bs=64M count=1", "    resources: {limits: {memory: 16Mi}}\n"),
+        container("msg", "echo bye > /dev/termination-log; exit 2", ""),
+        container("fallback", "echo last words; exit 1", "    terminationMessagePolicy: FallbackToLogsOnError\n"),
+        container(
+            "hooks",
+            "sleep 1; cat /started; exec sleep 3600",
+            "    lifecycle:\n      postStart: {exec: {command: [/bin/sh, -c, 'echo post-start > /started']}}\n      preStop: {exec: {command: [/bin/sh, -c, 'echo goodbye > /proc/1/fd/1']}}\n",
+        ),
+    ]
+    .concat();
+    let file = server.write("lifecycle.yaml", &manifest);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let terminated = |name: &str| {
+        let pod = wait_json(
+            &server,
+            &["get", "pod", name],
+            60,
+            &format!("{name} Failed"),
+            |p| p["status"]["phase"] == "Failed",
+        );
+        pod["status"]["containerStatuses"][0]["state"]["terminated"].clone()
+    };
+    let oom = terminated("oom");
+    assert_eq!(oom["reason"], "OOMKilled", "{oom}");
+    assert_eq!(oom["exitCode"], 137);
+    let msg = terminated("msg");
+    assert_eq!(
+        (msg["exitCode"].as_i64(), msg["message"].as_str()),
+        (Some(2), Some("bye\n")),
+        "{msg}"
+    );
+    let fallback = terminated("fallback");
+    assert_eq!(fallback["message"], "last words", "{fallback}");
+
+    let hooks = wait_json(
+        &server,
+        &["get", "pod", "hooks"],
+        60,
+        "hooks Running",
+        |p| p["status"]["phase"] == "Running",
+    );
+    let uid = hooks["metadata"]["uid"].as_str().unwrap().to_owned();
+    let log_path = logs.join(format!("default_hooks_{uid}/main/0.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("post-start")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "postStart did not run before the main process looked"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.ok("1.33", &["delete", "pod", "hooks", "--timeout=60s"]);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("goodbye"),
+        "preStop ran before the container stopped: {log}"
+    );
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hooks",
+        ],
+    );
+    assert!(
+        events.contains("Started") && events.contains("Killing"),
+        "{events}"
+    );
+    for p in ["oom", "msg", "fallback"] {
+        server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
+    }
+
+    // A pod's containers share its IPC and UTS namespaces and /dev/shm.
+    let pair = server.write(
+        "pair.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: pair}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: a, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'echo shared > /dev/shm/note; exec sleep 3600']}
+  - {name: b, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'sleep 1; echo note $(cat /dev/shm/note) host $(hostname); exec sleep 3600']}
+",
+    );
+    server.ok("1.33", &["apply", "-f", pair.to_str().unwrap()]);
+    let pod = wait_json(&server, &["get", "pod", "pair"], 60, "pair Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let log_b = logs.join(format!("default_pair_{uid}/b/0.log"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = std::fs::read_to_string(&log_b).unwrap_or_default();
+        if log.contains("note shared host pair") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b did not see a's /dev/shm and the pod host name: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.ok("1.33", &["delete", "pod", "pair", "--timeout=60s"]);
+    assert!(
+        !data.join("pods").join(&uid).exists(),
+        "the pod's shm and dirs are gone"
+    );
 }

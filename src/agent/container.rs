@@ -19,6 +19,16 @@ use serde_json::Value;
 
 use crate::runtime::spec::{BindMount, ContainerConfig, Resources};
 
+/// The pod's shared namespaces and shared memory, by path.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub net: PathBuf,
+    pub ipc: PathBuf,
+    pub uts: PathBuf,
+    /// A tmpfs shared as every container's `/dev/shm`.
+    pub shm: PathBuf,
+}
+
 /// Where the pod's generated files and volumes are.
 #[derive(Debug, Clone)]
 pub struct PodFiles {
@@ -181,7 +191,7 @@ pub fn config(
     image_config: &Value,
     sources: &super::volumes::Sources,
     files: &PodFiles,
-    netns: Option<PathBuf>,
+    sandbox: &Sandbox,
     cgroup: String,
 ) -> ContainerConfig {
     let image_user = image_config["config"]["User"].as_str().unwrap_or_default();
@@ -284,6 +294,7 @@ pub fn config(
         });
     }
     let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+    let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
     ContainerConfig {
         args: command_line(container, image_config),
         env: environment(pod, container, image_config, sources),
@@ -306,9 +317,12 @@ pub fn config(
                 .unwrap_or_default()
                 .to_owned()
         },
-        netns: if host_network { None } else { netns },
-        host_ipc: pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true)),
+        netns: (!host_network).then(|| sandbox.net.clone()),
+        ipcns: (!host_ipc).then(|| sandbox.ipc.clone()),
+        utsns: (!host_network).then(|| sandbox.uts.clone()),
+        host_ipc,
         host_pid: pod.pointer("/spec/hostPID") == Some(&Value::Bool(true)),
+        host_uts: host_network,
         cgroup,
         resources,
         privileged,
@@ -318,7 +332,11 @@ pub fn config(
         add_caps: caps("add"),
         drop_caps: caps("drop"),
         mounts,
-        shm: None,
+        shm: Some(if host_ipc {
+            PathBuf::from("/dev/shm")
+        } else {
+            sandbox.shm.clone()
+        }),
     }
 }
 
@@ -417,7 +435,12 @@ mod tests {
             &image(),
             &Default::default(),
             &files,
-            Some("/ns".into()),
+            &Sandbox {
+                net: "/ns/net".into(),
+                ipc: "/ns/ipc".into(),
+                uts: "/ns/uts".into(),
+                shm: "/p/shm".into(),
+            },
             "/orch/podu/c".into(),
         );
         assert_eq!(
@@ -433,6 +456,9 @@ mod tests {
         assert!(cfg.no_new_privileges && cfg.readonly_rootfs);
         assert_eq!(cfg.add_caps, ["NET_ADMIN"]);
         assert_eq!(cfg.hostname, "p");
+        assert_eq!(cfg.netns.as_deref(), Some(Path::new("/ns/net")));
+        assert_eq!(cfg.utsns.as_deref(), Some(Path::new("/ns/uts")));
+        assert_eq!(cfg.shm.as_deref(), Some(Path::new("/p/shm")));
         assert!(
             cfg.mounts
                 .iter()

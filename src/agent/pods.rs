@@ -67,6 +67,14 @@ impl Kubelet {
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.data_dir.join("pods").join(uid)
     }
+    fn sandbox(&self, uid: &str) -> super::container::Sandbox {
+        super::container::Sandbox {
+            net: self.netns(uid),
+            ipc: self.shim_dir(uid).join("ipc"),
+            uts: self.shim_dir(uid).join("uts"),
+            shm: self.pod_dir(uid).join("shm"),
+        }
+    }
 }
 
 fn now() -> String {
@@ -169,6 +177,58 @@ pub async fn run(k: Arc<Kubelet>) {
             }
         }
     }
+}
+
+/// Mount a tmpfs at `dir` (of `size` bytes) unless one is there.
+fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let parent_dev = dir
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.dev()
+        });
+    let dev = std::fs::metadata(dir).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.dev()
+    })?;
+    if parent_dev.is_some_and(|p| p != dev) {
+        return Ok(()); // mounted already
+    }
+    let options = match size {
+        Some(bytes) => format!("mode=1777,size={bytes}"),
+        None => "mode=1777".to_owned(),
+    };
+    let options = std::ffi::CString::new(options).expect("no NUL");
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        Some(options.as_c_str()),
+    )
+    .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
+}
+
+/// emptyDir volumes with `medium: Memory` are tmpfs (sized by sizeLimit).
+async fn mount_memory_volumes(pod: &Value, files: &PodFiles) -> Result<(), String> {
+    for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+        if v.pointer("/emptyDir/medium") != Some(&Value::from("Memory")) {
+            continue;
+        }
+        let name = v["name"].as_str().unwrap_or_default().to_owned();
+        let size = v
+            .pointer("/emptyDir/sizeLimit")
+            .and_then(Value::as_str)
+            .and_then(|q| crate::api::quantity::parse_quantity(q, 1.0))
+            .map(|b| b.max(4096) as u64);
+        let dir = files.volumes.join(&name);
+        blocking(move || mount_tmpfs(&dir, size))
+            .await
+            .map_err(|e| format!("emptyDir {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Read the pod's ConfigMaps and Secrets (at most every 30 s) and write
@@ -304,7 +364,13 @@ async fn shim_call(socket: PathBuf, request: Request) -> Result<shim::Response, 
 }
 
 /// Start the pod's shim unless it runs already.
-async fn ensure_shim(k: &Kubelet, uid: &str, host_network: bool) -> Result<PathBuf, String> {
+async fn ensure_shim(
+    k: &Kubelet,
+    uid: &str,
+    host_network: bool,
+    host_ipc: bool,
+    hostname: &str,
+) -> Result<PathBuf, String> {
     let dir = k.shim_dir(uid);
     let socket = dir.join("shim.sock");
     if shim_call(socket.clone(), Request::State).await.is_ok() {
@@ -314,8 +380,14 @@ async fn ensure_shim(k: &Kubelet, uid: &str, host_network: bool) -> Result<PathB
     let log = std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim.log: {e}"))?;
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.args(["shim", "--dir"]).arg(&dir);
+    let sandbox = k.sandbox(uid);
     if !host_network {
-        cmd.arg("--netns").arg(k.netns(uid));
+        cmd.arg("--netns").arg(&sandbox.net);
+        cmd.arg("--utsns").arg(&sandbox.uts);
+        cmd.arg("--hostname").arg(hostname);
+    }
+    if !host_ipc {
+        cmd.arg("--ipcns").arg(&sandbox.ipc);
     }
     // Its own process group: signals to the agent's group (Ctrl-C, a
     // service manager stopping the agent) do not reach it.
@@ -503,17 +575,28 @@ async fn start_container(
         resolv_conf: pod_dir.join("etc/resolv.conf"),
         volumes: pod_dir.join("volumes"),
     };
-    let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
     let id = format!("{name}.{restart}");
-    let cfg = container_config(
+    let mut cfg = container_config(
         pod,
         container,
         &image_config,
         &state.sources,
         &files,
-        (!host_network).then(|| k.netns(&uid)),
+        &k.sandbox(&uid),
         format!("{}/pod{uid}/{id}", k.cgroup_root),
     );
+    // terminationMessagePath: a file of ours, bound into the container.
+    let termination_log = pod_dir
+        .join("containers")
+        .join(format!("{id}.termination-log"));
+    cfg.mounts.push(spec::BindMount {
+        source: termination_log.clone(),
+        destination: container["terminationMessagePath"]
+            .as_str()
+            .unwrap_or("/dev/termination-log")
+            .to_owned(),
+        readonly: false,
+    });
     let layers: Vec<PathBuf> = stored
         .layers
         .iter()
@@ -547,6 +630,8 @@ async fn start_container(
         }
         let _ = rootfs::unmount(&bundle.join("rootfs"));
         let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(bundle.parent().unwrap_or(&bundle)).map_err(|e| e.to_string())?;
+        std::fs::write(&termination_log, b"").map_err(|e| e.to_string())?;
         rootfs::mount(
             &layers,
             &bundle.join("upper"),
@@ -581,7 +666,86 @@ async fn start_container(
         shim::call(&socket, &Request::Start { id }).map_err(|e| e.to_string())?;
         Ok(())
     })
-    .await
+    .await?;
+    event(
+        k,
+        pod,
+        "Normal",
+        "Started",
+        format!("Started container {name}"),
+    );
+    // postStart: the container counts as started once it has run.
+    if let Some(hook) = container.pointer("/lifecycle/postStart") {
+        let id = format!("{name}.{restart}");
+        if let Err(message) =
+            run_hook(&k.shim_dir(&uid).join("shim.sock"), &id, hook, container).await
+        {
+            event(
+                k,
+                pod,
+                "Warning",
+                "FailedPostStartHook",
+                format!("PostStartHook failed: {message}"),
+            );
+            stop_instance(&k.shim_dir(&uid).join("shim.sock"), &id, pod).await;
+        }
+    }
+    Ok(())
+}
+
+/// Run a lifecycle hook (exec, httpGet or sleep) against instance `id`.
+async fn run_hook(socket: &Path, id: &str, hook: &Value, container: &Value) -> Result<(), String> {
+    if let Some(secs) = hook.pointer("/sleep/seconds").and_then(Value::as_u64) {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        return Ok(());
+    }
+    // Hooks get up to the grace period the kubelet allows them (30 s).
+    let probe =
+        json!({"exec": hook.get("exec"), "httpGet": hook.get("httpGet"), "timeoutSeconds": 30});
+    let probe = match probe.as_object() {
+        Some(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => probe,
+    };
+    if probe_once(socket, id, &probe, container).await {
+        Ok(())
+    } else {
+        Err(format!("hook of {id} failed"))
+    }
+}
+
+/// Record an Event about the pod (what `kubectl describe pod` shows).
+/// Best effort: failures are logged.
+fn event(k: &Kubelet, pod: &Value, kind: &str, reason: &str, message: String) {
+    let ns = pod["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_owned();
+    let now = jiff::Timestamp::now();
+    let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let ev = json!({
+        "metadata": {"name": format!("{}.{:x}", pod["metadata"]["name"].as_str().unwrap_or_default(), now.as_nanosecond()), "namespace": ns},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
+                           "namespace": ns, "uid": pod["metadata"]["uid"]},
+        "reason": reason, "message": message, "type": kind,
+        "source": {"component": "kubelet", "host": k.node},
+        "reportingComponent": "kubelet", "reportingInstance": k.node,
+        "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
+    });
+    let client = k.client.clone();
+    tokio::spawn(async move {
+        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
+        let Ok(ev) = serde_json::from_value(ev) else {
+            return;
+        };
+        if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
+            tracing::debug!(%e, "cannot record an event");
+        }
+    });
 }
 
 fn restart_policy(pod: &Value) -> &str {
@@ -653,7 +817,21 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
     std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
     write_pod_files(k, pod, &files).map_err(|e| format!("pod files: {e}"))?;
     refresh_volumes(k, pod, &files, state).await;
-    let socket = ensure_shim(k, &uid, host_network).await?;
+    let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
+    let hostname = pod
+        .pointer("/spec/hostname")
+        .and_then(Value::as_str)
+        .or_else(|| pod["metadata"]["name"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    if !host_ipc {
+        let shm = k.pod_dir(&uid).join("shm");
+        blocking(move || mount_tmpfs(&shm, Some(64 << 20)))
+            .await
+            .map_err(|e| format!("the pod's /dev/shm: {e}"))?;
+    }
+    mount_memory_volumes(pod, &files).await?;
+    let socket = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
     let shim_state = shim_call(socket.clone(), Request::State)
         .await
         .map_err(|e| e.to_string())?;
@@ -1001,8 +1179,14 @@ fn pod_status(
                     }
                     "exited" => {
                         let code = cs.exit_code.unwrap_or(0);
-                        let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                        let reason = cs.reason.clone().unwrap_or_else(|| {
+                            if code == 0 { "Completed" } else { "Error" }.to_owned()
+                        });
+                        let mut terminated = json!({"exitCode": code, "reason": reason,
                             "startedAt": cs.started_at, "finishedAt": cs.finished_at, "containerID": cid});
+                        if let Some(message) = termination_message(k, pod, c, &cs.id, code) {
+                            terminated["message"] = json!(message);
+                        }
                         match state.waiting.get(name) {
                             Some((reason, message)) => {
                                 s["state"] =
@@ -1109,6 +1293,39 @@ fn pod_status(
     status
 }
 
+/// What a container left in its terminationMessagePath (4 KiB at most),
+/// or, with FallbackToLogsOnError and a failure, the end of its log.
+fn termination_message(k: &Kubelet, pod: &Value, c: &Value, id: &str, code: i32) -> Option<String> {
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let file = k
+        .pod_dir(uid)
+        .join("containers")
+        .join(format!("{id}.termination-log"));
+    let mut text = std::fs::read(&file).unwrap_or_default();
+    text.truncate(4096);
+    if text.is_empty() && code != 0 && c["terminationMessagePolicy"] == "FallbackToLogsOnError" {
+        let (name, restart) = id.rsplit_once('.').unwrap_or((id, "0"));
+        let log = k
+            .log_dir
+            .join(format!(
+                "{}_{}_{uid}",
+                pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                pod["metadata"]["name"].as_str().unwrap_or_default()
+            ))
+            .join(name)
+            .join(format!("{restart}.log"));
+        let content = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = content
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let start = tail.len().saturating_sub(2048);
+        text = tail.as_bytes()[start..].to_vec();
+    }
+    (!text.is_empty()).then(|| String::from_utf8_lossy(&text).into_owned())
+}
+
 /// Stop the pod's containers: SIGTERM, the grace period, SIGKILL.
 async fn terminate(k: &Kubelet, pod: &Value) {
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
@@ -1122,6 +1339,35 @@ async fn terminate(k: &Kubelet, pod: &Value) {
         .filter(|c| c.status == "running")
         .map(|c| c.id.clone())
         .collect();
+    // preStop hooks first, then SIGTERM.
+    for id in &running {
+        let name = id.rsplit_once('.').map_or(id.as_str(), |(n, _)| n);
+        let container = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name);
+        if let Some(c) = container {
+            event(
+                k,
+                pod,
+                "Normal",
+                "Killing",
+                format!("Stopping container {name}"),
+            );
+            if let Some(hook) = c.pointer("/lifecycle/preStop")
+                && let Err(message) = run_hook(&socket, id, hook, c).await
+            {
+                event(
+                    k,
+                    pod,
+                    "Warning",
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed: {message}"),
+                );
+            }
+        }
+    }
     for id in &running {
         let _ = shim_call(
             socket.clone(),
@@ -1178,6 +1424,17 @@ async fn teardown(k: &Kubelet, uid: &str) {
             }
         }
         let _ = crate::runtime::netns::remove(&netns);
+        for pin in ["ipc", "uts"] {
+            let _ = crate::runtime::netns::remove(&shim_dir.join(pin));
+        }
+        let _ = rootfs::unmount(&pod_dir.join("shm"));
+        for e in std::fs::read_dir(pod_dir.join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = rootfs::unmount(&e.path());
+        }
         crate::runtime::cgroup::remove(&format!("{cgroup_root}/pod{uid}"));
         let _ = std::fs::remove_dir_all(&pod_dir);
         let _ = std::fs::remove_dir_all(&shim_dir);
@@ -1210,6 +1467,7 @@ mod tests {
             exit_code: None,
             started_at: None,
             finished_at: None,
+            reason: None,
         };
         let l = latest(&[
             s("web.0", "exited"),

@@ -42,6 +42,8 @@ pub enum Command {
     Version(version::Args),
 }
 
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/orch";
+
 /// Flags every long-running role shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataDirArgs {
@@ -50,7 +52,7 @@ pub struct DataDirArgs {
         long,
         env = "ORCH_DATA_DIR",
         value_name = "DIR",
-        default_value = "/var/lib/orch"
+        default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
 }
@@ -77,32 +79,19 @@ pub struct NodeArgs {
     )]
     pub node_labels: Vec<String>,
 
-    /// (agent) Directory for shims and pod network namespaces.
-    #[arg(
-        long,
-        env = "ORCH_RUN_DIR",
-        value_name = "DIR",
-        default_value = "/run/orch"
-    )]
-    pub run_dir: PathBuf,
+    /// (agent) Directory for shims and pod network namespaces
+    /// [default: /run/orch, or <data-dir>/run with a non-default --data-dir].
+    #[arg(long, env = "ORCH_RUN_DIR", value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
 
-    /// (agent) Directory for container logs.
-    #[arg(
-        long,
-        env = "ORCH_POD_LOG_DIR",
-        value_name = "DIR",
-        default_value = "/var/log/pods"
-    )]
-    pub pod_log_dir: PathBuf,
+    /// (agent) Directory for container logs [default: /var/log/pods, or
+    /// <data-dir>/pod-logs with a non-default --data-dir].
+    #[arg(long, env = "ORCH_POD_LOG_DIR", value_name = "DIR")]
+    pub pod_log_dir: Option<PathBuf>,
 
-    /// (agent) Parent cgroup of the pods' cgroups.
-    #[arg(
-        long,
-        env = "ORCH_CGROUP_ROOT",
-        value_name = "PATH",
-        default_value = "/orch"
-    )]
-    pub cgroup_root: String,
+    /// (agent) Parent cgroup of the pods' cgroups [default: /orch/<node-name>].
+    #[arg(long, env = "ORCH_CGROUP_ROOT", value_name = "PATH")]
+    pub cgroup_root: Option<String>,
 
     /// (networking) Cluster DNS server address pods are given.
     #[arg(
@@ -153,16 +142,37 @@ impl NodeArgs {
             .or(default_ip)
             .or_else(default_route_address)
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        let default_data_dir = data_dir == std::path::Path::new(DEFAULT_DATA_DIR);
         Ok(crate::agent::Config {
             node: crate::agent::node::NodeConfig {
-                name,
+                name: name.clone(),
                 ip,
                 data_dir: data_dir.to_owned(),
                 labels,
             },
-            run_dir: self.run_dir.clone(),
-            log_dir: self.pod_log_dir.clone(),
-            cgroup_root: format!("/{}", self.cgroup_root.trim_matches('/')),
+            // Several agents on one machine (one per network namespace,
+            // each with its own --data-dir) must not share these.
+            run_dir: self.run_dir.clone().unwrap_or_else(|| {
+                if default_data_dir {
+                    PathBuf::from("/run/orch")
+                } else {
+                    data_dir.join("run")
+                }
+            }),
+            log_dir: self.pod_log_dir.clone().unwrap_or_else(|| {
+                if default_data_dir {
+                    PathBuf::from("/var/log/pods")
+                } else {
+                    data_dir.join("pod-logs")
+                }
+            }),
+            cgroup_root: format!(
+                "/{}",
+                self.cgroup_root
+                    .clone()
+                    .unwrap_or_else(|| format!("orch/{name}"))
+                    .trim_matches('/')
+            ),
             cluster_dns: self.cluster_dns.to_string(),
             cluster_domain: self.cluster_domain.clone(),
         })
@@ -209,4 +219,56 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
             _ = int.recv() => tracing::info!("received SIGINT"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::path::Path;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    #[test]
+    fn agents_with_their_own_data_dir_keep_state_and_cgroups_apart() {
+        let args = Wrap::parse_from(["x", "--node-name", "n1"]).node;
+        let cfg = args
+            .to_config(Path::new(DEFAULT_DATA_DIR), Some([10, 0, 0, 1].into()))
+            .unwrap();
+        assert_eq!(cfg.run_dir, PathBuf::from("/run/orch"));
+        assert_eq!(cfg.log_dir, PathBuf::from("/var/log/pods"));
+        assert_eq!(cfg.cgroup_root, "/orch/n1");
+        assert_eq!(cfg.node.ip.to_string(), "10.0.0.1");
+        let cfg = args.to_config(Path::new("/srv/node2"), None).unwrap();
+        assert_eq!(cfg.run_dir, PathBuf::from("/srv/node2/run"));
+        assert_eq!(cfg.log_dir, PathBuf::from("/srv/node2/pod-logs"));
+        let explicit = Wrap::parse_from([
+            "x",
+            "--node-name",
+            "n1",
+            "--run-dir",
+            "/r",
+            "--cgroup-root",
+            "/x/y/",
+        ])
+        .node;
+        let cfg = explicit.to_config(Path::new("/srv/node2"), None).unwrap();
+        assert_eq!(
+            (cfg.run_dir, cfg.cgroup_root.as_str()),
+            (PathBuf::from("/r"), "/x/y")
+        );
+        let bad = Wrap::parse_from(["x", "--node-label", "nokey"]).node;
+        let err = bad
+            .to_config(Path::new("/d"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--node-label") && err.contains("KEY=VALUE"),
+            "{err}"
+        );
+    }
 }

@@ -13,10 +13,24 @@ pub struct Args {
     /// Create (or join) the pod's network namespace, pinned at this path.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// ... its IPC namespace.
+    #[arg(long, value_name = "PATH")]
+    pub ipcns: Option<PathBuf>,
+    /// ... its UTS namespace (with --hostname).
+    #[arg(long, value_name = "PATH", requires = "hostname")]
+    pub utsns: Option<PathBuf>,
+    /// The pod's host name, set in its UTS namespace.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Single-threaded on purpose: libcontainer clones (see runtime::shim).
-    crate::runtime::shim::run(&args.dir, args.netns.as_deref())
+    let namespaces = crate::runtime::netns::PodNamespaces {
+        net: args.netns.as_deref(),
+        ipc: args.ipcns.as_deref(),
+        uts: args.utsns.as_deref().zip(args.hostname.as_deref()),
+    };
+    crate::runtime::shim::run(&args.dir, &namespaces)
         .with_context(|| format!("orch shim in {}", args.dir.display()))
 }

@@ -1,7 +1,9 @@
-//! A pod's network namespace: created by its shim (a single-threaded
-//! process, so no fork helper is needed — ARCHITECTURE.md decision 3),
-//! bind-mounted at a path containers join, with loopback up. Addresses,
-//! veths and routes come with pod networking (issue #7).
+//! A pod's namespaces — network, IPC and UTS, shared by its containers
+//! (no pause container): created by its shim (a single-threaded process,
+//! so no fork helper is needed — ARCHITECTURE.md decision 3), each
+//! bind-mounted at a path containers join; loopback up in the network one,
+//! the pod's host name set in the UTS one. Addresses, veths and routes come
+//! with pod networking (issue #7).
 
 use std::fs;
 use std::io;
@@ -44,6 +46,90 @@ pub fn create_or_join(path: &Path) -> io::Result<()> {
         .map_err(errno)?;
     rustix::mount::mount_bind("/proc/self/ns/net", path).map_err(errno)?;
     loopback_up()
+}
+
+/// The namespaces a pod shares, each pinned at a path.
+#[derive(Debug, Clone, Default)]
+pub struct PodNamespaces<'a> {
+    pub net: Option<&'a Path>,
+    pub ipc: Option<&'a Path>,
+    /// The UTS namespace's pin and the host name to set in it.
+    pub uts: Option<(&'a Path, &'a str)>,
+}
+
+/// Move the calling process into new network/IPC/UTS namespaces (those
+/// asked for) and pin each at its path — or join them when they are
+/// pinned already (the shim restarted).
+///
+/// Call only from a single-threaded process.
+///
+/// # Errors
+/// Needs root; fails if the kernel refuses.
+pub fn create_or_join_pod(ns: &PodNamespaces<'_>) -> io::Result<()> {
+    use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+    let wanted: Vec<(&Path, LinkNameSpaceType, UnshareFlags, &str)> = [
+        ns.net
+            .map(|p| (p, LinkNameSpaceType::Network, UnshareFlags::NEWNET, "net")),
+        ns.ipc.map(|p| {
+            (
+                p,
+                LinkNameSpaceType::InterProcessCommunication,
+                UnshareFlags::NEWIPC,
+                "ipc",
+            )
+        }),
+        ns.uts.map(|(p, _)| {
+            (
+                p,
+                LinkNameSpaceType::HostNameAndNISDomainName,
+                UnshareFlags::NEWUTS,
+                "uts",
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // Pinned already: join them all.
+    let pinned: Vec<fs::File> = wanted
+        .iter()
+        .filter_map(|(p, ..)| fs::File::open(p).ok())
+        .collect();
+    if pinned.len() == wanted.len() {
+        let joined = wanted.iter().zip(&pinned).all(|((_, kind, ..), f)| {
+            rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(f), Some(*kind))
+                .is_ok()
+        });
+        if joined {
+            return Ok(());
+        }
+    }
+    let mut flags = UnshareFlags::empty();
+    for (path, _, flag, _) in &wanted {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(path, b"")?;
+        flags |= *flag;
+    }
+    // SAFETY: NEWNET/NEWIPC/NEWUTS only change the calling thread's
+    // namespaces; the shim is single-threaded (FILES, the flag
+    // `unshare_unsafe` warns about, is not used).
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(errno)?;
+    for (path, _, _, name) in &wanted {
+        rustix::mount::mount_bind(format!("/proc/self/ns/{name}").as_str(), *path)
+            .map_err(errno)?;
+    }
+    if let Some((_, hostname)) = ns.uts {
+        rustix::system::sethostname(hostname.as_bytes()).map_err(errno)?;
+    }
+    if ns.net.is_some() {
+        loopback_up()?;
+    }
+    Ok(())
 }
 
 /// Unpin a pod's namespace (it goes when nothing uses it any more).

@@ -98,6 +98,9 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// `OOMKilled` when the kernel's OOM killer ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -175,6 +178,8 @@ struct Tracked {
     stderr: Option<File>,
     log: CriLog,
     record: ContainerState,
+    /// Its cgroup path (to tell an OOM kill).
+    cgroup: String,
 }
 
 /// The shim's state and its directory layout.
@@ -230,7 +235,13 @@ impl Shim {
             exit_code: None,
             started_at: None,
             finished_at: None,
+            reason: None,
         };
+        let cgroup = fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
         self.containers.insert(
             id.to_owned(),
             Tracked {
@@ -241,6 +252,7 @@ impl Shim {
                 stderr: Some(File::from(err_r)),
                 log,
                 record: record.clone(),
+                cgroup,
             },
         );
         Ok(record)
@@ -457,6 +469,9 @@ impl Shim {
             });
         t.record.status = "exited".into();
         t.record.exit_code = Some(code);
+        if oom_killed(&t.cgroup) {
+            t.record.reason = Some("OOMKilled".into());
+        }
         t.record.finished_at = Some(now());
         if let Ok(bytes) = serde_json::to_vec(&t.record) {
             let _ = fs::write(&exit_path, bytes);
@@ -465,16 +480,14 @@ impl Shim {
 }
 
 /// Run the shim in `dir` until it is told to shut down and has no
-/// containers left. With `netns`, the shim first creates the pod's network
-/// namespace there (or joins it, after a restart) and lives in it.
+/// containers left. The shim first creates the pod's namespaces asked for
+/// (or joins them, after a restart) and lives in them.
 ///
 /// # Errors
 /// The namespace, the socket or polling fails.
-pub fn run(dir: &Path, netns: Option<&Path>) -> Result<(), Error> {
-    if let Some(path) = netns {
-        super::netns::create_or_join(path)
-            .map_err(io_err(format!("network namespace {}", path.display())))?;
-    }
+pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(), Error> {
+    super::netns::create_or_join_pod(namespaces)
+        .map_err(io_err("creating the pod's namespaces"))?;
     fs::create_dir_all(dir.join("exits")).map_err(io_err(format!("creating {}", dir.display())))?;
     let socket = dir.join("shim.sock");
     let _ = fs::remove_file(&socket);
@@ -560,6 +573,29 @@ pub fn run(dir: &Path, netns: Option<&Path>) -> Result<(), Error> {
     let _ = fs::remove_file(&socket);
     tracing::info!("orch shim exiting: no containers left");
     Ok(())
+}
+
+/// Did the OOM killer kill a process in this cgroup? (`oom_kill` in
+/// memory.events on v2, memory.oom_control on v1.)
+fn oom_killed(cgroup: &str) -> bool {
+    let rel = cgroup.trim_start_matches('/');
+    if rel.is_empty() {
+        return false;
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let files = [
+        root.join(rel).join("memory.events"),
+        root.join("memory").join(rel).join("memory.oom_control"),
+    ];
+    files.iter().any(|f| {
+        fs::read_to_string(f).is_ok_and(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    })
 }
 
 /// An HTTP GET from inside the pod's network namespace, as the kubelet

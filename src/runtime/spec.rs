@@ -134,9 +134,13 @@ pub struct ContainerConfig {
     pub hostname: String,
     /// The pod's network namespace (None: the host's).
     pub netns: Option<PathBuf>,
-    /// Share the host's IPC and PID namespaces.
+    /// The pod's IPC and UTS namespaces to join (None: a new one each).
+    pub ipcns: Option<PathBuf>,
+    pub utsns: Option<PathBuf>,
+    /// Share the host's IPC, PID and UTS namespaces.
     pub host_ipc: bool,
     pub host_pid: bool,
+    pub host_uts: bool,
     /// The cgroup path, e.g. `/orch/pod<uid>/<container>`.
     pub cgroup: String,
     pub resources: Resources,
@@ -214,12 +218,19 @@ pub fn build(c: &ContainerConfig) -> Value {
             "options": ["rbind", "rprivate", if m.readonly { "ro" } else { "rw" }],
         }));
     }
-    let mut namespaces = vec![json!({"type": "uts"}), json!({"type": "mount"})];
+    let ns = |kind: &str, path: &Option<PathBuf>| match path {
+        Some(p) => json!({"type": kind, "path": p}),
+        None => json!({"type": kind}),
+    };
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if !c.host_uts {
+        namespaces.push(ns("uts", &c.utsns));
+    }
     if !c.host_pid {
         namespaces.push(json!({"type": "pid"}));
     }
     if !c.host_ipc {
-        namespaces.push(json!({"type": "ipc"}));
+        namespaces.push(ns("ipc", &c.ipcns));
     }
     if let Some(netns) = &c.netns {
         namespaces.push(json!({"type": "network", "path": netns}));
@@ -269,7 +280,7 @@ pub fn build(c: &ContainerConfig) -> Value {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
     }
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -284,7 +295,14 @@ pub fn build(c: &ContainerConfig) -> Value {
         "hostname": c.hostname,
         "mounts": mounts,
         "linux": linux,
-    })
+    });
+    // A host name needs a UTS namespace of the container's own.
+    if c.host_uts {
+        spec.as_object_mut()
+            .expect("literal object")
+            .remove("hostname");
+    }
+    spec
 }
 
 #[cfg(test)]
