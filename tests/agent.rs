@@ -761,6 +761,46 @@ spec:
         server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }
 
+    // Init containers run first, in order; a sidecar keeps running beside
+    // the main container and stops when the pod's work is done.
+    let init = server.write(
+        "init.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: init}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {name: first, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'echo one > /dev/shm/order']}
+  - {name: helper, image: busybox:test, imagePullPolicy: Never, restartPolicy: Always, command: [/bin/sh, -c, 'echo helper >> /dev/shm/order; exec sleep 3600']}
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'sleep 1; echo main >> /dev/shm/order; cat /dev/shm/order']}
+",
+    );
+    server.ok("1.33", &["apply", "-f", init.to_str().unwrap()]);
+    let done = wait_json(
+        &server,
+        &["get", "pod", "init"],
+        60,
+        "init Succeeded",
+        |p| p["status"]["phase"] == "Succeeded",
+    );
+    let uid = done["metadata"]["uid"].as_str().unwrap().to_owned();
+    let log = std::fs::read_to_string(logs.join(format!("default_init_{uid}/main/0.log"))).unwrap();
+    let order: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    assert_eq!(order, ["one", "helper", "main"], "{log}");
+    let helper = &done["status"]["initContainerStatuses"][1];
+    assert_eq!(helper["name"], "helper");
+    assert!(
+        helper["state"]["terminated"].is_object(),
+        "the sidecar stopped with the pod: {done}"
+    );
+    server.ok("1.33", &["delete", "pod", "init", "--timeout=60s"]);
+
     // A pod's containers share its IPC and UTS namespaces and /dev/shm.
     let pair = server.write(
         "pair.yaml",

@@ -847,11 +847,20 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         .flatten()
     {
         let name = c["name"].as_str().unwrap_or_default();
+        // A sidecar (restartable init container) only has to be running
+        // for the next one to start, and restarts whenever it exits.
+        let sidecar = c["restartPolicy"] == "Always";
         match instances.get(name) {
             None => {
                 start_container(k, pod, c, 0, &socket, state).await?;
                 inits_done = false;
                 break;
+            }
+            Some((_, s)) if sidecar && s.status == "running" => {}
+            Some((n, s)) if sidecar && s.status == "exited" => {
+                if !regular_done(pod, &instances, policy) {
+                    restart_later(k, pod, c, *n, &socket, state).await?;
+                }
             }
             Some((_, s)) if s.status != "exited" => {
                 inits_done = false;
@@ -887,6 +896,23 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         .await
         .map_err(|e| e.to_string())?;
     let instances = latest(&shim_state.containers);
+    // Once the regular containers are done for good, sidecars stop too.
+    if regular_done(pod, &instances, policy) {
+        for c in pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if c["restartPolicy"] != "Always" {
+                continue;
+            }
+            if let Some((_, s)) = instances.get(c["name"].as_str().unwrap_or_default())
+                && s.status == "running"
+            {
+                stop_instance(&socket, &s.id, pod).await;
+            }
+        }
+    }
     run_probes(pod, &instances, &socket, state).await;
     let prev = previous(&shim_state.containers, &instances);
     let status = pod_status(k, pod, &instances, &prev, state, failed_init);
@@ -905,6 +931,25 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         state.last_status = Some(status);
     }
     Ok(())
+}
+
+/// Have all regular (app) containers exited for good?
+fn regular_done(
+    pod: &Value,
+    instances: &HashMap<String, (u32, ContainerState)>,
+    policy: &str,
+) -> bool {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|c| {
+            instances
+                .get(c["name"].as_str().unwrap_or_default())
+                .is_some_and(|(_, s)| {
+                    s.status == "exited" && !should_restart(policy, s.exit_code.unwrap_or(1))
+                })
+        })
 }
 
 /// Restart an exited container once its back-off has passed.
@@ -960,7 +1005,17 @@ async fn run_probes(
     let live: std::collections::HashSet<String> =
         instances.values().map(|(_, s)| s.id.clone()).collect();
     state.probes.retain(|id, _| live.contains(id));
-    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+    let sidecars = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["restartPolicy"] == "Always");
+    for c in pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(sidecars)
+    {
         let name = c["name"].as_str().unwrap_or_default();
         let Some((_, cs)) = instances.get(name) else {
             continue;
@@ -1228,9 +1283,24 @@ fn pod_status(
             .unwrap_or(0)
     };
     let policy = restart_policy(pod);
-    let inits_done = inits
-        .iter()
-        .all(|s| s.pointer("/state/terminated").is_some() && code(s) == 0);
+    let sidecars: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let inits_done = inits.iter().all(|s| {
+        if sidecars.contains(&s["name"].as_str().unwrap_or_default()) {
+            // Started once: restarting or stopped with the pod, it no
+            // longer holds the pod back.
+            s["started"] == true
+                || s.get("lastState").is_some()
+                || s.pointer("/state/terminated").is_some()
+        } else {
+            s.pointer("/state/terminated").is_some() && code(s) == 0
+        }
+    });
     // Upstream's getPhase: a container waiting to restart counts as stopped.
     let running = apps
         .iter()
@@ -1245,8 +1315,15 @@ fn pod_status(
         .iter()
         .filter(|s| s.pointer("/state/terminated").is_some() && code(s) == 0)
         .count();
+    // Sidecars still stopping keep a finished pod Running until they end.
+    let sidecars_running = inits.iter().any(|s| {
+        sidecars.contains(&s["name"].as_str().unwrap_or_default())
+            && s.pointer("/state/running").is_some()
+    });
     let phase = if failed_init {
         "Failed"
+    } else if running == 0 && stopped == apps.len() && sidecars_running {
+        "Running"
     } else if !inits_done || waiting > 0 {
         "Pending"
     } else if running > 0 {
