@@ -194,6 +194,23 @@ fn wait_json(
     }
 }
 
+/// `kubectl logs …`, retried while the node's tunnel comes back.
+fn wait_logs(server: &TestServer, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.kubectl("1.33", args);
+        if out.status.success() {
+            return String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn pod(name: &str, command: &str, policy: &str, grace: u32) -> String {
     format!(
         "apiVersion: v1
@@ -273,6 +290,14 @@ fn pods_really_run_exit_restart_and_go() {
     let uid = ok["metadata"]["uid"].as_str().unwrap();
     let log = std::fs::read_to_string(logs.join(format!("default_ok_{uid}/main/0.log"))).unwrap();
     assert!(log.contains(" stdout F hello from ok on ok"), "{log}");
+    // kubectl logs, through the tunnel the agent opened.
+    let logs_out = server.ok("1.33", &["logs", "ok"]);
+    assert_eq!(logs_out, "hello from ok on ok\n");
+    let stamped = server.ok("1.33", &["logs", "ok", "--timestamps"]);
+    assert!(
+        stamped.ends_with(" hello from ok on ok\n") && stamped.len() > 30,
+        "{stamped}"
+    );
 
     // Fails: Failed with the exit code.
     let file = server.write("bad.yaml", &pod("bad", "exit 3", "Never", 30));
@@ -295,6 +320,41 @@ fn pods_really_run_exit_restart_and_go() {
             >= 1
     });
     assert_eq!(flaky["status"]["phase"], "Running", "still trying: {flaky}");
+    // Follow: the output as it comes, ending when the container does.
+    let file = server.write(
+        "ticker.yaml",
+        &pod(
+            "ticker",
+            "for i in 1 2 3; do echo tick $i; sleep 1; done",
+            "Never",
+            30,
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    wait_json(
+        &server,
+        &["get", "pod", "ticker"],
+        30,
+        "ticker started",
+        |p| p["status"]["phase"] == "Running" || p["status"]["phase"] == "Succeeded",
+    );
+    let t0 = Instant::now();
+    let followed = server.ok("1.33", &["logs", "-f", "ticker"]);
+    assert_eq!(followed, "tick 1\ntick 2\ntick 3\n");
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "follow did not end with the container"
+    );
+    assert_eq!(
+        server.ok("1.33", &["logs", "ticker", "--tail=1"]),
+        "tick 3\n"
+    );
+    let err = server.fails("1.33", &["logs", "ticker", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod ticker"),
+        "{err}"
+    );
+    server.ok("1.33", &["delete", "pod", "ticker", "--timeout=60s"]);
 
     // Long-running: Running and Ready; survives an agent kill -9.
     let file = server.write(
@@ -348,6 +408,10 @@ fn pods_really_run_exit_restart_and_go() {
         "the rootfs is cleaned up"
     );
 
+    // After the agent restart the tunnel is back; --previous shows the
+    // crashed instance.
+    let previous = wait_logs(&server, &["logs", "flaky", "--previous"]);
+    assert_eq!(previous, "", "flaky printed nothing before exiting 1");
     for p in ["ok", "bad", "flaky"] {
         server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }

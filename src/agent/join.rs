@@ -11,6 +11,16 @@ use kube::{Client, Config};
 
 use super::Error;
 
+/// What an agent holds after joining: enough to open its own connections
+/// (the kubelet API tunnel) besides the API client.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub url: String,
+    /// The server's CA, checked against the token.
+    pub ca_pem: String,
+    pub token: String,
+}
+
 /// A client for `server`, authenticated with `token`, trusting only the CA
 /// the token pins.
 ///
@@ -18,6 +28,14 @@ use super::Error;
 /// A malformed token or URL, an unreachable server, or a CA that does not
 /// match the token.
 pub async fn client(server: &str, token: &str) -> Result<Client, Error> {
+    Ok(join(server, token).await?.0)
+}
+
+/// [`client`], and the credentials it was made from.
+///
+/// # Errors
+/// As [`client`].
+pub async fn join(server: &str, token: &str) -> Result<(Client, Credentials), Error> {
     let token = token.trim();
     let expected = crate::api::join::token_ca_hash(token)
         .map_err(Error::Token)?
@@ -74,8 +92,16 @@ pub async fn client(server: &str, token: &str) -> Result<Client, Error> {
     config
         .headers
         .push((HeaderName::from_static("authorization"), bearer));
-    Client::try_from(config).map_err(|source| Error::Connect {
+    let client = Client::try_from(config).map_err(|source| Error::Connect {
         url: server.into(),
         source,
-    })
+    })?;
+    Ok((
+        client,
+        Credentials {
+            url: server.to_owned(),
+            ca_pem,
+            token: token.to_owned(),
+        },
+    ))
 }

@@ -10,9 +10,11 @@
 
 pub mod container;
 pub mod join;
+pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod simulate;
+pub mod tunnel;
 pub mod volumes;
 
 use std::path::PathBuf;
@@ -67,12 +69,13 @@ pub struct Config {
 }
 
 /// Register the node, import the images waiting in
-/// `<data-dir>/agent/images/`, then heartbeat and run this node's pods
-/// until the process stops.
+/// `<data-dir>/agent/images/`, then heartbeat, serve the kubelet API
+/// through a tunnel to the server, and run this node's pods until the
+/// process stops.
 ///
 /// # Errors
 /// The node cannot be registered or the image store cannot be opened.
-pub async fn run(client: Client, cfg: Config) -> Result<(), Error> {
+pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Result<(), Error> {
     let images_dir = cfg.node.data_dir.join("images");
     let images = crate::runtime::image::ImageStore::open(&images_dir)
         .map_err(|e| Error::Runtime(format!("image store {}: {e}", images_dir.display())))?;
@@ -92,8 +95,11 @@ pub async fn run(client: Client, cfg: Config) -> Result<(), Error> {
         cluster_domain: cfg.cluster_domain,
     });
     let heartbeat = tokio::spawn(node::heartbeat(client, cfg.node));
+    // The kubelet API (logs), through a connection this agent opens.
+    let tunnel = tokio::spawn(tunnel::run(creds, kubelet.clone()));
     pods::run(kubelet).await;
     heartbeat.abort();
+    tunnel.abort();
     Ok(())
 }
 

@@ -130,10 +130,10 @@ fn run_real(args: Args, token: String) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let client = agent::join::client(&args.server, &token).await?;
+        let (client, creds) = agent::join::join(&args.server, &token).await?;
         let shutdown = super::shutdown_signal()?;
         tokio::select! {
-            result = agent::run(client, config) => result?,
+            result = agent::run(client, creds, config) => result?,
             () = shutdown => tracing::info!("orch agent stopping (pods and their shims keep running)"),
         }
         Ok(())

@@ -258,8 +258,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let result = async {
                     let token = std::fs::read_to_string(&token_path)
                         .with_context(|| format!("cannot read {}", token_path.display()))?;
-                    let client = crate::agent::join::client(&url, token.trim()).await?;
-                    crate::agent::run(client, cfg).await?;
+                    let (client, creds) = crate::agent::join::join(&url, token.trim()).await?;
+                    crate::agent::run(client, creds, cfg).await?;
                     anyhow::Ok(())
                 }
                 .await;

@@ -191,6 +191,7 @@ pub async fn run_with(
         registry,
         tokens: auth::Tokens::with_admin(&pki.admin_token).with_join_token(&join_token),
         ca_pem: pki.ca_cert.clone(),
+        tunnels: Arc::default(),
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

@@ -10,6 +10,7 @@ mod body;
 mod discovery;
 mod openapi;
 mod request;
+pub mod tunnel;
 mod watch;
 
 use std::convert::Infallible;
@@ -55,6 +56,8 @@ pub struct ApiServer {
     /// Served unauthenticated at `/cacerts`: agents check it against the
     /// hash in their join token before trusting it.
     pub ca_pem: String,
+    /// Connections node agents opened, for their kubelet APIs.
+    pub tunnels: Arc<tunnel::Tunnels>,
 }
 
 type Query = std::collections::HashMap<String, Vec<String>>;
@@ -188,6 +191,9 @@ impl ApiServer {
                     req.method().as_str().to_lowercase(),
                     path
                 )));
+            }
+            if path == "/orch/v1/tunnel" {
+                return self.tunnels.accept(req);
             }
             match self.route(req, &user).await {
                 Ok(resp) => resp,
@@ -454,6 +460,62 @@ impl ApiServer {
                 let opts = delete_options(&Query::new(), body.value.get("deleteOptions"))?;
                 registry.delete(&res, ns, name, &opts).await?;
                 Ok(json_response(StatusCode::CREATED, &status::success(None)))
+            }
+            (&Method::GET, Some(name), Some("log")) => {
+                let pod = registry.get(&res, ns, name).await?;
+                let node = pod
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if node.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "pod {name} does not have a host assigned"
+                    )));
+                }
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                let asked = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("container="))
+                    .map(str::to_owned);
+                let names: Vec<String> = ["initContainers", "containers"]
+                    .iter()
+                    .flat_map(|l| pod["spec"][*l].as_array().cloned().unwrap_or_default())
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect();
+                let regular: Vec<&str> = pod["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                let container = match asked {
+                    Some(c) if names.contains(&c) => c,
+                    Some(c) => {
+                        return Err(ApiError::bad_request(format!(
+                            "container {c} is not valid for pod {name}"
+                        )));
+                    }
+                    None if regular.len() == 1 => regular[0].to_owned(),
+                    None => {
+                        return Err(ApiError::bad_request(format!(
+                            "a container name must be specified for pod {name}, choose one of: [{}]",
+                            regular.join(" ")
+                        )));
+                    }
+                };
+                let uid = pod
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                self.tunnels
+                    .get(
+                        node,
+                        &format!(
+                            "/containerLogs/{}/{name}/{container}?uid={uid}&{query}",
+                            ns.unwrap_or_default()
+                        ),
+                    )
+                    .await
             }
             (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
                 let pod = registry.get(&res, ns, name).await?;

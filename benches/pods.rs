@@ -1,0 +1,346 @@
+//! Pod start latency and footprint with real containers (needs root):
+//! `orch server` and `orch agent` in a network namespace the bench creates,
+//! a busybox image (umoci + skopeo) imported into the agent, pods created
+//! through the API and timed until a watch sees them Running — 100 one
+//! after another, then 100 at once. Also: idle RSS of the agent, of one
+//! shim, of the server with its embedded agent, and the binary size.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
+use support::{ms, pct, rss_kib};
+
+const ORCH: &str = env!("CARGO_BIN_EXE_orch");
+const N: usize = 100;
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A one-layer busybox image archive (`docker.io/library/busybox:bench`).
+fn busybox(dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    let image = format!("{}:latest", layout.display());
+    let bundle = dir.join("bundle");
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    let archive = dir.join("busybox.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        &format!("oci:{image}"),
+        &format!(
+            "oci-archive:{}:docker.io/library/busybox:bench",
+            archive.display()
+        ),
+    ]));
+    archive
+}
+
+/// Start `orch server` (with `extra` flags) in the namespace; its pid and
+/// kubeconfig path once it serves.
+fn server(ns: &str, dir: &Path, extra: &[&str]) -> (Proc, PathBuf) {
+    let kubeconfig = dir.join("kubeconfig.yaml");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(ORCH)
+        .args([
+            "server",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "0",
+            "--log-level",
+            "warn,orch::server=info",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orch server");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if line.contains("orch server ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (Proc(child), kubeconfig)
+}
+
+async fn connect(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "busybox:bench",
+                 "imagePullPolicy": "Never", "command": ["/bin/sleep", "3600"]}]},
+    }))
+    .unwrap()
+}
+
+/// Create `names` (all at once) and return each one's create → Running.
+async fn start_pods(api: &Api<Pod>, names: &[String]) -> Vec<Duration> {
+    let rv = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut watch = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let t0 = Instant::now();
+    let mut created = std::collections::HashMap::new();
+    let creates: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let api = api.clone();
+            let p = pod(n);
+            async move {
+                let at = Instant::now();
+                api.create(&PostParams::default(), &p).await.unwrap();
+                at
+            }
+        })
+        .collect();
+    for (n, at) in names.iter().zip(futures::future::join_all(creates).await) {
+        created.insert(n.clone(), at);
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < names.len() {
+        let ev = tokio::time::timeout(Duration::from_secs(120), watch.next())
+            .await
+            .expect("pods did not start")
+            .unwrap()
+            .unwrap();
+        if let WatchEvent::Modified(p) | WatchEvent::Added(p) = ev {
+            let name = p.metadata.name.clone().unwrap();
+            let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if running && created.contains_key(&name) && seen.insert(name.clone()) {
+                out.push(created[&name].elapsed().min(t0.elapsed()));
+            }
+        }
+    }
+    out
+}
+
+async fn clean(api: &Api<Pod>) {
+    let _ = api
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &Default::default(),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while api
+        .list(&Default::default())
+        .await
+        .map(|l| !l.items.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "pods were not cleaned up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn report(what: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "pod start latency, {what}: p50 {} / p99 {} (max {})   targets p50 < 150 ms, p99 < 400 ms",
+        ms(pct(&v, 0.5)),
+        ms(pct(&v, 0.99)),
+        ms(*v.last().unwrap())
+    );
+}
+
+fn pid_of_shims(run_dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(run_dir.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("shim.pid")).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    if !rustix::process::geteuid().is_root() {
+        println!("pods bench: skipped (needs root: containers, cgroups, namespaces)");
+        return;
+    }
+    println!("machine: {}", support::machine());
+    let base = tempfile::tempdir().unwrap();
+    let ns = Netns(format!("orch-bench-{}", std::process::id()));
+    run(Command::new("ip").args(["netns", "add", &ns.0]));
+    run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+    let archive = busybox(base.path());
+
+    // Server without agent + a separate agent: their RSS apart.
+    let sdir = base.path().join("server");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let (server_proc, kubeconfig) = server(&ns.0, &sdir, &["--disable-agent"]);
+    let adir = base.path().join("agent");
+    std::fs::create_dir_all(adir.join("agent/images")).unwrap();
+    std::fs::copy(&archive, adir.join("agent/images/busybox.tar")).unwrap();
+    let url = std::fs::read_to_string(&kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap();
+    let agent = Proc(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.0))
+            .arg(ORCH)
+            .args([
+                "agent",
+                "--log-level",
+                "warn",
+                "--server",
+                &url,
+                "--node-name",
+                "bench",
+                "--token-file",
+            ])
+            .arg(sdir.join("server/token"))
+            .arg("--data-dir")
+            .arg(&adir)
+            .spawn()
+            .unwrap(),
+    );
+    let client = connect(&kubeconfig).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nodes.get("bench").await.is_err() {
+        assert!(Instant::now() < deadline, "the agent did not register");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent_idle = rss_kib(agent.0.id());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // Warm up once (page cache, first cgroup).
+    start_pods(&pods, &["warm".to_owned()]).await;
+    let shim_rss: Vec<u64> = pid_of_shims(&adir.join("run"))
+        .into_iter()
+        .map(rss_kib)
+        .collect();
+    clean(&pods).await;
+
+    let mut seq = Vec::new();
+    for i in 0..N {
+        seq.extend(start_pods(&pods, &[format!("seq-{i}")]).await);
+    }
+    report(&format!("{N} sequential"), seq);
+    clean(&pods).await;
+    let names: Vec<String> = (0..N).map(|i| format!("par-{i}")).collect();
+    report(&format!("{N} in parallel"), start_pods(&pods, &names).await);
+    clean(&pods).await;
+    println!(
+        "idle RSS: orch agent {:.1} MiB (target < 25 MiB), orch shim {:.1} MiB (target < 3 MiB), orch server alone {:.1} MiB",
+        agent_idle as f64 / 1024.0,
+        shim_rss.first().copied().unwrap_or(0) as f64 / 1024.0,
+        rss_kib(server_proc.0.id()) as f64 / 1024.0
+    );
+    drop(agent);
+    drop(server_proc);
+
+    // The server with its embedded agent, idle.
+    let edir = base.path().join("embedded");
+    std::fs::create_dir_all(edir.join("agent/images")).unwrap();
+    std::fs::copy(&archive, edir.join("agent/images/busybox.tar")).unwrap();
+    let (embedded, ekube) = server(&ns.0, &edir, &["--node-name", "embedded"]);
+    let eclient = connect(&ekube).await;
+    let enodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(eclient);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while enodes.get("embedded").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the embedded agent did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!(
+        "idle RSS: orch server + embedded agent {:.1} MiB (target < 80 MiB; k3s ~1.4 GB)",
+        rss_kib(embedded.0.id()) as f64 / 1024.0
+    );
+    drop(embedded);
+    println!(
+        "binary size: {:.1} MB",
+        std::fs::metadata(ORCH).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+    );
+    println!(
+        "containerd + runc (ctr run) and podman: not measured here yet (not installed on this machine)"
+    );
+    // What the agents left (their pods were deleted; the shims exit).
+    for dir in [adir.join("run"), edir.join("run")] {
+        for pid in pid_of_shims(&dir) {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+    orch::runtime::cgroup::remove("/orch/bench");
+    orch::runtime::cgroup::remove("/orch/embedded");
+    orch::runtime::cgroup::remove("/orch");
+}

@@ -1,0 +1,208 @@
+//! The agent's end of the tunnel (see `server::api::tunnel`): it dials the
+//! server, upgrades the connection, and serves its kubelet API over HTTP/2
+//! on it — so the node needs no inbound port. Reconnects with a jittered
+//! back-off when the connection breaks or the server restarts.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::join::Credentials;
+use super::logs::{LogOptions, file_for, render, tail};
+use super::pods::Kubelet;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(
+            http_body_util::Full::new(Bytes::from(message))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        )
+        .expect("response parts are valid")
+}
+
+/// Keep a tunnel to the server open, forever.
+pub async fn run(creds: Credentials, k: Arc<Kubelet>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match connect_and_serve(&creds, &k).await {
+            Ok(()) => backoff = Duration::from_millis(500),
+            Err(e) => tracing::debug!(error = %e, "tunnel to the server failed"),
+        }
+        let jitter = Duration::from_millis(u64::from(std::process::id() % 250));
+        tokio::time::sleep(backoff + jitter).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn connect_and_serve(creds: &Credentials, k: &Arc<Kubelet>) -> Result<(), String> {
+    let uri: http::Uri = creds.url.parse().map_err(|e| format!("{e}"))?;
+    let host = uri.host().ok_or("no host in the server URL")?.to_owned();
+    let port = uri.port_u16().unwrap_or(6443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        for cert in CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes()).flatten() {
+            roots.add(cert).map_err(|e| e.to_string())?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = Request::get(format!("/orch/v1/tunnel?node={}", k.node))
+        .header(header::HOST, format!("{host}:{port}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", creds.token))
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "orch-tunnel")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(format!(
+            "the server answered {} to the tunnel",
+            resp.status()
+        ));
+    }
+    let upgraded = hyper::upgrade::on(resp).await.map_err(|e| e.to_string())?;
+    tracing::info!("tunnel to the server up");
+    let k = k.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let k = k.clone();
+        async move { Ok::<_, Infallible>(kubelet_api(&k, req).await) }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(upgraded, service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The kubelet API: `/containerLogs/<ns>/<pod>/<container>?uid=…&…`.
+async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["containerLogs", ns, pod, container] = parts.as_slice() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such kubelet API path {path}"),
+        );
+    };
+    let uid = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("uid="))
+        .unwrap_or_default();
+    let opts = LogOptions::parse(&query);
+    let dir = k.log_dir.join(format!("{ns}_{pod}_{uid}")).join(container);
+    let Some((file, restart)) = file_for(&dir, opts.previous) else {
+        let why = if opts.previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start: no logs yet")
+        };
+        return text(StatusCode::BAD_REQUEST, why);
+    };
+    let content = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut open = false;
+    let mut out = render(&content, &opts, &mut open);
+    if let Some(n) = opts.tail_lines {
+        out = tail(&out, n).to_owned();
+    }
+    let mut budget = opts.limit_bytes.unwrap_or(usize::MAX);
+    if out.len() > budget {
+        out.truncate(budget);
+    }
+    budget -= out.len();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let _ = tx.send(Bytes::from(out)).await;
+    if opts.follow && budget > 0 {
+        let socket = k.run_dir.join("pods").join(uid).join("shim.sock");
+        let id = format!("{container}.{restart}");
+        let mut offset = content.len() as u64;
+        tokio::spawn(async move {
+            loop {
+                let grown = tokio::fs::metadata(&file)
+                    .await
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                if grown > offset {
+                    let Ok(all) = tokio::fs::read(&file).await else {
+                        break;
+                    };
+                    let new = String::from_utf8_lossy(&all[offset as usize..]).into_owned();
+                    // Only whole records; the rest comes next time.
+                    let cut = new.rfind('\n').map_or(0, |i| i + 1);
+                    let chunk = render(&new[..cut], &opts, &mut open);
+                    offset += cut as u64;
+                    let mut chunk = chunk.into_bytes();
+                    chunk.truncate(budget);
+                    budget -= chunk.len();
+                    if tx.send(Bytes::from(chunk)).await.is_err() || budget == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                // Done when the container has exited and all is read.
+                let s = socket.clone();
+                let exited = tokio::task::spawn_blocking(move || {
+                    crate::runtime::shim::call(&s, &crate::runtime::shim::Request::State)
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_none_or(|st| {
+                    st.containers
+                        .iter()
+                        .find(|c| c.id == id)
+                        .is_none_or(|c| c.status == "exited")
+                });
+                if exited || tx.is_closed() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    } else {
+        drop(tx);
+    }
+    let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body.boxed_unsync())
+        .expect("response parts are valid")
+}
