@@ -875,7 +875,15 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - {name: a, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'echo shared > /dev/shm/note; exec sleep 3600']}
-  - {name: b, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'sleep 1; echo note $(cat /dev/shm/note) host $(hostname); exec sleep 3600']}
+  - name: b
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, 'sleep 1; echo note $(cat /dev/shm/note) host $(hostname) mem $MEM_MI; ls -ldn /scratch; exec sleep 3600']
+    resources: {limits: {memory: 64Mi}}
+    env: [{name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  securityContext: {fsGroup: 2000}
+  volumes: [{name: scratch, emptyDir: {}}]
 ",
     );
     server.ok("1.33", &["apply", "-f", pair.to_str().unwrap()]);
@@ -887,7 +895,7 @@ spec:
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let log = std::fs::read_to_string(&log_b).unwrap_or_default();
-        if log.contains("note shared host pair") {
+        if log.contains("note shared host pair mem 64") && log.contains(" 2000 ") {
             break;
         }
         assert!(

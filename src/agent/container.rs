@@ -27,6 +27,10 @@ pub struct Sandbox {
     pub uts: PathBuf,
     /// A tmpfs shared as every container's `/dev/shm`.
     pub shm: PathBuf,
+    /// The node's allocatable CPU (millicores) and memory (bytes): what
+    /// `resourceFieldRef` reports for a limit that is not set.
+    pub node_cpu_milli: i64,
+    pub node_memory: i64,
 }
 
 /// Where the pod's generated files and volumes are.
@@ -102,6 +106,7 @@ pub fn environment(
     container: &Value,
     image_config: &Value,
     sources: &super::volumes::Sources,
+    node: (i64, i64),
 ) -> Vec<String> {
     let mut env: Vec<(String, String)> = strings(&image_config["config"]["Env"])
         .unwrap_or_default()
@@ -140,6 +145,8 @@ pub fn environment(
             .and_then(Value::as_str)
         {
             field_ref(pod, path).unwrap_or_default()
+        } else if let Some(r) = e.pointer("/valueFrom/resourceFieldRef") {
+            resource_field(pod, container, r, node)
         } else if let Some((kind, r)) = e
             .pointer("/valueFrom/configMapKeyRef")
             .map(|r| ("ConfigMap", r))
@@ -175,6 +182,74 @@ pub fn environment(
         ));
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// A `resourceFieldRef` value: the container's request or limit (a limit
+/// not set is the node's allocatable), divided by `divisor`, rounded up.
+fn resource_field(pod: &Value, container: &Value, r: &Value, node: (i64, i64)) -> String {
+    let target = match r["containerName"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => ["containers", "initContainers"]
+            .iter()
+            .flat_map(|l| pod["spec"][*l].as_array().cloned().unwrap_or_default())
+            .find(|c| c["name"] == n)
+            .unwrap_or(Value::Null),
+        None => container.clone(),
+    };
+    let resource = r["resource"].as_str().unwrap_or_default();
+    let Some((section, name)) = resource.split_once('.') else {
+        return String::new();
+    };
+    let cpu = name == "cpu";
+    let scale = if cpu { 1000.0 } else { 1.0 };
+    let set = target["resources"][section][name]
+        .as_str()
+        .and_then(|q| crate::api::quantity::parse_quantity(q, scale));
+    let value = set.unwrap_or(match (section, cpu) {
+        ("limits", true) => node.0,
+        ("limits", false) => node.1,
+        _ => 0,
+    });
+    let divisor = r["divisor"]
+        .as_str()
+        .and_then(|q| crate::api::quantity::parse_quantity(q, scale))
+        .filter(|d| *d > 0)
+        .unwrap_or(if cpu { 1000 } else { 1 });
+    ((value + divisor - 1) / divisor).to_string()
+}
+
+/// `User` by name (`nginx`, `nginx:www`) to numbers, from the image's
+/// `/etc/passwd` and `/etc/group`; numbers pass through.
+pub fn resolve_user(user: &str, passwd: &str, group: &str) -> Option<String> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |table: &str, name: &str, field: usize| -> Option<(String, String)> {
+        table.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name) && f.len() > field).then(|| {
+                (
+                    f[2].to_owned(),
+                    f.get(3).copied().unwrap_or_default().to_owned(),
+                )
+            })
+        })
+    };
+    let (uid, primary_gid) = if u.parse::<u32>().is_ok() {
+        (u.to_owned(), None)
+    } else {
+        let (uid, gid) = lookup(passwd, u, 3)?;
+        (uid, Some(gid))
+    };
+    let gid = match g {
+        Some(g) if g.parse::<u32>().is_ok() => Some(g.to_owned()),
+        Some(g) => Some(lookup(group, g, 2)?.0),
+        None => primary_gid,
+    };
+    Some(match gid {
+        Some(gid) => format!("{uid}:{gid}"),
+        None => uid,
+    })
 }
 
 fn security<'a>(pod: &'a Value, container: &'a Value, field: &str) -> Option<&'a Value> {
@@ -297,7 +372,13 @@ pub fn config(
     let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
     ContainerConfig {
         args: command_line(container, image_config),
-        env: environment(pod, container, image_config, sources),
+        env: environment(
+            pod,
+            container,
+            image_config,
+            sources,
+            (sandbox.node_cpu_milli, sandbox.node_memory),
+        ),
         cwd: container["workingDir"]
             .as_str()
             .filter(|w| !w.is_empty())
@@ -351,6 +432,47 @@ mod tests {
     }
 
     #[test]
+    fn resource_fields_and_user_names_resolve() {
+        let pod = json!({"spec": {"containers": [{"name": "c", "resources": {"limits": {"memory": "64Mi"}, "requests": {"cpu": "250m"}}}]}});
+        let c = pod["spec"]["containers"][0].clone();
+        let f = |r: Value| resource_field(&pod, &c, &r, (2000, 1 << 30));
+        assert_eq!(
+            f(json!({"resource": "limits.memory", "divisor": "1Mi"})),
+            "64"
+        );
+        assert_eq!(
+            f(json!({"resource": "requests.cpu", "divisor": "1m"})),
+            "250"
+        );
+        assert_eq!(
+            f(json!({"resource": "requests.cpu"})),
+            "1",
+            "rounded up to a core"
+        );
+        assert_eq!(
+            f(json!({"resource": "limits.cpu"})),
+            "2",
+            "unset: the node's allocatable"
+        );
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nnginx:x:101:102:nginx:/:/sbin/nologin\n";
+        let group = "root:x:0:\nwww:x:33:\n";
+        assert_eq!(
+            resolve_user("nginx", passwd, group).as_deref(),
+            Some("101:102")
+        );
+        assert_eq!(
+            resolve_user("nginx:www", passwd, group).as_deref(),
+            Some("101:33")
+        );
+        assert_eq!(
+            resolve_user("1000:www", passwd, group).as_deref(),
+            Some("1000:33")
+        );
+        assert_eq!(resolve_user("1000", passwd, group).as_deref(), Some("1000"));
+        assert_eq!(resolve_user("ghost", passwd, group), None);
+    }
+
+    #[test]
     fn command_and_args_follow_the_kubernetes_rules() {
         let img = image();
         assert_eq!(command_line(&json!({}), &img), ["/entry", "--serve"]);
@@ -399,7 +521,7 @@ mod tests {
             c["env"].as_array_mut().unwrap().push(json!({"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}));
             c
         };
-        let env = environment(&pod, &c, &image(), &sources);
+        let env = environment(&pod, &c, &image(), &sources, (2000, 1 << 30));
         assert!(env.contains(&"APP_LEVEL=debug".to_owned()), "{env:?}");
         assert!(env.contains(&"PW=hunter2".to_owned()), "{env:?}");
         for want in [
@@ -440,6 +562,8 @@ mod tests {
                 ipc: "/ns/ipc".into(),
                 uts: "/ns/uts".into(),
                 shm: "/p/shm".into(),
+                node_cpu_milli: 2000,
+                node_memory: 1 << 30,
             },
             "/orch/podu/c".into(),
         );

@@ -70,6 +70,12 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+/// This machine's CPUs (millicores) and memory (bytes).
+pub fn capacity() -> (i64, i64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
+    (cpus * 1000, memory_kib() as i64 * 1024)
+}
+
 /// The status this node reports.
 pub fn status(cfg: &NodeConfig) -> Value {
     let ts = now();

@@ -68,11 +68,14 @@ impl Kubelet {
         self.data_dir.join("pods").join(uid)
     }
     fn sandbox(&self, uid: &str) -> super::container::Sandbox {
+        let status = super::node::capacity();
         super::container::Sandbox {
             net: self.netns(uid),
             ipc: self.shim_dir(uid).join("ipc"),
             uts: self.shim_dir(uid).join("uts"),
             shm: self.pod_dir(uid).join("shm"),
+            node_cpu_milli: status.0,
+            node_memory: status.1,
         }
     }
 }
@@ -576,6 +579,37 @@ async fn start_container(
         volumes: pod_dir.join("volumes"),
     };
     let id = format!("{name}.{restart}");
+    let mut image_config = image_config;
+    let user = image_config["config"]["User"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !user.is_empty() && user.split(':').any(|p| p.parse::<u32>().is_err()) {
+        // A user name: look it up in the image's /etc/passwd and /etc/group
+        // (the topmost layer that has them).
+        let read = |file: &str| {
+            stored
+                .layers
+                .iter()
+                .rev()
+                .filter_map(|l| k.images.layer_dir(&l.diff_id).ok())
+                .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+                .unwrap_or_default()
+        };
+        match super::container::resolve_user(&user, &read("etc/passwd"), &read("etc/group")) {
+            Some(numeric) => image_config["config"]["User"] = json!(numeric),
+            None => {
+                state.waiting.insert(
+                    name.clone(),
+                    (
+                        "CreateContainerConfigError".into(),
+                        format!("unable to find user {user}: no matching entries in passwd file"),
+                    ),
+                );
+                return Ok(());
+            }
+        }
+    }
     let mut cfg = container_config(
         pod,
         container,
@@ -831,6 +865,24 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
             .map_err(|e| format!("the pod's /dev/shm: {e}"))?;
     }
     mount_memory_volumes(pod, &files).await?;
+    // fsGroup: emptyDirs belong to that group, setgid so new files do too.
+    if let Some(gid) = pod
+        .pointer("/spec/securityContext/fsGroup")
+        .and_then(Value::as_u64)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            if v.get("emptyDir").is_none() {
+                continue;
+            }
+            let dir = files.volumes.join(v["name"].as_str().unwrap_or_default());
+            std::os::unix::fs::chown(&dir, None, Some(gid as u32))
+                .and_then(|()| {
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2777))
+                })
+                .map_err(|e| format!("fsGroup on {}: {e}", dir.display()))?;
+        }
+    }
     let socket = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
     let shim_state = shim_call(socket.clone(), Request::State)
         .await
