@@ -201,6 +201,37 @@ async fn clean(api: &Api<Pod>) {
     }
 }
 
+/// Wait until the agent with data dir `data` has torn down every pod.
+async fn wait_torn_down(data: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(data.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        if Instant::now() > deadline {
+            println!("warning: the agent had not torn down every pod after 120 s");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Unmount whatever is still mounted under `dir` (deepest first).
+fn unmount_all_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = orch::runtime::rootfs::unmount(Path::new(p));
+    }
+}
+
 fn report(what: &str, mut v: Vec<Duration>) {
     v.sort();
     println!(
@@ -318,9 +349,11 @@ async fn bench(ns: &Netns) {
     }
     report(&format!("{N} sequential"), seq);
     clean(&pods).await;
+    wait_torn_down(&adir).await;
     let names: Vec<String> = (0..N).map(|i| format!("par-{i}")).collect();
     report(&format!("{N} in parallel"), start_pods(&pods, &names).await);
     clean(&pods).await;
+    wait_torn_down(&adir).await;
     let (shim_total, shim_anon) = shim_rss.first().copied().unwrap_or((0, 0));
     println!(
         "idle RSS: orch agent {:.1} MiB (target < 25 MiB), orch shim {:.1} MiB of which {:.1} MiB its own (anonymous; the rest is the binary's pages, shared by all shims) (target < 3 MiB), orch server alone {:.1} MiB",
@@ -383,6 +416,7 @@ async fn bench(ns: &Netns) {
             );
         }
     }
+    unmount_all_under(base.path());
     orch::runtime::cgroup::remove("/orch/bench");
     orch::runtime::cgroup::remove("/orch/embedded");
     orch::runtime::cgroup::remove("/orch");
