@@ -825,6 +825,37 @@ spec:
         server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }
 
+    // seccompProfile RuntimeDefault refuses unshare; Unconfined does not.
+    let manifest = [
+        container(
+            "confined",
+            "unshare -U true && echo allowed || echo denied",
+            "    securityContext: {seccompProfile: {type: RuntimeDefault}}\n",
+        ),
+        container(
+            "unconfined",
+            "unshare -U true && echo allowed || echo denied",
+            "",
+        ),
+    ]
+    .concat();
+    let file = server.write("seccomp.yaml", &manifest);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    for (name, want) in [("confined", "denied"), ("unconfined", "allowed")] {
+        let pod = wait_json(
+            &server,
+            &["get", "pod", name],
+            60,
+            &format!("{name} done"),
+            |p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed",
+        );
+        let uid = pod["metadata"]["uid"].as_str().unwrap();
+        let log =
+            std::fs::read_to_string(logs.join(format!("default_{name}_{uid}/main/0.log"))).unwrap();
+        assert!(log.contains(&format!("stdout F {want}")), "{name}: {log}");
+        server.ok("1.33", &["delete", "pod", name, "--timeout=60s"]);
+    }
+
     // Init containers run first, in order; a sidecar keeps running beside
     // the main container and stops when the pod's work is done.
     let init = server.write(

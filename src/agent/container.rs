@@ -413,6 +413,12 @@ pub fn config(
         add_caps: caps("add"),
         drop_caps: caps("drop"),
         mounts,
+        // RuntimeDefault (Localhost profiles are not read yet: they get
+        // RuntimeDefault rather than nothing).
+        seccomp_default: matches!(
+            security(pod, container, "seccompProfile").and_then(|p| p["type"].as_str()),
+            Some("RuntimeDefault" | "Localhost")
+        ),
         shm: Some(if host_ipc {
             PathBuf::from("/dev/shm")
         } else {

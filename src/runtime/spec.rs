@@ -153,7 +153,69 @@ pub struct ContainerConfig {
     pub mounts: Vec<BindMount>,
     /// Bind-mounted to `/dev/shm` (the pod's shared memory).
     pub shm: Option<PathBuf>,
+    /// seccompProfile RuntimeDefault.
+    pub seccomp_default: bool,
 }
+
+/// What RuntimeDefault refuses (EPERM): the syscalls containerd's default
+/// profile keeps from containers without extra capabilities — kernel
+/// modules, kexec, reboot, mounts and namespaces, keyrings, BPF, perf,
+/// userfaultfd, clocks, swap, accounting, quotas, handle-based opens,
+/// cross-process memory. (A deny list; the allow-list form of the same
+/// profile comes later.) Names this kernel does not know are skipped.
+pub const SECCOMP_DENIED: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "_sysctl",
+    "sysfs",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
 
 fn cap_name(c: &str) -> String {
     let up = c.to_ascii_uppercase();
@@ -279,6 +341,12 @@ pub fn build(c: &ContainerConfig) -> Value {
     if !c.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+        if c.seccomp_default {
+            linux["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": SECCOMP_DENIED, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+            });
+        }
     }
     let mut spec = json!({
         "ociVersion": "1.0.2",
@@ -289,13 +357,19 @@ pub fn build(c: &ContainerConfig) -> Value {
             "env": c.env,
             "cwd": if c.cwd.is_empty() { "/" } else { c.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": c.no_new_privileges,
         },
         "root": {"path": "rootfs", "readonly": c.readonly_rootfs},
         "hostname": c.hostname,
         "mounts": mounts,
         "linux": linux,
     });
+    // Only when set: libcontainer decides when to load seccomp by whether
+    // the field is present, not by its value (absent: before dropping
+    // capabilities, as loading a filter without no_new_privs needs
+    // CAP_SYS_ADMIN).
+    if c.no_new_privileges {
+        spec["process"]["noNewPrivileges"] = json!(true);
+    }
     // A host name needs a UTS namespace of the container's own.
     if c.host_uts {
         spec.as_object_mut()

@@ -377,7 +377,7 @@ pub fn busybox_archive(dir: &Path) -> PathBuf {
     std::fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
     for applet in [
         "sh", "sleep", "echo", "cat", "ip", "hostname", "grep", "ls", "true", "false", "wget",
-        "nc", "httpd", "mkdir", "touch", "rm", "test", "dd",
+        "nc", "httpd", "mkdir", "touch", "rm", "test", "dd", "unshare",
     ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
