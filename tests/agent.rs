@@ -136,7 +136,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         }
     }
     // The test's cgroup parents (each test has its own).
-    for tag in ["a", "embedded", "probes", "config", "lifecycle"] {
+    for tag in ["a", "embedded", "probes", "config", "lifecycle", "restart"] {
         orch::runtime::cgroup::remove(&cgroup_root(tag));
     }
 }
@@ -940,4 +940,73 @@ spec:
         !data.join("pods").join(&uid).exists(),
         "the pod's shm and dirs are gone"
     );
+}
+
+#[test]
+fn the_agent_resumes_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("srvrestart");
+    // A fixed port (the namespace is the test's own), so the agent finds
+    // the server again where it was.
+    let port = ["--https-listen-port", "16443"];
+    let server = TestServer::start_in_netns(&netns.0, &port);
+    let (data, run_dir, logs) = (
+        dir.path().join("agent"),
+        dir.path().join("run"),
+        dir.path().join("logs"),
+    );
+    import_busybox(dir.path(), &data);
+    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "restart");
+    let file = server.write(
+        "before.yaml",
+        &pod("before", "echo before; exec sleep 3600", "Always", 1),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    wait_json(
+        &server,
+        &["get", "pod", "before"],
+        60,
+        "before Running",
+        |p| p["status"]["phase"] == "Running",
+    );
+
+    let server = server.restart(&port);
+    // The agent's watch, heartbeat and tunnel come back on their own.
+    let file = server.write("after.yaml", &pod("after", "echo after", "Never", 1));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    wait_json(
+        &server,
+        &["get", "pod", "after"],
+        60,
+        "after Succeeded",
+        |p| p["status"]["phase"] == "Succeeded",
+    );
+    assert_eq!(wait_logs(&server, &["logs", "after"]), "after\n");
+    assert_eq!(wait_logs(&server, &["logs", "before"]), "before\n");
+    let before = server.ok(
+        "1.33",
+        &[
+            "get",
+            "pod",
+            "before",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ],
+    );
+    assert_eq!(
+        before, "0",
+        "the server restart did not touch the running container"
+    );
+    for p in ["before", "after"] {
+        server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(data.join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the agent did not clean up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -513,3 +513,34 @@ spec:
         |o| !o.contains("shop"),
     );
 }
+
+#[test]
+fn a_restarted_server_schedules_onto_nodes_it_already_knew() {
+    // A fixed port, so the restarted server is where the kubeconfig says.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let flags = ["--https-listen-port", port.as_str()];
+    let server = TestServer::start_with(&flags);
+    let nodes = server.simulate("known", 1, &[]);
+    drop(nodes);
+    let server = server.restart(&flags);
+    let file = server.write(
+        "p.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers: [{name: c, image: busybox}]
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.eventually(
+        &["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"],
+        "the pod bound to the node registered before the restart",
+        |o| o == "known-sim-0",
+    );
+}

@@ -127,8 +127,10 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let state = Arc::new(Mutex::new(State::default()));
     {
         let mut s = state.lock().expect("scheduler lock");
+        // Through insert_node: it also keeps the sorted names the
+        // scheduler walks (nodes stored before a restart must count).
         for node in ctx.informers.nodes.list(None) {
-            s.nodes.insert(
+            s.insert_node(
                 meta_str(&node, "name").to_owned(),
                 NodeInfo::from_node(&node),
             );
