@@ -162,38 +162,6 @@ fn import_busybox(dir: &Path, data: &Path) {
     );
 }
 
-fn wait_json(
-    server: &TestServer,
-    args: &[&str],
-    secs: u64,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["-o", "json"]);
-    loop {
-        let out = server.kubectl("1.33", &full);
-        if out.status.success() {
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if check(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs} s waiting for {what}: {v}"
-            );
-        } else {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs} s waiting for {what}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `kubectl logs …`, retried while the node's tunnel comes back.
 fn wait_logs(server: &TestServer, args: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -241,19 +209,13 @@ fn pods_really_run_exit_restart_and_go() {
     );
     import_busybox(dir.path(), &data);
     let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "a");
-    let node = wait_json(
-        &server,
-        &["get", "node", "node-a"],
-        30,
-        "the node Ready",
-        |n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        },
-    );
+    let node = server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", |n| {
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
     assert!(
         node["status"]["nodeInfo"]["containerRuntimeVersion"]
             .as_str()
@@ -275,7 +237,7 @@ fn pods_really_run_exit_restart_and_go() {
         &pod("ok", "echo hello from $WHO on $(hostname)", "Never", 30),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let ok = wait_json(&server, &["get", "pod", "ok"], 60, "ok Succeeded", |p| {
+    let ok = server.wait_json(&["get", "pod", "ok"], 60, "ok Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
     let term = &ok["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -302,7 +264,7 @@ fn pods_really_run_exit_restart_and_go() {
     // Fails: Failed with the exit code.
     let file = server.write("bad.yaml", &pod("bad", "exit 3", "Never", 30));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let bad = wait_json(&server, &["get", "pod", "bad"], 60, "bad Failed", |p| {
+    let bad = server.wait_json(&["get", "pod", "bad"], 60, "bad Failed", |p| {
         p["status"]["phase"] == "Failed"
     });
     assert_eq!(
@@ -313,7 +275,7 @@ fn pods_really_run_exit_restart_and_go() {
     // OnFailure restarts after the back-off; the count shows.
     let file = server.write("flaky.yaml", &pod("flaky", "exit 1", "OnFailure", 30));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let flaky = wait_json(&server, &["get", "pod", "flaky"], 60, "a restart", |p| {
+    let flaky = server.wait_json(&["get", "pod", "flaky"], 60, "a restart", |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
             .unwrap_or(0)
@@ -331,13 +293,9 @@ fn pods_really_run_exit_restart_and_go() {
         ),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    wait_json(
-        &server,
-        &["get", "pod", "ticker"],
-        30,
-        "ticker started",
-        |p| p["status"]["phase"] == "Running" || p["status"]["phase"] == "Succeeded",
-    );
+    server.wait_json(&["get", "pod", "ticker"], 30, "ticker started", |p| {
+        p["status"]["phase"] == "Running" || p["status"]["phase"] == "Succeeded"
+    });
     let t0 = Instant::now();
     let followed = server.ok("1.33", &["logs", "-f", "ticker"]);
     assert_eq!(followed, "tick 1\ntick 2\ntick 3\n");
@@ -362,19 +320,15 @@ fn pods_really_run_exit_restart_and_go() {
         &pod("long", "echo started; exec sleep 3600", "Always", 2),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let long = wait_json(&server, &["get", "pod", "long"], 60, "long Running", |p| {
+    let long = server.wait_json(&["get", "pod", "long"], 60, "long Running", |p| {
         p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
     });
     let started = long["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
     agent.kill_and_restart();
     std::thread::sleep(Duration::from_secs(2));
-    let long = wait_json(
-        &server,
-        &["get", "pod", "long"],
-        30,
-        "long still Running",
-        |p| p["status"]["phase"] == "Running",
-    );
+    let long = server.wait_json(&["get", "pod", "long"], 30, "long still Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
     let cs = &long["status"]["containerStatuses"][0];
     assert_eq!(
         cs["state"]["running"]["startedAt"], started,
@@ -460,8 +414,7 @@ fn the_server_runs_pods_on_its_embedded_agent() {
         run_dir: run_dir.clone(),
         data: server.dir.path().to_owned(),
     };
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "node", "embedded"],
         30,
         "the embedded node Ready",
@@ -475,7 +428,7 @@ fn the_server_runs_pods_on_its_embedded_agent() {
     );
     let file = server.write("hi.yaml", &pod("hi", "echo hi from $WHO", "Never", 30));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let hi = wait_json(&server, &["get", "pod", "hi"], 60, "hi Succeeded", |p| {
+    let hi = server.wait_json(&["get", "pod", "hi"], 60, "hi Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
     assert_eq!(hi["spec"]["nodeName"], "embedded");
@@ -570,32 +523,26 @@ spec:
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     };
     // Not ready while the exec probe fails, ready once it passes.
-    let slow = wait_json(&server, &["get", "pod", "slow"], 30, "slow running", |p| {
+    let slow = server.wait_json(&["get", "pod", "slow"], 30, "slow running", |p| {
         p["status"]["phase"] == "Running"
     });
     assert!(!ready(&slow), "ready before its probe passed: {slow}");
-    wait_json(&server, &["get", "pod", "slow"], 30, "slow ready", ready);
+    server.wait_json(&["get", "pod", "slow"], 30, "slow ready", ready);
     // HTTP readiness and TCP liveness against busybox httpd.
-    let web = wait_json(&server, &["get", "pod", "web"], 30, "web ready", ready);
+    let web = server.wait_json(&["get", "pod", "web"], 30, "web ready", ready);
     assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
     // The liveness probe passes while /tmp/alive exists...
-    let alive = wait_json(&server, &["get", "pod", "sick"], 30, "sick running", |p| {
+    let alive = server.wait_json(&["get", "pod", "sick"], 30, "sick running", |p| {
         p["status"]["phase"] == "Running"
     });
     assert_eq!(alive["status"]["containerStatuses"][0]["restartCount"], 0);
     // ...then fails: the container is restarted.
-    let sick = wait_json(
-        &server,
-        &["get", "pod", "sick"],
-        60,
-        "sick restarted",
-        |p| {
-            p["status"]["containerStatuses"][0]["restartCount"]
-                .as_u64()
-                .unwrap_or(0)
-                >= 1
-        },
-    );
+    let sick = server.wait_json(&["get", "pod", "sick"], 60, "sick restarted", |p| {
+        p["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
     let last = &sick["status"]["containerStatuses"][0]["lastState"]["terminated"];
     assert!(
         last["exitCode"].as_i64().unwrap_or(0) >= 128,
@@ -646,8 +593,7 @@ spec:
 ",
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let waiting = wait_json(
-        &server,
+    let waiting = server.wait_json(
         &["get", "pod", "app"],
         30,
         "CreateContainerConfigError",
@@ -682,7 +628,7 @@ spec:
             "--from-literal=password=hunter2",
         ],
     );
-    let app = wait_json(&server, &["get", "pod", "app"], 30, "app Running", |p| {
+    let app = server.wait_json(&["get", "pod", "app"], 30, "app Running", |p| {
         p["status"]["phase"] == "Running"
     });
     let uid = app["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -761,13 +707,9 @@ spec:
     let file = server.write("lifecycle.yaml", &manifest);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     let terminated = |name: &str| {
-        let pod = wait_json(
-            &server,
-            &["get", "pod", name],
-            60,
-            &format!("{name} Failed"),
-            |p| p["status"]["phase"] == "Failed",
-        );
+        let pod = server.wait_json(&["get", "pod", name], 60, &format!("{name} Failed"), |p| {
+            p["status"]["phase"] == "Failed"
+        });
         pod["status"]["containerStatuses"][0]["state"]["terminated"].clone()
     };
     let oom = terminated("oom");
@@ -782,13 +724,9 @@ spec:
     let fallback = terminated("fallback");
     assert_eq!(fallback["message"], "last words", "{fallback}");
 
-    let hooks = wait_json(
-        &server,
-        &["get", "pod", "hooks"],
-        60,
-        "hooks Running",
-        |p| p["status"]["phase"] == "Running",
-    );
+    let hooks = server.wait_json(&["get", "pod", "hooks"], 60, "hooks Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
     let uid = hooks["metadata"]["uid"].as_str().unwrap().to_owned();
     let log_path = logs.join(format!("default_hooks_{uid}/main/0.log"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -842,13 +780,9 @@ spec:
     let file = server.write("seccomp.yaml", &manifest);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     for (name, want) in [("confined", "denied"), ("unconfined", "allowed")] {
-        let pod = wait_json(
-            &server,
-            &["get", "pod", name],
-            60,
-            &format!("{name} done"),
-            |p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed",
-        );
+        let pod = server.wait_json(&["get", "pod", name], 60, &format!("{name} done"), |p| {
+            p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed"
+        });
         let uid = pod["metadata"]["uid"].as_str().unwrap();
         let log =
             std::fs::read_to_string(logs.join(format!("default_{name}_{uid}/main/0.log"))).unwrap();
@@ -874,13 +808,9 @@ spec:
 ",
     );
     server.ok("1.33", &["apply", "-f", init.to_str().unwrap()]);
-    let done = wait_json(
-        &server,
-        &["get", "pod", "init"],
-        60,
-        "init Succeeded",
-        |p| p["status"]["phase"] == "Succeeded",
-    );
+    let done = server.wait_json(&["get", "pod", "init"], 60, "init Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
     let uid = done["metadata"]["uid"].as_str().unwrap().to_owned();
     let log = std::fs::read_to_string(logs.join(format!("default_init_{uid}/main/0.log"))).unwrap();
     let order: Vec<&str> = log
@@ -918,7 +848,7 @@ spec:
 ",
     );
     server.ok("1.33", &["apply", "-f", pair.to_str().unwrap()]);
-    let pod = wait_json(&server, &["get", "pod", "pair"], 60, "pair Running", |p| {
+    let pod = server.wait_json(&["get", "pod", "pair"], 60, "pair Running", |p| {
         p["status"]["phase"] == "Running"
     });
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
@@ -962,25 +892,17 @@ fn the_agent_resumes_after_the_server_restarts() {
         &pod("before", "echo before; exec sleep 3600", "Always", 1),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    wait_json(
-        &server,
-        &["get", "pod", "before"],
-        60,
-        "before Running",
-        |p| p["status"]["phase"] == "Running",
-    );
+    server.wait_json(&["get", "pod", "before"], 60, "before Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
 
     let server = server.restart(&port);
     // The agent's watch, heartbeat and tunnel come back on their own.
     let file = server.write("after.yaml", &pod("after", "echo after", "Never", 1));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    wait_json(
-        &server,
-        &["get", "pod", "after"],
-        60,
-        "after Succeeded",
-        |p| p["status"]["phase"] == "Succeeded",
-    );
+    server.wait_json(&["get", "pod", "after"], 60, "after Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
     assert_eq!(wait_logs(&server, &["logs", "after"]), "after\n");
     assert_eq!(wait_logs(&server, &["logs", "before"]), "before\n");
     let before = server.ok(

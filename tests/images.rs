@@ -2,7 +2,9 @@
 //! built with umoci and written by skopeo as an OCI archive and as a
 //! `docker save` archive.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
@@ -18,53 +20,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-fn need(tool: &str) {
-    assert!(
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "{tool} is missing; scripts/test.sh installs it (apt-get install busybox-static umoci skopeo)"
-    );
-}
-
-/// A one-layer busybox image in an OCI layout at `dir/oci`, tagged `latest`.
-fn busybox_layout(dir: &Path) -> PathBuf {
-    for tool in ["umoci", "skopeo", "busybox"] {
-        need(tool);
-    }
-    let layout = dir.join("oci");
-    let bundle = dir.join("bundle");
-    let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let busybox =
-        String::from_utf8(run(Command::new("sh").args(["-c", "command -v busybox"])).stdout)
-            .unwrap();
-    std::fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", bin.join("sh")).unwrap();
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.cmd",
-        "/bin/sh",
-        "--config.env",
-        "PATH=/bin",
-    ]));
-    layout
-}
-
 fn orch(data: &Path, args: &[&str]) -> Output {
     Command::new(ORCH)
         .args(["image", "--data-dir"])
@@ -77,7 +32,7 @@ fn orch(data: &Path, args: &[&str]) -> Output {
 #[test]
 fn skopeo_archives_import_list_and_remove() {
     let dir = tempfile::tempdir().unwrap();
-    let layout = busybox_layout(dir.path());
+    let layout = support::busybox_layout(dir.path());
     let src = format!("oci:{}:latest", layout.display());
     let oci_tar = dir.path().join("busybox-oci.tar");
     let docker_tar = dir.path().join("busybox-docker.tar");

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -27,35 +27,6 @@ async fn client(server: &TestServer) -> Client {
             .unwrap(),
     )
     .unwrap()
-}
-
-/// Poll `kubectl get … -o json` until `check` holds (up to `secs`).
-fn wait_json(
-    server: &TestServer,
-    args: &[&str],
-    secs: u64,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["-o", "json"]);
-    loop {
-        let out = server.kubectl("1.33", &full);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            let v = json(&text);
-            if check(&v) {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}; last output: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn items(list: &Value) -> Vec<Value> {
@@ -96,8 +67,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     let out = server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
-    let pods = wait_json(
-        &server,
+    let pods = server.wait_json(
         &["get", "pods", "-l", "app=agent"],
         30,
         "a daemon on each node",
@@ -109,8 +79,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
 
     // A node joining gets its daemon.
     let _second = server.simulate("late", 1, &[]);
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods", "-l", "app=agent"],
         30,
         "a daemon on the new node",
@@ -120,8 +89,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
                 .any(|p| node_of(p) == "late-sim-0" && p["status"]["phase"] == "Running")
         },
     );
-    let ds = wait_json(
-        &server,
+    let ds = server.wait_json(
         &["get", "ds", "agent"],
         30,
         "status counting 3 nodes",
@@ -144,8 +112,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
         "1.33",
         &["label", "node", "ds-sim-0", "ds-sim-1", "role=edge"],
     );
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods", "-l", "app=agent"],
         30,
         "daemons only on role=edge nodes",
@@ -160,8 +127,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
     server.ok("1.33", &["set", "image", "ds/agent", "agent=agent:2"]);
     let out = server.ok("1.33", &["rollout", "status", "ds/agent", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
-    let pods = wait_json(
-        &server,
+    let pods = server.wait_json(
         &["get", "pods", "-l", "app=agent"],
         30,
         "agent:2 everywhere",
@@ -187,8 +153,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
         "{history}"
     );
     server.ok("1.33", &["rollout", "undo", "ds/agent"]);
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods", "-l", "app=agent"],
         60,
         "agent:1 back after undo",
@@ -201,8 +166,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
     );
     // Deleting the DaemonSet takes its pods and revisions.
     server.ok("1.33", &["delete", "ds", "agent"]);
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods,controllerrevisions", "-l", "app=agent"],
         30,
         "pods and revisions gone",
@@ -283,16 +247,14 @@ spec:
     let describe = server.ok("1.33", &["describe", "job", "ok"]);
     assert!(describe.contains("4 Succeeded"), "{describe}");
     // ttlSecondsAfterFinished: the Job and its pod go.
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "jobs"],
         30,
         "the brief job deleted after its TTL",
         |v| items(v).iter().all(|j| j["metadata"]["name"] != "brief"),
     );
     // Pod GC keeps 2 terminated pods; the Job's counts survive it.
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods"],
         30,
         "terminated pods down to the threshold",
@@ -348,17 +310,13 @@ spec:
 ",
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let cj = wait_json(
-        &server,
-        &["get", "cronjob", "tick"],
-        30,
-        "lastSuccessfulTime",
-        |v| v["status"]["lastSuccessfulTime"].is_string(),
-    );
+    let cj = server.wait_json(&["get", "cronjob", "tick"], 30, "lastSuccessfulTime", |v| {
+        v["status"]["lastSuccessfulTime"].is_string()
+    });
     assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
     // Several runs later, only two finished Jobs are kept.
     std::thread::sleep(Duration::from_secs(8));
-    let jobs = wait_json(&server, &["get", "jobs"], 30, "history trimmed to 2", |v| {
+    let jobs = server.wait_json(&["get", "jobs"], 30, "history trimmed to 2", |v| {
         items(v)
             .iter()
             .filter(|j| j["status"]["succeeded"] == 1)
@@ -427,7 +385,7 @@ spec:
             .collect()
     };
     let first_replace = owned_by(
-        &wait_json(&server, &["get", "jobs"], 30, "a replace run", |v| {
+        &server.wait_json(&["get", "jobs"], 30, "a replace run", |v| {
             !owned_by(v, "replace").is_empty()
         }),
         "replace",
@@ -578,7 +536,7 @@ spec:
         &["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid}"],
     );
     server.ok("1.33", &["delete", "pod", "db-0", "--wait=false"]);
-    wait_json(&server, &["get", "pod", "db-0"], 30, "db-0 back", |v| {
+    server.wait_json(&["get", "pod", "db-0"], 30, "db-0 back", |v| {
         v["status"]["phase"] == "Running" && v["metadata"]["uid"] != old_uid.as_str()
     });
     assert_eq!(images(&server)[0].1, "db:1");
@@ -603,13 +561,9 @@ spec:
         }
     }
     assert_eq!(deleted, ["db-2", "db-1"]);
-    let sts = wait_json(
-        &server,
-        &["get", "sts", "db"],
-        30,
-        "status of one replica",
-        |v| v["status"]["replicas"] == 1 && v["status"]["readyReplicas"] == 1,
-    );
+    let sts = server.wait_json(&["get", "sts", "db"], 30, "status of one replica", |v| {
+        v["status"]["replicas"] == 1 && v["status"]["readyReplicas"] == 1
+    });
     assert!(sts["status"]["currentRevision"].is_string(), "{sts}");
 }
 
@@ -667,8 +621,7 @@ spec:
     assert_eq!(tol["tolerationSeconds"], 2);
 
     drop(lost);
-    let node = wait_json(
-        &server,
+    let node = server.wait_json(
         &["get", "node", "lost-sim-0"],
         30,
         "Ready=Unknown and unreachable taints",
@@ -705,8 +658,7 @@ spec:
     assert_eq!(ready["reason"], "NodeStatusUnknown");
     // After the toleration, the Deployment's pods run on the other node;
     // the daemon on the lost node stays (it tolerates unreachable).
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods", "-l", "app=web"],
         30,
         "4 web pods running on stay-sim-0",
@@ -741,8 +693,7 @@ spec:
 
     // The node comes back: Ready, taints gone, schedulable again.
     let _back = server.simulate("lost", 1, &["--sim-heartbeat", "1"]);
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "node", "lost-sim-0"],
         30,
         "Ready again without taints",
@@ -758,8 +709,7 @@ spec:
     // Terminating pods of a deleted node are collected.
     drop(_back);
     server.ok("1.33", &["delete", "node", "lost-sim-0"]);
-    wait_json(
-        &server,
+    server.wait_json(
         &["get", "pods", "-A"],
         30,
         "no pods left bound to the deleted node",

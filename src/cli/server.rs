@@ -174,25 +174,13 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-/// The source address of the default route: a UDP `connect` picks it
-/// without sending anything.
-fn default_route_address() -> Option<IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.1:9").ok()?;
-    socket
-        .local_addr()
-        .ok()
-        .map(|a| a.ip())
-        .filter(|ip| !ip.is_unspecified())
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = server::Config::new(args.data.data_dir);
     config.listen = SocketAddr::new(args.bind_address, args.https_listen_port);
     config.advertise_address = args
         .advertise_address
         .or_else(|| (!args.bind_address.is_unspecified()).then_some(args.bind_address))
-        .or_else(default_route_address)
+        .or_else(super::default_route_address)
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     config.tls_sans = args.tls_san;
     if args.compaction_interval == 0 {

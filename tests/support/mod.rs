@@ -235,6 +235,35 @@ impl TestServer {
         }
     }
 
+    /// Poll `kubectl get … -o json` until `check` holds (up to `secs`).
+    pub fn wait_json(
+        &self,
+        args: &[&str],
+        secs: u64,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["-o", "json"]);
+        loop {
+            let out = self.kubectl("1.33", &full);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success()
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && check(&v)
+            {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {secs} s waiting for {what}; last output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Poll `kubectl args` until `check` accepts its output (30 s).
     pub fn eventually(&self, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -344,10 +373,10 @@ pub fn header(table: &str) -> Vec<String> {
         .collect()
 }
 
-/// A one-layer busybox image, `docker.io/library/busybox:test`, written by
-/// skopeo as an OCI archive in `dir`
+/// A one-layer busybox image (tagged `latest`) in an OCI layout at
+/// `dir/oci`
 /// (built with umoci from busybox-static; scripts/test.sh installs them).
-pub fn busybox_archive(dir: &Path) -> PathBuf {
+pub fn busybox_layout(dir: &Path) -> PathBuf {
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap_or_else(|e| {
             panic!("{cmd:?}: {e} (scripts/test.sh installs umoci, skopeo, busybox-static)")
@@ -393,6 +422,25 @@ pub fn busybox_archive(dir: &Path) -> PathBuf {
         "--config.env",
         "PATH=/bin",
     ]));
+    layout
+}
+
+/// A one-layer busybox image, `docker.io/library/busybox:test`, written by
+/// skopeo as an OCI archive in `dir` (built with umoci from
+/// busybox-static; scripts/test.sh installs them).
+pub fn busybox_archive(dir: &Path) -> PathBuf {
+    let image = format!("{}:latest", busybox_layout(dir).display());
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("{cmd:?}: {e} (scripts/test.sh installs umoci, skopeo, busybox-static)")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
     let archive = dir.join("busybox.tar");
     run(Command::new("skopeo").args([
         "copy",

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, object_key, split_key};
-use crate::server::registry::{DeleteOptions, WriteOptions};
+use crate::server::registry::WriteOptions;
 use crate::server::scheduler::plugins::{NodeInfo, PodView, placement};
 use crate::store::Revision;
 
@@ -307,28 +307,17 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
     }
 
     for pod in &to_delete {
-        let opts = DeleteOptions {
-            precondition_uid: Some(meta_str(pod, "uid").to_owned()),
-            ..DeleteOptions::default()
-        };
-        match ctx
-            .registry
-            .delete(&pods_res, Some(&ns), meta_str(pod, "name"), &opts)
-            .await
-        {
-            Ok(obj) => {
-                last = last.max(rv_of(&obj));
-                record_event(
-                    &ctx,
-                    &ds,
-                    "Normal",
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", meta_str(pod, "name")),
-                    "daemonset-controller",
-                );
-            }
-            Err(e) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e),
+        let rev = super::delete_pod(&ctx, pod).await?;
+        if rev > Revision(0) {
+            last = last.max(rev);
+            record_event(
+                &ctx,
+                &ds,
+                "Normal",
+                "SuccessfulDelete",
+                format!("Deleted pod: {}", meta_str(pod, "name")),
+                "daemonset-controller",
+            );
         }
     }
     for node in &to_create {

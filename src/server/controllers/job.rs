@@ -196,29 +196,6 @@ async fn drop_finalizer(ctx: &Context, pod: &Value) -> Result<Revision, ApiError
     }
 }
 
-async fn delete_pod(ctx: &Context, pod: &Value) -> Result<Revision, ApiError> {
-    let opts = DeleteOptions {
-        precondition_uid: Some(meta_str(pod, "uid").to_owned()),
-        ..DeleteOptions::default()
-    };
-    match ctx
-        .registry
-        .delete(
-            &ctx.res("", "pods"),
-            Some(meta_str(pod, "namespace")),
-            meta_str(pod, "name"),
-            &opts,
-        )
-        .await
-    {
-        Ok(obj) => Ok(rv_of(&obj)),
-        Err(ApiError {
-            code: 404 | 409, ..
-        }) => Ok(Revision(0)),
-        Err(e) => Err(e),
-    }
-}
-
 async fn write_status(ctx: &Context, job: &Value, status: Value) -> Result<Value, ApiError> {
     let mut updated = job.clone();
     updated["status"] = status;
@@ -323,7 +300,7 @@ async fn reconcile(
     if finished(&job).is_none() {
         if suspended {
             for pod in &active {
-                pods_rev = pods_rev.max(delete_pod(&ctx, pod).await?);
+                pods_rev = pods_rev.max(super::delete_pod(&ctx, pod).await?);
             }
             if !has_condition(&job, "Suspended") {
                 set_condition(
@@ -408,7 +385,7 @@ async fn reconcile(
             };
             if let Some((reason, message)) = failure {
                 for pod in &active {
-                    pods_rev = pods_rev.max(delete_pod(&ctx, pod).await?);
+                    pods_rev = pods_rev.max(super::delete_pod(&ctx, pod).await?);
                 }
                 set_condition(&mut status, "FailureTarget", "True", reason, message);
                 set_condition(&mut status, "Failed", "True", reason, message);
@@ -509,7 +486,7 @@ async fn reconcile(
                         meta_str(b, "creationTimestamp").cmp(meta_str(a, "creationTimestamp"))
                     });
                     for pod in extra.iter().take(running.len() - want) {
-                        pods_rev = pods_rev.max(delete_pod(&ctx, pod).await?);
+                        pods_rev = pods_rev.max(super::delete_pod(&ctx, pod).await?);
                     }
                 }
             }

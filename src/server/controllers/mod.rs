@@ -389,6 +389,34 @@ async fn set_owner_references(
     Ok(written.object)
 }
 
+/// Delete this incarnation of `pod` (uid precondition, default grace);
+/// the revision written, or 0 when it was gone or replaced already.
+///
+/// # Errors
+/// The registry failed otherwise.
+pub async fn delete_pod(ctx: &Context, pod: &Value) -> Result<crate::store::Revision, ApiError> {
+    let opts = crate::server::registry::DeleteOptions {
+        precondition_uid: Some(meta_str(pod, "uid").to_owned()),
+        ..Default::default()
+    };
+    match ctx
+        .registry
+        .delete(
+            &ctx.res("", "pods"),
+            Some(meta_str(pod, "namespace")),
+            meta_str(pod, "name"),
+            &opts,
+        )
+        .await
+    {
+        Ok(obj) => Ok(replicaset::rv_of(&obj)),
+        Err(ApiError {
+            code: 404 | 409, ..
+        }) => Ok(crate::store::Revision(0)),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn is_deleting(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp")
         .is_some_and(|v| !v.is_null())

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, split_key};
-use crate::server::registry::{DeleteOptions, WriteOptions};
+use crate::server::registry::WriteOptions;
 use crate::store::Revision;
 
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
@@ -109,38 +109,22 @@ fn new_pod(set: &Value, template: &Value, ordinal: i64, revision: &str) -> Value
 }
 
 async fn delete_pod(ctx: &Context, set: &Value, pod: &Value) -> Result<Revision, ApiError> {
-    let opts = DeleteOptions {
-        precondition_uid: Some(meta_str(pod, "uid").to_owned()),
-        ..DeleteOptions::default()
-    };
-    match ctx
-        .registry
-        .delete(
-            &ctx.res("", "pods"),
-            Some(meta_str(pod, "namespace")),
-            meta_str(pod, "name"),
-            &opts,
-        )
-        .await
-    {
-        Ok(obj) => {
-            record_event(
-                ctx,
-                set,
-                "Normal",
-                "SuccessfulDelete",
-                format!(
-                    "delete Pod {} in StatefulSet {} successful",
-                    meta_str(pod, "name"),
-                    meta_str(set, "name")
-                ),
-                "statefulset-controller",
-            );
-            Ok(rv_of(&obj))
-        }
-        Err(e) if e.code == 404 || e.code == 409 => Ok(Revision(0)),
-        Err(e) => Err(e),
+    let rev = super::delete_pod(ctx, pod).await?;
+    if rev > Revision(0) {
+        record_event(
+            ctx,
+            set,
+            "Normal",
+            "SuccessfulDelete",
+            format!(
+                "delete Pod {} in StatefulSet {} successful",
+                meta_str(pod, "name"),
+                meta_str(set, "name")
+            ),
+            "statefulset-controller",
+        );
     }
+    Ok(rev)
 }
 
 async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
