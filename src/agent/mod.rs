@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod container;
+pub mod imagegc;
 pub mod join;
 pub mod logs;
 pub mod node;
@@ -66,6 +67,9 @@ pub struct Config {
     pub cgroup_root: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
+    /// Registry mirrors and credentials (`registries.yaml`).
+    pub registries: crate::runtime::image::Registries,
+    pub image_gc: imagegc::Policy,
 }
 
 /// Register the node, import the images waiting in
@@ -80,6 +84,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
     let images = crate::runtime::image::ImageStore::open(&images_dir)
         .map_err(|e| Error::Runtime(format!("image store {}: {e}", images_dir.display())))?;
     import_bundled(&images, &cfg.node.data_dir.join("agent").join("images")).await;
+    let images = Arc::new(images);
     node::register(&client, &cfg.node).await?;
     tracing::info!(node = %cfg.node.name, ip = %cfg.node.ip, "node registered");
     let kubelet = Arc::new(pods::Kubelet {
@@ -90,16 +95,25 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         run_dir: cfg.run_dir,
         log_dir: cfg.log_dir,
         cgroup_root: cfg.cgroup_root,
+        puller: crate::runtime::image::Puller::new(images.clone(), cfg.registries),
+        pulls: std::sync::Mutex::default(),
         images,
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,
     });
+    let image_gc = tokio::spawn(imagegc::run(
+        client.clone(),
+        cfg.node.name.clone(),
+        kubelet.images.clone(),
+        cfg.image_gc,
+    ));
     let heartbeat = tokio::spawn(node::heartbeat(client, cfg.node));
     // The kubelet API (logs), through a connection this agent opens.
     let tunnel = tokio::spawn(tunnel::run(creds, kubelet.clone()));
     pods::run(kubelet).await;
     heartbeat.abort();
     tunnel.abort();
+    image_gc.abort();
     Ok(())
 }
 

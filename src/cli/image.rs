@@ -1,4 +1,4 @@
-//! `orch image`: the node's image store (import, list, remove).
+//! `orch image`: the node's image store (pull, import, list, remove).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 
-use super::DataDirArgs;
-use crate::runtime::image::{ImageRef, ImageStore, Platform, import};
+use super::{DEFAULT_REGISTRIES, DataDirArgs};
+use crate::runtime::image::pull::Progress;
+use crate::runtime::image::{
+    ImageRef, ImageStore, Platform, PullSecrets, Puller, Registries, import,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +32,18 @@ pub enum ImageCommand {
         /// name it, or to rename it).
         #[arg(long, value_name = "REF")]
         name: Option<String>,
+    },
+    /// Pull an image from its registry (or the mirrors registries.yaml
+    /// names), showing progress.
+    Pull {
+        /// Image reference (e.g. busybox, 127.0.0.1:5000/app:v1).
+        image: String,
+        /// Registry configuration (mirrors, credentials, TLS), as k3s's.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_REGISTRIES)]
+        private_registry: PathBuf,
+        /// Log in with USER:PASSWORD.
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
     },
     /// List the stored images.
     #[command(alias = "list")]
@@ -78,6 +93,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+        ImageCommand::Pull {
+            image,
+            private_registry,
+            creds,
+        } => pull(store, &image, &private_registry, creds.as_deref())?,
         ImageCommand::Ls => {
             println!("{:<60} {:<19} {:>9}", "IMAGE", "DIGEST", "SIZE");
             for image in store.images()? {
@@ -98,6 +118,100 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn pull(
+    store: ImageStore,
+    image: &str,
+    registries: &std::path::Path,
+    creds: Option<&str>,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    use std::sync::Mutex;
+
+    let reference = ImageRef::parse(image).map_err(|e| anyhow::anyhow!(e))?;
+    let registries = Registries::load(registries).map_err(|e| anyhow::anyhow!(e))?;
+    let mut secrets = PullSecrets::default();
+    if let Some(c) = creds {
+        let (user, password) = c
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--creds: expected USER:PASSWORD"))?;
+        secrets.add(
+            serde_json::json!({"auths": {&reference.registry: {"username": user, "password": password}}})
+                .to_string()
+                .as_bytes(),
+        );
+    }
+    let puller = Puller::new(std::sync::Arc::new(store), registries);
+    let terminal = std::io::stderr().is_terminal();
+    // Sizes and bytes received per layer, for one progress line.
+    type Layers = (Vec<(String, u64)>, std::collections::HashMap<String, u64>);
+    let state: Mutex<Layers> = Mutex::default();
+    let last = Mutex::new(std::time::Instant::now());
+    let show = |p: Progress| {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        match p {
+            Progress::Resolved {
+                endpoint,
+                layers,
+                present,
+            } => {
+                eprintln!(
+                    "pulling {reference} from {endpoint}: {} layers, {present} already here",
+                    layers.len()
+                );
+                st.0 = layers;
+            }
+            Progress::Layer { digest, received } => {
+                st.1.insert(digest, received);
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if terminal && last.elapsed() > std::time::Duration::from_millis(100) {
+                    *last = std::time::Instant::now();
+                    let total: u64 =
+                        st.0.iter()
+                            .filter(|(d, _)| st.1.contains_key(d))
+                            .map(|(_, s)| s)
+                            .sum();
+                    let got: u64 = st.1.values().sum();
+                    let done = st.0.iter().filter(|(d, s)| st.1.get(d) == Some(s)).count();
+                    eprint!(
+                        "\r  {} / {} layers  {} / {}   ",
+                        done,
+                        st.1.len(),
+                        human(got),
+                        human(total)
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+            }
+            Progress::Unpacking => {
+                let got: u64 = st.1.values().sum();
+                if terminal {
+                    eprint!("\r");
+                }
+                eprintln!(
+                    "  downloaded {} in {} layers; unpacking",
+                    human(got),
+                    st.1.len()
+                );
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let image = runtime
+        .block_on(puller.pull(&reference, &secrets, &show))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "pulled {} ({}, {}) in {:.1}s",
+        image.reference,
+        &image.manifest_digest[..19],
+        human(image.size),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -33,7 +33,7 @@ pub enum Command {
     Server(server::Args),
     /// Run a node agent that joins a server.
     Agent(agent::Args),
-    /// Manage the node's images (import, ls, rm).
+    /// Manage the node's images (pull, import, ls, rm).
     Image(image::Args),
     /// (internal) The per-pod container supervisor the agent starts.
     #[command(hide = true)]
@@ -43,6 +43,8 @@ pub enum Command {
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/orch";
+/// Registry mirrors and credentials, as k3s's `registries.yaml`.
+pub const DEFAULT_REGISTRIES: &str = "/etc/orch/registries.yaml";
 
 /// Flags every long-running role shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -92,6 +94,32 @@ pub struct NodeArgs {
     /// (agent) Parent cgroup of the pods' cgroups [default: /orch/<node-name>].
     #[arg(long, env = "ORCH_CGROUP_ROOT", value_name = "PATH")]
     pub cgroup_root: Option<String>,
+
+    /// (agent) Registry configuration: mirrors, credentials, TLS (the
+    /// shape of k3s's registries.yaml).
+    #[arg(
+        long,
+        env = "ORCH_PRIVATE_REGISTRY",
+        value_name = "FILE",
+        default_value = DEFAULT_REGISTRIES
+    )]
+    pub private_registry: PathBuf,
+
+    /// (agent) Disk usage (percent) of the image store's filesystem above
+    /// which unused images are removed.
+    #[arg(long, value_name = "PERCENT", default_value_t = 85,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+
+    /// (agent) Disk usage (percent) image garbage collection frees down to.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+
+    /// (agent) Images stored more recently than this (seconds) are not
+    /// garbage-collected.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub image_minimum_gc_age: u64,
 
     /// (networking) Cluster DNS server address pods are given.
     #[arg(
@@ -143,7 +171,22 @@ impl NodeArgs {
             .or_else(default_route_address)
             .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
         let default_data_dir = data_dir == std::path::Path::new(DEFAULT_DATA_DIR);
+        if self.image_gc_low_threshold > self.image_gc_high_threshold {
+            anyhow::bail!(
+                "--image-gc-low-threshold ({}) is above --image-gc-high-threshold ({}); make it lower",
+                self.image_gc_low_threshold,
+                self.image_gc_high_threshold
+            );
+        }
+        let registries = crate::runtime::image::Registries::load(&self.private_registry)
+            .map_err(|e| anyhow::anyhow!("--private-registry {e}"))?;
         Ok(crate::agent::Config {
+            registries,
+            image_gc: crate::agent::imagegc::Policy {
+                high_percent: self.image_gc_high_threshold,
+                low_percent: self.image_gc_low_threshold,
+                minimum_age: std::time::Duration::from_secs(self.image_minimum_gc_age),
+            },
             node: crate::agent::node::NodeConfig {
                 name: name.clone(),
                 ip,

@@ -1,8 +1,8 @@
 //! Images: references, the content-addressed store, unpacking layers for
-//! overlayfs, and importing archives (pulling from registries comes with
-//! the puller).
+//! overlayfs, importing archives and pulling from registries.
 
 pub mod import;
+pub mod pull;
 pub mod reference;
 pub mod store;
 pub mod unpack;
@@ -11,5 +11,6 @@ pub mod unpack;
 mod tests;
 
 pub use import::{Platform, import};
+pub use pull::{PullSecrets, Puller, Registries};
 pub use reference::ImageRef;
 pub use store::{Image, ImageStore};

@@ -237,6 +237,33 @@ impl ImageStore {
         Ok((digest, size))
     }
 
+    /// Move the downloaded file at `path` into the store as blob `expected`
+    /// after checking its digest (nothing is copied).
+    ///
+    /// # Errors
+    /// IO failed or the digest does not match.
+    pub fn adopt(&self, path: &Path, expected: &str) -> Result<()> {
+        let file = fs::File::open(path).map_err(io_err(path))?;
+        let mut hashing = Hashing::new(BufReader::new(file));
+        io::copy(&mut hashing, &mut io::sink()).map_err(io_err(path))?;
+        let (digest, _) = hashing.finish().map_err(io_err(path))?;
+        if digest != expected {
+            return Err(Error::DigestMismatch {
+                path: expected.to_owned(),
+                expected: expected.to_owned(),
+                actual: digest,
+            });
+        }
+        let dest = self.blob_path(&digest)?;
+        if !dest.exists() {
+            fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(path))?;
+            fs::rename(path, &dest).map_err(io_err(&dest))?;
+        }
+        Ok(())
+    }
+
     /// A (small) blob's bytes.
     ///
     /// # Errors
