@@ -144,6 +144,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "lifecycle",
         "restart",
         "registry",
+        "exec",
     ] {
         orch::runtime::cgroup::remove(&cgroup_root(tag));
     }
@@ -1333,4 +1334,167 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(agent);
+}
+
+#[test]
+fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("exec");
+    let archive = support::busybox_archive(dir.path());
+    let run_dir = dir.path().join("run");
+    let server = TestServer::start_with_agent(
+        &netns.0,
+        &[
+            "--node-name",
+            "exec",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--pod-log-dir",
+            dir.path().join("logs").to_str().unwrap(),
+            "--cgroup-root",
+            &cgroup_root("exec"),
+        ],
+        |data| {
+            std::fs::create_dir_all(data.join("agent/images")).unwrap();
+            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
+        },
+    );
+    let _guard = Cleanup {
+        run_dir: run_dir.clone(),
+        data: server.dir.path().to_owned(),
+    };
+    let file = server.write(
+        "pods.yaml",
+        &[
+            pod("box", "trap 'exit 0' TERM; sleep 3600 & wait", "Always", 1),
+            pod("done", "true", "Never", 1),
+        ]
+        .join("---\n"),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.wait_json(&["get", "pod", "box"], 60, "box Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    // Output and exit codes.
+    let out = server.kubectl("1.33", &["exec", "box", "--", "echo", "hello", "world"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+    let out = server.kubectl(
+        "1.33",
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; echo $WHO; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\nbox\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("err") && err.contains("command terminated with exit code 3"),
+        "{err}"
+    );
+    // stdin, until it ends.
+    let mut child = in_netns(Some(&netns.0), support::kubectl_path("1.33"))
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args([
+            "exec",
+            "-i",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line; cat > /x; cat /x; exit 4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"first\nsecond\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "got first\nsecond\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4));
+    // A terminal (from script(1)), its size passed on, the shell's exit
+    // code back.
+    let kubectl = format!(
+        "stty rows 33 cols 101; {} --kubeconfig {} exec -it box -- sh -c 'tty; stty size; exit 5'",
+        support::kubectl_path("1.33").display(),
+        server.kubeconfig.display()
+    );
+    let out = in_netns(Some(&netns.0), "script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("33 101"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    // Bad requests get kubectl's errors.
+    let err = server.fails("1.33", &["exec", "box", "-c", "nope", "--", "true"]);
+    assert!(
+        err.contains("container nope is not valid for pod box"),
+        "{err}"
+    );
+    server.wait_json(&["get", "pod", "done"], 60, "done Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let err = server.fails("1.33", &["exec", "done", "--", "true"]);
+    assert!(err.contains("completed pod"), "{err}");
+    let err = server.fails("1.33", &["exec", "box", "--", "/no/such/program"]);
+    assert!(
+        err.contains("/no/such/program") && err.contains("not found"),
+        "{err}"
+    );
+    // Nothing is left behind: the exec'd processes are gone.
+    let out = server.kubectl(
+        "1.33",
+        &[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "ls /proc | grep -c '^[0-9]'",
+        ],
+    );
+    let counts = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        counts
+            .lines()
+            .last()
+            .is_some_and(|n| n.trim().parse::<u32>().unwrap_or(99) <= 5),
+        "processes left in the container: {counts}"
+    );
+    server.ok("1.33", &["delete", "pod", "box", "done", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(server.dir.path().join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(Instant::now() < deadline, "pods were not torn down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -19,6 +19,8 @@ const PERIOD: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
+    /// Percent of the filesystem in use (capacity minus what is available
+    /// to us, as the kubelet counts) above which collection starts.
     pub high_percent: u8,
     pub low_percent: u8,
     pub minimum_age: Duration,
@@ -63,11 +65,10 @@ pub fn collect(
         .into_iter()
         .filter(|i| !in_use.contains(&i.reference))
         .filter(|i| {
-            jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%SZ", &i.stored)
-                .ok()
-                .is_none_or(|t| {
-                    jiff::Timestamp::now().duration_since(t).unsigned_abs() >= policy.minimum_age
-                })
+            // An unreadable time counts as new: better kept than lost.
+            i.stored.parse::<jiff::Timestamp>().is_ok_and(|t| {
+                jiff::Timestamp::now().duration_since(t).unsigned_abs() >= policy.minimum_age
+            })
         })
         .collect();
     candidates.sort_by(|a, b| a.stored.cmp(&b.stored));
@@ -126,5 +127,51 @@ pub async fn run(client: kube::Client, node: String, store: Arc<ImageStore>, pol
             Err(e) => tracing::debug!(%e, "cannot list pods for image garbage collection"),
         }
         tokio::time::sleep(PERIOD).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_images_are_kept_and_old_unused_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let image = |name: &str, stored: &str| crate::runtime::image::Image {
+            reference: name.into(),
+            manifest_digest: format!("sha256:{}", "a".repeat(64)),
+            config_digest: format!("sha256:{}", "b".repeat(64)),
+            layers: Vec::new(),
+            size: 1,
+            stored: stored.into(),
+        };
+        let now = jiff::Timestamp::now();
+        let old = (now - jiff::SignedDuration::from_secs(3600))
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let new = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        store.put(image("old", &old)).unwrap();
+        store.put(image("used", &old)).unwrap();
+        store.put(image("new", &new)).unwrap();
+        let in_use: HashSet<String> = ["used".to_owned()].into();
+        let everything = Policy {
+            high_percent: 0,
+            low_percent: 0,
+            minimum_age: Duration::from_secs(120),
+        };
+        assert_eq!(collect(&store, &in_use, everything).unwrap(), ["old"]);
+        let off = Policy {
+            high_percent: 100,
+            ..everything
+        };
+        assert!(collect(&store, &in_use, off).unwrap().is_empty());
+        let names: Vec<String> = store
+            .images()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.reference)
+            .collect();
+        assert_eq!(names, ["new", "used"]);
     }
 }

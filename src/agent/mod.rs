@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod container;
+pub mod exec;
 pub mod imagegc;
 pub mod join;
 pub mod logs;

@@ -107,11 +107,16 @@ async fn connect_and_serve(creds: &Credentials, k: &Arc<Kubelet>) -> Result<(), 
         .map_err(|e| e.to_string())
 }
 
-/// The kubelet API: `/containerLogs/<ns>/<pod>/<container>?uid=…&…`.
+/// The kubelet API: `/containerLogs/<ns>/<pod>/<container>?uid=…&…` and
+/// `/exec/<ns>/<pod>/<container>?uid=…&command=…`.
 async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["exec", _ns, pod, container] = parts.as_slice() {
+        let (pod, container) = ((*pod).to_owned(), (*container).to_owned());
+        return super::exec::serve(k, req, &pod, &container).await;
+    }
     let ["containerLogs", ns, pod, container] = parts.as_slice() else {
         return text(
             StatusCode::NOT_FOUND,

@@ -11,6 +11,8 @@ pub mod join;
 pub mod patch;
 pub mod proto;
 pub mod quantity;
+pub mod query;
+pub mod remotecommand;
 pub mod selector;
 pub mod status;
 pub mod table;

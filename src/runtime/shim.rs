@@ -63,6 +63,20 @@ pub enum Request {
         args: Vec<String>,
         timeout_ms: u64,
     },
+    /// Run a command in a running container with its stdio handed to the
+    /// caller (`kubectl exec`): the answer carries file descriptors —
+    /// with `tty` the terminal's master, else stdout, stderr and (with
+    /// `stdin`) stdin's write end — and the connection stays open until
+    /// the command exits, when the shim writes an [`ExecExit`] line.
+    ExecStream {
+        id: String,
+        args: Vec<String>,
+        tty: bool,
+        stdin: bool,
+        /// The terminal's first size, (width, height).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<(u16, u16)>,
+    },
     /// Connect to a TCP port in the pod's network namespace.
     ProbeTcp {
         port: u16,
@@ -86,6 +100,91 @@ pub struct ProbeResult {
     pub success: bool,
     pub message: String,
     pub exit_code: Option<i32>,
+}
+
+/// How an [`Request::ExecStream`] command ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecExit {
+    pub exit_code: i32,
+}
+
+/// A streaming exec, from the caller's side.
+pub struct ExecSession {
+    /// With a tty: the terminal's master. Otherwise stdout, stderr and,
+    /// when asked for, stdin.
+    pub fds: Vec<OwnedFd>,
+    conn: UnixStream,
+}
+
+impl ExecSession {
+    /// Wait for the command to end; its exit code.
+    ///
+    /// # Errors
+    /// The shim went away before saying.
+    pub fn wait(self) -> Result<i32, Error> {
+        let mut line = Vec::new();
+        BufReader::new(&self.conn)
+            .read_until(b'\n', &mut line)
+            .map_err(io_err("waiting for the exec"))?;
+        serde_json::from_slice::<ExecExit>(&line)
+            .map(|e| e.exit_code)
+            .map_err(|_| Error::Shim("the shim ended before the command did".into()))
+    }
+}
+
+/// Start a streaming exec (see [`Request::ExecStream`]).
+///
+/// # Errors
+/// The shim is not there or refused (no such container, not running).
+pub fn exec_stream(
+    socket: &Path,
+    id: &str,
+    args: Vec<String>,
+    tty: bool,
+    stdin: bool,
+    size: Option<(u16, u16)>,
+) -> Result<ExecSession, Error> {
+    let what = || format!("shim {}", socket.display());
+    let stream = UnixStream::connect(socket).map_err(io_err(what()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io_err(what()))?;
+    let request = Request::ExecStream {
+        id: id.to_owned(),
+        args,
+        tty,
+        stdin,
+        size,
+    };
+    let mut line = serde_json::to_vec(&request).expect("requests serialise");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io_err(what()))?;
+    // The answer line and its descriptors come in one message.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &stream,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| io_err(what())(errno(e)))?;
+    let mut fds = Vec::new();
+    for msg in control.drain() {
+        if let rustix::net::RecvAncillaryMessage::ScmRights(rights) = msg {
+            fds.extend(rights);
+        }
+    }
+    let answer = &buf[..got.bytes];
+    let response: Response = serde_json::from_slice(answer.trim_ascii_end())
+        .map_err(|e| Error::Shim(format!("unreadable answer: {e}")))?;
+    if !response.ok {
+        return Err(Error::Shim(response.error.unwrap_or_default()));
+    }
+    stream.set_read_timeout(None).map_err(io_err(what()))?;
+    Ok(ExecSession { fds, conn: stream })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -182,10 +281,55 @@ struct Tracked {
     cgroup: String,
 }
 
+/// Gives a terminal exec's terminal the client's size before the command
+/// runs (in the container's process, on its side of the terminal), so
+/// programs that read the size at start see it rather than 0×0.
+#[derive(Clone)]
+struct SizedTerminal {
+    width: u16,
+    height: u16,
+}
+
+impl libcontainer::workload::Executor for SizedTerminal {
+    fn exec(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        let _ = rustix::termios::tcsetwinsize(
+            std::io::stdin(),
+            rustix::termios::Winsize {
+                ws_row: self.height,
+                ws_col: self.width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        );
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// A streaming exec the shim waits for.
+struct Session {
+    pid: Pid,
+    pidfd: OwnedFd,
+    /// The caller's connection: the exit line goes there.
+    conn: UnixStream,
+}
+
 /// The shim's state and its directory layout.
 struct Shim {
     dir: PathBuf,
     containers: BTreeMap<String, Tracked>,
+    sessions: Vec<Session>,
+    /// Numbers exec process files and console sockets.
+    next_exec: u64,
     shutting_down: bool,
 }
 
@@ -327,6 +471,7 @@ impl Shim {
                     },
                 };
             }
+            Request::ExecStream { .. } => Err("an exec stream needs its own connection".into()),
             Request::ProbeTcp { port, timeout_ms } => {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                 let probe = match std::net::TcpStream::connect_timeout(
@@ -448,6 +593,171 @@ impl Shim {
         })
     }
 
+    /// Start `args` in running container `id` with stdio for the caller:
+    /// the process and the descriptors to hand over.
+    fn exec_stream(
+        &mut self,
+        id: &str,
+        args: Vec<String>,
+        tty: bool,
+        stdin: bool,
+        size: Option<(u16, u16)>,
+    ) -> Result<(Pid, Vec<OwnedFd>), String> {
+        let state_root = self.state_root();
+        let n = self.next_exec;
+        self.next_exec += 1;
+        let dir = self.dir.clone();
+        let t = self.tracked(id)?;
+        if t.record.status != "running" {
+            return Err(format!("container {id} is not running"));
+        }
+        if args.is_empty() {
+            return Err("no command given".into());
+        }
+        let builder = libcontainer::container::builder::ContainerBuilder::new(
+            id.to_owned(),
+            libcontainer::syscall::syscall::SyscallType::default(),
+        )
+        .with_root_path(&state_root)
+        .map_err(|e| format!("state dir: {e}"))?;
+        if tty {
+            // The container's process, with a terminal: libcontainer opens
+            // it inside the container (the controlling terminal of the
+            // command) and sends its master over the console socket.
+            let spec: serde_json::Value = fs::read(t.container.bundle().join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| format!("cannot read the spec of {id}"))?;
+            let mut process = spec["process"].clone();
+            process["args"] = serde_json::json!(args);
+            process["terminal"] = serde_json::json!(true);
+            let env = process["env"].as_array_mut();
+            if let Some(env) = env
+                && !env
+                    .iter()
+                    .any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM=")))
+            {
+                env.push(serde_json::json!("TERM=xterm"));
+            }
+            let process_file = dir.join(format!("exec-{n}.json"));
+            fs::write(&process_file, process.to_string()).map_err(|e| e.to_string())?;
+            let console = dir.join(format!("console-{n}.sock"));
+            let _ = fs::remove_file(&console);
+            let listener =
+                UnixListener::bind(&console).map_err(|e| format!("console socket: {e}"))?;
+            let (width, height) = size.unwrap_or((80, 24));
+            let built = builder
+                .with_executor(SizedTerminal { width, height })
+                .with_console_socket(Some(&console))
+                .as_tenant()
+                .with_process(Some(&process_file))
+                .with_detach(true)
+                .build();
+            let _ = fs::remove_file(&process_file);
+            let _ = fs::remove_file(&console);
+            let pid = built.map_err(|e| format!("exec in {id}: {e}"))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("console socket: {e}"))?;
+            let (conn, _) = listener
+                .accept()
+                .map_err(|e| format!("the container sent no terminal: {e}"))?;
+            let mut name = [0u8; 256];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+            rustix::net::recvmsg(
+                &conn,
+                &mut [io::IoSliceMut::new(&mut name)],
+                &mut control,
+                rustix::net::RecvFlags::CMSG_CLOEXEC,
+            )
+            .map_err(|e| format!("receiving the terminal: {e}"))?;
+            let master = control
+                .drain()
+                .find_map(|m| match m {
+                    rustix::net::RecvAncillaryMessage::ScmRights(mut r) => r.next(),
+                    _ => None,
+                })
+                .ok_or("the container sent no terminal")?;
+            let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
+            return Ok((pid, vec![master]));
+        }
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| format!("pipe: {e}"))
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (child_in, in_w) = if stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            (OwnedFd::from(devnull), None)
+        };
+        let pid = builder
+            .with_stdin(child_in)
+            .with_stdout(out_w)
+            .with_stderr(err_w)
+            .as_tenant()
+            .with_container_args(args)
+            .with_detach(true)
+            .build()
+            .map_err(|e| format!("exec in {id}: {e}"))?;
+        let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
+        let mut fds = vec![out_r, err_r];
+        fds.extend(in_w);
+        Ok((pid, fds))
+    }
+
+    /// Reap children nobody waits for: the processes of a libcontainer
+    /// exec that failed before its command ran (a missing program) are
+    /// left as zombies otherwise.
+    fn reap_strays(&self) {
+        let me = std::process::id();
+        let Ok(children) = fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else {
+            return;
+        };
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let owned = self.containers.values().any(|t| t.pid == pid)
+                || self.sessions.iter().any(|s| s.pid.as_raw_pid() == pid);
+            let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false);
+            if !owned
+                && zombie
+                && let Some(p) = Pid::from_raw(pid)
+            {
+                let _ = rustix::process::waitpid(Some(p), WaitOptions::NOHANG);
+            }
+        }
+    }
+
+    /// A streaming exec ended: tell its caller how.
+    fn end_session(&mut self, index: usize) {
+        let s = self.sessions.swap_remove(index);
+        let code = rustix::process::waitpid(Some(s.pid), WaitOptions::NOHANG)
+            .ok()
+            .flatten()
+            .map_or(255, |(_, status)| {
+                status
+                    .exit_status()
+                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(255)
+            });
+        let mut line = serde_json::to_vec(&ExecExit { exit_code: code }).expect("serialises");
+        line.push(b'\n');
+        let _ = (&s.conn).write_all(&line);
+        let _ = s.conn.shutdown(std::net::Shutdown::Both);
+    }
+
     /// The container's init exited: reap it and record how.
     fn reap(&mut self, id: &str) {
         let exit_path = self.exit_path(id);
@@ -498,6 +808,8 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
     let mut shim = Shim {
         dir: dir.to_owned(),
         containers: BTreeMap::new(),
+        sessions: Vec::new(),
+        next_exec: 0,
         shutting_down: false,
     };
     tracing::info!(dir = %dir.display(), pid = std::process::id(), "orch shim ready");
@@ -511,6 +823,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
             Out,
             Err,
             Exit,
+            Session,
         }
         let mut keys: Vec<(String, Kind)> = Vec::new();
         let mut ready: Vec<bool> = Vec::new();
@@ -531,6 +844,13 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
                     keys.push((id.clone(), Kind::Exit));
                 }
             }
+            for (i, session) in shim.sessions.iter().enumerate() {
+                fds.push(PollFd::from_borrowed_fd(
+                    session.pidfd.as_fd(),
+                    PollFlags::IN,
+                ));
+                keys.push((i.to_string(), Kind::Session));
+            }
             match rustix::event::poll(&mut fds, None) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -547,7 +867,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
             let (pipe, stream) = match kind {
                 Kind::Out => (&mut t.stdout, Stream::Stdout),
                 Kind::Err => (&mut t.stderr, Stream::Stderr),
-                Kind::Exit => continue,
+                Kind::Exit | Kind::Session => continue,
             };
             let mut buf = [0u8; 64 * 1024];
             let n = pipe
@@ -566,8 +886,20 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
                 shim.reap(id);
             }
         }
+        // Ended sessions, highest index first (they are swap-removed).
+        let mut ended: Vec<usize> = keys
+            .iter()
+            .zip(&ready)
+            .filter(|((_, kind), r)| **r && matches!(kind, Kind::Session))
+            .filter_map(|((i, _), _)| i.parse().ok())
+            .collect();
+        ended.sort_unstable_by(|a, b| b.cmp(a));
+        for i in ended {
+            shim.end_session(i);
+        }
         if listener_ready && let Ok((stream, _)) = listener.accept() {
             serve(&mut shim, stream);
+            shim.reap_strays();
         }
     }
     let _ = fs::remove_file(&socket);
@@ -658,6 +990,16 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
     let mut reader = BufReader::new(&stream);
     let response = match reader.read_line(&mut line) {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::ExecStream {
+                id,
+                args,
+                tty,
+                stdin,
+                size,
+            }) => {
+                drop(reader);
+                return serve_exec(shim, stream, &id, args, tty, stdin, size);
+            }
             Ok(request) => shim.handle(request),
             Err(e) => Response {
                 ok: false,
@@ -677,6 +1019,72 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
     // A container created but not started holds a copy of this socket
     // until it execs: shut the connection down rather than rely on close.
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Answer an exec stream with its descriptors and keep the connection
+/// for the exit line.
+fn serve_exec(
+    shim: &mut Shim,
+    stream: UnixStream,
+    id: &str,
+    args: Vec<String>,
+    tty: bool,
+    stdin: bool,
+    size: Option<(u16, u16)>,
+) {
+    let started = shim.exec_stream(id, args, tty, stdin, size);
+    let (response, fds, pid) = match started {
+        Ok((pid, fds)) => (
+            Response {
+                ok: true,
+                ..Response::default()
+            },
+            fds,
+            Some(pid),
+        ),
+        Err(e) => (
+            Response {
+                ok: false,
+                error: Some(e),
+                ..Response::default()
+            },
+            Vec::new(),
+            None,
+        ),
+    };
+    let mut out = serde_json::to_vec(&response).expect("responses serialise");
+    out.push(b'\n');
+    let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() {
+        control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed));
+    }
+    let sent = rustix::net::sendmsg(
+        &stream,
+        &[io::IoSlice::new(&out)],
+        &mut control,
+        rustix::net::SendFlags::NOSIGNAL,
+    );
+    // Our copies go: the caller and the command hold the ends now.
+    drop(fds);
+    let Some(pid) = pid else {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    };
+    match (sent, rustix::process::pidfd_open(pid, PidfdFlags::empty())) {
+        (Ok(_), Ok(pidfd)) => shim.sessions.push(Session {
+            pid,
+            pidfd,
+            conn: stream,
+        }),
+        _ => {
+            // The caller is gone or the process is: do not leave it behind.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 #[cfg(test)]

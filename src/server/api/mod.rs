@@ -8,6 +8,7 @@
 
 mod body;
 mod discovery;
+mod exec;
 mod openapi;
 mod request;
 pub mod tunnel;
@@ -473,36 +474,7 @@ impl ApiServer {
                     )));
                 }
                 let query = req.uri().query().unwrap_or_default().to_owned();
-                let asked = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("container="))
-                    .map(str::to_owned);
-                let names: Vec<String> = ["initContainers", "containers"]
-                    .iter()
-                    .flat_map(|l| pod["spec"][*l].as_array().cloned().unwrap_or_default())
-                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                    .collect();
-                let regular: Vec<&str> = pod["spec"]["containers"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c["name"].as_str())
-                    .collect();
-                let container = match asked {
-                    Some(c) if names.contains(&c) => c,
-                    Some(c) => {
-                        return Err(ApiError::bad_request(format!(
-                            "container {c} is not valid for pod {name}"
-                        )));
-                    }
-                    None if regular.len() == 1 => regular[0].to_owned(),
-                    None => {
-                        return Err(ApiError::bad_request(format!(
-                            "a container name must be specified for pod {name}, choose one of: [{}]",
-                            regular.join(" ")
-                        )));
-                    }
-                };
+                let container = pod_container(&pod, name, &query)?;
                 let uid = pod
                     .pointer("/metadata/uid")
                     .and_then(Value::as_str)
@@ -516,6 +488,12 @@ impl ApiServer {
                         ),
                     )
                     .await
+            }
+            (&Method::GET | &Method::POST, Some(name), Some("exec")) => {
+                let pod = registry.get(&res, ns, name).await?;
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                let container = pod_container(&pod, name, &query)?;
+                exec::serve(&self.tunnels, req, &pod, &container).await
             }
             (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
                 let pod = registry.get(&res, ns, name).await?;
@@ -1069,4 +1047,37 @@ async fn read_patch(req: Request<Incoming>) -> Result<(PatchType, Value), ApiErr
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?
     };
     Ok((patch_type, value))
+}
+
+/// The container `?container=` names (any of the pod's), or its only
+/// regular container.
+///
+/// # Errors
+/// 400 naming the choices, like upstream.
+fn pod_container(pod: &Value, name: &str, query: &str) -> Result<String, ApiError> {
+    let asked = request::parse_query(Some(query))
+        .remove("container")
+        .and_then(|v| v.into_iter().next());
+    let names: Vec<String> = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| pod["spec"][*l].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let regular: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match asked {
+        Some(c) if names.contains(&c) => Ok(c),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if regular.len() == 1 => Ok(regular[0].to_owned()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            regular.join(" ")
+        ))),
+    }
 }

@@ -1,8 +1,6 @@
 //! Request parsing: which resource a path names, the query parameters, and
 //! what the client accepts.
 
-use std::collections::HashMap;
-
 /// What a path under `/api` or `/apis` addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -102,48 +100,7 @@ pub fn parse_path(
     }))
 }
 
-/// Decode `a=b&c=d` (percent-decoding, `+` as space). Repeated keys keep
-/// every value, in order.
-pub fn parse_query(query: Option<&str>) -> HashMap<String, Vec<String>> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        out.entry(percent_decode(k))
-            .or_default()
-            .push(percent_decode(v));
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::api::query::parse_query;
 
 /// How the response body is shaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

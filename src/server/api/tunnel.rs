@@ -1,5 +1,5 @@
 //! Tunnels to the node agents: how the server reaches a kubelet API
-//! (`pods/log`, later exec/attach) without any inbound port on the node
+//! (`pods/log`, `pods/exec`) without any inbound port on the node
 //! (ARCHITECTURE.md decision 5).
 //!
 //! An agent sends `GET /orch/v1/tunnel?node=<name>` with
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -23,9 +24,12 @@ use crate::api::status::ApiError;
 
 pub const UPGRADE: &str = "orch-tunnel";
 
+/// What requests to an agent carry (empty, or an exec's client messages).
+pub type TunnelBody = BoxBody<Bytes, std::convert::Infallible>;
+
 /// A tunnel's generation (so an old tunnel closing does not remove a
 /// newer one) and its request sender.
-type Tunnel = (u64, SendRequest<Empty<Bytes>>);
+type Tunnel = (u64, SendRequest<TunnelBody>);
 
 #[derive(Default)]
 pub struct Tunnels {
@@ -101,12 +105,18 @@ impl Tunnels {
             .expect("static response parts are valid")
     }
 
-    /// Send a GET for `path_and_query` to `node`'s kubelet API and stream
-    /// the answer back.
+    /// Send `method path_and_query` with `body` to `node`'s kubelet API;
+    /// the answer's headers and body once it is a success.
     ///
     /// # Errors
     /// 503 when the node has no tunnel; the agent's own errors otherwise.
-    pub async fn get(&self, node: &str, path_and_query: &str) -> Result<Response<Body>, ApiError> {
+    pub async fn request(
+        &self,
+        node: &str,
+        method: hyper::Method,
+        path_and_query: &str,
+        body: TunnelBody,
+    ) -> Result<Response<Incoming>, ApiError> {
         let send = self
             .nodes
             .lock()
@@ -118,18 +128,19 @@ impl Tunnels {
                 "the node agent of {node:?} is not connected to this server"
             )));
         };
-        let req = Request::get(path_and_query)
-            .body(Empty::new())
+        let req = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .body(body)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let resp = send
             .send_request(req)
             .await
             .map_err(|e| ApiError::service_unavailable(format!("node {node:?}: {e}")))?;
         let status = resp.status();
-        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let mut body = resp.into_body();
         if !status.is_success() {
-            let bytes = body
+            let bytes = resp
+                .into_body()
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
@@ -141,6 +152,25 @@ impl Tunnels {
                 _ => ApiError::internal(message),
             });
         }
+        Ok(resp)
+    }
+
+    /// Send a GET for `path_and_query` to `node`'s kubelet API and stream
+    /// the answer back.
+    ///
+    /// # Errors
+    /// 503 when the node has no tunnel; the agent's own errors otherwise.
+    pub async fn get(&self, node: &str, path_and_query: &str) -> Result<Response<Body>, ApiError> {
+        let resp = self
+            .request(
+                node,
+                hyper::Method::GET,
+                path_and_query,
+                Empty::new().map_err(|e| match e {}).boxed(),
+            )
+            .await?;
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let mut body = resp.into_body();
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         tokio::spawn(async move {
             while let Some(frame) = body.frame().await {

@@ -1,0 +1,127 @@
+//! The remote command (exec) stream protocol, as kubectl speaks it over
+//! WebSocket (`v5.channel.k8s.io` / `v4.channel.k8s.io`): each message is
+//! one channel byte and its data. Channels: 0 stdin, 1 stdout, 2 stderr,
+//! 3 error (a `Status` at the end), 4 resize (`{"Width":W,"Height":H}`);
+//! v5 adds 255 — `[255, channel]` closes that channel (stdin's end).
+//!
+//! Between server and agent (an HTTP/2 stream through the tunnel) the
+//! same messages travel length-prefixed: a 4-byte big-endian length, then
+//! the channel byte and the data.
+
+use serde_json::{Value, json};
+
+pub const STDIN: u8 = 0;
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+pub const ERROR: u8 = 3;
+pub const RESIZE: u8 = 4;
+pub const CLOSE: u8 = 255;
+
+/// The subprotocols served, best first.
+pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// One message, framed for the tunnel.
+pub fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(data.len() + 1).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(data.len() + 5);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(channel);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Splits a byte stream back into (channel, data) messages.
+#[derive(Default)]
+pub struct Deframer {
+    buf: Vec<u8>,
+}
+
+impl Deframer {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if there is one.
+    pub fn next_message(&mut self) -> Option<(u8, Vec<u8>)> {
+        if self.buf.len() < 4 {
+            return None;
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len == 0 {
+            self.buf.drain(..4);
+            return self.next_message();
+        }
+        if self.buf.len() < 4 + len {
+            return None;
+        }
+        let msg: Vec<u8> = self.buf.drain(..4 + len).skip(4).collect();
+        Some((msg[0], msg[1..].to_vec()))
+    }
+}
+
+/// The `Status` that ends a session: success, or the exit code the way
+/// kubectl turns it into "command terminated with exit code N".
+pub fn exit_status(code: i32) -> Value {
+    if code == 0 {
+        json!({"metadata": {}, "status": "Success"})
+    } else {
+        json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command [..], exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        })
+    }
+}
+
+/// A `Status` for a failure inside the session.
+pub fn failure(message: &str) -> Value {
+    json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+}
+
+/// A terminal size message.
+pub fn parse_resize(data: &[u8]) -> Option<(u16, u16)> {
+    let v: Value = serde_json::from_slice(data).ok()?;
+    Some((
+        u16::try_from(v["Width"].as_u64()?).ok()?,
+        u16::try_from(v["Height"].as_u64()?).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_back_whatever_the_chunking() {
+        let mut wire = frame(STDOUT, b"hello");
+        wire.extend(frame(ERROR, br#"{"status":"Success"}"#));
+        wire.extend(frame(STDIN, b""));
+        for cut in 0..wire.len() {
+            let mut d = Deframer::default();
+            let mut got = Vec::new();
+            d.push(&wire[..cut]);
+            while let Some(m) = d.next_message() {
+                got.push(m);
+            }
+            d.push(&wire[cut..]);
+            while let Some(m) = d.next_message() {
+                got.push(m);
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(got[0], (STDOUT, b"hello".to_vec()));
+            assert_eq!(got[2], (STDIN, Vec::new()));
+        }
+    }
+
+    #[test]
+    fn exit_codes_read_as_kubectl_expects() {
+        assert_eq!(exit_status(0)["status"], "Success");
+        let s = exit_status(3);
+        assert_eq!(s["reason"], "NonZeroExitCode");
+        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        assert_eq!(parse_resize(br#"{"Width":80,"Height":24}"#), Some((80, 24)));
+        assert_eq!(parse_resize(b"junk"), None);
+    }
+}
