@@ -709,7 +709,7 @@ spec:
         container(
             "hooks",
             "sleep 1; cat /started; exec sleep 3600",
-            "    lifecycle:\n      postStart: {exec: {command: [/bin/sh, -c, 'echo post-start > /started']}}\n      preStop: {exec: {command: [/bin/sh, -c, 'echo goodbye > /proc/1/fd/1']}}\n",
+            "    resources: {limits: {cpu: 200m, memory: 64Mi}}\n    lifecycle:\n      postStart: {exec: {command: [/bin/sh, -c, 'echo post-start > /started']}}\n      preStop: {exec: {command: [/bin/sh, -c, 'echo goodbye > /proc/1/fd/1']}}\n",
         ),
     ]
     .concat();
@@ -749,7 +749,47 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The pod's own cgroup carries the pod's limits.
+    let pod_cgroup = format!("{}/pod{uid}", cgroup_root("lifecycle"));
+    let dirs = orch::runtime::cgroup::dirs(&pod_cgroup);
+    assert!(!dirs.is_empty(), "no cgroup {pod_cgroup}");
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    if let Some(limit) = read("memory.limit_in_bytes") {
+        assert_eq!(limit, (64u64 << 20).to_string());
+        assert_eq!(read("cpu.cfs_quota_us").as_deref(), Some("20000"));
+        assert_eq!(read("cpu.shares").as_deref(), Some("204"));
+    } else {
+        assert_eq!(read("memory.max"), Some((64u64 << 20).to_string()));
+        assert_eq!(read("cpu.max").as_deref(), Some("20000 100000"));
+    }
     server.ok("1.33", &["delete", "pod", "hooks", "--timeout=60s"]);
+    // Everything the pod had is gone: cgroups, mounts, processes.
+    assert!(
+        orch::runtime::cgroup::dirs(&pod_cgroup).is_empty(),
+        "the pod's cgroup is left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&uid),
+        "mounts of the pod are left: {}",
+        mounts
+            .lines()
+            .filter(|l| l.contains(&uid))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cg = std::fs::read_to_string(p.path().join("cgroup")).unwrap_or_default();
+        assert!(
+            !cg.contains(&format!("pod{uid}")),
+            "process {} of the pod is left",
+            p.file_name().to_string_lossy()
+        );
+    }
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("goodbye"),

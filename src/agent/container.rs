@@ -51,6 +51,66 @@ fn quantity_bytes(q: &str) -> Option<i64> {
     crate::api::quantity::parse_quantity(q, 1.0)
 }
 
+/// A container's CPU request and limit (millicores) and memory limit
+/// (bytes); a limit alone implies the request.
+fn amounts(container: &Value) -> (Option<i64>, Option<i64>, Option<i64>) {
+    let res = &container["resources"];
+    let cpu_limit = res["limits"]["cpu"].as_str().and_then(quantity_milli);
+    let cpu_request = res["requests"]["cpu"]
+        .as_str()
+        .and_then(quantity_milli)
+        .or(cpu_limit);
+    let memory_limit = res["limits"]["memory"].as_str().and_then(quantity_bytes);
+    (cpu_request, cpu_limit, memory_limit)
+}
+
+/// The kubelet's cpu.shares: milliCPU * 1024 / 1000, at least 2.
+fn shares(milli: i64) -> u64 {
+    ((milli * 1024) / 1000).max(2) as u64
+}
+
+/// A CFS quota per 100 ms period, at least 1 ms.
+fn quota(milli: i64) -> i64 {
+    (milli * 100).max(1000)
+}
+
+/// The pod's own cgroup limits, as the kubelet sets them: the sum over
+/// app containers and sidecars, or the largest init container if that is
+/// more; CPU and memory limits only when every container has one.
+/// Shares are 2 for a pod without requests (BestEffort).
+pub fn pod_resources(pod: &Value) -> Resources {
+    let list = |key: &str| pod["spec"][key].as_array().cloned().unwrap_or_default();
+    let (inits, apps) = (list("initContainers"), list("containers"));
+    let (sidecars, plain_inits): (Vec<Value>, Vec<Value>) = inits
+        .into_iter()
+        .partition(|c| c["restartPolicy"] == "Always");
+    let running: Vec<&Value> = apps.iter().chain(&sidecars).collect();
+    // Sum (None once a container lacks the amount) vs. the largest init.
+    let effective = |pick: fn(&Value) -> Option<i64>, all_needed: bool| -> Option<i64> {
+        let values: Vec<Option<i64>> = running.iter().map(|c| pick(c)).collect();
+        let sum = if all_needed {
+            values.iter().copied().sum::<Option<i64>>()
+        } else {
+            Some(values.iter().flatten().sum())
+        };
+        let init_max = plain_inits.iter().map(pick).try_fold(0i64, |m, v| match v {
+            Some(v) => Some(m.max(v)),
+            None if all_needed => None,
+            None => Some(m),
+        });
+        match (sum, init_max) {
+            (Some(s), Some(i)) => Some(s.max(i)),
+            _ => None,
+        }
+    };
+    let cpu_request = effective(|c| amounts(c).0, false);
+    Resources {
+        cpu_shares: Some(cpu_request.filter(|m| *m > 0).map_or(2, shares)),
+        cpu_quota: effective(|c| amounts(c).1, true).map(quota),
+        memory_limit: effective(|c| amounts(c).2, true),
+    }
+}
+
 fn strings(v: &Value) -> Option<Vec<String>> {
     v.as_array().map(|a| {
         a.iter()
@@ -304,17 +364,10 @@ pub fn config(
     let caps = |which: &str| {
         strings(&container["securityContext"]["capabilities"][which]).unwrap_or_default()
     };
-    let res = &container["resources"];
-    let cpu_request = res["requests"]["cpu"].as_str().and_then(quantity_milli);
-    let cpu_limit = res["limits"]["cpu"].as_str().and_then(quantity_milli);
-    let memory_limit = res["limits"]["memory"].as_str().and_then(quantity_bytes);
+    let (cpu_request, cpu_limit, memory_limit) = amounts(container);
     let resources = Resources {
-        // The kubelet: shares = milliCPU * 1024 / 1000, at least 2; a limit
-        // alone implies the request.
-        cpu_shares: cpu_request
-            .or(cpu_limit)
-            .map(|m| ((m * 1024) / 1000).max(2) as u64),
-        cpu_quota: cpu_limit.map(|m| (m * 100).max(1000)),
+        cpu_shares: cpu_request.map(shares),
+        cpu_quota: cpu_limit.map(quota),
         memory_limit,
     };
     let mut mounts = vec![
@@ -581,6 +634,33 @@ mod tests {
         assert_eq!(cfg.additional_gids, [3000]);
         assert_eq!(cfg.cwd, "/app");
         assert_eq!(cfg.resources.cpu_shares, Some(256));
+        let two = json!({"spec": {
+        "initContainers": [{"name": "i", "resources": {"limits": {"cpu": "1", "memory": "200Mi"}}}],
+        "containers": [
+            {"name": "a", "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}},
+            {"name": "b", "resources": {"requests": {"cpu": "250m"}, "limits": {"cpu": "200m", "memory": "32Mi"}}},
+        ]}});
+        // The init container is bigger than the two apps together.
+        let pod = super::pod_resources(&two);
+        assert_eq!(pod.cpu_quota, Some(100_000));
+        assert_eq!(pod.memory_limit, Some(200 << 20));
+        assert_eq!(pod.cpu_shares, Some(1024));
+        let mut apps_only = two.clone();
+        apps_only["spec"]["initContainers"] = json!([]);
+        let pod = super::pod_resources(&apps_only);
+        assert_eq!(
+            (pod.cpu_quota, pod.memory_limit, pod.cpu_shares),
+            (Some(30_000), Some(64 << 20), Some(358))
+        );
+        // One container without a memory limit: no pod memory limit.
+        apps_only["spec"]["containers"][0]["resources"] = json!({});
+        let pod = super::pod_resources(&apps_only);
+        assert_eq!(
+            (pod.cpu_quota, pod.memory_limit, pod.cpu_shares),
+            (None, None, Some(256))
+        );
+        let best_effort = super::pod_resources(&json!({"spec": {"containers": [{"name": "x"}]}}));
+        assert_eq!(best_effort.cpu_shares, Some(2));
         assert_eq!(cfg.resources.cpu_quota, Some(50_000));
         assert_eq!(cfg.resources.memory_limit, Some(64 << 20));
         assert!(cfg.no_new_privileges && cfg.readonly_rootfs);

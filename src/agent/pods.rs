@@ -282,9 +282,13 @@ async fn refresh_volumes(k: &Kubelet, pod: &Value, files: &PodFiles, state: &mut
         Ok(volumes) => {
             state.config_error = None;
             let dir = files.volumes.clone();
+            let fs_group = pod
+                .pointer("/spec/securityContext/fsGroup")
+                .and_then(Value::as_u64)
+                .and_then(|g| u32::try_from(g).ok());
             let result = blocking(move || -> std::io::Result<()> {
                 for (name, content) in &volumes {
-                    super::volumes::write_atomic(&dir.join(name), content)?;
+                    super::volumes::write_atomic(&dir.join(name), content, fs_group)?;
                 }
                 Ok(())
             })
@@ -333,6 +337,8 @@ struct WorkerState {
     /// Per image: no pull before this (ImagePullBackOff), the delay, and
     /// why the last pull failed.
     pull_backoff: HashMap<String, (tokio::time::Instant, Duration, String)>,
+    /// The pod's cgroup has its limits.
+    pod_cgroup: bool,
     /// Container instances whose image was pulled for them (policy Always).
     pulled_for: std::collections::HashSet<String>,
 }
@@ -1112,6 +1118,14 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
                 })
                 .map_err(|e| format!("fsGroup on {}: {e}", dir.display()))?;
         }
+    }
+    if !state.pod_cgroup {
+        let path = format!("{}/pod{uid}", k.cgroup_root);
+        let limits = super::container::pod_resources(pod);
+        blocking(move || crate::runtime::cgroup::set_limits(&path, &limits))
+            .await
+            .map_err(|e| format!("the pod's cgroup: {e}"))?;
+        state.pod_cgroup = true;
     }
     let socket = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
     let shim_state = shim_call(socket.clone(), Request::State)

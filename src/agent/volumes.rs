@@ -297,11 +297,13 @@ pub fn render(pod: &Value, sources: &Sources) -> Result<BTreeMap<String, Files>,
 }
 
 /// Write `files` into `dir` atomically (the kubelet's AtomicWriter):
-/// nothing changes when the content is the same.
+/// nothing changes when the content is the same. With `fs_group`, files
+/// and directories belong to that group and are group-readable (the
+/// kubelet's volume ownership for read-only volumes).
 ///
 /// # Errors
 /// The file system refused.
-pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<()> {
+pub fn write_atomic(dir: &Path, files: &Files, fs_group: Option<u32>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let current = dir.join("..data");
     // Unchanged? Compare with what ..data holds.
@@ -325,9 +327,22 @@ pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<()> {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&target, content)?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode & 0o7777))?;
+        let mut mode = *mode & 0o7777;
+        if let Some(gid) = fs_group {
+            std::os::unix::fs::chown(&target, None, Some(gid))?;
+            mode |= 0o440;
+        }
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
     }
     std::fs::create_dir_all(&fresh)?;
+    if let Some(gid) = fs_group {
+        // Directories: the group's, setgid, searchable by it.
+        for d in std::iter::once(dir.to_owned()).chain(dirs_under(&fresh)) {
+            std::os::unix::fs::chown(&d, None, Some(gid))?;
+            let m = std::fs::metadata(&d)?.permissions().mode() & 0o7777;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(m | 0o2550))?;
+        }
+    }
     let old = std::fs::read_link(&current).ok();
     let tmp = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -354,6 +369,17 @@ pub fn write_atomic(dir: &Path, files: &Files) -> std::io::Result<()> {
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
     Ok(())
+}
+
+/// `dir` and every directory below it.
+fn dirs_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(dirs_under(&e.path()));
+        }
+    }
+    out
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -428,16 +454,37 @@ mod tests {
     }
 
     #[test]
+    fn fs_group_owns_the_files_and_can_read_them() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path().join("secret");
+        let mut files = Files::new();
+        files.insert("key/pem".into(), (b"x".to_vec(), 0o400));
+        // Root may give files any group; others only their own.
+        let gid = if rustix::process::geteuid().is_root() {
+            4321
+        } else {
+            rustix::process::getegid().as_raw()
+        };
+        write_atomic(&v, &files, Some(gid)).unwrap();
+        let meta = std::fs::metadata(v.join("key/pem")).unwrap();
+        assert_eq!(meta.gid(), gid);
+        assert_eq!(meta.mode() & 0o777, 0o440);
+        let d = std::fs::metadata(v.join("..data/key")).unwrap();
+        assert_eq!((d.gid(), d.mode() & 0o2000), (gid, 0o2000));
+    }
+
+    #[test]
     fn updates_swap_atomically_and_drop_removed_keys() {
         let dir = tempfile::tempdir().unwrap();
         let v = dir.path().join("cfg");
         let mut files = Files::new();
         files.insert("a".into(), (b"1".to_vec(), 0o644));
         files.insert("b".into(), (b"2".to_vec(), 0o644));
-        write_atomic(&v, &files).unwrap();
+        write_atomic(&v, &files, None).unwrap();
         assert_eq!(std::fs::read(v.join("a")).unwrap(), b"1");
         let first = std::fs::read_link(v.join("..data")).unwrap();
-        write_atomic(&v, &files).unwrap();
+        write_atomic(&v, &files, None).unwrap();
         assert_eq!(
             std::fs::read_link(v.join("..data")).unwrap(),
             first,
@@ -445,7 +492,7 @@ mod tests {
         );
         files.insert("a".into(), (b"updated".to_vec(), 0o644));
         files.remove("b");
-        write_atomic(&v, &files).unwrap();
+        write_atomic(&v, &files, None).unwrap();
         assert_eq!(std::fs::read(v.join("a")).unwrap(), b"updated");
         assert!(!v.join("b").exists());
         assert!(!v.join(&first).exists(), "the old generation is removed");
