@@ -232,7 +232,7 @@ fn unmount_all_under(dir: &Path) {
     }
 }
 
-fn report(what: &str, mut v: Vec<Duration>) {
+fn report(what: &str, mut v: Vec<Duration>) -> Duration {
     v.sort();
     println!(
         "pod start latency, {what}: p50 {} / p99 {} (max {})   targets p50 < 150 ms, p99 < 400 ms",
@@ -240,6 +240,180 @@ fn report(what: &str, mut v: Vec<Duration>) {
         ms(pct(&v, 0.99)),
         ms(*v.last().unwrap())
     );
+    pct(&v, 0.5)
+}
+
+/// How many containers the peers start, one after another and at once.
+const PEER_N: usize = 50;
+
+/// Start the same busybox container with containerd + runc (`ctr run
+/// -d`, to the task running) and podman (`podman run -d`, runc, no
+/// network), each from its own state under `dir`, and print their start
+/// times next to orch's pod start as ratios. Skipped (said so) when
+/// they are not installed: `apt-get install containerd runc podman`.
+fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
+    let have = |bin: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let image = "docker.io/library/busybox:bench";
+    // Both need the same rlimit fix orch makes (raising them fails here).
+    type Start = Box<dyn Fn(&str) -> Command + Sync>;
+    let time_many = |start: &Start, prefix: &str| -> (Vec<Duration>, Vec<Duration>) {
+        let one = |name: String| {
+            let t = Instant::now();
+            let out = start(&name).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            t.elapsed()
+        };
+        let seq: Vec<Duration> = (0..PEER_N).map(|i| one(format!("{prefix}s{i}"))).collect();
+        let par: Vec<Duration> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..PEER_N)
+                .map(|i| {
+                    let one = &one;
+                    s.spawn(move || one(format!("{prefix}p{i}")))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        (seq, par)
+    };
+    let show = |who: &str, (mut seq, mut par): (Vec<Duration>, Vec<Duration>)| {
+        seq.sort();
+        par.sort();
+        let (s50, p50) = (pct(&seq, 0.5), pct(&par, 0.5));
+        println!(
+            "{who}: {PEER_N} sequential p50 {} / p99 {}, {PEER_N} at once p50 {} / p99 {}; orch pod start / {who} = {:.2} sequential, {:.2} at once (below 1: orch is faster)",
+            ms(s50),
+            ms(pct(&seq, 0.99)),
+            ms(p50),
+            ms(pct(&par, 0.99)),
+            orch_seq.as_secs_f64() / s50.as_secs_f64(),
+            orch_par.as_secs_f64() / p50.as_secs_f64(),
+        );
+    };
+
+    if have("containerd") && have("ctr") && have("runc") {
+        let root = dir.join("containerd");
+        std::fs::create_dir_all(&root).unwrap();
+        let sock = root.join("containerd.sock");
+        std::fs::write(
+            root.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n[grpc]\n  address = \"{1}\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable = true\n",
+                root.display(),
+                sock.display()
+            ),
+        )
+        .unwrap();
+        let daemon = Proc(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(root.join("config.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let ctr = {
+            let sock = sock.clone();
+            move || {
+                let mut c = Command::new("ctr");
+                c.arg("-a").arg(&sock);
+                c
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ctr()
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        run(ctr()
+            .args(["image", "import", "--index-name", image])
+            .arg(archive));
+        let start: Start = Box::new({
+            let ctr = ctr.clone();
+            move |name: &str| {
+                let mut c = ctr();
+                c.args(["run", "-d", image, name, "sleep", "3600"]);
+                c
+            }
+        });
+        let timings = time_many(&start, "c");
+        for name in (0..PEER_N).flat_map(|i| [format!("cs{i}"), format!("cp{i}")]) {
+            let _ = ctr().args(["task", "kill", "-s", "KILL", &name]).output();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for name in (0..PEER_N).flat_map(|i| [format!("cs{i}"), format!("cp{i}")]) {
+            let _ = ctr().args(["task", "delete", &name]).output();
+            let _ = ctr().args(["container", "delete", &name]).output();
+        }
+        show("containerd+runc (ctr run)", timings);
+        drop(daemon);
+    } else {
+        println!("containerd+runc: not installed (apt-get install containerd runc), not compared");
+    }
+
+    if have("podman") {
+        let root = dir.join("podman");
+        let podman = {
+            let root = root.clone();
+            move || {
+                let mut c = Command::new("podman");
+                c.arg("--root")
+                    .arg(root.join("root"))
+                    .arg("--runroot")
+                    .arg(root.join("run"))
+                    .args([
+                        "--cgroup-manager",
+                        "cgroupfs",
+                        "--events-backend",
+                        "file",
+                        "--storage-driver",
+                        "overlay",
+                    ]);
+                c
+            }
+        };
+        run(podman().arg("load").arg("-i").arg(archive));
+        let start: Start = Box::new({
+            let podman = podman.clone();
+            move |name: &str| {
+                let mut c = podman();
+                c.args([
+                    "run",
+                    "-d",
+                    "--network",
+                    "none",
+                    "--ulimit",
+                    "nofile=1024:1024",
+                    "--ulimit",
+                    "nproc=1024:1024",
+                    "--name",
+                    name,
+                    image,
+                    "sleep",
+                    "3600",
+                ]);
+                c
+            }
+        });
+        let timings = time_many(&start, "p");
+        let _ = podman().args(["rm", "-f", "-a", "-t", "0"]).output();
+        show("podman (runc)", timings);
+    } else {
+        println!("podman: not installed (apt-get install podman), not compared");
+    }
 }
 
 /// Anonymous resident memory (not file-backed pages shared with others).
@@ -347,11 +521,11 @@ async fn bench(ns: &Netns) {
     for i in 0..N {
         seq.extend(start_pods(&pods, &[format!("seq-{i}")]).await);
     }
-    report(&format!("{N} sequential"), seq);
+    let orch_seq = report(&format!("{N} sequential"), seq);
     clean(&pods).await;
     wait_torn_down(&adir).await;
     let names: Vec<String> = (0..N).map(|i| format!("par-{i}")).collect();
-    report(&format!("{N} in parallel"), start_pods(&pods, &names).await);
+    let orch_par = report(&format!("{N} in parallel"), start_pods(&pods, &names).await);
     clean(&pods).await;
     wait_torn_down(&adir).await;
     let (shim_total, shim_anon) = shim_rss.first().copied().unwrap_or((0, 0));
@@ -404,9 +578,7 @@ async fn bench(ns: &Netns) {
             std::fs::metadata(ORCH).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
         ),
     }
-    println!(
-        "containerd + runc (ctr run) and podman: not measured here yet (not installed on this machine)"
-    );
+    peers(base.path(), &archive, orch_seq, orch_par);
     // What the agents left (their pods were deleted; the shims exit).
     for dir in [adir.join("run"), edir.join("run")] {
         for pid in pid_of_shims(&dir) {
