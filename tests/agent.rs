@@ -145,6 +145,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "restart",
         "registry",
         "exec",
+        "sa",
     ] {
         orch::runtime::cgroup::remove(&cgroup_root(tag));
     }
@@ -1537,4 +1538,112 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
         assert!(Instant::now() < deadline, "pods were not torn down");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn service_account_tokens_are_mounted_and_authenticate_while_the_pod_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("sa");
+    let archive = support::busybox_archive(dir.path());
+    let run_dir = dir.path().join("run");
+    let server = TestServer::start_with_agent(
+        &netns.0,
+        &[
+            "--node-name",
+            "sa",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--pod-log-dir",
+            dir.path().join("logs").to_str().unwrap(),
+            "--cgroup-root",
+            &cgroup_root("sa"),
+        ],
+        |data| {
+            std::fs::create_dir_all(data.join("agent/images")).unwrap();
+            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
+        },
+    );
+    let _guard = Cleanup {
+        run_dir: run_dir.clone(),
+        data: server.dir.path().to_owned(),
+    };
+    let url = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap();
+    // The status code of GET /api/v1/namespaces/default/pods with `token`.
+    let call = |token: &str| -> (String, String) {
+        let out = in_netns(Some(&netns.0), "curl")
+            .args(["-sk", "-w", "\n%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!("{url}/api/v1/namespaces/default/pods"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.to_owned(), body.to_owned())
+    };
+    let mut no_token = pod("plain", "sleep 3600", "Always", 0);
+    no_token.push_str("  automountServiceAccountToken: false\n");
+    let file = server.write(
+        "pods.yaml",
+        &[
+            pod("app", "trap 'exit 0' TERM; sleep 3600 & wait", "Always", 0),
+            no_token,
+        ]
+        .join("---\n"),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let app = server.wait_json(&["get", "pod", "app"], 60, "app Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let mounts = &app["spec"]["containers"][0]["volumeMounts"];
+    assert!(
+        mounts
+            .to_string()
+            .contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "{mounts}"
+    );
+    let read = |file: &str| {
+        server.ok(
+            "1.33",
+            &[
+                "exec",
+                "app",
+                "--",
+                "cat",
+                &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
+            ],
+        )
+    };
+    assert_eq!(read("namespace"), "default");
+    assert!(read("ca.crt").contains("BEGIN CERTIFICATE"));
+    let token = read("token");
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    // Authenticated as the service account (authorization is issue #6's).
+    let (code, body) = call(&token);
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains("system:serviceaccount:default:default"),
+        "{body}"
+    );
+    let (code, _) = call("not.a.token");
+    assert_eq!(code, "401");
+    // kubectl create token: the TokenRequest API.
+    let made = server.ok("1.33", &["create", "token", "default", "--duration=20m"]);
+    assert_eq!(call(made.trim()).0, "403");
+    let err = server.fails("1.33", &["create", "token", "default", "--duration=1m"]);
+    assert!(err.contains("10 minutes"), "{err}");
+    let plain = server.wait_json(&["get", "pod", "plain"], 60, "plain Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert!(
+        !plain["spec"].to_string().contains("kube-api-access"),
+        "{}",
+        plain["spec"]
+    );
+    // A bound token dies with its pod.
+    server.ok("1.33", &["delete", "pod", "app", "plain", "--timeout=60s"]);
+    assert_eq!(call(&token).0, "401");
 }

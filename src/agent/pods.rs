@@ -249,6 +249,63 @@ async fn mount_memory_volumes(pod: &Value, files: &PodFiles) -> Result<(), Strin
     Ok(())
 }
 
+/// A token for the pod's service account (`key` is `<audience>|<seconds>`),
+/// bound to the pod; a new one once 80 % of the last one's life is gone,
+/// as the kubelet does.
+async fn service_account_token(
+    k: &Kubelet,
+    pod: &Value,
+    key: &str,
+    state: &mut WorkerState,
+) -> Result<Vec<u8>, String> {
+    if let Some((token, got, ttl)) = state.tokens.get(key)
+        && got.elapsed() < ttl.mul_f64(0.8)
+    {
+        return Ok(token.clone());
+    }
+    let (audience, seconds) = key.split_once('|').unwrap_or(("", "3600"));
+    let seconds: i64 = seconds.parse().unwrap_or(3600);
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
+    let mut spec = json!({
+        "expirationSeconds": seconds,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+                           "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+    });
+    if !audience.is_empty() {
+        spec["audiences"] = json!([audience]);
+    }
+    let body =
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let req = http::Request::post(format!(
+        "/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json")
+    .body(serde_json::to_vec(&body).expect("serialises"))
+    .map_err(|e| e.to_string())?;
+    let answer: Value = k
+        .client
+        .request(req)
+        .await
+        .map_err(|e| format!("requesting a token for service account {ns}/{sa}: {e}"))?;
+    let token = answer["status"]["token"]
+        .as_str()
+        .ok_or("the TokenRequest answer has no token")?
+        .as_bytes()
+        .to_vec();
+    state.tokens.insert(
+        key.to_owned(),
+        (
+            token.clone(),
+            tokio::time::Instant::now(),
+            Duration::from_secs(seconds.max(600) as u64),
+        ),
+    );
+    Ok(token)
+}
+
 /// Read the pod's ConfigMaps and Secrets (at most every 30 s) and write
 /// its API-backed volumes; a missing source blocks container creation.
 async fn refresh_volumes(k: &Kubelet, pod: &Value, files: &PodFiles, state: &mut WorkerState) {
@@ -265,6 +322,20 @@ async fn refresh_volumes(k: &Kubelet, pod: &Value, files: &PodFiles, state: &mut
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let mut sources = super::volumes::Sources::new();
     for (kind, name) in super::volumes::references(pod) {
+        if kind == super::volumes::TOKEN {
+            match service_account_token(k, pod, &name, state).await {
+                Ok(token) => {
+                    sources.insert((kind, name), [("token".to_owned(), token)].into());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get a service account token");
+                    state.config_error = Some(e);
+                    state.sources_read = Some(tokio::time::Instant::now());
+                    return;
+                }
+            }
+            continue;
+        }
         match super::volumes::fetch(&k.client, ns, kind, &name).await {
             Ok(Some(data)) => {
                 sources.insert((kind, name), data);
@@ -339,6 +410,8 @@ struct WorkerState {
     pull_backoff: HashMap<String, (tokio::time::Instant, Duration, String)>,
     /// The pod's cgroup has its limits.
     pod_cgroup: bool,
+    /// Service account tokens by source key: token, when got, lifetime.
+    tokens: HashMap<String, (Vec<u8>, tokio::time::Instant, Duration)>,
     /// Container instances whose image was pulled for them (policy Always).
     pulled_for: std::collections::HashSet<String>,
 }

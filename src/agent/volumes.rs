@@ -21,6 +21,19 @@ use serde_json::Value;
 /// Files of one volume: relative path → (content, mode).
 pub type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
+/// The source kind of a projected service account token, keyed by
+/// [`token_key`].
+pub const TOKEN: &str = "ServiceAccountToken";
+
+/// What tells one token source from another: `<audience>|<seconds>`.
+pub fn token_key(source: &Value) -> String {
+    format!(
+        "{}|{}",
+        source["audience"].as_str().unwrap_or_default(),
+        source["expirationSeconds"].as_i64().unwrap_or(3600)
+    )
+}
+
 /// Key → value of a ConfigMap or Secret, by `(kind, name)`.
 pub type Sources = HashMap<(&'static str, String), BTreeMap<String, Vec<u8>>>;
 
@@ -111,6 +124,9 @@ pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
                 "Secret",
                 src.pointer("/secret/name").and_then(Value::as_str),
             );
+            if let Some(t) = src.get("serviceAccountToken") {
+                add(TOKEN, Some(&token_key(t)));
+            }
         }
     }
     for list in ["initContainers", "containers"] {
@@ -285,8 +301,14 @@ pub fn render(pod: &Value, sources: &Sources) -> Result<BTreeMap<String, Files>,
                         mode,
                         &mut files,
                     );
+                } else if let Some(t) = src.get("serviceAccountToken") {
+                    let token = sources
+                        .get(&(TOKEN, token_key(t)))
+                        .and_then(|d| d.get("token"))
+                        .ok_or("the service account token is not issued yet")?;
+                    let path = t["path"].as_str().unwrap_or("token");
+                    files.insert(path.to_owned(), (token.clone(), mode));
                 }
-                // serviceAccountToken needs the TokenRequest API (issue #6).
             }
         } else {
             continue;

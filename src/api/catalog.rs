@@ -216,7 +216,7 @@ const ENTRIES: &[Entry] = &[
         short: &["sa"],
         all: false,
         verbs: CRUD,
-        subresources: &[],
+        subresources: &[("token", "create")],
     },
     Entry {
         group: "",

@@ -216,6 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         event_ttl: std::time::Duration::from_secs(args.event_ttl.max(60)),
+        root_ca: String::new(),
     };
     // Store reads run on the blocking pool, each on its own SQLite read
     // connection (with its own page cache): bounding the pool bounds both

@@ -156,8 +156,14 @@ pub async fn run_with(
         .await
         .map_err(Error::Api)?;
 
-    let (control, mut control_tasks) =
-        controllers::start(registry.clone(), config.controllers.clone()).await;
+    let (control, mut control_tasks) = controllers::start(
+        registry.clone(),
+        controllers::Config {
+            root_ca: pki.ca_cert.clone(),
+            ..config.controllers.clone()
+        },
+    )
+    .await;
     scheduler::start(control.clone(), &mut control_tasks);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -185,6 +191,16 @@ pub async fn run_with(
         auth::pki::write_kubeconfig(path, &kubeconfig)?;
     }
 
+    let sa_key = config
+        .data_dir
+        .join("server")
+        .join("tls")
+        .join("service-account.key");
+    let service_accounts = Arc::new(
+        tokio::task::spawn_blocking(move || auth::serviceaccount::Signer::load_or_create(&sa_key))
+            .await
+            .map_err(|_| store::Error::Closed)??,
+    );
     let token_path = config.data_dir.join("server").join("token");
     let join_token = auth::join_token(&token_path, &pki.ca_cert)?;
     let api = Arc::new(api::ApiServer {
@@ -192,6 +208,7 @@ pub async fn run_with(
         tokens: auth::Tokens::with_admin(&pki.admin_token).with_join_token(&join_token),
         ca_pem: pki.ca_cert.clone(),
         tunnels: Arc::default(),
+        service_accounts,
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

@@ -59,6 +59,8 @@ pub struct ApiServer {
     pub ca_pem: String,
     /// Connections node agents opened, for their kubelet APIs.
     pub tunnels: Arc<tunnel::Tunnels>,
+    /// Signs and checks service account tokens.
+    pub service_accounts: Arc<crate::server::auth::serviceaccount::Signer>,
 }
 
 type Query = std::collections::HashMap<String, Vec<String>>;
@@ -174,12 +176,18 @@ impl ApiServer {
             }
             _ => {}
         }
-        let user = cert_user.or_else(|| {
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|h| self.tokens.authenticate(h))
-        });
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut user =
+            cert_user.or_else(|| bearer.as_deref().and_then(|h| self.tokens.authenticate(h)));
+        if user.is_none()
+            && let Some(h) = &bearer
+        {
+            user = self.service_account_user(h).await;
+        }
         let Some(user) = user else {
             return error_response(&ApiError::unauthorized());
         };
@@ -206,6 +214,46 @@ impl ApiServer {
         }
         .instrument(span)
         .await
+    }
+
+    /// The service account a bearer JWT of ours names, while the token is
+    /// valid and the service account (and the pod it is bound to) exist
+    /// with the uids it was issued for.
+    async fn service_account_user(&self, header: &str) -> Option<User> {
+        let token = header.strip_prefix("Bearer ")?.trim();
+        let claims = self.service_accounts.verify(token)?;
+        let ns = Some(claims.namespace.as_str());
+        let uid_of = |v: &Value| {
+            v.pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let sa_res = self
+            .registry
+            .catalog
+            .find("", "v1", "serviceaccounts")?
+            .clone();
+        let sa = self
+            .registry
+            .get(&sa_res, ns, &claims.service_account)
+            .await
+            .ok()?;
+        if !claims.service_account_uid.is_empty()
+            && uid_of(&sa).as_deref() != Some(claims.service_account_uid.as_str())
+        {
+            return None;
+        }
+        if let Some((pod, uid)) = &claims.pod {
+            let pod_res = self.registry.catalog.find("", "v1", "pods")?.clone();
+            let p = self.registry.get(&pod_res, ns, pod).await.ok()?;
+            if uid_of(&p).as_deref() != Some(uid.as_str()) {
+                return None;
+            }
+        }
+        Some(User::service_account(
+            &claims.namespace,
+            &claims.service_account,
+        ))
     }
 
     fn version(&self) -> Value {
@@ -487,6 +535,12 @@ impl ApiServer {
                             ns.unwrap_or_default()
                         ),
                     )
+                    .await
+            }
+            (&Method::POST, Some(name), Some("token")) => {
+                let body = read_body(req).await?;
+                let sa = registry.get(&res, ns, name).await?;
+                self.token_request(ns.unwrap_or_default(), name, &sa, body.value)
                     .await
             }
             (&Method::GET | &Method::POST, Some(name), Some("exec")) => {
@@ -1047,6 +1101,110 @@ async fn read_patch(req: Request<Incoming>) -> Result<(PatchType, Value), ApiErr
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?
     };
     Ok((patch_type, value))
+}
+
+impl ApiServer {
+    /// `serviceaccounts/<name>/token`: a signed token for `sa`, for the
+    /// audiences and lifetime asked (1 h by default, at least 10 min),
+    /// bound to a pod when `boundObjectRef` names one that exists.
+    async fn token_request(
+        &self,
+        ns: &str,
+        name: &str,
+        sa: &Value,
+        request: Value,
+    ) -> Result<Response<Body>, ApiError> {
+        let spec = &request["spec"];
+        let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+        if seconds < 600 {
+            return Err(ApiError::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                name,
+                vec![crate::api::status::FieldError::invalid(
+                    "spec.expirationSeconds",
+                    &json!(seconds),
+                    "may not specify a duration less than 10 minutes",
+                )],
+            ));
+        }
+        let audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .filter(|a: &Vec<String>| !a.is_empty())
+            .unwrap_or_else(|| vec![crate::server::auth::serviceaccount::ISSUER.to_owned()]);
+        let bound = &spec["boundObjectRef"];
+        let pod = match bound["kind"].as_str() {
+            None => None,
+            Some("Pod") => {
+                let pod_name = bound["name"].as_str().unwrap_or_default();
+                let pod_res = self
+                    .registry
+                    .catalog
+                    .find("", "v1", "pods")
+                    .cloned()
+                    .ok_or_else(ApiError::not_found_path)?;
+                let p = self.registry.get(&pod_res, Some(ns), pod_name).await?;
+                let uid = p
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(want) = bound["uid"].as_str()
+                    && want != uid
+                {
+                    return Err(ApiError::new(
+                        409,
+                        "Conflict",
+                        format!(
+                            "the UID in the bound object reference ({want}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
+                        ),
+                    ));
+                }
+                Some((pod_name.to_owned(), uid))
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot bind a token to a {other}; only Pods are supported"
+                )));
+            }
+        };
+        let sa_uid = sa
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (token, expires) = self
+            .service_accounts
+            .issue(
+                ns,
+                name,
+                sa_uid,
+                &audiences,
+                seconds,
+                pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut spec_out = json!({"audiences": audiences, "expirationSeconds": seconds});
+        if !bound.is_null() {
+            spec_out["boundObjectRef"] = bound.clone();
+        }
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "metadata": {"name": name, "namespace": ns,
+                              "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+                "spec": spec_out,
+                "status": {"token": token,
+                           "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+            }),
+        ))
+    }
 }
 
 /// The container `?container=` names (any of the pod's), or its only

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pki;
+pub mod serviceaccount;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,18 @@ impl User {
             uid: String::new(),
             groups,
         }
+    }
+
+    /// A service account: `system:serviceaccount:<ns>:<name>`, in the
+    /// groups of all service accounts and of its namespace's.
+    pub fn service_account(ns: &str, name: &str) -> Self {
+        Self::new(
+            &format!("system:serviceaccount:{ns}:{name}"),
+            &[
+                "system:serviceaccounts",
+                &format!("system:serviceaccounts:{ns}"),
+            ],
+        )
     }
 
     /// The identity in a client certificate: CN is the user, each O a group.

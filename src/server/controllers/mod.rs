@@ -124,6 +124,9 @@ pub struct Config {
     pub terminated_pod_gc_threshold: usize,
     /// Events not repeated for this long are deleted.
     pub event_ttl: Duration,
+    /// The cluster CA (PEM) published in every namespace as ConfigMap
+    /// `kube-root-ca.crt` (empty: not published).
+    pub root_ca: String,
 }
 
 impl Default for Config {
@@ -133,6 +136,7 @@ impl Default for Config {
             node_monitor_period: Duration::from_secs(5),
             terminated_pod_gc_threshold: 12_500,
             event_ttl: Duration::from_secs(3600),
+            root_ca: String::new(),
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Every active namespace has a `default` ServiceAccount.
+//! Every active namespace has a `default` ServiceAccount and the cluster
+//! CA as ConfigMap `kube-root-ca.crt` (what service account token volumes
+//! give pods as `ca.crt`).
 
 use std::sync::Arc;
 
@@ -47,16 +49,64 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     });
 }
 
+/// `kube-root-ca.crt` in `ns`, holding the cluster CA.
+async fn publish_root_ca(ctx: &Context, ns: &str) -> Result<(), ApiError> {
+    let ca = &ctx.config.root_ca;
+    if ca.is_empty() {
+        return Ok(());
+    }
+    let res = ctx.res("", "configmaps");
+    let want = json!({"ca.crt": ca});
+    match ctx.registry.get(&res, Some(ns), "kube-root-ca.crt").await {
+        Ok(cm) if cm["data"] == want => Ok(()),
+        Ok(mut cm) => {
+            cm["data"] = want;
+            match ctx
+                .registry
+                .update(
+                    &res,
+                    Some(ns),
+                    "kube-root-ca.crt",
+                    cm,
+                    None,
+                    &WriteOptions::default(),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.code == 409 || e.code == 404 => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) if e.code == 404 => {
+            let cm = json!({"metadata": {"name": "kube-root-ca.crt"}, "data": want});
+            match ctx
+                .registry
+                .create(&res, Some(ns), cm, &WriteOptions::default())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.code == 409 || e.code == 403 || e.code == 404 => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn reconcile(ctx: Arc<Context>, ns: String) -> Result<Action, ApiError> {
     let Some(namespace) = ctx.informers.namespaces.get(&ns) else {
         return Ok(Action::AwaitChange);
     };
-    if is_deleting(&namespace)
-        || ctx
-            .informers
-            .serviceaccounts
-            .get(&format!("{ns}/default"))
-            .is_some()
+    if is_deleting(&namespace) {
+        return Ok(Action::AwaitChange);
+    }
+    publish_root_ca(&ctx, &ns).await?;
+    if ctx
+        .informers
+        .serviceaccounts
+        .get(&format!("{ns}/default"))
+        .is_some()
     {
         return Ok(Action::AwaitChange);
     }

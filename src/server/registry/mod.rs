@@ -384,6 +384,63 @@ fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
+/// Where pods find their service account's token, CA and namespace.
+const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Upstream's ServiceAccount admission: unless the pod opts out
+/// (`automountServiceAccountToken: false`), a projected
+/// `kube-api-access-xxxxx` volume (a bound token, `kube-root-ca.crt`'s
+/// `ca.crt`, the namespace) mounted read-only at [`SA_MOUNT`] in every
+/// container that has nothing there.
+fn mount_service_account_token(spec: &mut serde_json::Map<String, Value>) {
+    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
+        return;
+    }
+    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+    let Some(list) = volumes.as_array_mut() else {
+        return;
+    };
+    if list.iter().any(|v| {
+        v["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
+    }) {
+        return;
+    }
+    let suffix: String = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_lowercase)
+        .chain("bcdfg".chars())
+        .take(5)
+        .collect();
+    let name = format!("kube-api-access-{suffix}");
+    list.push(json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace",
+            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+    ]}}));
+    for key in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(key)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let mounts = c
+                .as_object_mut()
+                .map(|o| o.entry("volumeMounts").or_insert_with(|| json!([])));
+            if let Some(m) = mounts.and_then(Value::as_array_mut)
+                && !m.iter().any(|x| x["mountPath"] == SA_MOUNT)
+            {
+                m.push(json!({"name": name, "mountPath": SA_MOUNT, "readOnly": true}));
+            }
+        }
+    }
+}
+
 /// Admission a pod gets on create: its service account, and tolerating
 /// not-ready/unreachable nodes for 300 s (upstream's
 /// DefaultTolerationSeconds).
@@ -399,6 +456,7 @@ fn admit_pod(pod: &mut Value, admission: Admission) {
         .to_owned();
     spec.insert("serviceAccountName".into(), json!(sa));
     spec.insert("serviceAccount".into(), json!(sa));
+    mount_service_account_token(spec);
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(list) = tolerations.as_array_mut() {
         for (key, seconds) in [
