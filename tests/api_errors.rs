@@ -335,14 +335,16 @@ fn watch_semantics_over_the_wire() {
     for i in 0..5 {
         api.post(
             cms,
-            &format!(r#"{{"kind": "ConfigMap", "metadata": {{"name": "w{i}"}}}}"#),
+            &format!(
+                r#"{{"kind": "ConfigMap", "metadata": {{"name": "w{i}", "labels": {{"w": "1"}}}}}}"#
+            ),
         );
     }
     // Initial state as ADDED events, then a bookmark marking their end.
     let events = watch_lines(
         &api,
         &format!(
-            "{cms}?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"
+            "{cms}?watch=1&labelSelector=w%3D1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"
         ),
         "5",
     );

@@ -56,7 +56,7 @@ async fn kube_rs_creates_lists_watches_patches_and_deletes() {
         .expect("list has a resourceVersion");
 
     let mut stream = cms
-        .watch(&WatchParams::default().timeout(30), &rv)
+        .watch(&WatchParams::default().labels("x=1").timeout(30), &rv)
         .await
         .expect("watch")
         .boxed();
