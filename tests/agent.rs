@@ -1528,7 +1528,90 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
             .is_some_and(|n| n.trim().parse::<u32>().unwrap_or(99) <= 5),
         "processes left in the container: {counts}"
     );
-    server.ok("1.33", &["delete", "pod", "box", "done", "--wait=false"]);
+
+    // kubectl run -i --rm: attach to stdin (stdinOnce), the exit code
+    // from the pod, the pod gone after.
+    let mut child = in_netns(Some(&netns.0), support::kubectl_path("1.33"))
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args([
+            "run",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            "--image=busybox:test",
+            "--image-pull-policy=Never",
+            "once",
+            "--",
+            "sh",
+            "-c",
+            "read l; echo got $l; exit 3",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("got hello"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        server
+            .fails("1.33", &["get", "pod", "once"])
+            .contains("not found")
+    );
+    // kubectl attach -it to a shell on a terminal: its size, its input,
+    // its end.
+    let term = server.write(
+        "term.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: term}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, stdin: true, tty: true, command: [sh]}
+",
+    );
+    server.ok("1.33", &["apply", "-f", term.to_str().unwrap()]);
+    server.wait_json(&["get", "pod", "term"], 60, "term Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let kubectl = format!(
+        "(sleep 2; printf 'stty size; tty\\n'; sleep 1; printf 'exit 7\\n'; sleep 2) | script -qec \"stty rows 40 cols 120; {} --kubeconfig {} attach -it term\" /dev/null",
+        support::kubectl_path("1.33").display(),
+        server.kubeconfig.display()
+    );
+    let out = in_netns(Some(&netns.0), "sh")
+        .args(["-c", &kubectl])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("40 120") && text.contains("/dev/pts/"),
+        "{text}"
+    );
+    let ended = server.wait_json(&["get", "pod", "term"], 30, "term Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(
+        ended["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        7
+    );
+    server.ok(
+        "1.33",
+        &["delete", "pod", "box", "done", "term", "--wait=false"],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::read_dir(server.dir.path().join("pods"))
         .map(|d| d.count())

@@ -460,6 +460,9 @@ pub fn config(
         cgroup,
         resources,
         privileged,
+        tty: container["tty"] == true,
+        stdin: container["stdin"] == true,
+        stdin_once: container["stdinOnce"] == true,
         readonly_rootfs: container.pointer("/securityContext/readOnlyRootFilesystem")
             == Some(&Value::Bool(true)),
         no_new_privileges,

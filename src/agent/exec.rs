@@ -1,5 +1,6 @@
-//! `kubectl exec` on the node: the kubelet API's
-//! `POST /exec/<ns>/<pod>/<container>?uid=…&command=…&stdin=…&tty=…`.
+//! `kubectl exec` and `kubectl attach` on the node: the kubelet API's
+//! `POST /exec/<ns>/<pod>/<container>?uid=…&command=…&stdin=…&tty=…` and
+//! `POST /attach/<ns>/<pod>/<container>?uid=…&stdin=…`.
 //!
 //! The request body carries the client's messages and the response body
 //! the command's, framed as [`crate::api::remotecommand`] says; the
@@ -34,6 +35,109 @@ fn text(status: StatusCode, message: String) -> Response<Body> {
                 .map_err(|e| match e {})
                 .boxed_unsync(),
         )
+        .expect("response parts are valid")
+}
+
+/// Attach to the container's stdio through its shim: the shim already
+/// speaks the framing, so bytes are copied as they are.
+pub async fn attach(
+    k: &Arc<Kubelet>,
+    req: Request<Incoming>,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    let query = crate::api::query::parse_query(req.uri().query());
+    let first = |key: &str| {
+        query
+            .get(key)
+            .and_then(|v| v.first())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let stdin = matches!(first("stdin").as_str(), "true" | "1");
+    let socket = k.run_dir.join("pods").join(first("uid")).join("shim.sock");
+    let prefix = format!("{container}.");
+    let name = container.to_owned();
+    let attached = tokio::task::spawn_blocking(move || {
+        let state = shim::call(&socket, &shim::Request::State)?;
+        let id = state
+            .containers
+            .iter()
+            .filter(|c| c.status == "running")
+            .filter_map(|c| {
+                let n: u32 = c.id.strip_prefix(&prefix)?.parse().ok()?;
+                Some((n, c.id.clone()))
+            })
+            .max()
+            .map(|(_, id)| id)
+            .ok_or_else(|| shim::Error::Shim(format!("container {name} is not running")))?;
+        shim::attach(&socket, &id, stdin)
+    })
+    .await
+    .expect("attach panicked");
+    let conn = match attached {
+        Ok(c) => c,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("unable to attach to {container} of pod {pod}: {e}"),
+            );
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    // Shim → client.
+    let Ok(reader) = conn.try_clone() else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot clone a socket".into(),
+        );
+    };
+    std::thread::spawn(move || {
+        let mut r = reader;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    // Client → shim, until the client is done; then the shim hears it.
+    let mut input = req.into_body();
+    tokio::spawn(async move {
+        let (in_tx, in_rx) = std::sync::mpsc::channel::<Bytes>();
+        let writer = std::thread::spawn(move || {
+            let mut w = conn;
+            for chunk in in_rx {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        });
+        while let Some(Ok(f)) = input.frame().await {
+            if let Ok(data) = f.into_data()
+                && in_tx.send(data).is_err()
+            {
+                break;
+            }
+        }
+        drop(in_tx);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    });
+    let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(body.boxed_unsync())
         .expect("response parts are valid")
 }
 

@@ -117,6 +117,10 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
         let (pod, container) = ((*pod).to_owned(), (*container).to_owned());
         return super::exec::serve(k, req, &pod, &container).await;
     }
+    if let ["attach", _ns, pod, container] = parts.as_slice() {
+        let (pod, container) = ((*pod).to_owned(), (*container).to_owned());
+        return super::exec::attach(k, req, &pod, &container).await;
+    }
     let ["containerLogs", ns, pod, container] = parts.as_slice() else {
         return text(
             StatusCode::NOT_FOUND,

@@ -166,6 +166,7 @@ const ENTRIES: &[Entry] = &[
             ("eviction", "create"),
             ("log", "get"),
             ("exec", "create,get"),
+            ("attach", "create,get"),
         ],
     },
     Entry {

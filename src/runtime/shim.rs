@@ -77,6 +77,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<(u16, u16)>,
     },
+    /// Attach to a running container's stdio (`kubectl attach`): after
+    /// the answer line, the connection carries its output as
+    /// [`crate::api::remotecommand`] frames (stdout 1, stderr 2, and a
+    /// success status on 3 when the container ends), and takes stdin (0), resize (4)
+    /// and close (255) frames the other way.
+    Attach {
+        id: String,
+        stdin: bool,
+    },
     /// Connect to a TCP port in the pod's network namespace.
     ProbeTcp {
         port: u16,
@@ -187,6 +196,43 @@ pub fn exec_stream(
     Ok(ExecSession { fds, conn: stream })
 }
 
+/// Attach to container `id` (see [`Request::Attach`]): the connection,
+/// past the answer, carrying frames both ways.
+///
+/// # Errors
+/// The shim is not there or refused.
+pub fn attach(socket: &Path, id: &str, stdin: bool) -> Result<UnixStream, Error> {
+    let what = || format!("shim {}", socket.display());
+    let mut stream = UnixStream::connect(socket).map_err(io_err(what()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io_err(what()))?;
+    let mut line = serde_json::to_vec(&Request::Attach {
+        id: id.to_owned(),
+        stdin,
+    })
+    .expect("requests serialise");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err(what()))?;
+    // The answer line, a byte at a time: output frames follow it.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte).map_err(io_err(what()))? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => answer.push(byte[0]),
+        }
+    }
+    let response: Response = serde_json::from_slice(&answer)
+        .map_err(|e| Error::Shim(format!("unreadable answer: {e}")))?;
+    if !response.ok {
+        return Err(Error::Shim(response.error.unwrap_or_default()));
+    }
+    stream.set_read_timeout(None).map_err(io_err(what()))?;
+    Ok(stream)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerState {
@@ -273,12 +319,28 @@ struct Tracked {
     container: libcontainer::container::Container,
     pid: i32,
     pidfd: Option<OwnedFd>,
+    /// Output: pipes, or the terminal's master as `stdout` with a tty.
     stdout: Option<File>,
     stderr: Option<File>,
+    /// Where attached clients' input goes (`stdin: true`): a pipe, or the
+    /// terminal's master.
+    stdin: Option<File>,
+    /// The terminal's master (for resizes), with `tty: true`.
+    terminal: Option<File>,
+    /// Close stdin once the first attached client is done with it.
+    stdin_once: bool,
     log: CriLog,
     record: ContainerState,
     /// Its cgroup path (to tell an OOM kill).
     cgroup: String,
+}
+
+/// A client attached to a container.
+struct Attachment {
+    id: String,
+    conn: UnixStream,
+    stdin: bool,
+    deframer: crate::api::remotecommand::Deframer,
 }
 
 /// Gives a terminal exec's terminal the client's size before the command
@@ -328,6 +390,7 @@ struct Shim {
     dir: PathBuf,
     containers: BTreeMap<String, Tracked>,
     sessions: Vec<Session>,
+    attachments: Vec<Attachment>,
     /// Numbers exec process files and console sockets.
     next_exec: u64,
     shutting_down: bool,
@@ -346,29 +409,81 @@ impl Shim {
         if self.containers.contains_key(id) {
             return Err(format!("container {id} exists"));
         }
-        let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| format!("pipe: {e}"))?;
-        let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| format!("pipe: {e}"))?;
-        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        let spec: serde_json::Value = fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let cgroup = spec
+            .pointer("/linux/cgroupsPath")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let tty = spec.pointer("/process/terminal") == Some(&serde_json::Value::Bool(true));
+        let annotation = |key: &str| spec["annotations"][key] == "true";
+        let keep_stdin = annotation(super::spec::ANNOTATION_STDIN);
+        let stdin_once = annotation(super::spec::ANNOTATION_STDIN_ONCE);
         let log = CriLog::open(log, LOG_MAX_SIZE, LOG_MAX_FILES)
             .map_err(|e| format!("log {}: {e}", log.display()))?;
-        let container = libcontainer::container::builder::ContainerBuilder::new(
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| format!("pipe: {e}"))
+        };
+        let builder = libcontainer::container::builder::ContainerBuilder::new(
             id.to_owned(),
             libcontainer::syscall::syscall::SyscallType::default(),
         )
         .with_root_path(self.state_root())
-        .map_err(|e| format!("state dir: {e}"))?
-        .with_stdin(OwnedFd::from(devnull))
-        .with_stdout(out_w)
-        .with_stderr(err_w)
-        .validate_id()
-        .map_err(|e| format!("container id {id:?}: {e}"))?
-        .as_init(bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(|e| format!("creating container {id}: {e}"))?;
+        .map_err(|e| format!("state dir: {e}"))?;
+        let (container, stdout, stderr, stdin, terminal) = if tty {
+            // libcontainer opens the terminal in the container and sends
+            // its master over this socket.
+            let console = self.dir.join(format!("console-{id}.sock"));
+            let _ = fs::remove_file(&console);
+            let listener =
+                UnixListener::bind(&console).map_err(|e| format!("console socket: {e}"))?;
+            let built = builder
+                .with_console_socket(Some(&console))
+                .validate_id()
+                .map_err(|e| format!("container id {id:?}: {e}"))?
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build();
+            let _ = fs::remove_file(&console);
+            let container = built.map_err(|e| format!("creating container {id}: {e}"))?;
+            let master = receive_terminal(&listener)?;
+            let out = master.try_clone().map_err(|e| e.to_string())?;
+            let input = master.try_clone().map_err(|e| e.to_string())?;
+            (container, Some(out), None, Some(input), Some(master))
+        } else {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            let (child_in, stdin) = if keep_stdin {
+                let (r, w) = pipe()?;
+                (r, Some(File::from(w)))
+            } else {
+                let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+                (OwnedFd::from(devnull), None)
+            };
+            let container = builder
+                .with_stdin(child_in)
+                .with_stdout(out_w)
+                .with_stderr(err_w)
+                .validate_id()
+                .map_err(|e| format!("container id {id:?}: {e}"))?
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("creating container {id}: {e}"))?;
+            (
+                container,
+                Some(File::from(out_r)),
+                Some(File::from(err_r)),
+                stdin,
+                None,
+            )
+        };
         let pid = container.pid().map_or(0, |p| p.as_raw());
         let pidfd = Pid::from_raw(pid)
             .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok());
@@ -381,19 +496,17 @@ impl Shim {
             finished_at: None,
             reason: None,
         };
-        let cgroup = fs::read(bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
         self.containers.insert(
             id.to_owned(),
             Tracked {
                 container,
                 pid,
                 pidfd,
-                stdout: Some(File::from(out_r)),
-                stderr: Some(File::from(err_r)),
+                stdout,
+                stderr,
+                stdin,
+                terminal,
+                stdin_once,
                 log,
                 record: record.clone(),
                 cgroup,
@@ -471,7 +584,9 @@ impl Shim {
                     },
                 };
             }
-            Request::ExecStream { .. } => Err("an exec stream needs its own connection".into()),
+            Request::ExecStream { .. } | Request::Attach { .. } => {
+                Err("a stream needs its own connection".into())
+            }
             Request::ProbeTcp { port, timeout_ms } => {
                 let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
                 let probe = match std::net::TcpStream::connect_timeout(
@@ -656,29 +771,7 @@ impl Shim {
             let _ = fs::remove_file(&process_file);
             let _ = fs::remove_file(&console);
             let pid = built.map_err(|e| format!("exec in {id}: {e}"))?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|e| format!("console socket: {e}"))?;
-            let (conn, _) = listener
-                .accept()
-                .map_err(|e| format!("the container sent no terminal: {e}"))?;
-            let mut name = [0u8; 256];
-            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-            rustix::net::recvmsg(
-                &conn,
-                &mut [io::IoSliceMut::new(&mut name)],
-                &mut control,
-                rustix::net::RecvFlags::CMSG_CLOEXEC,
-            )
-            .map_err(|e| format!("receiving the terminal: {e}"))?;
-            let master = control
-                .drain()
-                .find_map(|m| match m {
-                    rustix::net::RecvAncillaryMessage::ScmRights(mut r) => r.next(),
-                    _ => None,
-                })
-                .ok_or("the container sent no terminal")?;
+            let master = OwnedFd::from(receive_terminal(&listener)?);
             let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
             return Ok((pid, vec![master]));
         }
@@ -758,6 +851,75 @@ impl Shim {
         let _ = s.conn.shutdown(std::net::Shutdown::Both);
     }
 
+    /// Read what attached client `i` sent: stdin, resizes, close. False
+    /// when the client is gone.
+    fn client_input(&mut self, i: usize) -> bool {
+        use crate::api::remotecommand::{CLOSE, RESIZE, STDIN, parse_resize};
+        let Some(a) = self.attachments.get_mut(i) else {
+            return false;
+        };
+        let mut buf = [0u8; 32 * 1024];
+        let n = match (&a.conn).read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        a.deframer.push(&buf[..n]);
+        let (id, may_write) = (a.id.clone(), a.stdin);
+        let mut messages = Vec::new();
+        while let Some(m) = a.deframer.next_message() {
+            messages.push(m);
+        }
+        let Some(t) = self.containers.get_mut(&id) else {
+            return false;
+        };
+        for (channel, data) in messages {
+            match channel {
+                STDIN if may_write => {
+                    if let Some(f) = &mut t.stdin
+                        && f.write_all(&data).is_err()
+                    {
+                        t.stdin = None;
+                    }
+                }
+                RESIZE => {
+                    if let (Some(term), Some((w, h))) = (&t.terminal, parse_resize(&data)) {
+                        let _ = rustix::termios::tcsetwinsize(
+                            term,
+                            rustix::termios::Winsize {
+                                ws_row: h,
+                                ws_col: w,
+                                ws_xpixel: 0,
+                                ws_ypixel: 0,
+                            },
+                        );
+                    }
+                }
+                CLOSE
+                    if data.first() == Some(&STDIN)
+                        && may_write
+                        && t.terminal.is_none()
+                        && t.stdin_once =>
+                {
+                    t.stdin = None;
+                }
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// A client left: with `stdinOnce`, the container's stdin ends with it.
+    fn detach(&mut self, a: &Attachment) {
+        let _ = a.conn.shutdown(std::net::Shutdown::Both);
+        if a.stdin
+            && let Some(t) = self.containers.get_mut(&a.id)
+            && t.stdin_once
+            && t.terminal.is_none()
+        {
+            t.stdin = None;
+        }
+    }
+
     /// The container's init exited: reap it and record how.
     fn reap(&mut self, id: &str) {
         let exit_path = self.exit_path(id);
@@ -786,6 +948,19 @@ impl Shim {
         if let Ok(bytes) = serde_json::to_vec(&t.record) {
             let _ = fs::write(&exit_path, bytes);
         }
+        // Attached clients get the end (a success, as the kubelet says:
+        // kubectl reads the exit code from the pod's status).
+        let status = crate::api::remotecommand::exit_status(0).to_string();
+        let frame =
+            crate::api::remotecommand::frame(crate::api::remotecommand::ERROR, status.as_bytes());
+        self.attachments.retain(|a| {
+            if a.id != id {
+                return true;
+            }
+            let _ = (&a.conn).write_all(&frame);
+            let _ = a.conn.shutdown(std::net::Shutdown::Both);
+            false
+        });
     }
 }
 
@@ -809,6 +984,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
         dir: dir.to_owned(),
         containers: BTreeMap::new(),
         sessions: Vec::new(),
+        attachments: Vec::new(),
         next_exec: 0,
         shutting_down: false,
     };
@@ -824,6 +1000,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
             Err,
             Exit,
             Session,
+            Client,
         }
         let mut keys: Vec<(String, Kind)> = Vec::new();
         let mut ready: Vec<bool> = Vec::new();
@@ -843,6 +1020,10 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
                     fds.push(PollFd::from_borrowed_fd(fd.as_fd(), PollFlags::IN));
                     keys.push((id.clone(), Kind::Exit));
                 }
+            }
+            for (i, a) in shim.attachments.iter().enumerate() {
+                fds.push(PollFd::from_borrowed_fd(a.conn.as_fd(), PollFlags::IN));
+                keys.push((i.to_string(), Kind::Client));
             }
             for (i, session) in shim.sessions.iter().enumerate() {
                 fds.push(PollFd::from_borrowed_fd(
@@ -867,7 +1048,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
             let (pipe, stream) = match kind {
                 Kind::Out => (&mut t.stdout, Stream::Stdout),
                 Kind::Err => (&mut t.stderr, Stream::Stderr),
-                Kind::Exit | Kind::Session => continue,
+                Kind::Exit | Kind::Session | Kind::Client => continue,
             };
             let mut buf = [0u8; 64 * 1024];
             let n = pipe
@@ -877,9 +1058,36 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
             if n == 0 {
                 *pipe = None;
                 let _ = t.log.close_stream(stream);
-            } else if let Err(e) = t.log.write(stream, &buf[..n]) {
-                tracing::warn!(container = %id, %e, "cannot write the container log");
+            } else {
+                if let Err(e) = t.log.write(stream, &buf[..n]) {
+                    tracing::warn!(container = %id, %e, "cannot write the container log");
+                }
+                let channel = if matches!(kind, Kind::Out) {
+                    crate::api::remotecommand::STDOUT
+                } else {
+                    crate::api::remotecommand::STDERR
+                };
+                let frame = crate::api::remotecommand::frame(channel, &buf[..n]);
+                // A client that cannot keep up is dropped, not waited for.
+                shim.attachments
+                    .retain(|a| a.id != *id || (&a.conn).write_all(&frame).is_ok());
             }
+        }
+        // Attached clients' input, and clients that left.
+        let mut gone: Vec<usize> = Vec::new();
+        for ((i, kind), _) in keys.iter().zip(&ready).filter(|(_, r)| **r) {
+            if !matches!(kind, Kind::Client) {
+                continue;
+            }
+            let Ok(i) = i.parse::<usize>() else { continue };
+            if !shim.client_input(i) {
+                gone.push(i);
+            }
+        }
+        gone.sort_unstable_by(|a, b| b.cmp(a));
+        for i in gone {
+            let a = shim.attachments.swap_remove(i);
+            shim.detach(&a);
         }
         for ((id, kind), _) in keys.iter().zip(&ready).filter(|(_, r)| **r) {
             if matches!(kind, Kind::Exit) {
@@ -1000,6 +1208,10 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
                 drop(reader);
                 return serve_exec(shim, stream, &id, args, tty, stdin, size);
             }
+            Ok(Request::Attach { id, stdin }) => {
+                drop(reader);
+                return serve_attach(shim, stream, id, stdin);
+            }
             Ok(request) => shim.handle(request),
             Err(e) => Response {
                 ok: false,
@@ -1019,6 +1231,71 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
     // A container created but not started holds a copy of this socket
     // until it execs: shut the connection down rather than rely on close.
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Take a client attaching to container `id` (see [`Request::Attach`]).
+fn serve_attach(shim: &mut Shim, stream: UnixStream, id: String, stdin: bool) {
+    let refusal = match shim.containers.get(&id) {
+        None => Some(format!("no container {id} in this shim")),
+        Some(t) if t.record.status == "exited" => Some(format!("container {id} has exited")),
+        Some(t) if stdin && t.stdin.is_none() => Some(format!(
+            "container {id} does not keep stdin open (stdin: true in its spec, or stdinOnce and it was used)"
+        )),
+        Some(_) => None,
+    };
+    let response = match &refusal {
+        Some(e) => Response {
+            ok: false,
+            error: Some(e.clone()),
+            ..Response::default()
+        },
+        None => Response {
+            ok: true,
+            ..Response::default()
+        },
+    };
+    let mut out = serde_json::to_vec(&response).expect("responses serialise");
+    out.push(b'\n');
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    if (&stream).write_all(&out).is_err() || refusal.is_some() {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
+    shim.attachments.push(Attachment {
+        id,
+        conn: stream,
+        stdin,
+        deframer: crate::api::remotecommand::Deframer::default(),
+    });
+}
+
+/// The terminal master libcontainer sent to the console socket `listener`
+/// (it has been sent by the time the container is built).
+fn receive_terminal(listener: &UnixListener) -> Result<File, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("console socket: {e}"))?;
+    let (conn, _) = listener
+        .accept()
+        .map_err(|e| format!("the container sent no terminal: {e}"))?;
+    let mut name = [0u8; 256];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    rustix::net::recvmsg(
+        &conn,
+        &mut [io::IoSliceMut::new(&mut name)],
+        &mut control,
+        rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("receiving the terminal: {e}"))?;
+    control
+        .drain()
+        .find_map(|m| match m {
+            rustix::net::RecvAncillaryMessage::ScmRights(mut r) => r.next(),
+            _ => None,
+        })
+        .map(File::from)
+        .ok_or_else(|| "the container sent no terminal".to_owned())
 }
 
 /// Answer an exec stream with its descriptors and keep the connection

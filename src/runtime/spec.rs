@@ -155,7 +155,17 @@ pub struct ContainerConfig {
     pub shm: Option<PathBuf>,
     /// seccompProfile RuntimeDefault.
     pub seccomp_default: bool,
+    /// A terminal for the process (`tty: true`).
+    pub tty: bool,
+    /// Keep stdin open for attaching (`stdin: true`); close it after the
+    /// first attach ends (`stdinOnce: true`).
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
+
+/// Annotations telling the shim to keep a container's stdin open.
+pub const ANNOTATION_STDIN: &str = "io.orch.stdin";
+pub const ANNOTATION_STDIN_ONCE: &str = "io.orch.stdin-once";
 
 /// RuntimeDefault, in the shape of containerd's default profile: every
 /// syscall not listed fails with EPERM. The base list is what any
@@ -774,7 +784,7 @@ pub fn build(c: &ContainerConfig) -> Value {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": c.tty,
             "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
             "args": c.args,
             "env": c.env,
@@ -785,6 +795,10 @@ pub fn build(c: &ContainerConfig) -> Value {
         "hostname": c.hostname,
         "mounts": mounts,
         "linux": linux,
+        "annotations": {
+            ANNOTATION_STDIN: c.stdin.to_string(),
+            ANNOTATION_STDIN_ONCE: c.stdin_once.to_string(),
+        },
     });
     // Only when set: libcontainer decides when to load seccomp by whether
     // the field is present, not by its value (absent: before dropping

@@ -56,13 +56,14 @@ pub async fn serve(
     mut req: Request<Incoming>,
     pod: &Value,
     container: &str,
+    what: &str,
 ) -> Result<Response<Body>, ApiError> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
     if phase == "Succeeded" || phase == "Failed" {
         return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {phase}"
+            "cannot {what} into a container in a completed pod; current phase is {phase}"
         )));
     }
     let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
@@ -78,20 +79,19 @@ pub async fn serve(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let (true, Some(key)) = (websocket, key) else {
-        return Err(ApiError::bad_request(
-            "exec is served over WebSocket (v5.channel.k8s.io or v4.channel.k8s.io); kubectl 1.30 or later does this unless KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false, and SPDY is not supported"
-                .to_owned(),
-        ));
+        return Err(ApiError::bad_request(format!(
+            "{what} is served over WebSocket (v5.channel.k8s.io or v4.channel.k8s.io); kubectl 1.30 or later does this unless KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false, and SPDY is not supported"
+        )));
     };
     let Some(protocol) = pick_protocol(req.headers()) else {
         return Err(ApiError::bad_request(format!(
-            "no supported exec subprotocol offered; this server speaks {}",
+            "no supported {what} subprotocol offered; this server speaks {}",
             PROTOCOLS.join(", ")
         )));
     };
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
     let query = req.uri().query().unwrap_or_default();
-    let path = format!("/exec/{ns}/{name}/{container}?uid={uid}&{query}");
+    let path = format!("/{what}/{ns}/{name}/{container}?uid={uid}&{query}");
     // Client → agent messages, framed, as the tunnel request's body.
     let (to_agent, from_client) = tokio::sync::mpsc::channel::<Bytes>(32);
     let input: TunnelBody = BodyExt::boxed(http_body_util::StreamBody::new(

@@ -543,11 +543,11 @@ impl ApiServer {
                 self.token_request(ns.unwrap_or_default(), name, &sa, body.value)
                     .await
             }
-            (&Method::GET | &Method::POST, Some(name), Some("exec")) => {
+            (&Method::GET | &Method::POST, Some(name), Some(what @ ("exec" | "attach"))) => {
                 let pod = registry.get(&res, ns, name).await?;
                 let query = req.uri().query().unwrap_or_default().to_owned();
                 let container = pod_container(&pod, name, &query)?;
-                exec::serve(&self.tunnels, req, &pod, &container).await
+                exec::serve(&self.tunnels, req, &pod, &container, what).await
             }
             (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
                 let pod = registry.get(&res, ns, name).await?;
