@@ -244,7 +244,7 @@ fn report(what: &str, mut v: Vec<Duration>) -> Duration {
 }
 
 /// How many containers the peers start, one after another and at once.
-const PEER_N: usize = 50;
+const PEER_N: usize = N;
 
 /// Start the same busybox container with containerd + runc (`ctr run
 /// -d`, to the task running) and podman (`podman run -d`, runc, no
@@ -416,6 +416,19 @@ fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
     }
 }
 
+/// Proportional set size: private pages plus each shared page divided by
+/// the number of processes mapping it.
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Anonymous resident memory (not file-backed pages shared with others).
 fn rss_anon_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -526,6 +539,18 @@ async fn bench(ns: &Netns) {
     wait_torn_down(&adir).await;
     let names: Vec<String> = (0..N).map(|i| format!("par-{i}")).collect();
     let orch_par = report(&format!("{N} in parallel"), start_pods(&pods, &names).await);
+    // With 100 pods running, what one shim costs: its proportional share
+    // of the pages it maps (PSS: shared pages divided among the processes
+    // mapping them — the binary's text is shared by every shim).
+    let shims = pid_of_shims(&adir.join("run"));
+    let pss: Vec<u64> = shims.iter().map(|p| pss_kib(*p)).filter(|k| *k > 0).collect();
+    if !pss.is_empty() {
+        println!(
+            "orch shim with {} pods running: PSS {:.2} MiB each on average (target < 3 MiB)",
+            pss.len(),
+            pss.iter().sum::<u64>() as f64 / pss.len() as f64 / 1024.0
+        );
+    }
     clean(&pods).await;
     wait_torn_down(&adir).await;
     let (shim_total, shim_anon) = shim_rss.first().copied().unwrap_or((0, 0));
