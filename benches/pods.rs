@@ -543,7 +543,11 @@ async fn bench(ns: &Netns) {
     // of the pages it maps (PSS: shared pages divided among the processes
     // mapping them — the binary's text is shared by every shim).
     let shims = pid_of_shims(&adir.join("run"));
-    let pss: Vec<u64> = shims.iter().map(|p| pss_kib(*p)).filter(|k| *k > 0).collect();
+    let pss: Vec<u64> = shims
+        .iter()
+        .map(|p| pss_kib(*p))
+        .filter(|k| *k > 0)
+        .collect();
     if !pss.is_empty() {
         println!(
             "orch shim with {} pods running: PSS {:.2} MiB each on average (target < 3 MiB)",

@@ -446,6 +446,44 @@ fn the_server_runs_pods_on_its_embedded_agent() {
     let log = std::fs::read_to_string(logs.join(format!("default_hi_{uid}/main/0.log"))).unwrap();
     assert!(log.contains(" stdout F hi from hi"), "{log}");
     server.ok("1.33", &["delete", "pod", "hi"]);
+    // More pods than the server's blocking pool has threads: the API keeps
+    // answering (the embedded agent's work has a pool of its own).
+    let many = server.write(
+        "many.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: many}
+spec:
+  replicas: 12
+  selector: {matchLabels: {app: many}}
+  template:
+    metadata: {labels: {app: many}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - {name: main, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600']}
+",
+    );
+    server.ok("1.33", &["apply", "-f", many.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deployment/many", "--timeout=120s"],
+    );
+    let table = server.ok("1.33", &["get", "pods", "-l", "app=many"]);
+    assert_eq!(table.matches("Running").count(), 12, "{table}");
+    server.ok("1.33", &["delete", "deployment", "many"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(server.dir.path().join("pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the many pods were not torn down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.dir.path().join("pods").join(uid).exists() {
         assert!(

@@ -127,7 +127,8 @@ pub async fn attach(
             }
         }
         drop(in_tx);
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        // The writer ends on its own once the input channel is gone.
+        drop(writer);
     });
     let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -373,16 +374,21 @@ fn stream(
     // read (programs it left behind may hold the output open; they get a
     // moment, not forever).
     tokio::spawn(async move {
-        let code = tokio::task::spawn_blocking(move || session.wait())
-            .await
-            .ok()
-            .and_then(Result::ok);
-        let drained = tokio::task::spawn_blocking(move || {
+        // Threads of their own: a session can last hours, and must not
+        // hold one of the runtime's blocking threads meanwhile.
+        let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = code_tx.send(session.wait().ok());
+        });
+        let code = code_rx.await.ok().flatten();
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
             for p in pumps {
                 let _ = p.join();
             }
+            let _ = drained_tx.send(());
         });
-        let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), drained_rx).await;
         let status = match code {
             Some(c) => rc::exit_status(c),
             None => rc::failure("the pod's shim went away before the command ended"),

@@ -501,8 +501,16 @@ async fn ensure_shim(
         .stderr(log)
         .env("RUST_LOG", "warn");
     let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
-    // Reap it if it exits while we run (it is ours until we exit).
-    tokio::task::spawn_blocking(move || child.wait());
+    // Reap it if it exits while we run (it is ours until we exit): a
+    // small thread of its own, not one of the runtime's blocking threads,
+    // which it would hold for the pod's whole life.
+    std::thread::Builder::new()
+        .name("shim-reaper".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = child.wait();
+        })
+        .map_err(|e| format!("starting the shim's reaper: {e}"))?;
     for _ in 0..100 {
         if shim_call(socket.clone(), Request::State).await.is_ok() {
             return Ok(socket);

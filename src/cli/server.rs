@@ -240,28 +240,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let shutdown = super::shutdown_signal()?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
         // The embedded agent joins the way a remote one does: the join
-        // token, the CA it pins, the public API (the k3s way).
-        let agent = agent_config.map(|cfg| {
-            tokio::spawn(async move {
-                let Ok(url) = ready_rx.await else { return };
-                let result = async {
-                    let token = std::fs::read_to_string(&token_path)
-                        .with_context(|| format!("cannot read {}", token_path.display()))?;
-                    let (client, creds) = crate::agent::join::join(&url, token.trim()).await?;
-                    crate::agent::run(client, creds, cfg).await?;
-                    anyhow::Ok(())
-                }
-                .await;
-                if let Err(err) = result {
-                    tracing::error!("the embedded agent stopped: {err:#}");
-                }
-            })
-        });
-        let result = server::run_with(config, shutdown, Some(ready_tx)).await;
-        if let Some(agent) = agent {
-            agent.abort();
+        // token, the CA it pins, the public API (the k3s way). It runs on
+        // a runtime of its own: its blocking work (shim calls, exec
+        // sessions) must never take the store's bounded blocking pool.
+        if let Some(cfg) = agent_config {
+            std::thread::Builder::new()
+                .name("orch-agent".into())
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .thread_name("orch-agent")
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(err) => {
+                            tracing::error!("the embedded agent cannot start: {err}");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let Ok(url) = ready_rx.await else { return };
+                        let result = async {
+                            let token = std::fs::read_to_string(&token_path)
+                                .with_context(|| format!("cannot read {}", token_path.display()))?;
+                            let (client, creds) =
+                                crate::agent::join::join(&url, token.trim()).await?;
+                            crate::agent::run(client, creds, cfg).await?;
+                            anyhow::Ok(())
+                        }
+                        .await;
+                        if let Err(err) = result {
+                            tracing::error!("the embedded agent stopped: {err:#}");
+                        }
+                    });
+                })
+                .context("cannot start the embedded agent's thread")?;
         }
-        result?;
+        // The agent's thread ends with the process.
+        server::run_with(config, shutdown, Some(ready_tx)).await?;
         Ok(())
     })
 }
