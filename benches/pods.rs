@@ -360,6 +360,8 @@ fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
         }
         show("containerd+runc (ctr run)", timings);
         drop(daemon);
+        // The (now empty) cgroup parent ctr's namespace left.
+        orch::runtime::cgroup::remove("/default");
     } else {
         println!("containerd+runc: not installed (apt-get install containerd runc), not compared");
     }
@@ -411,6 +413,7 @@ fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
         let timings = time_many(&start, "p");
         let _ = podman().args(["rm", "-f", "-a", "-t", "0"]).output();
         show("podman (runc)", timings);
+        orch::runtime::cgroup::remove("/libpod_parent");
     } else {
         println!("podman: not installed (apt-get install podman), not compared");
     }
