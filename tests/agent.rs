@@ -106,6 +106,10 @@ fn cleanup(run_dir: &Path, data: &Path) {
             }
             let _ = call(&socket, &Request::Shutdown);
         }
+        // The pod's IPC and UTS namespace pins.
+        for pin in ["ipc", "uts"] {
+            let _ = orch::runtime::netns::remove(&pod.path().join(pin));
+        }
     }
     for ns in std::fs::read_dir(run_dir.join("netns"))
         .into_iter()
@@ -147,7 +151,30 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "exec",
         "sa",
     ] {
+        // Processes a failed test left there (a container whose shim
+        // died with the test) go first.
+        for dir in orch::runtime::cgroup::dirs(&cgroup_root(tag)) {
+            kill_cgroup_tree(&dir);
+        }
         orch::runtime::cgroup::remove(&cgroup_root(tag));
+    }
+}
+
+/// SIGKILL every process in cgroup directory `dir` and below.
+fn kill_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_cgroup_tree(&e.path());
+        }
+    }
+    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+    {
+        if let Some(p) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -1565,6 +1592,51 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
             .last()
             .is_some_and(|n| n.trim().parse::<u32>().unwrap_or(99) <= 5),
         "processes left in the container: {counts}"
+    );
+
+    // The pod's shim dies (kill -9): its old container goes with it, and
+    // the agent starts a new shim and the container again.
+    let box_pod = server.wait_json(&["get", "pod", "box"], 10, "box", |_| true);
+    let uid = box_pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let pod_procs = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|p| {
+                std::fs::read_to_string(p.path().join("cgroup"))
+                    .is_ok_and(|c| c.contains(&format!("pod{uid}")))
+            })
+            .map(|p| p.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = pod_procs();
+    assert!(!before.is_empty(), "no processes in the pod's cgroup");
+    let shim_pid =
+        std::fs::read_to_string(run_dir.join("pods").join(&uid).join("shim.pid")).unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-9", shim_pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = server.kubectl("1.33", &["exec", "box", "--", "echo", "back"]);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout) == "back\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod did not come back after its shim died: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let after = pod_procs();
+    assert!(
+        before.iter().all(|p| !after.contains(p)),
+        "processes of the old container survived: {before:?} / {after:?}"
     );
 
     // kubectl run -i --rm: attach to stdin (stdinOnce), the exit code

@@ -803,6 +803,39 @@ impl Shim {
         Ok((pid, fds))
     }
 
+    /// A shim that died left its containers running without anyone to
+    /// read their output or reap them: kill and delete them (and their
+    /// old exit records), so the agent starts them again by the pod's
+    /// restart policy.
+    fn clear_leftovers(&self) {
+        let root = self.state_root();
+        for e in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            match libcontainer::container::Container::load(e.path()) {
+                Ok(mut c) => {
+                    tracing::warn!(container = %id, "a previous shim left this container; killing it");
+                    let _ = c.kill(
+                        libcontainer::signal::Signal::try_from(9).expect("SIGKILL"),
+                        true,
+                    );
+                    if c.delete(true).is_err() {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+                Err(_) => {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        for e in fs::read_dir(self.dir.join("exits"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+
     /// Reap children nobody waits for: the processes of a libcontainer
     /// exec that failed before its command ran (a missing program) are
     /// left as zombies otherwise.
@@ -988,6 +1021,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
         next_exec: 0,
         shutting_down: false,
     };
+    shim.clear_leftovers();
     tracing::info!(dir = %dir.display(), pid = std::process::id(), "orch shim ready");
     loop {
         if shim.shutting_down && shim.containers.is_empty() {
