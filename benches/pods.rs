@@ -413,6 +413,8 @@ fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
         let timings = time_many(&start, "p");
         let _ = podman().args(["rm", "-f", "-a", "-t", "0"]).output();
         show("podman (runc)", timings);
+        // conmon leaves the cgroup parent a moment after `rm`.
+        std::thread::sleep(Duration::from_secs(1));
         orch::runtime::cgroup::remove("/libpod_parent");
     } else {
         println!("podman: not installed (apt-get install podman), not compared");
