@@ -93,6 +93,11 @@ impl Drop for Agent {
 
 /// Whatever a test left: every container, shim, mount, netns and cgroup.
 fn cleanup(run_dir: &Path, data: &Path) {
+    let uids: Vec<String> = [run_dir.join("pods"), data.join("pods")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     use orch::runtime::shim::{Request, call};
     for pod in std::fs::read_dir(run_dir.join("pods"))
         .into_iter()
@@ -151,12 +156,22 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "exec",
         "sa",
     ] {
-        // Processes a failed test left there (a container whose shim
-        // died with the test) go first.
-        for dir in orch::runtime::cgroup::dirs(&cgroup_root(tag)) {
-            kill_cgroup_tree(&dir);
+        // Processes of this agent's pods a failed test left (a container
+        // whose shim died with the test) go first — only these pods': the
+        // tests of one process share the cgroup roots.
+        for uid in &uids {
+            for dir in orch::runtime::cgroup::dirs(&format!("{}/pod{uid}", cgroup_root(tag))) {
+                kill_cgroup_tree(&dir);
+            }
         }
-        orch::runtime::cgroup::remove(&cgroup_root(tag));
+        // Only this agent's pod cgroups, then the root if nothing else is
+        // in it (another test of this process may be using it).
+        for uid in &uids {
+            orch::runtime::cgroup::remove(&format!("{}/pod{uid}", cgroup_root(tag)));
+        }
+        for dir in orch::runtime::cgroup::dirs(&cgroup_root(tag)) {
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 
