@@ -442,30 +442,8 @@ fn pods_really_run_exit_restart_and_go() {
 fn the_server_runs_pods_on_its_embedded_agent() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("embedded");
-    let archive = support::busybox_archive(dir.path());
-    let (run_dir, logs) = (dir.path().join("run"), dir.path().join("logs"));
-    let server = TestServer::start_with_agent(
-        &netns.0,
-        &[
-            "--node-name",
-            "embedded",
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            "--pod-log-dir",
-            logs.to_str().unwrap(),
-            "--cgroup-root",
-            &cgroup_root("embedded"),
-        ],
-        // An air-gapped install: images waiting in <data-dir>/agent/images.
-        |data| {
-            std::fs::create_dir_all(data.join("agent/images")).unwrap();
-            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
-        },
-    );
-    let guard = Cleanup {
-        run_dir: run_dir.clone(),
-        data: server.dir.path().to_owned(),
-    };
+    let logs = dir.path().join("logs");
+    let (server, guard) = embedded(dir.path(), &netns, "embedded");
     server.wait_json(
         &["get", "node", "embedded"],
         30,
@@ -536,6 +514,37 @@ spec:
     }
     drop(server);
     drop(guard);
+}
+
+/// `orch server` with its embedded agent (node `tag`) in `netns`, its
+/// run and log dirs in `dir/run` and `dir/logs`, and the busybox image
+/// waiting in `<data-dir>/agent/images` (an air-gapped install); the
+/// guard cleans up after it.
+fn embedded(dir: &Path, netns: &Netns, tag: &str) -> (TestServer, Cleanup) {
+    let archive = support::busybox_archive(dir);
+    let run_dir = dir.join("run");
+    let server = TestServer::start_with_agent(
+        &netns.0,
+        &[
+            "--node-name",
+            tag,
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--pod-log-dir",
+            dir.join("logs").to_str().unwrap(),
+            "--cgroup-root",
+            &cgroup_root(tag),
+        ],
+        |data| {
+            std::fs::create_dir_all(data.join("agent/images")).unwrap();
+            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
+        },
+    );
+    let guard = Cleanup {
+        run_dir,
+        data: server.dir.path().to_owned(),
+    };
+    (server, guard)
 }
 
 /// Tears down what an agent left in `run_dir` and `data` (for agents whose
@@ -1461,29 +1470,8 @@ spec:
 fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("exec");
-    let archive = support::busybox_archive(dir.path());
     let run_dir = dir.path().join("run");
-    let server = TestServer::start_with_agent(
-        &netns.0,
-        &[
-            "--node-name",
-            "exec",
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            "--pod-log-dir",
-            dir.path().join("logs").to_str().unwrap(),
-            "--cgroup-root",
-            &cgroup_root("exec"),
-        ],
-        |data| {
-            std::fs::create_dir_all(data.join("agent/images")).unwrap();
-            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
-        },
-    );
-    let _guard = Cleanup {
-        run_dir: run_dir.clone(),
-        data: server.dir.path().to_owned(),
-    };
+    let (server, _guard) = embedded(dir.path(), &netns, "exec");
     let file = server.write(
         "pods.yaml",
         &[
@@ -1752,29 +1740,7 @@ spec:
 fn service_account_tokens_are_mounted_and_authenticate_while_the_pod_lives() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("sa");
-    let archive = support::busybox_archive(dir.path());
-    let run_dir = dir.path().join("run");
-    let server = TestServer::start_with_agent(
-        &netns.0,
-        &[
-            "--node-name",
-            "sa",
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            "--pod-log-dir",
-            dir.path().join("logs").to_str().unwrap(),
-            "--cgroup-root",
-            &cgroup_root("sa"),
-        ],
-        |data| {
-            std::fs::create_dir_all(data.join("agent/images")).unwrap();
-            std::fs::copy(&archive, data.join("agent/images/busybox.tar")).unwrap();
-        },
-    );
-    let _guard = Cleanup {
-        run_dir: run_dir.clone(),
-        data: server.dir.path().to_owned(),
-    };
+    let (server, _guard) = embedded(dir.path(), &netns, "sa");
     let url = std::fs::read_to_string(&server.kubeconfig)
         .unwrap()
         .lines()

@@ -9,7 +9,6 @@
 //! here copy between those descriptors and the HTTP/2 stream, and the
 //! last message is the `Status` with the exit code.
 
-use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -17,25 +16,51 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
-use hyper::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 
 use super::pods::Kubelet;
+use super::tunnel::{Body, streamed, text};
 use crate::api::remotecommand::{self as rc, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT, frame};
 use crate::runtime::shim;
 
-type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+/// What an exec or attach request asks for.
+struct Asked {
+    /// The pod's shim socket.
+    socket: std::path::PathBuf,
+    command: Vec<String>,
+    stdin: bool,
+    tty: bool,
+}
 
-fn text(status: StatusCode, message: String) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(
-            http_body_util::Full::new(Bytes::from(message))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        )
-        .expect("response parts are valid")
+impl Asked {
+    fn parse(k: &Kubelet, req: &Request<Incoming>) -> Self {
+        let query = crate::api::query::parse_query(req.uri().query());
+        let first = |key: &str| {
+            query
+                .get(key)
+                .and_then(|v| v.first())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let flag = |key: &str| matches!(first(key).as_str(), "true" | "1");
+        Self {
+            socket: k.run_dir.join("pods").join(first("uid")).join("shim.sock"),
+            command: query.get("command").cloned().unwrap_or_default(),
+            stdin: flag("stdin"),
+            tty: flag("tty"),
+        }
+    }
+}
+
+/// The id of `container`'s newest instance in the shim, if it runs.
+fn running_instance(socket: &std::path::Path, container: &str) -> Result<String, shim::Error> {
+    let state = shim::call(socket, &shim::Request::State)?;
+    super::pods::latest(&state.containers)
+        .remove(container)
+        .filter(|(_, s)| s.status == "running")
+        .map(|(_, s)| s.id)
+        .ok_or_else(|| shim::Error::Shim(format!("container {container} is not running")))
 }
 
 /// Attach to the container's stdio through its shim: the shim already
@@ -46,32 +71,11 @@ pub async fn attach(
     pod: &str,
     container: &str,
 ) -> Response<Body> {
-    let query = crate::api::query::parse_query(req.uri().query());
-    let first = |key: &str| {
-        query
-            .get(key)
-            .and_then(|v| v.first())
-            .cloned()
-            .unwrap_or_default()
-    };
-    let stdin = matches!(first("stdin").as_str(), "true" | "1");
-    let socket = k.run_dir.join("pods").join(first("uid")).join("shim.sock");
-    let prefix = format!("{container}.");
+    let asked = Asked::parse(k, &req);
     let name = container.to_owned();
     let attached = tokio::task::spawn_blocking(move || {
-        let state = shim::call(&socket, &shim::Request::State)?;
-        let id = state
-            .containers
-            .iter()
-            .filter(|c| c.status == "running")
-            .filter_map(|c| {
-                let n: u32 = c.id.strip_prefix(&prefix)?.parse().ok()?;
-                Some((n, c.id.clone()))
-            })
-            .max()
-            .map(|(_, id)| id)
-            .ok_or_else(|| shim::Error::Shim(format!("container {name} is not running")))?;
-        shim::attach(&socket, &id, stdin)
+        let id = running_instance(&asked.socket, &name)?;
+        shim::attach(&asked.socket, &id, asked.stdin)
     })
     .await
     .expect("attach panicked");
@@ -130,16 +134,7 @@ pub async fn attach(
         // The writer ends on its own once the input channel is gone.
         drop(writer);
     });
-    let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    }));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(body.boxed_unsync())
-        .expect("response parts are valid")
+    streamed(rx, "application/octet-stream")
 }
 
 /// Run the exec the request asks for and stream it.
@@ -149,86 +144,46 @@ pub async fn serve(
     pod: &str,
     container: &str,
 ) -> Response<Body> {
-    let query = crate::api::query::parse_query(req.uri().query());
-    let first = |key: &str| {
-        query
-            .get(key)
-            .and_then(|v| v.first())
-            .cloned()
-            .unwrap_or_default()
-    };
-    let flag = |key: &str| matches!(first(key).as_str(), "true" | "1");
-    let uid = first("uid");
-    let args = query.get("command").cloned().unwrap_or_default();
-    let (tty, stdin) = (flag("tty"), flag("stdin"));
-    if args.is_empty() {
+    let asked = Asked::parse(k, &req);
+    if asked.command.is_empty() {
         return text(
             StatusCode::BAD_REQUEST,
             "you must specify at least one command for the container".into(),
         );
     }
-    let socket = k.run_dir.join("pods").join(&uid).join("shim.sock");
-    let prefix = format!("{container}.");
-    let s = socket.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let state = shim::call(&s, &shim::Request::State)?;
-        // The newest running instance of the container.
-        Ok::<_, shim::Error>(
-            state
-                .containers
-                .iter()
-                .filter(|c| c.status == "running")
-                .filter_map(|c| {
-                    let n: u32 = c.id.strip_prefix(&prefix)?.parse().ok()?;
-                    Some((n, c.id.clone()))
-                })
-                .max()
-                .map(|(_, id)| id),
-        )
-    })
-    .await
-    .expect("shim state panicked");
+    let (socket, name) = (asked.socket.clone(), container.to_owned());
+    let found = tokio::task::spawn_blocking(move || running_instance(&socket, &name))
+        .await
+        .expect("shim state panicked");
     let id = match found {
-        Ok(Some(id)) => id,
-        Ok(None) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("container {container} is not running in pod {pod}"),
-            );
-        }
+        Ok(id) => id,
         Err(e) => {
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("unable to reach the shim of pod {pod}: {e}"),
+                format!("unable to run a command in {container} of pod {pod}: {e}"),
             );
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
-    tokio::spawn(session(socket, id, args, tty, stdin, req.into_body(), tx));
-    let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    }));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(body.boxed_unsync())
-        .expect("response parts are valid")
+    tokio::spawn(session(asked, id, req.into_body(), tx));
+    streamed(rx, "application/octet-stream")
 }
 
 /// Start the command and stream it. With a terminal, the client's first
 /// size comes first (kubectl sends it at once), so the command starts
 /// with the right size.
 async fn session(
-    socket: std::path::PathBuf,
+    asked: Asked,
     id: String,
-    args: Vec<String>,
-    tty: bool,
-    stdin: bool,
     mut input: Incoming,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) {
+    let Asked {
+        socket,
+        command: args,
+        stdin,
+        tty,
+    } = asked;
     let mut deframer = rc::Deframer::default();
     let mut early = Vec::new();
     if tty {
@@ -345,15 +300,7 @@ fn stream(
             }
             RESIZE => {
                 if let (Some(term), Some((w, h))) = (&terminal, rc::parse_resize(&data)) {
-                    let _ = rustix::termios::tcsetwinsize(
-                        term,
-                        rustix::termios::Winsize {
-                            ws_row: h,
-                            ws_col: w,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        },
-                    );
+                    shim::set_terminal_size(term, w, h);
                 }
             }
             CLOSE if data.first() == Some(&STDIN) => in_tx = None,

@@ -602,7 +602,7 @@ fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Resul
 }
 
 /// The newest instance of each container the shim has, by container name.
-fn latest(states: &[ContainerState]) -> HashMap<String, (u32, ContainerState)> {
+pub(super) fn latest(states: &[ContainerState]) -> HashMap<String, (u32, ContainerState)> {
     let mut out: HashMap<String, (u32, ContainerState)> = HashMap::new();
     for s in states {
         let Some((name, n)) = s.id.rsplit_once('.') else {

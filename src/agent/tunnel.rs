@@ -18,9 +18,10 @@ use super::join::Credentials;
 use super::logs::{LogOptions, file_for, render, tail};
 use super::pods::Kubelet;
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-fn text(status: StatusCode, message: String) -> Response<Body> {
+/// A plain-text answer (the kubelet API's errors).
+pub(super) fn text(status: StatusCode, message: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -204,6 +205,14 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
     } else {
         drop(tx);
     }
+    streamed(rx, "text/plain; charset=utf-8")
+}
+
+/// A 200 whose body is what comes through `rx`, until it closes.
+pub(super) fn streamed(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    content_type: &str,
+) -> Response<Body> {
     let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -211,7 +220,7 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
     }));
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_TYPE, content_type)
         .body(body.boxed_unsync())
         .expect("response parts are valid")
 }

@@ -343,6 +343,19 @@ struct Attachment {
     deframer: crate::api::remotecommand::Deframer,
 }
 
+/// Set a terminal's size (from either side of it); best effort.
+pub fn set_terminal_size(fd: impl AsFd, width: u16, height: u16) {
+    let _ = rustix::termios::tcsetwinsize(
+        fd,
+        rustix::termios::Winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    );
+}
+
 /// Gives a terminal exec's terminal the client's size before the command
 /// runs (in the container's process, on its side of the terminal), so
 /// programs that read the size at start see it rather than 0×0.
@@ -357,15 +370,7 @@ impl libcontainer::workload::Executor for SizedTerminal {
         &self,
         spec: &oci_spec::runtime::Spec,
     ) -> Result<(), libcontainer::workload::ExecutorError> {
-        let _ = rustix::termios::tcsetwinsize(
-            std::io::stdin(),
-            rustix::termios::Winsize {
-                ws_row: self.height,
-                ws_col: self.width,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            },
-        );
+        set_terminal_size(std::io::stdin(), self.width, self.height);
         libcontainer::workload::default::DefaultExecutor {}.exec(spec)
     }
 
@@ -374,6 +379,43 @@ impl libcontainer::workload::Executor for SizedTerminal {
         spec: &oci_spec::runtime::Spec,
     ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
         libcontainer::workload::default::DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// A process's stdio as pipes: the child's ends, and ours (stdin only
+/// when asked for; /dev/null otherwise).
+struct Stdio {
+    child_in: OwnedFd,
+    child_out: OwnedFd,
+    child_err: OwnedFd,
+    stdin: Option<OwnedFd>,
+    out: OwnedFd,
+    err: OwnedFd,
+}
+
+impl Stdio {
+    fn new(keep_stdin: bool) -> Result<Self, String> {
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| format!("pipe: {e}"))
+        };
+        let (out, child_out) = pipe()?;
+        let (err, child_err) = pipe()?;
+        let (child_in, stdin) = if keep_stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+            (OwnedFd::from(devnull), None)
+        };
+        Ok(Self {
+            child_in,
+            child_out,
+            child_err,
+            stdin,
+            out,
+            err,
+        })
     }
 }
 
@@ -424,10 +466,6 @@ impl Shim {
         let stdin_once = annotation(super::spec::ANNOTATION_STDIN_ONCE);
         let log = CriLog::open(log, LOG_MAX_SIZE, LOG_MAX_FILES)
             .map_err(|e| format!("log {}: {e}", log.display()))?;
-        let pipe = || {
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .map_err(|e| format!("pipe: {e}"))
-        };
         let builder = libcontainer::container::builder::ContainerBuilder::new(
             id.to_owned(),
             libcontainer::syscall::syscall::SyscallType::default(),
@@ -456,19 +494,11 @@ impl Shim {
             let input = master.try_clone().map_err(|e| e.to_string())?;
             (container, Some(out), None, Some(input), Some(master))
         } else {
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            let (child_in, stdin) = if keep_stdin {
-                let (r, w) = pipe()?;
-                (r, Some(File::from(w)))
-            } else {
-                let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-                (OwnedFd::from(devnull), None)
-            };
+            let io = Stdio::new(keep_stdin)?;
             let container = builder
-                .with_stdin(child_in)
-                .with_stdout(out_w)
-                .with_stderr(err_w)
+                .with_stdin(io.child_in)
+                .with_stdout(io.child_out)
+                .with_stderr(io.child_err)
                 .validate_id()
                 .map_err(|e| format!("container id {id:?}: {e}"))?
                 .as_init(bundle)
@@ -478,9 +508,9 @@ impl Shim {
                 .map_err(|e| format!("creating container {id}: {e}"))?;
             (
                 container,
-                Some(File::from(out_r)),
-                Some(File::from(err_r)),
-                stdin,
+                Some(File::from(io.out)),
+                Some(File::from(io.err)),
+                io.stdin.map(File::from),
                 None,
             )
         };
@@ -775,31 +805,19 @@ impl Shim {
             let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
             return Ok((pid, vec![master]));
         }
-        let pipe = || {
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .map_err(|e| format!("pipe: {e}"))
-        };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (child_in, in_w) = if stdin {
-            let (r, w) = pipe()?;
-            (r, Some(w))
-        } else {
-            let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-            (OwnedFd::from(devnull), None)
-        };
+        let io = Stdio::new(stdin)?;
         let pid = builder
-            .with_stdin(child_in)
-            .with_stdout(out_w)
-            .with_stderr(err_w)
+            .with_stdin(io.child_in)
+            .with_stdout(io.child_out)
+            .with_stderr(io.child_err)
             .as_tenant()
             .with_container_args(args)
             .with_detach(true)
             .build()
             .map_err(|e| format!("exec in {id}: {e}"))?;
         let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
-        let mut fds = vec![out_r, err_r];
-        fds.extend(in_w);
+        let mut fds = vec![io.out, io.err];
+        fds.extend(io.stdin);
         Ok((pid, fds))
     }
 
@@ -916,15 +934,7 @@ impl Shim {
                 }
                 RESIZE => {
                     if let (Some(term), Some((w, h))) = (&t.terminal, parse_resize(&data)) {
-                        let _ = rustix::termios::tcsetwinsize(
-                            term,
-                            rustix::termios::Winsize {
-                                ws_row: h,
-                                ws_col: w,
-                                ws_xpixel: 0,
-                                ws_ypixel: 0,
-                            },
-                        );
+                        set_terminal_size(term, w, h);
                     }
                 }
                 CLOSE
