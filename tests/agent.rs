@@ -173,6 +173,15 @@ fn cleanup(run_dir: &Path, data: &Path) {
             let _ = std::fs::remove_dir(&dir);
         }
     }
+    // The agent's private mount points for pods' mounts, and what is left
+    // under them.
+    for dir in [
+        data.join("pods"),
+        run_dir.join("pods"),
+        run_dir.join("netns"),
+    ] {
+        let _ = orch::runtime::mountns::remove_private_subtree(&dir);
+    }
 }
 
 /// SIGKILL every process in cgroup directory `dir` and below.

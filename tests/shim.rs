@@ -52,8 +52,11 @@ struct Shim {
 
 impl Shim {
     fn start(dir: &Path, netns: Option<&Path>) -> Self {
+        Self::start_with(dir, netns, &[])
+    }
+    fn start_with(dir: &Path, netns: Option<&Path>, extra: &[&std::ffi::OsStr]) -> Self {
         let mut cmd = Command::new(ORCH);
-        cmd.args(["shim", "--dir"]).arg(dir);
+        cmd.args(["shim", "--dir"]).arg(dir).args(extra);
         if let Some(n) = netns {
             cmd.arg("--netns").arg(n);
         }
@@ -223,6 +226,7 @@ fn containers_run_log_and_report_their_exit() {
         id: "a".into(),
         bundle: bundle.dir.clone(),
         log: log.clone(),
+        layers: Vec::new(),
     });
     assert_eq!(created.containers[0].status, "created");
     assert!(created.containers[0].pid > 0);
@@ -270,6 +274,7 @@ fn containers_run_log_and_report_their_exit() {
             id: id.into(),
             bundle: bundle.dir.clone(),
             log: dir.path().join(format!("logs/{id}/0.log")),
+            layers: Vec::new(),
         });
         shim.call(Request::Start { id: id.into() });
     }
@@ -357,6 +362,7 @@ fn containers_run_log_and_report_their_exit() {
             id: "bad".into(),
             bundle: dir.path().join("missing"),
             log: dir.path().join("logs/bad.log"),
+            layers: Vec::new(),
         },
     )
     .unwrap_err();
@@ -405,6 +411,7 @@ fn the_shim_makes_the_pods_network_namespace_with_loopback_up() {
         id: "a".into(),
         bundle: bundle.dir.clone(),
         log: log.clone(),
+        layers: Vec::new(),
     });
     shim.call(Request::Start { id: "a".into() });
     assert_eq!(wait_exit(&shim, "a").exit_code, Some(0));
@@ -419,4 +426,96 @@ fn the_shim_makes_the_pods_network_namespace_with_loopback_up() {
     drop(bundle);
     orch::runtime::netns::remove(&netns_path).unwrap();
     assert!(!netns_path.exists());
+}
+
+/// The mount points in process `pid`'s mount namespace.
+fn mounts_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap()
+}
+
+#[test]
+fn a_shim_leaves_other_pods_mounts_out_and_keeps_its_root_filesystems_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = busybox_layers(dir.path());
+    let netns = Netns::new("shimmnt");
+    let cg = format!("/orch-test/shimmnt-{}", std::process::id());
+    let _cgroups = CgroupCleanup(vec![cg.clone(), "/orch-test".into()]);
+    // What an agent has: a private mount point holding every pod's mounts.
+    let pods = dir.path().join("pods");
+    orch::runtime::mountns::private_subtree(&pods).unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = orch::runtime::mountns::remove_private_subtree(&self.0);
+        }
+    }
+    let _unmount = Unmount(pods.clone());
+    let tmpfs = |d: &Path, file: &str| {
+        std::fs::create_dir_all(d).unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            d,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap();
+        std::fs::write(d.join(file), file).unwrap();
+    };
+    tmpfs(&pods.join("own/vol"), "mine");
+    tmpfs(&pods.join("other/vol"), "theirs");
+    let shim = Shim::start_with(
+        &pods.join("own/shim"),
+        None,
+        &[
+            "--hide-mounts-under".as_ref(),
+            pods.as_os_str(),
+            "--keep-mounts-under".as_ref(),
+            pods.join("own").as_os_str(),
+        ],
+    );
+    let pid = shim.child.id();
+    let seen = mounts_of(pid);
+    assert!(seen.contains("/own/vol "), "{seen}");
+    assert!(!seen.contains("/other/vol "), "{seen}");
+    // Mounts the host makes later stay out too.
+    tmpfs(&pods.join("late/vol"), "late");
+    assert!(!mounts_of(pid).contains("/late/vol "));
+
+    // The shim mounts the container's root itself; the host never sees it.
+    let bundle = pods.join("own/containers/a");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let mut cfg = config(&["/bin/cat", "/own/mine"], netns.path(), &format!("{cg}/a"));
+    cfg.mounts.push(spec::BindMount {
+        source: pods.join("own/vol"),
+        destination: "/own".into(),
+        readonly: true,
+    });
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec::build(&cfg)).unwrap(),
+    )
+    .unwrap();
+    let log = dir.path().join("logs/a/0.log");
+    shim.call(Request::Create {
+        id: "a".into(),
+        bundle: bundle.clone(),
+        log: log.clone(),
+        layers: layers.clone(),
+    });
+    shim.call(Request::Start { id: "a".into() });
+    assert_eq!(wait_exit(&shim, "a").exit_code, Some(0));
+    assert!(
+        log_lines(&log).contains(&("stdout".into(), "F".into(), "mine".into())),
+        "{:?}",
+        log_lines(&log)
+    );
+    let rootfs = format!("{} ", bundle.join("rootfs").display());
+    assert!(mounts_of(pid).contains(&rootfs));
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains(&rootfs), "{host}");
+    // Delete unmounts it; what it wrote stays in the upper dir until the
+    // bundle goes.
+    shim.call(Request::Delete { id: "a".into() });
+    assert!(!mounts_of(pid).contains(&rootfs));
 }

@@ -101,7 +101,12 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         images,
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,
+        starts: Arc::new(tokio::sync::Semaphore::new(pods::start_turns())),
     });
+    for dir in kubelet.mount_dirs() {
+        crate::runtime::mountns::private_subtree(&dir)
+            .map_err(|e| Error::Runtime(format!("{}: {e}", dir.display())))?;
+    }
     let image_gc = tokio::spawn(imagegc::run(
         client.clone(),
         cfg.node.name.clone(),

@@ -3,7 +3,9 @@
 //!
 //! 1. sandbox — the pod's directories, `/etc/hosts`, `/etc/hostname`,
 //!    `/etc/resolv.conf`, and its shim (which makes the network
-//!    namespace unless `hostNetwork`);
+//!    namespace unless `hostNetwork`, and mounts the containers' root
+//!    filesystems in a mount namespace of its own — `runtime::mountns`);
+//!    a pod's first start waits for a turn ([`Kubelet::starts`]);
 //! 2. init containers one at a time, each to a successful exit;
 //! 3. app containers, restarted by `restartPolicy` with upstream's
 //!    back-off (10 s doubling to 5 min);
@@ -18,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,14 @@ pub struct Kubelet {
     /// The cluster DNS server and domain pods get in resolv.conf.
     pub cluster_dns: String,
     pub cluster_domain: String,
+    /// Turns for pods' first starts, FIFO ([`start_turns`] of them).
+    pub starts: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many pods set up and start their first container at once: two per
+/// CPU (the work is mostly CPU: namespaces, mounts, clones).
+pub fn start_turns() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
 }
 
 impl Kubelet {
@@ -70,6 +79,16 @@ impl Kubelet {
     }
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.data_dir.join("pods").join(uid)
+    }
+    /// The directories that hold pods' mounts (namespace pins, `/dev/shm`,
+    /// memory volumes), each a private mount point of its own so a shim
+    /// can leave the other pods' out of its mount namespace.
+    pub fn mount_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.data_dir.join("pods"),
+            self.run_dir.join("pods"),
+            self.run_dir.join("netns"),
+        ]
     }
     fn sandbox(&self, uid: &str) -> super::container::Sandbox {
         let status = super::node::capacity();
@@ -414,6 +433,11 @@ struct WorkerState {
     tokens: HashMap<String, (Vec<u8>, tokio::time::Instant, Duration)>,
     /// Container instances whose image was pulled for them (policy Always).
     pulled_for: std::collections::HashSet<String>,
+    /// A container of the pod has been started.
+    started: bool,
+    /// A turn for the pod's first start ([`Kubelet::starts`]), held until
+    /// its first container runs or the sync ends.
+    start_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// One container instance's probes.
@@ -445,6 +469,7 @@ async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Val
                 if let Err(e) = sync(&k, &pod, &mut state).await {
                     tracing::warn!(pod = %pod["metadata"]["name"], error = %e, "pod sync failed; retrying");
                 }
+                state.start_permit = None;
                 if state.torn_down {
                     return;
                 }
@@ -493,10 +518,20 @@ async fn ensure_shim(
     if !host_ipc {
         cmd.arg("--ipcns").arg(&sandbox.ipc);
     }
+    for d in k.mount_dirs() {
+        cmd.arg("--hide-mounts-under").arg(d);
+    }
+    for d in [k.pod_dir(uid), dir.clone(), sandbox.net.clone()] {
+        cmd.arg("--keep-mounts-under").arg(d);
+    }
     // Its own process group: signals to the agent's group (Ctrl-C, a
     // service manager stopping the agent) do not reach it.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.stdin(Stdio::null())
+    // Its socket, bound here and handed over as stdin: calls queue until
+    // the shim accepts, so nobody polls for it to come up.
+    let listener = shim::listen(&dir).map_err(|e| format!("{}: {e}", socket.display()))?;
+    cmd.arg("--listener-on-stdin")
+        .stdin(std::os::fd::OwnedFd::from(listener))
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
         .env("RUST_LOG", "warn");
@@ -511,16 +546,16 @@ async fn ensure_shim(
             let _ = child.wait();
         })
         .map_err(|e| format!("starting the shim's reaper: {e}"))?;
-    for _ in 0..100 {
-        if shim_call(socket.clone(), Request::State).await.is_ok() {
-            return Ok(socket);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Dropping `cmd` closed our copy: if the shim dies before it
+    // accepts, this call fails at once.
+    drop(cmd);
+    match shim_call(socket.clone(), Request::State).await {
+        Ok(_) => Ok(socket),
+        Err(e) => Err(format!(
+            "the shim did not come up ({e}); see {}",
+            dir.join("shim.log").display()
+        )),
     }
-    Err(format!(
-        "the shim did not come up; see {}",
-        dir.join("shim.log").display()
-    ))
 }
 
 fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Result<()> {
@@ -756,27 +791,11 @@ async fn start_container(
             let _ = rootfs::unmount(&old_bundle.join("rootfs"));
             let _ = std::fs::remove_dir_all(&old_bundle);
         }
+        // The shim mounts the root; an agent before 0.1 mounted it here.
         let _ = rootfs::unmount(&bundle.join("rootfs"));
         let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(bundle.parent().unwrap_or(&bundle)).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
         std::fs::write(&termination_log, b"").map_err(|e| e.to_string())?;
-        rootfs::mount(
-            &layers,
-            &bundle.join("upper"),
-            &bundle.join("work"),
-            &bundle.join("rootfs"),
-        )
-        .map_err(|e| e.to_string())?;
-        // Mount points for the pod's files must exist in the image.
-        for m in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
-            let p = bundle.join("rootfs").join(m);
-            if !p.exists() {
-                if let Some(parent) = p.parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                let _ = std::fs::write(&p, b"");
-            }
-        }
         std::fs::write(
             bundle.join("config.json"),
             serde_json::to_vec(&spec).expect("spec serialises"),
@@ -788,6 +807,7 @@ async fn start_container(
                 id: id.clone(),
                 bundle: bundle.clone(),
                 log,
+                layers,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -795,6 +815,8 @@ async fn start_container(
         Ok(())
     })
     .await?;
+    state.started = true;
+    state.start_permit = None;
     event(
         k,
         pod,
@@ -1156,6 +1178,13 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         .unwrap_or_default();
     if phase == "Succeeded" || phase == "Failed" {
         return Ok(());
+    }
+    if !state.started && state.start_permit.is_none() {
+        // A pod's first start (its files, mounts, shim, first container)
+        // waits its turn: on a small machine a hundred pods starting at
+        // once each get all of theirs done sooner one after another than
+        // all together.
+        state.start_permit = k.starts.clone().acquire_owned().await.ok();
     }
     let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
     let pod_dir = k.pod_dir(&uid);

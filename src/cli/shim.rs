@@ -22,6 +22,17 @@ pub struct Args {
     /// The pod's host name, set in its UTS namespace.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Run in a mount namespace of its own without the mounts under DIR
+    /// (other pods'); repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub hide_mounts_under: Vec<PathBuf>,
+    /// ... but with those under DIR (its own pod's); repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub keep_mounts_under: Vec<PathBuf>,
+    /// Serve the listening socket on stdin (bound by the agent at
+    /// DIR/shim.sock) instead of binding it.
+    #[arg(long)]
+    pub listener_on_stdin: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -31,6 +42,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ipc: args.ipcns.as_deref(),
         uts: args.utsns.as_deref().zip(args.hostname.as_deref()),
     };
-    crate::runtime::shim::run(&args.dir, &namespaces)
-        .with_context(|| format!("orch shim in {}", args.dir.display()))
+    crate::runtime::shim::run(
+        &args.dir,
+        &namespaces,
+        &args.hide_mounts_under,
+        &args.keep_mounts_under,
+        args.listener_on_stdin,
+    )
+    .with_context(|| format!("orch shim in {}", args.dir.display()))
 }

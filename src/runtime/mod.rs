@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod image;
 pub mod logs;
+pub mod mountns;
 pub mod netns;
 pub mod rootfs;
 pub mod shim;

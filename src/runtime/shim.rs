@@ -37,10 +37,15 @@ const LOG_MAX_FILES: usize = 5;
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum Request {
     /// Create a container from an OCI bundle (`config.json` + `rootfs`).
+    /// With `layers` (bottom first), the shim mounts their overlay at
+    /// `<bundle>/rootfs` itself (writes going to `<bundle>/upper`), in its
+    /// own mount namespace, and unmounts it when the container is deleted.
     Create {
         id: String,
         bundle: PathBuf,
         log: PathBuf,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        layers: Vec<PathBuf>,
     },
     Start {
         id: String,
@@ -281,6 +286,42 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 ///
 /// # Errors
 /// The shim is not there or failed the request.
+/// Bind a shim's socket at `<dir>/shim.sock` for the shim about to be
+/// started, which gets it as stdin (`orch shim --listener-on-stdin`):
+/// callers can connect at once — the kernel queues them until the shim,
+/// its namespaces made, accepts — so nobody polls for the shim to come up.
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn listen(dir: &Path) -> io::Result<UnixListener> {
+    let socket = dir.join("shim.sock");
+    let _ = fs::remove_file(&socket);
+    UnixListener::bind(&socket)
+}
+
+/// The listening socket on stdin, moved to a descriptor of its own that
+/// containers do not inherit; stdin becomes `/dev/null`.
+fn take_stdin_listener() -> io::Result<UnixListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let stdin = std::io::stdin();
+    let accepting = rustix::net::sockopt::socket_acceptconn(&stdin).map_err(errno)?;
+    if !accepting {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "stdin is not a listening socket",
+        ));
+    }
+    let fd = rustix::io::fcntl_dupfd_cloexec(&stdin, 3).map_err(errno)?;
+    let null = File::open("/dev/null")?;
+    // SAFETY: fd 0 is open (a socket, checked above); it is only borrowed
+    // as an OwnedFd for dup2 to replace it, and given back unclosed.
+    let mut zero = unsafe { OwnedFd::from_raw_fd(0) };
+    let replaced = rustix::io::dup2(&null, &mut zero).map_err(errno);
+    let _ = zero.into_raw_fd();
+    replaced?;
+    Ok(UnixListener::from(fd))
+}
+
 pub fn call(socket: &Path, request: &Request) -> Result<Response, Error> {
     let what = || format!("shim {}", socket.display());
     let mut stream = UnixStream::connect(socket).map_err(io_err(what()))?;
@@ -333,6 +374,8 @@ struct Tracked {
     record: ContainerState,
     /// Its cgroup path (to tell an OOM kill).
     cgroup: String,
+    /// The root filesystem the shim mounted for it.
+    rootfs: Option<PathBuf>,
 }
 
 /// A client attached to a container.
@@ -540,6 +583,7 @@ impl Shim {
                 log,
                 record: record.clone(),
                 cgroup,
+                rootfs: None,
             },
         );
         Ok(record)
@@ -553,7 +597,44 @@ impl Shim {
 
     fn handle(&mut self, request: Request) -> Response {
         let result: Result<Vec<ContainerState>, String> = match request {
-            Request::Create { id, bundle, log } => self.create(&id, &bundle, &log).map(|s| vec![s]),
+            Request::Create {
+                id,
+                bundle,
+                log,
+                layers,
+            } => {
+                let rootfs = bundle.join("rootfs");
+                let mounted = !layers.is_empty();
+                let created = if self.containers.contains_key(&id) {
+                    Err(format!("container {id} exists"))
+                } else if mounted {
+                    super::rootfs::mount(
+                        &layers,
+                        &bundle.join("upper"),
+                        &bundle.join("work"),
+                        &rootfs,
+                    )
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| self.create(&id, &bundle, &log))
+                } else {
+                    self.create(&id, &bundle, &log)
+                };
+                match created {
+                    Ok(record) => {
+                        if mounted && let Some(t) = self.containers.get_mut(&id) {
+                            t.rootfs = Some(rootfs);
+                        }
+                        Ok(vec![record])
+                    }
+                    Err(e) => {
+                        if mounted && !self.containers.contains_key(&id) {
+                            // Ours (an existing container's was not touched).
+                            let _ = super::rootfs::unmount(&rootfs);
+                        }
+                        Err(e)
+                    }
+                }
+            }
             Request::Start { id } => self.tracked(&id).and_then(|t| {
                 t.container
                     .start()
@@ -586,6 +667,9 @@ impl Shim {
                         }
                     }
                     let _ = fs::remove_file(self.exit_path(&id));
+                    if let Some(rootfs) = &t.rootfs {
+                        let _ = super::rootfs::unmount(rootfs);
+                    }
                     result.map(|()| Vec::new())
                 }
                 None => Err(format!("no container {id} in this shim")),
@@ -1009,18 +1093,36 @@ impl Shim {
 
 /// Run the shim in `dir` until it is told to shut down and has no
 /// containers left. The shim first creates the pod's namespaces asked for
-/// (or joins them, after a restart) and lives in them.
+/// (or joins them, after a restart) and lives in them; with `hide`, it
+/// then takes a mount namespace of its own without the mounts under those
+/// directories but those under `keep` (see [`super::mountns::isolate`]).
+/// With `listener_on_stdin`, it serves the listening socket its parent
+/// bound at `<dir>/shim.sock` and passed as stdin (see [`listen`]), else
+/// it binds that socket itself.
 ///
 /// # Errors
 /// The namespace, the socket or polling fails.
-pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(), Error> {
+pub fn run(
+    dir: &Path,
+    namespaces: &super::netns::PodNamespaces<'_>,
+    hide: &[PathBuf],
+    keep: &[PathBuf],
+    listener_on_stdin: bool,
+) -> Result<(), Error> {
     super::netns::create_or_join_pod(namespaces)
         .map_err(io_err("creating the pod's namespaces"))?;
+    if !hide.is_empty() {
+        super::mountns::isolate(hide, keep)
+            .map_err(io_err("taking a mount namespace of its own"))?;
+    }
     fs::create_dir_all(dir.join("exits")).map_err(io_err(format!("creating {}", dir.display())))?;
-    let socket = dir.join("shim.sock");
-    let _ = fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
+    let listener = if listener_on_stdin {
+        take_stdin_listener().map_err(io_err("taking the listening socket on stdin"))?
+    } else {
+        let socket = dir.join("shim.sock");
+        let _ = fs::remove_file(&socket);
+        UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?
+    };
     fs::write(dir.join("shim.pid"), std::process::id().to_string())
         .map_err(io_err("writing shim.pid"))?;
     let mut shim = Shim {
@@ -1154,7 +1256,7 @@ pub fn run(dir: &Path, namespaces: &super::netns::PodNamespaces<'_>) -> Result<(
             shim.reap_strays();
         }
     }
-    let _ = fs::remove_file(&socket);
+    let _ = fs::remove_file(dir.join("shim.sock"));
     tracing::info!("orch shim exiting: no containers left");
     Ok(())
 }
