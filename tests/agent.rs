@@ -757,6 +757,20 @@ spec:
     };
     wait_log("env debug hunter2 fast", 10);
     wait_log("conf v1 secret hunter2 tier tier=\"web\"", 10);
+    // Secrets and downward API files live in memory, as the kubelet keeps
+    // them; configMaps on disk.
+    let mounts = server.ok("1.33", &["exec", "app", "--", "cat", "/proc/mounts"]);
+    let fs_of = |path: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(path))
+            .and_then(|l| l.split(' ').nth(2))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(fs_of("/etc/secret"), "tmpfs", "{mounts}");
+    assert_eq!(fs_of("/etc/info"), "tmpfs", "{mounts}");
+    assert_ne!(fs_of("/etc/app"), "tmpfs", "{mounts}");
     // An update reaches the running container within a minute.
     server.ok(
         "1.33",

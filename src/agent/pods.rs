@@ -216,8 +216,9 @@ pub async fn run(k: Arc<Kubelet>) {
     }
 }
 
-/// Mount a tmpfs at `dir` (of `size` bytes) unless one is there.
-fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
+/// Mount a tmpfs at `dir` (of `size` bytes, root directory `mode`) unless
+/// one is there.
+fn mount_tmpfs(dir: &Path, size: Option<u64>, mode: u32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let parent_dev = dir
         .parent()
@@ -234,8 +235,8 @@ fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
         return Ok(()); // mounted already
     }
     let options = match size {
-        Some(bytes) => format!("mode=1777,size={bytes}"),
-        None => "mode=1777".to_owned(),
+        Some(bytes) => format!("mode={mode:o},size={bytes}"),
+        None => format!("mode={mode:o}"),
     };
     let options = std::ffi::CString::new(options).expect("no NUL");
     rustix::mount::mount(
@@ -248,22 +249,31 @@ fn mount_tmpfs(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
     .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
 }
 
-/// emptyDir volumes with `medium: Memory` are tmpfs (sized by sizeLimit).
+/// Volumes in memory, as the kubelet keeps them: emptyDir with `medium:
+/// Memory` (sized by sizeLimit), and secret, projected and downwardAPI
+/// volumes (secrets and tokens never reach the disk).
 async fn mount_memory_volumes(pod: &Value, files: &PodFiles) -> Result<(), String> {
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-        if v.pointer("/emptyDir/medium") != Some(&Value::from("Memory")) {
+        let (size, mode) = if v.pointer("/emptyDir/medium") == Some(&Value::from("Memory")) {
+            let size = v
+                .pointer("/emptyDir/sizeLimit")
+                .and_then(Value::as_str)
+                .and_then(|q| crate::api::quantity::parse_quantity(q, 1.0))
+                .map(|b| b.max(4096) as u64);
+            (size, 0o1777)
+        } else if ["secret", "projected", "downwardAPI"]
+            .iter()
+            .any(|kind| v.get(kind).is_some())
+        {
+            (None, 0o755)
+        } else {
             continue;
-        }
+        };
         let name = v["name"].as_str().unwrap_or_default().to_owned();
-        let size = v
-            .pointer("/emptyDir/sizeLimit")
-            .and_then(Value::as_str)
-            .and_then(|q| crate::api::quantity::parse_quantity(q, 1.0))
-            .map(|b| b.max(4096) as u64);
         let dir = files.volumes.join(&name);
-        blocking(move || mount_tmpfs(&dir, size))
+        blocking(move || mount_tmpfs(&dir, size, mode))
             .await
-            .map_err(|e| format!("emptyDir {name}: {e}"))?;
+            .map_err(|e| format!("volume {name}: {e}"))?;
     }
     Ok(())
 }
@@ -1196,6 +1206,7 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
     };
     std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
     write_pod_files(k, pod, &files).map_err(|e| format!("pod files: {e}"))?;
+    mount_memory_volumes(pod, &files).await?;
     refresh_volumes(k, pod, &files, state).await;
     let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
     let hostname = pod
@@ -1206,11 +1217,10 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         .to_owned();
     if !host_ipc {
         let shm = k.pod_dir(&uid).join("shm");
-        blocking(move || mount_tmpfs(&shm, Some(64 << 20)))
+        blocking(move || mount_tmpfs(&shm, Some(64 << 20), 0o1777))
             .await
             .map_err(|e| format!("the pod's /dev/shm: {e}"))?;
     }
-    mount_memory_volumes(pod, &files).await?;
     // fsGroup: emptyDirs belong to that group, setgid so new files do too.
     if let Some(gid) = pod
         .pointer("/spec/securityContext/fsGroup")
