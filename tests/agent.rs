@@ -155,6 +155,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "registry",
         "exec",
         "sa",
+        "join",
     ] {
         // Processes of this agent's pods a failed test left (a container
         // whose shim died with the test) go first — only these pods': the
@@ -1843,4 +1844,181 @@ fn service_account_tokens_are_mounted_and_authenticate_while_the_pod_lives() {
     // A bound token dies with its pod.
     server.ok("1.33", &["delete", "pod", "app", "plain", "--timeout=60s"]);
     assert_eq!(call(&token).0, "401");
+}
+
+/// kubectl 1.33 as whoever `kubeconfig` names, in the server's namespace.
+fn kubectl_as(netns: &Netns, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+    in_netns(Some(&netns.0), support::kubectl_path("1.33"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn nodes_join_with_their_own_certificate_and_are_confined_to_their_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("join");
+    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let (data, run_dir, logs) = (
+        dir.path().join("agent"),
+        dir.path().join("run"),
+        dir.path().join("logs"),
+    );
+    import_busybox(dir.path(), &data);
+    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "join");
+    server.wait_json(&["get", "node", "node-a"], 30, "node-a registered", |n| {
+        n["metadata"]["name"] == "node-a"
+    });
+    // The agent made its key, got a certificate for it, and wrote a
+    // kubeconfig for that identity; the token is not in it.
+    let node_kc = data.join("agent/kubeconfig.yaml");
+    let kc = std::fs::read_to_string(&node_kc).unwrap();
+    let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
+    assert!(!kc.contains(token.trim()));
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["client-kubelet.key", "node-password", "kubeconfig.yaml"] {
+        let mode = std::fs::metadata(data.join("agent").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is readable by others");
+    }
+    let who = kubectl_as(&netns, &node_kc, &["auth", "whoami", "-o", "json"]);
+    let who: serde_json::Value = serde_json::from_slice(&who.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&who.stderr)));
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:node-a");
+
+    // Another node and what its pods use; and what node-a's pod uses.
+    let file = server.write(
+        "join.yaml",
+        "apiVersion: v1
+kind: Node
+metadata: {name: elsewhere}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: theirs}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: mine}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: far}
+spec:
+  nodeName: elsewhere
+  containers: [{name: c, image: busybox:test, volumeMounts: [{name: s, mountPath: /s}]}]
+  volumes: [{name: s, secret: {secretName: theirs}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: near}
+spec:
+  nodeName: node-a
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: c, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600'], volumeMounts: [{name: s, mountPath: /s}]}
+  volumes: [{name: s, secret: {secretName: mine}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: busybox:test}]}
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let node = |args: &[&str]| kubectl_as(&netns, &node_kc, args);
+    let forbidden = |args: &[&str], needle: &str| {
+        let out = node(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} was allowed");
+        assert!(
+            err.contains("Forbidden") || err.contains("forbidden"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    assert!(node(&["get", "secret", "mine"]).status.success());
+    forbidden(
+        &["get", "secret", "theirs"],
+        "User \"system:node:node-a\" cannot get resource \"secrets\" in API group \"\" in the namespace \"default\": no relationship found between node 'node-a' and this object",
+    );
+    forbidden(&["get", "secrets"], "cannot list resource \"secrets\"");
+    forbidden(
+        &["scale", "deployment", "web", "--replicas=2"],
+        "resource \"deployments\" in API group \"apps\"",
+    );
+    forbidden(
+        &["delete", "deployment", "web"],
+        "cannot delete resource \"deployments\"",
+    );
+    forbidden(
+        &["label", "node", "elsewhere", "taken=yes"],
+        "cannot patch resource \"nodes\"",
+    );
+    forbidden(
+        &["delete", "pod", "far", "--wait=false"],
+        "no relationship found",
+    );
+    // Its own node, its pods, the services every proxy reads: allowed.
+    assert!(
+        node(&["label", "node", "node-a", "mine=yes"])
+            .status
+            .success()
+    );
+    assert!(node(&["get", "pods", "-A"]).status.success());
+    assert!(node(&["get", "services", "-A"]).status.success());
+    server.wait_json(&["get", "pod", "near"], 30, "near Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+
+    // A second machine cannot take node-a's name (another node password).
+    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let url = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_owned();
+    let other = dir.path().join("other");
+    let out = in_netns(Some(&netns.0), ORCH)
+        .args(["agent", "--server", &url, "--token", token.trim()])
+        .args(["--node-name", "node-a", "--data-dir"])
+        .arg(&other)
+        .args(["--run-dir"])
+        .arg(other.join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("already taken by another machine")
+            && err.contains("node-a.node-password.orch"),
+        "{err}"
+    );
+    assert!(!other.join("agent/client-kubelet.crt").exists());
+
+    // A token pinning another CA is refused before anything is sent.
+    let (_, secret) = token.trim().split_once("::").unwrap();
+    let wrong = format!("K10{}::{secret}", "0".repeat(64));
+    let out = in_netns(Some(&netns.0), ORCH)
+        .args(["agent", "--server", &url, "--token", &wrong])
+        .args(["--node-name", "node-b", "--data-dir"])
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not match the join token"), "{err}");
+    server.ok("1.33", &["delete", "pod", "near", "--wait=true"]);
 }

@@ -6,6 +6,8 @@
 //! its hash against the token, and only then sends the secret — to a server
 //! verified with that CA.
 
+use std::path::Path;
+
 use http::{HeaderName, HeaderValue};
 use kube::{Client, Config};
 
@@ -19,6 +21,9 @@ pub struct Credentials {
     /// The server's CA, checked against the token.
     pub ca_pem: String,
     pub token: String,
+    /// The node's client certificate and key (PEM), once it has them; the
+    /// token is then no longer sent.
+    pub identity: Option<(String, String)>,
 }
 
 /// A client for `server`, authenticated with `token`, trusting only the CA
@@ -102,6 +107,163 @@ pub async fn join(server: &str, token: &str) -> Result<(Client, Credentials), Er
             url: server.to_owned(),
             ca_pem,
             token: token.to_owned(),
+            identity: None,
         },
     ))
+}
+
+/// Certificates are renewed at start when fewer days than this remain.
+const RENEW_DAYS: i64 = 90;
+
+/// The node's own identity, kept under `<data-dir>/agent/`: a key made
+/// here (`client-kubelet.key`), the certificate the server issued for it
+/// (`client-kubelet.crt`, CN `system:node:<node>`, O `system:nodes`), the
+/// CA it was issued under (`server-ca.crt`), the node password
+/// (`node-password`, made once; the server keeps its hash, so a second
+/// machine cannot take this node's name) and a kubeconfig for that
+/// identity (`kubeconfig.yaml`, handy for seeing what a node may do). A
+/// certificate is asked for (presenting the join token, with `joined`)
+/// when there is none, the CA changed, the node name changed, or fewer
+/// than 90 days remain. The client returned authenticates with it.
+///
+/// # Errors
+/// Files that cannot be read or written, or the server refusing (a node
+/// name another machine holds, a bad token).
+pub async fn node_identity(
+    joined: &Client,
+    creds: &Credentials,
+    data_dir: &Path,
+    node: &str,
+) -> Result<(Client, Credentials), Error> {
+    let dir = data_dir.join("agent");
+    let io = |what: &Path, e: std::io::Error| Error::Runtime(format!("{}: {e}", what.display()));
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let file = |name: &str| dir.join(name);
+    let password = match std::fs::read_to_string(file("node-password")) {
+        Ok(p) if p.trim().len() >= 16 => p.trim().to_owned(),
+        _ => {
+            let p = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            write_private(&file("node-password"), &p).map_err(|e| io(&file("node-password"), e))?;
+            p
+        }
+    };
+    let current = (
+        std::fs::read_to_string(file("client-kubelet.crt")),
+        std::fs::read_to_string(file("client-kubelet.key")),
+        std::fs::read_to_string(file("server-ca.crt")),
+    );
+    let reuse = match &current {
+        (Ok(cert), Ok(key), Ok(ca)) if *ca == creds.ca_pem => cert_days_left(cert, node)
+            .filter(|d| *d > RENEW_DAYS)
+            .map(|_| (cert.clone(), key.clone())),
+        _ => None,
+    };
+    let (cert, key) = match reuse {
+        Some(pair) => pair,
+        None => {
+            let key = rcgen::KeyPair::generate()
+                .map_err(|e| Error::Runtime(format!("generating the node key: {e}")))?;
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .and_then(|r| r.pem())
+                .map_err(|e| Error::Runtime(format!("making the certificate request: {e}")))?;
+            let req = http::Request::post("/v1-orch/node-certificate")
+                .header("orch-node-name", node)
+                .header("orch-node-password", &password)
+                .header(http::header::CONTENT_TYPE, "application/pkcs10")
+                .body(csr.into_bytes())
+                .map_err(|e| Error::Runtime(e.to_string()))?;
+            let cert = joined
+                .request_text(req)
+                .await
+                .map_err(|source| Error::Api {
+                    what: format!("a certificate for node {node:?}"),
+                    source,
+                })?;
+            let key = key.serialize_pem();
+            write_private(&file("client-kubelet.key"), &key)
+                .map_err(|e| io(&file("client-kubelet.key"), e))?;
+            write_private(&file("client-kubelet.crt"), &cert)
+                .map_err(|e| io(&file("client-kubelet.crt"), e))?;
+            write_private(&file("server-ca.crt"), &creds.ca_pem)
+                .map_err(|e| io(&file("server-ca.crt"), e))?;
+            tracing::info!(node, "got a node certificate");
+            (cert, key)
+        }
+    };
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let user = format!("system:node:{node}");
+    let kubeconfig = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: {ca}
+    server: {url}
+  name: orch
+contexts:
+- context:
+    cluster: orch
+    user: {user}
+  name: {user}
+current-context: {user}
+users:
+- name: {user}
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+",
+        ca = b64(&creds.ca_pem),
+        url = creds.url,
+        cert = b64(&cert),
+        key = b64(&key),
+    );
+    write_private(&file("kubeconfig.yaml"), &kubeconfig)
+        .map_err(|e| io(&file("kubeconfig.yaml"), e))?;
+    let parsed = kube::config::Kubeconfig::from_yaml(&kubeconfig)
+        .map_err(|e| Error::Runtime(format!("the node kubeconfig: {e}")))?;
+    let config = Config::from_custom_kubeconfig(parsed, &Default::default())
+        .await
+        .map_err(|e| Error::Runtime(format!("the node kubeconfig: {e}")))?;
+    let client = Client::try_from(config).map_err(|source| Error::Connect {
+        url: creds.url.clone(),
+        source,
+    })?;
+    let mut creds = creds.clone();
+    creds.identity = Some((cert, key));
+    Ok((client, creds))
+}
+
+/// Days left on `cert` if it is node `node`'s.
+fn cert_days_left(cert: &str, node: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    if cn != format!("system:node:{node}") {
+        return None;
+    }
+    let left = cert.validity().not_after.timestamp() - jiff::Timestamp::now().as_second();
+    Some(left / 86400)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

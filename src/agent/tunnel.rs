@@ -68,8 +68,22 @@ async fn connect_and_serve(creds: &Credentials, k: &Arc<Kubelet>) -> Result<(), 
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    // The node's certificate when it has one, else the join token.
+    let tls = match &creds.identity {
+        Some((cert, key)) => {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+            tls.with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => tls.with_no_client_auth(),
+    };
     let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
@@ -81,9 +95,12 @@ async fn connect_and_serve(creds: &Credentials, k: &Arc<Kubelet>) -> Result<(), 
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let req = Request::get(format!("/orch/v1/tunnel?node={}", k.node))
-        .header(header::HOST, format!("{host}:{port}"))
-        .header(header::AUTHORIZATION, format!("Bearer {}", creds.token))
+    let mut req = Request::get(format!("/orch/v1/tunnel?node={}", k.node))
+        .header(header::HOST, format!("{host}:{port}"));
+    if creds.identity.is_none() {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {}", creds.token));
+    }
+    let req = req
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "orch-tunnel")
         .body(http_body_util::Empty::<Bytes>::new())

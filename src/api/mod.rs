@@ -9,6 +9,7 @@ pub mod defaults;
 pub mod duplicates;
 pub mod join;
 pub mod patch;
+pub mod podrefs;
 pub mod proto;
 pub mod quantity;
 pub mod query;

@@ -131,6 +131,13 @@ fn run_real(args: Args, token: String) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let (client, creds) = agent::join::join(&args.server, &token).await?;
+        let (client, creds) = agent::join::node_identity(
+            &client,
+            &creds,
+            &config.node.data_dir,
+            &config.node.name,
+        )
+        .await?;
         let shutdown = super::shutdown_signal()?;
         tokio::select! {
             result = agent::run(client, creds, config) => result?,

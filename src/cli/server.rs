@@ -266,6 +266,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                                 .with_context(|| format!("cannot read {}", token_path.display()))?;
                             let (client, creds) =
                                 crate::agent::join::join(&url, token.trim()).await?;
+                            let (client, creds) = crate::agent::join::node_identity(
+                                &client,
+                                &creds,
+                                &cfg.node.data_dir,
+                                &cfg.node.name,
+                            )
+                            .await?;
                             crate::agent::run(client, creds, cfg).await?;
                             anyhow::Ok(())
                         }

@@ -209,6 +209,7 @@ pub async fn run_with(
         ca_pem: pki.ca_cert.clone(),
         tunnels: Arc::default(),
         service_accounts,
+        pki: Arc::new(pki.clone()),
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

@@ -9,6 +9,7 @@
 mod body;
 mod discovery;
 mod exec;
+mod nodes;
 mod openapi;
 mod request;
 pub mod tunnel;
@@ -61,7 +62,12 @@ pub struct ApiServer {
     pub tunnels: Arc<tunnel::Tunnels>,
     /// Signs and checks service account tokens.
     pub service_accounts: Arc<crate::server::auth::serviceaccount::Signer>,
+    /// The cluster CA, for nodes' client certificates.
+    pub pki: Arc<crate::server::auth::Pki>,
 }
+
+/// Where agents open their kubelet API tunnels.
+const TUNNEL_PATH: &str = "/orch/v1/tunnel";
 
 type Query = std::collections::HashMap<String, Vec<String>>;
 
@@ -194,15 +200,28 @@ impl ApiServer {
         let span = tracing::debug_span!("request", method = %req.method(), path = %path, user = %user.name);
         async move {
             if !auth::authorize(&user) {
-                return error_response(&ApiError::forbidden(format!(
-                    "User {:?} cannot {} path {:?}",
-                    user.name,
-                    req.method().as_str().to_lowercase(),
-                    path
-                )));
+                let denied = match user.node() {
+                    Some(node) => self.authorize_node(node, &user.name, &req, &path).await,
+                    None => Err(ApiError::forbidden(format!(
+                        "User {:?} cannot {} path {:?}",
+                        user.name,
+                        req.method().as_str().to_lowercase(),
+                        path
+                    ))),
+                };
+                if let Err(e) = denied {
+                    return error_response(&e);
+                }
             }
-            if path == "/orch/v1/tunnel" {
+            if path == TUNNEL_PATH {
                 return self.tunnels.accept(req);
+            }
+            if path == nodes::CERTIFICATE_PATH {
+                // Only the join token's holder gets here (authorized above).
+                return self
+                    .node_certificate(req)
+                    .await
+                    .unwrap_or_else(|e| error_response(&e));
             }
             match self.route(req, &user).await {
                 Ok(resp) => resp,

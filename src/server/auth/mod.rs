@@ -1,9 +1,10 @@
 //! Who is calling, and may they: the cluster PKI, authentication (client
 //! certificates signed by the cluster CA, bearer tokens) and authorization.
 //!
-//! Authorization is a chain of authorizers so that node and RBAC rules can
-//! be added (issue #6); today the only one lets `system:masters` do
-//! everything.
+//! Authorization: `system:masters` may do everything; a node
+//! (`system:node:<name>` in `system:nodes`, from the certificate it got at
+//! join) only what its pods need (`server::api::nodes`); RBAC for other
+//! users is still to come (issue #6).
 
 #![forbid(unsafe_code)]
 
@@ -54,6 +55,16 @@ impl User {
         )
     }
 
+    /// The node this user is (`system:node:<name>` in `system:nodes`).
+    pub fn node(&self) -> Option<&str> {
+        self.groups
+            .iter()
+            .any(|g| g == "system:nodes")
+            .then(|| self.name.strip_prefix("system:node:"))
+            .flatten()
+            .filter(|n| !n.is_empty())
+    }
+
     /// The identity in a client certificate: CN is the user, each O a group.
     pub fn from_certificate(der: &[u8]) -> Option<Self> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -83,8 +94,9 @@ impl Tokens {
         Self { users }
     }
 
-    /// Accept the cluster join token too. Until node identities exist
-    /// (issue #6), an agent holding it acts with full rights.
+    /// Accept the cluster join token too. Agents present it once to get
+    /// their node certificate; like k3s's server token it acts with full
+    /// rights (`orch agent --simulate` uses it for its many nodes).
     pub fn with_join_token(mut self, token: &str) -> Self {
         self.users.insert(
             token.to_owned(),

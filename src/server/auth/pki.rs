@@ -19,6 +19,7 @@ use rcgen::{
 use super::Error;
 
 /// Certificates and keys, PEM-encoded.
+#[derive(Clone)]
 pub struct Pki {
     pub dir: PathBuf,
     pub ca_cert: String,
@@ -247,6 +248,44 @@ impl Pki {
             admin_key,
             admin_token,
         })
+    }
+
+    /// A node's client certificate for the public key in `csr_pem` (a PEM
+    /// certificate request the agent made for a key it keeps): CN
+    /// `system:node:<node>`, O `system:nodes`, client auth, 1 year. The
+    /// request's own subject and extensions are ignored.
+    ///
+    /// # Errors
+    /// A request that cannot be parsed, or an unreadable CA key.
+    pub fn sign_node_certificate(&self, csr_pem: &str, node: &str) -> Result<String, Error> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            Error::Pki(format!(
+                "the certificate request is not a PEM CERTIFICATE REQUEST: {e}"
+            ))
+        })?;
+        let key = read(&self.dir.join("ca.key"))?
+            .ok_or_else(|| Error::Pki(format!("{}/ca.key is missing", self.dir.display())))?;
+        let key = KeyPair::from_pem(&key).map_err(rcgen_err("read the CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert, &key)
+            .map_err(rcgen_err("read the CA certificate"))?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("system:node:{node}"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:nodes");
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, LEAF_DAYS);
+        csr.params = params;
+        let cert = csr
+            .signed_by(&issuer)
+            .map_err(rcgen_err("sign the node certificate"))?;
+        Ok(cert.pem())
     }
 
     /// A kubeconfig for the admin, pointing at `server`.
