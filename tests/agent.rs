@@ -31,6 +31,22 @@ impl Agent {
         logs: &Path,
         tag: &str,
     ) -> Self {
+        let token = server.dir.path().join("server/token");
+        Self::start_as(server, netns, data, run_dir, logs, tag, "node-a", &token)
+    }
+
+    /// An agent for node `node` joining with the token in `token_file`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_as(
+        server: &TestServer,
+        netns: &Netns,
+        data: &Path,
+        run_dir: &Path,
+        logs: &Path,
+        tag: &str,
+        node: &str,
+        token_file: &Path,
+    ) -> Self {
         let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
         let url = kubeconfig
             .lines()
@@ -42,9 +58,9 @@ impl Agent {
             "--server".into(),
             url,
             "--token-file".into(),
-            server.dir.path().join("server/token").display().to_string(),
+            token_file.display().to_string(),
             "--node-name".into(),
-            "node-a".into(),
+            node.into(),
             "--node-ip".into(),
             "127.0.0.1".into(),
             "--data-dir".into(),
@@ -156,6 +172,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "exec",
         "sa",
         "join",
+        "tokens",
     ] {
         // Processes of this agent's pods a failed test left (a container
         // whose shim died with the test) go first — only these pods': the
@@ -2021,4 +2038,126 @@ spec:
     assert!(!out.status.success());
     assert!(err.contains("does not match the join token"), "{err}");
     server.ok("1.33", &["delete", "pod", "near", "--wait=true"]);
+}
+
+#[test]
+fn extra_join_tokens_expire_and_only_get_node_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("tokens");
+    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let orch = |args: &[&str]| {
+        in_netns(Some(&netns.0), ORCH)
+            .args(["token", "--data-dir"])
+            .arg(server.dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = orch(&["create", "--ttl", "1h", "--description", "edge boxes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (id, _) = orch::api::join::parse_bootstrap(&token).expect("a K10 bootstrap token");
+    let listed = String::from_utf8(orch(&["list"]).stdout).unwrap();
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_default();
+    assert!(
+        line.contains("edge boxes") && (line.contains(" 59m ") || line.contains(" 1h ")),
+        "{listed}"
+    );
+    let bad = orch(&["create", "--ttl", "soon"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --ttl \"soon\""));
+
+    // An agent joins with it and then uses its own certificate.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let data = dir.path().join("agent");
+    import_busybox(dir.path(), &data);
+    let _agent = Agent::start_as(
+        &server,
+        &netns,
+        &data,
+        &dir.path().join("run"),
+        &dir.path().join("logs"),
+        "tokens",
+        "node-t",
+        &token_file,
+    );
+    server.wait_json(&["get", "node", "node-t"], 30, "node-t Ready", |n| {
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    assert!(data.join("agent/client-kubelet.crt").exists());
+
+    // The token itself may do nothing but that.
+    let url = std::fs::read_to_string(&server.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+        .unwrap();
+    let with_token = |token: &str| {
+        in_netns(Some(&netns.0), support::kubectl_path("1.33"))
+            .args(["--kubeconfig", "/dev/null", "--server", &url])
+            .args([
+                "--insecure-skip-tls-verify",
+                "--token",
+                token,
+                "get",
+                "pods",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = with_token(&token);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Forbidden"), "{err}");
+
+    // Deleted or expired, it no longer authenticates, and a new agent is
+    // told what to do.
+    let out = orch(&["delete", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&with_token(&token).stderr).into_owned();
+    // kubectl's words for a 401.
+    assert!(
+        err.contains("asked for the client to provide credentials"),
+        "{err}"
+    );
+    let missing = orch(&["delete", id]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no token with ID"));
+    let short = orch(&["create", "--ttl", "1s"]);
+    let short = String::from_utf8(short.stdout).unwrap().trim().to_owned();
+    std::thread::sleep(Duration::from_millis(2100));
+    for refused in [&token, &short] {
+        let out = in_netns(Some(&netns.0), ORCH)
+            .args(["agent", "--server", &url, "--token", refused])
+            .args(["--node-name", "node-u", "--data-dir"])
+            .arg(dir.path().join("u"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("refused the join token"), "{err}");
+    }
+    // The agent that joined keeps working with its certificate.
+    assert!(
+        kubectl_as(
+            &netns,
+            &data.join("agent/kubeconfig.yaml"),
+            &["get", "node", "node-t"]
+        )
+        .status
+        .success()
+    );
 }

@@ -177,13 +177,15 @@ pub async fn node_identity(
                 .header(http::header::CONTENT_TYPE, "application/pkcs10")
                 .body(csr.into_bytes())
                 .map_err(|e| Error::Runtime(e.to_string()))?;
-            let cert = joined
-                .request_text(req)
-                .await
-                .map_err(|source| Error::Api {
+            let cert = joined.request_text(req).await.map_err(|source| match source {
+                kube::Error::Api(s) if s.code == 401 => Error::Token(
+                    "the server refused the join token (wrong, expired or deleted); use <data-dir>/server/token from the server, or make a new one there with `orch token create`".into(),
+                ),
+                source => Error::Api {
                     what: format!("a certificate for node {node:?}"),
                     source,
-                })?;
+                },
+            })?;
             let key = key.serialize_pem();
             write_private(&file("client-kubelet.key"), &key)
                 .map_err(|e| io(&file("client-kubelet.key"), e))?;

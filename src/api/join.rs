@@ -26,9 +26,115 @@ pub fn token_ca_hash(token: &str) -> Result<&str, String> {
     Ok(hash)
 }
 
+/// Extra join tokens (`orch token create`) are bootstrap tokens as
+/// kubeadm keeps them: a Secret `kube-system/bootstrap-token-<id>` of this
+/// type, with `token-id`, `token-secret`, `expiration` and `description`.
+pub const BOOTSTRAP_TYPE: &str = "bootstrap.kubernetes.io/token";
+
+/// The Secret holding bootstrap token `id`.
+pub fn bootstrap_secret_name(id: &str) -> String {
+    format!("bootstrap-token-{id}")
+}
+
+/// `(id, secret)` of a bootstrap token, `K10<hash>::<id>.<secret>` or
+/// `<id>.<secret>` (id: 6, secret: 16 of `[a-z0-9]`); `None` for any
+/// other token.
+pub fn parse_bootstrap(token: &str) -> Option<(&str, &str)> {
+    let token = token.trim();
+    let rest = match token.strip_prefix("K10") {
+        Some(r) => r.split_once("::")?.1,
+        None => token,
+    };
+    let (id, secret) = rest.split_once('.')?;
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+/// A bootstrap token's id and secret from 22 random bytes.
+pub fn new_bootstrap(random: &[u8; 22]) -> (String, String) {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let text: String = random
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    (text[..6].to_owned(), text[6..].to_owned())
+}
+
+/// A duration such as `24h`, `90m`, `1h30m`, `45s` or `2d` in seconds;
+/// `0` means no expiry (`None`).
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_ttl(text: &str) -> Result<Option<u64>, String> {
+    let bad = || {
+        format!(
+            "invalid --ttl {text:?}: use a duration such as 24h, 90m, 1h30m, 2d, or 0 for no expiry"
+        )
+    };
+    let text = text.trim();
+    if text == "0" {
+        return Ok(None);
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total += n * match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Some(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_tokens_and_ttls_parse() {
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            parse_bootstrap(&format!("K10{hash}::abc123.0123456789abcdef")),
+            Some(("abc123", "0123456789abcdef"))
+        );
+        assert_eq!(
+            parse_bootstrap("abc123.0123456789abcdef"),
+            Some(("abc123", "0123456789abcdef"))
+        );
+        for bad in [
+            format!("K10{hash}::server:secret"),
+            "ABC123.0123456789abcdef".into(),
+            "abc12.0123456789abcdef".into(),
+            "abc123.0123456789abcde".into(),
+        ] {
+            assert_eq!(parse_bootstrap(&bad), None, "{bad}");
+        }
+        let (id, secret) = new_bootstrap(&[7; 22]);
+        assert!(parse_bootstrap(&format!("{id}.{secret}")).is_some());
+        assert_eq!(parse_ttl("24h"), Ok(Some(86_400)));
+        assert_eq!(parse_ttl("1h30m"), Ok(Some(5_400)));
+        assert_eq!(parse_ttl("2d"), Ok(Some(172_800)));
+        assert_eq!(parse_ttl("0"), Ok(None));
+        for bad in ["", "h", "10", "5x", "-1h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_are_checked_before_use() {

@@ -8,6 +8,7 @@ mod agent;
 mod image;
 mod server;
 mod shim;
+mod token;
 mod version;
 
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ pub enum Command {
     /// (internal) The per-pod container supervisor the agent starts.
     #[command(hide = true)]
     Shim(shim::Args),
+    /// Manage extra join tokens for agents (create, list, delete).
+    Token(token::Args),
     /// Print the version, git commit and target.
     Version(version::Args),
 }
@@ -244,6 +247,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Image(args) => image::run(args),
         Command::Shim(args) => shim::run(args),
+        Command::Token(args) => token::run(args),
         Command::Version(args) => version::run(args),
     }
 }

@@ -193,6 +193,9 @@ impl ApiServer {
             && let Some(h) = &bearer
         {
             user = self.service_account_user(h).await;
+            if user.is_none() {
+                user = self.bootstrap_user(h).await;
+            }
         }
         let Some(user) = user else {
             return error_response(&ApiError::unauthorized());
@@ -202,6 +205,7 @@ impl ApiServer {
             if !auth::authorize(&user) {
                 let denied = match user.node() {
                     Some(node) => self.authorize_node(node, &user.name, &req, &path).await,
+                    None if user.is_bootstrapper() && path == nodes::CERTIFICATE_PATH => Ok(()),
                     None => Err(ApiError::forbidden(format!(
                         "User {:?} cannot {} path {:?}",
                         user.name,

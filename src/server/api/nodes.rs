@@ -30,6 +30,47 @@ fn sha256_hex(s: &str) -> String {
 }
 
 impl ApiServer {
+    /// The user of a bootstrap token (`orch token create`) in a bearer
+    /// header: `system:bootstrap:<id>` in `system:bootstrappers`, while its
+    /// Secret exists, matches and has not expired. Such a user may only
+    /// ask for a node certificate.
+    pub(super) async fn bootstrap_user(&self, header: &str) -> Option<crate::server::auth::User> {
+        use base64::Engine;
+        let token = header.strip_prefix("Bearer ")?;
+        let (id, secret) = crate::api::join::parse_bootstrap(token)?;
+        let res = self.registry.catalog.find("", "v1", "secrets")?.clone();
+        let stored = self
+            .registry
+            .get(
+                &res,
+                Some("kube-system"),
+                &crate::api::join::bootstrap_secret_name(id),
+            )
+            .await
+            .ok()?;
+        if stored["type"] != crate::api::join::BOOTSTRAP_TYPE {
+            return None;
+        }
+        let field = |key: &str| {
+            stored["data"][key]
+                .as_str()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        if field("token-secret")?.as_bytes() != secret.as_bytes()
+            || field("usage-bootstrap-authentication").as_deref() != Some("true")
+        {
+            return None;
+        }
+        if let Some(expiry) = field("expiration") {
+            let expiry: jiff::Timestamp = expiry.parse().ok()?;
+            if expiry <= jiff::Timestamp::now() {
+                return None;
+            }
+        }
+        Some(crate::server::auth::User::bootstrap(id))
+    }
+
     /// Issue a node certificate: the caller holds the join token (checked
     /// before this runs), names the node and proves with its password that
     /// it is the machine that first took that name.

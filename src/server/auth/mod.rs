@@ -55,6 +55,16 @@ impl User {
         )
     }
 
+    /// A bootstrap token's user, which may only ask for a node certificate.
+    pub fn bootstrap(id: &str) -> Self {
+        Self::new(&format!("system:bootstrap:{id}"), &["system:bootstrappers"])
+    }
+
+    /// Is this a bootstrap token's user?
+    pub fn is_bootstrapper(&self) -> bool {
+        self.groups.iter().any(|g| g == "system:bootstrappers")
+    }
+
     /// The node this user is (`system:node:<name>` in `system:nodes`).
     pub fn node(&self) -> Option<&str> {
         self.groups
