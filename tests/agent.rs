@@ -173,6 +173,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "sa",
         "join",
         "tokens",
+        "restartlate",
     ] {
         // Processes of this agent's pods a failed test left (a container
         // whose shim died with the test) go first — only these pods': the
@@ -1076,7 +1077,30 @@ fn the_agent_resumes_after_the_server_restarts() {
         p["status"]["phase"] == "Running"
     });
 
-    let server = server.restart(&port);
+    // While the server is down a new agent starts: it retries until the
+    // server is back, then joins.
+    let token = server.dir.path().join("server/token");
+    let (server, _late) = server.restart_with(&port, |stopped| {
+        let late = Agent::start_as(
+            stopped,
+            &netns,
+            &dir.path().join("late"),
+            &dir.path().join("late-run"),
+            &dir.path().join("late-logs"),
+            "restartlate",
+            "node-late",
+            &token,
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        late
+    });
+    server.wait_json(&["get", "node", "node-late"], 60, "node-late Ready", |n| {
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
     // The agent's watch, heartbeat and tunnel come back on their own.
     let file = server.write("after.yaml", &pod("after", "echo after", "Never", 1));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);

@@ -112,6 +112,53 @@ pub async fn join(server: &str, token: &str) -> Result<(Client, Credentials), Er
     ))
 }
 
+/// [`join`] then [`node_identity`], retried with jittered back-off (1 s
+/// doubling to 30 s) while the server cannot be reached or answers with
+/// a server error — an agent started before its server, or one whose
+/// server is restarting, joins when it is back. A CA that does not match
+/// the token, a refused token or a taken node name end it at once.
+///
+/// # Errors
+/// The errors that retrying cannot fix.
+pub async fn join_node(
+    server: &str,
+    token: &str,
+    data_dir: &Path,
+    node: &str,
+) -> Result<(Client, Credentials), Error> {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        let attempt = async {
+            let (client, creds) = join(server, token).await?;
+            node_identity(&client, &creds, data_dir, node).await
+        }
+        .await;
+        match attempt {
+            Err(e) if retryable(&e) => {
+                // 50..150 % of the delay, so restarted agents spread out.
+                let spread = 0.5 + f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0;
+                let wait = delay.mul_f64(spread);
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot join the server yet; retrying");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Worth another try: the server unreachable or failing, not refusing.
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Connect { .. } => true,
+        Error::Api { source, .. } => match source {
+            kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
 /// Certificates are renewed at start when fewer days than this remain.
 const RENEW_DAYS: i64 = 90;
 

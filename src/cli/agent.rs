@@ -130,10 +130,9 @@ fn run_real(args: Args, token: String) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let (client, creds) = agent::join::join(&args.server, &token).await?;
-        let (client, creds) = agent::join::node_identity(
-            &client,
-            &creds,
+        let (client, creds) = agent::join::join_node(
+            &args.server,
+            &token,
             &config.node.data_dir,
             &config.node.name,
         )

@@ -264,11 +264,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         let result = async {
                             let token = std::fs::read_to_string(&token_path)
                                 .with_context(|| format!("cannot read {}", token_path.display()))?;
-                            let (client, creds) =
-                                crate::agent::join::join(&url, token.trim()).await?;
-                            let (client, creds) = crate::agent::join::node_identity(
-                                &client,
-                                &creds,
+                            let (client, creds) = crate::agent::join::join_node(
+                                &url,
+                                token.trim(),
                                 &cfg.node.data_dir,
                                 &cfg.node.name,
                             )

@@ -52,11 +52,22 @@ impl TestServer {
     }
 
     /// Stop this server (SIGKILL) and start a new one on the same data dir.
-    pub fn restart(mut self, extra: &[&str]) -> Self {
+    pub fn restart(self, extra: &[&str]) -> Self {
+        self.restart_with(extra, |_| ()).0
+    }
+
+    /// Stop the server, run `between` while it is down (it gets the
+    /// stopped server, for its paths), start it again on the same data dir.
+    pub fn restart_with<T>(
+        mut self,
+        extra: &[&str],
+        between: impl FnOnce(&Self) -> T,
+    ) -> (Self, T) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let got = between(&self);
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        Self::start_ns(dir, extra, self.netns.clone())
+        (Self::start_ns(dir, extra, self.netns.clone()), got)
     }
 
     /// Start a server inside the network namespace `/run/netns/<netns>`.
