@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod support;
+
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 
 fn orch(args: &[&str]) -> Output {
@@ -222,5 +224,56 @@ fn second_server_on_the_same_data_dir_is_refused() {
     assert!(
         first.0.try_wait().unwrap().is_none(),
         "the first server keeps running"
+    );
+}
+
+#[test]
+fn certificate_rotate_renews_the_leaves_at_the_next_start() {
+    let server = support::TestServer::start();
+    let tls = server.dir.path().join("server/tls");
+    let serving = std::fs::read_to_string(tls.join("serving.crt")).unwrap();
+    let admin = std::fs::read_to_string(tls.join("admin.crt")).unwrap();
+    let ca = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
+    let data = server.dir.path().to_str().unwrap().to_owned();
+    let (server, out) = server.restart_with(&[], |_| {
+        orch(&["certificate", "rotate", "--data-dir", &data])
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restart orch"));
+    // New leaves, the same CA (clients keep trusting it), and the admin
+    // kubeconfig rewritten with the new client certificate works.
+    assert_ne!(
+        std::fs::read_to_string(tls.join("serving.crt")).unwrap(),
+        serving
+    );
+    assert_ne!(
+        std::fs::read_to_string(tls.join("admin.crt")).unwrap(),
+        admin
+    );
+    assert_eq!(std::fs::read_to_string(tls.join("ca.crt")).unwrap(), ca);
+    let backups: Vec<_> = std::fs::read_dir(&tls)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rotated-"))
+        .collect();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(backups[0].path().join("serving.crt")).unwrap(),
+        serving
+    );
+    server.ok("1.33", &["get", "namespaces"]);
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = orch(&[
+        "certificate",
+        "rotate",
+        "--data-dir",
+        empty.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no certificates under"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod certificate;
 mod image;
 mod server;
 mod shim;
@@ -39,6 +40,8 @@ pub enum Command {
     /// (internal) The per-pod container supervisor the agent starts.
     #[command(hide = true)]
     Shim(shim::Args),
+    /// Renew the leaf certificates (rotate).
+    Certificate(certificate::Args),
     /// Manage extra join tokens for agents (create, list, delete).
     Token(token::Args),
     /// Print the version, git commit and target.
@@ -247,6 +250,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Image(args) => image::run(args),
         Command::Shim(args) => shim::run(args),
+        Command::Certificate(args) => certificate::run(args),
         Command::Token(args) => token::run(args),
         Command::Version(args) => version::run(args),
     }
