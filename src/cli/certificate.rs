@@ -10,15 +10,8 @@ use anyhow::Context;
 pub struct Args {
     #[command(subcommand)]
     pub command: CertificateCommand,
-    /// (data) Directory orch keeps its state in.
-    #[arg(
-        long,
-        global = true,
-        env = "ORCH_DATA_DIR",
-        value_name = "DIR",
-        default_value = super::DEFAULT_DATA_DIR
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: super::GlobalDataDirArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -50,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .strftime("%Y%m%dT%H%M%SZ")
         .to_string();
     let mut moved = 0;
-    for (dir, files) in leaves(&args.data_dir) {
+    for (dir, files) in leaves(&args.data.data_dir) {
         let present: Vec<&str> = files
             .iter()
             .copied()
@@ -72,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if moved == 0 {
         anyhow::bail!(
             "no certificates under {}; pass the --data-dir orch runs with",
-            args.data_dir.display()
+            args.data.data_dir.display()
         );
     }
     println!("restart orch (server and agent) to issue new certificates");

@@ -65,6 +65,21 @@ pub struct DataDirArgs {
     pub data_dir: PathBuf,
 }
 
+/// `--data-dir` for commands with subcommands (`orch token`, `orch
+/// certificate`): accepted before or after the subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalDataDirArgs {
+    /// (data) Directory orch keeps its state in.
+    #[arg(
+        long,
+        global = true,
+        env = "ORCH_DATA_DIR",
+        value_name = "DIR",
+        default_value = DEFAULT_DATA_DIR
+    )]
+    pub data_dir: PathBuf,
+}
+
 /// Flags of the node agent, for `orch agent` and the agent `orch server`
 /// embeds.
 #[derive(Debug, Clone, clap::Args)]

@@ -17,15 +17,8 @@ use crate::api::join;
 pub struct Args {
     #[command(subcommand)]
     pub command: TokenCommand,
-    /// (data) Directory orch keeps its state in (for the admin kubeconfig).
-    #[arg(
-        long,
-        global = true,
-        env = "ORCH_DATA_DIR",
-        value_name = "DIR",
-        default_value = super::DEFAULT_DATA_DIR
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: super::GlobalDataDirArgs,
     /// (client) Admin kubeconfig [default: <data-dir>/server/admin.kubeconfig].
     #[arg(long, global = true, env = "ORCH_KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
@@ -58,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let kubeconfig = args
         .kubeconfig
         .clone()
-        .unwrap_or_else(|| args.data_dir.join("server").join("admin.kubeconfig"));
+        .unwrap_or_else(|| args.data.data_dir.join("server").join("admin.kubeconfig"));
     let text = std::fs::read_to_string(&kubeconfig).with_context(|| {
         format!(
             "cannot read the admin kubeconfig {}; run this on the server (as root) or pass --kubeconfig",

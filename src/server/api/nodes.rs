@@ -280,18 +280,12 @@ impl ApiServer {
         name: Option<&str>,
         node: &str,
     ) -> Result<bool, String> {
-        let no = || format!("no relationship found between node '{node}' and this object");
-        let (Some(ns), Some(name)) = (ns, name) else {
-            return Err(no());
-        };
-        let Some(res) = self.registry.catalog.find("", "v1", "pods").cloned() else {
-            return Err(no());
-        };
+        let (ns, name, res) = self.asked_about(ns, name, node)?;
         match self.registry.get(&res, Some(ns), name).await {
             Ok(pod) if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) => {
                 Ok(true)
             }
-            _ => Err(no()),
+            _ => Err(no_relationship(node)),
         }
     }
 
@@ -304,13 +298,7 @@ impl ApiServer {
         name: Option<&str>,
         node: &str,
     ) -> Result<bool, String> {
-        let no = || format!("no relationship found between node '{node}' and this object");
-        let (Some(ns), Some(name)) = (ns, name) else {
-            return Err(no());
-        };
-        let Some(res) = self.registry.catalog.find("", "v1", "pods").cloned() else {
-            return Err(no());
-        };
+        let (ns, name, res) = self.asked_about(ns, name, node)?;
         let query = ListQuery {
             fields: crate::api::selector::FieldSelector::parse(&format!("spec.nodeName={node}"))
                 .map_err(|e| e.to_string())?,
@@ -347,9 +335,28 @@ impl ApiServer {
         {
             Ok(true)
         } else {
-            Err(no())
+            Err(no_relationship(node))
         }
     }
+
+    /// The namespace and name of the object a node asks about, and the
+    /// pods resource to relate it through.
+    fn asked_about<'a>(
+        &self,
+        ns: Option<&'a str>,
+        name: Option<&'a str>,
+        node: &str,
+    ) -> Result<(&'a str, &'a str, crate::api::catalog::Resource), String> {
+        let pods = self.registry.catalog.find("", "v1", "pods").cloned();
+        match (ns, name, pods) {
+            (Some(ns), Some(name), Some(pods)) => Ok((ns, name, pods)),
+            _ => Err(no_relationship(node)),
+        }
+    }
+}
+
+fn no_relationship(node: &str) -> String {
+    format!("no relationship found between node '{node}' and this object")
 }
 
 /// Upstream's wording: `secrets "x" is forbidden: User "system:node:n"

@@ -76,6 +76,22 @@ fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
     fs::rename(&tmp, path).map_err(io)
 }
 
+/// A client certificate's parameters: user `cn` in group `org`, a year.
+fn client_params(cn: &str, org: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, org);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    validity(&mut params, LEAF_DAYS);
+    params
+}
+
 fn read(path: &Path) -> Result<Option<String>, Error> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
@@ -206,20 +222,7 @@ impl Pki {
             pair
         } else {
             let key = KeyPair::generate().map_err(rcgen_err("generate the admin key"))?;
-            let mut params = CertificateParams::default();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "system:admin");
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, "system:masters");
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            validity(&mut params, LEAF_DAYS);
-            let cert = params
+            let cert = client_params("system:admin", "system:masters")
                 .signed_by(&key, &issuer)
                 .map_err(rcgen_err("sign the admin certificate"))?;
             write_private(&p("admin.key"), &key.serialize_pem())?;
@@ -268,20 +271,7 @@ impl Pki {
         let key = KeyPair::from_pem(&key).map_err(rcgen_err("read the CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_cert, &key)
             .map_err(rcgen_err("read the CA certificate"))?;
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("system:node:{node}"));
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:nodes");
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, LEAF_DAYS);
-        csr.params = params;
+        csr.params = client_params(&format!("system:node:{node}"), "system:nodes");
         let cert = csr
             .signed_by(&issuer)
             .map_err(rcgen_err("sign the node certificate"))?;
