@@ -2012,6 +2012,14 @@ spec:
         &["delete", "pod", "far", "--wait=false"],
         "no relationship found",
     );
+    let impostor = server.write(
+        "impostor.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: impostor}\n",
+    );
+    forbidden(
+        &["create", "-f", impostor.to_str().unwrap()],
+        "may only create its own Node object",
+    );
     // Its own node, its pods, the services every proxy reads: allowed.
     assert!(
         node(&["label", "node", "node-a", "mine=yes"])

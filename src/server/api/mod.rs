@@ -442,6 +442,18 @@ impl ApiServer {
                     review["status"] = json!({"allowed": auth::authorize(user)});
                     return Ok(json_response(StatusCode::CREATED, &review));
                 }
+                if let Some(node) = user.node()
+                    && res.group.is_empty()
+                    && res.plural == "nodes"
+                {
+                    // NodeRestriction: a node registers itself only.
+                    let name = body.value["metadata"]["name"].as_str().unwrap_or_default();
+                    if name != node {
+                        return Err(ApiError::forbidden(format!(
+                            "nodes {name:?} is forbidden: node {node:?} may only create its own Node object"
+                        )));
+                    }
+                }
                 let warnings = body.check_duplicates(&write)?;
                 let mut written = registry.create(&res, ns, body.value, &write).await?;
                 written.warnings.extend(warnings);
