@@ -277,3 +277,31 @@ fn certificate_rotate_renews_the_leaves_at_the_next_start() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_server_tells_systemd_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(ORCH)
+        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+        .args(["--https-listen-port", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(dir.path().join("kubeconfig.yaml"))
+        .env("NOTIFY_SOCKET", &socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = listener.recv(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("no READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Serving by then: the kubeconfig is written.
+    assert!(dir.path().join("kubeconfig.yaml").exists());
+}

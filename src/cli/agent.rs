@@ -137,6 +137,7 @@ fn run_real(args: Args, token: String) -> anyhow::Result<()> {
             &config.node.name,
         )
         .await?;
+        super::notify_ready();
         let shutdown = super::shutdown_signal()?;
         tokio::select! {
             result = agent::run(client, creds, config) => result?,

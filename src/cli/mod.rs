@@ -49,6 +49,28 @@ pub enum Command {
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/orch";
+
+/// Tell the service manager we are ready (systemd's `Type=notify`): send
+/// `READY=1` to the datagram socket in `$NOTIFY_SOCKET` (a path, or an
+/// abstract name after `@`). Nothing when the variable is unset.
+pub fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        match path.as_encoded_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                sock.send_to_addr(b"READY=1", &addr)
+            }
+            None => sock.send_to(b"READY=1", &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?path, error = %e, "cannot tell the service manager we are ready");
+    }
+}
 /// Registry mirrors and credentials, as k3s's `registries.yaml`.
 pub const DEFAULT_REGISTRIES: &str = "/etc/orch/registries.yaml";
 

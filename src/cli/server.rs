@@ -239,6 +239,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = super::shutdown_signal()?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        // Once serving: tell the service manager, then start the agent.
+        let (agent_tx, agent_rx) = tokio::sync::oneshot::channel::<String>();
+        tokio::spawn(async move {
+            if let Ok(url) = ready_rx.await {
+                super::notify_ready();
+                let _ = agent_tx.send(url);
+            }
+        });
         // The embedded agent joins the way a remote one does: the join
         // token, the CA it pins, the public API (the k3s way). It runs on
         // a runtime of its own: its blocking work (shim calls, exec
@@ -260,7 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         }
                     };
                     runtime.block_on(async move {
-                        let Ok(url) = ready_rx.await else { return };
+                        let Ok(url) = agent_rx.await else { return };
                         let result = async {
                             let token = std::fs::read_to_string(&token_path)
                                 .with_context(|| format!("cannot read {}", token_path.display()))?;
