@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # zstd; libseccomp-dev and pkg-config link the container runtime; curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
 # umoci and skopeo build and write the test images (tests/images.rs);
 # docker-registry serves them to the pulls in tests/agent.rs, whose private
-# registry's htpasswd file apache2-utils writes.
-packages=(gcc pkg-config libseccomp-dev curl busybox-static umoci skopeo docker-registry apache2-utils)
+# registry's htpasswd file apache2-utils writes; shellcheck checks install.sh
+# and nftables is what install.sh would otherwise install (tests/install.rs).
+packages=(gcc pkg-config libseccomp-dev curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables)
 
 missing=()
 for p in "${packages[@]}"; do
