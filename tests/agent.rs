@@ -174,6 +174,7 @@ fn cleanup(run_dir: &Path, data: &Path) {
         "join",
         "tokens",
         "restartlate",
+        "examples",
     ] {
         // Processes of this agent's pods a failed test left (a container
         // whose shim died with the test) go first — only these pods': the
@@ -2192,4 +2193,163 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
         .status
         .success()
     );
+}
+
+#[test]
+fn the_examples_do_what_their_comments_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("examples");
+    let (run_dir, logs) = (dir.path().join("run"), dir.path().join("logs"));
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let server = TestServer::start_with_agent(
+        &netns.0,
+        &[
+            "--node-name",
+            "examples",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+            "--pod-log-dir",
+            logs.to_str().unwrap(),
+            "--cgroup-root",
+            &cgroup_root("examples"),
+        ],
+        |data| {
+            // The air-gapped path the examples' README gives.
+            let out = Command::new("sh")
+                .arg(examples.join("build-image.sh"))
+                .env("ORCH", ORCH)
+                .env("ORCH_DATA_DIR", data)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "build-image.sh: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        },
+    );
+    let _guard = Cleanup {
+        run_dir,
+        data: server.dir.path().to_owned(),
+    };
+    let apply = |file: &str| {
+        server.ok(
+            "1.33",
+            &["apply", "-f", examples.join(file).to_str().unwrap()],
+        );
+    };
+    for file in [
+        "web.yaml",
+        "daemonset.yaml",
+        "job.yaml",
+        "cronjob.yaml",
+        "statefulset.yaml",
+        "config.yaml",
+        "init-sidecar.yaml",
+    ] {
+        apply(file);
+    }
+    let logs_of = |args: &[&str], needle: &str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let out = server.kubectl("1.33", args);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not in kubectl {args:?} after {secs} s: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+
+    // web.yaml: two Ready replicas answering HTTP, resources set, and the
+    // two Services.
+    server.ok(
+        "1.33",
+        &["rollout", "status", "deploy/web", "--timeout=90s"],
+    );
+    let answer = logs_of(
+        &[
+            "exec",
+            "deploy/web",
+            "--",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/index.html",
+        ],
+        "hello from web-",
+        30,
+    );
+    assert!(answer.starts_with("hello from web-"), "{answer}");
+    let svc = server.wait_json(&["get", "svc", "web"], 10, "web Service", |s| {
+        s["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.43."))
+    });
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    let np = server.wait_json(&["get", "svc", "web-nodeport"], 10, "NodePort", |s| {
+        s["spec"]["type"] == "NodePort"
+    });
+    assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080);
+
+    // daemonset.yaml: one pod on the node, logging where it runs.
+    logs_of(&["logs", "ds/node-logger"], "alive on examples", 60);
+
+    // job.yaml: three completions, each printing the sum.
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/sum",
+            "--timeout=90s",
+        ],
+    );
+    let job = server.wait_json(&["get", "job", "sum"], 10, "sum done", |j| {
+        j["status"]["succeeded"] == 3
+    });
+    assert_eq!(job["spec"]["parallelism"], 2);
+    logs_of(&["logs", "job/sum"], "sum 5050", 10);
+
+    // statefulset.yaml: db-0 and db-1, each named as its pod.
+    server.ok("1.33", &["rollout", "status", "sts/db", "--timeout=90s"]);
+    logs_of(&["exec", "db-1", "--", "hostname"], "db-1", 30);
+    let headless = server.ok(
+        "1.33",
+        &["get", "svc", "db", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    assert_eq!(headless, "None");
+
+    // config.yaml: env from both, the file from the ConfigMap, the
+    // secret's file for its owner only.
+    let configured = logs_of(&["logs", "configured"], "greeting=hello", 60);
+    assert!(
+        configured.contains("level=debug password=s3cret"),
+        "{configured}"
+    );
+    assert!(configured.contains("-r--------"), "{configured}");
+
+    // init-sidecar.yaml: the init container's message, shipped by the
+    // sidecar while the app runs.
+    logs_of(
+        &["logs", "sidecar", "-c", "log-shipper"],
+        "app says: prepared by the init container",
+        60,
+    );
+
+    // cronjob.yaml: a Job within a minute or so, printing the time.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        let jobs = server.ok("1.33", &["get", "jobs", "-l", "app=hello", "-o", "name"]);
+        if let Some(job) = jobs.lines().next() {
+            logs_of(&["logs", job], "hello at ", 60);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CronJob made no Job");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

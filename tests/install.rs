@@ -90,11 +90,15 @@ fn install_sh_installs_starts_upgrades_and_uninstalls_without_a_trace() {
     if Command::new("shellcheck").arg("--version").output().is_ok() {
         let out = Command::new("shellcheck")
             .args(["-s", "sh", install])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/build-image.sh"
+            ))
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "shellcheck install.sh:\n{}",
+            "shellcheck install.sh examples/build-image.sh:\n{}",
             String::from_utf8_lossy(&out.stdout)
         );
     }
