@@ -32,7 +32,17 @@ impl Agent {
         tag: &str,
     ) -> Self {
         let token = server.dir.path().join("server/token");
-        Self::start_as(server, netns, data, run_dir, logs, tag, "node-a", &token)
+        Self::start_as(
+            server,
+            netns,
+            data,
+            run_dir,
+            logs,
+            tag,
+            "node-a",
+            &token,
+            &[],
+        )
     }
 
     /// An agent for node `node` joining with the token in `token_file`.
@@ -46,6 +56,7 @@ impl Agent {
         tag: &str,
         node: &str,
         token_file: &Path,
+        extra: &[&str],
     ) -> Self {
         let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
         let url = kubeconfig
@@ -72,6 +83,10 @@ impl Agent {
             "--cgroup-root".into(),
             cgroup_root(tag),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|e| (*e).to_owned()))
+            .collect();
         let child = Self::spawn(&netns.0, &args);
         Self {
             child,
@@ -1091,17 +1106,29 @@ fn the_agent_resumes_after_the_server_restarts() {
             "restartlate",
             "node-late",
             &token,
+            &["--node-taint", "dedicated=late:NoSchedule"],
         );
         std::thread::sleep(Duration::from_millis(2500));
         late
     });
-    server.wait_json(&["get", "node", "node-late"], 60, "node-late Ready", |n| {
+    let late = server.wait_json(&["get", "node", "node-late"], 60, "node-late Ready", |n| {
         n["status"]["conditions"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     });
+    // It registered with its --node-taint.
+    assert!(
+        late["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["key"] == "dedicated"
+                && t["value"] == "late"
+                && t["effect"] == "NoSchedule"),
+        "{late}"
+    );
     // The agent's watch, heartbeat and tunnel come back on their own.
     let file = server.write("after.yaml", &pod("after", "echo after", "Never", 1));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -2120,6 +2147,7 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
         "tokens",
         "node-t",
         &token_file,
+        &[],
     );
     server.wait_json(&["get", "node", "node-t"], 30, "node-t Ready", |n| {
         n["status"]["conditions"]

@@ -24,6 +24,8 @@ pub struct NodeConfig {
     pub ip: IpAddr,
     pub data_dir: std::path::PathBuf,
     pub labels: Vec<(String, String)>,
+    /// Taints to register with (`{"key", "value", "effect"}` objects).
+    pub taints: Vec<serde_json::Value>,
 }
 
 /// This machine's host name, lower case.
@@ -133,11 +135,14 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), Error> {
     for (k, v) in &cfg.labels {
         labels[k] = json!(v);
     }
-    let node: Node = serde_json::from_value(json!({
+    let mut node = json!({
         "metadata": {"name": cfg.name, "labels": labels},
         "status": status(cfg),
-    }))
-    .expect("node literal");
+    });
+    if !cfg.taints.is_empty() {
+        node["spec"] = json!({"taints": cfg.taints});
+    }
+    let node: Node = serde_json::from_value(node).expect("node literal");
     let api_err = |what: &str| {
         let what = format!("{what} node {}", cfg.name);
         move |source| Error::Api { what, source }
@@ -145,11 +150,31 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), Error> {
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
+            // Labels and taints asked for are added; taints others set
+            // (the node lifecycle controller's) stay.
+            let existing = nodes.get(&cfg.name).await.map_err(api_err("reading"))?;
+            let mut taints: Vec<serde_json::Value> = existing
+                .spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t| serde_json::to_value(t).ok())
+                .collect();
+            for t in &cfg.taints {
+                if !taints
+                    .iter()
+                    .any(|have| have["key"] == t["key"] && have["effect"] == t["effect"])
+                {
+                    taints.push(t.clone());
+                }
+            }
             nodes
                 .patch(
                     &cfg.name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": labels}})),
+                    &Patch::Merge(
+                        json!({"metadata": {"labels": labels}, "spec": {"taints": taints}}),
+                    ),
                 )
                 .await
                 .map_err(api_err("labelling"))?;

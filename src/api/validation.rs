@@ -20,6 +20,31 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// A taint from `KEY[=VALUE]:EFFECT` (kubectl taint's and k3s's
+/// `--node-taint` form) as a Node's `spec.taints` entry.
+///
+/// # Errors
+/// What is wrong, in a sentence.
+pub fn parse_taint(text: &str) -> Result<serde_json::Value, String> {
+    let (kv, effect) = text
+        .rsplit_once(':')
+        .ok_or("expected KEY=VALUE:EFFECT (e.g. dedicated=edge:NoSchedule)")?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+    if key.is_empty() {
+        return Err("the taint has no key".into());
+    }
+    let mut taint = serde_json::json!({"key": key, "effect": effect});
+    if !value.is_empty() {
+        taint["value"] = serde_json::json!(value);
+    }
+    Ok(taint)
+}
+
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
@@ -618,6 +643,26 @@ fn validate_pod_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn taints_parse_as_kubectl_writes_them() {
+        assert_eq!(
+            parse_taint("dedicated=edge:NoSchedule").unwrap(),
+            json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"})
+        );
+        assert_eq!(
+            parse_taint("gpu:NoExecute").unwrap(),
+            json!({"key": "gpu", "effect": "NoExecute"})
+        );
+        for bad in [
+            "dedicated=edge",
+            "x=y:Never",
+            ":NoSchedule",
+            "=v:NoSchedule",
+        ] {
+            assert!(parse_taint(bad).is_err(), "{bad}");
+        }
+    }
 
     fn errors(group: &str, kind: &str, obj: Value) -> Vec<String> {
         let mut errs = Vec::new();

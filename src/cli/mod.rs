@@ -124,6 +124,16 @@ pub struct NodeArgs {
     )]
     pub node_labels: Vec<String>,
 
+    /// (agent) Taint to register with, KEY[=VALUE]:EFFECT (EFFECT is
+    /// NoSchedule, PreferNoSchedule or NoExecute; repeatable).
+    #[arg(
+        long = "node-taint",
+        env = "ORCH_NODE_TAINT",
+        value_name = "KEY=VALUE:EFFECT",
+        value_delimiter = ','
+    )]
+    pub node_taints: Vec<String>,
+
     /// (agent) Directory for shims and pod network namespaces
     /// [default: /run/orch, or <data-dir>/run with a non-default --data-dir].
     #[arg(long, env = "ORCH_RUN_DIR", value_name = "DIR")]
@@ -208,6 +218,14 @@ impl NodeArgs {
                 .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected KEY=VALUE"))?;
             labels.push((k.to_owned(), v.to_owned()));
         }
+        let taints = self
+            .node_taints
+            .iter()
+            .map(|t| {
+                crate::api::validation::parse_taint(t)
+                    .map_err(|e| anyhow::anyhow!("--node-taint {t:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let ip = self
             .node_ip
             .or(default_ip)
@@ -235,6 +253,7 @@ impl NodeArgs {
                 ip,
                 data_dir: data_dir.to_owned(),
                 labels,
+                taints,
             },
             // Several agents on one machine (one per network namespace,
             // each with its own --data-dir) must not share these.
