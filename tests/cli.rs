@@ -305,3 +305,47 @@ fn the_server_tells_systemd_it_is_ready() {
     // Serving by then: the kubeconfig is written.
     assert!(dir.path().join("kubeconfig.yaml").exists());
 }
+
+#[test]
+fn a_machine_without_nftables_is_told_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    // No nft on this PATH.
+    let run = |args: &[&str]| {
+        Command::new(ORCH)
+            .args(args)
+            .env("PATH", "/nonexistent")
+            .env_remove("ORCH_DATA_DIR")
+            .output()
+            .expect("run orch")
+    };
+    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    for (args, hint) in [
+        (
+            vec![
+                "agent",
+                "--server",
+                "https://127.0.0.1:1",
+                "--token",
+                &token,
+                "--data-dir",
+                data,
+            ],
+            "",
+        ),
+        (
+            vec!["server", "--data-dir", data, "--https-listen-port", "0"],
+            "--disable-agent",
+        ),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("nft is not installed") && err.contains("apt-get install nftables"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(hint), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+}

@@ -56,6 +56,36 @@ pub enum Error {
     Runtime(String),
 }
 
+/// Can this machine run pods? Checks the kernel features and tools the
+/// agent needs before it does anything: overlayfs (container roots),
+/// cgroups (pod limits) and nftables (the service proxy).
+///
+/// # Errors
+/// One line naming what is missing and how to get it.
+pub fn preflight() -> Result<(), String> {
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let cgroups_mounted = std::fs::read_dir("/sys/fs/cgroup").is_ok_and(|mut d| d.next().is_some());
+    missing_kernel_features(&filesystems, cgroups_mounted)?;
+    crate::net::nftables_works()
+}
+
+/// The overlay and cgroup checks of [`preflight`], on `/proc/filesystems`'
+/// text and whether `/sys/fs/cgroup` has anything in it.
+fn missing_kernel_features(filesystems: &str, cgroups_mounted: bool) -> Result<(), String> {
+    let has = |fs: &str| {
+        filesystems
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(fs))
+    };
+    if !has("overlay") {
+        return Err("the kernel has no overlay file system (containers' roots are overlays): run modprobe overlay, or use a kernel with CONFIG_OVERLAY_FS".into());
+    }
+    if !(has("cgroup") || has("cgroup2")) || !cgroups_mounted {
+        return Err("no cgroups at /sys/fs/cgroup (pods' CPU and memory limits need them): mount them, e.g. mount -t cgroup2 none /sys/fs/cgroup".into());
+    }
+    Ok(())
+}
+
 /// What a real agent needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -146,5 +176,21 @@ async fn import_bundled(store: &crate::runtime::image::ImageStore, dir: &std::pa
             }
             Err(err) => tracing::warn!(file = %path.display(), %err, "cannot import"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kernel_features_are_named_with_the_fix() {
+        let both = "nodev\tsysfs\nnodev\tcgroup\nnodev\tcgroup2\nnodev\toverlay\n";
+        assert!(missing_kernel_features(both, true).is_ok());
+        let no_overlay = missing_kernel_features("nodev\tcgroup2\n", true).unwrap_err();
+        assert!(no_overlay.contains("modprobe overlay"), "{no_overlay}");
+        let no_cgroups = missing_kernel_features("nodev\toverlay\n", false).unwrap_err();
+        assert!(no_cgroups.contains("/sys/fs/cgroup"), "{no_cgroups}");
+        assert!(missing_kernel_features(both, false).is_err());
     }
 }

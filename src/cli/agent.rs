@@ -121,6 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn run_real(args: Args, token: String) -> anyhow::Result<()> {
+    agent::preflight().map_err(anyhow::Error::msg)?;
     let config = args.node.to_config(&args.data.data_dir, None)?;
     std::fs::create_dir_all(&args.data.data_dir)
         .with_context(|| format!("cannot create {}", args.data.data_dir.display()))?;

@@ -230,6 +230,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let agent_config = if args.disable_agent {
         None
     } else {
+        // The embedded agent runs pods: check what it needs before starting
+        // (`--disable-agent` runs the control plane without it).
+        crate::agent::preflight().map_err(|e| {
+            anyhow::anyhow!("{e} (or run the control plane alone with --disable-agent)")
+        })?;
         Some(
             args.node
                 .to_config(&config.data_dir, Some(config.advertise_address))?,
