@@ -349,3 +349,43 @@ fn a_machine_without_nftables_is_told_what_to_install() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
+
+#[test]
+fn token_sets_the_join_secret_on_first_start_and_must_match_later() {
+    let server = support::TestServer::start_with(&["--token", "edge-cluster-secret"]);
+    let token_file = server.dir.path().join("server/token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let hash = orch::api::join::ca_hash(
+        &std::fs::read_to_string(server.dir.path().join("server/tls/ca.crt")).unwrap(),
+    );
+    assert_eq!(
+        token.trim(),
+        format!("K10{hash}::server:edge-cluster-secret")
+    );
+    let data = server.dir.path().to_str().unwrap().to_owned();
+    let (server, refused) = server.restart_with(&[], |_| {
+        orch(&[
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            "0",
+            "--data-dir",
+            &data,
+            "--write-kubeconfig",
+            &format!("{data}/other.yaml"),
+            "--token",
+            "another-secret",
+        ])
+    });
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--token differs from the token this server already has"),
+        "{}",
+        stderr(&refused)
+    );
+    // Without --token the server keeps its token.
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    server.ok("1.33", &["get", "namespaces"]);
+}

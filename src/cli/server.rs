@@ -46,6 +46,17 @@ pub struct Args {
     )]
     pub tls_san: Vec<String>,
 
+    /// (cluster) The join token's secret, set on first start (later it must
+    /// match); agents join with K10<CA hash>::server:SECRET, written to
+    /// <data-dir>/server/token [default: random].
+    #[arg(
+        long,
+        env = "ORCH_TOKEN",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
     /// (client) Write the admin kubeconfig here too (mode 0600).
     #[arg(
         long,
@@ -192,6 +203,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         interval: std::time::Duration::from_secs(args.compaction_interval),
     };
     config.write_kubeconfig = Some(args.write_kubeconfig);
+    config.token = args.token;
     config.service_ranges = server::registry::ServiceRanges {
         cidr: args.service_cidr,
         node_ports: args.service_node_port_range,

@@ -35,6 +35,8 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// Also write the admin kubeconfig here (default /etc/orch/orch.yaml).
     pub write_kubeconfig: Option<PathBuf>,
+    /// The join token's secret on first start (`--token`).
+    pub token: Option<String>,
     pub service_ranges: registry::ServiceRanges,
     pub admission: registry::Admission,
     pub controllers: controllers::Config,
@@ -50,6 +52,7 @@ impl Config {
             advertise_address: IpAddr::from([127, 0, 0, 1]),
             tls_sans: Vec::new(),
             write_kubeconfig: Some(PathBuf::from("/etc/orch/orch.yaml")),
+            token: None,
             service_ranges: registry::ServiceRanges::default(),
             admission: registry::Admission::default(),
             controllers: controllers::Config::default(),
@@ -202,7 +205,7 @@ pub async fn run_with(
             .map_err(|_| store::Error::Closed)??,
     );
     let token_path = config.data_dir.join("server").join("token");
-    let join_token = auth::join_token(&token_path, &pki.ca_cert)?;
+    let join_token = auth::join_token(&token_path, &pki.ca_cert, config.token.as_deref())?;
     let api = Arc::new(api::ApiServer {
         registry,
         tokens: auth::Tokens::with_admin(&pki.admin_token).with_join_token(&join_token),

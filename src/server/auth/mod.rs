@@ -123,19 +123,54 @@ impl Tokens {
 }
 
 /// The join token: `K10<sha256 of the CA PEM>::server:<secret>`, created
-/// once in `<data-dir>/server/token` (mode 0600) and reused.
+/// once in `<data-dir>/server/token` (mode 0600) and reused. `wanted` (the
+/// secret, or a whole token naming this CA) sets the secret on first start;
+/// later it must match.
 ///
 /// # Errors
-/// The token file cannot be read or written.
-pub fn join_token(path: &std::path::Path, ca_pem: &str) -> Result<String, Error> {
+/// The token file cannot be read or written, or `wanted` is not usable or
+/// differs from the token already set.
+pub fn join_token(
+    path: &std::path::Path,
+    ca_pem: &str,
+    wanted: Option<&str>,
+) -> Result<String, Error> {
     let hash = ca_hash(ca_pem);
+    let prefix = format!("K10{hash}::server:");
+    let wanted = match wanted.map(str::trim) {
+        None | Some("") => None,
+        Some(w) if w.starts_with("K10") => Some(
+            w.strip_prefix(&prefix)
+                .ok_or_else(|| {
+                    Error::Pki(format!(
+                        "--token {w:?} names another CA or user; pass the secret alone (or K10{hash}::server:SECRET)"
+                    ))
+                })?
+                .to_owned(),
+        ),
+        Some(w) => Some(w.to_owned()),
+    };
+    if let Some(w) = &wanted
+        && !w.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Error::Pki(
+            "--token may only have printable characters without spaces".into(),
+        ));
+    }
     if let Ok(existing) = std::fs::read_to_string(path) {
         let existing = existing.trim().to_owned();
         if existing.starts_with(&format!("K10{hash}::")) {
-            return Ok(existing);
+            return match &wanted {
+                Some(w) if existing != format!("{prefix}{w}") => Err(Error::Pki(format!(
+                    "--token differs from the token this server already has ({}); drop --token, or pass that one",
+                    path.display()
+                ))),
+                _ => Ok(existing),
+            };
         }
     }
-    let token = format!("K10{hash}::server:{}", uuid::Uuid::new_v4().simple());
+    let secret = wanted.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let token = format!("{prefix}{secret}");
     pki::write_private_file(path, &format!("{token}\n"))?;
     Ok(token)
 }
