@@ -316,3 +316,35 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate for `cn` that ends in `days` days.
+    fn cert(cn: &str, days: i64) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let end = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_hours(24 * days))
+            .unwrap()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date();
+        params.not_after =
+            rcgen::date_time_ymd(i32::from(end.year()), end.month() as u8, end.day() as u8);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn node_certificates_are_renewed_when_90_days_or_fewer_remain_or_the_name_changed() {
+        let fresh = cert_days_left(&cert("system:node:a", 365), "a").unwrap();
+        assert!(fresh > RENEW_DAYS, "{fresh}");
+        let old = cert_days_left(&cert("system:node:a", 30), "a").unwrap();
+        assert!(old <= RENEW_DAYS, "{old}");
+        assert_eq!(cert_days_left(&cert("system:node:a", 365), "b"), None);
+        assert_eq!(cert_days_left("not a certificate", "a"), None);
+    }
+}
