@@ -2048,6 +2048,44 @@ spec:
         &["create", "-f", impostor.to_str().unwrap()],
         "may only create its own Node object",
     );
+    forbidden(
+        &[
+            "patch",
+            "node",
+            "elsewhere",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+        ],
+        "cannot patch resource \"nodes/status\"",
+    );
+    // A certificate the cluster CA did not sign — even one claiming to be
+    // an admin — is a 401.
+    {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "system:admin");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        let forged = params.self_signed(&key).unwrap();
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut kc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&kc).unwrap();
+        kc["users"][0]["user"]["client-certificate-data"] = b64(&forged.pem()).into();
+        kc["users"][0]["user"]["client-key-data"] = b64(&key.serialize_pem()).into();
+        let forged_kc = dir.path().join("forged.yaml");
+        std::fs::write(&forged_kc, serde_yaml_ng::to_string(&kc).unwrap()).unwrap();
+        let out = kubectl_as(&netns, &forged_kc, &["get", "pods"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("(Unauthorized)"),
+            "{err}"
+        );
+    }
     // Its own node, its pods, the services every proxy reads: allowed.
     assert!(
         node(&["label", "node", "node-a", "mine=yes"])
@@ -2096,7 +2134,24 @@ spec:
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("does not match the join token"), "{err}");
+    assert!(
+        err.contains("does not match the join token") && err.contains("man-in-the-middle"),
+        "{err}"
+    );
+    // The secret in that token is the server's real one: had the agent sent
+    // it, it would have got a certificate and a node password stored.
+    assert!(!dir.path().join("b/agent/client-kubelet.crt").exists());
+    let stored = server.kubectl(
+        "1.33",
+        &[
+            "get",
+            "secret",
+            "-n",
+            "kube-system",
+            "node-b.node-password.orch",
+        ],
+    );
+    assert!(!stored.status.success());
     server.ok("1.33", &["delete", "pod", "near", "--wait=true"]);
 }
 

@@ -37,7 +37,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error(
-        "the server at {url} has a CA whose hash ({actual}) does not match the join token ({expected}); check --server and --token"
+        "the server at {url} has a CA whose hash ({actual}) does not match the join token ({expected}): a wrong --token or --server, or someone in between (man-in-the-middle); nothing was sent to it"
     )]
     CaMismatch {
         url: String,

@@ -213,6 +213,7 @@ pub async fn run_with(
         tunnels: Arc::default(),
         service_accounts,
         pki: Arc::new(pki.clone()),
+        client_verifier: auth::client_verifier(&pki)?,
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

@@ -64,6 +64,9 @@ pub struct ApiServer {
     pub service_accounts: Arc<crate::server::auth::serviceaccount::Signer>,
     /// The cluster CA, for nodes' client certificates.
     pub pki: Arc<crate::server::auth::Pki>,
+    /// Checks client certificates against the CA (the handshake lets any
+    /// through so that a bad one gets a 401).
+    pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 /// Where agents open their kubelet API tunnels.
@@ -130,12 +133,19 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: A
                         return;
                     }
                 };
-            let cert_user = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| User::from_certificate(c));
+            // A certificate the CA did not sign (or expired) got through the
+            // handshake only to be answered 401 here.
+            let cert_user = tls.get_ref().1.peer_certificates().and_then(|chain| {
+                let (leaf, intermediates) = chain.split_first()?;
+                let now = rustls::pki_types::UnixTime::now();
+                Some(
+                    api.client_verifier
+                        .verify_client_cert(leaf, intermediates, now)
+                        .ok()
+                        .and_then(|_| User::from_certificate(leaf))
+                        .ok_or(()),
+                )
+            });
             let service = hyper::service::service_fn(move |req| {
                 let api = api.clone();
                 let user = cert_user.clone();
@@ -156,7 +166,7 @@ impl ApiServer {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        cert_user: Option<User>,
+        cert_user: Option<Result<User, ()>>,
     ) -> Response<Body> {
         let path = req.uri().path().to_owned();
         // Unauthenticated endpoints.
@@ -187,6 +197,11 @@ impl ApiServer {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let cert_user = match cert_user {
+            Some(Ok(user)) => Some(user),
+            Some(Err(())) => return error_response(&ApiError::unauthorized()),
+            None => None,
+        };
         let mut user =
             cert_user.or_else(|| bearer.as_deref().and_then(|h| self.tokens.authenticate(h)));
         if user.is_none()

@@ -243,6 +243,7 @@ impl ApiServer {
                 None,
             ) => verb == "create",
             ("", "nodes", None) if reads || verb == "create" => true,
+            ("", "nodes", Some("status")) if verb == "get" => true,
             ("", "nodes", None | Some("status")) if matches!(verb, "update" | "patch") => own,
             ("coordination.k8s.io", "leases", None) => {
                 ns == Some("kube-node-lease")
