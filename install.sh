@@ -216,6 +216,7 @@ for s in orch orch-agent; do
     if [ -f "/etc/init.d/\$s" ]; then
         rc-update del "\$s" default >/dev/null 2>&1
         rm -f "/etc/init.d/\$s" "/etc/conf.d/\$s"
+        rmdir /etc/conf.d 2>/dev/null
     fi
     rm -f "/var/log/\$s.log" "/run/\$s.pid"
 done
@@ -280,6 +281,10 @@ RestartSec=5s
 [Install]
 WantedBy=multi-user.target
 EOF
+    if [ ! -d /run/systemd/system ]; then
+        warn "systemd is not running here: /etc/systemd/system/$SERVICE.service is written but not enabled"
+        return 0
+    fi
     systemctl daemon-reload
     systemctl enable "$SERVICE" >/dev/null 2>&1
     [ "${INSTALL_ORCH_SKIP_START:-}" = true ] && return 0
@@ -288,6 +293,7 @@ EOF
 }
 
 install_openrc() {
+    mkdir -p /etc/conf.d
     write_env "/etc/conf.d/$SERVICE" "export "
     cat >"/etc/init.d/$SERVICE" <<EOF
 #!/sbin/openrc-run
@@ -312,6 +318,10 @@ start_pre() {
 }
 EOF
     chmod 0755 "/etc/init.d/$SERVICE"
+    if ! command -v rc-update >/dev/null 2>&1; then
+        warn "OpenRC is not running here: /etc/init.d/$SERVICE is written but not added"
+        return 0
+    fi
     rc-update add "$SERVICE" default >/dev/null 2>&1
     [ "${INSTALL_ORCH_SKIP_START:-}" = true ] && return 0
     info "starting $SERVICE (OpenRC)"

@@ -17,6 +17,9 @@ const SCRIPT: &str = r#"
 set -eu
 scratch=$1
 mount -t tmpfs tmpfs "$scratch"
+# Directories that were there before (an overlay copies a directory up
+# when something is created in it; that copy is not a leftover).
+find /etc /usr/local/bin /var/lib /var/log /run -xdev -type d 2>/dev/null >"$scratch/dirs-before"
 for d in /etc /usr/local/bin /var/lib /var/log /run; do
     n=$(echo "$d" | tr / _)
     mkdir -p "$scratch/u$n" "$scratch/w$n"
@@ -61,6 +64,33 @@ second=$(cat /run/orch.pid)
 ! kill -0 "$first" 2>/dev/null || { echo "the old server still runs"; exit 1; }
 wait_ready
 echo "upgraded"
+# An agent joining it with its token (as a second machine would).
+ORCH_URL=https://127.0.0.1:6443 ORCH_TOKEN=$(cat /var/lib/orch/server/token) \
+    INSTALL_ORCH_EXEC="--node-name second --node-ip 127.0.0.1 --data-dir /var/lib/orch/second" \
+    sh "$INSTALL"
+i=0
+until k get node second -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True; do
+    i=$((i + 1))
+    if [ $i -gt 120 ]; then
+        echo "node second not Ready after 60 s"
+        tail -n 30 /var/log/orch-agent.log
+        exit 1
+    fi
+    sleep 0.5
+done
+echo "agent joined"
+# The service files as written for systemd and OpenRC (neither runs here,
+# so they are only checked, not started).
+INSTALL_ORCH_INIT=systemd INSTALL_ORCH_SKIP_START=true sh "$INSTALL" 2>/dev/null
+unit=/etc/systemd/system/orch.service
+out=$(systemd-analyze verify "$unit" 2>&1) || { echo "systemd-analyze: $out"; exit 1; }
+[ -z "$out" ] || { echo "systemd-analyze: $out"; exit 1; }
+for line in Type=notify Delegate=yes KillMode=process Restart=always LimitNOFILE=1048576; do
+    grep -qx "$line" "$unit" || { echo "$unit lacks $line"; exit 1; }
+done
+INSTALL_ORCH_INIT=openrc INSTALL_ORCH_SKIP_START=true sh "$INSTALL" 2>/dev/null
+sh -n /etc/init.d/orch || { echo "/etc/init.d/orch is not valid sh"; exit 1; }
+echo "services written"
 /usr/local/bin/orch-uninstall.sh
 after=$(state)
 if [ "$before" != "$after" ]; then
@@ -74,8 +104,22 @@ for p in /proc/[0-9]*; do
         /usr/local/bin/orch*) echo "process ${p#/proc/} left"; exit 1 ;;
     esac
 done
-left=$(cd "$scratch" && find u_* -mindepth 1 | tr '\n' ' ')
-[ -z "$left" ] || { echo "files left: $left"; exit 1; }
+left=""
+for entry in $(cd "$scratch" && find u_* -mindepth 1); do
+    top=${entry%%/*}
+    path=$(echo "${top#u}" | tr _ /)/${entry#*/}
+    case "$path" in
+        /usr/local/bin/*) path=/usr/local/bin/${entry#u_usr_local_bin/} ;;
+        /var/lib/*) path=/var/lib/${entry#u_var_lib/} ;;
+        /var/log/*) path=/var/log/${entry#u_var_log/} ;;
+        /run/systemd/*) continue ;; # systemd-analyze's own
+    esac
+    if [ -d "$scratch/$entry" ] && [ ! -L "$scratch/$entry" ] && grep -qx "$path" "$scratch/dirs-before"; then
+        continue
+    fi
+    left="$left $path"
+done
+[ -z "$left" ] || { echo "files left:$left"; exit 1; }
 echo "clean"
 "#;
 
@@ -124,6 +168,8 @@ fn install_sh_installs_starts_upgrades_and_uninstalls_without_a_trace() {
         "{stdout}"
     );
     assert!(stdout.contains("upgraded"), "{stdout}");
+    assert!(stdout.contains("agent joined"), "{stdout}");
+    assert!(stdout.contains("services written"), "{stdout}");
     assert!(stdout.contains("orch server is ready"), "{stdout}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
