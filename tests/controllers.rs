@@ -544,3 +544,50 @@ spec:
         |o| o == "known-sim-0",
     );
 }
+
+#[test]
+fn nodes_get_a_pod_range_each_never_the_same_and_freed_when_they_go() {
+    // Room for two /24s only.
+    let server = TestServer::start_with(&["--cluster-cidr", "10.99.0.0/23"]);
+    let node = |name: &str| {
+        let file = server.write(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n"),
+        );
+        server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    };
+    let range_of = |name: &str| {
+        server.wait_json(&["get", "node", name], 10, "a podCIDR", |n| {
+            n["spec"]["podCIDR"].is_string()
+        })["spec"]
+            .clone()
+    };
+    node("a");
+    node("b");
+    let (a, b) = (range_of("a"), range_of("b"));
+    assert_eq!(a["podCIDRs"][0], a["podCIDR"]);
+    let mut got = [
+        a["podCIDR"].as_str().unwrap().to_owned(),
+        b["podCIDR"].as_str().unwrap().to_owned(),
+    ];
+    got.sort();
+    assert_eq!(got, ["10.99.0.0/24", "10.99.1.0/24"]);
+    // No room for c until a goes; then c gets a's range.
+    node("c");
+    std::thread::sleep(Duration::from_secs(1));
+    let c: Value = json(&server.ok("1.33", &["get", "node", "c", "-o", "json"]));
+    assert!(c["spec"]["podCIDR"].is_null(), "{c}");
+    server.ok("1.33", &["delete", "node", "a"]);
+    assert_eq!(range_of("c")["podCIDR"], a["podCIDR"]);
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
+        .args(["server", "--cluster-cidr", "10.42.0.0/25"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("24 or less"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
@@ -127,6 +128,8 @@ pub struct Config {
     /// The cluster CA (PEM) published in every namespace as ConfigMap
     /// `kube-root-ca.crt` (empty: not published).
     pub root_ca: String,
+    /// Pods' addresses: each node gets a /24 of it (`None`: no node IPAM).
+    pub cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 impl Default for Config {
@@ -137,6 +140,7 @@ impl Default for Config {
             terminated_pod_gc_threshold: 12_500,
             event_ttl: Duration::from_secs(3600),
             root_ca: String::new(),
+            cluster_cidr: Some((std::net::Ipv4Addr::new(10, 42, 0, 0), 16)),
         }
     }
 }
@@ -176,6 +180,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     job::start(ctx.clone(), &mut tasks);
     cronjob::start(ctx.clone(), &mut tasks);
     nodelifecycle::start(ctx.clone(), &mut tasks);
+    nodeipam::start(ctx.clone(), &mut tasks);
     podgc::start(ctx.clone(), &mut tasks);
     endpoints::start(ctx.clone(), &mut tasks);
     gc::start(ctx.clone(), &mut tasks);
