@@ -214,6 +214,7 @@ pub async fn run_with(
         service_accounts,
         pki: Arc::new(pki.clone()),
         client_verifier: auth::client_verifier(&pki)?,
+        pods: control.informers.pods.clone(),
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

@@ -67,6 +67,8 @@ pub struct ApiServer {
     /// Checks client certificates against the CA (the handshake lets any
     /// through so that a bad one gets a 401).
     pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The controllers' cache of pods (the node authorizer's fast path).
+    pub pods: Arc<crate::server::informer::Informer>,
 }
 
 /// Where agents open their kubelet API tunnels.

@@ -282,10 +282,17 @@ impl ApiServer {
         node: &str,
     ) -> Result<bool, String> {
         let (ns, name, res) = self.asked_about(ns, name, node)?;
+        let bound =
+            |pod: &Value| pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+        if self
+            .pods
+            .get(&format!("{ns}/{name}"))
+            .is_some_and(|p| bound(&p))
+        {
+            return Ok(true);
+        }
         match self.registry.get(&res, Some(ns), name).await {
-            Ok(pod) if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) => {
-                Ok(true)
-            }
+            Ok(pod) if bound(&pod) => Ok(true),
             _ => Err(no_relationship(node)),
         }
     }
@@ -300,6 +307,15 @@ impl ApiServer {
         node: &str,
     ) -> Result<bool, String> {
         let (ns, name, res) = self.asked_about(ns, name, node)?;
+        let uses = |pod: &Value| {
+            pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                && pod_uses(pod, kind, name)
+        };
+        // The controllers' cache first (no store read); a pod bound a
+        // moment ago may not be there yet, so a miss asks the store.
+        if self.pods.list(Some(ns)).iter().any(|p| uses(p)) {
+            return Ok(true);
+        }
         let query = ListQuery {
             fields: crate::api::selector::FieldSelector::parse(&format!("spec.nodeName={node}"))
                 .map_err(|e| e.to_string())?,
@@ -311,29 +327,7 @@ impl ApiServer {
             .await
             .and_then(|l| l.decoded())
             .map_err(|e| e.message)?;
-        let uses = |pod: &Value| match kind {
-            "serviceaccounts" => {
-                pod.pointer("/spec/serviceAccountName")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default")
-                    == name
-            }
-            "secrets" => {
-                crate::api::podrefs::pull_secrets(pod)
-                    .iter()
-                    .any(|s| s == name)
-                    || crate::api::podrefs::references(pod)
-                        .iter()
-                        .any(|(k, n)| *k == "Secret" && n == name)
-            }
-            _ => crate::api::podrefs::references(pod)
-                .iter()
-                .any(|(k, n)| *k == "ConfigMap" && n == name),
-        };
-        if pods
-            .iter()
-            .any(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) && uses(p))
-        {
+        if pods.iter().any(uses) {
             Ok(true)
         } else {
             Err(no_relationship(node))
@@ -353,6 +347,30 @@ impl ApiServer {
             (Some(ns), Some(name), Some(pods)) => Ok((ns, name, pods)),
             _ => Err(no_relationship(node)),
         }
+    }
+}
+
+/// Does `pod` use this ConfigMap, Secret (volumes, env, image pull
+/// secrets) or service account?
+fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
+    match kind {
+        "serviceaccounts" => {
+            pod.pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                == name
+        }
+        "secrets" => {
+            crate::api::podrefs::pull_secrets(pod)
+                .iter()
+                .any(|s| s == name)
+                || crate::api::podrefs::references(pod)
+                    .iter()
+                    .any(|(k, n)| *k == "Secret" && n == name)
+        }
+        _ => crate::api::podrefs::references(pod)
+            .iter()
+            .any(|(k, n)| *k == "ConfigMap" && n == name),
     }
 }
 
