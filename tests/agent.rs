@@ -487,7 +487,7 @@ fn the_server_runs_pods_on_its_embedded_agent() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("embedded");
     let logs = dir.path().join("logs");
-    let (server, guard) = embedded(dir.path(), &netns, "embedded");
+    let server = embedded(dir.path(), &netns, "embedded");
     server.wait_json(
         &["get", "node", "embedded"],
         30,
@@ -557,14 +557,13 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(server);
-    drop(guard);
 }
 
 /// `orch server` with its embedded agent (node `tag`) in `netns`, its
 /// run and log dirs in `dir/run` and `dir/logs`, and the busybox image
 /// waiting in `<data-dir>/agent/images` (an air-gapped install); the
 /// guard cleans up after it.
-fn embedded(dir: &Path, netns: &Netns, tag: &str) -> (TestServer, Cleanup) {
+fn embedded(dir: &Path, netns: &Netns, tag: &str) -> Embedded {
     let archive = support::busybox_archive(dir);
     let run_dir = dir.join("run");
     let server = TestServer::start_with_agent(
@@ -588,7 +587,25 @@ fn embedded(dir: &Path, netns: &Netns, tag: &str) -> (TestServer, Cleanup) {
         run_dir,
         data: server.dir.path().to_owned(),
     };
-    (server, guard)
+    Embedded {
+        server,
+        _guard: guard,
+    }
+}
+
+/// A server with its embedded agent. Dropped, the server (and so its
+/// agent) stops first — an agent still running would start again what the
+/// clean-up removes — and then what it left is cleaned up.
+struct Embedded {
+    server: TestServer,
+    _guard: Cleanup,
+}
+
+impl std::ops::Deref for Embedded {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
 }
 
 /// Tears down what an agent left in `run_dir` and `data` (for agents whose
@@ -1564,7 +1581,7 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("exec");
     let run_dir = dir.path().join("run");
-    let (server, _guard) = embedded(dir.path(), &netns, "exec");
+    let server = embedded(dir.path(), &netns, "exec");
     let file = server.write(
         "pods.yaml",
         &[
@@ -1833,7 +1850,7 @@ spec:
 fn service_account_tokens_are_mounted_and_authenticate_while_the_pod_lives() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("sa");
-    let (server, _guard) = embedded(dir.path(), &netns, "sa");
+    let server = embedded(dir.path(), &netns, "sa");
     let url = std::fs::read_to_string(&server.kubeconfig)
         .unwrap()
         .lines()
@@ -2311,9 +2328,10 @@ fn the_examples_do_what_their_comments_say() {
             );
         },
     );
-    let _guard = Cleanup {
-        run_dir,
-        data: server.dir.path().to_owned(),
+    let data = server.dir.path().to_owned();
+    let server = Embedded {
+        server,
+        _guard: Cleanup { run_dir, data },
     };
     let apply = |file: &str| {
         server.ok(
