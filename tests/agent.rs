@@ -2386,6 +2386,15 @@ fn the_examples_do_what_their_comments_say() {
         30,
     );
     assert!(answer.starts_with("hello from web-"), "{answer}");
+    // Pods resolve through the cluster DNS (dnsPolicy ClusterFirst).
+    let resolv = server.ok(
+        "1.33",
+        &["exec", "deploy/web", "--", "cat", "/etc/resolv.conf"],
+    );
+    assert_eq!(
+        resolv,
+        "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.43.0.10\noptions ndots:5\n"
+    );
     let svc = server.wait_json(&["get", "svc", "web"], 10, "web Service", |s| {
         s["spec"]["clusterIP"]
             .as_str()

@@ -570,7 +570,6 @@ async fn ensure_shim(
 
 fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Result<()> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     std::fs::create_dir_all(&files.volumes)?;
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         if v.get("emptyDir").is_some()
@@ -609,41 +608,99 @@ fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Resul
         ));
     }
     std::fs::write(&files.hosts, hosts)?;
-    let policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
-    let resolv = match policy {
-        "Default" => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        "ClusterFirstWithHostNet" | "ClusterFirst"
-            if !(host_network && policy == "ClusterFirst") =>
-        {
-            let d = &k.cluster_domain;
-            format!(
-                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {}\noptions ndots:5\n",
-                k.cluster_dns
-            )
-        }
-        "None" => {
-            let cfg = &pod["spec"]["dnsConfig"];
-            let list = |f: &str| -> Vec<String> {
-                cfg[f]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            };
-            let mut out = String::new();
-            let search = list("searches");
-            if !search.is_empty() {
-                out.push_str(&format!("search {}\n", search.join(" ")));
-            }
-            for n in list("nameservers") {
-                out.push_str(&format!("nameserver {n}\n"));
-            }
-            out
-        }
-        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    };
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = resolv_conf(pod, host_network, &k.cluster_dns, &k.cluster_domain, &host);
     std::fs::write(&files.resolv_conf, resolv)
+}
+
+/// A pod's `/etc/resolv.conf`, as the kubelet writes it: by `dnsPolicy`
+/// (ClusterFirst — the cluster DNS and search path, `ndots:5`; hostNetwork
+/// pods take the node's unless ClusterFirstWithHostNet; Default — the
+/// node's `host` file; None — `dnsConfig` alone), with `dnsConfig`'s
+/// nameservers, searches and options merged in (at most 3 nameservers and
+/// 32 search domains; an option of the same name replaces the earlier).
+fn resolv_conf(pod: &Value, host_network: bool, dns: &str, domain: &str, host: &str) -> String {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let policy = pod["spec"]["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+    let field = |line: &str, key: &str| -> Vec<String> {
+        line.strip_prefix(key)
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .map(|rest| rest.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let from_host = || {
+        let (mut servers, mut search, mut options) = (Vec::new(), Vec::new(), Vec::new());
+        for line in host.lines().map(str::trim) {
+            servers.extend(field(line, "nameserver"));
+            let s = field(line, "search");
+            if !s.is_empty() {
+                search = s; // the last search line wins
+            }
+            options.extend(field(line, "options"));
+        }
+        (servers, search, options)
+    };
+    let cluster = || {
+        (
+            vec![dns.to_owned()],
+            vec![
+                format!("{ns}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.to_owned(),
+            ],
+            vec!["ndots:5".to_owned()],
+        )
+    };
+    let (mut servers, mut search, mut options) = match policy {
+        "None" => (Vec::new(), Vec::new(), Vec::new()),
+        "Default" => from_host(),
+        "ClusterFirstWithHostNet" => cluster(),
+        _ if host_network => from_host(),
+        _ => cluster(),
+    };
+    let cfg = &pod["spec"]["dnsConfig"];
+    let list = |f: &str| -> Vec<String> {
+        cfg[f]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    for s in list("nameservers") {
+        if !servers.contains(&s) {
+            servers.push(s);
+        }
+    }
+    for s in list("searches") {
+        if !search.contains(&s) {
+            search.push(s);
+        }
+    }
+    for o in cfg["options"].as_array().into_iter().flatten() {
+        let Some(name) = o["name"].as_str() else {
+            continue;
+        };
+        let option = match o["value"].as_str() {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_owned(),
+        };
+        options.retain(|have| have.split(':').next() != Some(name));
+        options.push(option);
+    }
+    servers.truncate(3);
+    search.truncate(32);
+    let mut out = String::new();
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    for s in &servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
 }
 
 /// The newest instance of each container the shim has, by container name.
@@ -1938,6 +1995,46 @@ async fn teardown(k: &Kubelet, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_follows_dns_policy_and_merges_dns_config() {
+        let host = "# generated\nnameserver 192.168.1.1\nsearch lan\noptions edns0\n";
+        let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
+        let r = |spec: Value, host_net: bool| {
+            resolv_conf(&pod(spec), host_net, "10.43.0.10", "cluster.local", host)
+        };
+        assert_eq!(
+            r(json!({}), false),
+            "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.43.0.10\noptions ndots:5\n"
+        );
+        // hostNetwork pods take the node's unless ClusterFirstWithHostNet.
+        assert_eq!(
+            r(json!({}), true),
+            "search lan\nnameserver 192.168.1.1\noptions edns0\n"
+        );
+        assert!(r(json!({"dnsPolicy": "ClusterFirstWithHostNet"}), true).contains("10.43.0.10"));
+        assert_eq!(
+            r(json!({"dnsPolicy": "Default"}), false),
+            r(json!({}), true)
+        );
+        // dnsConfig merges into any policy; an option replaces one of its name.
+        let merged = r(
+            json!({"dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["corp"],
+                   "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}}),
+            false,
+        );
+        assert_eq!(
+            merged,
+            "search shop.svc.cluster.local svc.cluster.local cluster.local corp\nnameserver 10.43.0.10\nnameserver 1.1.1.1\noptions ndots:2 rotate\n"
+        );
+        assert_eq!(
+            r(
+                json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["9.9.9.9"], "options": [{"name": "ndots", "value": "1"}]}}),
+                false
+            ),
+            "nameserver 9.9.9.9\noptions ndots:1\n"
+        );
+    }
 
     #[test]
     fn restarts_follow_the_policy_and_back_off() {
