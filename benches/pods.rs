@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
-use support::{ms, pct, rss_kib};
+use support::{ms, pct, proc_kib, rss_kib};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 const N: usize = 100;
@@ -424,26 +424,12 @@ fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
 /// Proportional set size: private pages plus each shared page divided by
 /// the number of processes mapping it.
 fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Pss:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_kib(pid, "smaps_rollup", "Pss:")
 }
 
 /// Anonymous resident memory (not file-backed pages shared with others).
 fn rss_anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("RssAnon:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_kib(pid, "status", "RssAnon:")
 }
 
 /// When node `name` was first seen Ready (polled every 10 ms, 60 s at most).

@@ -242,6 +242,23 @@ fn cgroup_root(tag: &str) -> String {
     format!("/orch-test-agent-{}-{tag}", std::process::id())
 }
 
+/// Has this pod or node the condition Ready=True?
+fn is_ready(obj: &Value) -> bool {
+    obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// An agent's data, run and log dirs under `dir`, the busybox test image
+/// imported into its data dir.
+fn agent_dirs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = dir.join("agent");
+    import_busybox(dir, &data);
+    (data, dir.join("run"), dir.join("logs"))
+}
+
 fn import_busybox(dir: &Path, data: &Path) {
     let archive = support::busybox_archive(dir);
     let out = Command::new(ORCH)
@@ -298,20 +315,9 @@ fn pods_really_run_exit_restart_and_go() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("agent");
     let server = TestServer::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "a");
-    let node = server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", |n| {
-        n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
+    let node = server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", is_ready);
     assert!(
         node["status"]["nodeInfo"]["containerRuntimeVersion"]
             .as_str()
@@ -492,13 +498,7 @@ fn the_server_runs_pods_on_its_embedded_agent() {
         &["get", "node", "embedded"],
         30,
         "the embedded node Ready",
-        |n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        },
+        is_ready,
     );
     let file = server.write("hi.yaml", &pod("hi", "echo hi from $WHO", "Never", 30));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -626,12 +626,7 @@ fn probes_gate_readiness_and_restart_unhealthy_containers() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("probes");
     let server = TestServer::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "probes");
     let file = server.write(
         "probes.yaml",
@@ -675,21 +670,14 @@ spec:
 ",
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let ready = |p: &Value| {
-        p["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    };
     // Not ready while the exec probe fails, ready once it passes.
     let slow = server.wait_json(&["get", "pod", "slow"], 30, "slow running", |p| {
         p["status"]["phase"] == "Running"
     });
-    assert!(!ready(&slow), "ready before its probe passed: {slow}");
-    server.wait_json(&["get", "pod", "slow"], 30, "slow ready", ready);
+    assert!(!is_ready(&slow), "ready before its probe passed: {slow}");
+    server.wait_json(&["get", "pod", "slow"], 30, "slow ready", is_ready);
     // HTTP readiness and TCP liveness against busybox httpd.
-    let web = server.wait_json(&["get", "pod", "web"], 30, "web ready", ready);
+    let web = server.wait_json(&["get", "pod", "web"], 30, "web ready", is_ready);
     assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
     // The liveness probe passes while /tmp/alive exists...
     let alive = server.wait_json(&["get", "pod", "sick"], 30, "sick running", |p| {
@@ -718,12 +706,7 @@ fn configmaps_and_secrets_reach_containers_and_follow_updates() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("config");
     let server = TestServer::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "config");
     // The pod first: its ConfigMap is missing, so it waits.
     let file = server.write(
@@ -843,12 +826,7 @@ fn oom_kills_termination_messages_hooks_and_events() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("lifecycle");
     let server = TestServer::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "lifecycle");
     let container = |name: &str, script: &str, extra: &str| {
         format!(
@@ -1094,12 +1072,7 @@ fn the_agent_resumes_after_the_server_restarts() {
     // the server again where it was.
     let port = ["--https-listen-port", "16443"];
     let server = TestServer::start_in_netns(&netns.0, &port);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "restart");
     let file = server.write(
         "before.yaml",
@@ -1128,13 +1101,12 @@ fn the_agent_resumes_after_the_server_restarts() {
         std::thread::sleep(Duration::from_millis(2500));
         late
     });
-    let late = server.wait_json(&["get", "node", "node-late"], 60, "node-late Ready", |n| {
-        n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
+    let late = server.wait_json(
+        &["get", "node", "node-late"],
+        60,
+        "node-late Ready",
+        is_ready,
+    );
     // It registered with its --node-taint.
     assert!(
         late["spec"]["taints"]
@@ -1368,13 +1340,7 @@ fn images_are_pulled_from_registries_with_mirrors_and_pull_secrets() {
         registries.display().to_string(),
     ]);
     agent.kill_and_restart();
-    server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", |n| {
-        n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
+    server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", is_ready);
     // A Deployment of busybox httpd from the registry, Ready by its probe.
     let web = server.write(
         "web.yaml",
@@ -1948,12 +1914,7 @@ fn nodes_join_with_their_own_certificate_and_are_confined_to_their_pods() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("join");
     let server = TestServer::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "join");
     server.wait_json(&["get", "node", "node-a"], 30, "node-a registered", |n| {
         n["metadata"]["name"] == "node-a"
@@ -2208,26 +2169,19 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
     // An agent joins with it and then uses its own certificate.
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
-    let data = dir.path().join("agent");
-    import_busybox(dir.path(), &data);
+    let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start_as(
         &server,
         &netns,
         &data,
-        &dir.path().join("run"),
-        &dir.path().join("logs"),
+        &run_dir,
+        &logs,
         "tokens",
         "node-t",
         &token_file,
         &[],
     );
-    server.wait_json(&["get", "node", "node-t"], 30, "node-t Ready", |n| {
-        n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    });
+    server.wait_json(&["get", "node", "node-t"], 30, "node-t Ready", is_ready);
     assert!(data.join("agent/client-kubelet.crt").exists());
 
     // The token itself may do nothing but that.

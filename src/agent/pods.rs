@@ -502,18 +502,19 @@ async fn shim_call(socket: PathBuf, request: Request) -> Result<shim::Response, 
     blocking(move || shim::call(&socket, &request)).await
 }
 
-/// Start the pod's shim unless it runs already.
+/// Start the pod's shim unless it runs already; its socket and the state
+/// it answered with.
 async fn ensure_shim(
     k: &Kubelet,
     uid: &str,
     host_network: bool,
     host_ipc: bool,
     hostname: &str,
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, shim::Response), String> {
     let dir = k.shim_dir(uid);
     let socket = dir.join("shim.sock");
-    if shim_call(socket.clone(), Request::State).await.is_ok() {
-        return Ok(socket);
+    if let Ok(state) = shim_call(socket.clone(), Request::State).await {
+        return Ok((socket, state));
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log = std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim.log: {e}"))?;
@@ -560,7 +561,7 @@ async fn ensure_shim(
     // accepts, this call fails at once.
     drop(cmd);
     match shim_call(socket.clone(), Request::State).await {
-        Ok(_) => Ok(socket),
+        Ok(state) => Ok((socket, state)),
         Err(e) => Err(format!(
             "the shim did not come up ({e}); see {}",
             dir.join("shim.log").display()
@@ -1304,10 +1305,7 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
             .map_err(|e| format!("the pod's cgroup: {e}"))?;
         state.pod_cgroup = true;
     }
-    let socket = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
-    let shim_state = shim_call(socket.clone(), Request::State)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (socket, shim_state) = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
     let instances = latest(&shim_state.containers);
     let policy = restart_policy(pod);
     let mut failed_init = false;
