@@ -505,11 +505,13 @@ fn a_shim_leaves_other_pods_mounts_out_and_keeps_its_root_filesystems_to_itself(
     });
     shim.call(Request::Start { id: "a".into() });
     assert_eq!(wait_exit(&shim, "a").exit_code, Some(0));
-    assert!(
-        log_lines(&log).contains(&("stdout".into(), "F".into(), "mine".into())),
-        "{:?}",
-        log_lines(&log)
-    );
+    // "mine" has no newline: the shim writes it when the pipe closes,
+    // which it may see just after the exit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log_lines(&log).contains(&("stdout".into(), "F".into(), "mine".into())) {
+        assert!(Instant::now() < deadline, "{:?}", log_lines(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let rootfs = format!("{} ", bundle.join("rootfs").display());
     assert!(mounts_of(pid).contains(&rootfs));
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
