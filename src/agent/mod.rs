@@ -13,6 +13,7 @@ pub mod exec;
 pub mod imagegc;
 pub mod join;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod simulate;
@@ -98,6 +99,7 @@ pub struct Config {
     pub cgroup_root: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
+    pub network: network::NetConfig,
     /// Registry mirrors and credentials (`registries.yaml`).
     pub registries: crate::runtime::image::Registries,
     pub image_gc: imagegc::Policy,
@@ -118,6 +120,13 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
     let images = Arc::new(images);
     node::register(&client, &cfg.node).await?;
     tracing::info!(node = %cfg.node.name, ip = %cfg.node.ip, "node registered");
+    let (pod_network, overlay) = network::start(&client, &cfg.node, &cfg.network).await?;
+    let overlay = tokio::spawn(network::run_overlay(
+        client.clone(),
+        cfg.node.name.clone(),
+        overlay,
+    ));
+    let (host_ports, _) = tokio::sync::watch::channel(pods::HostPorts::default());
     let kubelet = Arc::new(pods::Kubelet {
         client: client.clone(),
         node: cfg.node.name.clone(),
@@ -132,6 +141,8 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,
         starts: Arc::new(tokio::sync::Semaphore::new(pods::start_turns())),
+        network: Some(pod_network),
+        host_ports,
     });
     for dir in kubelet.mount_dirs() {
         crate::runtime::mountns::private_subtree(&dir)
@@ -150,6 +161,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
     heartbeat.abort();
     tunnel.abort();
     image_gc.abort();
+    overlay.abort();
     Ok(())
 }
 

@@ -62,7 +62,15 @@ pub struct Kubelet {
     pub cluster_domain: String,
     /// Turns for pods' first starts, FIFO ([`start_turns`] of them).
     pub starts: Arc<tokio::sync::Semaphore>,
+    /// The pods' bridge, addresses and veths (`None`: pods get loopback
+    /// only).
+    pub network: Option<Arc<crate::net::pod::PodNetwork>>,
+    /// Tells the service proxy that pods' host ports changed.
+    pub host_ports: tokio::sync::watch::Sender<HostPorts>,
 }
+
+/// The host ports of this node's pods, by pod UID.
+pub type HostPorts = Arc<std::collections::BTreeMap<String, Vec<crate::net::HostPort>>>;
 
 /// How many pods set up and start their first container at once: two per
 /// CPU (the work is mostly CPU: namespaces, mounts, clones).
@@ -136,6 +144,17 @@ pub async fn run(k: Arc<Kubelet>) {
                 for uid in leftovers(&k, &live) {
                     tracing::info!(pod_uid = %uid, "cleaning up a pod deleted while the agent was away");
                     teardown(&k, &uid).await;
+                }
+                if let Some(net) = k.network.clone() {
+                    let live = live.clone();
+                    match blocking(move || net.reconcile(&live)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            count = n,
+                            "freed pod addresses and links of pods that are gone"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
+                    }
                 }
                 let mut w = workers.lock().expect("workers lock");
                 for pod in list.items {
@@ -448,6 +467,8 @@ struct WorkerState {
     /// A turn for the pod's first start ([`Kubelet::starts`]), held until
     /// its first container runs or the sync ends.
     start_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The pod's address, once its network is set up.
+    pod_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// One container instance's probes.
@@ -569,7 +590,43 @@ async fn ensure_shim(
     }
 }
 
-fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Result<()> {
+/// The `hostPort` mappings of a pod's containers to its address.
+fn host_ports(pod: &Value, ip: std::net::Ipv4Addr) -> Vec<crate::net::HostPort> {
+    let mut out = Vec::new();
+    for c in ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| pod["spec"][f].as_array().into_iter().flatten())
+    {
+        for p in c["ports"].as_array().into_iter().flatten() {
+            let (Some(host_port), Some(container_port)) = (
+                p["hostPort"].as_u64().and_then(|v| u16::try_from(v).ok()),
+                p["containerPort"]
+                    .as_u64()
+                    .and_then(|v| u16::try_from(v).ok()),
+            ) else {
+                continue;
+            };
+            if host_port == 0 {
+                continue;
+            }
+            out.push(crate::net::HostPort {
+                protocol: p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+                host_ip: p["hostIP"].as_str().and_then(|s| s.parse().ok()),
+                host_port,
+                pod_ip: std::net::IpAddr::V4(ip),
+                container_port,
+            });
+        }
+    }
+    out
+}
+
+fn write_pod_files(
+    k: &Kubelet,
+    pod: &Value,
+    files: &PodFiles,
+    pod_ip: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<()> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     std::fs::create_dir_all(&files.volumes)?;
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
@@ -592,7 +649,12 @@ fn write_pod_files(k: &Kubelet, pod: &Value, files: &PodFiles) -> std::io::Resul
     let mut hosts = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     );
-    if let Some(ip) = pod.pointer("/status/podIP").and_then(Value::as_str) {
+    let ip = if host_network {
+        Some(k.node_ip.clone())
+    } else {
+        pod_ip.map(|ip| ip.to_string())
+    };
+    if let Some(ip) = ip {
         hosts.push_str(&format!("{ip}\t{hostname}\n"));
     }
     for alias in pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
@@ -1263,7 +1325,19 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         volumes: pod_dir.join("volumes"),
     };
     std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
-    write_pod_files(k, pod, &files).map_err(|e| format!("pod files: {e}"))?;
+    // The pod's address first: /etc/hosts names it.
+    let pod_ip = match (&k.network, host_network) {
+        (Some(net), false) => {
+            let (net, id) = (net.clone(), uid.clone());
+            Some(
+                blocking(move || net.ipam.allocate(&id))
+                    .await
+                    .map_err(|e| format!("the pod's address: {e}"))?,
+            )
+        }
+        _ => None,
+    };
+    write_pod_files(k, pod, &files, pod_ip).map_err(|e| format!("pod files: {e}"))?;
     mount_memory_volumes(pod, &files).await?;
     refresh_volumes(k, pod, &files, state).await;
     let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
@@ -1306,6 +1380,21 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         state.pod_cgroup = true;
     }
     let (socket, shim_state) = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
+    if let (Some(net), false, None) = (&k.network, host_network, state.pod_ip) {
+        let (net, id, netns) = (net.clone(), uid.clone(), k.netns(&uid));
+        let started = std::time::Instant::now();
+        let ip = blocking(move || net.attach(&netns, &id))
+            .await
+            .map_err(|e| format!("the pod's network: {e}"))?;
+        tracing::debug!(pod_uid = %uid, %ip, elapsed = ?started.elapsed(), "pod network ready");
+        state.pod_ip = Some(ip);
+        let ports = host_ports(pod, ip);
+        if !ports.is_empty() {
+            k.host_ports.send_modify(|all| {
+                Arc::make_mut(all).insert(uid.clone(), ports);
+            });
+        }
+    }
     let instances = latest(&shim_state.containers);
     let policy = restart_policy(pod);
     let mut failed_init = false;
@@ -1837,6 +1926,9 @@ fn pod_status(
     if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
         status["podIP"] = json!(k.node_ip);
         status["podIPs"] = json!([{"ip": k.node_ip}]);
+    } else if let Some(ip) = state.pod_ip {
+        status["podIP"] = json!(ip.to_string());
+        status["podIPs"] = json!([{"ip": ip.to_string()}]);
     }
     status
 }
@@ -1965,7 +2057,15 @@ async fn teardown(k: &Kubelet, uid: &str) {
     let (pod_dir, shim_dir, netns) = (k.pod_dir(uid), k.shim_dir(uid), k.netns(uid));
     let uid = uid.to_owned();
     let cgroup_root = k.cgroup_root.clone();
+    let network = k.network.clone();
+    k.host_ports
+        .send_if_modified(|all| Arc::make_mut(all).remove(&uid).is_some());
     blocking(move || {
+        if let Some(net) = network
+            && let Err(e) = net.detach(&uid)
+        {
+            tracing::warn!(pod_uid = %uid, error = %e, "removing the pod's network");
+        }
         if let Ok(entries) = std::fs::read_dir(pod_dir.join("containers")) {
             for e in entries.flatten() {
                 let _ = rootfs::unmount(&e.path().join("rootfs"));

@@ -183,6 +183,17 @@ pub struct NodeArgs {
     )]
     pub cluster_dns: std::net::IpAddr,
 
+    /// (networking) Pod IP range; each node gets a /24 of it as its
+    /// podCIDR (give agents the server's value).
+    #[arg(long, env = "ORCH_CLUSTER_CIDR", value_name = "CIDR", default_value = "10.42.0.0/16", value_parser = server::parse_cluster_cidr)]
+    pub cluster_cidr: (std::net::Ipv4Addr, u8),
+
+    /// (networking) How pods reach pods on other nodes: vxlan, host-gw
+    /// (nodes on one L2 segment) or none (give agents the server's value).
+    #[arg(long, env = "ORCH_FLANNEL_BACKEND", value_name = "BACKEND", default_value = "vxlan",
+          value_parser = crate::net::overlay::Backend::parse)]
+    pub flannel_backend: crate::net::overlay::Backend,
+
     /// (networking) Cluster domain.
     #[arg(
         long,
@@ -271,6 +282,10 @@ impl NodeArgs {
                     data_dir.join("pod-logs")
                 }
             }),
+            network: crate::agent::network::NetConfig {
+                cluster_cidr: self.cluster_cidr,
+                backend: self.flannel_backend,
+            },
             cgroup_root: format!(
                 "/{}",
                 self.cgroup_root

@@ -66,10 +66,6 @@ pub struct Args {
     )]
     pub write_kubeconfig: PathBuf,
 
-    /// (networking) Pod IP range; each node gets a /24 of it as its podCIDR.
-    #[arg(long, env = "ORCH_CLUSTER_CIDR", value_name = "CIDR", default_value = "10.42.0.0/16", value_parser = parse_cluster_cidr)]
-    pub cluster_cidr: (Ipv4Addr, u8),
-
     /// (networking) Service IP range.
     #[arg(long, env = "ORCH_SERVICE_CIDR", value_name = "CIDR", default_value = "10.43.0.0/16", value_parser = parse_cidr)]
     pub service_cidr: (Ipv4Addr, u8),
@@ -177,7 +173,7 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((ip, bits))
 }
 
-fn parse_cluster_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+pub(super) fn parse_cluster_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (ip, bits) = parse_cidr(s)?;
     if bits > 24 {
         return Err("the prefix length must be 24 or less (each node gets a /24)".into());
@@ -241,7 +237,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         event_ttl: std::time::Duration::from_secs(args.event_ttl.max(60)),
         root_ca: String::new(),
-        cluster_cidr: Some(args.cluster_cidr),
+        cluster_cidr: Some(args.node.cluster_cidr),
     };
     // Store reads run on the blocking pool, each on its own SQLite read
     // connection (with its own page cache): bounding the pool bounds both

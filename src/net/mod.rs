@@ -1,7 +1,22 @@
 //! Pod networking (netns, veth, bridge, IPAM), the cross-node overlay, the
 //! nftables service proxy and cluster DNS.
-//!
-//! Until networking lands (issue #7) only the check that nftables works.
+
+pub mod ipam;
+pub mod netlink;
+pub mod overlay;
+pub mod pod;
+
+/// A container port a pod asked to have on the node (`hostPort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    /// Only this node address (`hostIP`), or all of them.
+    pub host_ip: Option<std::net::IpAddr>,
+    pub host_port: u16,
+    pub pod_ip: std::net::IpAddr,
+    pub container_port: u16,
+}
 
 /// Does nftables work here: is `nft` installed, and does the kernel answer
 /// `nft list tables`? The service proxy programs its rules through it.
