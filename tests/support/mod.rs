@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses part of this module
 
+pub mod agents;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -105,7 +107,12 @@ impl TestServer {
         let mut child = in_netns(netns.as_deref(), ORCH)
             .arg("server")
             .args(disable_agent.then_some("--disable-agent"))
-            .args(["--bind-address", "127.0.0.1", "--data-dir"])
+            .args(if extra.contains(&"--bind-address") {
+                &[][..]
+            } else {
+                &["--bind-address", "127.0.0.1"][..]
+            })
+            .arg("--data-dir")
             .arg(dir.path())
             .arg("--write-kubeconfig")
             .arg(&kubeconfig)
