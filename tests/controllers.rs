@@ -591,3 +591,51 @@ fn nodes_get_a_pod_range_each_never_the_same_and_freed_when_they_go() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn load_balancer_services_get_the_ready_nodes_addresses_as_ingress() {
+    let server = TestServer::start();
+    let _nodes = server.simulate("lb", 2, &[]);
+    let file = server.write(
+        "lb.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let ingress = |v: &serde_json::Value| -> Vec<String> {
+        v["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let svc = server.wait_json(&["get", "svc", "lb"], 20, "two ingress IPs", |s| {
+        ingress(s).len() == 2
+    });
+    assert_eq!(ingress(&svc), ["10.99.0.1", "10.99.0.2"]);
+    // kubectl shows them as the EXTERNAL-IP.
+    let table = server.ok("1.33", &["get", "svc", "lb"]);
+    assert!(table.contains("10.99.0.1,10.99.0.2"), "{table}");
+    // A ClusterIP Service gets none; turning it into one clears them.
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "lb",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/type","value":"ClusterIP"},{"op":"remove","path":"/spec/ports/0/nodePort"}]"#,
+        ],
+    );
+    server.wait_json(&["get", "svc", "lb"], 20, "no ingress", |s| {
+        ingress(s).is_empty()
+    });
+}

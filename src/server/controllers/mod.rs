@@ -22,6 +22,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod revisions;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 
 use std::collections::HashMap;
@@ -181,6 +182,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     cronjob::start(ctx.clone(), &mut tasks);
     nodelifecycle::start(ctx.clone(), &mut tasks);
     nodeipam::start(ctx.clone(), &mut tasks);
+    servicelb::start(ctx.clone(), &mut tasks);
     podgc::start(ctx.clone(), &mut tasks);
     endpoints::start(ctx.clone(), &mut tasks);
     gc::start(ctx.clone(), &mut tasks);
