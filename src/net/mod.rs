@@ -1,7 +1,9 @@
 //! Pod networking (netns, veth, bridge, IPAM), the cross-node overlay, the
 //! nftables service proxy and cluster DNS.
 //!
-//! Until networking lands (issue #7) only the check that nftables works.
+//! So far: cluster DNS ([`dns`]) and the check that nftables works.
+
+pub mod dns;
 
 /// Does nftables work here: is `nft` installed, and does the kernel answer
 /// `nft list tables`? The service proxy programs its rules through it.
