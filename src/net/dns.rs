@@ -44,6 +44,9 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IN_FLIGHT: usize = 4096;
 /// Queries answered at once on one TCP connection (pipelining back-pressure).
 const MAX_IN_FLIGHT_PER_CONN: usize = 64;
+/// Open TCP connections; more are closed at once (idle ones go after
+/// [`TCP_IDLE_TIMEOUT`]), so idle clients cannot pin unbounded tasks.
+const MAX_TCP_CONNECTIONS: usize = 256;
 /// The UDP payload size we advertise in EDNS (the DNS flag day 2020 value).
 const OUR_UDP_PAYLOAD: u16 = 1232;
 /// Classic DNS limit for UDP clients that send no EDNS.
@@ -415,8 +418,16 @@ impl Builder {
                     let Ok(ip) = address.parse::<IpAddr>() else {
                         continue;
                     };
-                    let label = endpoint.hostname.clone().unwrap_or_else(|| dashed(ip));
-                    let Some(host) = try_child(fqdn, &label) else {
+                    // A hostname that is not one valid label (the API server
+                    // validates it, but the cache is input) falls back to the
+                    // address form rather than hiding the endpoint.
+                    let Some(host) = endpoint
+                        .hostname
+                        .as_deref()
+                        .filter(|h| !h.contains('.'))
+                        .and_then(|h| try_child(fqdn, h))
+                        .or_else(|| try_child(fqdn, &dashed(ip)))
+                    else {
                         continue;
                     };
                     self.add(fqdn.clone(), ip_rdata(ip));
@@ -468,7 +479,6 @@ fn cluster_ips(service: &Service) -> Vec<IpAddr> {
         .chain(spec.cluster_ip.iter())
         .filter_map(|ip| ip.parse().ok())
         .collect();
-    ips.dedup();
     let mut seen = HashSet::new();
     ips.retain(|ip| seen.insert(*ip));
     ips
@@ -754,7 +764,7 @@ impl Dns {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let original_id = [query[0], query[1]];
-        for &upstream in self.upstreams.iter().filter(|u| !own.contains(u)) {
+        for &upstream in self.upstreams.iter().filter(|u| !is_own(&own, **u)) {
             let id = Message::query().metadata.id;
             let mut relayed = query.to_vec();
             relayed[..2].copy_from_slice(&id.to_be_bytes());
@@ -794,6 +804,7 @@ impl Dns {
         }
         let udp = Arc::new(udp);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let connections = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
         let mut tasks = JoinSet::new();
         let mut buf = vec![0u8; 65535];
         loop {
@@ -805,6 +816,8 @@ impl Dns {
                             // ICMP errors from earlier sends surface here on
                             // Linux; they concern one peer, not the socket.
                             debug!(%err, "udp receive failed");
+                            // Never spin if the error repeats.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     };
@@ -827,12 +840,17 @@ impl Dns {
                 accepted = tcp.accept() => {
                     match accepted {
                         Ok((stream, peer)) => {
+                            let Ok(conn_permit) = connections.clone().try_acquire_owned() else {
+                                debug!(%peer, "too many dns tcp connections, closing a new one");
+                                continue;
+                            };
                             let dns = self.clone();
                             let in_flight = in_flight.clone();
                             tasks.spawn(async move {
                                 if let Err(err) = serve_tcp(dns, stream, in_flight).await {
                                     debug!(%err, %peer, "dns tcp connection ended");
                                 }
+                                drop(conn_permit);
                             });
                         }
                         Err(err) => {
@@ -895,6 +913,18 @@ async fn serve_tcp(
     }
     while queries.join_next().await.is_some() {}
     writer.lock().await.shutdown().await
+}
+
+/// Is `upstream` one of the addresses we serve on? Served on the unspecified
+/// address, every loopback address on our port is us (nothing else could
+/// have bound that port).
+fn is_own(own: &[SocketAddr], upstream: SocketAddr) -> bool {
+    own.iter().any(|o| {
+        *o == upstream
+            || (o.ip().is_unspecified()
+                && o.port() == upstream.port()
+                && (upstream.ip().is_loopback() || upstream.ip().is_unspecified()))
+    })
 }
 
 /// Long enough for a header and not a response: anything else is dropped
@@ -1569,6 +1599,37 @@ mod tests {
     }
 
     #[test]
+    fn own_addresses_are_never_upstreams() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let own = [addr("10.43.0.10:53")];
+        assert!(is_own(&own, addr("10.43.0.10:53")));
+        assert!(!is_own(&own, addr("127.0.0.53:53")));
+        let wildcard = [addr("0.0.0.0:53")];
+        assert!(
+            is_own(&wildcard, addr("127.0.0.1:53")),
+            "loopback reaches a wildcard bind"
+        );
+        assert!(!is_own(&wildcard, addr("192.0.2.1:53")));
+        assert!(!is_own(&wildcard, addr("127.0.0.1:5353")));
+    }
+
+    #[tokio::test]
+    async fn invalid_hostnames_fall_back_to_the_address_name() {
+        let dns = Dns::new("cluster.local", Vec::new());
+        let bad = slice(json!({
+            "metadata": {"name": "pg-x", "namespace": "db",
+                         "labels": {"kubernetes.io/service-name": "pg"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.42.0.5"], "hostname": "a.b"}]
+        }));
+        dns.update(&[headless_service("pg", false)], &[bad]);
+        let msg = ask(&dns, "10-42-0-5.pg.db.svc.cluster.local.", RecordType::A).await;
+        assert_eq!(answer_ips(&msg), ips(&["10.42.0.5"]));
+        let svc = ask(&dns, "pg.db.svc.cluster.local.", RecordType::A).await;
+        assert_eq!(answer_ips(&svc), ips(&["10.42.0.5"]));
+    }
+
+    #[test]
     fn resolv_conf_nameservers_become_port_53_upstreams() {
         let text = "# comment\nsearch example.com\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\n\
                     nameserver   192.0.2.1\noptions ndots:5\nnameserver bogus\n";
@@ -1833,6 +1894,45 @@ mod tests {
             sorted[sorted.len() * 99 / 100],
             sorted[sorted.len() - 1]
         );
+
+        // A query stuck on a dead upstream does not hold up the next one.
+        let (_dead, dead) = dead_upstream();
+        let slow = Dns::new("cluster.local", vec![dead]);
+        slow.update(&[cluster_ip_service()], &[]);
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let slow_addr = udp.local_addr().expect("addr");
+        let tcp = TcpListener::bind(slow_addr).await.expect("bind tcp");
+        let slow_server = tokio::spawn(slow.serve(udp, tcp));
+        client.connect(slow_addr).await.expect("connect");
+        let mut outside = query_bytes("www.example.com.", RecordType::A, None);
+        outside[..2].copy_from_slice(&[0xaa, 0xaa]);
+        client.send(&outside).await.expect("send");
+        client
+            .send(&query_bytes(
+                "web.default.svc.cluster.local.",
+                RecordType::A,
+                None,
+            ))
+            .await
+            .expect("send");
+        let mut order = Vec::new();
+        for _ in 0..2 {
+            let len = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+                .await
+                .expect("both answered in time")
+                .expect("recv");
+            let msg = Message::from_vec(&buf[..len]).expect("parses");
+            order.push((msg.metadata.id, msg.metadata.response_code));
+        }
+        assert_eq!(
+            order,
+            [
+                (0x1234, ResponseCode::NoError),
+                (0xaaaa, ResponseCode::ServFail)
+            ],
+            "the zone answer overtakes the forwarded query"
+        );
+        slow_server.abort();
 
         // Garbage on TCP closes the connection.
         stream.write_all(&[0, 3, 1, 2, 3]).await.expect("write");
