@@ -1,6 +1,7 @@
 //! Pod networking (netns, veth, bridge, IPAM), the cross-node overlay, the
 //! nftables service proxy and cluster DNS.
 
+pub mod dns;
 pub mod ipam;
 pub mod netlink;
 pub mod overlay;
