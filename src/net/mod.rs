@@ -28,3 +28,7 @@ pub fn nftables_works() -> Result<(), String> {
         )),
     }
 }
+
+pub mod proxy;
+#[doc(hidden)]
+pub mod testns;
