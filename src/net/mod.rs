@@ -44,3 +44,7 @@ pub fn nftables_works() -> Result<(), String> {
         )),
     }
 }
+
+pub mod proxy;
+#[doc(hidden)]
+pub mod testns;

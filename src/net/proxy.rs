@@ -1,0 +1,1322 @@
+//! The nftables service proxy every node agent runs (orch's kube-proxy).
+//!
+//! It owns one table, `ip orch`, laid out like kube-proxy's nftables mode:
+//! base chains hook nat prerouting/output (→ `services`, `hostports`), nat
+//! postrouting (→ `masquerading`, pod egress) and filter input/forward/output
+//! (→ `service-endpoints-check`, which rejects services without endpoints —
+//! `reject` is not allowed in nat chains). ClusterIPs, external IPs and
+//! NodePorts are looked up in verdict maps that `goto` one chain per service
+//! port; that chain picks an endpoint chain with `numgen random`, and the
+//! endpoint chain DNATs.
+//!
+//! [`render_ruleset`] turns Services, EndpointSlices and hostPorts into the
+//! desired [`Ruleset`] (pure); [`plan_full`] and [`plan_update`] turn it into
+//! nft commands (pure); [`Proxy::sync`] runs them as one `nft -j -f -`
+//! transaction and remembers what the kernel now holds, so the next sync only
+//! sends what changed.
+//!
+//! Not done here: IPv6 (addresses are skipped, table `ip6 orch` is only
+//! removed by [`cleanup`]), LoadBalancer source ranges, topology hints and
+//! terminating-endpoint fallback.
+
+#![forbid(unsafe_code)]
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nftables::expr::{
+    BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, NgMode,
+    Numgen, Payload, PayloadBase, PayloadField, PayloadRaw, Prefix, SetItem, Verdict,
+};
+use nftables::schema::{Chain, Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, Table};
+use nftables::stmt::{JumpTarget, Mangle, Match, NAT, NATFlag, Operator, SetOp, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+/// orch's table name, in every family.
+pub const TABLE: &str = "orch";
+/// The packet-mark bit that asks `masquerading` to SNAT a connection
+/// (kube-proxy's default bit, so the two never disagree on a node that once
+/// ran kube-proxy).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+/// sessionAffinity ClientIP timeout when the Service gives none (3 h, the API default).
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// Stale chains are flushed at once but deleted only this long after: kernels
+/// before 6.2 may still see a just-removed map element referencing them.
+const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
+/// The longest chain or set name nf_tables accepts (NFT_NAME_MAXLEN - 1).
+const MAX_NAME: usize = 255;
+
+/// What went wrong while programming nftables.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `nft` could not be started or fed.
+    #[error(
+        "cannot run nft (the service proxy programs nftables with it; apt-get install nftables): {0}"
+    )]
+    Spawn(#[source] std::io::Error),
+    /// `nft` refused the transaction; nothing of it was applied.
+    #[error("nft rejected the {kind} transaction of {commands} commands: {stderr}")]
+    Rejected {
+        /// `full resync`, `update` or `cleanup`.
+        kind: &'static str,
+        /// How many commands the transaction had.
+        commands: usize,
+        /// nft's error lines, plus the failing command when nft names its index.
+        stderr: String,
+    },
+    /// The batch could not be turned into JSON (a bug).
+    #[error("cannot encode the nftables batch as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Node-level settings of the proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// This node's name: endpoints with this `nodeName` are local.
+    pub node_name: String,
+    /// Addresses NodePorts and LoadBalancer ingress are served on (this node's IPs).
+    pub node_ips: Vec<IpAddr>,
+    /// The pods' CIDR of the whole cluster, e.g. 10.42.0.0/16 (as (network, prefix)).
+    pub cluster_cidr: (Ipv4Addr, u8),
+    /// Cluster DNS: (the cluster DNS IP, e.g. 10.43.0.10; the node-local
+    /// listener it is DNATed to, e.g. 10.42.0.1:53), UDP and TCP port 53.
+    pub dns: Option<(IpAddr, SocketAddr)>,
+}
+
+/// A transport protocol a Service port or hostPort uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP (the Kubernetes default).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The name nft uses (`inet_proto`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+
+    /// The API's spelling (`TCP`, `UDP`, `SCTP`; absent means TCP).
+    fn from_api(p: Option<&str>) -> Option<Self> {
+        match p {
+            None | Some("TCP") => Some(Self::Tcp),
+            Some("UDP") => Some(Self::Udp),
+            Some("SCTP") => Some(Self::Sctp),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A container port published on the node (`hostPort`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Only this node address; `None` (or 0.0.0.0) means every local address.
+    pub host_ip: Option<IpAddr>,
+    /// The port on the node.
+    pub host_port: u16,
+    /// The pod's address.
+    pub pod_ip: IpAddr,
+    /// The port in the pod.
+    pub container_port: u16,
+}
+
+/// What one [`Proxy::sync`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncStats {
+    /// It deleted and recreated the whole table.
+    pub full: bool,
+    /// How many nft commands the transaction had (0: nft was not called).
+    pub commands: usize,
+    /// Rendering, planning and running nft.
+    pub elapsed: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// The desired state
+// ---------------------------------------------------------------------------
+
+/// A verdict map of the table: its name and key type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MapDef {
+    name: &'static str,
+    key: &'static [&'static str],
+}
+
+const ADDR_KEY: &[&str] = &["ipv4_addr", "inet_proto", "inet_service"];
+const PORT_KEY: &[&str] = &["inet_proto", "inet_service"];
+const SERVICE_IPS: MapDef = MapDef {
+    name: "service-ips",
+    key: ADDR_KEY,
+};
+const SERVICE_NODEPORTS: MapDef = MapDef {
+    name: "service-nodeports",
+    key: PORT_KEY,
+};
+const NO_EP_SERVICES: MapDef = MapDef {
+    name: "no-endpoint-services",
+    key: ADDR_KEY,
+};
+const NO_EP_NODEPORTS: MapDef = MapDef {
+    name: "no-endpoint-nodeports",
+    key: PORT_KEY,
+};
+const HOSTPORT_IPS: MapDef = MapDef {
+    name: "hostport-ips",
+    key: ADDR_KEY,
+};
+const HOSTPORT_ANY: MapDef = MapDef {
+    name: "hostport-any",
+    key: PORT_KEY,
+};
+const MAPS: [MapDef; 6] = [
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    NO_EP_SERVICES,
+    NO_EP_NODEPORTS,
+    HOSTPORT_IPS,
+    HOSTPORT_ANY,
+];
+
+const REJECT_CHAIN: &str = "reject-chain";
+const DROP_CHAIN: &str = "drop-chain";
+const MARK_CHAIN: &str = "mark-for-masquerade";
+const DNS_CHAIN: &str = "cluster-dns";
+
+/// A verdict-map key: `addr . proto . port` or `proto . port`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MapKey {
+    /// For `service-ips`, `no-endpoint-services`, `hostport-ips`.
+    Addr(Ipv4Addr, Protocol, u16),
+    /// For `service-nodeports`, `no-endpoint-nodeports`, `hostport-any`.
+    Port(Protocol, u16),
+}
+
+impl fmt::Display for MapKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(a, p, n) => write!(f, "{a} . {} . {n}", p.as_str()),
+            Self::Port(p, n) => write!(f, "{} . {n}", p.as_str()),
+        }
+    }
+}
+
+/// Hook of a base chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseHook {
+    kind: NfChainType,
+    hook: NfHook,
+    prio: i32,
+}
+
+/// A chain's content.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainDef {
+    base: Option<BaseHook>,
+    rules: Vec<Vec<Statement<'static>>>,
+}
+
+/// Everything table `ip orch` should hold: chains with their rules, verdict
+/// map elements (key → target chain) and affinity sets (name → timeout).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ruleset {
+    chains: BTreeMap<String, ChainDef>,
+    maps: BTreeMap<MapDef, BTreeMap<MapKey, String>>,
+    sets: BTreeMap<String, u32>,
+}
+
+impl Ruleset {
+    /// Names of all chains, for tests and debugging.
+    pub fn chain_names(&self) -> impl Iterator<Item = &str> {
+        self.chains.keys().map(String::as_str)
+    }
+
+    /// The target chain of `key` in map `map` (e.g. `"service-ips"`).
+    #[must_use]
+    pub fn target(&self, map: &str, key: &MapKey) -> Option<&str> {
+        self.maps
+            .iter()
+            .find(|(m, _)| m.name == map)
+            .and_then(|(_, e)| e.get(key))
+            .map(String::as_str)
+    }
+
+    /// The rules of chain `name`, rendered as nft JSON, for tests.
+    #[must_use]
+    pub fn rules_json(&self, name: &str) -> Option<String> {
+        self.chains
+            .get(name)
+            .and_then(|c| serde_json::to_string(&c.rules).ok())
+    }
+
+    fn chain(&mut self, name: impl Into<String>, rules: Vec<Vec<Statement<'static>>>) {
+        self.chains
+            .insert(name.into(), ChainDef { base: None, rules });
+    }
+
+    fn base(
+        &mut self,
+        name: &str,
+        kind: NfChainType,
+        hook: NfHook,
+        prio: i32,
+        rules: Vec<Vec<Statement<'static>>>,
+    ) {
+        let base = Some(BaseHook { kind, hook, prio });
+        self.chains
+            .insert(name.to_owned(), ChainDef { base, rules });
+    }
+
+    fn element(&mut self, map: MapDef, key: MapKey, target: impl Into<String>) {
+        self.maps.entry(map).or_default().insert(key, target.into());
+    }
+}
+
+// nft expression helpers -------------------------------------------------------
+
+fn s<'a>(v: impl Into<Cow<'a, str>>) -> Expression<'a> {
+    Expression::String(v.into())
+}
+fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: name.into(),
+        },
+    )))
+}
+fn th_dport() -> Expression<'static> {
+    // `th dport`: the destination port of whatever transport header follows.
+    Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
+        base: PayloadBase::TH,
+        offset: 16,
+        len: 16,
+    })))
+}
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+fn prefix(addr: Ipv4Addr, len: u8) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(s(addr.to_string())),
+        len: u32::from(len),
+    }))
+}
+fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+fn jump(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
+    Statement::Jump(JumpTarget {
+        target: target.into(),
+    })
+}
+fn goto(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
+    Statement::Goto(JumpTarget {
+        target: target.into(),
+    })
+}
+fn goto_verdict<'a>(target: impl Into<Cow<'a, str>>) -> Expression<'a> {
+    Expression::Verdict(Verdict::Goto(JumpTarget {
+        target: target.into(),
+    }))
+}
+fn fib_daddr_local() -> Statement<'static> {
+    m(
+        Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Type,
+            flags: HashSet::from([FibFlag::Daddr]),
+        })),
+        Operator::EQ,
+        s("local"),
+    )
+}
+fn not_loopback() -> Statement<'static> {
+    m(
+        field("ip", "daddr"),
+        Operator::NEQ,
+        prefix(Ipv4Addr::new(127, 0, 0, 0), 8),
+    )
+}
+fn vmap(key: Vec<Expression<'static>>, map: &str) -> Statement<'static> {
+    Statement::VerdictMap(nftables::stmt::VerdictMap {
+        key: Expression::Named(NamedExpression::Concat(key)),
+        data: s(format!("@{map}")),
+    })
+}
+fn addr_key() -> Vec<Expression<'static>> {
+    vec![field("ip", "daddr"), meta(MetaKey::L4proto), th_dport()]
+}
+fn port_key() -> Vec<Expression<'static>> {
+    vec![meta(MetaKey::L4proto), th_dport()]
+}
+fn dnat(proto: Protocol, to: Ipv4Addr, port: u16) -> Vec<Statement<'static>> {
+    vec![
+        m(meta(MetaKey::L4proto), Operator::EQ, s(proto.as_str())),
+        Statement::DNAT(Some(NAT {
+            addr: Some(s(to.to_string())),
+            family: None,
+            port: Some(Expression::Number(u32::from(port))),
+            flags: None,
+        })),
+    ]
+}
+fn masquerade(fully_random: bool) -> Statement<'static> {
+    Statement::Masquerade(Some(NAT {
+        addr: None,
+        family: None,
+        port: None,
+        flags: fully_random.then(|| HashSet::from([NATFlag::FullyRandom])),
+    }))
+}
+fn set_mark(
+    op: fn(Expression<'static>, Expression<'static>) -> BinaryOperation<'static>,
+) -> Statement<'static> {
+    Statement::Mangle(Mangle {
+        key: meta(MetaKey::Mark),
+        value: Expression::BinaryOperation(Box::new(op(
+            meta(MetaKey::Mark),
+            Expression::Number(MASQUERADE_MARK),
+        ))),
+    })
+}
+
+/// `<prefix>-<8 hex of sha256(readable)>-<readable>`, cut to what nf_tables
+/// accepts. The hash keeps names unique when the readable part is cut.
+fn chain_name(prefix: &str, readable: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, readable.as_bytes());
+    let mut name = format!("{prefix}-");
+    for b in &digest.as_ref()[..4] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name.push('-');
+    name.push_str(readable);
+    if name.len() > MAX_NAME {
+        let mut cut = MAX_NAME;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    name
+}
+
+/// One ready endpoint of a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Ep {
+    ip: Ipv4Addr,
+    port: u16,
+    local: bool,
+}
+
+/// The static skeleton: base chains and the chains the maps hang off.
+fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
+    use NfChainType::{Filter, NAT as Nat};
+    let (cidr, len) = cfg.cluster_cidr;
+    // Priorities: dstnat = -100, srcnat = 100; the endpoint checks run just
+    // before DNAT (dstnat - 10), like kube-proxy's filter chains.
+    for (name, hook) in [
+        ("nat-prerouting", NfHook::Prerouting),
+        ("nat-output", NfHook::Output),
+    ] {
+        rs.base(
+            name,
+            Nat,
+            hook,
+            -100,
+            vec![vec![jump("services")], vec![jump("hostports")]],
+        );
+    }
+    rs.base(
+        "nat-postrouting",
+        Nat,
+        NfHook::Postrouting,
+        100,
+        vec![
+            vec![jump("masquerading")],
+            // Pods reaching outside the cluster leave with the node's address.
+            vec![
+                m(field("ip", "saddr"), Operator::EQ, prefix(cidr, len)),
+                m(field("ip", "daddr"), Operator::NEQ, prefix(cidr, len)),
+                masquerade(false),
+            ],
+        ],
+    );
+    for (name, hook) in [
+        ("filter-input", NfHook::Input),
+        ("filter-forward", NfHook::Forward),
+        ("filter-output", NfHook::Output),
+    ] {
+        let ct_new = m(
+            Expression::Named(NamedExpression::CT(nftables::expr::CT {
+                key: "state".into(),
+                family: None,
+                dir: None,
+            })),
+            Operator::IN,
+            s("new"),
+        );
+        rs.base(
+            name,
+            Filter,
+            hook,
+            -110,
+            vec![vec![ct_new, jump("service-endpoints-check")]],
+        );
+    }
+    rs.chain(
+        "service-endpoints-check",
+        vec![
+            vec![vmap(addr_key(), NO_EP_SERVICES.name)],
+            vec![
+                fib_daddr_local(),
+                not_loopback(),
+                vmap(port_key(), NO_EP_NODEPORTS.name),
+            ],
+        ],
+    );
+    rs.chain(
+        "services",
+        vec![
+            vec![vmap(addr_key(), SERVICE_IPS.name)],
+            vec![
+                fib_daddr_local(),
+                not_loopback(),
+                vmap(port_key(), SERVICE_NODEPORTS.name),
+            ],
+        ],
+    );
+    rs.chain(
+        "hostports",
+        vec![
+            vec![vmap(addr_key(), HOSTPORT_IPS.name)],
+            vec![
+                fib_daddr_local(),
+                not_loopback(),
+                vmap(port_key(), HOSTPORT_ANY.name),
+            ],
+        ],
+    );
+    rs.chain(
+        MARK_CHAIN,
+        vec![vec![set_mark(|a, b| BinaryOperation::OR(vec![a, b]))]],
+    );
+    rs.chain(
+        "masquerading",
+        vec![
+            vec![
+                m(
+                    Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                        meta(MetaKey::Mark),
+                        Expression::Number(MASQUERADE_MARK),
+                    ))),
+                    Operator::EQ,
+                    Expression::Number(0),
+                ),
+                Statement::Return(None),
+            ],
+            vec![set_mark(BinaryOperation::XOR)],
+            vec![masquerade(true)],
+        ],
+    );
+    rs.chain(REJECT_CHAIN, vec![vec![Statement::Reject(None)]]);
+    rs.chain(DROP_CHAIN, vec![vec![Statement::Drop(None)]]);
+    for map in MAPS {
+        rs.maps.entry(map).or_default();
+    }
+}
+
+/// Turn the cluster's Services and EndpointSlices and this node's hostPorts
+/// into the table's desired content. Pure; deterministic.
+#[must_use]
+pub fn render_ruleset(
+    cfg: &ProxyConfig,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    host_ports: &[HostPort],
+) -> Ruleset {
+    let mut rs = Ruleset::default();
+    skeleton(cfg, &mut rs);
+    let (cidr, cidr_len) = cfg.cluster_cidr;
+
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" {
+            continue;
+        }
+        let labels = slice.metadata.labels.as_ref();
+        let Some(svc) = labels.and_then(|l| l.get("kubernetes.io/service-name")) else {
+            continue;
+        };
+        let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
+        by_service
+            .entry((ns, svc.as_str()))
+            .or_default()
+            .push(slice);
+    }
+
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let cluster_ips: BTreeSet<Ipv4Addr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if cluster_ips.is_empty() {
+            // Headless (None) or not allocated yet (or IPv6-only for now).
+            continue;
+        }
+        let lb_ips = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_ref());
+        let external_ips: BTreeSet<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .chain(lb_ips)
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let etp_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
+        let svc_slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+
+        for port in spec.ports.iter().flatten() {
+            let Some(proto) = Protocol::from_api(port.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(svc_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let port_name = port.name.as_deref().unwrap_or_default();
+            let eps = ready_endpoints(svc_slices, port_name, proto, &cfg.node_name);
+            let label = if port_name.is_empty() {
+                svc_port.to_string()
+            } else {
+                port_name.to_owned()
+            };
+            let readable = format!("{ns}/{name}/{}/{label}", proto.as_str());
+
+            let local: Vec<Ep> = eps.iter().copied().filter(|e| e.local).collect();
+            let cluster_eps = if itp_local { &local } else { &eps };
+            let external_eps = if etp_local { &local } else { &eps };
+
+            let svc_chain = chain_name("svc", &readable);
+            for ip in &cluster_ips {
+                let key = MapKey::Addr(*ip, proto, svc_port);
+                if eps.is_empty() {
+                    rs.element(NO_EP_SERVICES, key, REJECT_CHAIN);
+                } else if cluster_eps.is_empty() {
+                    rs.element(NO_EP_SERVICES, key, DROP_CHAIN);
+                } else {
+                    rs.element(SERVICE_IPS, key, svc_chain.clone());
+                }
+            }
+            if !cluster_eps.is_empty() {
+                // Clients outside the pod network (the node itself, other
+                // hosts routed here) are masqueraded so replies come back here.
+                let mut rules = vec![vec![
+                    m(field("ip", "saddr"), Operator::NEQ, prefix(cidr, cidr_len)),
+                    jump(MARK_CHAIN),
+                ]];
+                rules.extend(dispatch(&mut rs, &readable, proto, cluster_eps, affinity));
+                rs.chain(svc_chain, rules);
+            }
+
+            let node_port = port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0);
+            if node_port.is_none() && external_ips.is_empty() {
+                continue;
+            }
+            let (ip_map, port_map, target) = if eps.is_empty() {
+                (NO_EP_SERVICES, NO_EP_NODEPORTS, REJECT_CHAIN.to_owned())
+            } else {
+                let ext_chain = chain_name("ext", &readable);
+                let rules = if etp_local {
+                    // Local: keep the client's address, and only local pods.
+                    if external_eps.is_empty() {
+                        vec![vec![Statement::Drop(None)]]
+                    } else {
+                        dispatch(&mut rs, &readable, proto, external_eps, affinity)
+                    }
+                } else {
+                    let mut r = vec![vec![jump(MARK_CHAIN)]];
+                    r.extend(dispatch(&mut rs, &readable, proto, external_eps, affinity));
+                    r
+                };
+                rs.chain(ext_chain.clone(), rules);
+                (SERVICE_IPS, SERVICE_NODEPORTS, ext_chain)
+            };
+            for ip in &external_ips {
+                rs.element(ip_map, MapKey::Addr(*ip, proto, svc_port), target.clone());
+            }
+            if let Some(np) = node_port {
+                rs.element(port_map, MapKey::Port(proto, np), target.clone());
+            }
+        }
+    }
+
+    if let Some((IpAddr::V4(dns_ip), SocketAddr::V4(listener))) = cfg.dns {
+        let mut rules = Vec::new();
+        for proto in [Protocol::Udp, Protocol::Tcp] {
+            rules.push(dnat(proto, *listener.ip(), listener.port()));
+            let key = MapKey::Addr(dns_ip, proto, 53);
+            // The node-local DNS wins over a Service holding the same IP.
+            if let Some(m) = rs.maps.get_mut(&NO_EP_SERVICES) {
+                m.remove(&key);
+            }
+            rs.element(SERVICE_IPS, key, DNS_CHAIN);
+        }
+        rs.chain(DNS_CHAIN, rules);
+    }
+
+    for hp in host_ports {
+        let IpAddr::V4(pod_ip) = hp.pod_ip else {
+            continue;
+        };
+        let host_ip = match hp.host_ip {
+            None => None,
+            Some(IpAddr::V4(ip)) if ip.is_unspecified() => None,
+            Some(IpAddr::V4(ip)) => Some(ip),
+            Some(IpAddr::V6(_)) => continue,
+        };
+        let readable = format!(
+            "{}/{}/{}",
+            hp.protocol.as_str(),
+            host_ip.map_or_else(|| "any".to_owned(), |ip| ip.to_string()),
+            hp.host_port
+        );
+        let chain = chain_name("hostport", &readable);
+        let key = match host_ip {
+            Some(ip) => MapKey::Addr(ip, hp.protocol, hp.host_port),
+            None => MapKey::Port(hp.protocol, hp.host_port),
+        };
+        rs.element(
+            if host_ip.is_some() {
+                HOSTPORT_IPS
+            } else {
+                HOSTPORT_ANY
+            },
+            key,
+            chain.clone(),
+        );
+        rs.chain(
+            chain,
+            vec![
+                vec![
+                    m(field("ip", "saddr"), Operator::EQ, s(pod_ip.to_string())),
+                    jump(MARK_CHAIN),
+                ],
+                dnat(hp.protocol, pod_ip, hp.container_port),
+            ],
+        );
+    }
+    rs
+}
+
+/// The ready IPv4 endpoints of one service port, sorted and deduplicated. The
+/// target port is the one of the slice port named like the service port.
+fn ready_endpoints(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Protocol,
+    node: &str,
+) -> Vec<Ep> {
+    let mut out = BTreeMap::new();
+    for slice in slices {
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| {
+                p.name.as_deref().unwrap_or_default() == port_name
+                    && Protocol::from_api(p.protocol.as_deref()) == Some(proto)
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            // A missing `ready` means unknown, which consumers treat as ready.
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            let Some(ip) = ep
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let local = ep.node_name.as_deref() == Some(node);
+            out.insert((ip, target), local);
+        }
+    }
+    out.into_iter()
+        .map(|((ip, port), local)| Ep { ip, port, local })
+        .collect()
+}
+
+/// Rules choosing one of `eps` (affinity first, then a random pick), and the
+/// endpoint chains (and affinity sets) they go to.
+fn dispatch(
+    rs: &mut Ruleset,
+    readable: &str,
+    proto: Protocol,
+    eps: &[Ep],
+    affinity: Option<u32>,
+) -> Vec<Vec<Statement<'static>>> {
+    let mut rules = Vec::new();
+    let mut picks = Vec::new();
+    for (i, ep) in eps.iter().enumerate() {
+        let ep_readable = format!("{readable}__{}/{}", ep.ip, ep.port);
+        let ep_chain = chain_name("ep", &ep_readable);
+        let mut ep_rules = vec![vec![
+            // Hairpin: a pod reaching itself through its Service.
+            m(field("ip", "saddr"), Operator::EQ, s(ep.ip.to_string())),
+            jump(MARK_CHAIN),
+        ]];
+        if let Some(timeout) = affinity {
+            // The timeout is part of the name: a set's timeout cannot change.
+            let set = chain_name("affinity", &format!("{ep_readable}/{timeout}"));
+            rules.push(vec![
+                m(field("ip", "saddr"), Operator::EQ, s(format!("@{set}"))),
+                goto(ep_chain.clone()),
+            ]);
+            ep_rules.push(vec![Statement::Set(nftables::stmt::Set {
+                op: SetOp::Update,
+                elem: field("ip", "saddr"),
+                set: format!("@{set}").into(),
+            })]);
+            rs.sets.insert(set, timeout);
+        }
+        ep_rules.push(dnat(proto, ep.ip, ep.port));
+        let n = u32::try_from(i).expect("fewer than 2^32 endpoints");
+        picks.push(SetItem::Mapping(
+            Expression::Number(n),
+            goto_verdict(ep_chain.clone()),
+        ));
+        rs.chains.entry(ep_chain).or_insert(ChainDef {
+            base: None,
+            rules: ep_rules,
+        });
+    }
+    rules.push(vec![Statement::VerdictMap(nftables::stmt::VerdictMap {
+        key: Expression::Named(NamedExpression::Numgen(Numgen {
+            mode: NgMode::Random,
+            ng_mod: u32::try_from(eps.len()).expect("fewer than 2^32 endpoints"),
+            offset: None,
+        })),
+        data: Expression::Named(NamedExpression::Set(picks)),
+    })]);
+    rules
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------
+
+/// One nft command of a transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cmd {
+    /// `add table ip orch`.
+    AddTable,
+    /// `delete table ip orch`.
+    DeleteTable,
+    /// Declare a verdict map.
+    AddMap(MapDef),
+    /// Declare an affinity set (name, timeout in seconds).
+    AddSet(String, u32),
+    /// Delete an affinity set.
+    DeleteSet(String),
+    /// Declare a chain (base chains with their hook).
+    AddChain(String, Option<BaseHook>),
+    /// Remove every rule of a chain.
+    FlushChain(String),
+    /// Delete an (empty, unreferenced) chain.
+    DeleteChain(String),
+    /// Append a rule.
+    AddRule(String, Vec<Statement<'static>>),
+    /// Add map elements (key → goto chain).
+    AddElements(MapDef, Vec<(MapKey, String)>),
+    /// Delete map elements by key.
+    DeleteElements(MapDef, Vec<MapKey>),
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AddTable => write!(f, "add table"),
+            Self::DeleteTable => write!(f, "delete table"),
+            Self::AddMap(m) => write!(f, "add map {}", m.name),
+            Self::AddSet(n, t) => write!(f, "add set {n} timeout {t}"),
+            Self::DeleteSet(n) => write!(f, "delete set {n}"),
+            Self::AddChain(n, _) => write!(f, "add chain {n}"),
+            Self::FlushChain(n) => write!(f, "flush chain {n}"),
+            Self::DeleteChain(n) => write!(f, "delete chain {n}"),
+            Self::AddRule(n, _) => write!(f, "add rule {n}"),
+            Self::AddElements(m, e) => {
+                write!(f, "add element {}", m.name)?;
+                for (k, v) in e {
+                    write!(f, " {{ {k} : goto {v} }}")?;
+                }
+                Ok(())
+            }
+            Self::DeleteElements(m, e) => {
+                write!(f, "delete element {}", m.name)?;
+                for k in e {
+                    write!(f, " {{ {k} }}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn key_expr<'a>(k: &MapKey) -> Expression<'a> {
+    let parts = match k {
+        MapKey::Addr(a, p, n) => vec![
+            s(a.to_string()),
+            s(p.as_str()),
+            Expression::Number(u32::from(*n)),
+        ],
+        MapKey::Port(p, n) => vec![s(p.as_str()), Expression::Number(u32::from(*n))],
+    };
+    Expression::Named(NamedExpression::Concat(parts))
+}
+
+impl Cmd {
+    /// The command as nft JSON. Maps are written by hand: the nftables crate's
+    /// `SetType` has no `verdict`, so a verdict map cannot be declared with it.
+    fn to_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let table = || Cow::Borrowed(TABLE);
+        let chain = |name: &str, base: Option<BaseHook>| Chain {
+            family: NfFamily::IP,
+            table: table(),
+            name: Cow::Owned(name.to_owned()),
+            _type: base.map(|b| b.kind),
+            hook: base.map(|b| b.hook),
+            prio: base.map(|b| b.prio),
+            policy: base.map(|_| NfChainPolicy::Accept),
+            ..Chain::default()
+        };
+        let set = |name: &str, timeout: Option<u32>| Set {
+            family: NfFamily::IP,
+            table: table(),
+            name: Cow::Owned(name.to_owned()),
+            flags: timeout.map(|_| HashSet::from([SetFlag::Timeout])),
+            timeout,
+            ..Set::default()
+        };
+        let cmd = match self {
+            Self::AddTable | Self::DeleteTable => {
+                let t = NfListObject::Table(Table {
+                    family: NfFamily::IP,
+                    name: table(),
+                    handle: None,
+                });
+                if *self == Self::AddTable {
+                    NfCmd::Add(t)
+                } else {
+                    NfCmd::Delete(t)
+                }
+            }
+            Self::AddMap(m) => {
+                let v = serde_json::json!({"add": {"map": {
+                    "family": "ip", "table": TABLE, "name": m.name, "type": m.key, "map": "verdict"
+                }}});
+                return serde_json::to_writer(out, &v);
+            }
+            Self::AddSet(n, t) => NfCmd::Add(NfListObject::Set(Box::new(set(n, Some(*t))))),
+            Self::DeleteSet(n) => NfCmd::Delete(NfListObject::Set(Box::new(set(n, None)))),
+            Self::AddChain(n, b) => NfCmd::Add(NfListObject::Chain(chain(n, *b))),
+            Self::FlushChain(n) => NfCmd::Flush(FlushObject::Chain(chain(n, None))),
+            Self::DeleteChain(n) => NfCmd::Delete(NfListObject::Chain(chain(n, None))),
+            Self::AddRule(n, expr) => NfCmd::Add(NfListObject::Rule(nftables::schema::Rule {
+                family: NfFamily::IP,
+                table: table(),
+                chain: Cow::Owned(n.clone()),
+                expr: Cow::Borrowed(expr.as_slice()),
+                handle: None,
+                index: None,
+                comment: None,
+            })),
+            Self::AddElements(m, elems) => NfCmd::Add(NfListObject::Element(Element {
+                family: NfFamily::IP,
+                table: table(),
+                name: m.name.into(),
+                elem: elems
+                    .iter()
+                    .map(|(k, v)| Expression::List(vec![key_expr(k), goto_verdict(v.clone())]))
+                    .collect(),
+            })),
+            Self::DeleteElements(m, keys) => NfCmd::Delete(NfListObject::Element(Element {
+                family: NfFamily::IP,
+                table: table(),
+                name: m.name.into(),
+                elem: keys.iter().map(key_expr).collect(),
+            })),
+        };
+        serde_json::to_writer(out, &cmd)
+    }
+}
+
+/// Commands that replace table `ip orch` by `rs` in one transaction.
+#[must_use]
+pub fn plan_full(rs: &Ruleset) -> Vec<Cmd> {
+    // `add` first so that `delete` cannot fail when the table is absent.
+    let mut cmds = vec![Cmd::AddTable, Cmd::DeleteTable, Cmd::AddTable];
+    cmds.extend(rs.maps.keys().map(|m| Cmd::AddMap(*m)));
+    cmds.extend(rs.sets.iter().map(|(n, t)| Cmd::AddSet(n.clone(), *t)));
+    // Every chain exists before any rule or element can point at it.
+    cmds.extend(
+        rs.chains
+            .iter()
+            .map(|(n, c)| Cmd::AddChain(n.clone(), c.base)),
+    );
+    for (name, chain) in &rs.chains {
+        cmds.extend(
+            chain
+                .rules
+                .iter()
+                .map(|r| Cmd::AddRule(name.clone(), r.clone())),
+        );
+    }
+    for (map, elems) in &rs.maps {
+        if !elems.is_empty() {
+            cmds.push(Cmd::AddElements(
+                *map,
+                elems.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            ));
+        }
+    }
+    cmds
+}
+
+/// Chains and sets that were flushed/unused and wait to be deleted (since when).
+#[derive(Clone, Debug, Default)]
+pub struct Stale {
+    chains: BTreeMap<String, Instant>,
+    sets: BTreeMap<String, Instant>,
+}
+
+/// Commands that bring the kernel from `applied` (plus the `stale` objects it
+/// still holds) to `desired`; `stale` is updated to what is left afterwards.
+/// Unchanged chains are not touched; map elements are diffs.
+#[must_use]
+pub fn plan_update(
+    applied: &Ruleset,
+    desired: &Ruleset,
+    stale: &mut Stale,
+    now: Instant,
+    delay: Duration,
+) -> Vec<Cmd> {
+    let mut cmds = Vec::new();
+    for (name, timeout) in &desired.sets {
+        if !applied.sets.contains_key(name) && stale.sets.remove(name).is_none() {
+            cmds.push(Cmd::AddSet(name.clone(), *timeout));
+        }
+    }
+    let mut refill = Vec::new();
+    for (name, chain) in &desired.chains {
+        match applied.chains.get(name) {
+            Some(old) if old == chain => continue,
+            Some(_) => cmds.push(Cmd::FlushChain(name.clone())),
+            // Flushed earlier but not deleted yet: it exists and is empty.
+            None if stale.chains.remove(name).is_some() => {}
+            None => cmds.push(Cmd::AddChain(name.clone(), chain.base)),
+        }
+        refill.push((name, chain));
+    }
+    for (name, chain) in refill {
+        cmds.extend(
+            chain
+                .rules
+                .iter()
+                .map(|r| Cmd::AddRule(name.clone(), r.clone())),
+        );
+    }
+    let empty = BTreeMap::new();
+    for map in MAPS {
+        let old = applied.maps.get(&map).unwrap_or(&empty);
+        let new = desired.maps.get(&map).unwrap_or(&empty);
+        let gone: Vec<MapKey> = old
+            .iter()
+            .filter(|(k, v)| new.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let added: Vec<(MapKey, String)> = new
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !gone.is_empty() {
+            cmds.push(Cmd::DeleteElements(map, gone));
+        }
+        if !added.is_empty() {
+            cmds.push(Cmd::AddElements(map, added));
+        }
+    }
+    // Delete what has been stale long enough, then retire what became stale now.
+    let ripe: Vec<String> = stale
+        .chains
+        .iter()
+        .filter(|(_, t)| now.saturating_duration_since(**t) >= delay)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in ripe {
+        stale.chains.remove(&name);
+        cmds.push(Cmd::DeleteChain(name));
+    }
+    let ripe: Vec<String> = stale
+        .sets
+        .iter()
+        .filter(|(_, t)| now.saturating_duration_since(**t) >= delay)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in ripe {
+        stale.sets.remove(&name);
+        cmds.push(Cmd::DeleteSet(name));
+    }
+    for name in applied
+        .chains
+        .keys()
+        .filter(|n| !desired.chains.contains_key(*n))
+    {
+        cmds.push(Cmd::FlushChain(name.clone()));
+        stale.chains.insert(name.clone(), now);
+    }
+    for name in applied
+        .sets
+        .keys()
+        .filter(|n| !desired.sets.contains_key(*n))
+    {
+        stale.sets.insert(name.clone(), now);
+    }
+    cmds
+}
+
+/// Run `cmds` as one `nft -j -f -` transaction.
+fn run_nft(kind: &'static str, cmds: &[Cmd]) -> Result<(), Error> {
+    let mut payload = Vec::with_capacity(cmds.len() * 200);
+    payload.extend_from_slice(b"{\"nftables\":[");
+    for (i, cmd) in cmds.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        cmd.to_json(&mut payload)?;
+    }
+    payload.extend_from_slice(b"]}");
+    exec_nft(&payload).map_err(|stderr| {
+        let mut lines: Vec<String> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(4)
+            .map(str::to_owned)
+            .collect();
+        // JSON errors name the command by index; say which one that was.
+        if let Some(i) = stderr
+            .split("at index ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|i| *i < cmds.len())
+        {
+            let mut what = cmds[i].to_string();
+            what.truncate(200);
+            lines.push(format!("(command {i}: {what})"));
+        }
+        Error::Rejected {
+            kind,
+            commands: cmds.len(),
+            stderr: lines.join("; "),
+        }
+    })?
+}
+
+/// Feed `payload` to `nft -j -f -`. The outer error is nft's stderr.
+///
+/// Not `nftables::helper::apply_ruleset`: it lets nft's stderr go to ours,
+/// and our error message needs it.
+fn exec_nft(payload: &[u8]) -> Result<Result<(), Error>, String> {
+    let mut child = match Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(Error::Spawn(e))),
+    };
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    // nft reads all of its input before it reports, so this cannot deadlock.
+    let written = stdin.write_all(payload);
+    drop(stdin);
+    let out = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(Error::Spawn(e))),
+    };
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(written.map_err(Error::Spawn))
+}
+
+/// The service proxy of one node: remembers what it last applied so each
+/// sync sends only the difference.
+///
+/// ```no_run
+/// # use orch::net::proxy::{Proxy, ProxyConfig};
+/// let mut proxy = Proxy::new(ProxyConfig {
+///     node_name: "node-1".into(),
+///     node_ips: vec!["192.168.1.10".parse().unwrap()],
+///     cluster_cidr: ("10.42.0.0".parse().unwrap(), 16),
+///     dns: Some(("10.43.0.10".parse().unwrap(), "10.42.0.1:53".parse().unwrap())),
+/// });
+/// // On every change of the Service/EndpointSlice cache, from a blocking thread:
+/// let stats = proxy.sync(&[], &[], &[]).expect("nft works");
+/// assert!(stats.full);
+/// ```
+pub struct Proxy {
+    cfg: ProxyConfig,
+    /// What the kernel holds, or `None` when unknown (start, after an error).
+    applied: Option<Ruleset>,
+    stale: Stale,
+    stale_delay: Duration,
+}
+
+impl Proxy {
+    /// A proxy that has applied nothing yet: its first sync is a full resync.
+    #[must_use]
+    pub fn new(cfg: ProxyConfig) -> Self {
+        Self {
+            cfg,
+            applied: None,
+            stale: Stale::default(),
+            stale_delay: STALE_CHAIN_DELAY,
+        }
+    }
+
+    /// Bring table `ip orch` to the state `services`, `slices` and
+    /// `host_ports` ask for, in one atomic nft transaction: a full resync
+    /// (delete and recreate the table) the first time and after any error,
+    /// otherwise only what changed. Blocks while `nft` runs.
+    ///
+    /// # Errors
+    /// `nft` is missing or rejected the transaction; the kernel keeps its
+    /// previous rules and the next sync is a full resync.
+    pub fn sync(
+        &mut self,
+        services: &[Service],
+        slices: &[EndpointSlice],
+        host_ports: &[HostPort],
+    ) -> Result<SyncStats, Error> {
+        let start = Instant::now();
+        let desired = render_ruleset(&self.cfg, services, slices, host_ports);
+        let mut stale = self.stale.clone();
+        let (cmds, full) = match &self.applied {
+            None => {
+                stale = Stale::default();
+                (plan_full(&desired), true)
+            }
+            Some(applied) => (
+                plan_update(applied, &desired, &mut stale, start, self.stale_delay),
+                false,
+            ),
+        };
+        if !cmds.is_empty() {
+            if let Err(e) = run_nft(if full { "full resync" } else { "update" }, &cmds) {
+                self.applied = None;
+                return Err(e);
+            }
+        }
+        tracing::debug!(full, commands = cmds.len(), "service proxy synced");
+        self.applied = Some(desired);
+        self.stale = stale;
+        Ok(SyncStats {
+            full,
+            commands: cmds.len(),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    /// The node-level settings this proxy was made with.
+    #[must_use]
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+}
+
+/// Delete orch's tables (`ip`, `ip6` and `inet` `orch`) if present, in one
+/// transaction; no other table is touched. For `orch agent --cleanup` and
+/// uninstall.
+///
+/// # Errors
+/// `nft` is missing or failed.
+pub fn cleanup() -> Result<(), Error> {
+    let mut batch = nftables::batch::Batch::new();
+    for family in [NfFamily::IP, NfFamily::IP6, NfFamily::INet] {
+        let table = || {
+            NfListObject::Table(Table {
+                family,
+                name: TABLE.into(),
+                handle: None,
+            })
+        };
+        // `add` then `delete`: an absent table is not an error.
+        batch.add(table());
+        batch.delete(table());
+    }
+    let payload = serde_json::to_vec(&batch.to_nftables())?;
+    exec_nft(&payload).map_err(|stderr| Error::Rejected {
+        kind: "cleanup",
+        commands: 6,
+        stderr: stderr.trim().replace('\n', "; "),
+    })?
+}
+
+#[cfg(test)]
+mod tests;
