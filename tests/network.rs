@@ -134,8 +134,8 @@ struct Lan {
 }
 
 impl Lan {
-    fn new() -> Self {
-        let switch = Netns::new("sw");
+    fn new(tag: &str) -> Self {
+        let switch = Netns::new(tag);
         ip(&["-n", &switch.0, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &switch.0, "link", "set", "br0", "up"]);
         Lan { switch }
@@ -238,7 +238,7 @@ fn pod_ip(server: &support::TestServer, name: &str) -> String {
 
 #[test]
 fn pods_services_and_names_work_across_nodes() {
-    let lan = Lan::new();
+    let lan = Lan::new("sw");
     let srv = lan.machine("srv", 1);
     let (n1, n2) = (lan.machine("n1", 11), lan.machine("n2", 12));
     let _client_host = lan.machine("cl", 100);
@@ -309,5 +309,329 @@ fn pods_services_and_names_work_across_nodes() {
         "web-2"
     );
     assert!(ip_in(&n1, &["-d", "link", "show", "orch-vxlan"]).contains("vxlan id 1"));
+
+    // A Service in front of both (NodePort), and a headless one.
+    let services = server.write("services.yaml", SERVICES);
+    server.ok("1.33", &["apply", "-f", services.to_str().unwrap()]);
+    let svc = server.wait_json(&["get", "svc", "web"], 10, "a ClusterIP", |s| {
+        s["spec"]["clusterIP"].is_string()
+    });
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    // ClusterIP → endpoints on both nodes, chosen at random.
+    let mut hits = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for _ in 0..40 {
+        match fetch(&server, &format!("http://{cluster_ip}/")) {
+            Ok(page) => *hits.entry(page).or_default() += 1,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "ClusterIP: {e}"),
+        }
+    }
+    eprintln!("hits per endpoint through {cluster_ip}: {hits:?}");
+    assert!(hits.get("web-1").is_some_and(|n| *n > 0), "{hits:?}");
+    assert!(hits.get("web-2").is_some_and(|n| *n > 0), "{hits:?}");
+
+    // By name, through the cluster DNS.
+    let answer = server.ok(
+        "1.33",
+        &[
+            "exec",
+            "client",
+            "--",
+            "busybox",
+            "nslookup",
+            "web.default.svc.cluster.local",
+        ],
+    );
+    assert!(answer.contains(&cluster_ip), "{answer}");
+    let page = fetch(&server, "http://web/").unwrap();
+    assert!(page == "web-1" || page == "web-2", "{page}");
+    let answer = server.ok(
+        "1.33",
+        &[
+            "exec",
+            "client",
+            "--",
+            "busybox",
+            "nslookup",
+            // busybox's nslookup tries every search domain and fails if
+            // any says NXDOMAIN, so the full name.
+            "web-headless.default.svc.cluster.local",
+        ],
+    );
+    assert!(
+        answer.contains(&ip1) && answer.contains(&ip2),
+        "headless lists both pods: {answer}"
+    );
+
+    // The API through the `kubernetes` Service, from inside a pod.
+    let uid = server.ok(
+        "1.33",
+        &["get", "pod", "client", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let client_netns = dir.path().join("n1/run/netns").join(&uid);
+    in_netns(&client_netns, || {
+        TcpStream::connect_timeout(&"10.43.0.1:443".parse().unwrap(), Duration::from_secs(3))
+    })
+    .expect("a pod reaches the API server at the kubernetes Service's ClusterIP");
+
+    // NodePort, from a host outside the cluster, on either node.
+    for node_ip in [
+        Ipv4Addr::new(192, 168, 77, 11),
+        Ipv4Addr::new(192, 168, 77, 12),
+    ] {
+        let page = in_netns(&_client_host.path(), || {
+            http_get(SocketAddr::from((node_ip, 30080)))
+        })
+        .unwrap_or_else(|e| panic!("NodePort on {node_ip}: {e}"));
+        assert!(
+            page.ends_with("web-1\n") || page.ends_with("web-2\n"),
+            "{page}"
+        );
+    }
+
+    // A deleted pod leaves the Service's rules within a second.
+    let t = std::time::Instant::now();
+    server.ok("1.33", &["delete", "pod", "web-2", "--wait=false"]);
+    loop {
+        // Its endpoint chain, emptied, stays a second before it is
+        // deleted; nothing may lead to it.
+        let rules = nft_rules(&n1);
+        if !rules
+            .lines()
+            .any(|l| l.contains(&ip2) && !l.trim_start().starts_with("chain "))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "web-2 ({ip2}) still in n1's rules after 1 s:\n{rules}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "web-2 left the service rules {:?} after its delete",
+        t.elapsed()
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            fetch(&server, &format!("http://{cluster_ip}/")).unwrap(),
+            "web-1"
+        );
+    }
+
+    // The agent of n1 restarts (kill -9): established pod networking stays,
+    // and the pods keep their addresses.
+    let _ = agents[0].child.kill();
+    let _ = agents[0].child.wait();
+    for to in [
+        SocketAddr::from((ip1.parse::<Ipv4Addr>().unwrap(), 8080)),
+        SocketAddr::from((cluster_ip.parse::<Ipv4Addr>().unwrap(), 80)),
+    ] {
+        let page = in_netns(&client_netns, || http_get(to))
+            .unwrap_or_else(|e| panic!("{to} with n1's agent down: {e}"));
+        assert!(page.ends_with("web-1\n"), "{page}");
+    }
+    agents[0].child = support::agents::Agent::spawn(&agents[0].netns, &agents[0].args);
+    server.wait_json(
+        &["get", "node", "n1"],
+        30,
+        "n1 Ready again",
+        support::agents::is_ready,
+    );
+    assert_eq!(pod_ip(&server, "web-1"), ip1);
+    assert_eq!(
+        fetch(&server, &format!("http://{cluster_ip}/")).unwrap(),
+        "web-1"
+    );
+
+    // n2 leaves: the other node drops its route within seconds; it
+    // rejoins and its new pods are reachable again.
+    let n2_cidr = server.ok(
+        "1.33",
+        &["get", "node", "n2", "-o", "jsonpath={.spec.podCIDR}"],
+    );
+    let n2_agent = agents.pop().unwrap();
+    drop(n2_agent);
+    server.ok("1.33", &["delete", "node", "n2"]);
+    wait_for(10, "n1 drops the route to n2's pods", || {
+        !ip_in(&n1, &["route"]).contains(&n2_cidr)
+    });
+    let d = dir.path().join("n2"); // the image is imported already
+    let (data, run, logs) = (d.join("agent"), d.join("run"), d.join("logs"));
+    agents.push(support::agents::Agent::start_as(
+        &server,
+        &n2,
+        &data,
+        &run,
+        &logs,
+        "net-n2",
+        "n2",
+        &token,
+        &["--node-ip", "192.168.77.12"],
+    ));
+    server.wait_json(
+        &["get", "node", "n2"],
+        60,
+        "n2 Ready again",
+        support::agents::is_ready,
+    );
+    let n2_cidr = server.ok(
+        "1.33",
+        &["get", "node", "n2", "-o", "jsonpath={.spec.podCIDR}"],
+    );
+    wait_for(10, "n1 routes to n2's pods again", || {
+        ip_in(&n1, &["route"]).contains(&n2_cidr)
+    });
+    let manifest = server.write("web-3.yaml", &web("web-3", "n2"));
+    server.ok("1.33", &["apply", "-f", manifest.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/web-3",
+            "--timeout=60s",
+        ],
+    );
+    let ip3 = pod_ip(&server, "web-3");
+    assert_eq!(
+        fetch(&server, &format!("http://{ip3}:8080/")).unwrap(),
+        "web-3"
+    );
+    // Deleted pods give back their links and addresses.
+    server.ok("1.33", &["delete", "pod", "--all", "--wait=false"]);
+    server.wait_json(&["get", "pods"], 60, "no pods left", |v| {
+        v["items"].as_array().is_some_and(Vec::is_empty)
+    });
+    for (node, name) in [(&n1, "n1"), (&n2, "n2")] {
+        wait_for(10, "the pods' veths are gone", || {
+            !ip_in(node, &["link"]).contains("veth")
+        });
+        let ipam = dir.path().join(name).join("agent/net/ipam");
+        let held: Vec<String> = std::fs::read_dir(&ipam)
+            .unwrap()
+            .flatten()
+            .flat_map(|cidr| std::fs::read_dir(cidr.path()).unwrap().flatten())
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "last")
+            .collect();
+        assert!(held.is_empty(), "{name} still holds addresses {held:?}");
+    }
     drop(agents);
+}
+
+#[test]
+fn host_gw_routes_pods_between_nodes_on_one_segment() {
+    let lan = Lan::new("gsw");
+    let srv = lan.machine("gsrv", 1);
+    let (n1, n2) = (lan.machine("g1", 11), lan.machine("g2", 12));
+    let server = support::TestServer::start_in_netns(
+        &srv.0,
+        &[
+            "--bind-address",
+            "192.168.77.1",
+            "--flannel-backend",
+            "host-gw",
+        ],
+    );
+    let token = server.dir.path().join("server/token");
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for (name, ns, ip) in [("n1", &n1, "192.168.77.11"), ("n2", &n2, "192.168.77.12")] {
+        let (data, run, logs) = support::agents::agent_dirs(&dir.path().join(name));
+        agents.push(support::agents::Agent::start_as(
+            &server,
+            ns,
+            &data,
+            &run,
+            &logs,
+            &format!("gw-{name}"),
+            name,
+            &token,
+            &["--node-ip", ip, "--flannel-backend", "host-gw"],
+        ));
+    }
+    let web = |name: &str, node: &str| WEB.replace("NAME", name).replace("NODE", node);
+    let manifest = server.write(
+        "pods.yaml",
+        &format!("{}\n---\n{}", web("web-2", "n2"), CLIENT),
+    );
+    server.ok("1.33", &["apply", "-f", manifest.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/web-2",
+            "pod/client",
+            "--timeout=90s",
+        ],
+    );
+    let ip2 = pod_ip(&server, "web-2");
+    assert_eq!(
+        fetch(&server, &format!("http://{ip2}:8080/")).unwrap(),
+        "web-2"
+    );
+    // A plain route via the other node, no VXLAN device.
+    let cidr2 = server.ok(
+        "1.33",
+        &["get", "node", "n2", "-o", "jsonpath={.spec.podCIDR}"],
+    );
+    let routes = ip_in(&n1, &["route"]);
+    assert!(
+        routes.contains(&format!("{cidr2} via 192.168.77.12 dev eth0")),
+        "{routes}"
+    );
+    assert!(ip_in(&n1, &["link"]).find("orch-vxlan").is_none());
+    server.ok("1.33", &["delete", "pod", "--all", "--wait=false"]);
+    drop(agents);
+}
+
+const SERVICES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 8080}]
+";
+
+/// One HTTP/1.0 GET; the whole answer.
+fn http_get(to: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The service proxy's rules on a node.
+fn nft_rules(node: &Netns) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", node.path().display()))
+        .args(["nft", "list", "table", "ip", "orch"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(secs: u64, what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod services;
 pub mod simulate;
 pub mod tunnel;
 pub mod volumes;
@@ -126,7 +127,32 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         cfg.node.name.clone(),
         overlay,
     ));
-    let (host_ports, _) = tokio::sync::watch::channel(pods::HostPorts::default());
+    let (host_ports, host_ports_rx) = tokio::sync::watch::channel(pods::HostPorts::default());
+    let cluster_dns: std::net::IpAddr = cfg.cluster_dns.parse().map_err(|_| {
+        Error::Runtime(format!(
+            "--cluster-dns {:?} is not an IP address",
+            cfg.cluster_dns
+        ))
+    })?;
+    let dns_listen = services::dns_listener(pod_network.ipam.gateway());
+    let dns = match services::start_dns(dns_listen, &cfg.cluster_domain, cluster_dns).await {
+        Ok(dns) => Some(dns),
+        Err(e) => {
+            tracing::warn!("{e}; pods will not resolve cluster names on this node");
+            None
+        }
+    };
+    let services = tokio::spawn(services::run(
+        client.clone(),
+        crate::net::proxy::ProxyConfig {
+            node_name: cfg.node.name.clone(),
+            node_ips: vec![cfg.node.ip],
+            cluster_cidr: cfg.network.cluster_cidr,
+            dns: Some((cluster_dns, dns_listen)),
+        },
+        dns,
+        host_ports_rx,
+    ));
     let kubelet = Arc::new(pods::Kubelet {
         client: client.clone(),
         node: cfg.node.name.clone(),
@@ -162,6 +188,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
     tunnel.abort();
     image_gc.abort();
     overlay.abort();
+    services.abort();
     Ok(())
 }
 

@@ -70,7 +70,7 @@ pub struct Kubelet {
 }
 
 /// The host ports of this node's pods, by pod UID.
-pub type HostPorts = Arc<std::collections::BTreeMap<String, Vec<crate::net::HostPort>>>;
+pub type HostPorts = Arc<std::collections::BTreeMap<String, Vec<crate::net::proxy::HostPort>>>;
 
 /// How many pods set up and start their first container at once: two per
 /// CPU (the work is mostly CPU: namespaces, mounts, clones).
@@ -591,7 +591,7 @@ async fn ensure_shim(
 }
 
 /// The `hostPort` mappings of a pod's containers to its address.
-fn host_ports(pod: &Value, ip: std::net::Ipv4Addr) -> Vec<crate::net::HostPort> {
+fn host_ports(pod: &Value, ip: std::net::Ipv4Addr) -> Vec<crate::net::proxy::HostPort> {
     let mut out = Vec::new();
     for c in ["initContainers", "containers"]
         .iter()
@@ -609,8 +609,14 @@ fn host_ports(pod: &Value, ip: std::net::Ipv4Addr) -> Vec<crate::net::HostPort> 
             if host_port == 0 {
                 continue;
             }
-            out.push(crate::net::HostPort {
-                protocol: p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+            use crate::net::proxy::Protocol;
+            let protocol = match p["protocol"].as_str() {
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            out.push(crate::net::proxy::HostPort {
+                protocol,
                 host_ip: p["hostIP"].as_str().and_then(|s| s.parse().ok()),
                 host_port,
                 pod_ip: std::net::IpAddr::V4(ip),

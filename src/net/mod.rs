@@ -6,18 +6,9 @@ pub mod ipam;
 pub mod netlink;
 pub mod overlay;
 pub mod pod;
-
-/// A container port a pod asked to have on the node (`hostPort`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    /// TCP, UDP or SCTP.
-    pub protocol: String,
-    /// Only this node address (`hostIP`), or all of them.
-    pub host_ip: Option<std::net::IpAddr>,
-    pub host_port: u16,
-    pub pod_ip: std::net::IpAddr,
-    pub container_port: u16,
-}
+pub mod proxy;
+#[doc(hidden)]
+pub mod testns;
 
 /// Does nftables work here: is `nft` installed, and does the kernel answer
 /// `nft list tables`? The service proxy programs its rules through it.
@@ -44,7 +35,3 @@ pub fn nftables_works() -> Result<(), String> {
         )),
     }
 }
-
-pub mod proxy;
-#[doc(hidden)]
-pub mod testns;

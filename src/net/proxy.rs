@@ -1267,11 +1267,11 @@ impl Proxy {
                 false,
             ),
         };
-        if !cmds.is_empty() {
-            if let Err(e) = run_nft(if full { "full resync" } else { "update" }, &cmds) {
-                self.applied = None;
-                return Err(e);
-            }
+        if !cmds.is_empty()
+            && let Err(e) = run_nft(if full { "full resync" } else { "update" }, &cmds)
+        {
+            self.applied = None;
+            return Err(e);
         }
         tracing::debug!(full, commands = cmds.len(), "service proxy synced");
         self.applied = Some(desired);

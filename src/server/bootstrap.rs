@@ -64,26 +64,64 @@ pub async fn ensure(registry: &Registry, advertise: IpAddr, port: u16) -> Result
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
     });
-    let ep_res = registry
-        .resource("", "endpoints")
-        .expect("endpoints are in the catalog")
+    ensure_matches(registry, "", "endpoints", endpoints, "subsets").await?;
+    // The same as an EndpointSlice: what service proxies read (the
+    // endpoints controller leaves selector-less Services alone).
+    let slice = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {
+            "kubernetes.io/service-name": "kubernetes",
+            "endpointslice.kubernetes.io/managed-by": "orch-apiserver",
+        }},
+        "addressType": if advertise.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [advertise.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    ensure_matches(
+        registry,
+        "discovery.k8s.io",
+        "endpointslices",
+        slice,
+        "endpoints",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Create `desired` in `default`, or replace the stored one when its
+/// `field` (or `ports`) differs (the server's address or port changed).
+async fn ensure_matches(
+    registry: &Registry,
+    group: &str,
+    resource: &str,
+    desired: Value,
+    field: &str,
+) -> Result<(), ApiError> {
+    let res = registry
+        .resource(group, resource)
+        .expect("bootstrap resources are in the catalog")
         .clone();
-    match registry.get(&ep_res, Some("default"), "kubernetes").await {
-        Ok(current) if current.get("subsets") == endpoints.get("subsets") => {}
+    let name = desired["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match registry.get(&res, Some("default"), &name).await {
+        Ok(current)
+            if current.get(field) == desired.get(field)
+                && current.get("ports") == desired.get("ports") => {}
         Ok(_) => {
             registry
                 .update(
-                    &ep_res,
+                    &res,
                     Some("default"),
-                    "kubernetes",
-                    endpoints,
+                    &name,
+                    desired,
                     None,
                     &WriteOptions::default(),
                 )
                 .await?;
         }
         Err(e) if e.code == 404 => {
-            create_if_missing(registry, "endpoints", "", Some("default"), endpoints).await?
+            create_if_missing(registry, resource, group, Some("default"), desired).await?
         }
         Err(e) => return Err(e),
     }

@@ -155,10 +155,6 @@ pub async fn run_with(
     let registry = registry::Registry::new(store.clone(), config.service_ranges, config.admission)
         .await
         .map_err(Error::Api)?;
-    bootstrap::ensure(&registry, config.advertise_address, config.listen.port())
-        .await
-        .map_err(Error::Api)?;
-
     let (control, mut control_tasks) = controllers::start(
         registry.clone(),
         controllers::Config {
@@ -179,6 +175,11 @@ pub async fn run_with(
         addr: config.listen,
         err,
     })?;
+    // The `kubernetes` Service's endpoint is the port really listened on
+    // (`--https-listen-port 0` picks one).
+    bootstrap::ensure(&registry, config.advertise_address, local.port())
+        .await
+        .map_err(Error::Api)?;
     let host = if config.listen.ip().is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
