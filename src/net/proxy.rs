@@ -82,6 +82,7 @@ pub struct ProxyConfig {
     /// This node's name: endpoints with this `nodeName` are local.
     pub node_name: String,
     /// Addresses NodePorts and LoadBalancer ingress are served on (this node's IPs).
+    /// Not read yet: NodePorts match every local address (`fib daddr type local`).
     pub node_ips: Vec<IpAddr>,
     /// The pods' CIDR of the whole cluster, e.g. 10.42.0.0/16 (as (network, prefix)).
     pub cluster_cidr: (Ipv4Addr, u8),
@@ -1138,8 +1139,11 @@ pub fn plan_update(
     cmds
 }
 
-/// Run `cmds` as one `nft -j -f -` transaction.
-fn run_nft(kind: &'static str, cmds: &[Cmd]) -> Result<(), Error> {
+/// The nft JSON document of one transaction (what `nft -j -f -` reads).
+///
+/// # Errors
+/// Serialisation failed (a bug).
+pub fn encode(cmds: &[Cmd]) -> Result<Vec<u8>, Error> {
     let mut payload = Vec::with_capacity(cmds.len() * 200);
     payload.extend_from_slice(b"{\"nftables\":[");
     for (i, cmd) in cmds.iter().enumerate() {
@@ -1149,6 +1153,12 @@ fn run_nft(kind: &'static str, cmds: &[Cmd]) -> Result<(), Error> {
         cmd.to_json(&mut payload)?;
     }
     payload.extend_from_slice(b"]}");
+    Ok(payload)
+}
+
+/// Run `cmds` as one `nft -j -f -` transaction.
+fn run_nft(kind: &'static str, cmds: &[Cmd]) -> Result<(), Error> {
+    let payload = encode(cmds)?;
     exec_nft(&payload).map_err(|stderr| {
         let mut lines: Vec<String> = stderr
             .lines()
@@ -1267,8 +1277,9 @@ impl Proxy {
                 false,
             ),
         };
+        let kind = if full { "full resync" } else { "update" };
         if !cmds.is_empty()
-            && let Err(e) = run_nft(if full { "full resync" } else { "update" }, &cmds)
+            && let Err(e) = run_nft(kind, &cmds)
         {
             self.applied = None;
             return Err(e);
