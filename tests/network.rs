@@ -518,6 +518,32 @@ fn pods_services_and_names_work_across_nodes() {
         assert!(held.is_empty(), "{name} still holds addresses {held:?}");
     }
     drop(agents);
+
+    // orch agent --cleanup removes orch's networking and nothing else.
+    let nft = |args: &[&str]| {
+        let out = support::in_netns(Some(&n1.0), "nft")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    nft(&["add", "table", "ip", "other"]);
+    let out = support::in_netns(Some(&n1.0), support::ORCH)
+        .args(["agent", "--cleanup"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let links = ip_in(&n1, &["link"]);
+    assert!(
+        !links.contains("orch0") && !links.contains("orch-vxlan"),
+        "{links}"
+    );
+    let tables = nft(&["list", "tables"]);
+    assert_eq!(tables.trim(), "table ip other");
 }
 
 #[test]

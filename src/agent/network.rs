@@ -244,3 +244,20 @@ pub async fn run_overlay(client: Client, own: String, mut overlay: Overlay) {
     }
     watcher.abort();
 }
+
+/// `orch agent --cleanup`: remove the service proxy's tables, the bridge
+/// and the VXLAN device from this network namespace.
+///
+/// # Errors
+/// nft or the kernel refused; the message says which.
+pub fn cleanup() -> Result<(), String> {
+    crate::net::proxy::cleanup().map_err(|e| format!("removing the nftables tables: {e}"))?;
+    let mut nl = crate::net::netlink::Netlink::open().map_err(|e| format!("netlink: {e}"))?;
+    for name in [crate::net::pod::BRIDGE, crate::net::overlay::VXLAN] {
+        if let Some(link) = nl.link(name).map_err(|e| format!("{name}: {e}"))? {
+            nl.del_link(link.index)
+                .map_err(|e| format!("removing {name}: {e}"))?;
+        }
+    }
+    Ok(())
+}

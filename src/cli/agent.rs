@@ -11,8 +11,19 @@ use crate::agent;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// (agent) URL of the server to join, e.g. https://10.0.0.1:6443.
-    #[arg(long, env = "ORCH_URL", value_name = "URL")]
-    pub server: String,
+    #[arg(
+        long,
+        env = "ORCH_URL",
+        value_name = "URL",
+        required_unless_present = "cleanup"
+    )]
+    pub server: Option<String>,
+
+    /// (agent) Remove this node's networking — the service proxy's
+    /// nftables tables, the bridge orch0 and the VXLAN device — and exit.
+    /// Pods on the node lose their network: stop them first (orch-killall.sh).
+    #[arg(long)]
+    pub cleanup: bool,
 
     /// (agent) Join token: the contents of <data-dir>/server/token on the server.
     #[arg(
@@ -71,6 +82,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.cleanup {
+        crate::agent::network::cleanup().map_err(anyhow::Error::msg)?;
+        println!("removed orch's nftables tables, orch0 and orch-vxlan");
+        return Ok(());
+    }
+    let server = args.server.clone().unwrap_or_default();
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -110,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let client = agent::join::client(&args.server, &token).await?;
+        let client = agent::join::client(&server, &token).await?;
         let shutdown = super::shutdown_signal()?;
         tokio::select! {
             result = agent::simulate::run(client, config) => result?,
@@ -121,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn run_real(args: Args, token: String) -> anyhow::Result<()> {
+    let server = args.server.clone().unwrap_or_default();
     agent::preflight().map_err(anyhow::Error::msg)?;
     let config = args.node.to_config(&args.data.data_dir, None)?;
     std::fs::create_dir_all(&args.data.data_dir)
@@ -132,7 +150,7 @@ fn run_real(args: Args, token: String) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let (client, creds) = agent::join::join_node(
-            &args.server,
+            &server,
             &token,
             &config.node.data_dir,
             &config.node.name,

@@ -186,11 +186,14 @@ impl PodNetwork {
     /// # Errors
     /// The kernel or the disk refused.
     pub fn detach(&self, uid: &str) -> io::Result<()> {
-        let mut nl = Netlink::open()?;
-        if let Some(link) = nl.link(&host_veth(uid))? {
-            nl.del_link(link.index)?;
-        }
-        self.ipam.release(uid).map(drop)
+        // The address is freed even when the link cannot be removed (it
+        // goes with the pod's namespace anyway).
+        let link = Netlink::open().and_then(|mut nl| match nl.link(&host_veth(uid))? {
+            Some(link) => nl.del_link(link.index),
+            None => Ok(()),
+        });
+        self.ipam.release(uid)?;
+        link
     }
 }
 
