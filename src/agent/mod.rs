@@ -122,9 +122,14 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
     node::register(&client, &cfg.node).await?;
     tracing::info!(node = %cfg.node.name, ip = %cfg.node.ip, "node registered");
     let (pod_network, overlay) = network::start(&client, &cfg.node, &cfg.network).await?;
+    let own_ip = match cfg.node.ip {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    };
     let overlay = tokio::spawn(network::run_overlay(
         client.clone(),
         cfg.node.name.clone(),
+        own_ip,
         overlay,
     ));
     let (host_ports, host_ports_rx) = tokio::sync::watch::channel(pods::HostPorts::default());

@@ -170,7 +170,7 @@ pub async fn start(
 }
 
 /// The other nodes this one routes pods' traffic to.
-fn peers(nodes: &Cache<Node>, own: &str, backend: Backend) -> Vec<Peer> {
+fn peers(nodes: &Cache<Node>, own: &str, own_ip: Option<Ipv4Addr>, backend: Backend) -> Vec<Peer> {
     let mut out = Vec::new();
     for n in nodes.values() {
         let name = n.name_any();
@@ -186,9 +186,17 @@ fn peers(nodes: &Cache<Node>, own: &str, backend: Backend) -> Vec<Peer> {
             continue;
         };
         let a = n.annotations();
-        let Some(node_ip) = a.get(ANNOTATION_NODE_IP).and_then(|ip| ip.parse().ok()) else {
+        let Some(node_ip) = a
+            .get(ANNOTATION_NODE_IP)
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
             continue;
         };
+        if Some(node_ip) == own_ip {
+            // Another agent on this machine's address (tests run several
+            // in one namespace): nothing to route through.
+            continue;
+        }
         let vtep_mac = a.get(ANNOTATION_VTEP_MAC).and_then(|m| parse_mac(m));
         if backend == Backend::Vxlan && vtep_mac.is_none() {
             continue;
@@ -204,7 +212,12 @@ fn peers(nodes: &Cache<Node>, own: &str, backend: Backend) -> Vec<Peer> {
 }
 
 /// Keep the routes to the other nodes' pods in step with the Node objects.
-pub async fn run_overlay(client: Client, own: String, mut overlay: Overlay) {
+pub async fn run_overlay(
+    client: Client,
+    own: String,
+    own_ip: Option<Ipv4Addr>,
+    mut overlay: Overlay,
+) {
     let (tx, mut rx) = tokio::sync::watch::channel(Cache::<Node>::default());
     let watcher = tokio::spawn(watch_all(Api::<Node>::all(client), tx));
     let mut last: Option<Vec<Peer>> = None;
@@ -212,7 +225,7 @@ pub async fn run_overlay(client: Client, own: String, mut overlay: Overlay) {
         if rx.changed().await.is_err() {
             break;
         }
-        let want = peers(&rx.borrow_and_update(), &own, overlay.backend());
+        let want = peers(&rx.borrow_and_update(), &own, own_ip, overlay.backend());
         if last.as_ref() == Some(&want) {
             continue;
         }
