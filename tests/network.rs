@@ -389,6 +389,121 @@ fn pods_services_and_names_work_across_nodes() {
         );
     }
 
+    // Pod to pod keeps the source address; leaving the cluster is
+    // masqueraded to the node's address.
+    let web1_uid = server.ok(
+        "1.33",
+        &["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let web1_netns = dir.path().join("n1/run/netns").join(&web1_uid);
+    let ip1v4: Ipv4Addr = ip1.parse().unwrap();
+    let listener = echo_server(&web1_netns, ip1v4);
+    assert_eq!(call(&client_netns, ip1v4).unwrap(), "hello");
+    assert_eq!(
+        listener.join().unwrap(),
+        ipc,
+        "pod to pod is not masqueraded"
+    );
+    let outside = Ipv4Addr::new(192, 168, 77, 100);
+    let listener = echo_server(&_client_host.path(), outside);
+    assert_eq!(call(&client_netns, outside).unwrap(), "hello");
+    assert_eq!(
+        listener.join().unwrap(),
+        "192.168.77.11",
+        "egress is masqueraded"
+    );
+
+    // Hairpin: a pod reaching its own Service lands on itself too.
+    for _ in 0..10 {
+        let page = in_netns(&web1_netns, || {
+            http_get(SocketAddr::from((
+                cluster_ip.parse::<Ipv4Addr>().unwrap(),
+                80,
+            )))
+        })
+        .unwrap();
+        assert!(
+            page.ends_with("web-1\n") || page.ends_with("web-2\n"),
+            "{page}"
+        );
+    }
+
+    // Session affinity: one client, one endpoint.
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "web",
+            "-p",
+            r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+        ],
+    );
+    wait_for(5, "the affinity rules", || {
+        nft_rules(&n1).contains("affinity")
+    });
+    let first = fetch(&server, &format!("http://{cluster_ip}/")).unwrap();
+    for _ in 0..8 {
+        assert_eq!(
+            fetch(&server, &format!("http://{cluster_ip}/")).unwrap(),
+            first
+        );
+    }
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "svc",
+            "web",
+            "-p",
+            r#"{"spec":{"sessionAffinity":"None"}}"#,
+        ],
+    );
+
+    // A LoadBalancer Service is served on the nodes' addresses.
+    let lb = server.write("lb.yaml", LB);
+    server.ok("1.33", &["apply", "-f", lb.to_str().unwrap()]);
+    server.wait_json(&["get", "svc", "web-lb"], 20, "two ingress IPs", |s| {
+        s["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2)
+    });
+    for node_ip in [
+        Ipv4Addr::new(192, 168, 77, 11),
+        Ipv4Addr::new(192, 168, 77, 12),
+    ] {
+        let to = SocketAddr::from((node_ip, 8888));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let page = loop {
+            match in_netns(&_client_host.path(), || http_get(to)) {
+                Ok(p) => break p,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "LoadBalancer {to}: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            page.ends_with("web-1\n") || page.ends_with("web-2\n"),
+            "{page}"
+        );
+    }
+
+    // hostPort: the pod's port on its node's address.
+    let hp = server.write("hostport.yaml", HOSTPORT);
+    server.ok("1.33", &["apply", "-f", hp.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/hp", "--timeout=60s"],
+    );
+    let page = in_netns(&_client_host.path(), || {
+        http_get(SocketAddr::from((Ipv4Addr::new(192, 168, 77, 12), 8081)))
+    })
+    .unwrap();
+    assert!(page.ends_with("hp\n"), "{page}");
+    server.ok("1.33", &["delete", "pod", "hp", "svc/web-lb"]);
+
     // A deleted pod leaves the Service's rules within a second.
     let t = std::time::Instant::now();
     server.ok("1.33", &["delete", "pod", "web-2", "--wait=false"]);
@@ -641,6 +756,32 @@ spec:
   clusterIP: None
   selector: {app: web}
   ports: [{name: http, port: 8080}]
+";
+
+const LB: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{name: http, port: 8888, targetPort: 8080}]
+";
+
+const HOSTPORT: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: hp}
+spec:
+  nodeName: n2
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sh, -c, 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080, hostPort: 8081}]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 ";
 
 /// One HTTP/1.0 GET; the whole answer.
