@@ -471,6 +471,69 @@ fn an_endpoint_change_touches_only_that_service() {
 }
 
 #[test]
+fn an_unchanged_service_is_not_rendered_again() {
+    let services = [
+        svc("a", "10.43.0.1", http(), json!({})),
+        svc("b", "10.43.0.2", http(), json!({})),
+    ];
+    let mut slices = vec![
+        slice("a", http_target(), &[("10.42.0.4", true, "node-1")]),
+        slice("b", http_target(), &[("10.42.0.6", true, "node-1")]),
+    ];
+    let mut cache = RenderCache::default();
+    let (first, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 2, "an empty cache renders every Service");
+    assert_eq!(first, render_ruleset(&cfg(), &services, &slices, &[]));
+
+    let (again, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 0, "nothing changed, nothing is rendered");
+    assert_eq!(again, first);
+
+    slices[0] = slice("a", http_target(), &[("10.42.0.5", true, "node-1")]);
+    let (changed, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 1, "only Service a's slice changed");
+    assert_eq!(changed, render_ruleset(&cfg(), &services, &slices, &[]));
+
+    // A removed Service leaves the cache; coming back, it is rendered again.
+    let (only_b, rendered) = cache.render(&cfg(), &services[1..], &slices, &[]);
+    assert_eq!(rendered, 0);
+    assert_eq!(only_b, render_ruleset(&cfg(), &services[1..], &slices, &[]));
+    let (_, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 1);
+}
+
+#[test]
+fn objects_with_a_resource_version_are_compared_by_it() {
+    let versioned = |mut o: serde_json::Value, rv: &str| {
+        o["metadata"]["uid"] = json!("u-1");
+        o["metadata"]["resourceVersion"] = json!(rv);
+        o
+    };
+    let service: Service = serde_json::from_value(versioned(
+        serde_json::to_value(svc("a", "10.43.0.1", http(), json!({}))).expect("json"),
+        "1",
+    ))
+    .expect("Service");
+    let ep = |ip: &str, rv: &str| -> EndpointSlice {
+        let s = slice("a", http_target(), &[(ip, true, "node-1")]);
+        serde_json::from_value(versioned(serde_json::to_value(s).expect("json"), rv))
+            .expect("EndpointSlice")
+    };
+    let services = [service];
+    let mut cache = RenderCache::default();
+    cache.render(&cfg(), &services, &[ep("10.42.0.4", "2")], &[]);
+    let (_, rendered) = cache.render(&cfg(), &services, &[ep("10.42.0.4", "2")], &[]);
+    assert_eq!(rendered, 0, "same uid and resourceVersion");
+    let (rs, rendered) = cache.render(&cfg(), &services, &[ep("10.42.0.5", "3")], &[]);
+    assert_eq!(rendered, 1, "the slice's resourceVersion moved");
+    assert!(
+        chains_with(&rs, "ep-")
+            .iter()
+            .all(|c| c.contains("10.42.0.5"))
+    );
+}
+
+#[test]
 fn losing_all_endpoints_moves_the_cluster_ip_to_the_reject_map() {
     let services = [svc("a", "10.43.0.1", http(), json!({}))];
     let old = render_ruleset(
@@ -584,6 +647,7 @@ fn kernel_full_sync_then_no_op_then_endpoint_update() {
         .expect("no-op sync");
     assert!(!stats.full);
     assert_eq!(stats.commands, 0, "nothing changed, nothing sent");
+    assert_eq!(stats.rendered, 0, "no Service is rendered again");
 
     let stats = ns
         .run(|| proxy.sync(&services, &after, &[]))
