@@ -90,8 +90,11 @@ fn only_ready_endpoints_get_chains() {
     let rules = rs.rules_json(svc_chain).expect("service chain");
     assert!(
         rules.contains(r#""mod":2"#),
-        "numgen over the 2 ready endpoints: {rules}"
+        "a random pick among the 2 ready endpoints: {rules}"
     );
+    for ep in eps {
+        assert!(rules.contains(ep), "{ep} is a goto target: {rules}");
+    }
 }
 
 #[test]
@@ -188,8 +191,8 @@ fn external_traffic_policy_local_uses_local_endpoints_without_masquerade() {
         "Local keeps the client address: {rules}"
     );
     assert!(
-        rules.contains(r#""mod":1"#) && rules.contains("10.42.0.2") && !rules.contains("10.42.1.4"),
-        "{rules}"
+        !rules.contains("numgen") && rules.contains("10.42.0.2") && !rules.contains("10.42.1.4"),
+        "one local endpoint: a plain goto to it: {rules}"
     );
     // The ClusterIP still balances over both.
     let svc_rules = rs
@@ -231,9 +234,15 @@ fn external_traffic_policy_cluster_is_masqueraded() {
         .target("service-nodeports", &MapKey::Port(Protocol::Tcp, 30080))
         .expect("mapped");
     let rules = rs.rules_json(ext).expect("rules");
-    assert!(
-        rules.starts_with(&format!(r#"[[{{"jump":{{"target":"{MARK_CHAIN}"}}}}]"#)),
-        "{rules}"
+    let svc_chain = rs
+        .target("service-ips", &key("10.43.0.100", 80))
+        .expect("ClusterIP mapped");
+    assert_eq!(
+        rules,
+        format!(
+            r#"[[{{"jump":{{"target":"{MARK_CHAIN}"}}}}],[{{"goto":{{"target":"{svc_chain}"}}}}]]"#
+        ),
+        "marked, then the ClusterIP's pick over the same endpoints"
     );
 }
 
@@ -454,6 +463,7 @@ fn an_endpoint_change_touches_only_that_service() {
             format!("add rule {ep_new}"),
             format!("add rule {svc_a}"),
             format!("add rule {svc_a}"),
+            format!("add rule {svc_a}"),
             format!("flush chain {ep_old}"),
         ],
         "only service a's chains change; its ClusterIP element still points at the same chain"
@@ -468,6 +478,69 @@ fn an_endpoint_change_touches_only_that_service() {
         .collect();
     assert_eq!(cmds, vec![format!("delete chain {ep_old}")]);
     assert!(stale.chains.is_empty());
+}
+
+#[test]
+fn an_unchanged_service_is_not_rendered_again() {
+    let services = [
+        svc("a", "10.43.0.1", http(), json!({})),
+        svc("b", "10.43.0.2", http(), json!({})),
+    ];
+    let mut slices = vec![
+        slice("a", http_target(), &[("10.42.0.4", true, "node-1")]),
+        slice("b", http_target(), &[("10.42.0.6", true, "node-1")]),
+    ];
+    let mut cache = RenderCache::default();
+    let (first, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 2, "an empty cache renders every Service");
+    assert_eq!(first, render_ruleset(&cfg(), &services, &slices, &[]));
+
+    let (again, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 0, "nothing changed, nothing is rendered");
+    assert_eq!(again, first);
+
+    slices[0] = slice("a", http_target(), &[("10.42.0.5", true, "node-1")]);
+    let (changed, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 1, "only Service a's slice changed");
+    assert_eq!(changed, render_ruleset(&cfg(), &services, &slices, &[]));
+
+    // A removed Service leaves the cache; coming back, it is rendered again.
+    let (only_b, rendered) = cache.render(&cfg(), &services[1..], &slices, &[]);
+    assert_eq!(rendered, 0);
+    assert_eq!(only_b, render_ruleset(&cfg(), &services[1..], &slices, &[]));
+    let (_, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    assert_eq!(rendered, 1);
+}
+
+#[test]
+fn objects_with_a_resource_version_are_compared_by_it() {
+    let versioned = |mut o: serde_json::Value, rv: &str| {
+        o["metadata"]["uid"] = json!("u-1");
+        o["metadata"]["resourceVersion"] = json!(rv);
+        o
+    };
+    let service: Service = serde_json::from_value(versioned(
+        serde_json::to_value(svc("a", "10.43.0.1", http(), json!({}))).expect("json"),
+        "1",
+    ))
+    .expect("Service");
+    let ep = |ip: &str, rv: &str| -> EndpointSlice {
+        let s = slice("a", http_target(), &[(ip, true, "node-1")]);
+        serde_json::from_value(versioned(serde_json::to_value(s).expect("json"), rv))
+            .expect("EndpointSlice")
+    };
+    let services = [service];
+    let mut cache = RenderCache::default();
+    cache.render(&cfg(), &services, &[ep("10.42.0.4", "2")], &[]);
+    let (_, rendered) = cache.render(&cfg(), &services, &[ep("10.42.0.4", "2")], &[]);
+    assert_eq!(rendered, 0, "same uid and resourceVersion");
+    let (rs, rendered) = cache.render(&cfg(), &services, &[ep("10.42.0.5", "3")], &[]);
+    assert_eq!(rendered, 1, "the slice's resourceVersion moved");
+    assert!(
+        chains_with(&rs, "ep-")
+            .iter()
+            .all(|c| c.contains("10.42.0.5"))
+    );
 }
 
 #[test]
@@ -534,22 +607,35 @@ fn list_table(ns: &NetNs) -> String {
 #[test]
 fn kernel_full_sync_then_no_op_then_endpoint_update() {
     let Some(ns) = test_ns("sync") else { return };
-    let services = [svc(
-        "web",
-        "10.43.0.100",
-        http(),
-        json!({"sessionAffinity": "ClientIP"}),
-    )];
-    let before = [slice(
-        "web",
+    // `api` is a NodePort with two endpoints: the random-pick cascade and
+    // the NodePort chain reusing the ClusterIP's pick go through the kernel.
+    let services = [
+        svc(
+            "web",
+            "10.43.0.100",
+            http(),
+            json!({"sessionAffinity": "ClientIP"}),
+        ),
+        svc(
+            "api",
+            "10.43.0.101",
+            json!([{"name": "http", "port": 80, "nodePort": 30081}]),
+            json!({"type": "NodePort"}),
+        ),
+    ];
+    let api = slice(
+        "api",
         http_target(),
-        &[("10.42.0.2", true, "node-1")],
-    )];
-    let after = [slice(
-        "web",
-        http_target(),
-        &[("10.42.0.3", true, "node-1")],
-    )];
+        &[("10.42.0.8", true, "node-1"), ("10.42.0.9", true, "node-2")],
+    );
+    let before = [
+        slice("web", http_target(), &[("10.42.0.2", true, "node-1")]),
+        api.clone(),
+    ];
+    let after = [
+        slice("web", http_target(), &[("10.42.0.3", true, "node-1")]),
+        api,
+    ];
     let mut c = cfg();
     c.dns = Some((
         "10.43.0.10".parse().expect("ip"),
@@ -578,12 +664,34 @@ fn kernel_full_sync_then_no_op_then_endpoint_update() {
             "{name} missing from the table: {listed}"
         );
     }
+    let api_svc = chain_name("svc", "default/api/tcp/http");
+    let api_ext = chain_name("ext", "default/api/tcp/http");
+    let text = ns
+        .sh(&["nft", "list", "chain", "ip", "orch", &api_ext])
+        .expect("list the api NodePort chain");
+    assert!(
+        text.contains(&format!("goto {api_svc}")),
+        "NodePort chain goes to the ClusterIP's pick: {text}"
+    );
+    let text = ns
+        .sh(&["nft", "list", "chain", "ip", "orch", &api_svc])
+        .expect("list the api service chain");
+    assert!(
+        text.contains("numgen random mod 2 0 goto"),
+        "a cascade over the two endpoints: {text}"
+    );
+    assert_eq!(
+        text.matches("goto ep-").count(),
+        2,
+        "each endpoint once: {text}"
+    );
 
     let stats = ns
         .run(|| proxy.sync(&services, &before, &[]))
         .expect("no-op sync");
     assert!(!stats.full);
     assert_eq!(stats.commands, 0, "nothing changed, nothing sent");
+    assert_eq!(stats.rendered, 0, "no Service is rendered again");
 
     let stats = ns
         .run(|| proxy.sync(&services, &after, &[]))
