@@ -502,7 +502,7 @@ fn pods_services_and_names_work_across_nodes() {
     })
     .unwrap();
     assert!(page.ends_with("hp\n"), "{page}");
-    server.ok("1.33", &["delete", "pod", "hp", "svc/web-lb"]);
+    server.ok("1.33", &["delete", "pod/hp", "svc/web-lb"]);
 
     // A deleted pod leaves the Service's rules within a second.
     let t = std::time::Instant::now();
