@@ -32,6 +32,8 @@ pub struct Link {
     /// The bridge it is a port of.
     pub master: Option<u32>,
     pub up: bool,
+    /// Carrier: the other end of a veth is up too, packets flow.
+    pub lower_up: bool,
 }
 
 impl Link {
@@ -43,6 +45,7 @@ impl Link {
             mac: Vec::new(),
             master: None,
             up: m.header.flags.contains(LinkFlags::Up),
+            lower_up: m.header.flags.contains(LinkFlags::LowerUp),
         };
         for a in &m.attributes {
             match a {
@@ -192,6 +195,16 @@ impl Netlink {
     /// The kernel refused.
     pub fn set_link(&mut self, message: LinkMessage) -> io::Result<()> {
         self.ack(RouteNetlinkMessage::SetLink(message), 0)
+    }
+
+    /// Change a link through RTM_NEWLINK, as `ip link set … type …`
+    /// does: the only way to set a bridge port's options (link info's
+    /// port data), which RTM_SETLINK ignores.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    pub fn change_link(&mut self, message: LinkMessage) -> io::Result<()> {
+        self.ack(RouteNetlinkMessage::NewLink(message), 0)
     }
 
     /// Delete a link (a veth takes its peer with it).

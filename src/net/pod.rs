@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use netlink_packet_route::link::{InfoBridgePort, InfoData, InfoPortData, InfoPortKind, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::ipam::Ipam;
@@ -139,6 +139,20 @@ impl PodNetwork {
             .build();
         nl.add_link(veth)
             .map_err(|e| io::Error::new(e.kind(), format!("creating the veth pair {host}: {e}")))?;
+        // Hairpin: a pod's connection to a Service that picks the pod
+        // itself leaves and re-enters the bridge through the same port.
+        let port = nl
+            .link(&host)?
+            .ok_or_else(|| io::Error::other(format!("the veth {host} vanished")))?;
+        nl.change_link(
+            LinkUnspec::new_with_index(port.index)
+                .set_port_kind(InfoPortKind::Bridge)
+                .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true,
+                )]))
+                .build(),
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("hairpin mode on {host}: {e}")))?;
         let (gateway, prefix) = (self.ipam.gateway(), self.ipam.prefix());
         in_netns(netns, || {
             let mut nl = Netlink::open()?;
@@ -152,7 +166,17 @@ impl PodNetwork {
                     .gateway(gateway)
                     .output_interface(eth0.index)
                     .build(),
-            )
+            )?;
+            // The carrier comes a moment after both ends are up; until
+            // then the pod's first connection fails with "network is
+            // unreachable". Containers start right after this.
+            for _ in 0..200 {
+                if nl.link("eth0")?.is_some_and(|l| l.lower_up) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(())
         })
         .map_err(|e| io::Error::new(e.kind(), format!("configuring eth0 of the pod: {e}")))?;
         Ok(ip)
