@@ -2101,6 +2101,20 @@ fn the_examples_do_what_their_comments_say() {
         30,
     );
     assert!(answer.starts_with("hello from web-"), "{answer}");
+    // … and through the `web` Service, by its name (cluster DNS, proxy).
+    let answer = logs_of(
+        &[
+            "exec",
+            "deploy/web",
+            "--",
+            "wget",
+            "-qO-",
+            "http://web/index.html",
+        ],
+        "hello from web-",
+        30,
+    );
+    assert!(answer.starts_with("hello from web-"), "{answer}");
     // Pods resolve through the cluster DNS (dnsPolicy ClusterFirst).
     let resolv = server.ok(
         "1.33",

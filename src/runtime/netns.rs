@@ -2,8 +2,8 @@
 //! (no pause container): created by its shim (a single-threaded process,
 //! so no fork helper is needed — ARCHITECTURE.md decision 3), each
 //! bind-mounted at a path containers join; loopback up in the network one,
-//! the pod's host name set in the UTS one. Addresses, veths and routes come
-//! with pod networking (issue #7).
+//! the pod's host name set in the UTS one. The agent adds the pod's veth,
+//! address and route afterwards (`net::pod`).
 
 use std::fs;
 use std::io;
