@@ -113,6 +113,9 @@ check_kernel() {
     if [ ! -d /sys/module/vxlan ] && ! modprobe vxlan 2>/dev/null; then
         warn "the kernel has no vxlan module: pods on different nodes will not reach each other"
     fi
+    if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ] && ! modprobe br_netfilter 2>/dev/null; then
+        warn "the kernel has no br_netfilter module: pods cannot reach Services whose endpoints are on their own node"
+    fi
 }
 
 check_nftables() {

@@ -87,6 +87,20 @@ impl PodNetwork {
         }
         nl.add_address(link.index, IpAddr::V4(gateway), ipam.prefix())
             .map_err(step("giving orch0 its gateway address"))?;
+        // Bridged traffic must pass the service proxy's rules (a pod's
+        // answer to a pod on the same bridge that reached it through a
+        // ClusterIP): that is br_netfilter, which k3s loads too.
+        let br_netfilter = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+        if !br_netfilter.exists() {
+            let _ = std::process::Command::new("modprobe")
+                .arg("br_netfilter")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            if !br_netfilter.exists() {
+                tracing::warn!("br_netfilter is not loaded: pods cannot reach Services whose endpoints are on their own node; run modprobe br_netfilter (and add it to /etc/modules-load.d)");
+            }
+        }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(step(
             "turning on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)",
         ))?;
