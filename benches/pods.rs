@@ -8,33 +8,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams, WatchEvent, WatchParams};
-use support::{ms, pct, proc_kib, rss_kib};
+use support::{Netns, Proc, ms, pct, proc_kib, rss_kib};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 const N: usize = 100;
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -483,9 +466,7 @@ fn main() {
         return;
     }
     println!("machine: {}", support::machine());
-    let ns = Netns(format!("orch-bench-{}", std::process::id()));
-    run(Command::new("ip").args(["netns", "add", &ns.0]));
-    run(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]));
+    let ns = Netns::new("pods");
     // This thread (and the runtime's threads, created from it) talk to the
     // server inside the namespace.
     let handle = std::fs::File::open(format!("/run/netns/{}", ns.0)).unwrap();

@@ -216,6 +216,40 @@ spec:
     command: [sleep, '3600']
 ";
 
+/// Agents for nodes n1 and n2 (192.168.77.11 and .12), their state under
+/// `dir/n1` and `dir/n2`, the busybox image imported.
+fn join_nodes(
+    server: &support::TestServer,
+    dir: &Path,
+    machines: [&Netns; 2],
+    tag: &str,
+    extra: &[&str],
+) -> Vec<support::agents::Agent> {
+    let token = server.dir.path().join("server/token");
+    let mut agents = Vec::new();
+    for (i, ns) in machines.into_iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let ip = format!("192.168.77.{}", 11 + i);
+        let (data, run, logs) = support::agents::agent_dirs(&dir.join(&name));
+        let args: Vec<&str> = ["--node-ip", ip.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        agents.push(support::agents::Agent::start_as(
+            server,
+            ns,
+            &data,
+            &run,
+            &logs,
+            &format!("{tag}-{name}"),
+            &name,
+            &token,
+            &args,
+        ));
+    }
+    agents
+}
+
 /// `wget -qO- URL` from the client pod: the page, or the error.
 fn fetch(server: &support::TestServer, url: &str) -> Result<String, String> {
     let out = server.kubectl(
@@ -248,21 +282,7 @@ fn pods_services_and_names_work_across_nodes() {
     let server = support::TestServer::start_in_netns(&srv.0, &["--bind-address", "192.168.77.1"]);
     let token = server.dir.path().join("server/token");
     let dir = tempfile::tempdir().unwrap();
-    let mut agents = Vec::new();
-    for (name, ns, ip) in [("n1", &n1, "192.168.77.11"), ("n2", &n2, "192.168.77.12")] {
-        let (data, run, logs) = support::agents::agent_dirs(&dir.path().join(name));
-        agents.push(support::agents::Agent::start_as(
-            &server,
-            ns,
-            &data,
-            &run,
-            &logs,
-            &format!("net-{name}"),
-            name,
-            &token,
-            &["--node-ip", ip],
-        ));
-    }
+    let mut agents = join_nodes(&server, dir.path(), [&n1, &n2], "net", &[]);
     server.wait_json(&["get", "nodes"], 60, "both nodes Ready", |v| {
         v["items"]
             .as_array()
@@ -690,23 +710,14 @@ fn host_gw_routes_pods_between_nodes_on_one_segment() {
             "host-gw",
         ],
     );
-    let token = server.dir.path().join("server/token");
     let dir = tempfile::tempdir().unwrap();
-    let mut agents = Vec::new();
-    for (name, ns, ip) in [("n1", &n1, "192.168.77.11"), ("n2", &n2, "192.168.77.12")] {
-        let (data, run, logs) = support::agents::agent_dirs(&dir.path().join(name));
-        agents.push(support::agents::Agent::start_as(
-            &server,
-            ns,
-            &data,
-            &run,
-            &logs,
-            &format!("gw-{name}"),
-            name,
-            &token,
-            &["--node-ip", ip, "--flannel-backend", "host-gw"],
-        ));
-    }
+    let agents = join_nodes(
+        &server,
+        dir.path(),
+        [&n1, &n2],
+        "gw",
+        &["--flannel-backend", "host-gw"],
+    );
     let web = |name: &str, node: &str| WEB.replace("NAME", name).replace("NODE", node);
     let manifest = server.write(
         "pods.yaml",
@@ -857,21 +868,33 @@ fn a_pod_reaches_itself_through_its_service() {
         .map_err(|e| std::io::Error::other(e.to_string()))
     })
     .unwrap();
-    let mut failures = Vec::new();
-    for i in 0..10 {
-        let server = echo_server(&pod.path(), ip);
-        match call_port(&pod.path(), "10.43.9.9:80".parse().unwrap()) {
-            Ok(_) => {
-                // The pod sees the connection come from the gateway
-                // (hairpin masquerade), so its answer finds the way back.
-                assert_eq!(server.join().unwrap(), "10.42.9.1");
+    // One listener for every attempt (no rebinding between them).
+    const ATTEMPTS: usize = 10;
+    let netns = pod.path();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_netns(&netns, || {
+            let listener = TcpListener::bind(SocketAddr::from((ip, 7000)))?;
+            tx.send(()).unwrap();
+            let mut peers = Vec::new();
+            for _ in 0..ATTEMPTS {
+                let (mut s, peer) = listener.accept()?;
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf)?;
+                s.write_all(&buf[..n])?;
+                peers.push(peer.ip().to_string());
             }
-            Err(e) => {
-                failures.push(format!("{i}: {e}"));
-                let _ = call(&pod.path(), ip); // release the server
-                let _ = server.join();
-            }
-        }
+            Ok(peers)
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    for i in 0..ATTEMPTS {
+        call_port(&pod.path(), "10.43.9.9:80".parse().unwrap()).unwrap_or_else(|e| {
+            panic!("attempt {i}: the pod cannot reach itself through its Service: {e}")
+        });
     }
-    assert!(failures.is_empty(), "hairpin failures: {failures:?}");
+    // The pod sees the connections come from the gateway (hairpin
+    // masquerade), so its answers find the way back.
+    let peers = server.join().unwrap().unwrap();
+    assert!(peers.iter().all(|p| p == "10.42.9.1"), "{peers:?}");
 }

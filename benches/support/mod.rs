@@ -119,3 +119,44 @@ pub fn machine() -> String {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
 }
+
+/// A network namespace the bench made (`orch-bench-<tag>-<pid>`, loopback
+/// up), removed when dropped.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// # Panics
+    /// `ip netns add` failed (not root, or no iproute2).
+    pub fn new(tag: &str) -> Self {
+        let name = format!("orch-bench-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} (needs root and iproute2)");
+        let _ = Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status();
+        Netns(name)
+    }
+
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -98,7 +98,9 @@ impl PodNetwork {
                 .stderr(std::process::Stdio::null())
                 .status();
             if !br_netfilter.exists() {
-                tracing::warn!("br_netfilter is not loaded: pods cannot reach Services whose endpoints are on their own node; run modprobe br_netfilter (and add it to /etc/modules-load.d)");
+                tracing::warn!(
+                    "br_netfilter is not loaded: pods cannot reach Services whose endpoints are on their own node; run modprobe br_netfilter (and add it to /etc/modules-load.d)"
+                );
             }
         }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(step(
