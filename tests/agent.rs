@@ -1578,11 +1578,7 @@ fn service_account_tokens_are_mounted_and_authenticate_while_the_pod_lives() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("sa");
     let server = embedded(dir.path(), &netns, "sa");
-    let url = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-        .unwrap();
+    let url = server.url();
     // The status code of GET /api/v1/namespaces/default/pods with `token`.
     let call = |token: &str| -> (String, String) {
         let out = in_netns(Some(&netns.0), "curl")
@@ -1838,12 +1834,7 @@ spec:
     });
 
     // A second machine cannot take node-a's name (another node password).
-    let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
-    let url = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .unwrap()
-        .to_owned();
+    let url = server.url();
     let other = dir.path().join("other");
     let out = in_netns(Some(&netns.0), ORCH)
         .args(["agent", "--server", &url, "--token", token.trim()])
@@ -1946,11 +1937,7 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
     assert!(data.join("agent/client-kubelet.crt").exists());
 
     // The token itself may do nothing but that.
-    let url = std::fs::read_to_string(&server.kubeconfig)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-        .unwrap();
+    let url = server.url();
     let with_token = |token: &str| {
         in_netns(Some(&netns.0), support::kubectl_path("1.33"))
             .args(["--kubeconfig", "/dev/null", "--server", &url])

@@ -266,6 +266,13 @@ fn fetch(server: &support::TestServer, url: &str) -> Result<String, String> {
     }
 }
 
+fn node_cidr(server: &support::TestServer, name: &str) -> String {
+    server.ok(
+        "1.33",
+        &["get", "node", name, "-o", "jsonpath={.spec.podCIDR}"],
+    )
+}
+
 fn pod_ip(server: &support::TestServer, name: &str) -> String {
     server.ok(
         "1.33",
@@ -584,10 +591,7 @@ fn pods_services_and_names_work_across_nodes() {
 
     // n2 leaves: the other node drops its route within seconds; it
     // rejoins and its new pods are reachable again.
-    let n2_cidr = server.ok(
-        "1.33",
-        &["get", "node", "n2", "-o", "jsonpath={.spec.podCIDR}"],
-    );
+    let n2_cidr = node_cidr(&server, "n2");
     let n2_agent = agents.pop().unwrap();
     drop(n2_agent);
     server.ok("1.33", &["delete", "node", "n2"]);
@@ -613,10 +617,7 @@ fn pods_services_and_names_work_across_nodes() {
         "n2 Ready again",
         support::agents::is_ready,
     );
-    let n2_cidr = server.ok(
-        "1.33",
-        &["get", "node", "n2", "-o", "jsonpath={.spec.podCIDR}"],
-    );
+    let n2_cidr = node_cidr(&server, "n2");
     wait_for(10, "n1 routes to n2's pods again", || {
         ip_in(&n1, &["route"]).contains(&n2_cidr)
     });
@@ -657,15 +658,9 @@ fn pods_services_and_names_work_across_nodes() {
                 .filter(|f| f != "last")
                 .collect()
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !held().is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} still holds addresses {:?}",
-                held()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(10, &format!("{name} frees its pods' addresses"), || {
+            held().is_empty()
+        });
     }
     drop(agents);
 
@@ -740,10 +735,7 @@ fn host_gw_routes_pods_between_nodes_on_one_segment() {
         "web-2"
     );
     // A plain route via the other node, no VXLAN device.
-    let cidr2 = server.ok(
-        "1.33",
-        &["get", "node", "n2", "-o", "jsonpath={.spec.podCIDR}"],
-    );
+    let cidr2 = node_cidr(&server, "n2");
     let routes = ip_in(&n1, &["route"]);
     assert!(
         routes.contains(&format!("{cidr2} via 192.168.77.12 dev eth0")),

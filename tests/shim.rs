@@ -100,20 +100,8 @@ impl Drop for Shim {
 
 /// The unpacked layers of the busybox test image, bottom first.
 fn busybox_layers(dir: &Path) -> Vec<PathBuf> {
-    let archive = support::busybox_archive(dir);
     let data = dir.join("data");
-    let out = Command::new(ORCH)
-        .args(["image", "--data-dir"])
-        .arg(&data)
-        .args(["import", "--name", "busybox:test"])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::agents::import_busybox(dir, &data);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("images/images.json")).unwrap()).unwrap();
     index["images"]["docker.io/library/busybox:test"]["layers"]

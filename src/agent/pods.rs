@@ -1331,8 +1331,10 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         volumes: pod_dir.join("volumes"),
     };
     std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
-    // The pod's address first: /etc/hosts names it.
+    // The pod's address first: /etc/hosts names it (read from disk only
+    // until the pod has one, not on every sync).
     let pod_ip = match (&k.network, host_network) {
+        _ if state.pod_ip.is_some() => state.pod_ip,
         (Some(net), false) => {
             let (net, id) = (net.clone(), uid.clone());
             Some(

@@ -21,6 +21,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rustix::io::Errno;
 
 /// What the agent needs to know of a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +156,7 @@ impl Netlink {
                 RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
                 _ => None,
             })),
-            Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(None),
+            Err(e) if is_errno(&e, Errno::NODEV) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -215,7 +216,7 @@ impl Netlink {
         let mut m = LinkMessage::default();
         m.header.index = index;
         match self.ack(RouteNetlinkMessage::DelLink(m), 0) {
-            Err(e) if e.raw_os_error() == Some(libc_enodev()) => Ok(()),
+            Err(e) if is_errno(&e, Errno::NODEV) => Ok(()),
             other => other,
         }
     }
@@ -291,7 +292,7 @@ impl Netlink {
         m.header.index = a.index;
         m.attributes.push(AddressAttribute::Local(a.ip));
         match self.ack(RouteNetlinkMessage::DelAddress(m), 0) {
-            Err(e) if e.raw_os_error() == Some(EADDRNOTAVAIL) => Ok(()),
+            Err(e) if is_errno(&e, Errno::ADDRNOTAVAIL) => Ok(()),
             other => other,
         }
     }
@@ -313,7 +314,7 @@ impl Netlink {
     /// The kernel refused.
     pub fn del_route(&mut self, route: RouteMessage) -> io::Result<()> {
         match self.ack(RouteNetlinkMessage::DelRoute(route), 0) {
-            Err(e) if e.raw_os_error() == Some(ESRCH) => Ok(()),
+            Err(e) if is_errno(&e, Errno::SRCH) => Ok(()),
             other => other,
         }
     }
@@ -370,7 +371,7 @@ impl Netlink {
         m.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self.ack(RouteNetlinkMessage::DelNeighbour(m), 0) {
-            Err(e) if e.raw_os_error() == Some(libc_enoent()) => Ok(()),
+            Err(e) if is_errno(&e, Errno::NOENT) => Ok(()),
             other => other,
         }
     }
@@ -388,7 +389,7 @@ impl Netlink {
         .or_else(|e| {
             // Some kernels want APPEND for a second destination; one
             // destination per MAC is all we keep, so retry plainly.
-            if e.raw_os_error() == Some(EEXIST) {
+            if is_errno(&e, Errno::EXIST) {
                 let m = fdb_message(index, mac, dst);
                 self.ack(RouteNetlinkMessage::NewNeighbour(m), NLM_F_APPEND)
             } else {
@@ -406,7 +407,7 @@ impl Netlink {
             RouteNetlinkMessage::DelNeighbour(fdb_message(index, mac, dst)),
             0,
         ) {
-            Err(e) if e.raw_os_error() == Some(libc_enoent()) => Ok(()),
+            Err(e) if is_errno(&e, Errno::NOENT) => Ok(()),
             other => other,
         }
     }
@@ -432,14 +433,9 @@ fn family(ip: IpAddr) -> AddressFamily {
     }
 }
 
-const EEXIST: i32 = 17;
-const ESRCH: i32 = 3;
-const EADDRNOTAVAIL: i32 = 99;
-const fn libc_enodev() -> i32 {
-    19
-}
-const fn libc_enoent() -> i32 {
-    2
+/// Is `e` the kernel's `errno`?
+pub fn is_errno(e: &io::Error, errno: rustix::io::Errno) -> bool {
+    e.raw_os_error() == Some(errno.raw_os_error())
 }
 
 /// The destination of an IPv4 route, if it has one.

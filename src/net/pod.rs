@@ -14,7 +14,7 @@ use netlink_packet_route::link::{InfoBridgePort, InfoData, InfoPortData, InfoPor
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::ipam::Ipam;
-use super::netlink::{Netlink, in_netns};
+use super::netlink::{Netlink, in_netns, is_errno};
 
 /// The bridge every pod of the node is a port of.
 pub const BRIDGE: &str = "orch0";
@@ -65,7 +65,7 @@ impl PodNetwork {
                 .nf_call_iptables(true)
                 .build();
             match nl.add_link(bridge) {
-                Err(e) if e.raw_os_error() != Some(17) => {
+                Err(e) if !is_errno(&e, rustix::io::Errno::EXIST) => {
                     return Err(step("creating the bridge orch0")(e));
                 }
                 _ => {}
@@ -199,7 +199,8 @@ impl PodNetwork {
     }
 
     /// After a crash or pods deleted while the agent was away: free the
-    /// addresses and remove the veths of pods not in `live`. What was freed.
+    /// addresses and remove the veths of pods not in `live`. How many
+    /// addresses and links went.
     ///
     /// # Errors
     /// The kernel or the disk refused.
@@ -217,7 +218,7 @@ impl PodNetwork {
                 removed += 1;
             }
         }
-        Ok(freed.len().max(removed))
+        Ok(freed.len() + removed)
     }
 
     /// Remove the pod's veth pair and free its address (either gone

@@ -54,12 +54,7 @@ impl Agent {
         token_file: &Path,
         extra: &[&str],
     ) -> Self {
-        let kubeconfig = std::fs::read_to_string(&server.kubeconfig).unwrap();
-        let url = kubeconfig
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("server: "))
-            .unwrap()
-            .to_owned();
+        let url = server.url();
         let args: Vec<String> = vec![
             "agent".into(),
             "--server".into(),

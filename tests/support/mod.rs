@@ -198,6 +198,15 @@ impl TestServer {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// The API's URL, as the admin kubeconfig names it.
+    pub fn url(&self) -> String {
+        std::fs::read_to_string(&self.kubeconfig)
+            .expect("admin kubeconfig")
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+            .expect("a server: line in the kubeconfig")
+    }
+
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write test file");
