@@ -462,6 +462,19 @@ struct Ep {
 }
 
 /// The static skeleton: base chains and the chains the maps hang off.
+/// A chain that sends a packet by `address . protocol . port` through
+/// `by_address`, then — when it is for one of this node's own addresses
+/// (not loopback) — by `protocol . port` through `by_port`.
+fn dispatch_chain(rs: &mut Ruleset, name: &str, by_address: &str, by_port: &str) {
+    rs.chain(
+        name,
+        vec![
+            vec![vmap(addr_key(), by_address)],
+            vec![fib_daddr_local(), not_loopback(), vmap(port_key(), by_port)],
+        ],
+    );
+}
+
 fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
     use NfChainType::{Filter, NAT as Nat};
     let (cidr, len) = cfg.cluster_cidr;
@@ -516,39 +529,14 @@ fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
             vec![vec![ct_new, jump("service-endpoints-check")]],
         );
     }
-    rs.chain(
+    dispatch_chain(
+        rs,
         "service-endpoints-check",
-        vec![
-            vec![vmap(addr_key(), NO_EP_SERVICES.name)],
-            vec![
-                fib_daddr_local(),
-                not_loopback(),
-                vmap(port_key(), NO_EP_NODEPORTS.name),
-            ],
-        ],
+        NO_EP_SERVICES.name,
+        NO_EP_NODEPORTS.name,
     );
-    rs.chain(
-        "services",
-        vec![
-            vec![vmap(addr_key(), SERVICE_IPS.name)],
-            vec![
-                fib_daddr_local(),
-                not_loopback(),
-                vmap(port_key(), SERVICE_NODEPORTS.name),
-            ],
-        ],
-    );
-    rs.chain(
-        "hostports",
-        vec![
-            vec![vmap(addr_key(), HOSTPORT_IPS.name)],
-            vec![
-                fib_daddr_local(),
-                not_loopback(),
-                vmap(port_key(), HOSTPORT_ANY.name),
-            ],
-        ],
-    );
+    dispatch_chain(rs, "services", SERVICE_IPS.name, SERVICE_NODEPORTS.name);
+    dispatch_chain(rs, "hostports", HOSTPORT_IPS.name, HOSTPORT_ANY.name);
     rs.chain(
         MARK_CHAIN,
         vec![vec![set_mark(|a, b| BinaryOperation::OR(vec![a, b]))]],
