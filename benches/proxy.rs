@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use orch::net::proxy::{Proxy, ProxyConfig, encode, plan_full, render_ruleset};
+use orch::net::proxy::{Proxy, ProxyConfig, netlink_batch_len, plan_full, render_ruleset};
 use orch::net::testns::{NetNs, have_nft};
 use serde_json::json;
 
@@ -76,7 +76,7 @@ fn main() {
     let cmds = plan_full(&rs);
     let plan = t.elapsed();
     let t = Instant::now();
-    let payload = encode(&cmds).expect("encode");
+    let batch = netlink_batch_len(&cmds).expect("the whole table goes over netlink");
     let enc = t.elapsed();
 
     let ns = NetNs::create("bench").expect("create bench netns (needs root)");
@@ -84,19 +84,42 @@ fn main() {
     let full = ns
         .run(|| proxy.sync(&services, &slices, &[]))
         .expect("full sync");
+    assert!(full.netlink, "the full sync went over netlink");
     println!(
-        "proxy: full sync {SERVICES} services x {ENDPOINTS} endpoints: {} (target < 1 s), {} commands, {:.1} MB JSON",
+        "proxy: full sync {SERVICES} services x {ENDPOINTS} endpoints: {} (target < 1 s), {} commands, {:.1} MB netlink batch",
         ms(full.elapsed),
         full.commands,
-        payload.len() as f64 / 1e6
+        batch as f64 / 1e6
     );
     println!(
-        "proxy:   of which render {}, plan {}, JSON encode {}, nft (parse + kernel) ~{}",
+        "proxy:   of which render {}, plan {}, netlink encode {}, kernel ~{}",
         ms(render),
         ms(plan),
         ms(enc),
         ms(full.elapsed.saturating_sub(render + plan + enc))
     );
+    // The same table through `nft -j -f -` (what the proxy used before
+    // netlink, and still uses for what it does not encode), for comparison.
+    let json = orch::net::proxy::encode(&cmds).expect("JSON");
+    let other = NetNs::create("bench-nft").expect("create a second bench netns");
+    let t = Instant::now();
+    other.run(|| {
+        let mut child = std::process::Command::new("nft")
+            .args(["-j", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &json)
+            .expect("feed nft");
+        assert!(child.wait().expect("nft").success(), "nft loads the table");
+    });
+    println!(
+        "proxy:   the same table through nft -j -f: {} ({:.1} MB JSON; without render and plan) -> netlink / nft {:.2}",
+        ms(t.elapsed()),
+        json.len() as f64 / 1e6,
+        full.elapsed.as_secs_f64() / t.elapsed().as_secs_f64()
+    );
+    drop(other);
 
     let mut updates = Vec::new();
     for round in 1..=5 {
@@ -105,13 +128,18 @@ fn main() {
             .run(|| proxy.sync(&services, &slices, &[]))
             .expect("update");
         assert!(!s.full);
-        updates.push((s.elapsed, s.commands, s.rendered));
+        updates.push((s.elapsed, s.commands, s.rendered, s.netlink));
     }
     updates.sort();
-    let (median, commands, rendered) = updates[updates.len() / 2];
+    let (median, commands, rendered, netlink) = updates[updates.len() / 2];
     println!(
-        "proxy: update after one endpoint changes: {} median of 5 (target < 50 ms), {commands} commands, {rendered} service(s) rendered",
-        ms(median)
+        "proxy: update after one endpoint changes: {} median of 5 (target < 50 ms), {commands} commands, {rendered} service(s) rendered, {}",
+        ms(median),
+        if netlink {
+            "over netlink"
+        } else {
+            "through nft"
+        }
     );
     let t = Instant::now();
     let _ = render_ruleset(proxy.config(), &services, &slices, &[]);

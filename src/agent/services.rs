@@ -55,10 +55,6 @@ pub async fn start_dns(
     Ok(dns)
 }
 
-fn values<K: Clone>(cache: &Cache<K>) -> Vec<K> {
-    cache.values().map(|v| (**v).clone()).collect()
-}
-
 /// Keep the proxy's rules and the DNS records in step with the API until
 /// aborted.
 pub async fn run(
@@ -80,9 +76,10 @@ pub async fn run(
     let _ = eps_rx.changed().await;
     let mut again: Option<tokio::time::Instant>;
     loop {
+        // The caches are shared, not copied: a sync reads what changed.
         let (services, slices) = (
-            values(&svc_rx.borrow_and_update()),
-            values(&eps_rx.borrow_and_update()),
+            svc_rx.borrow_and_update().clone(),
+            eps_rx.borrow_and_update().clone(),
         );
         let ports: Vec<crate::net::proxy::HostPort> = host_ports
             .borrow_and_update()
@@ -91,11 +88,18 @@ pub async fn run(
             .cloned()
             .collect();
         if let Some(dns) = &dns {
-            dns.update(&services, &slices);
+            dns.update(
+                services.values().map(|s| &**s),
+                slices.values().map(|s| &**s),
+            );
         }
         let mut p = proxy.take().expect("the proxy is back after every sync");
         let (result, p) = tokio::task::spawn_blocking(move || {
-            let r = p.sync(&services, &slices, &ports);
+            let r = p.sync(
+                services.values().map(|s| &**s),
+                slices.values().map(|s| &**s),
+                &ports,
+            );
             (r, p)
         })
         .await

@@ -111,7 +111,11 @@ impl Records {
     /// Builds the index for zone `domain` (e.g. `cluster.local`) from the
     /// current Services and EndpointSlices. Objects with names that are not
     /// valid DNS labels are skipped (and logged at debug level).
-    pub fn build(domain: &str, services: &[Service], slices: &[EndpointSlice]) -> Records {
+    pub fn build<'a>(
+        domain: &str,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> Records {
         let zone = zone_name(domain);
         let mname = child(&zone, "ns.dns");
         let soa = Record::from_rdata(
@@ -645,7 +649,11 @@ impl Dns {
 
     /// Rebuilds the index from the agent's Service/EndpointSlice cache and
     /// swaps it in; queries in flight keep the index they started with.
-    pub fn update(&self, services: &[Service], slices: &[EndpointSlice]) {
+    pub fn update<'a>(
+        &self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) {
         let records = Arc::new(Records::build(&self.domain, services, slices));
         *self.records.write().unwrap_or_else(|e| e.into_inner()) = records;
     }

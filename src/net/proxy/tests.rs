@@ -480,6 +480,17 @@ fn an_endpoint_change_touches_only_that_service() {
     assert!(stale.chains.is_empty());
 }
 
+/// Re-render into `cache`: the whole table and how many Services were rendered.
+fn render(
+    cache: &mut Rendered,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    host_ports: &[HostPort],
+) -> (Ruleset, usize) {
+    let delta = cache.update(&cfg(), services, slices, host_ports);
+    (cache.ruleset(&cfg()), delta.rendered)
+}
+
 #[test]
 fn an_unchanged_service_is_not_rendered_again() {
     let services = [
@@ -490,25 +501,25 @@ fn an_unchanged_service_is_not_rendered_again() {
         slice("a", http_target(), &[("10.42.0.4", true, "node-1")]),
         slice("b", http_target(), &[("10.42.0.6", true, "node-1")]),
     ];
-    let mut cache = RenderCache::default();
-    let (first, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    let mut cache = Rendered::default();
+    let (first, rendered) = render(&mut cache, &services, &slices, &[]);
     assert_eq!(rendered, 2, "an empty cache renders every Service");
     assert_eq!(first, render_ruleset(&cfg(), &services, &slices, &[]));
 
-    let (again, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    let (again, rendered) = render(&mut cache, &services, &slices, &[]);
     assert_eq!(rendered, 0, "nothing changed, nothing is rendered");
     assert_eq!(again, first);
 
     slices[0] = slice("a", http_target(), &[("10.42.0.5", true, "node-1")]);
-    let (changed, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    let (changed, rendered) = render(&mut cache, &services, &slices, &[]);
     assert_eq!(rendered, 1, "only Service a's slice changed");
     assert_eq!(changed, render_ruleset(&cfg(), &services, &slices, &[]));
 
     // A removed Service leaves the cache; coming back, it is rendered again.
-    let (only_b, rendered) = cache.render(&cfg(), &services[1..], &slices, &[]);
+    let (only_b, rendered) = render(&mut cache, &services[1..], &slices, &[]);
     assert_eq!(rendered, 0);
     assert_eq!(only_b, render_ruleset(&cfg(), &services[1..], &slices, &[]));
-    let (_, rendered) = cache.render(&cfg(), &services, &slices, &[]);
+    let (_, rendered) = render(&mut cache, &services, &slices, &[]);
     assert_eq!(rendered, 1);
 }
 
@@ -530,11 +541,11 @@ fn objects_with_a_resource_version_are_compared_by_it() {
             .expect("EndpointSlice")
     };
     let services = [service];
-    let mut cache = RenderCache::default();
-    cache.render(&cfg(), &services, &[ep("10.42.0.4", "2")], &[]);
-    let (_, rendered) = cache.render(&cfg(), &services, &[ep("10.42.0.4", "2")], &[]);
+    let mut cache = Rendered::default();
+    render(&mut cache, &services, &[ep("10.42.0.4", "2")], &[]);
+    let (_, rendered) = render(&mut cache, &services, &[ep("10.42.0.4", "2")], &[]);
     assert_eq!(rendered, 0, "same uid and resourceVersion");
-    let (rs, rendered) = cache.render(&cfg(), &services, &[ep("10.42.0.5", "3")], &[]);
+    let (rs, rendered) = render(&mut cache, &services, &[ep("10.42.0.5", "3")], &[]);
     assert_eq!(rendered, 1, "the slice's resourceVersion moved");
     assert!(
         chains_with(&rs, "ep-")
@@ -581,6 +592,270 @@ fn losing_all_endpoints_moves_the_cluster_ip_to_the_reject_map() {
         "{cmds:?}"
     );
     assert!(cmds.contains(&format!("flush chain {svc_a}")), "{cmds:?}");
+}
+
+/// What the kernel holds after a series of transactions, applied the way
+/// nf_tables does, failing where nft would refuse a command.
+#[derive(Debug, Default)]
+struct Model {
+    chains: BTreeMap<String, Vec<Vec<Statement<'static>>>>,
+    maps: BTreeMap<&'static str, BTreeMap<MapKey, String>>,
+    sets: BTreeSet<String>,
+}
+
+impl Model {
+    fn apply(&mut self, cmds: &[Cmd]) {
+        for cmd in cmds {
+            match cmd {
+                Cmd::AddTable => {}
+                Cmd::DeleteTable => *self = Self::default(),
+                Cmd::AddMap(m) => {
+                    self.maps.entry(m.name).or_default();
+                }
+                Cmd::AddSet(n, _) => {
+                    self.sets.insert(n.clone());
+                }
+                Cmd::DeleteSet(n) => assert!(self.sets.remove(n), "delete of a missing set {n}"),
+                Cmd::AddChain(n, _) => {
+                    self.chains.entry(n.clone()).or_default();
+                }
+                Cmd::FlushChain(n) => self
+                    .chains
+                    .get_mut(n)
+                    .unwrap_or_else(|| panic!("flush of a missing chain {n}"))
+                    .clear(),
+                Cmd::DeleteChain(n) => {
+                    let rules = self.chains.remove(n);
+                    assert!(rules.is_some(), "delete of a missing chain {n}");
+                    assert!(
+                        rules.is_some_and(|r| r.is_empty()),
+                        "delete of a chain with rules {n}"
+                    );
+                }
+                Cmd::AddRule(n, r) => self
+                    .chains
+                    .get_mut(n)
+                    .unwrap_or_else(|| panic!("rule for a missing chain {n}"))
+                    .push(r.clone()),
+                Cmd::AddElements(m, elems) => {
+                    for (k, v) in elems {
+                        assert!(
+                            self.chains.contains_key(v),
+                            "element {k} goes to a missing chain {v}"
+                        );
+                        let map = self.maps.get_mut(m.name).expect("map exists");
+                        assert!(
+                            map.insert(k.clone(), v.clone()).is_none(),
+                            "element {k} exists already"
+                        );
+                    }
+                }
+                Cmd::DeleteElements(m, keys) => {
+                    for k in keys {
+                        let map = self.maps.get_mut(m.name).expect("map exists");
+                        assert!(map.remove(k).is_some(), "delete of a missing element {k}");
+                    }
+                }
+            }
+        }
+        // Every jump, goto and set a rule names exists.
+        for rules in self.chains.values() {
+            let text = serde_json::to_string(rules).expect("rules serialise");
+            for target in text.split(r#""target":""#).skip(1) {
+                let name = target.split('"').next().unwrap_or_default();
+                assert!(
+                    self.chains.contains_key(name),
+                    "a rule goes to a missing chain {name}"
+                );
+            }
+            for set in text.split(r#""@"#).skip(1) {
+                let name = set.split('"').next().unwrap_or_default();
+                assert!(
+                    self.sets.contains(name) || self.maps.contains_key(name),
+                    "a rule uses a missing set {name}"
+                );
+            }
+        }
+    }
+
+    /// Does it hold `rs` (plus empty chains and unused sets waiting to be deleted)?
+    fn assert_holds(&self, rs: &Ruleset) {
+        for (name, chain) in &rs.chains {
+            assert_eq!(
+                self.chains.get(name),
+                Some(chain.rules.as_ref()),
+                "chain {name}"
+            );
+        }
+        for (name, rules) in &self.chains {
+            assert!(
+                rs.chains.contains_key(name) || rules.is_empty(),
+                "chain {name} is neither wanted nor empty"
+            );
+        }
+        let wanted: BTreeMap<&str, &BTreeMap<MapKey, String>> = rs
+            .maps
+            .iter()
+            .map(|(m, e)| (m.name, e))
+            .filter(|(_, e)| !e.is_empty())
+            .collect();
+        let held: BTreeMap<&str, &BTreeMap<MapKey, String>> = self
+            .maps
+            .iter()
+            .map(|(m, e)| (*m, e))
+            .filter(|(_, e)| !e.is_empty())
+            .collect();
+        assert_eq!(held, wanted, "map elements");
+        for name in rs.sets.keys() {
+            assert!(self.sets.contains(name), "set {name} missing");
+        }
+    }
+}
+
+/// Service `i` of a small cluster, as a test case shapes it: a type, maybe
+/// ClientIP affinity, maybe an external IP (shared by services 1 and 2,
+/// or the cluster DNS address, so claims clash), and ready/not-ready
+/// endpoints out of a few addresses.
+#[derive(Clone, Debug)]
+struct Shape {
+    present: bool,
+    node_port: bool,
+    affinity: bool,
+    external: Option<&'static str>,
+    endpoints: Vec<(u8, bool)>,
+}
+
+fn objects(shapes: &[Shape]) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let (mut services, mut slices) = (Vec::new(), Vec::new());
+    for (i, sh) in shapes.iter().enumerate().filter(|(_, s)| s.present) {
+        let name = format!("s{i}");
+        // Service 3 holds the cluster DNS address and port.
+        let (ip, port) = if i == 3 {
+            ("10.43.0.10".to_owned(), 53)
+        } else {
+            (format!("10.43.1.{i}"), 80)
+        };
+        let mut extra = json!({});
+        let mut ports = json!([{"name": "http", "port": port, "protocol": "TCP"}]);
+        if sh.node_port {
+            extra["type"] = json!("NodePort");
+            ports[0]["nodePort"] = json!(30000 + i);
+        }
+        if sh.affinity {
+            extra["sessionAffinity"] = json!("ClientIP");
+        }
+        if let Some(ip) = sh.external {
+            extra["externalIPs"] = json!([ip]);
+        }
+        services.push(svc(&name, &ip, ports, extra));
+        let eps: Vec<(String, bool)> = sh
+            .endpoints
+            .iter()
+            .map(|(e, ready)| (format!("10.42.0.{}", 10 * i + usize::from(*e)), *ready))
+            .collect();
+        let eps: Vec<(&str, bool, &str)> = eps
+            .iter()
+            .map(|(ip, r)| (ip.as_str(), *r, "node-1"))
+            .collect();
+        slices.push(slice(&name, http_target(), &eps));
+    }
+    (services, slices)
+}
+
+fn shape() -> impl proptest::strategy::Strategy<Value = Shape> {
+    use proptest::prelude::*;
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(prop::sample::select(vec!["192.168.1.50", "10.43.0.10"])),
+        prop::collection::vec((0u8..4, any::<bool>()), 0..4),
+    )
+        .prop_map(
+            |(present, node_port, affinity, external, endpoints)| Shape {
+                present,
+                node_port,
+                affinity,
+                external,
+                endpoints,
+            },
+        )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever sequence of changes the cluster goes through, the updates
+    /// the proxy plans from what changed leave the kernel holding exactly
+    /// what a full render of the current state asks for.
+    #[test]
+    fn incremental_updates_reach_what_a_full_render_wants(
+        steps in proptest::collection::vec(proptest::collection::vec(shape(), 5), 1..6),
+        host_port in proptest::prelude::any::<bool>(),
+    ) {
+        let mut c = cfg();
+        c.dns = Some(("10.43.0.10".parse().expect("ip"), "10.42.0.1:53".parse().expect("addr")));
+        let mut proxy = Proxy::new(c.clone());
+        let mut model = Model::default();
+        let t0 = Instant::now();
+        for (n, shapes) in steps.iter().enumerate() {
+            let (services, slices) = objects(shapes);
+            let ports = if host_port && n % 2 == 1 {
+                vec![HostPort {
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                    host_port: 8080,
+                    pod_ip: "10.42.0.99".parse().expect("ip"),
+                    container_port: 80,
+                }]
+            } else {
+                Vec::new()
+            };
+            // Half a stale delay per step: stale chains wait one step, then go.
+            let now = t0 + STALE_CHAIN_DELAY / 2 * u32::try_from(n).expect("few steps");
+            let plan = proxy.plan(&services, &slices, &ports, now);
+            proptest::prop_assert_eq!(plan.full, n == 0);
+            model.apply(&plan.cmds);
+            proxy.applied(plan);
+            model.assert_holds(&render_ruleset(&c, &services, &slices, &ports));
+        }
+    }
+}
+
+#[test]
+fn a_map_key_two_services_claim_goes_to_the_last_by_name_whatever_the_order() {
+    let shared = json!({"externalIPs": ["192.168.1.50"]});
+    let services = [
+        svc("b", "10.43.0.2", http(), shared.clone()),
+        svc("a", "10.43.0.1", http(), shared),
+    ];
+    let slices = [
+        slice("a", http_target(), &[("10.42.0.4", true, "node-1")]),
+        slice("b", http_target(), &[("10.42.0.5", true, "node-1")]),
+    ];
+    let mut reversed = services.clone();
+    reversed.reverse();
+    for order in [&services, &reversed] {
+        let rs = render_ruleset(&cfg(), order, &slices, &[]);
+        assert_eq!(
+            rs.target("service-ips", &key("192.168.1.50", 80)),
+            Some(chain_name("ext", "default/b/tcp/http").as_str()),
+            "default/b wins over default/a"
+        );
+    }
+    // When b goes, a's claim takes the key over.
+    let mut proxy = Proxy::new(cfg());
+    let plan = proxy.plan(&services, &slices, &[], Instant::now());
+    proxy.applied(plan);
+    let plan = proxy.plan(&services[1..], &slices, &[], Instant::now());
+    let cmds: Vec<String> = plan.cmds.iter().map(ToString::to_string).collect();
+    let ext_a = chain_name("ext", "default/a/tcp/http");
+    assert!(
+        cmds.contains(&format!(
+            "add element service-ips {{ 192.168.1.50 . tcp . 80 : goto {ext_a} }}"
+        )),
+        "{cmds:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -713,8 +988,141 @@ fn kernel_full_sync_then_no_op_then_endpoint_update() {
     assert!(!listed.contains("10.42.0.2"), "old endpoint gone");
 }
 
+/// What `nft -j list table ip orch` shows, by object and without handles:
+/// each chain, each chain's rules in order, each set and map with its
+/// elements sorted. Two tables built differently compare equal when they
+/// hold the same.
+fn table_contents(ns: &NetNs) -> BTreeMap<String, serde_json::Value> {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(o) => {
+                o.remove("handle");
+                o.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut listed: serde_json::Value =
+        serde_json::from_str(&list_table(ns)).expect("nft prints JSON");
+    strip(&mut listed);
+    let mut out = BTreeMap::new();
+    for item in listed["nftables"].as_array().expect("a list").iter() {
+        let Some((kind, obj)) = item.as_object().and_then(|o| o.iter().next()) else {
+            continue;
+        };
+        let mut obj = obj.clone();
+        match kind.as_str() {
+            "chain" | "set" | "map" => {
+                if let Some(elems) = obj.get_mut("elem").and_then(|e| e.as_array_mut()) {
+                    elems.sort_by_key(ToString::to_string);
+                }
+                out.insert(format!("{kind} {}", obj["name"]), obj);
+            }
+            "rule" => {
+                let rules = out
+                    .entry(format!("rules of {}", obj["chain"]))
+                    .or_insert_with(|| json!([]));
+                rules
+                    .as_array_mut()
+                    .expect("a list")
+                    .push(obj["expr"].clone());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 #[test]
-fn kernel_failed_sync_reports_nft_error_and_forces_full_resync() {
+fn kernel_loads_and_updates_over_netlink_leave_what_nft_loads() {
+    let shape = |node_port, affinity, external, endpoints: &[(u8, bool)]| Shape {
+        present: true,
+        node_port,
+        affinity,
+        external,
+        endpoints: endpoints.to_vec(),
+    };
+    let gone = Shape {
+        present: false,
+        node_port: false,
+        affinity: false,
+        external: None,
+        endpoints: Vec::new(),
+    };
+    let before = [
+        shape(true, true, None, &[(0, true), (1, true)]),
+        shape(false, false, Some("192.168.1.50"), &[(0, true)]),
+        shape(false, false, None, &[]),
+        shape(false, false, None, &[(0, true)]),
+        gone.clone(),
+    ];
+    let after = [
+        shape(true, false, None, &[(1, true), (2, true)]),
+        gone,
+        shape(true, false, None, &[(0, true)]),
+        shape(false, false, None, &[(0, true)]),
+        shape(true, true, Some("192.168.1.50"), &[(0, true), (3, false)]),
+    ];
+    let host_ports = [HostPort {
+        protocol: Protocol::Udp,
+        host_ip: Some("192.168.1.10".parse().expect("ip")),
+        host_port: 5353,
+        pod_ip: "10.42.0.99".parse().expect("ip"),
+        container_port: 53,
+    }];
+    // A byte-aligned cluster CIDR compares two bytes, a /17 masks first.
+    for prefix in [16, 17] {
+        let Some(updated) = test_ns(&format!("nl{prefix}")) else {
+            return;
+        };
+        let loaded = NetNs::create(&format!("nft{prefix}")).expect("a second test netns");
+        let mut c = cfg();
+        c.cluster_cidr = (Ipv4Addr::new(10, 42, 0, 0), prefix);
+        c.dns = Some((
+            "10.43.0.10".parse().expect("ip"),
+            "10.42.0.1:53".parse().expect("addr"),
+        ));
+        let (services, slices) = objects(&before);
+        let mut proxy = Proxy::new(c.clone());
+        proxy.stale_delay = Duration::ZERO;
+        let stats = updated
+            .run(|| proxy.sync(&services, &slices, &[]))
+            .expect("full sync over netlink");
+        assert!(stats.full && stats.netlink, "{stats:?}");
+        let (services, slices) = objects(&after);
+        let stats = updated
+            .run(|| proxy.sync(&services, &slices, &host_ports))
+            .expect("update over netlink");
+        assert!(
+            !stats.full && stats.netlink && stats.commands > 0,
+            "{stats:?}"
+        );
+        // Stale chains and sets go in the next one, also over netlink.
+        let stats = updated
+            .run(|| proxy.sync(&services, &slices, &host_ports))
+            .expect("stale deletion over netlink");
+        assert!(stats.netlink && stats.commands > 0, "{stats:?}");
+
+        // The same state loaded by nft from the JSON the nftables crate writes.
+        let cmds = plan_full(&render_ruleset(&c, &services, &slices, &host_ports));
+        loaded
+            .run(|| run_nft("full resync", &cmds))
+            .expect("nft loads the new state");
+        let (got, want) = (table_contents(&updated), table_contents(&loaded));
+        for (k, v) in &want {
+            assert_eq!(got.get(k), Some(v), "/{prefix}: {k}");
+        }
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "/{prefix}: the same objects"
+        );
+    }
+}
+
+#[test]
+fn kernel_failed_update_names_the_refused_command_and_forces_full_resync() {
     let Some(ns) = test_ns("fail") else { return };
     let services = [svc("web", "10.43.0.100", http(), json!({}))];
     let before = [slice(
@@ -738,18 +1146,39 @@ fn kernel_failed_sync_reports_nft_error_and_forces_full_resync() {
         .expect_err("update of a missing table");
     let msg = err.to_string();
     assert!(
-        msg.starts_with("nft rejected the update transaction of"),
+        msg.starts_with("nf_tables refused the update of 7 commands at command 0 (add chain ep-"),
         "{msg}"
     );
     assert!(
         msg.contains("No such file or directory"),
-        "carries nft's stderr: {msg}"
+        "carries the kernel's error: {msg}"
     );
     let stats = ns
         .run(|| proxy.sync(&services, &after, &[]))
         .expect("full resync");
     assert!(stats.full, "a failed sync makes the next one a full resync");
     assert!(list_table(&ns).contains("10.42.0.3"));
+}
+
+#[test]
+fn kernel_nft_refusals_carry_its_message() {
+    let Some(ns) = test_ns("nftfail") else { return };
+    let cmds = [
+        Cmd::AddTable,
+        Cmd::AddRule("no-such-chain".into(), vec![Statement::Drop(None)]),
+    ];
+    let err = ns
+        .run(|| run_nft("update", &cmds))
+        .expect_err("a rule for a missing chain");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("nft rejected the update transaction of 2 commands: "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Could not process rule: No such file or directory"),
+        "nft's stderr: {msg}"
+    );
 }
 
 #[test]
