@@ -182,11 +182,13 @@ pub struct SyncStats {
 // The desired state
 // ---------------------------------------------------------------------------
 
-/// A verdict map of the table: its name and key type.
+/// A verdict map (or, without `verdict`, a plain set) of the table: its
+/// name and key type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MapDef {
     name: &'static str,
     key: &'static [&'static str],
+    verdict: bool,
 }
 
 const ADDR_KEY: &[&str] = &["ipv4_addr", "inet_proto", "inet_service"];
@@ -194,34 +196,52 @@ const PORT_KEY: &[&str] = &["inet_proto", "inet_service"];
 const SERVICE_IPS: MapDef = MapDef {
     name: "service-ips",
     key: ADDR_KEY,
+    verdict: true,
 };
 const SERVICE_NODEPORTS: MapDef = MapDef {
     name: "service-nodeports",
     key: PORT_KEY,
+    verdict: true,
 };
 const NO_EP_SERVICES: MapDef = MapDef {
     name: "no-endpoint-services",
     key: ADDR_KEY,
+    verdict: true,
 };
 const NO_EP_NODEPORTS: MapDef = MapDef {
     name: "no-endpoint-nodeports",
     key: PORT_KEY,
+    verdict: true,
 };
 const HOSTPORT_IPS: MapDef = MapDef {
     name: "hostport-ips",
     key: ADDR_KEY,
+    verdict: true,
 };
 const HOSTPORT_ANY: MapDef = MapDef {
     name: "hostport-any",
     key: PORT_KEY,
+    verdict: true,
 };
-const MAPS: [MapDef; 6] = [
+/// `address . address` of every endpoint (and hostPort pod): a packet
+/// leaving with the same source and destination is a pod that reached
+/// itself through a Service, and is masqueraded so its answer comes back
+/// the way it went. One set element per endpoint instead of a rule in
+/// every endpoint chain: elements are not re-validated by the kernel, and
+/// the rule would be (each one doubled what a commit validates).
+const HAIRPIN: MapDef = MapDef {
+    name: "hairpin",
+    key: &["ipv4_addr", "ipv4_addr"],
+    verdict: false,
+};
+const MAPS: [MapDef; 7] = [
     SERVICE_IPS,
     SERVICE_NODEPORTS,
     NO_EP_SERVICES,
     NO_EP_NODEPORTS,
     HOSTPORT_IPS,
     HOSTPORT_ANY,
+    HAIRPIN,
 ];
 
 const REJECT_CHAIN: &str = "reject-chain";
@@ -229,13 +249,15 @@ const DROP_CHAIN: &str = "drop-chain";
 const MARK_CHAIN: &str = "mark-for-masquerade";
 const DNS_CHAIN: &str = "cluster-dns";
 
-/// A verdict-map key: `addr . proto . port` or `proto . port`.
+/// A map key: `addr . proto . port`, `proto . port` or `addr . addr`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MapKey {
     /// For `service-ips`, `no-endpoint-services`, `hostport-ips`.
     Addr(Ipv4Addr, Protocol, u16),
     /// For `service-nodeports`, `no-endpoint-nodeports`, `hostport-any`.
     Port(Protocol, u16),
+    /// For `hairpin`: an address twice.
+    Pair(Ipv4Addr),
 }
 
 impl fmt::Display for MapKey {
@@ -243,6 +265,7 @@ impl fmt::Display for MapKey {
         match self {
             Self::Addr(a, p, n) => write!(f, "{a} . {} . {n}", p.as_str()),
             Self::Port(p, n) => write!(f, "{} . {n}", p.as_str()),
+            Self::Pair(a) => write!(f, "{a} . {a}"),
         }
     }
 }
@@ -544,6 +567,17 @@ fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
         NfHook::Postrouting,
         100,
         vec![
+            vec![
+                m(
+                    Expression::Named(NamedExpression::Concat(vec![
+                        field("ip", "saddr"),
+                        field("ip", "daddr"),
+                    ])),
+                    Operator::EQ,
+                    s(format!("@{}", HAIRPIN.name)),
+                ),
+                jump(MARK_CHAIN),
+            ],
             vec![jump("masquerading")],
             // Pods reaching outside the cluster leave with the node's address.
             vec![
@@ -1003,16 +1037,8 @@ fn render_node(cfg: &ProxyConfig, host_ports: &[HostPort]) -> Part {
             key,
             chain.clone(),
         );
-        rs.chain(
-            chain,
-            vec![
-                vec![
-                    m(field("ip", "saddr"), Operator::EQ, s(pod_ip.to_string())),
-                    jump(MARK_CHAIN),
-                ],
-                dnat(hp.protocol, pod_ip, hp.container_port),
-            ],
-        );
+        rs.element(HAIRPIN, MapKey::Pair(pod_ip), String::new());
+        rs.chain(chain, vec![dnat(hp.protocol, pod_ip, hp.container_port)]);
     }
     rs
 }
@@ -1087,11 +1113,9 @@ fn dispatch(
     for (i, ep) in eps.iter().enumerate() {
         let ep_readable = format!("{readable}__{}/{}", ep.ip, ep.port);
         let ep_chain = chain_name("ep", &ep_readable);
-        let mut ep_rules = vec![vec![
-            // Hairpin: a pod reaching itself through its Service.
-            m(field("ip", "saddr"), Operator::EQ, s(ep.ip.to_string())),
-            jump(MARK_CHAIN),
-        ]];
+        let mut ep_rules = Vec::new();
+        // Hairpin: a pod reaching itself through its Service.
+        rs.element(HAIRPIN, MapKey::Pair(ep.ip), String::new());
         if let Some(timeout) = affinity {
             // The timeout is part of the name: a set's timeout cannot change.
             let set = chain_name("affinity", &format!("{ep_readable}/{timeout}"));
@@ -1144,7 +1168,7 @@ pub enum Cmd {
     AddTable,
     /// `delete table ip orch`.
     DeleteTable,
-    /// Declare a verdict map.
+    /// Declare a verdict map (or plain set).
     AddMap(MapDef),
     /// Declare an affinity set (name, timeout in seconds).
     AddSet(String, u32),
@@ -1158,7 +1182,7 @@ pub enum Cmd {
     DeleteChain(String),
     /// Append a rule.
     AddRule(String, Vec<Statement<'static>>),
-    /// Add map elements (key → goto chain).
+    /// Add map elements (key → goto chain; a plain set's keys only).
     AddElements(MapDef, Vec<(MapKey, String)>),
     /// Delete map elements by key.
     DeleteElements(MapDef, Vec<MapKey>),
@@ -1179,7 +1203,11 @@ impl fmt::Display for Cmd {
             Self::AddElements(m, e) => {
                 write!(f, "add element {}", m.name)?;
                 for (k, v) in e {
-                    write!(f, " {{ {k} : goto {v} }}")?;
+                    if m.verdict {
+                        write!(f, " {{ {k} : goto {v} }}")?;
+                    } else {
+                        write!(f, " {{ {k} }}")?;
+                    }
                 }
                 Ok(())
             }
@@ -1202,6 +1230,7 @@ fn key_expr<'a>(k: &MapKey) -> Expression<'a> {
             Expression::Number(u32::from(*n)),
         ],
         MapKey::Port(p, n) => vec![s(p.as_str()), Expression::Number(u32::from(*n))],
+        MapKey::Pair(a) => vec![s(a.to_string()), s(a.to_string())],
     };
     Expression::Named(NamedExpression::Concat(parts))
 }
@@ -1243,9 +1272,15 @@ impl Cmd {
                 }
             }
             Self::AddMap(m) => {
-                let v = serde_json::json!({"add": {"map": {
-                    "family": "ip", "table": TABLE, "name": m.name, "type": m.key, "map": "verdict"
-                }}});
+                let v = if m.verdict {
+                    serde_json::json!({"add": {"map": {
+                        "family": "ip", "table": TABLE, "name": m.name, "type": m.key, "map": "verdict"
+                    }}})
+                } else {
+                    serde_json::json!({"add": {"set": {
+                        "family": "ip", "table": TABLE, "name": m.name, "type": m.key
+                    }}})
+                };
                 return serde_json::to_writer(out, &v);
             }
             Self::AddSet(n, t) => NfCmd::Add(NfListObject::Set(Box::new(set(n, Some(*t))))),
@@ -1268,7 +1303,13 @@ impl Cmd {
                 name: m.name.into(),
                 elem: elems
                     .iter()
-                    .map(|(k, v)| Expression::List(vec![key_expr(k), goto_verdict(v.clone())]))
+                    .map(|(k, v)| {
+                        if m.verdict {
+                            Expression::List(vec![key_expr(k), goto_verdict(v.clone())])
+                        } else {
+                            key_expr(k)
+                        }
+                    })
                     .collect(),
             })),
             Self::DeleteElements(m, keys) => NfCmd::Delete(NfListObject::Element(Element {

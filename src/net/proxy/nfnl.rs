@@ -505,6 +505,21 @@ fn match_exprs(w: &mut Writer, m: &Match<'_>) -> Result<(), Unsupported> {
         return Ok(());
     }
     let op = cmp_op(m.op)?;
+    if let (Expression::Named(NamedExpression::Concat(fields)), Expression::String(set)) =
+        (&m.left, &m.right)
+        && let Some(set) = set.strip_prefix('@')
+    {
+        // `a . b @set`: the fields in consecutive registers, then a lookup.
+        load_concat(w, fields)?;
+        w.expr("lookup", |w| {
+            w.string(NFTA_LOOKUP_SET, set);
+            w.u32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            if op == NFT_CMP_NEQ {
+                w.u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+            }
+        });
+        return Ok(());
+    }
     if let Some(offset) = ip_field(&m.left) {
         match &m.right {
             Expression::String(set) if set.starts_with('@') => {
@@ -619,6 +634,22 @@ fn masquerade(w: &mut Writer, nat: Option<&NAT<'_>>) -> Result<(), Unsupported> 
     Ok(())
 }
 
+/// Load a concatenation's fields into consecutive 32-bit registers from
+/// `NFT_REG_1` on, each taking whole registers, as nft lays out set keys.
+fn load_concat(w: &mut Writer, fields: &[Expression<'_>]) -> Result<(), Unsupported> {
+    let mut words = 0;
+    for field in fields {
+        let reg = if words == 0 {
+            NFT_REG_1
+        } else {
+            NFT_REG32_00 + words
+        };
+        let (_, len) = load(w, field, reg)?;
+        words += len.div_ceil(4);
+    }
+    Ok(())
+}
+
 /// `KEY vmap @map`: the key's fields in consecutive 32-bit registers.
 fn verdict_map(
     w: &mut Writer,
@@ -635,16 +666,7 @@ fn verdict_map(
         Expression::Named(NamedExpression::Concat(fields)) => fields.as_slice(),
         single => std::slice::from_ref(single),
     };
-    let mut words = 0;
-    for field in fields {
-        let reg = if words == 0 {
-            NFT_REG_1
-        } else {
-            NFT_REG32_00 + words
-        };
-        let (_, len) = load(w, field, reg)?;
-        words += len.div_ceil(4);
-    }
+    load_concat(w, fields)?;
     w.expr("lookup", |w| {
         w.string(NFTA_LOOKUP_SET, map);
         w.u32(NFTA_LOOKUP_SREG, NFT_REG_1);
@@ -712,6 +734,11 @@ fn key_bytes(key: &MapKey) -> Vec<u8> {
     let (addr, proto, port) = match key {
         MapKey::Addr(a, p, n) => (Some(*a), *p, *n),
         MapKey::Port(p, n) => (None, *p, *n),
+        MapKey::Pair(a) => {
+            out.extend_from_slice(&a.octets());
+            out.extend_from_slice(&a.octets());
+            return out;
+        }
     };
     if let Some(a) = addr {
         out.extend_from_slice(&a.octets());
@@ -825,11 +852,13 @@ pub(super) fn encode(cmds: &[Cmd], seq: u32) -> Result<Batch, Unsupported> {
                     set_id += 1;
                     w.string(NFTA_SET_TABLE, TABLE);
                     w.string(NFTA_SET_NAME, map.name);
-                    w.u32(NFTA_SET_FLAGS, NFT_SET_MAP);
+                    w.u32(NFTA_SET_FLAGS, if map.verdict { NFT_SET_MAP } else { 0 });
                     w.u32(NFTA_SET_KEY_TYPE, key_type);
                     w.u32(NFTA_SET_KEY_LEN, key_len);
-                    w.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
-                    w.u32(NFTA_SET_DATA_LEN, 0);
+                    if map.verdict {
+                        w.u32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+                        w.u32(NFTA_SET_DATA_LEN, 0);
+                    }
                     w.u32(NFTA_SET_ID, set_id);
                 }),
             },
@@ -861,7 +890,9 @@ pub(super) fn encode(cmds: &[Cmd], seq: u32) -> Result<Batch, Unsupported> {
                             for (key, chain) in chunk {
                                 w.nest(NFTA_LIST_ELEM, |w| {
                                     w.value(NFTA_SET_ELEM_KEY, &key_bytes(key));
-                                    w.verdict(NFTA_SET_ELEM_DATA, NFT_GOTO, Some(chain));
+                                    if map.verdict {
+                                        w.verdict(NFTA_SET_ELEM_DATA, NFT_GOTO, Some(chain));
+                                    }
                                 });
                             }
                         });

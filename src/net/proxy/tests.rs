@@ -460,10 +460,11 @@ fn an_endpoint_change_touches_only_that_service() {
             format!("add chain {ep_new}"),
             format!("flush chain {svc_a}"),
             format!("add rule {ep_new}"),
-            format!("add rule {ep_new}"),
             format!("add rule {svc_a}"),
             format!("add rule {svc_a}"),
             format!("add rule {svc_a}"),
+            "delete element hairpin { 10.42.0.5 . 10.42.0.5 }".to_owned(),
+            "add element hairpin { 10.42.0.7 . 10.42.0.7 }".to_owned(),
             format!("flush chain {ep_old}"),
         ],
         "only service a's chains change; its ClusterIP element still points at the same chain"
@@ -640,7 +641,7 @@ impl Model {
                 Cmd::AddElements(m, elems) => {
                     for (k, v) in elems {
                         assert!(
-                            self.chains.contains_key(v),
+                            !m.verdict || self.chains.contains_key(v),
                             "element {k} goes to a missing chain {v}"
                         );
                         let map = self.maps.get_mut(m.name).expect("map exists");
@@ -1146,7 +1147,8 @@ fn kernel_failed_update_names_the_refused_command_and_forces_full_resync() {
         .expect_err("update of a missing table");
     let msg = err.to_string();
     assert!(
-        msg.starts_with("nf_tables refused the update of 7 commands at command 0 (add chain ep-"),
+        msg.starts_with("nf_tables refused the update of ")
+            && msg.contains(" commands at command 0 (add chain ep-"),
         "{msg}"
     );
     assert!(
