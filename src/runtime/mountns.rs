@@ -113,6 +113,13 @@ pub fn remove_private_subtree(dir: &Path) -> io::Result<()> {
 /// nothing back, in which every mount under the `hide` directories is
 /// detached except those under `keep` (which are bound back in place).
 ///
+/// When every `hide` directory is a mount point of its own (the agent makes
+/// them so, [`private_subtree`]), this never reads mountinfo: each `keep`
+/// path under them is cloned with what is mounted below it, the subtrees
+/// are detached in one call each, and the clones go back in place. Reading
+/// mountinfo costs as much as the mounts it lists, and the copy holds every
+/// other pod's mounts, so that would make each start cost O(pods).
+///
 /// Call only from a single-threaded process: `unshare` moves the calling
 /// thread alone.
 ///
@@ -135,38 +142,39 @@ pub fn isolate(hide: &[PathBuf], keep: &[PathBuf]) -> io::Result<()> {
             .collect()
     };
     let (hide, keep) = (canonical(hide), canonical(keep));
-    let points = mount_points()?;
     let under = |p: &Path, dirs: &[PathBuf]| dirs.iter().any(|d| p.starts_with(d));
-    // Subtrees that are mount points of their own go in one call; what is
-    // kept under them is bound back afterwards.
-    let whole: Vec<PathBuf> = hide
-        .iter()
-        .filter(|d| points.contains(d))
-        .cloned()
-        .collect();
-    // Clone what to keep before it is detached (a detached copy of the
-    // mount on top of the path: a namespace pin or a tmpfs alike).
+    // Clone what to keep before it is detached: the path with everything
+    // mounted on and below it (a namespace pin, a tmpfs, a pod directory).
     let mut kept: Vec<(PathBuf, OwnedFd)> = Vec::new();
-    for p in points
-        .iter()
-        .filter(|p| under(p, &keep) && under(p, &whole))
-    {
-        if kept.iter().any(|(k, _)| k == p) {
-            continue;
+    for p in keep.iter().filter(|p| under(p, &hide)) {
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE;
+        match rustix::mount::open_tree(rustix::fs::CWD, p, flags) {
+            Ok(fd) => kept.push((p.clone(), fd)),
+            // Not there yet (a first start): nothing to keep.
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cloning {}: {}", p.display(), errno(e)),
+                ));
+            }
         }
-        let fd = rustix::mount::open_tree(
-            rustix::fs::CWD,
-            p,
-            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-        )
-        .map_err(|e| io::Error::new(e.kind(), format!("cloning {}: {}", p.display(), errno(e))))?;
-        kept.push((p.clone(), fd));
     }
+    let mut not_mount_points = Vec::new();
     for dir in &hide {
-        if whole.contains(dir) {
-            remove_private_subtree(dir)?;
-        } else {
-            // Not a mount point of its own: one by one, deepest first.
+        match rustix::mount::unmount(dir, UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::INVAL) => not_mount_points.push(dir),
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    if !not_mount_points.is_empty() {
+        // Not mount points of their own: what is mounted under them goes
+        // one by one, deepest first (this needs mountinfo).
+        let points = mount_points()?;
+        for dir in &not_mount_points {
             let mut inner: Vec<&PathBuf> = points
                 .iter()
                 .filter(|p| p.starts_with(dir) && !under(p, &keep))
@@ -178,6 +186,11 @@ pub fn isolate(hide: &[PathBuf], keep: &[PathBuf]) -> io::Result<()> {
         }
     }
     for (path, fd) in &kept {
+        // Under a directory that was not a mount point, the kept mounts
+        // were never detached: the clone would only shadow them.
+        if not_mount_points.iter().any(|d| path.starts_with(d)) {
+            continue;
+        }
         rustix::mount::move_mount(
             fd,
             "",
