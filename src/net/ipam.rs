@@ -3,9 +3,12 @@
 //! in use, `<dir>/<cidr>/<ip>`, created exclusively and holding the pod's
 //! UID. Addresses are handed out round-robin from after the last one, so
 //! an address just freed is not reused at once (stale conntrack entries
-//! and caches of the old pod's address die out first).
+//! and caches of the old pod's address die out first). The files are read
+//! once when the allocator opens; after that it keeps the pod → address
+//! index in memory (the agent is the directory's only writer), so handing
+//! out an address costs the same with one pod as with two hundred.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -16,7 +19,8 @@ pub struct Ipam {
     dir: PathBuf,
     network: u32,
     prefix: u8,
-    lock: Mutex<()>,
+    /// Each pod's address, as the files say (held while they change).
+    by_pod: Mutex<HashMap<String, Ipv4Addr>>,
 }
 
 /// `10.42.3.0/24` → (10.42.3.0, 24), or a one-line reason.
@@ -47,12 +51,19 @@ impl Ipam {
     pub fn open(root: &Path, cidr: (Ipv4Addr, u8)) -> io::Result<Self> {
         let dir = root.join(format!("{}-{}", cidr.0, cidr.1));
         fs::create_dir_all(&dir)?;
-        Ok(Ipam {
+        let mut ipam = Ipam {
             dir,
             network: u32::from(cidr.0),
             prefix: cidr.1,
-            lock: Mutex::new(()),
-        })
+            by_pod: Mutex::default(),
+        };
+        let index = ipam
+            .assigned()?
+            .into_iter()
+            .map(|(ip, uid)| (uid, ip))
+            .collect();
+        *ipam.by_pod.get_mut().unwrap_or_else(|p| p.into_inner()) = index;
+        Ok(ipam)
     }
 
     pub fn prefix(&self) -> u8 {
@@ -68,7 +79,7 @@ impl Ipam {
         1 << (32 - u32::from(self.prefix))
     }
 
-    /// Every address in use and its pod's UID.
+    /// Every address in use and its pod's UID, read from the files.
     ///
     /// # Errors
     /// The directory cannot be read.
@@ -91,9 +102,8 @@ impl Ipam {
     /// # Errors
     /// The range is full (the message says so) or the disk failed.
     pub fn allocate(&self, uid: &str) -> io::Result<Ipv4Addr> {
-        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let assigned = self.assigned()?;
-        if let Some((ip, _)) = assigned.iter().find(|(_, owner)| owner == uid) {
+        let mut by_pod = self.by_pod.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ip) = by_pod.get(uid) {
             return Ok(*ip);
         }
         let last = fs::read_to_string(self.dir.join("last"))
@@ -119,6 +129,7 @@ impl Ipam {
                     f.write_all(uid.as_bytes())?;
                     f.sync_all()?;
                     fs::write(self.dir.join("last"), ip.to_string())?;
+                    by_pod.insert(uid.to_owned(), ip);
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -129,7 +140,7 @@ impl Ipam {
             "no pod address left in {}/{} ({} in use): delete pods or give the node a larger podCIDR",
             Ipv4Addr::from(self.network),
             self.prefix,
-            assigned.len()
+            by_pod.len()
         )))
     }
 
@@ -138,15 +149,17 @@ impl Ipam {
     /// # Errors
     /// The disk failed.
     pub fn release(&self, uid: &str) -> io::Result<Option<Ipv4Addr>> {
-        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut freed = None;
-        for (ip, owner) in self.assigned()? {
-            if owner == uid {
-                fs::remove_file(self.dir.join(ip.to_string()))?;
-                freed = Some(ip);
-            }
+        let mut by_pod = self.by_pod.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ip) = by_pod.get(uid).copied() else {
+            return Ok(None);
+        };
+        match fs::remove_file(self.dir.join(ip.to_string())) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        Ok(freed)
+        by_pod.remove(uid);
+        Ok(Some(ip))
     }
 
     /// Free every address whose pod is not in `live` (after a crash, or
@@ -155,7 +168,7 @@ impl Ipam {
     /// # Errors
     /// The disk failed.
     pub fn reconcile(&self, live: &HashSet<String>) -> io::Result<Vec<(Ipv4Addr, String)>> {
-        let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_pod = self.by_pod.lock().unwrap_or_else(|p| p.into_inner());
         let mut freed = Vec::new();
         for (ip, owner) in self.assigned()? {
             if !live.contains(&owner) {
@@ -163,6 +176,12 @@ impl Ipam {
                 freed.push((ip, owner));
             }
         }
+        // The files are the truth: the index starts again from them.
+        *by_pod = self
+            .assigned()?
+            .into_iter()
+            .map(|(ip, uid)| (uid, ip))
+            .collect();
         Ok(freed)
     }
 }
