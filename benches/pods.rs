@@ -450,6 +450,21 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// User plus system CPU of process `pid` (all its threads) so far, in
+/// USER_HZ ticks (`/proc/<pid>/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it may not.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    fields.iter().sum()
+}
+
 fn pid_of_shims(run_dir: &Path) -> Vec<u32> {
     std::fs::read_dir(run_dir.join("pods"))
         .into_iter()
@@ -571,6 +586,19 @@ async fn bench(ns: &Netns) {
         ms(wall),
         100.0 * (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
         (busy1 - busy0) as f64 * tick / N as f64
+    );
+    // With the hundred pods running and nothing changing, what the agent
+    // and the shims cost (their CPU over 10 s, as a share of one core).
+    let shims = pid_of_shims(&adir.join("run"));
+    let busy = |pids: &[u32]| -> u64 { pids.iter().map(|p| cpu_ticks(*p)).sum() };
+    let (agent0, shims0) = (cpu_ticks(agent.0.id()), busy(&shims));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (agent1, shims1) = (cpu_ticks(agent.0.id()), busy(&shims));
+    println!(
+        "{N} pods running, nothing changing: orch agent {:.1} % of a core, the {} shims {:.1} % together",
+        (agent1 - agent0) as f64 * tick / 10_000.0 * 100.0,
+        shims.len(),
+        (shims1 - shims0) as f64 * tick / 10_000.0 * 100.0,
     );
     if std::env::var_os("ORCH_BENCH_PARALLEL_ONLY").is_some() {
         clean(&pods).await;

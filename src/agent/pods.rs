@@ -17,6 +17,12 @@
 //! A container instance is `<name>.<restart>` in the shim, so an agent that
 //! restarts reads the restart counts back from the shims, which kept
 //! running with their containers.
+//!
+//! A worker syncs when the pod changes, when its shim says a container
+//! exited ([`shim::Request::Watch`]), and when something it is waiting for
+//! falls due (a probe, a restart back-off, a pull, a volume refresh) — no
+//! polling, so a node of idle pods costs next to nothing. A slow timer
+//! ([`IDLE_RESYNC`]) is the safety net.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +45,8 @@ use crate::runtime::shim::{self, ContainerState, Request};
 use crate::runtime::{rootfs, spec};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The longest a worker waits with nothing due: it syncs anyway then.
+const IDLE_RESYNC: Duration = Duration::from_secs(30);
 
 /// Where the agent keeps things, and who it is.
 pub struct Kubelet {
@@ -354,6 +362,10 @@ async fn service_account_token(
     Ok(token)
 }
 
+/// How often a pod's ConfigMaps, Secrets and tokens are read again (the
+/// kubelet's sync period is a minute; updates reach pods within that).
+const VOLUME_REFRESH: Duration = Duration::from_secs(30);
+
 /// Read the pod's ConfigMaps and Secrets (at most every 30 s) and write
 /// its API-backed volumes; a missing source blocks container creation.
 async fn refresh_volumes(k: &Kubelet, pod: &Value, files: &PodFiles, state: &mut WorkerState) {
@@ -361,7 +373,7 @@ async fn refresh_volumes(k: &Kubelet, pod: &Value, files: &PodFiles, state: &mut
     let every = if state.config_error.is_some() {
         Duration::from_secs(2)
     } else {
-        Duration::from_secs(30)
+        VOLUME_REFRESH
     };
     let due = state.sources_read.is_none_or(|t| t.elapsed() >= every);
     if !due {
@@ -469,6 +481,76 @@ struct WorkerState {
     start_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The pod's address, once its network is set up.
     pod_ip: Option<std::net::Ipv4Addr>,
+    /// The earliest moment something the last sync put off falls due.
+    wake: Option<tokio::time::Instant>,
+    /// Rung when the pod's shim reports an exit (or goes away).
+    shim_events: Arc<tokio::sync::Notify>,
+    /// The task reading those reports.
+    watching: Option<AbortOnDrop>,
+}
+
+impl WorkerState {
+    /// Sync again no later than `at`.
+    fn wake_at(&mut self, at: tokio::time::Instant) {
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
+
+    /// When the worker must sync next if nothing happens before.
+    fn next_sync(&self, pod: &Value) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let mut at = now + IDLE_RESYNC;
+        let mut due = |t: tokio::time::Instant| at = at.min(t);
+        if let Some(w) = self.wake {
+            due(w);
+        }
+        for (until, _) in self.backoff.values() {
+            due(*until);
+        }
+        for (until, _, _) in self.pull_backoff.values() {
+            due(*until);
+        }
+        if !self.pulls.is_empty() {
+            // A pull runs: see how it went soon.
+            due(now + Duration::from_millis(250));
+        }
+        if self.config_error.is_some() || !self.waiting.is_empty() {
+            due(now + Duration::from_secs(2));
+        }
+        if let Some(read) = self.sources_read
+            && !super::volumes::references(pod).is_empty()
+        {
+            due(read + VOLUME_REFRESH);
+        }
+        at
+    }
+}
+
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Read the shim's exit reports ([`shim::Request::Watch`]) and ring
+/// `events` for each, and once more when the shim goes away.
+async fn watch_shim(socket: PathBuf, events: Arc<tokio::sync::Notify>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    if let Ok(mut conn) = tokio::net::UnixStream::connect(&socket).await {
+        let mut request = serde_json::to_vec(&Request::Watch).expect("requests serialise");
+        request.push(b'\n');
+        if conn.write_all(&request).await.is_ok() {
+            let mut lines = tokio::io::BufReader::new(conn).lines();
+            // The first line answers the request (a sync then catches an
+            // exit from before the watch began); each later one is an exit.
+            while let Ok(Some(_)) = lines.next_line().await {
+                events.notify_one();
+            }
+        }
+    }
+    events.notify_one();
 }
 
 /// One container instance's probes.
@@ -497,8 +579,10 @@ async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Val
                 return;
             }
             Some(pod) => {
+                state.wake = None;
                 if let Err(e) = sync(&k, &pod, &mut state).await {
                     tracing::warn!(pod = %pod["metadata"]["name"], error = %e, "pod sync failed; retrying");
+                    state.wake_at(tokio::time::Instant::now() + Duration::from_secs(1));
                 }
                 state.start_permit = None;
                 if state.torn_down {
@@ -506,9 +590,15 @@ async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Val
                 }
             }
         }
+        let next = match rx.borrow().as_ref() {
+            Some(pod) if !state.torn_down => state.next_sync(pod),
+            _ => tokio::time::Instant::now(),
+        };
+        let events = state.shim_events.clone();
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = events.notified() => {}
+            () = tokio::time::sleep_until(next) => {}
         }
     }
 }
@@ -1388,6 +1478,10 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         state.pod_cgroup = true;
     }
     let (socket, shim_state) = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
+    if state.watching.as_ref().is_none_or(|w| w.0.is_finished()) {
+        let task = tokio::spawn(watch_shim(socket.clone(), state.shim_events.clone()));
+        state.watching = Some(AbortOnDrop(task));
+    }
     if let (Some(net), false, None) = (&k.network, host_network, state.pod_ip) {
         let (net, id, netns) = (net.clone(), uid.clone(), k.netns(&uid));
         let started = std::time::Instant::now();
@@ -1531,8 +1625,8 @@ async fn restart_later(
 ) -> Result<(), String> {
     let name = c["name"].as_str().unwrap_or_default().to_owned();
     let now = tokio::time::Instant::now();
-    match state.backoff.get(&name) {
-        Some((until, _)) if *until > now => {
+    match state.backoff.get(&name).copied() {
+        Some((until, _)) if until > now => {
             state.waiting.insert(
                 name.clone(),
                 (
@@ -1570,6 +1664,8 @@ async fn run_probes(
     state: &mut WorkerState,
 ) {
     let now = tokio::time::Instant::now();
+    // The earliest probe that falls due after this sync.
+    let mut wake: Option<tokio::time::Instant> = None;
     let live: std::collections::HashSet<String> =
         instances.values().map(|(_, s)| s.id.clone()).collect();
     state.probes.retain(|id, _| live.contains(id));
@@ -1609,16 +1705,18 @@ async fn run_probes(
                 continue;
             };
             let secs = |f: &str, d: u64| probe[f].as_u64().unwrap_or(d);
-            if now < since + Duration::from_secs(secs("initialDelaySeconds", 0)) {
+            let first = since + Duration::from_secs(secs("initialDelaySeconds", 0));
+            if now < first {
+                wake = Some(wake.map_or(first, |w: tokio::time::Instant| w.min(first)));
                 continue;
             }
-            if p.next.get(kind).is_some_and(|n| now < *n) {
+            if let Some(next) = p.next.get(kind).copied().filter(|n| now < *n) {
+                wake = Some(wake.map_or(next, |w: tokio::time::Instant| w.min(next)));
                 continue;
             }
-            p.next.insert(
-                kind,
-                now + Duration::from_secs(secs("periodSeconds", 10).max(1)),
-            );
+            let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
+            p.next.insert(kind, next);
+            wake = Some(wake.map_or(next, |w: tokio::time::Instant| w.min(next)));
             let ok = probe_once(socket, &cs.id, probe, c).await;
             let (success_threshold, failure_threshold) = (
                 secs("successThreshold", 1).max(1) as u32,
@@ -1630,7 +1728,11 @@ async fn run_probes(
                 *n += 1;
                 if *n >= success_threshold {
                     match kind {
-                        "startupProbe" => p.started = true,
+                        "startupProbe" => {
+                            p.started = true;
+                            // Liveness and readiness take over at once.
+                            wake = Some(now);
+                        }
                         "readinessProbe" => p.ready = true,
                         _ => {}
                     }
@@ -1653,6 +1755,9 @@ async fn run_probes(
                 }
             }
         }
+    }
+    if let Some(w) = wake {
+        state.wake_at(w);
     }
 }
 

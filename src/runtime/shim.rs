@@ -105,6 +105,10 @@ pub enum Request {
         headers: Vec<(String, String)>,
         timeout_ms: u64,
     },
+    /// Be told when a container exits: after the answer line the shim
+    /// keeps the connection and writes an empty line on every exit (the
+    /// agent then asks for the [`Request::State`]), so nobody polls.
+    Watch,
 }
 
 /// How a probe or exec went.
@@ -476,6 +480,8 @@ struct Shim {
     containers: BTreeMap<String, Tracked>,
     sessions: Vec<Session>,
     attachments: Vec<Attachment>,
+    /// Connections told of every exit ([`Request::Watch`]).
+    watchers: Vec<UnixStream>,
     /// Numbers exec process files and console sockets.
     next_exec: u64,
     shutting_down: bool,
@@ -698,7 +704,7 @@ impl Shim {
                     },
                 };
             }
-            Request::ExecStream { .. } | Request::Attach { .. } => {
+            Request::ExecStream { .. } | Request::Attach { .. } | Request::Watch => {
                 Err("a stream needs its own connection".into())
             }
             Request::ProbeTcp { port, timeout_ms } => {
@@ -1088,6 +1094,8 @@ impl Shim {
             let _ = a.conn.shutdown(std::net::Shutdown::Both);
             false
         });
+        // Watchers that cannot take a line (gone, or not reading) are dropped.
+        self.watchers.retain(|w| (&*w).write_all(b"\n").is_ok());
     }
 }
 
@@ -1130,6 +1138,7 @@ pub fn run(
         containers: BTreeMap::new(),
         sessions: Vec::new(),
         attachments: Vec::new(),
+        watchers: Vec::new(),
         next_exec: 0,
         shutting_down: false,
     };
@@ -1147,6 +1156,7 @@ pub fn run(
             Exit,
             Session,
             Client,
+            Watcher,
         }
         let mut keys: Vec<(String, Kind)> = Vec::new();
         let mut ready: Vec<bool> = Vec::new();
@@ -1178,6 +1188,11 @@ pub fn run(
                 ));
                 keys.push((i.to_string(), Kind::Session));
             }
+            // A watcher's end only ever becomes readable when it hangs up.
+            for (i, w) in shim.watchers.iter().enumerate() {
+                fds.push(PollFd::from_borrowed_fd(w.as_fd(), PollFlags::IN));
+                keys.push((i.to_string(), Kind::Watcher));
+            }
             match rustix::event::poll(&mut fds, None) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -1194,7 +1209,7 @@ pub fn run(
             let (pipe, stream) = match kind {
                 Kind::Out => (&mut t.stdout, Stream::Stdout),
                 Kind::Err => (&mut t.stderr, Stream::Stderr),
-                Kind::Exit | Kind::Session | Kind::Client => continue,
+                Kind::Exit | Kind::Session | Kind::Client | Kind::Watcher => continue,
             };
             let mut buf = [0u8; 64 * 1024];
             let n = pipe
@@ -1250,6 +1265,16 @@ pub fn run(
         ended.sort_unstable_by(|a, b| b.cmp(a));
         for i in ended {
             shim.end_session(i);
+        }
+        let mut hung_up: Vec<usize> = keys
+            .iter()
+            .zip(&ready)
+            .filter(|((_, kind), r)| **r && matches!(kind, Kind::Watcher))
+            .filter_map(|((i, _), _)| i.parse().ok())
+            .collect();
+        hung_up.sort_unstable_by(|a, b| b.cmp(a));
+        for i in hung_up {
+            shim.watchers.swap_remove(i);
         }
         if listener_ready && let Ok((stream, _)) = listener.accept() {
             serve(&mut shim, stream);
@@ -1357,6 +1382,20 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
             Ok(Request::Attach { id, stdin }) => {
                 drop(reader);
                 return serve_attach(shim, stream, id, stdin);
+            }
+            Ok(Request::Watch) => {
+                drop(reader);
+                let mut out = serde_json::to_vec(&Response {
+                    ok: true,
+                    ..Response::default()
+                })
+                .expect("responses serialise");
+                out.push(b'\n');
+                // Never wait on a watcher: a full buffer drops it instead.
+                if (&stream).write_all(&out).is_ok() && stream.set_nonblocking(true).is_ok() {
+                    shim.watchers.push(stream);
+                }
+                return;
             }
             Ok(request) => shim.handle(request),
             Err(e) => Response {
