@@ -2166,6 +2166,13 @@ fn the_examples_do_what_their_comments_say() {
         "app says: prepared by the init container",
         60,
     );
+    // All of the pod's containers at once (kubectl asks for each one),
+    // each line prefixed with the container it came from.
+    logs_of(
+        &["logs", "sidecar", "--all-containers", "--prefix"],
+        "[pod/sidecar/log-shipper] app says: prepared by the init container",
+        30,
+    );
 
     // cronjob.yaml: a Job within a minute or so, printing the time.
     let deadline = Instant::now() + Duration::from_secs(150);
