@@ -848,6 +848,23 @@ fn a_pod_reaches_itself_through_its_service() {
             "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
         }))
         .unwrap();
+    // Like `default/kubernetes`: a Service whose endpoint is the node's own
+    // loopback API server.
+    let api: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "t", "name": "api"},
+        "spec": {"clusterIP": "10.43.9.10", "type": "ClusterIP",
+                 "ports": [{"name": "https", "port": 443, "targetPort": 7001}]},
+    }))
+    .unwrap();
+    let api_slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "t", "name": "api-1",
+                         "labels": {"kubernetes.io/service-name": "api"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "https", "port": 7001, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        }))
+        .unwrap();
     in_netns(&node.path(), || {
         Proxy::new(ProxyConfig {
             node_name: "n".into(),
@@ -855,7 +872,7 @@ fn a_pod_reaches_itself_through_its_service() {
             cluster_cidr: parse_cidr("10.42.0.0/16").unwrap(),
             dns: None,
         })
-        .sync(&[service], &[slice], &[])
+        .sync(&[service, api], &[slice, api_slice], &[])
         .map(drop)
         .map_err(|e| std::io::Error::other(e.to_string()))
     })
@@ -889,4 +906,18 @@ fn a_pod_reaches_itself_through_its_service() {
     // masquerade), so its answers find the way back.
     let peers = server.join().unwrap().unwrap();
     assert!(peers.iter().all(|p| p == "10.42.9.1"), "{peers:?}");
+
+    // Only Service traffic is masqueraded: a plain connection from the
+    // endpoint's address to itself keeps its source port. (Masquerading
+    // those broke every loopback connection to the API server when the
+    // rules first loaded: conntrack picked them up mid-stream, rewrote the
+    // port, and the server answered with resets.)
+    let (client, peer) = in_netns(&node.path(), || {
+        let listener = TcpListener::bind("127.0.0.1:7001")?;
+        let client = std::net::TcpStream::connect("127.0.0.1:7001")?;
+        let (_s, peer) = listener.accept()?;
+        Ok((client.local_addr()?, peer))
+    })
+    .unwrap();
+    assert_eq!(client, peer, "a direct loopback connection was rewritten");
 }

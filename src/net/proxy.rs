@@ -413,6 +413,19 @@ fn prefix(addr: Ipv4Addr, len: u8) -> Expression<'static> {
 fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
+/// `ct KEY FLAG`: the connection's `state` or `status` has the bit set.
+fn ct_flag(key: &'static str, flag: &'static str) -> Statement<'static> {
+    m(
+        Expression::Named(NamedExpression::CT(nftables::expr::CT {
+            key: key.into(),
+            family: None,
+            dir: None,
+        })),
+        Operator::IN,
+        s(flag),
+    )
+}
+
 fn jump(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
     Statement::Jump(JumpTarget {
         target: target.into(),
@@ -567,7 +580,11 @@ fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
         NfHook::Postrouting,
         100,
         vec![
+            // Only connections a Service rule sent somewhere (DNATed): plain
+            // traffic between the same addresses, the API server's own
+            // loopback connections among it, is left alone.
             vec![
+                ct_flag("status", "dnat"),
                 m(
                     Expression::Named(NamedExpression::Concat(vec![
                         field("ip", "saddr"),
@@ -592,21 +609,15 @@ fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
         ("filter-forward", NfHook::Forward),
         ("filter-output", NfHook::Output),
     ] {
-        let ct_new = m(
-            Expression::Named(NamedExpression::CT(nftables::expr::CT {
-                key: "state".into(),
-                family: None,
-                dir: None,
-            })),
-            Operator::IN,
-            s("new"),
-        );
         rs.base(
             name,
             Filter,
             hook,
             -110,
-            vec![vec![ct_new, jump("service-endpoints-check")]],
+            vec![vec![
+                ct_flag("state", "new"),
+                jump("service-endpoints-check"),
+            ]],
         );
     }
     dispatch_chain(

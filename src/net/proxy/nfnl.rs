@@ -145,6 +145,7 @@ const NFT_LOOKUP_F_INV: u32 = 1;
 const NFT_META_MARK: u32 = 3;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_STATUS: u32 = 2;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 const NFT_NG_RANDOM: u32 = 1;
@@ -168,6 +169,8 @@ const NF_ACCEPT_POLICY: u32 = 1;
 const RTN_LOCAL: u32 = 2;
 /// The `new` bit of `ct state` (`IP_CT_NEW` as nft's bitmask).
 const CT_STATE_NEW: u32 = 1 << 3;
+/// The `dnat` bit of `ct status` (`IPS_DST_NAT`).
+const CT_STATUS_DNAT: u32 = 1 << 5;
 /// nft's data type numbers (read back by `nft list`; a concatenation's type
 /// is its members' numbers, 6 bits each).
 const TYPE_IPADDR: u32 = 7;
@@ -435,12 +438,15 @@ fn load(w: &mut Writer, e: &Expression<'_>, reg: u32) -> Result<(Kind, u32), Uns
             });
             Ok((Kind::Host, 4))
         }
-        Expression::Named(NamedExpression::CT(ct))
-            if ct.key == "state" && ct.family.is_none() && ct.dir.is_none() =>
-        {
+        Expression::Named(NamedExpression::CT(ct)) if ct.family.is_none() && ct.dir.is_none() => {
+            let key = match ct.key.as_ref() {
+                "state" => NFT_CT_STATE,
+                "status" => NFT_CT_STATUS,
+                _ => return Err(unsupported(e)),
+            };
             w.expr("ct", |w| {
                 w.u32(NFTA_CT_DREG, reg);
-                w.u32(NFTA_CT_KEY, NFT_CT_STATE);
+                w.u32(NFTA_CT_KEY, key);
             });
             Ok((Kind::Host, 4))
         }
@@ -491,16 +497,23 @@ fn cmp_op(op: Operator) -> Result<u32, Unsupported> {
 
 /// One match, as nft 1.0.6 compiles it.
 fn match_exprs(w: &mut Writer, m: &Match<'_>) -> Result<(), Unsupported> {
-    // `ct state new`: a flag test.
+    // `ct state new`, `ct status dnat`: a flag test.
     if m.op == Operator::IN {
-        if !matches!(&m.right, Expression::String(s) if s == "new") {
-            return Err(unsupported(m));
-        }
+        let flag = match (&m.left, &m.right) {
+            (Expression::Named(NamedExpression::CT(ct)), Expression::String(s)) => {
+                match (ct.key.as_ref(), s.as_ref()) {
+                    ("state", "new") => CT_STATE_NEW,
+                    ("status", "dnat") => CT_STATUS_DNAT,
+                    _ => return Err(unsupported(m)),
+                }
+            }
+            _ => return Err(unsupported(m)),
+        };
         let (kind, _) = load(w, &m.left, NFT_REG_1)?;
         if kind != Kind::Host {
             return Err(unsupported(m));
         }
-        w.bitwise(NFT_REG_1, &CT_STATE_NEW.to_ne_bytes(), &[0; 4]);
+        w.bitwise(NFT_REG_1, &flag.to_ne_bytes(), &[0; 4]);
         w.cmp(NFT_CMP_NEQ, &[0; 4]);
         return Ok(());
     }
