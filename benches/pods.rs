@@ -513,6 +513,18 @@ async fn bench(ns: &Netns) {
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
         .unwrap();
+    // Runtime state on a tmpfs, as /run/orch is on a real node (a
+    // non-default --data-dir would otherwise put it on this disk).
+    let run_dir = base.path().join("run-tmpfs");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    rustix::mount::mount(
+        "tmpfs",
+        &run_dir,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        c"size=512m",
+    )
+    .expect("mount a tmpfs for the agent's --run-dir");
     let agent_started = Instant::now();
     let agent = Proc(
         Command::new("nsenter")
@@ -531,6 +543,8 @@ async fn bench(ns: &Netns) {
             .arg(sdir.join("server/token"))
             .arg("--data-dir")
             .arg(&adir)
+            .arg("--run-dir")
+            .arg(&run_dir)
             .spawn()
             .unwrap(),
     );
@@ -547,7 +561,7 @@ async fn bench(ns: &Netns) {
 
     // Warm up once (page cache, first cgroup).
     start_pods(&pods, &["warm".to_owned()]).await;
-    let shim_rss: Vec<(u64, u64)> = pid_of_shims(&adir.join("run"))
+    let shim_rss: Vec<(u64, u64)> = pid_of_shims(&run_dir)
         .into_iter()
         .map(|pid| (rss_kib(pid), rss_anon_kib(pid)))
         .collect();
@@ -589,7 +603,7 @@ async fn bench(ns: &Netns) {
     );
     // With the hundred pods running and nothing changing, what the agent
     // and the shims cost (their CPU over 10 s, as a share of one core).
-    let shims = pid_of_shims(&adir.join("run"));
+    let shims = pid_of_shims(&run_dir);
     let busy = |pids: &[u32]| -> u64 { pids.iter().map(|p| cpu_ticks(*p)).sum() };
     let (agent0, shims0) = (cpu_ticks(agent.0.id()), busy(&shims));
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -613,7 +627,7 @@ async fn bench(ns: &Netns) {
     // With 100 pods running, what one shim costs: its proportional share
     // of the pages it maps (PSS: shared pages divided among the processes
     // mapping them — the binary's text is shared by every shim).
-    let shims = pid_of_shims(&adir.join("run"));
+    let shims = pid_of_shims(&run_dir);
     let pss: Vec<u64> = shims
         .iter()
         .map(|p| pss_kib(*p))
@@ -678,7 +692,7 @@ async fn bench(ns: &Netns) {
     }
     peers(base.path(), &archive, orch_seq, orch_par);
     // What the agents left (their pods were deleted; the shims exit).
-    for dir in [adir.join("run"), edir.join("run")] {
+    for dir in [run_dir.clone(), edir.join("run")] {
         for pid in pid_of_shims(&dir) {
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_raw(pid as i32).unwrap(),
