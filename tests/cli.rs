@@ -389,3 +389,30 @@ fn token_sets_the_join_secret_on_first_start_and_must_match_later() {
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
     server.ok("1.33", &["get", "namespaces"]);
 }
+
+#[test]
+fn an_unreadable_resolv_conf_is_named_before_the_agent_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let out = orch(&[
+        "agent",
+        "--server",
+        "https://127.0.0.1:1",
+        "--token",
+        &token,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--resolv-conf",
+        "/nonexistent/resolv.conf",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--resolv-conf /nonexistent/resolv.conf")
+            && err.contains("give a readable file with nameserver lines"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // Nothing was set up for the agent.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

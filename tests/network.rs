@@ -4,9 +4,15 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use hickory_proto::op::{Message, OpCode, Query};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use orch::net::ipam::{Ipam, parse_cidr};
 use orch::net::netlink::{Netlink, in_netns};
@@ -44,6 +50,99 @@ fn call_port(netns: &Path, to: SocketAddr) -> std::io::Result<String> {
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
         Ok(buf)
+    })
+}
+
+/// A resolver outside the cluster, on `ip`:53 in `netns`: it answers every
+/// A question with 192.0.2.7 and keeps the names it was asked, until
+/// dropped.
+struct OutsideResolver {
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideResolver {
+    const ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+
+    fn start(netns: &Path, ip: Ipv4Addr) -> Self {
+        // A socket stays in the namespace it was made in.
+        let socket = in_netns(netns, || UdpSocket::bind((ip, 53))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let (asked, stop) = (
+            Arc::<Mutex<Vec<String>>>::default(),
+            Arc::<AtomicBool>::default(),
+        );
+        let (a, st) = (asked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((len, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(query) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let mut reply = Message::response(query.metadata.id, OpCode::Query);
+                for q in &query.queries {
+                    a.lock().unwrap().push(q.name().to_ascii());
+                    reply.add_query(q.clone());
+                    if q.query_type() == RecordType::A {
+                        reply.add_answer(Record::from_rdata(
+                            q.name().clone(),
+                            60,
+                            RData::A(A(Self::ANSWER)),
+                        ));
+                    }
+                }
+                let _ = socket.send_to(&reply.to_vec().unwrap(), peer);
+            }
+        });
+        OutsideResolver {
+            asked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for OutsideResolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The A records `server` gives for `name`, asked from inside `netns`.
+fn dns_a(netns: &Path, server: Ipv4Addr, name: &str) -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut query = Message::query();
+    query.metadata.id = 0x0707;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let bytes = query.to_vec().unwrap();
+    in_netns(netns, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        socket.send_to(&bytes, (server, 53))?;
+        let mut buf = [0u8; 1500];
+        let len = socket.recv(&mut buf)?;
+        let reply = Message::from_vec(&buf[..len]).map_err(std::io::Error::other)?;
+        Ok(reply
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect())
     })
 }
 
@@ -285,11 +384,23 @@ fn pods_services_and_names_work_across_nodes() {
     let lan = Lan::new("sw");
     let srv = lan.machine("srv", 1);
     let (n1, n2) = (lan.machine("n1", 11), lan.machine("n2", 12));
-    let _client_host = lan.machine("cl", 100);
+    let client_host = lan.machine("cl", 100);
     let server = support::TestServer::start_in_netns(&srv.0, &["--bind-address", "192.168.77.1"]);
     let token = server.dir.path().join("server/token");
     let dir = tempfile::tempdir().unwrap();
-    let mut agents = join_nodes(&server, dir.path(), [&n1, &n2], "net", &[]);
+    // The nodes' resolver is a machine on the LAN (as a home router is).
+    let outside_resolver =
+        OutsideResolver::start(&client_host.path(), Ipv4Addr::new(192, 168, 77, 100));
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 192.168.77.100\nsearch lan\n").unwrap();
+    let resolv_conf = resolv_conf.to_str().unwrap();
+    let mut agents = join_nodes(
+        &server,
+        dir.path(),
+        [&n1, &n2],
+        "net",
+        &["--resolv-conf", resolv_conf],
+    );
     server.wait_json(&["get", "nodes"], 60, "both nodes Ready", |v| {
         v["items"]
             .as_array()
@@ -404,12 +515,22 @@ fn pods_services_and_names_work_across_nodes() {
     })
     .expect("a pod reaches the API server at the kubernetes Service's ClusterIP");
 
+    // Names outside the cluster go to the node's resolvers (--resolv-conf);
+    // the cluster's own names never do.
+    let cluster_dns = Ipv4Addr::new(10, 43, 0, 10);
+    assert_eq!(
+        dns_a(&client_netns, cluster_dns, "printer.example.").unwrap(),
+        [OutsideResolver::ANSWER],
+        "the cluster DNS relays other names to the node's resolver"
+    );
+    assert_eq!(outside_resolver.asked(), ["printer.example."]);
+
     // NodePort, from a host outside the cluster, on either node.
     for node_ip in [
         Ipv4Addr::new(192, 168, 77, 11),
         Ipv4Addr::new(192, 168, 77, 12),
     ] {
-        let page = in_netns(&_client_host.path(), || {
+        let page = in_netns(&client_host.path(), || {
             http_get(SocketAddr::from((node_ip, 30080)))
         })
         .unwrap_or_else(|e| panic!("NodePort on {node_ip}: {e}"));
@@ -419,14 +540,62 @@ fn pods_services_and_names_work_across_nodes() {
         );
     }
 
-    // Pod to pod keeps the source address; leaving the cluster is
-    // masqueraded to the node's address.
+    // Traffic policy Local: what arrives at a node's NodePort stays on that
+    // node's pods and keeps the client's address; what a pod sends to the
+    // ClusterIP stays on its own node.
+    let local = server.write("local.yaml", LOCAL_SERVICES);
+    server.ok("1.33", &["apply", "-f", local.to_str().unwrap()]);
+    for (node_ip, pod) in [
+        (Ipv4Addr::new(192, 168, 77, 11), "web-1"),
+        (Ipv4Addr::new(192, 168, 77, 12), "web-2"),
+    ] {
+        let to = SocketAddr::from((node_ip, 30081));
+        // The node has its rules once the port answers (one transaction).
+        wait_for(10, "the externalTrafficPolicy: Local NodePort", || {
+            in_netns(&client_host.path(), || http_get(to)).is_ok()
+        });
+        for _ in 0..10 {
+            let page = in_netns(&client_host.path(), || http_get(to)).unwrap();
+            assert!(page.ends_with(&format!("{pod}\n")), "{to}: {page}");
+        }
+    }
+    let local_ip = server.ok(
+        "1.33",
+        &[
+            "get",
+            "svc",
+            "web-local",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            fetch(&server, &format!("http://{local_ip}/")).unwrap(),
+            "web-1",
+            "internalTrafficPolicy: Local keeps n1's client on n1"
+        );
+    }
     let web1_uid = server.ok(
         "1.33",
         &["get", "pod", "web-1", "-o", "jsonpath={.metadata.uid}"],
     );
     let web1_netns = dir.path().join("n1/run/netns").join(&web1_uid);
     let ip1v4: Ipv4Addr = ip1.parse().unwrap();
+    let listener = echo_server(&web1_netns, ip1v4);
+    let to = SocketAddr::from((Ipv4Addr::new(192, 168, 77, 11), 30700));
+    wait_for(10, "the echo NodePort", || {
+        call_port(&client_host.path(), to).is_ok_and(|r| r == "hello")
+    });
+    assert_eq!(
+        listener.join().unwrap(),
+        "192.168.77.100",
+        "externalTrafficPolicy: Local keeps the client's address"
+    );
+    server.ok("1.33", &["delete", "svc", "web-local", "echo-local"]);
+
+    // Pod to pod keeps the source address; leaving the cluster is
+    // masqueraded to the node's address.
     let listener = echo_server(&web1_netns, ip1v4);
     assert_eq!(call(&client_netns, ip1v4).unwrap(), "hello");
     assert_eq!(
@@ -435,7 +604,7 @@ fn pods_services_and_names_work_across_nodes() {
         "pod to pod is not masqueraded"
     );
     let outside = Ipv4Addr::new(192, 168, 77, 100);
-    let listener = echo_server(&_client_host.path(), outside);
+    let listener = echo_server(&client_host.path(), outside);
     assert_eq!(call(&client_netns, outside).unwrap(), "hello");
     assert_eq!(
         listener.join().unwrap(),
@@ -505,7 +674,7 @@ fn pods_services_and_names_work_across_nodes() {
         let to = SocketAddr::from((node_ip, 8888));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let page = loop {
-            match in_netns(&_client_host.path(), || http_get(to)) {
+            match in_netns(&client_host.path(), || http_get(to)) {
                 Ok(p) => break p,
                 Err(e) => assert!(
                     std::time::Instant::now() < deadline,
@@ -527,11 +696,17 @@ fn pods_services_and_names_work_across_nodes() {
         "1.33",
         &["wait", "--for=condition=Ready", "pod/hp", "--timeout=60s"],
     );
-    let page = in_netns(&_client_host.path(), || {
+    let page = in_netns(&client_host.path(), || {
         http_get(SocketAddr::from((Ipv4Addr::new(192, 168, 77, 12), 8081)))
     })
     .unwrap();
     assert!(page.ends_with("hp\n"), "{page}");
+    // dnsPolicy: Default — the node's resolv.conf.
+    let resolv = server.ok("1.33", &["exec", "hp", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 192.168.77.100") && resolv.contains("search lan"),
+        "{resolv}"
+    );
     server.ok("1.33", &["delete", "pod/hp", "svc/web-lb"]);
 
     // A deleted pod leaves the Service's rules within a second.
@@ -774,12 +949,34 @@ spec:
   ports: [{name: http, port: 8888, targetPort: 8080}]
 ";
 
+const LOCAL_SERVICES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web-local}
+spec:
+  type: NodePort
+  selector: {app: web}
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-local}
+spec:
+  type: NodePort
+  selector: {app: web}
+  externalTrafficPolicy: Local
+  ports: [{name: echo, port: 7000, targetPort: 7000, nodePort: 30700}]
+";
+
 const HOSTPORT: &str = "
 apiVersion: v1
 kind: Pod
 metadata: {name: hp}
 spec:
   nodeName: n2
+  dnsPolicy: Default
   terminationGracePeriodSeconds: 0
   containers:
   - name: web

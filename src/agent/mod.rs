@@ -100,6 +100,9 @@ pub struct Config {
     pub cgroup_root: String,
     pub cluster_dns: String,
     pub cluster_domain: String,
+    /// The node's resolvers: what the cluster DNS forwards to and what
+    /// `dnsPolicy: Default` pods get (`/etc/resolv.conf`).
+    pub resolv_conf: PathBuf,
     pub network: network::NetConfig,
     /// Registry mirrors and credentials (`registries.yaml`).
     pub registries: crate::runtime::image::Registries,
@@ -140,7 +143,14 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         ))
     })?;
     let dns_listen = services::dns_listener(pod_network.ipam.gateway());
-    let dns = match services::start_dns(dns_listen, &cfg.cluster_domain, cluster_dns).await {
+    let dns = match services::start_dns(
+        dns_listen,
+        &cfg.cluster_domain,
+        cluster_dns,
+        &cfg.resolv_conf,
+    )
+    .await
+    {
         Ok(dns) => Some(dns),
         Err(e) => {
             tracing::warn!("{e}; pods will not resolve cluster names on this node");
@@ -171,6 +181,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         images,
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,
+        resolv_conf: cfg.resolv_conf,
         starts: Arc::new(tokio::sync::Semaphore::new(pods::start_turns())),
         network: Some(pod_network),
         host_ports,

@@ -68,6 +68,8 @@ pub struct Kubelet {
     /// The cluster DNS server and domain pods get in resolv.conf.
     pub cluster_dns: String,
     pub cluster_domain: String,
+    /// The node's resolv.conf, for `dnsPolicy: Default` pods.
+    pub resolv_conf: PathBuf,
     /// Turns for pods' first starts, FIFO ([`start_turns`] of them).
     pub starts: Arc<tokio::sync::Semaphore>,
     /// The pods' bridge, addresses and veths (`None`: pods get loopback
@@ -767,7 +769,7 @@ fn write_pod_files(
         ));
     }
     std::fs::write(&files.hosts, hosts)?;
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let host = std::fs::read_to_string(&k.resolv_conf).unwrap_or_default();
     let resolv = resolv_conf(pod, host_network, &k.cluster_dns, &k.cluster_domain, &host);
     std::fs::write(&files.resolv_conf, resolv)
 }

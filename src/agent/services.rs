@@ -30,8 +30,9 @@ pub async fn start_dns(
     listen: SocketAddr,
     domain: &str,
     cluster_dns: IpAddr,
+    resolv_conf: &std::path::Path,
 ) -> Result<Arc<Dns>, super::Error> {
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = std::fs::read_to_string(resolv_conf).unwrap_or_default();
     // Never forward to ourselves (a node whose resolv.conf names the
     // cluster DNS would loop).
     let upstreams: Vec<SocketAddr> = Dns::upstreams_from_resolv_conf(&resolv)
@@ -40,7 +41,8 @@ pub async fn start_dns(
         .collect();
     if upstreams.is_empty() {
         tracing::warn!(
-            "no upstream resolvers in /etc/resolv.conf: pods can resolve only cluster names"
+            "no upstream resolvers in {}: pods can resolve only cluster names (give one with --resolv-conf)",
+            resolv_conf.display()
         );
     }
     let dns = Dns::new(domain, upstreams);

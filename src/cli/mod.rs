@@ -194,6 +194,14 @@ pub struct NodeArgs {
           value_parser = crate::net::overlay::Backend::parse)]
     pub flannel_backend: crate::net::overlay::Backend,
 
+    /// (agent) The resolv.conf whose nameservers the cluster DNS forwards
+    /// other names to, and that pods with `dnsPolicy: Default` get
+    /// [default: /etc/resolv.conf, or systemd-resolved's
+    /// /run/systemd/resolve/resolv.conf when /etc/resolv.conf names only
+    /// loopback resolvers, which pods cannot reach].
+    #[arg(long, env = "ORCH_RESOLV_CONF", value_name = "FILE")]
+    pub resolv_conf: Option<PathBuf>,
+
     /// (networking) Cluster domain.
     #[arg(
         long,
@@ -252,6 +260,18 @@ impl NodeArgs {
         }
         let registries = crate::runtime::image::Registries::load(&self.private_registry)
             .map_err(|e| anyhow::anyhow!("--private-registry {e}"))?;
+        let resolv_conf = match &self.resolv_conf {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--resolv-conf {}: {e}; give a readable file with nameserver lines",
+                        path.display()
+                    )
+                })?;
+                path.clone()
+            }
+            None => crate::net::dns::node_resolv_conf(),
+        };
         Ok(crate::agent::Config {
             registries,
             image_gc: crate::agent::imagegc::Policy {
@@ -295,6 +315,7 @@ impl NodeArgs {
             ),
             cluster_dns: self.cluster_dns.to_string(),
             cluster_domain: self.cluster_domain.clone(),
+            resolv_conf,
         })
     }
 }

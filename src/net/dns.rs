@@ -923,6 +923,44 @@ async fn serve_tcp(
     writer.lock().await.shutdown().await
 }
 
+/// Where systemd-resolved keeps the real upstream servers when
+/// `/etc/resolv.conf` points at its 127.0.0.53 stub.
+const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The node's resolv.conf, as k3s picks it: `/etc/resolv.conf`, unless
+/// every nameserver in it is a loopback address (systemd-resolved's stub,
+/// a local dnsmasq) — pods cannot reach those from their own network
+/// namespace — and systemd-resolved's file names real ones.
+pub fn node_resolv_conf() -> std::path::PathBuf {
+    let candidates = ["/etc/resolv.conf", SYSTEMD_RESOLV_CONF];
+    let texts: Vec<String> = candidates
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    let chosen = pick_resolv_conf(&texts);
+    if chosen == 0 && !has_pod_reachable_nameserver(&texts[0]) {
+        warn!(
+            "/etc/resolv.conf names no nameserver pods can reach (only loopback ones, or none): pods with dnsPolicy Default will not resolve names; give one with --resolv-conf"
+        );
+    }
+    candidates[chosen].into()
+}
+
+/// Which of the resolv.conf texts to use: the first with a nameserver
+/// pods can reach, else the first.
+fn pick_resolv_conf(texts: &[String]) -> usize {
+    texts
+        .iter()
+        .position(|t| has_pod_reachable_nameserver(t))
+        .unwrap_or(0)
+}
+
+fn has_pod_reachable_nameserver(text: &str) -> bool {
+    Dns::upstreams_from_resolv_conf(text)
+        .iter()
+        .any(|u| !u.ip().is_loopback() && !u.ip().is_unspecified())
+}
+
 /// Is `upstream` one of the addresses we serve on? Served on the unspecified
 /// address, every loopback address on our port is us (nothing else could
 /// have bound that port).
@@ -1635,6 +1673,24 @@ mod tests {
         assert_eq!(answer_ips(&msg), ips(&["10.42.0.5"]));
         let svc = ask(&dns, "pg.db.svc.cluster.local.", RecordType::A).await;
         assert_eq!(answer_ips(&svc), ips(&["10.42.0.5"]));
+    }
+
+    #[test]
+    fn a_loopback_only_resolv_conf_gives_way_to_systemd_resolveds_list() {
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n".to_owned();
+        let real = "nameserver 192.168.1.1\nnameserver fd00::1\n".to_owned();
+        assert_eq!(pick_resolv_conf(&[stub.clone(), real.clone()]), 1);
+        assert_eq!(pick_resolv_conf(&[real.clone(), stub.clone()]), 0);
+        // Neither usable: /etc/resolv.conf stays (the agent's own
+        // forwarding still works through the stub).
+        assert_eq!(pick_resolv_conf(&[stub.clone(), String::new()]), 0);
+        assert_eq!(pick_resolv_conf(&[String::new(), String::new()]), 0);
+        assert!(!has_pod_reachable_nameserver(
+            "nameserver ::1\nnameserver 0.0.0.0\n"
+        ));
+        assert!(has_pod_reachable_nameserver(
+            "nameserver 127.0.0.1\nnameserver 10.0.0.2\n"
+        ));
     }
 
     #[test]
