@@ -45,21 +45,29 @@ fn get(to: SocketAddr) -> std::io::Result<()> {
 }
 
 /// `n` requests to `to` from inside `netns`, each timed, sorted.
-fn requests(netns: &Path, to: SocketAddr, n: usize) -> Vec<Duration> {
+/// `n` requests to each of `to`, taking turns (so drift in the machine's
+/// load weighs on every target alike); each target's times, sorted.
+fn requests<const T: usize>(netns: &Path, to: [SocketAddr; T], n: usize) -> [Vec<Duration>; T] {
     in_netns(netns, || {
-        for _ in 0..50 {
-            get(to)?; // warm up
+        for target in to {
+            for _ in 0..50 {
+                get(target)?; // warm up
+            }
         }
-        let mut times = Vec::with_capacity(n);
+        let mut times: [Vec<Duration>; T] = std::array::from_fn(|_| Vec::with_capacity(n));
         for _ in 0..n {
-            let t = Instant::now();
-            get(to)?;
-            times.push(t.elapsed());
+            for (target, times) in to.iter().zip(times.iter_mut()) {
+                let t = Instant::now();
+                get(*target)?;
+                times.push(t.elapsed());
+            }
         }
-        times.sort();
+        for t in &mut times {
+            t.sort();
+        }
         Ok(times)
     })
-    .unwrap_or_else(|e| panic!("requests to {to}: {e}"))
+    .unwrap_or_else(|e| panic!("requests to {to:?}: {e}"))
 }
 
 fn main() {
@@ -174,16 +182,22 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let direct = requests(&client, SocketAddr::from((server_ip, 8080)), REQUESTS);
-    let via_service = requests(&client, SocketAddr::from((cluster_ip, 80)), REQUESTS);
+    let [direct, via_service] = requests(
+        &client,
+        [
+            SocketAddr::from((server_ip, 8080)),
+            SocketAddr::from((cluster_ip, 80)),
+        ],
+        REQUESTS,
+    );
     let (d50, s50) = (pct(&direct, 0.50), pct(&via_service, 0.50));
     println!(
-        "HTTP GET pod → pod IP ({REQUESTS}, new connection each): p50 {} p99 {}",
+        "HTTP GET pod → pod IP ({REQUESTS}, new connection each, taking turns with the other): p50 {} p99 {}",
         us(d50),
         us(pct(&direct, 0.99))
     );
     println!(
-        "HTTP GET pod → ClusterIP ({REQUESTS}, new connection each): p50 {} p99 {}",
+        "HTTP GET pod → ClusterIP ({REQUESTS}, new connection each, taking turns with the other): p50 {} p99 {}",
         us(s50),
         us(pct(&via_service, 0.99))
     );
