@@ -135,15 +135,24 @@ fn pods_really_run_exit_restart_and_go() {
         3
     );
 
-    // OnFailure restarts after the back-off; the count shows.
-    let file = server.write("flaky.yaml", &pod("flaky", "exit 1", "OnFailure", 30));
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let flaky = server.wait_json(&["get", "pod", "flaky"], 60, "a restart", |p| {
+    // OnFailure: the first exit restarts at once (as upstream); the count
+    // shows.
+    let restarts = |p: &serde_json::Value| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
             .unwrap_or(0)
-            >= 1
+    };
+    let file = server.write("flaky.yaml", &pod("flaky", "exit 1", "OnFailure", 30));
+    let t0 = Instant::now();
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let flaky = server.wait_json(&["get", "pod", "flaky"], 60, "a restart", |p| {
+        restarts(p) >= 1
     });
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the first restart waited a back-off: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(flaky["status"]["phase"], "Running", "still trying: {flaky}");
     // Follow: the output as it comes, ending when the container does.
     let file = server.write(
@@ -176,6 +185,65 @@ fn pods_really_run_exit_restart_and_go() {
         "{err}"
     );
     server.ok("1.33", &["delete", "pod", "ticker", "--timeout=60s"]);
+
+    // Crashing again and again: CrashLoopBackOff, each wait longer than
+    // the last (10 s, then 20 s).
+    let waiting = |p: &serde_json::Value| {
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        (
+            w["reason"].as_str().unwrap_or_default().to_owned(),
+            w["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let looping = server.wait_json(&["get", "pod", "flaky"], 30, "CrashLoopBackOff", |p| {
+        waiting(p).0 == "CrashLoopBackOff"
+    });
+    let n = restarts(&looping);
+    let delay = |p: &serde_json::Value| -> u64 {
+        let (_, message) = waiting(p);
+        message
+            .strip_prefix("back-off ")
+            .and_then(|m| m.split_once("s restarting failed container=main pod=flaky"))
+            .and_then(|(secs, _)| secs.parse().ok())
+            .unwrap_or_else(|| panic!("a back-off message: {p}"))
+    };
+    // 10 s, unless this machine was slow enough that the next one runs.
+    let first = delay(&looping);
+    assert!(first == 10 || first == 20, "{looping}");
+    let table = server.ok("1.33", &["get", "pod", "flaky"]);
+    assert!(table.contains("CrashLoopBackOff"), "{table}");
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=flaky",
+        ],
+    );
+    assert!(
+        events.contains("Back-off restarting failed container main in pod flaky_default"),
+        "{events}"
+    );
+    let next = server.wait_json(
+        &["get", "pod", "flaky"],
+        first + 30,
+        "the next restart's back-off",
+        |p| restarts(p) > n && waiting(p).0 == "CrashLoopBackOff",
+    );
+    assert_eq!(delay(&next), first * 2, "the back-off doubles: {next}");
+    let time = |p: &serde_json::Value, field: &str| -> jiff::Timestamp {
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"][field]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|e| panic!("lastState.terminated.{field}: {e}: {p}"))
+    };
+    let waited = time(&next, "startedAt").duration_since(time(&looping, "finishedAt"));
+    assert!(
+        waited.as_secs() >= first as i64 - 1,
+        "restarted {waited:?} after the exit, not after the {first} s back-off"
+    );
 
     // Long-running: Running and Ready; survives an agent kill -9.
     let file = server.write(

@@ -452,8 +452,11 @@ fn leftovers(k: &Kubelet, live: &std::collections::HashSet<String>) -> Vec<Strin
 /// What the worker remembers between syncs.
 #[derive(Default)]
 struct WorkerState {
-    /// Per container: do not restart before this.
-    backoff: HashMap<String, (tokio::time::Instant, Duration)>,
+    /// Per container waiting out its back-off: restart it then; the delay,
+    /// and when it exited.
+    backoff: HashMap<String, (tokio::time::Instant, Duration, tokio::time::Instant)>,
+    /// Per container: its crash-loop back-off (kept across restarts).
+    crash_backoff: HashMap<String, CrashBackoff>,
     /// Why a container is waiting (image missing, …).
     waiting: HashMap<String, (String, String)>,
     last_status: Option<Value>,
@@ -505,7 +508,7 @@ impl WorkerState {
         if let Some(w) = self.wake {
             due(w);
         }
-        for (until, _) in self.backoff.values() {
+        for (until, _, _) in self.backoff.values() {
             due(*until);
         }
         for (until, _, _) in self.pull_backoff.values() {
@@ -1362,10 +1365,51 @@ fn should_restart(policy: &str, exit_code: i32) -> bool {
     }
 }
 
-/// Upstream's crash-loop back-off for the `restarts`-th restart.
-fn backoff(restarts: u32) -> Duration {
-    (Duration::from_secs(10) * 2u32.saturating_pow(restarts.saturating_sub(1).min(10)))
-        .min(MAX_BACKOFF)
+/// A container's crash-loop back-off, kept as the kubelet keeps it
+/// (`flowcontrol.Backoff`): the first exit restarts at once, the next ones
+/// wait 10 s, 20 s, 40 s … up to 5 minutes; an exit more than 10 minutes
+/// after the last restart counts as a first one again. In memory only, as
+/// the kubelet's: a restarted agent starts the count afresh.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CrashBackoff {
+    /// What the next exit waits.
+    delay: Duration,
+    /// When it was last restarted.
+    restarted: tokio::time::Instant,
+}
+
+impl CrashBackoff {
+    const INITIAL: Duration = Duration::from_secs(10);
+    /// Twice the longest delay, as upstream.
+    const RESET: Duration = Duration::from_secs(600);
+
+    /// How long a container that exited at `exited` waits before it
+    /// restarts (zero: at once).
+    fn wait(prev: Option<Self>, exited: tokio::time::Instant) -> Duration {
+        match prev {
+            Some(b) if exited.saturating_duration_since(b.restarted) <= Self::RESET => b.delay,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The back-off after a restart at `now` of a container that exited
+    /// at `exited`.
+    fn restart(
+        prev: Option<Self>,
+        exited: tokio::time::Instant,
+        now: tokio::time::Instant,
+    ) -> Self {
+        let delay = match prev {
+            Some(b) if exited.saturating_duration_since(b.restarted) <= Self::RESET => {
+                (b.delay * 2).min(MAX_BACKOFF)
+            }
+            _ => Self::INITIAL,
+        };
+        CrashBackoff {
+            delay,
+            restarted: now,
+        }
+    }
 }
 
 async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<(), String> {
@@ -1627,33 +1671,49 @@ async fn restart_later(
 ) -> Result<(), String> {
     let name = c["name"].as_str().unwrap_or_default().to_owned();
     let now = tokio::time::Instant::now();
-    match state.backoff.get(&name).copied() {
-        Some((until, _)) if until > now => {
-            state.waiting.insert(
-                name.clone(),
-                (
-                    "CrashLoopBackOff".into(),
-                    format!(
-                        "back-off {}s restarting failed container={name} pod={}",
-                        backoff(n + 1).as_secs(),
-                        pod["metadata"]["name"].as_str().unwrap_or_default()
-                    ),
-                ),
-            );
-            Ok(())
-        }
-        Some(_) => {
-            state.backoff.remove(&name);
-            state.waiting.remove(&name);
-            // The previous instance stays in the shim for its last state.
-            start_container(k, pod, c, n + 1, socket, state).await
-        }
+    let (until, wait, exited) = match state.backoff.get(&name).copied() {
+        Some(pending) => pending,
         None => {
-            let wait = backoff(n + 1);
-            state.backoff.insert(name, (now + wait, wait));
-            Ok(())
+            // It has just exited.
+            let wait = CrashBackoff::wait(state.crash_backoff.get(&name).copied(), now);
+            state.backoff.insert(name.clone(), (now + wait, wait, now));
+            if !wait.is_zero() {
+                event(
+                    k,
+                    pod,
+                    "Warning",
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        pod["metadata"]["name"].as_str().unwrap_or_default(),
+                        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        pod["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
+                );
+            }
+            (now + wait, wait, now)
         }
+    };
+    if until > now {
+        state.waiting.insert(
+            name.clone(),
+            (
+                "CrashLoopBackOff".into(),
+                format!(
+                    "back-off {}s restarting failed container={name} pod={}",
+                    wait.as_secs(),
+                    pod["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+            ),
+        );
+        return Ok(());
     }
+    state.backoff.remove(&name);
+    state.waiting.remove(&name);
+    let next = CrashBackoff::restart(state.crash_backoff.get(&name).copied(), exited, now);
+    state.crash_backoff.insert(name, next);
+    // The previous instance stays in the shim for its last state.
+    start_container(k, pod, c, n + 1, socket, state).await
 }
 
 /// Run the probes that are due for the running app containers
@@ -2255,10 +2315,28 @@ mod tests {
         assert!(should_restart("OnFailure", 1));
         assert!(!should_restart("OnFailure", 0));
         assert!(!should_restart("Never", 1));
-        assert_eq!(backoff(1), Duration::from_secs(10));
-        assert_eq!(backoff(2), Duration::from_secs(20));
-        assert_eq!(backoff(3), Duration::from_secs(40));
-        assert_eq!(backoff(10), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn crashes_restart_at_once_then_back_off_doubling_and_reset_after_a_long_run() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        // Exits one second after each restart: 0, 10, 20, 40, … 300, 300.
+        let (mut b, mut now, mut waits) = (None, t0, Vec::new());
+        for _ in 0..9 {
+            let exited = now + s(1);
+            let wait = CrashBackoff::wait(b, exited);
+            waits.push(wait.as_secs());
+            now = exited + wait;
+            b = Some(CrashBackoff::restart(b, exited, now));
+        }
+        assert_eq!(waits, [0, 10, 20, 40, 80, 160, 300, 300, 300]);
+        // Ten minutes of running since the last restart: a first exit again.
+        let exited = now + s(601);
+        assert_eq!(CrashBackoff::wait(b, exited), Duration::ZERO);
+        let b = CrashBackoff::restart(b, exited, exited);
+        assert_eq!(b.delay, s(10));
+        assert_eq!(CrashBackoff::wait(Some(b), exited + s(1)), s(10));
     }
 
     #[test]
