@@ -308,6 +308,19 @@ metadata: {name: client}
 spec:
   nodeName: n1
   terminationGracePeriodSeconds: 0
+  hostAliases: [{ip: 192.0.2.50, hostnames: [printer.lan, printer]}]
+  containers:
+  - name: c
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gone}
+spec:
+  nodeName: n1
+  terminationGracePeriodSeconds: 0
   containers:
   - name: c
     image: busybox:test
@@ -425,6 +438,7 @@ fn pods_services_and_names_work_across_nodes() {
             "pod/web-1",
             "pod/web-2",
             "pod/client",
+            "pod/gone",
             "--timeout=90s",
         ],
     );
@@ -450,6 +464,19 @@ fn pods_services_and_names_work_across_nodes() {
         "web-2"
     );
     assert!(ip_in(&n1, &["-d", "link", "show", "orch-vxlan"]).contains("vxlan id 1"));
+    // The pods' MTU leaves room for VXLAN's 50 bytes on the 1500 uplink.
+    let mtu = server.ok(
+        "1.33",
+        &["exec", "client", "--", "cat", "/sys/class/net/eth0/mtu"],
+    );
+    assert_eq!(mtu.trim(), "1450");
+    // /etc/hosts names the pod and its hostAliases.
+    let hosts = server.ok("1.33", &["exec", "client", "--", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.contains(&format!("{ipc}\tclient\n"))
+            && hosts.contains("192.0.2.50\tprinter.lan\tprinter\n"),
+        "{hosts}"
+    );
 
     // A Service in front of both (NodePort), and a headless one.
     let services = server.write("services.yaml", SERVICES);
@@ -540,6 +567,12 @@ fn pods_services_and_names_work_across_nodes() {
         );
     }
 
+    // NodePorts are served on the node's address (--node-ip), not on its
+    // other ones (the pods' gateway here).
+    let gateway = format!("{}.1", node_cidr(&server, "n1").rsplit_once('.').unwrap().0);
+    let err = fetch(&server, &format!("http://{gateway}:30080/")).unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+
     // Traffic policy Local: what arrives at a node's NodePort stays on that
     // node's pods and keeps the client's address; what a pod sends to the
     // ClusterIP stays on its own node.
@@ -592,7 +625,7 @@ fn pods_services_and_names_work_across_nodes() {
         "192.168.77.100",
         "externalTrafficPolicy: Local keeps the client's address"
     );
-    server.ok("1.33", &["delete", "svc", "web-local", "echo-local"]);
+    server.ok("1.33", &["delete", "svc", "web-local"]);
 
     // Pod to pod keeps the source address; leaving the cluster is
     // masqueraded to the node's address.
@@ -701,6 +734,20 @@ fn pods_services_and_names_work_across_nodes() {
     })
     .unwrap();
     assert!(page.ends_with("hp\n"), "{page}");
+    // hostNetwork: the node's own address and ports.
+    let hn = server.write("hostnetwork.yaml", HOSTNETWORK);
+    server.ok("1.33", &["apply", "-f", hn.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &["wait", "--for=condition=Ready", "pod/hn", "--timeout=60s"],
+    );
+    assert_eq!(pod_ip(&server, "hn"), "192.168.77.12");
+    let page = in_netns(&client_host.path(), || {
+        http_get(SocketAddr::from((Ipv4Addr::new(192, 168, 77, 12), 8090)))
+    })
+    .unwrap();
+    assert!(page.ends_with("host network\n"), "{page}");
+    server.ok("1.33", &["delete", "pod/hn"]);
     // dnsPolicy: Default — the node's resolv.conf.
     let resolv = server.ok("1.33", &["exec", "hp", "--", "cat", "/etc/resolv.conf"]);
     assert!(
@@ -740,9 +787,41 @@ fn pods_services_and_names_work_across_nodes() {
     }
 
     // The agent of n1 restarts (kill -9): established pod networking stays,
-    // and the pods keep their addresses.
+    // and the pods keep their addresses. A connection through a ClusterIP
+    // is open all the while.
+    let listener = echo_server(&web1_netns, ip1v4);
+    let echo_ip: Ipv4Addr = server
+        .ok(
+            "1.33",
+            &[
+                "get",
+                "svc",
+                "echo-local",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        )
+        .parse()
+        .unwrap();
+    let mut open = in_netns(&client_netns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((echo_ip, 7000)), Duration::from_secs(3))
+    })
+    .expect("a connection through the echo Service");
     let _ = agents[0].child.kill();
     let _ = agents[0].child.wait();
+    // A pod deleted while its agent is away: the next agent frees its
+    // veth and address.
+    let gone_uid = server.ok(
+        "1.33",
+        &["get", "pod", "gone", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let gone_ip = pod_ip(&server, "gone");
+    server.ok(
+        "1.33",
+        &["delete", "pod", "gone", "--grace-period=0", "--force"],
+    );
+    let gone_veth = host_veth(&gone_uid);
+    assert!(ip_in(&n1, &["link"]).contains(&gone_veth));
     for to in [
         SocketAddr::from((ip1.parse::<Ipv4Addr>().unwrap(), 8080)),
         SocketAddr::from((cluster_ip.parse::<Ipv4Addr>().unwrap(), 80)),
@@ -762,6 +841,29 @@ fn pods_services_and_names_work_across_nodes() {
     assert_eq!(
         fetch(&server, &format!("http://{cluster_ip}/")).unwrap(),
         "web-1"
+    );
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    open.write_all(b"still here").unwrap();
+    let mut echoed = String::new();
+    open.read_to_string(&mut echoed).unwrap();
+    assert_eq!(echoed, "still here", "the connection outlived the agent");
+    assert_eq!(listener.join().unwrap(), ipc);
+    server.ok("1.33", &["delete", "svc", "echo-local"]);
+    wait_for(10, "the deleted pod's veth is gone", || {
+        !ip_in(&n1, &["link"]).contains(&gone_veth)
+    });
+    let ipam = dir.path().join("n1/agent/net/ipam");
+    let holds_gone = || {
+        std::fs::read_dir(&ipam)
+            .unwrap()
+            .flatten()
+            .flat_map(|cidr| std::fs::read_dir(cidr.path()).unwrap().flatten())
+            .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains(&gone_uid)))
+    };
+    wait_for(
+        10,
+        &format!("the deleted pod's address {gone_ip} is free"),
+        || !holds_gone(),
     );
 
     // n2 leaves: the other node drops its route within seconds; it
@@ -840,30 +942,42 @@ fn pods_services_and_names_work_across_nodes() {
     drop(agents);
 
     // orch agent --cleanup removes orch's networking and nothing else.
-    let nft = |args: &[&str]| {
-        let out = support::in_netns(Some(&n1.0), "nft")
-            .args(args)
+    for node in [&n1, &n2] {
+        let nft = |args: &[&str]| {
+            let out = support::in_netns(Some(&node.0), "nft")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        nft(&["add", "table", "ip", "other"]);
+        let out = support::in_netns(Some(&node.0), support::ORCH)
+            .args(["agent", "--cleanup"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    nft(&["add", "table", "ip", "other"]);
-    let out = support::in_netns(Some(&n1.0), support::ORCH)
-        .args(["agent", "--cleanup"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let links = ip_in(&n1, &["link"]);
-    assert!(
-        !links.contains("orch0") && !links.contains("orch-vxlan"),
-        "{links}"
-    );
-    let tables = nft(&["list", "tables"]);
-    assert_eq!(tables.trim(), "table ip other");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let links = ip_in(node, &["link"]);
+        assert!(
+            !links.contains("orch0") && !links.contains("orch-vxlan"),
+            "{links}"
+        );
+        let tables = nft(&["list", "tables"]);
+        assert_eq!(tables.trim(), "table ip other");
+    }
+    let pins: Vec<_> = ["n1", "n2"]
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_dir(dir.path().join(n).join("run/netns"))
+                .unwrap()
+                .flatten()
+        })
+        .map(|e| e.file_name())
+        .collect();
+    assert!(pins.is_empty(), "pods' network namespaces left: {pins:?}");
 }
 
 #[test]
@@ -968,6 +1082,22 @@ spec:
   selector: {app: web}
   externalTrafficPolicy: Local
   ports: [{name: echo, port: 7000, targetPort: 7000, nodePort: 30700}]
+";
+
+const HOSTNETWORK: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: hn}
+spec:
+  nodeName: n2
+  hostNetwork: true
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: web
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sh, -c, 'mkdir -p /www && echo host network > /www/index.html && exec httpd -f -p 8090 -h /www']
+    readinessProbe: {tcpSocket: {port: 8090}, periodSeconds: 1}
 ";
 
 const HOSTPORT: &str = "

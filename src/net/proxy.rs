@@ -104,8 +104,9 @@ pub enum Error {
 pub struct ProxyConfig {
     /// This node's name: endpoints with this `nodeName` are local.
     pub node_name: String,
-    /// Addresses NodePorts and LoadBalancer ingress are served on (this node's IPs).
-    /// Not read yet: NodePorts match every local address (`fib daddr type local`).
+    /// The node's addresses (`--node-ip`): NodePorts are served on these,
+    /// as kube-proxy's nftables mode serves them on the node's primary
+    /// addresses. With none but loopback, on every local address.
     pub node_ips: Vec<IpAddr>,
     /// The pods' CIDR of the whole cluster, e.g. 10.42.0.0/16 (as (network, prefix)).
     pub cluster_cidr: (Ipv4Addr, u8),
@@ -535,13 +536,42 @@ fn by_local_port(map: &str) -> Vec<Statement<'static>> {
     vec![fib_daddr_local(), not_loopback(), vmap(port_key(), map)]
 }
 
+/// The rules that send a packet by `protocol . port` through `map` when it
+/// is for one of the node's addresses (`node_ips`, IPv4, not loopback), or
+/// for any local address but loopback when it has none of those.
+fn by_node_port(cfg: &ProxyConfig, map: &str) -> Vec<Vec<Statement<'static>>> {
+    let ips: BTreeSet<Ipv4Addr> = cfg
+        .node_ips
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => Some(*v4),
+            _ => None,
+        })
+        .collect();
+    if ips.is_empty() {
+        return vec![by_local_port(map)];
+    }
+    ips.into_iter()
+        .map(|ip| {
+            vec![
+                m(field("ip", "daddr"), Operator::EQ, s(ip.to_string())),
+                vmap(port_key(), map),
+            ]
+        })
+        .collect()
+}
+
 /// A chain that sends a packet by `address . protocol . port` through
-/// `by_address`, then by local port through `by_port`.
-fn dispatch_chain(rs: &mut Ruleset, name: &str, by_address: &str, by_port: &str) {
-    rs.chain(
-        name,
-        vec![vec![vmap(addr_key(), by_address)], by_local_port(by_port)],
-    );
+/// `by_address`, then by port through `by_port` (`port_rules`).
+fn dispatch_chain(
+    rs: &mut Ruleset,
+    name: &str,
+    by_address: &str,
+    port_rules: Vec<Vec<Statement<'static>>>,
+) {
+    let mut rules = vec![vec![vmap(addr_key(), by_address)]];
+    rules.extend(port_rules);
+    rs.chain(name, rules);
 }
 
 /// The static skeleton: base chains and the chains the maps hang off.
@@ -567,11 +597,12 @@ fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
             Nat,
             hook,
             -100,
-            vec![
-                vec![jump("services")],
-                by_local_port(SERVICE_NODEPORTS.name),
-                vec![jump("hostports")],
-            ],
+            [
+                vec![vec![jump("services")]],
+                by_node_port(cfg, SERVICE_NODEPORTS.name),
+                vec![vec![jump("hostports")]],
+            ]
+            .concat(),
         );
     }
     rs.base(
@@ -624,10 +655,17 @@ fn skeleton(cfg: &ProxyConfig, rs: &mut Ruleset) {
         rs,
         "service-endpoints-check",
         NO_EP_SERVICES.name,
-        NO_EP_NODEPORTS.name,
+        by_node_port(cfg, NO_EP_NODEPORTS.name),
     );
     rs.chain("services", vec![vec![vmap(addr_key(), SERVICE_IPS.name)]]);
-    dispatch_chain(rs, "hostports", HOSTPORT_IPS.name, HOSTPORT_ANY.name);
+    // hostPorts without a hostIP are on every address, as the CNI portmap
+    // plugin publishes them.
+    dispatch_chain(
+        rs,
+        "hostports",
+        HOSTPORT_IPS.name,
+        vec![by_local_port(HOSTPORT_ANY.name)],
+    );
     rs.chain(
         MARK_CHAIN,
         vec![vec![set_mark(|a, b| BinaryOperation::OR(vec![a, b]))]],

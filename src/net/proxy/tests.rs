@@ -940,6 +940,19 @@ fn kernel_full_sync_then_no_op_then_endpoint_update() {
             "{name} missing from the table: {listed}"
         );
     }
+    // NodePorts on the node's address only; hostPorts on every local one.
+    let text = ns
+        .sh(&["nft", "list", "chain", "ip", "orch", "nat-prerouting"])
+        .expect("list the prerouting chain");
+    assert!(
+        text.contains("ip daddr 192.168.1.10 meta l4proto . th dport vmap @service-nodeports"),
+        "{text}"
+    );
+    assert!(!text.contains("fib daddr type local"), "{text}");
+    let text = ns
+        .sh(&["nft", "list", "chain", "ip", "orch", "hostports"])
+        .expect("list the hostports chain");
+    assert!(text.contains("fib daddr type local"), "{text}");
     let api_svc = chain_name("svc", "default/api/tcp/http");
     let api_ext = chain_name("ext", "default/api/tcp/http");
     let text = ns
