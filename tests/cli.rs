@@ -416,3 +416,33 @@ fn an_unreadable_resolv_conf_is_named_before_the_agent_starts() {
     // Nothing was set up for the agent.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn log_rotation_flags_are_checked() {
+    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let base = [
+        "agent",
+        "--server",
+        "https://127.0.0.1:1",
+        "--token",
+        &token,
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    assert_usage_error(
+        &with(&["--container-log-max-size", "tiny"]),
+        "\"tiny\" is not a size of at least 1Ki (e.g. 10Mi)",
+        "orch agent",
+    );
+    assert_usage_error(
+        &with(&["--container-log-max-size", "100"]),
+        "--container-log-max-size",
+        "orch agent",
+    );
+    assert_usage_error(
+        &with(&["--container-log-max-files", "1"]),
+        "--container-log-max-files",
+        "orch agent",
+    );
+}

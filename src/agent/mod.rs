@@ -103,6 +103,8 @@ pub struct Config {
     /// The node's resolvers: what the cluster DNS forwards to and what
     /// `dnsPolicy: Default` pods get (`/etc/resolv.conf`).
     pub resolv_conf: PathBuf,
+    /// When containers' logs rotate.
+    pub log_limits: crate::runtime::logs::LogLimits,
     pub network: network::NetConfig,
     /// Registry mirrors and credentials (`registries.yaml`).
     pub registries: crate::runtime::image::Registries,
@@ -182,6 +184,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,
         resolv_conf: cfg.resolv_conf,
+        log_limits: cfg.log_limits,
         starts: Arc::new(tokio::sync::Semaphore::new(pods::start_turns())),
         network: Some(pod_network),
         host_ports,

@@ -70,6 +70,8 @@ pub struct Kubelet {
     pub cluster_domain: String,
     /// The node's resolv.conf, for `dnsPolicy: Default` pods.
     pub resolv_conf: PathBuf,
+    /// When containers' logs rotate (the shims rotate them).
+    pub log_limits: crate::runtime::logs::LogLimits,
     /// Turns for pods' first starts, FIFO ([`start_turns`] of them).
     pub starts: Arc<tokio::sync::Semaphore>,
     /// The pods' bridge, addresses and veths (`None`: pods get loopback
@@ -648,6 +650,10 @@ async fn ensure_shim(
     for d in k.mount_dirs() {
         cmd.arg("--hide-mounts-under").arg(d);
     }
+    cmd.arg("--log-max-size")
+        .arg(k.log_limits.max_size.to_string())
+        .arg("--log-max-files")
+        .arg(k.log_limits.max_files.to_string());
     for d in [k.pod_dir(uid), dir.clone(), sandbox.net.clone()] {
         cmd.arg("--keep-mounts-under").arg(d);
     }

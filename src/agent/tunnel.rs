@@ -13,6 +13,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncReadExt;
 
 use super::join::Credentials;
 use super::logs::{LogOptions, file_for, render, tail};
@@ -159,43 +160,67 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
         };
         return text(StatusCode::BAD_REQUEST, why);
     };
-    let content = std::fs::read_to_string(&file).unwrap_or_default();
+    // One handle for the whole request: it stays on the file it opened
+    // when the shim rotates it (rename, then a new file), so following
+    // reads the old file to its end before it moves to the new one.
+    let mut handle = match tokio::fs::File::open(&file).await {
+        Ok(f) => f,
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the log of container \"{container}\": {e}"),
+            );
+        }
+    };
+    let mut raw = Vec::new();
+    let _ = handle.read_to_end(&mut raw).await;
+    // Whole records only; a record being written comes with the follow.
+    let cut = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut pending = raw.split_off(cut);
     let mut open = false;
-    let mut out = render(&content, &opts, &mut open);
+    let mut out = render(&String::from_utf8_lossy(&raw), &opts, &mut open);
     if let Some(n) = opts.tail_lines {
         out = tail(&out, n).to_owned();
     }
+    // --limit-bytes counts bytes, as the kubelet does (it may cut a
+    // character in two).
+    let mut out = out.into_bytes();
     let mut budget = opts.limit_bytes.unwrap_or(usize::MAX);
-    if out.len() > budget {
-        out.truncate(budget);
-    }
+    out.truncate(budget);
     budget -= out.len();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let _ = tx.send(Bytes::from(out)).await;
     if opts.follow && budget > 0 {
         let socket = k.run_dir.join("pods").join(uid).join("shim.sock");
         let id = format!("{container}.{restart}");
-        let mut offset = content.len() as u64;
         tokio::spawn(async move {
             loop {
-                let grown = tokio::fs::metadata(&file)
-                    .await
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                if grown > offset {
-                    let Ok(all) = tokio::fs::read(&file).await else {
-                        break;
-                    };
-                    let new = String::from_utf8_lossy(&all[offset as usize..]).into_owned();
-                    // Only whole records; the rest comes next time.
-                    let cut = new.rfind('\n').map_or(0, |i| i + 1);
-                    let chunk = render(&new[..cut], &opts, &mut open);
-                    offset += cut as u64;
-                    let mut chunk = chunk.into_bytes();
+                let mut new = Vec::new();
+                if handle.read_to_end(&mut new).await.is_err() {
+                    break;
+                }
+                if !new.is_empty() {
+                    pending.extend_from_slice(&new);
+                    let cut = pending
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let rest = pending.split_off(cut);
+                    let records = std::mem::replace(&mut pending, rest);
+                    let mut chunk =
+                        render(&String::from_utf8_lossy(&records), &opts, &mut open).into_bytes();
                     chunk.truncate(budget);
                     budget -= chunk.len();
                     if tx.send(Bytes::from(chunk)).await.is_err() || budget == 0 {
                         break;
+                    }
+                    continue;
+                }
+                // At the end of this file: has the shim rotated it?
+                if rotated(&handle, &file).await {
+                    match tokio::fs::File::open(&file).await {
+                        Ok(f) => handle = f,
+                        Err(_) => break,
                     }
                     continue;
                 }
@@ -223,6 +248,16 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
         drop(tx);
     }
     streamed(rx, "text/plain; charset=utf-8")
+}
+
+/// Is the file at `path` no longer the one `handle` reads (renamed away
+/// by a rotation, a new one in its place)?
+async fn rotated(handle: &tokio::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (handle.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(open), Ok(now)) => open.ino() != now.ino() || open.dev() != now.dev(),
+        _ => false,
+    }
 }
 
 /// A 200 whose body is what comes through `rx`, until it closes.

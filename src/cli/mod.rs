@@ -144,6 +144,16 @@ pub struct NodeArgs {
     #[arg(long, env = "ORCH_POD_LOG_DIR", value_name = "DIR")]
     pub pod_log_dir: Option<PathBuf>,
 
+    /// (agent) A container's log file rotates at this size (a quantity,
+    /// like the kubelet's containerLogMaxSize).
+    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = parse_log_size)]
+    pub container_log_max_size: u64,
+
+    /// (agent) Log files kept per container, the current one included.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(2..))]
+    pub container_log_max_files: u16,
+
     /// (agent) Parent cgroup of the pods' cgroups [default: /orch/<node-name>].
     #[arg(long, env = "ORCH_CGROUP_ROOT", value_name = "PATH")]
     pub cgroup_root: Option<String>,
@@ -316,8 +326,20 @@ impl NodeArgs {
             cluster_dns: self.cluster_dns.to_string(),
             cluster_domain: self.cluster_domain.clone(),
             resolv_conf,
+            log_limits: crate::runtime::logs::LogLimits {
+                max_size: self.container_log_max_size,
+                max_files: usize::from(self.container_log_max_files),
+            },
         })
     }
+}
+
+/// `--container-log-max-size`: a quantity of at least 1Ki.
+fn parse_log_size(q: &str) -> Result<u64, String> {
+    crate::api::quantity::parse_quantity(q, 1.0)
+        .and_then(|b| u64::try_from(b).ok())
+        .filter(|b| *b >= 1024)
+        .ok_or_else(|| format!("{q:?} is not a size of at least 1Ki (e.g. 10Mi)"))
 }
 
 /// The source address of the default route: a UDP `connect` picks it

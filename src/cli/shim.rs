@@ -33,6 +33,12 @@ pub struct Args {
     /// DIR/shim.sock) instead of binding it.
     #[arg(long)]
     pub listener_on_stdin: bool,
+    /// Containers' logs rotate at this size (bytes) ...
+    #[arg(long, value_name = "BYTES", default_value_t = crate::runtime::logs::LogLimits::default().max_size)]
+    pub log_max_size: u64,
+    /// ... keeping this many files.
+    #[arg(long, value_name = "N", default_value_t = crate::runtime::logs::LogLimits::default().max_files)]
+    pub log_max_files: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -48,6 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.hide_mounts_under,
         &args.keep_mounts_under,
         args.listener_on_stdin,
+        crate::runtime::logs::LogLimits {
+            max_size: args.log_max_size,
+            max_files: args.log_max_files,
+        },
     )
     .with_context(|| format!("orch shim in {}", args.dir.display()))
 }

@@ -37,6 +37,25 @@ pub struct CriLog {
     pending: [Vec<u8>; 2],
 }
 
+/// When container logs rotate: at `max_size` bytes, keeping `max_files`
+/// files (the current one included) — the kubelet's
+/// `containerLogMaxSize` and `containerLogMaxFiles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    pub max_size: u64,
+    pub max_files: usize,
+}
+
+impl Default for LogLimits {
+    /// The kubelet's defaults: 10 MiB, 5 files.
+    fn default() -> Self {
+        LogLimits {
+            max_size: 10 << 20,
+            max_files: 5,
+        }
+    }
+}
+
 impl CriLog {
     /// Open (appending) the log at `path`, creating its directory.
     ///

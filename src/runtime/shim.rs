@@ -26,12 +26,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, WaitOptions};
 use serde::{Deserialize, Serialize};
 
-use super::logs::{CriLog, Stream};
-
-/// Log files rotate at this size, keeping this many (the kubelet's
-/// defaults: 10 MiB, 5 files).
-const LOG_MAX_SIZE: u64 = 10 << 20;
-const LOG_MAX_FILES: usize = 5;
+use super::logs::{CriLog, LogLimits, Stream};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "camelCase")]
@@ -485,6 +480,8 @@ struct Shim {
     /// Numbers exec process files and console sockets.
     next_exec: u64,
     shutting_down: bool,
+    /// When the containers' logs rotate.
+    log_limits: LogLimits,
 }
 
 impl Shim {
@@ -513,7 +510,7 @@ impl Shim {
         let annotation = |key: &str| spec["annotations"][key] == "true";
         let keep_stdin = annotation(super::spec::ANNOTATION_STDIN);
         let stdin_once = annotation(super::spec::ANNOTATION_STDIN_ONCE);
-        let log = CriLog::open(log, LOG_MAX_SIZE, LOG_MAX_FILES)
+        let log = CriLog::open(log, self.log_limits.max_size, self.log_limits.max_files)
             .map_err(|e| format!("log {}: {e}", log.display()))?;
         let builder = libcontainer::container::builder::ContainerBuilder::new(
             id.to_owned(),
@@ -1116,6 +1113,7 @@ pub fn run(
     hide: &[PathBuf],
     keep: &[PathBuf],
     listener_on_stdin: bool,
+    log_limits: LogLimits,
 ) -> Result<(), Error> {
     super::netns::create_or_join_pod(namespaces)
         .map_err(io_err("creating the pod's namespaces"))?;
@@ -1141,6 +1139,7 @@ pub fn run(
         watchers: Vec::new(),
         next_exec: 0,
         shutting_down: false,
+        log_limits,
     };
     shim.clear_leftovers();
     tracing::info!(dir = %dir.display(), pid = std::process::id(), "orch shim ready");

@@ -163,16 +163,23 @@ impl TestServer {
         self.kubectl_env(version, args, &[])
     }
 
-    pub fn kubectl_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    /// `kubectl` of `version` against the server, to spawn (follows,
+    /// watches).
+    pub fn kubectl_command(&self, version: &str, args: &[&str]) -> std::process::Command {
         let mut cmd = in_netns(self.netns.as_deref(), kubectl_path(version));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         cmd.arg("--cache-dir")
             .arg(self.dir.path().join(format!("kube-cache-{version}")));
         cmd.args(args);
+        cmd.env_remove("KUBECONFIG");
+        cmd
+    }
+
+    pub fn kubectl_env(&self, version: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.kubectl_command(version, args);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env_remove("KUBECONFIG");
         cmd.output().expect("run kubectl")
     }
 
