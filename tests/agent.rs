@@ -991,7 +991,7 @@ metadata: {name: pair}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: a, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'echo shared > /dev/shm/note; exec sleep 3600']}
+  - {name: a, image: busybox:test, imagePullPolicy: Never, command: [/bin/sh, -c, 'echo shared > /dev/shm/note; exec sleep 3599']}
   - name: b
     image: busybox:test
     imagePullPolicy: Never
@@ -1021,11 +1021,111 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Each container has a PID namespace of its own ...
+    let ps = server.ok(
+        "1.33",
+        &[
+            "exec", "pair", "-c", "b", "--", "busybox", "ps", "-o", "pid,args",
+        ],
+    );
+    assert!(!ps.contains("sleep 3599"), "b sees a's processes: {ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sleep", "3600"]),
+        "b's command is its PID 1: {ps}"
+    );
     server.ok("1.33", &["delete", "pod", "pair", "--timeout=60s"]);
     assert!(
         !data.join("pods").join(&uid).exists(),
         "the pod's shm and dirs are gone"
     );
+    // ... unless the pod shares one: then each sees the other's, under a
+    // PID 1 of the pod's, which also reaps what they orphan.
+    let shared = server.write(
+        "shared.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  shareProcessNamespace: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: a, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3601']}
+  - {name: b, image: busybox:test, imagePullPolicy: Never, command: [sh, -c, '(sleep 0.2 &) ; exec sleep 3602']}
+",
+    );
+    server.ok("1.33", &["apply", "-f", shared.to_str().unwrap()]);
+    server.wait_json(&["get", "pod", "shared"], 60, "shared Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = server.ok(
+        "1.33",
+        &[
+            "exec",
+            "shared",
+            "-c",
+            "b",
+            "--",
+            "busybox",
+            "ps",
+            "-o",
+            "pid,stat,args",
+        ],
+    );
+    assert!(
+        ps.contains("sleep 3601") && ps.contains("sleep 3602"),
+        "b sees a's processes: {ps}"
+    );
+    let pid_of = |what: &str| -> String {
+        ps.lines()
+            .find(|l| l.ends_with(what))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        pid_of("sleep 3601") != "1" && pid_of("sleep 3602") != "1",
+        "PID 1 is the pod's, not a container's: {ps}"
+    );
+    assert!(
+        !ps.lines().any(|l| l.split_whitespace().nth(1) == Some("Z")),
+        "the orphaned sleep was reaped: {ps}"
+    );
+    let shared_uid = server.ok(
+        "1.33",
+        &["get", "pod", "shared", "-o", "jsonpath={.metadata.uid}"],
+    );
+    server.ok("1.33", &["delete", "pod", "shared", "--timeout=60s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run_dir.join("pods").join(&shared_uid).exists() {
+        assert!(Instant::now() < deadline, "the shared pod's shim stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // It dies with the shim.
+    let holders = || {
+        let out = Command::new("pgrep")
+            .args(["-x", "pod-pid1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !holders().is_empty() {
+        let pid = holders();
+        assert!(
+            Instant::now() < deadline,
+            "the pod's PID 1 outlived its shim: {pid} {}",
+            String::from_utf8_lossy(
+                &Command::new("ps")
+                    .args(["-o", "pid,ppid,stat,args", "-p", pid.trim()])
+                    .output()
+                    .unwrap()
+                    .stdout
+            )
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -25,12 +25,21 @@ pub struct Sandbox {
     pub net: PathBuf,
     pub ipc: PathBuf,
     pub uts: PathBuf,
+    /// The shared PID namespace's pin (`shareProcessNamespace`), made by
+    /// the shim in its own mount namespace.
+    pub pid: PathBuf,
     /// A tmpfs shared as every container's `/dev/shm`.
     pub shm: PathBuf,
     /// The node's allocatable CPU (millicores) and memory (bytes): what
     /// `resourceFieldRef` reports for a limit that is not set.
     pub node_cpu_milli: i64,
     pub node_memory: i64,
+}
+
+/// Do the pod's containers share one PID namespace (and not the host's)?
+pub fn shares_pid(pod: &Value) -> bool {
+    pod.pointer("/spec/shareProcessNamespace") == Some(&Value::Bool(true))
+        && pod.pointer("/spec/hostPID") != Some(&Value::Bool(true))
 }
 
 /// Where the pod's generated files and volumes are.
@@ -454,6 +463,7 @@ pub fn config(
         netns: (!host_network).then(|| sandbox.net.clone()),
         ipcns: (!host_ipc).then(|| sandbox.ipc.clone()),
         utsns: (!host_network).then(|| sandbox.uts.clone()),
+        pidns: shares_pid(pod).then(|| sandbox.pid.clone()),
         host_ipc,
         host_pid: pod.pointer("/spec/hostPID") == Some(&Value::Bool(true)),
         host_uts: host_network,
@@ -623,6 +633,7 @@ mod tests {
                 net: "/ns/net".into(),
                 ipc: "/ns/ipc".into(),
                 uts: "/ns/uts".into(),
+                pid: "/ns/pid".into(),
                 shm: "/p/shm".into(),
                 node_cpu_milli: 2000,
                 node_memory: 1 << 30,

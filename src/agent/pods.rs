@@ -116,6 +116,7 @@ impl Kubelet {
             net: self.netns(uid),
             ipc: self.shim_dir(uid).join("ipc"),
             uts: self.shim_dir(uid).join("uts"),
+            pid: self.shim_dir(uid).join("pid"),
             shm: self.pod_dir(uid).join("shm"),
             node_cpu_milli: status.0,
             node_memory: status.1,
@@ -627,6 +628,7 @@ async fn ensure_shim(
     uid: &str,
     host_network: bool,
     host_ipc: bool,
+    share_pid: bool,
     hostname: &str,
 ) -> Result<(PathBuf, shim::Response), String> {
     let dir = k.shim_dir(uid);
@@ -646,6 +648,9 @@ async fn ensure_shim(
     }
     if !host_ipc {
         cmd.arg("--ipcns").arg(&sandbox.ipc);
+    }
+    if share_pid {
+        cmd.arg("--pidns").arg(&sandbox.pid);
     }
     for d in k.mount_dirs() {
         cmd.arg("--hide-mounts-under").arg(d);
@@ -1529,7 +1534,9 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
             .map_err(|e| format!("the pod's cgroup: {e}"))?;
         state.pod_cgroup = true;
     }
-    let (socket, shim_state) = ensure_shim(k, &uid, host_network, host_ipc, &hostname).await?;
+    let share_pid = super::container::shares_pid(pod);
+    let (socket, shim_state) =
+        ensure_shim(k, &uid, host_network, host_ipc, share_pid, &hostname).await?;
     if state.watching.as_ref().is_none_or(|w| w.0.is_finished()) {
         let task = tokio::spawn(watch_shim(socket.clone(), state.shim_events.clone()));
         state.watching = Some(AbortOnDrop(task));

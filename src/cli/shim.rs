@@ -19,6 +19,10 @@ pub struct Args {
     /// ... its UTS namespace (with --hostname).
     #[arg(long, value_name = "PATH", requires = "hostname")]
     pub utsns: Option<PathBuf>,
+    /// Start the PID 1 of the pod's shared PID namespace and pin the
+    /// namespace here (in the shim's own mount namespace).
+    #[arg(long, value_name = "PATH")]
+    pub pidns: Option<PathBuf>,
     /// The pod's host name, set in its UTS namespace.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
@@ -54,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.hide_mounts_under,
         &args.keep_mounts_under,
         args.listener_on_stdin,
+        args.pidns.as_deref(),
         crate::runtime::logs::LogLimits {
             max_size: args.log_max_size,
             max_files: args.log_max_files,

@@ -4,6 +4,11 @@
 //! bind-mounted at a path containers join; loopback up in the network one,
 //! the pod's host name set in the UTS one. The agent adds the pod's veth,
 //! address and route afterwards (`net::pod`).
+//!
+//! A PID namespace shared by the pod's containers (`shareProcessNamespace`)
+//! needs a process to be its PID 1 all along — it dies with its PID 1 —
+//! so the shim starts one ([`spawn_pid_holder`]): the pause container's
+//! job, without a container.
 
 use std::fs;
 use std::io;
@@ -130,6 +135,92 @@ pub fn create_or_join_pod(ns: &PodNamespaces<'_>) -> io::Result<()> {
         loopback_up()?;
     }
     Ok(())
+}
+
+/// Start the PID 1 of a pod's shared PID namespace and pin the namespace
+/// at `path` (in the caller's mount namespace). The process reaps whatever
+/// the pod's processes leave orphaned and is killed when the caller dies.
+///
+/// Call only from a single-threaded process.
+///
+/// # Errors
+/// The clone or the pin failed.
+pub fn spawn_pid_holder(path: &Path) -> io::Result<rustix::process::Pid> {
+    // A pin left by an earlier shim names a namespace whose PID 1 is gone.
+    remove(path)?;
+    // The holder sees the caller die as the end of this pipe.
+    let (alive_r, alive_w) = rustix::pipe::pipe().map_err(errno)?;
+    // SAFETY: clone without a new stack is fork (the child gets a copy of
+    // this single-threaded process); the child runs only async-signal-safe
+    // calls in `hold` and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(libc::CLONE_NEWPID | libc::SIGCHLD),
+            0,
+            0,
+            0,
+            0,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: in the child, see above.
+        unsafe { hold(alive_r.as_raw_fd()) }
+    }
+    drop(alive_r);
+    // The write end stays open (unused) for the caller's life.
+    std::mem::forget(alive_w);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).map_err(io::Error::other)?)
+        .ok_or_else(|| io::Error::other("clone returned pid 0 in the parent"))?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(path, b"")?;
+    rustix::mount::mount_bind(
+        format!("/proc/{}/ns/pid", pid.as_raw_nonzero()).as_str(),
+        path,
+    )
+    .map_err(errno)?;
+    Ok(pid)
+}
+
+/// The PID 1 of a pod's shared PID namespace: reap children until the
+/// process that started it dies.
+///
+/// # Safety
+/// Only in a child just forked from a single-threaded process.
+unsafe fn hold(alive: i32) -> ! {
+    // SAFETY: plain system calls on this process's own state.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // Keep nothing of the shim's open but the pipe.
+        if alive > 0 {
+            libc::syscall(libc::SYS_close_range, 0, alive - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, alive + 1, u32::MAX, 0);
+        // The shim died before PDEATHSIG was set: the pipe has no writer.
+        let mut fd = libc::pollfd {
+            fd: alive,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::poll(&raw mut fd, 1, 0) > 0 {
+            libc::_exit(0);
+        }
+        libc::prctl(libc::PR_SET_NAME, c"pod-pid1".as_ptr(), 0, 0, 0);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        loop {
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            libc::sigwaitinfo(&raw const set, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Unpin a pod's namespace (it goes when nothing uses it any more).

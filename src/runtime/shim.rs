@@ -1113,6 +1113,7 @@ pub fn run(
     hide: &[PathBuf],
     keep: &[PathBuf],
     listener_on_stdin: bool,
+    pidns: Option<&Path>,
     log_limits: LogLimits,
 ) -> Result<(), Error> {
     super::netns::create_or_join_pod(namespaces)
@@ -1120,6 +1121,12 @@ pub fn run(
     if !hide.is_empty() {
         super::mountns::isolate(hide, keep)
             .map_err(io_err("taking a mount namespace of its own"))?;
+    }
+    if let Some(pin) = pidns {
+        // After the mount namespace: the pin is the shim's alone and goes
+        // with it, as the holder does.
+        super::netns::spawn_pid_holder(pin)
+            .map_err(io_err("starting the pod's shared PID namespace"))?;
     }
     fs::create_dir_all(dir.join("exits")).map_err(io_err(format!("creating {}", dir.display())))?;
     let listener = if listener_on_stdin {

@@ -137,6 +137,9 @@ pub struct ContainerConfig {
     /// The pod's IPC and UTS namespaces to join (None: a new one each).
     pub ipcns: Option<PathBuf>,
     pub utsns: Option<PathBuf>,
+    /// The pod's shared PID namespace (`shareProcessNamespace`; None: a
+    /// new one, or the host's with `host_pid`).
+    pub pidns: Option<PathBuf>,
     /// Share the host's IPC, PID and UTS namespaces.
     pub host_ipc: bool,
     pub host_pid: bool,
@@ -725,7 +728,7 @@ pub fn build(c: &ContainerConfig) -> Value {
         namespaces.push(ns("uts", &c.utsns));
     }
     if !c.host_pid {
-        namespaces.push(json!({"type": "pid"}));
+        namespaces.push(ns("pid", &c.pidns));
     }
     if !c.host_ipc {
         namespaces.push(ns("ipc", &c.ipcns));
