@@ -783,6 +783,87 @@ spec:
     );
     wait_log("conf v2 secret hunter2", 60);
     server.ok("1.33", &["delete", "pod", "app", "--timeout=60s"]);
+
+    // hostPath by type: DirectoryOrCreate and FileOrCreate are made; a
+    // Directory that is not there keeps the pod waiting (FailedMount)
+    // until it is.
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let file = server.write(
+        "hostpaths.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: hostpaths}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sh, -c, 'echo hi > /made/x; cat /given/y; exec sleep 3600']
+    volumeMounts:
+    - {{name: made, mountPath: /made}}
+    - {{name: file, mountPath: /file}}
+    - {{name: given, mountPath: /given}}
+  volumes:
+  - {{name: made, hostPath: {{path: {host}/new/made, type: DirectoryOrCreate}}}}
+  - {{name: file, hostPath: {{path: {host}/f.txt, type: FileOrCreate}}}}
+  - {{name: given, hostPath: {{path: {host}/given, type: Directory}}}}
+",
+            host = host.display()
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let events = server.wait_json(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hostpaths",
+        ],
+        30,
+        "a FailedMount event",
+        |e| {
+            e["items"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|e| e["reason"] == "FailedMount"))
+        },
+    );
+    let message = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reason"] == "FailedMount")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .unwrap();
+    assert_eq!(
+        message,
+        format!(
+            "MountVolume.SetUp failed for volume \"given\" : hostPath type check failed: {}/given is not a directory",
+            host.display()
+        )
+    );
+    let pending = server.ok(
+        "1.33",
+        &["get", "pod", "hostpaths", "-o", "jsonpath={.status.phase}"],
+    );
+    assert_eq!(pending, "Pending");
+    std::fs::create_dir_all(host.join("given")).unwrap();
+    std::fs::write(host.join("given/y"), "from the host\n").unwrap();
+    server.wait_json(&["get", "pod", "hostpaths"], 30, "hostpaths Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert_eq!(
+        wait_logs(&server, &["logs", "hostpaths"]),
+        "from the host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.join("new/made/x")).unwrap(),
+        "hi\n"
+    );
+    assert!(std::fs::metadata(host.join("f.txt")).unwrap().is_file());
+    server.ok("1.33", &["delete", "pod", "hostpaths", "--timeout=60s"]);
 }
 
 #[test]

@@ -255,7 +255,12 @@ pub fn environment(
 
 /// A `resourceFieldRef` value: the container's request or limit (a limit
 /// not set is the node's allocatable), divided by `divisor`, rounded up.
-fn resource_field(pod: &Value, container: &Value, r: &Value, node: (i64, i64)) -> String {
+pub(super) fn resource_field(
+    pod: &Value,
+    container: &Value,
+    r: &Value,
+    node: (i64, i64),
+) -> String {
     let target = match r["containerName"].as_str().filter(|n| !n.is_empty()) {
         Some(n) => ["containers", "initContainers"]
             .iter()

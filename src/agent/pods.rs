@@ -471,6 +471,9 @@ struct WorkerState {
     sources_read: Option<tokio::time::Instant>,
     /// Why containers cannot start (a missing ConfigMap, …).
     config_error: Option<String>,
+    /// Why the pod's volumes cannot be set up (a hostPath of the wrong
+    /// type), as last reported in a FailedMount event.
+    mount_error: Option<String>,
     /// Pulls this pod asked for (by pull key) and when.
     pulls: HashMap<String, tokio::time::Instant>,
     /// Per image: no pull before this (ImagePullBackOff), the delay, and
@@ -1478,6 +1481,29 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         volumes: pod_dir.join("volumes"),
     };
     std::fs::create_dir_all(pod_dir.join("etc")).map_err(|e| e.to_string())?;
+    // hostPath volumes by their type, before anything else of the pod's is
+    // made; the pod waits (FailedMount) until the path is right.
+    let mount_error = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|_| !state.started)
+        .find_map(|v| {
+            let e = super::volumes::host_path_ready(v.get("hostPath")?).err()?;
+            Some(format!(
+                "MountVolume.SetUp failed for volume {:?} : {e}",
+                v["name"].as_str().unwrap_or_default()
+            ))
+        });
+    if let Some(message) = mount_error {
+        if state.mount_error.as_ref() != Some(&message) {
+            event(k, pod, "Warning", "FailedMount", message.clone());
+            state.mount_error = Some(message);
+        }
+        state.wake_at(tokio::time::Instant::now() + Duration::from_secs(2));
+        return Ok(());
+    }
+    state.mount_error = None;
     // The pod's address first: /etc/hosts names it (read from disk only
     // until the pod has one, not on every sync).
     let pod_ip = match (&k.network, host_network) {

@@ -124,7 +124,8 @@ fn from_keys(
     Ok(())
 }
 
-/// downwardAPI files from the pod's fields.
+/// downwardAPI files from the pod's fields and its containers' resources
+/// (`resourceFieldRef` names the container).
 fn downward(pod: &Value, items: &[Value], default_mode: u32, files: &mut Files) {
     for item in items {
         let Some(path) = item["path"].as_str() else {
@@ -148,7 +149,12 @@ fn downward(pod: &Value, items: &[Value], default_mode: u32, files: &mut Files) 
                     .unwrap_or_default()
             }
             Some(field) => super::container::field_ref(pod, field).unwrap_or_default(),
-            None => continue,
+            None => match item.get("resourceFieldRef") {
+                Some(r) => {
+                    super::container::resource_field(pod, &Value::Null, r, super::node::capacity())
+                }
+                None => continue,
+            },
         };
         let mode = item["mode"].as_u64().map_or(default_mode, |m| m as u32);
         files.insert(path.to_owned(), (value.into_bytes(), mode));
@@ -238,6 +244,64 @@ pub fn render(pod: &Value, sources: &Sources) -> Result<BTreeMap<String, Files>,
         out.insert(name.to_owned(), files);
     }
     Ok(out)
+}
+
+/// Check a `hostPath` volume by its `type`, making what `DirectoryOrCreate`
+/// and `FileOrCreate` ask for, as the kubelet does before it mounts it.
+///
+/// # Errors
+/// What the kubelet says: `hostPath type check failed: PATH is not a
+/// directory`, and the like.
+pub fn host_path_ready(host_path: &Value) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+    let Some(path) = host_path["path"].as_str() else {
+        return Ok(());
+    };
+    let kind = host_path["type"].as_str().unwrap_or_default();
+    let meta = std::fs::metadata(path).ok();
+    let failed = |what: &str| {
+        Err(format!(
+            "hostPath type check failed: {path} is not a {what}"
+        ))
+    };
+    match kind {
+        "" => Ok(()),
+        "DirectoryOrCreate" if meta.is_none() => std::fs::create_dir_all(path)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| format!("hostPath {path}: cannot create the directory: {e}")),
+        "FileOrCreate" if meta.is_none() => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("hostPath {path}: cannot create the file: {e}")),
+        "Directory" | "DirectoryOrCreate" if !meta.as_ref().is_some_and(|m| m.is_dir()) => {
+            failed("directory")
+        }
+        "File" | "FileOrCreate" if !meta.as_ref().is_some_and(|m| m.is_file()) => failed("file"),
+        "Socket" if !meta.as_ref().is_some_and(|m| m.file_type().is_socket()) => {
+            failed("socket file")
+        }
+        "CharDevice"
+            if !meta
+                .as_ref()
+                .is_some_and(|m| m.file_type().is_char_device()) =>
+        {
+            failed("character device")
+        }
+        "BlockDevice"
+            if !meta
+                .as_ref()
+                .is_some_and(|m| m.file_type().is_block_device()) =>
+        {
+            failed("block device")
+        }
+        "Directory" | "DirectoryOrCreate" | "File" | "FileOrCreate" | "Socket" | "CharDevice"
+        | "BlockDevice" => Ok(()),
+        other => Err(format!("hostPath {path}: unknown type {other:?}")),
+    }
 }
 
 /// Write `files` into `dir` atomically (the kubelet's AtomicWriter):
@@ -370,6 +434,71 @@ mod tests {
     }
 
     #[test]
+    fn host_paths_are_checked_and_made_by_type() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = |rel: &str| dir.path().join(rel).display().to_string();
+        let hp = |path: &str, kind: &str| json!({"path": path, "type": kind});
+        assert_eq!(host_path_ready(&hp(&p("none"), "")), Ok(()));
+        assert!(!dir.path().join("none").exists(), "no type: nothing made");
+
+        assert_eq!(host_path_ready(&hp(&p("a/b"), "DirectoryOrCreate")), Ok(()));
+        let made = std::fs::metadata(dir.path().join("a/b")).unwrap();
+        assert!(made.is_dir());
+        assert_eq!(made.permissions().mode() & 0o777, 0o755);
+        assert_eq!(host_path_ready(&hp(&p("a/b"), "Directory")), Ok(()));
+
+        assert_eq!(host_path_ready(&hp(&p("a/f"), "FileOrCreate")), Ok(()));
+        let made = std::fs::metadata(dir.path().join("a/f")).unwrap();
+        assert!(made.is_file() && made.len() == 0);
+        assert_eq!(made.permissions().mode() & 0o777, 0o644);
+        std::fs::write(dir.path().join("a/f"), "kept").unwrap();
+        assert_eq!(host_path_ready(&hp(&p("a/f"), "FileOrCreate")), Ok(()));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a/f")).unwrap(),
+            "kept"
+        );
+
+        assert_eq!(
+            host_path_ready(&hp(&p("missing"), "Directory")),
+            Err(format!(
+                "hostPath type check failed: {} is not a directory",
+                p("missing")
+            ))
+        );
+        assert_eq!(
+            host_path_ready(&hp(&p("a/f"), "DirectoryOrCreate")),
+            Err(format!(
+                "hostPath type check failed: {} is not a directory",
+                p("a/f")
+            ))
+        );
+        assert_eq!(
+            host_path_ready(&hp(&p("a/b"), "File")),
+            Err(format!(
+                "hostPath type check failed: {} is not a file",
+                p("a/b")
+            ))
+        );
+        assert!(
+            host_path_ready(&hp(&p("nodir/f"), "FileOrCreate"))
+                .unwrap_err()
+                .contains("cannot create the file"),
+            "FileOrCreate does not make parent directories"
+        );
+        assert_eq!(host_path_ready(&hp("/dev/null", "CharDevice")), Ok(()));
+        assert_eq!(
+            host_path_ready(&hp("/dev/null", "Socket")),
+            Err("hostPath type check failed: /dev/null is not a socket file".into())
+        );
+        assert!(
+            host_path_ready(&hp("/x", "Pipe"))
+                .unwrap_err()
+                .contains("unknown type")
+        );
+    }
+
+    #[test]
     fn volumes_render_keys_items_modes_and_fields() {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"app": "web"}},
         "spec": {"volumes": [
@@ -377,16 +506,21 @@ mod tests {
             {"name": "one", "configMap": {"name": "app", "items": [{"key": "app.conf", "path": "conf/app.conf", "mode": 0o600}]}},
             {"name": "creds", "secret": {"secretName": "db", "defaultMode": 0o400}},
             {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
-                                                       {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                                                       {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                                                       {"path": "mem", "resourceFieldRef": {"containerName": "app", "resource": "limits.memory", "divisor": "1Mi"}},
+                                                       {"path": "cpu", "resourceFieldRef": {"containerName": "app", "resource": "requests.cpu", "divisor": "1m"}}]}},
             {"name": "maybe", "configMap": {"name": "missing", "optional": true}},
             {"name": "scratch", "emptyDir": {}},
-        ]}});
+        ],
+        "containers": [{"name": "app", "resources": {"limits": {"memory": "64Mi"}, "requests": {"cpu": "250m"}}}]}});
         let out = render(&pod, &sources()).unwrap();
         assert_eq!(out["cfg"].len(), 2);
         assert_eq!(out["one"]["conf/app.conf"], (b"port=80".to_vec(), 0o600));
         assert_eq!(out["creds"]["password"], (b"hunter2".to_vec(), 0o400));
         assert_eq!(out["info"]["name"].0, b"p");
         assert_eq!(out["info"]["labels"].0, b"app=\"web\"\n");
+        assert_eq!(out["info"]["mem"].0, b"64");
+        assert_eq!(out["info"]["cpu"].0, b"250");
         assert!(out["maybe"].is_empty());
         assert!(!out.contains_key("scratch"));
         let missing =
