@@ -1000,6 +1000,59 @@ spec:
         server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }
 
+    // The grace period is the whole budget: a preStop hook longer than it
+    // is cut off, SIGTERM still gets its 2 s, then the sidecar stops.
+    let slow = server.write(
+        "slowstop.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: slowstop}
+spec:
+  terminationGracePeriodSeconds: 3
+  initContainers:
+  - {name: side, image: busybox:test, imagePullPolicy: Never, restartPolicy: Always, command: [sleep, '3600']}
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+    lifecycle:
+      preStop: {exec: {command: [sleep, '20']}}
+",
+    );
+    server.ok("1.33", &["apply", "-f", slow.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/slowstop",
+            "--timeout=60s",
+        ],
+    );
+    let t0 = Instant::now();
+    server.ok("1.33", &["delete", "pod", "slowstop", "--timeout=60s"]);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(10),
+        "3 s for the hook, 2 s for SIGTERM, not the hook's 20: {took:?}"
+    );
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=slowstop",
+        ],
+    );
+    assert!(
+        events.contains("Stopping container main")
+            && events.contains("Stopping container side")
+            && events.contains("did not finish within the grace period"),
+        "{events}"
+    );
+
     // seccompProfile RuntimeDefault refuses unshare; Unconfined does not.
     let manifest = [
         container(

@@ -1072,8 +1072,14 @@ async fn start_container(
     // postStart: the container counts as started once it has run.
     if let Some(hook) = container.pointer("/lifecycle/postStart") {
         let id = format!("{name}.{restart}");
-        if let Err(message) =
-            run_hook(&k.shim_dir(&uid).join("shim.sock"), &id, hook, container).await
+        if let Err(message) = run_hook(
+            &k.shim_dir(&uid).join("shim.sock"),
+            &id,
+            hook,
+            container,
+            POST_START_TIMEOUT,
+        )
+        .await
         {
             event(
                 k,
@@ -1312,14 +1318,23 @@ async fn pull(
 }
 
 /// Run a lifecycle hook (exec, httpGet or sleep) against instance `id`.
-async fn run_hook(socket: &Path, id: &str, hook: &Value, container: &Value) -> Result<(), String> {
+/// How long a postStart hook may run.
+const POST_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run a lifecycle hook of container instance `id`, for at most `timeout`.
+async fn run_hook(
+    socket: &Path,
+    id: &str,
+    hook: &Value,
+    container: &Value,
+    timeout: Duration,
+) -> Result<(), String> {
     if let Some(secs) = hook.pointer("/sleep/seconds").and_then(Value::as_u64) {
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+        tokio::time::sleep(Duration::from_secs(secs).min(timeout)).await;
         return Ok(());
     }
-    // Hooks get up to the grace period the kubelet allows them (30 s).
-    let probe =
-        json!({"exec": hook.get("exec"), "httpGet": hook.get("httpGet"), "timeoutSeconds": 30});
+    let probe = json!({"exec": hook.get("exec"), "httpGet": hook.get("httpGet"),
+                       "timeoutSeconds": timeout.as_secs_f64().ceil().max(1.0) as u64});
     let probe = match probe.as_object() {
         Some(m) => Value::Object(
             m.iter()
@@ -2187,31 +2202,72 @@ async fn terminate(k: &Kubelet, pod: &Value) {
     let Ok(state) = shim_call(socket.clone(), Request::State).await else {
         return;
     };
-    let running: Vec<String> = state
+    let grace = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds"))
+        .and_then(Value::as_u64)
+        .unwrap_or(30);
+    // One budget for the whole pod: preStop hooks and SIGTERM share it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+    let running: Vec<&str> = state
         .containers
         .iter()
         .filter(|c| c.status == "running")
-        .map(|c| c.id.clone())
+        .map(|c| c.id.as_str())
         .collect();
-    // preStop hooks first, then SIGTERM.
-    for id in &running {
-        let name = id.rsplit_once('.').map_or(id.as_str(), |(n, _)| n);
-        let container = pod["spec"]["containers"]
+    let of = |list: &str| -> Vec<(String, Value)> {
+        pod["spec"][list]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|c| c["name"] == name);
-        if let Some(c) = container {
-            event(
-                k,
-                pod,
-                "Normal",
-                "Killing",
-                format!("Stopping container {name}"),
-            );
-            if let Some(hook) = c.pointer("/lifecycle/preStop")
-                && let Err(message) = run_hook(&socket, id, hook, c).await
-            {
+            .flat_map(|c| {
+                running
+                    .iter()
+                    .filter(|id| id.rsplit_once('.').is_some_and(|(n, _)| c["name"] == n))
+                    .map(|id| ((*id).to_owned(), c.clone()))
+            })
+            .collect()
+    };
+    // The app containers together, then the sidecars in the reverse of
+    // their order, each when the ones before it have stopped.
+    stop_containers(k, pod, &socket, of("containers"), deadline).await;
+    let mut sidecars = of("initContainers");
+    sidecars.reverse();
+    for sidecar in sidecars {
+        stop_containers(k, pod, &socket, vec![sidecar], deadline).await;
+    }
+}
+
+/// Stop the container instances `containers` (id, spec) at once: each its
+/// preStop hook, then SIGTERM, then SIGKILL at `deadline` — or 2 s after
+/// its hook, when the hook took the time up (the kubelet's minimum).
+async fn stop_containers(
+    k: &Kubelet,
+    pod: &Value,
+    socket: &Path,
+    containers: Vec<(String, Value)>,
+    deadline: tokio::time::Instant,
+) {
+    let stops = containers.into_iter().map(|(id, c)| async move {
+        let name = c["name"].as_str().unwrap_or_default().to_owned();
+        event(
+            k,
+            pod,
+            "Normal",
+            "Killing",
+            format!("Stopping container {name}"),
+        );
+        let mut kill_at = deadline;
+        if let Some(hook) = c.pointer("/lifecycle/preStop") {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result =
+                match tokio::time::timeout(left, run_hook(socket, &id, hook, &c, left)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "hook of {id} did not finish within the grace period"
+                    )),
+                };
+            if let Err(message) = result {
                 event(
                     k,
                     pod,
@@ -2220,42 +2276,39 @@ async fn terminate(k: &Kubelet, pod: &Value) {
                     format!("PreStopHook failed: {message}"),
                 );
             }
+            kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
         }
-    }
-    for id in &running {
-        let _ = shim_call(
-            socket.clone(),
-            Request::Kill {
-                id: id.clone(),
-                signal: 15,
-            },
-        )
-        .await;
-    }
-    let grace = pod
-        .pointer("/metadata/deletionGracePeriodSeconds")
-        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds"))
-        .and_then(Value::as_u64)
-        .unwrap_or(30);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
-    while tokio::time::Instant::now() < deadline {
-        match shim_call(socket.clone(), Request::State).await {
-            Ok(s) if s.containers.iter().all(|c| c.status != "running") => return,
-            Err(_) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        let signal = |signal: i32| {
+            shim_call(
+                socket.to_owned(),
+                Request::Kill {
+                    id: id.clone(),
+                    signal,
+                },
+            )
+        };
+        let _ = signal(15).await;
+        while tokio::time::Instant::now() < kill_at {
+            match shim_call(socket.to_owned(), Request::State).await {
+                Ok(s)
+                    if s.containers
+                        .iter()
+                        .any(|x| x.id == id && x.status == "running") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => return,
+            }
         }
-    }
-    for id in &running {
-        let _ = shim_call(
-            socket.clone(),
-            Request::Kill {
-                id: id.clone(),
-                signal: 9,
-            },
-        )
-        .await;
-    }
+        let _ = signal(9).await;
+    });
+    futures::future::join_all(stops).await;
 }
+
+/// What a container gets between SIGTERM and SIGKILL at least, when its
+/// preStop hook used the grace period up (the kubelet's
+/// `minimumGracePeriodInSeconds`).
+const MIN_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Remove everything of the pod on this node: containers, shim, root
 /// filesystems, network namespace, directories (logs stay until the log
