@@ -624,13 +624,13 @@ apiVersion: v1
 kind: Pod
 metadata: {name: sick}
 spec:
-  terminationGracePeriodSeconds: 1
+  terminationGracePeriodSeconds: 60
   containers:
   - name: main
     image: busybox:test
     imagePullPolicy: Never
     command: [/bin/sh, -c, \"mkdir -p /tmp; touch /tmp/alive; (sleep 4; rm /tmp/alive) & exec sleep 3600\"]
-    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2}
+    livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2, terminationGracePeriodSeconds: 1}
 ",
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -648,7 +648,9 @@ spec:
         p["status"]["phase"] == "Running"
     });
     assert_eq!(alive["status"]["containerStatuses"][0]["restartCount"], 0);
-    // ...then fails: the container is restarted.
+    // ...then fails: the container is restarted, killed after the probe's
+    // 1 s grace period, not the pod's 60 (sleep ignores SIGTERM as PID 1).
+    let t0 = Instant::now();
     let sick = server.wait_json(&["get", "pod", "sick"], 60, "sick restarted", |p| {
         p["status"]["containerStatuses"][0]["restartCount"]
             .as_u64()
@@ -660,8 +662,44 @@ spec:
         last["exitCode"].as_i64().unwrap_or(0) >= 128,
         "killed by a signal: {sick}"
     );
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "restarted {:?} after it ran, not within the probe's grace",
+        t0.elapsed()
+    );
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=sick",
+        ],
+    );
+    assert!(
+        events.contains("Liveness probe failed: ")
+            && events.contains("Container main failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=slow",
+        ],
+    );
+    assert_eq!(
+        events.matches("Readiness probe failed").count(),
+        1,
+        "one event for the run of failures: {events}"
+    );
     for p in ["web", "slow", "sick"] {
-        server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
+        server.ok(
+            "1.33",
+            &["delete", "pod", p, "--timeout=60s", "--grace-period=1"],
+        );
     }
 }
 

@@ -490,6 +490,8 @@ struct WorkerState {
     /// A turn for the pod's first start ([`Kubelet::starts`]), held until
     /// its first container runs or the sync ends.
     start_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Container instances being stopped (sidecars at the pod's end).
+    stopping: std::collections::HashSet<String>,
     /// The pod's address, once its network is set up.
     pod_ip: Option<std::net::Ipv4Addr>,
     /// The earliest moment something the last sync put off falls due.
@@ -1088,7 +1090,13 @@ async fn start_container(
                 "FailedPostStartHook",
                 format!("PostStartHook failed: {message}"),
             );
-            stop_instance(&k.shim_dir(&uid).join("shim.sock"), &id, pod).await;
+            stop_instance(
+                &k.shim_dir(&uid).join("shim.sock"),
+                &id,
+                container,
+                pod_grace(pod),
+            )
+            .await;
         }
     }
     Ok(())
@@ -1344,11 +1352,9 @@ async fn run_hook(
         ),
         None => probe,
     };
-    if probe_once(socket, id, &probe, container).await {
-        Ok(())
-    } else {
-        Err(format!("hook of {id} failed"))
-    }
+    probe_once(socket, id, &probe, container)
+        .await
+        .map_err(|e| format!("hook of {id} failed: {e}"))
 }
 
 /// Record an Event about the pod (what `kubectl describe pod` shows).
@@ -1670,12 +1676,13 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
             }
             if let Some((_, s)) = instances.get(c["name"].as_str().unwrap_or_default())
                 && s.status == "running"
+                && state.stopping.insert(s.id.clone())
             {
-                stop_instance(&socket, &s.id, pod).await;
+                stop_instance(&socket, &s.id, c, pod_grace(pod)).await;
             }
         }
     }
-    run_probes(pod, &instances, &socket, state).await;
+    run_probes(k, pod, &instances, &socket, state).await;
     let prev = previous(&shim_state.containers, &instances);
     let status = pod_status(k, pod, &instances, &prev, state, failed_init);
     if state.last_status.as_ref() != Some(&status) {
@@ -1774,6 +1781,7 @@ async fn restart_later(
 /// (startup first; then liveness and readiness), and act on liveness and
 /// startup failures by stopping the container (it restarts by policy).
 async fn run_probes(
+    k: &Kubelet,
     pod: &Value,
     instances: &HashMap<String, (u32, ContainerState)>,
     socket: &Path,
@@ -1833,7 +1841,27 @@ async fn run_probes(
             let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
             p.next.insert(kind, next);
             wake = Some(wake.map_or(next, |w: tokio::time::Instant| w.min(next)));
-            let ok = probe_once(socket, &cs.id, probe, c).await;
+            let result = probe_once(socket, &cs.id, probe, c).await;
+            let ok = result.is_ok();
+            // Reported once per run of failures (the kubelet's recorder
+            // folds repeats into one event with a count).
+            let first_failure = p.failures.get(kind).copied().unwrap_or(0) == 0;
+            if let Err(why) = &result
+                && first_failure
+            {
+                let what = match kind {
+                    "livenessProbe" => "Liveness",
+                    "readinessProbe" => "Readiness",
+                    _ => "Startup",
+                };
+                event(
+                    k,
+                    pod,
+                    "Warning",
+                    "Unhealthy",
+                    format!("{what} probe failed: {}", why.trim()),
+                );
+            }
             let (success_threshold, failure_threshold) = (
                 secs("successThreshold", 1).max(1) as u32,
                 secs("failureThreshold", 3).max(1) as u32,
@@ -1864,7 +1892,23 @@ async fn run_probes(
                             p.killed = true;
                             p.ready = false;
                             tracing::info!(pod = %pod["metadata"]["name"], container = name, probe = kind, "probe failed, restarting the container");
-                            stop_instance(socket, &cs.id, pod).await;
+                            let what = if kind == "livenessProbe" {
+                                "liveness"
+                            } else {
+                                "startup"
+                            };
+                            event(
+                                k,
+                                pod,
+                                "Normal",
+                                "Killing",
+                                format!("Container {name} failed {what} probe, will be restarted"),
+                            );
+                            // The probe's own grace period, if it has one.
+                            let grace = probe["terminationGracePeriodSeconds"]
+                                .as_u64()
+                                .unwrap_or_else(|| pod_grace(pod));
+                            stop_instance(socket, &cs.id, c, grace).await;
                         }
                         _ => {}
                     }
@@ -1877,24 +1921,40 @@ async fn run_probes(
     }
 }
 
-/// SIGTERM now, SIGKILL after the pod's grace period.
-async fn stop_instance(socket: &Path, id: &str, pod: &Value) {
-    let _ = shim_call(
-        socket.to_owned(),
-        Request::Kill {
-            id: id.to_owned(),
-            signal: 15,
-        },
-    )
-    .await;
-    let grace = pod
-        .pointer("/spec/terminationGracePeriodSeconds")
+/// The pod's `terminationGracePeriodSeconds` (30 s when not set).
+fn pod_grace(pod: &Value) -> u64 {
+    pod.pointer("/spec/terminationGracePeriodSeconds")
         .and_then(Value::as_u64)
-        .unwrap_or(30);
-    let (socket, id) = (socket.to_owned(), id.to_owned());
+        .unwrap_or(30)
+}
+
+/// Stop a container instance so it restarts (or a sidecar at the pod's
+/// end), in the background: its preStop hook within `grace` seconds, then
+/// SIGTERM, then SIGKILL at the end of `grace` (2 s after a hook at
+/// least), as the kubelet's killContainer.
+async fn stop_instance(socket: &Path, id: &str, container: &Value, grace: u64) {
+    let (socket, id, container) = (socket.to_owned(), id.to_owned(), container.clone());
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(grace)).await;
-        let _ = shim_call(socket, Request::Kill { id, signal: 9 }).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        let mut kill_at = deadline;
+        if let Some(hook) = container.pointer("/lifecycle/preStop") {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ =
+                tokio::time::timeout(left, run_hook(&socket, &id, hook, &container, left)).await;
+            kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
+        }
+        let kill = |signal| {
+            shim_call(
+                socket.clone(),
+                Request::Kill {
+                    id: id.clone(),
+                    signal,
+                },
+            )
+        };
+        let _ = kill(15).await;
+        tokio::time::sleep_until(kill_at).await;
+        let _ = kill(9).await;
     });
 }
 
@@ -1917,7 +1977,12 @@ fn probe_port(port: &Value, container: &Value) -> Option<u16> {
 
 /// Run one probe through the shim (which lives in the pod's network
 /// namespace).
-async fn probe_once(socket: &Path, id: &str, probe: &Value, container: &Value) -> bool {
+async fn probe_once(
+    socket: &Path,
+    id: &str,
+    probe: &Value,
+    container: &Value,
+) -> Result<(), String> {
     let timeout_ms = probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1) * 1000;
     let request = if let Some(cmd) = probe.pointer("/exec/command").and_then(Value::as_array) {
         Request::Exec {
@@ -1930,12 +1995,12 @@ async fn probe_once(socket: &Path, id: &str, probe: &Value, container: &Value) -
         }
     } else if let Some(tcp) = probe.get("tcpSocket") {
         let Some(port) = probe_port(&tcp["port"], container) else {
-            return false;
+            return Err(format!("no container port {}", tcp["port"]));
         };
         Request::ProbeTcp { port, timeout_ms }
     } else if let Some(http) = probe.get("httpGet") {
         let Some(port) = probe_port(&http["port"], container) else {
-            return false;
+            return Err(format!("no container port {}", http["port"]));
         };
         Request::ProbeHttp {
             port,
@@ -1957,19 +2022,21 @@ async fn probe_once(socket: &Path, id: &str, probe: &Value, container: &Value) -
     } else {
         // gRPC probes are not built yet: they fail, visibly.
         tracing::warn!(container = id, "unsupported probe type");
-        return false;
+        return Err("this probe type (gRPC) is not supported by orch".into());
     };
     match shim_call(socket.to_owned(), request).await {
         Ok(r) => {
             let p = r.probe.unwrap_or_default();
-            if !p.success {
+            if p.success {
+                Ok(())
+            } else {
                 tracing::debug!(container = id, message = %p.message, "probe failed");
+                Err(p.message)
             }
-            p.success
         }
         Err(e) => {
             tracing::debug!(container = id, %e, "probe could not run");
-            false
+            Err(e.to_string())
         }
     }
 }

@@ -280,7 +280,16 @@ impl PullSecrets {
         };
         let auths = v.get("auths").unwrap_or(&v);
         for (key, entry) in auths.as_object().into_iter().flatten() {
+            // A `registrytoken` is sent to the registry as it is (Bearer).
+            // (An `identitytoken` — an OAuth refresh token for the
+            // registry's token service — is not used: oci-client cannot
+            // exchange it; give username and password instead.)
+            let token = entry["registrytoken"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(|t| RegistryAuth::Bearer(t.to_owned()));
             let auth = match (entry["username"].as_str(), entry["password"].as_str()) {
+                _ if token.is_some() => token,
                 (Some(u), Some(p)) if !u.is_empty() => {
                     Some(RegistryAuth::Basic(u.to_owned(), p.to_owned()))
                 }
@@ -774,6 +783,12 @@ configs:
         assert_eq!(
             s.get("reg.example:5000"),
             Some(RegistryAuth::Basic("u".into(), "p".into()))
+        );
+        // A registry token is a bearer token for the registry.
+        s.add(br#"{"auths":{"tok.example":{"auth":"eDp5","registrytoken":"t0ken"}}}"#);
+        assert_eq!(
+            s.get("tok.example"),
+            Some(RegistryAuth::Bearer("t0ken".into()))
         );
     }
 
