@@ -446,3 +446,35 @@ fn log_rotation_flags_are_checked() {
         "orch agent",
     );
 }
+
+#[test]
+fn an_old_nft_is_named_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let nft = bin.join("nft");
+    std::fs::write(&nft, "#!/bin/sh\necho 'nftables v0.9.8 (E.D.S.)'\n").unwrap();
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let out = Command::new(ORCH)
+        .args([
+            "agent",
+            "--server",
+            "https://127.0.0.1:1",
+            "--token",
+            &token,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nft 0.9.8 is too old (orch needs nftables 1.0.1 or newer)"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
