@@ -2018,6 +2018,7 @@ async fn probe_once(
                 })
                 .collect(),
             timeout_ms,
+            https: http["scheme"] == "HTTPS",
         }
     } else {
         // gRPC probes are not built yet: they fail, visibly.
