@@ -1103,11 +1103,27 @@ spec:
             "unshare -U true && echo allowed || echo denied",
             "",
         ),
+        // A privileged container has the host's devices; others do not.
+        container(
+            "privileged",
+            "test -c /dev/kmsg && echo allowed || echo denied",
+            "    securityContext: {privileged: true}\n",
+        ),
+        container(
+            "unprivileged",
+            "test -c /dev/kmsg && echo allowed || echo denied",
+            "",
+        ),
     ]
     .concat();
     let file = server.write("seccomp.yaml", &manifest);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    for (name, want) in [("confined", "denied"), ("unconfined", "allowed")] {
+    for (name, want) in [
+        ("confined", "denied"),
+        ("unconfined", "allowed"),
+        ("privileged", "allowed"),
+        ("unprivileged", "denied"),
+    ] {
         let pod = server.wait_json(&["get", "pod", name], 60, &format!("{name} done"), |p| {
             p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed"
         });

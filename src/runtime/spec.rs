@@ -11,7 +11,7 @@
 //! containers inherit containerd's (raising them can fail with EPERM where
 //! `fs.nr_open` is lower).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
@@ -667,12 +667,34 @@ fn cap_name(c: &str) -> String {
 
 /// The capability set after the container's add/drop lists
 /// (`ALL` in either list as upstream means it).
+/// Every capability this process may hand on (its bounding set), as
+/// containerd gives privileged containers: asking for one the node itself
+/// lacks (a node that is a container, a VM that dropped
+/// CAP_SYS_RESOURCE) would fail every start.
+fn all_current_caps() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    // ALL_CAPS is in the kernel's numbering: CAP_CHOWN is 0.
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) != 0)
+        .map(|(_, c)| (*c).to_owned())
+        .collect()
+}
+
 fn capabilities(c: &ContainerConfig) -> Vec<String> {
     if c.privileged {
-        return ALL_CAPS.iter().map(|s| (*s).to_owned()).collect();
+        return all_current_caps();
     }
     let mut caps: Vec<String> = if c.add_caps.iter().any(|a| a.eq_ignore_ascii_case("ALL")) {
-        ALL_CAPS.iter().map(|s| (*s).to_owned()).collect()
+        all_current_caps()
     } else {
         let mut v: Vec<String> = DEFAULT_CAPS.iter().map(|s| (*s).to_owned()).collect();
         for add in &c.add_caps {
@@ -777,7 +799,10 @@ pub fn build(c: &ContainerConfig) -> Value {
         "cgroupsPath": c.cgroup,
         "resources": resources,
     });
-    if !c.privileged {
+    if c.privileged {
+        // The host's devices, as containerd gives privileged containers.
+        linux["devices"] = json!(host_devices(Path::new("/dev")));
+    } else {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
         if c.seccomp_default {
@@ -819,8 +844,87 @@ pub fn build(c: &ContainerConfig) -> Value {
     spec
 }
 
+/// The device nodes under `dir` as OCI `linux.devices` entries, as
+/// containerd lists them for privileged containers: every character and
+/// block device, not the console and not what is under `pts`, `shm`,
+/// `fd` and `mqueue` (the container has its own of those).
+fn host_devices(dir: &Path) -> Vec<Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            if !matches!(
+                name.to_str(),
+                Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev")
+            ) {
+                out.extend(host_devices(&path));
+            }
+            continue;
+        }
+        // The console is the container's own; the standard devices and
+        // ptmx libcontainer makes itself (again would fail: EEXIST).
+        if path.parent() == Some(Path::new("/dev"))
+            && matches!(
+                name.to_str(),
+                Some("console" | "null" | "zero" | "full" | "random" | "urandom" | "tty" | "ptmx")
+            )
+        {
+            continue;
+        }
+        let t = if kind.is_char_device() {
+            "c"
+        } else if kind.is_block_device() {
+            "b"
+        } else {
+            continue;
+        };
+        let rdev = meta.rdev();
+        out.push(json!({
+            "path": path, "type": t,
+            "major": rustix::fs::major(rdev), "minor": rustix::fs::minor(rdev),
+            "fileMode": meta.mode() & 0o7777, "uid": meta.uid(), "gid": meta.gid(),
+        }));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn privileged_containers_get_the_hosts_devices() {
+        let devices = super::host_devices(std::path::Path::new("/dev"));
+        let kmsg = devices
+            .iter()
+            .find(|d| d["path"] == "/dev/kmsg")
+            .expect("/dev/kmsg is a host device");
+        assert_eq!(
+            (
+                kmsg["type"].as_str(),
+                kmsg["major"].as_u64(),
+                kmsg["minor"].as_u64()
+            ),
+            (Some("c"), Some(1), Some(11))
+        );
+        for own in ["/dev/console", "/dev/null", "/dev/ptmx"] {
+            assert!(devices.iter().all(|d| d["path"] != own), "{own}");
+        }
+        assert!(
+            devices
+                .iter()
+                .all(|d| !d["path"].as_str().unwrap().starts_with("/dev/pts/")),
+            "the container has its own pts"
+        );
+    }
+
     #[test]
     fn runtime_default_allows_a_list_and_capabilities_add_to_it() {
         let plain = super::seccomp_profile(&["CAP_CHOWN".to_owned()]);
@@ -908,7 +1012,18 @@ mod tests {
         c.drop_caps = vec!["ALL".into()];
         assert_eq!(capabilities(&c), ["CAP_NET_ADMIN"]);
         c.privileged = true;
-        assert_eq!(capabilities(&c).len(), ALL_CAPS.len());
+        // Every capability this process has (this VM's root lacks
+        // CAP_SYS_RESOURCE, for one).
+        let bounding = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert_eq!(
+            capabilities(&c).len(),
+            bounding.count_ones().min(ALL_CAPS.len() as u32) as usize
+        );
         let spec = build(&c);
         assert!(spec["linux"].get("maskedPaths").is_none());
         assert_eq!(spec["linux"]["resources"]["devices"][0]["allow"], true);
