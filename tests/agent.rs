@@ -1134,6 +1134,51 @@ spec:
         server.ok("1.33", &["delete", "pod", name, "--timeout=60s"]);
     }
 
+    // A container that cannot be created says why, on the pod and as an
+    // event.
+    let missing = server.write(
+        "missing.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: missing}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, command: [no-such-program]}
+",
+    );
+    server.ok("1.33", &["apply", "-f", missing.to_str().unwrap()]);
+    let pod = server.wait_json(
+        &["get", "pod", "missing"],
+        30,
+        "CreateContainerError",
+        |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerError"
+        },
+    );
+    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("no-such-program"), "{pod}");
+    let table = server.ok("1.33", &["get", "pod", "missing"]);
+    assert!(table.contains("CreateContainerError"), "{table}");
+    let events = server.ok(
+        "1.33",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=missing",
+        ],
+    );
+    assert!(
+        events.contains("Failed") && events.contains("no-such-program"),
+        "{events}"
+    );
+    server.ok("1.33", &["delete", "pod", "missing", "--timeout=60s"]);
+
     // Init containers run first, in order; a sidecar keeps running beside
     // the main container and stops when the pod's work is done.
     let init = server.write(

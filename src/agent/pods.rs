@@ -1032,7 +1032,7 @@ async fn start_container(
             pod_dir.join("containers").join(format!("{name}.{n}")),
         )
     });
-    blocking(move || -> Result<(), String> {
+    let created = blocking(move || -> Result<(), String> {
         if let Some((old_id, old_bundle)) = stale {
             let _ = shim::call(&socket, &Request::Delete { id: old_id });
             let _ = rootfs::unmount(&old_bundle.join("rootfs"));
@@ -1061,7 +1061,30 @@ async fn start_container(
         shim::call(&socket, &Request::Start { id }).map_err(|e| e.to_string())?;
         Ok(())
     })
-    .await?;
+    .await;
+    if let Err(e) = created {
+        // The kubelet's CreateContainerError: shown on the container,
+        // told once as an event, tried again on the next syncs.
+        let message = format!("Error: {e}");
+        if state
+            .waiting
+            .get(&name)
+            .is_none_or(|(r, m)| r != "CreateContainerError" || *m != message)
+        {
+            event(k, pod, "Warning", "Failed", message.clone());
+        }
+        state
+            .waiting
+            .insert(name.clone(), ("CreateContainerError".into(), message));
+        return Ok(());
+    }
+    if state
+        .waiting
+        .get(&name)
+        .is_some_and(|(r, _)| r == "CreateContainerError")
+    {
+        state.waiting.remove(&name);
+    }
     state.started = true;
     state.start_permit = None;
     event(
