@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 # umoci and skopeo build and write the test images (tests/images.rs);
 # docker-registry serves them to the pulls in tests/agent.rs, whose private
 # registry's htpasswd file apache2-utils writes; shellcheck checks install.sh
-# and nftables is what install.sh would otherwise install (tests/install.rs).
-packages=(gcc pkg-config libseccomp-dev curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables)
+# and nftables is what install.sh would otherwise install (tests/install.rs);
+# procps gives pgrep, which tests/agent.rs looks for leftover processes with.
+packages=(gcc pkg-config libseccomp-dev curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables procps)
 
 missing=()
 for p in "${packages[@]}"; do
