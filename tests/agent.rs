@@ -631,6 +631,18 @@ spec:
     imagePullPolicy: Never
     command: [/bin/sh, -c, \"mkdir -p /tmp; touch /tmp/alive; (sleep 4; rm /tmp/alive) & exec sleep 3600\"]
     livenessProbe: {exec: {command: [cat, /tmp/alive]}, periodSeconds: 1, failureThreshold: 2, terminationGracePeriodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stuck}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+    readinessProbe: {exec: {command: [sleep, '30']}, periodSeconds: 1, timeoutSeconds: 10}
 ",
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -695,7 +707,53 @@ spec:
         1,
         "one event for the run of failures: {events}"
     );
-    for p in ["web", "slow", "sick"] {
+    // An exec probe that overruns its timeout fails and is killed; while
+    // such probes run, the pod's shim still serves kubectl exec at once.
+    server.wait_json(&["get", "pod", "stuck"], 30, "stuck running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(
+            server.ok("1.33", &["exec", "stuck", "--", "echo", "hi"]),
+            "hi\n"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "exec waited for a probe: {:?}",
+            t.elapsed()
+        );
+    }
+    // (A shim that ran the 10 s probe in its own loop would have kept
+    // each of those waiting.) Then the probe times out, and is killed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = server.ok(
+            "1.33",
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=stuck",
+            ],
+        );
+        if events.contains("Readiness probe failed: command timed out after 10s") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no timeout event: {events}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stuck = server.ok("1.33", &["get", "pod", "stuck", "-o", "json"]);
+    let stuck: Value = serde_json::from_str(&stuck).unwrap();
+    assert!(!is_ready(&stuck), "{stuck}");
+    // Two more timeouts on: left running, three would sleep by now.
+    std::thread::sleep(Duration::from_secs(12));
+    let ps = server.ok("1.33", &["exec", "stuck", "--", "busybox", "ps"]);
+    assert!(
+        ps.matches("sleep 30").count() <= 2,
+        "timed-out probes are killed, not left running: {ps}"
+    );
+    for p in ["web", "slow", "sick", "stuck"] {
         server.ok(
             "1.33",
             &["delete", "pod", p, "--timeout=60s", "--grace-period=1"],

@@ -207,7 +207,7 @@ async fn session(
         .find(|(c, _)| *c == RESIZE)
         .and_then(|(_, d)| rc::parse_resize(d));
     let started = tokio::task::spawn_blocking(move || {
-        shim::exec_stream(&socket, &id, args, tty, stdin, size)
+        shim::exec_stream(&socket, &id, args, tty, stdin, size, false)
     })
     .await
     .expect("exec start panicked");

@@ -2008,14 +2008,11 @@ async fn probe_once(
 ) -> Result<(), String> {
     let timeout_ms = probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1) * 1000;
     let request = if let Some(cmd) = probe.pointer("/exec/command").and_then(Value::as_array) {
-        Request::Exec {
-            id: id.to_owned(),
-            args: cmd
-                .iter()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect(),
-            timeout_ms,
-        }
+        let args = cmd
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        return exec_probe(socket, id, args, Duration::from_millis(timeout_ms)).await;
     } else if let Some(tcp) = probe.get("tcpSocket") {
         let Some(port) = probe_port(&tcp["port"], container) else {
             return Err(format!("no container port {}", tcp["port"]));
@@ -2063,6 +2060,63 @@ async fn probe_once(
             Err(e.to_string())
         }
     }
+}
+
+/// An exec probe or hook: the command runs as a streaming exec, so the
+/// shim goes on serving the pod while it runs; here it is waited for up
+/// to `timeout`, and killed (the shim sees us hang up) when it overruns.
+/// Its output (the first 10 KiB) is the failure message.
+async fn exec_probe(
+    socket: &Path,
+    id: &str,
+    args: Vec<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    const KEEP: u64 = 10 * 1024;
+    let (socket, id) = (socket.to_owned(), id.to_owned());
+    blocking(move || {
+        let mut session = shim::exec_stream(&socket, &id, args, false, false, None, true)
+            .map_err(|e| e.to_string())?;
+        let readers: Vec<_> = std::mem::take(&mut session.fds)
+            .into_iter()
+            .map(|fd| {
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut out = Vec::new();
+                    let mut f = std::fs::File::from(fd);
+                    let _ = (&mut f).take(KEEP).read_to_end(&mut out);
+                    // Drain the rest so the command never blocks on a full pipe.
+                    let _ = std::io::copy(&mut f, &mut std::io::sink());
+                    out
+                })
+            })
+            .collect();
+        match session.wait_for(timeout).map_err(|e| e.to_string())? {
+            Some(code) => {
+                let output: Vec<u8> = readers
+                    .into_iter()
+                    .filter_map(|r| r.join().ok())
+                    .flatten()
+                    .collect();
+                if code == 0 {
+                    Ok(())
+                } else {
+                    let text = String::from_utf8_lossy(&output).trim_end().to_owned();
+                    Err(if text.is_empty() {
+                        format!("command exited with {code}")
+                    } else {
+                        text
+                    })
+                }
+            }
+            // Dropping the session hangs up: the shim kills the command.
+            None => Err(format!(
+                "command timed out after {}s",
+                timeout.as_secs_f32()
+            )),
+        }
+    })
+    .await
 }
 
 /// The pod's status from what the shim reports.

@@ -76,6 +76,10 @@ pub enum Request {
         /// The terminal's first size, (width, height).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<(u16, u16)>,
+        /// Kill the command when the caller hangs up (probes and hooks:
+        /// their caller's timeout ends them).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        kill_on_hangup: bool,
     },
     /// Attach to a running container's stdio (`kubectl attach`): after
     /// the answer line, the connection carries its output as
@@ -135,6 +139,33 @@ pub struct ExecSession {
 }
 
 impl ExecSession {
+    /// Wait up to `timeout` for the command to end: its exit code, or
+    /// `None` when it is still running (drop the session to end it, when
+    /// it was started with `kill_on_hangup`).
+    ///
+    /// # Errors
+    /// The shim went away before saying.
+    pub fn wait_for(&self, timeout: Duration) -> Result<Option<i32>, Error> {
+        self.conn
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(io_err("waiting for the exec"))?;
+        let mut line = Vec::new();
+        match BufReader::new(&self.conn).read_until(b'\n', &mut line) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(io_err("waiting for the exec")(e)),
+            Ok(_) => serde_json::from_slice::<ExecExit>(&line)
+                .map(|e| Some(e.exit_code))
+                .map_err(|_| Error::Shim("the shim ended before the command did".into())),
+        }
+    }
+
     /// Wait for the command to end; its exit code.
     ///
     /// # Errors
@@ -161,6 +192,7 @@ pub fn exec_stream(
     tty: bool,
     stdin: bool,
     size: Option<(u16, u16)>,
+    kill_on_hangup: bool,
 ) -> Result<ExecSession, Error> {
     let what = || format!("shim {}", socket.display());
     let stream = UnixStream::connect(socket).map_err(io_err(what()))?;
@@ -173,6 +205,7 @@ pub fn exec_stream(
         tty,
         stdin,
         size,
+        kill_on_hangup,
     };
     let mut line = serde_json::to_vec(&request).expect("requests serialise");
     line.push(b'\n');
@@ -471,6 +504,8 @@ struct Session {
     pidfd: OwnedFd,
     /// The caller's connection: the exit line goes there.
     conn: UnixStream,
+    /// The caller hanging up kills the command.
+    kill_on_hangup: bool,
 }
 
 /// The shim's state and its directory layout.
@@ -1166,6 +1201,8 @@ pub fn run(
             Err,
             Exit,
             Session,
+            /// A session's caller hung up.
+            Caller,
             Client,
             Watcher,
         }
@@ -1198,6 +1235,14 @@ pub fn run(
                     PollFlags::IN,
                 ));
                 keys.push((i.to_string(), Kind::Session));
+                if session.kill_on_hangup {
+                    // Its caller sends nothing: readable means gone.
+                    fds.push(PollFd::from_borrowed_fd(
+                        session.conn.as_fd(),
+                        PollFlags::IN,
+                    ));
+                    keys.push((i.to_string(), Kind::Caller));
+                }
             }
             // A watcher's end only ever becomes readable when it hangs up.
             for (i, w) in shim.watchers.iter().enumerate() {
@@ -1220,7 +1265,9 @@ pub fn run(
             let (pipe, stream) = match kind {
                 Kind::Out => (&mut t.stdout, Stream::Stdout),
                 Kind::Err => (&mut t.stderr, Stream::Stderr),
-                Kind::Exit | Kind::Session | Kind::Client | Kind::Watcher => continue,
+                Kind::Exit | Kind::Session | Kind::Caller | Kind::Client | Kind::Watcher => {
+                    continue;
+                }
             };
             let mut buf = [0u8; 64 * 1024];
             let n = pipe
@@ -1264,6 +1311,15 @@ pub fn run(
         for ((id, kind), _) in keys.iter().zip(&ready).filter(|(_, r)| **r) {
             if matches!(kind, Kind::Exit) {
                 shim.reap(id);
+            }
+        }
+        // Sessions whose caller gave up (a probe's timeout): end the
+        // command; its exit ends the session on a later turn.
+        for ((i, kind), _) in keys.iter().zip(&ready).filter(|(_, r)| **r) {
+            if matches!(kind, Kind::Caller)
+                && let Some(s) = i.parse::<usize>().ok().and_then(|i| shim.sessions.get(i))
+            {
+                let _ = rustix::process::kill_process(s.pid, rustix::process::Signal::KILL);
             }
         }
         // Ended sessions, highest index first (they are swap-removed).
@@ -1459,9 +1515,21 @@ fn serve(shim: &mut Shim, stream: UnixStream) {
                 tty,
                 stdin,
                 size,
+                kill_on_hangup,
             }) => {
                 drop(reader);
-                return serve_exec(shim, stream, &id, args, tty, stdin, size);
+                return serve_exec(
+                    shim,
+                    stream,
+                    &id,
+                    ExecArgs {
+                        args,
+                        tty,
+                        stdin,
+                        size,
+                        kill_on_hangup,
+                    },
+                );
             }
             Ok(Request::Attach { id, stdin }) => {
                 drop(reader);
@@ -1569,15 +1637,23 @@ fn receive_terminal(listener: &UnixListener) -> Result<File, String> {
 
 /// Answer an exec stream with its descriptors and keep the connection
 /// for the exit line.
-fn serve_exec(
-    shim: &mut Shim,
-    stream: UnixStream,
-    id: &str,
+/// What a streaming exec asks for.
+struct ExecArgs {
     args: Vec<String>,
     tty: bool,
     stdin: bool,
     size: Option<(u16, u16)>,
-) {
+    kill_on_hangup: bool,
+}
+
+fn serve_exec(shim: &mut Shim, stream: UnixStream, id: &str, exec: ExecArgs) {
+    let ExecArgs {
+        args,
+        tty,
+        stdin,
+        size,
+        kill_on_hangup,
+    } = exec;
     let started = shim.exec_stream(id, args, tty, stdin, size);
     let (response, fds, pid) = match started {
         Ok((pid, fds)) => (
@@ -1623,6 +1699,7 @@ fn serve_exec(
             pid,
             pidfd,
             conn: stream,
+            kill_on_hangup,
         }),
         _ => {
             // The caller is gone or the process is: do not leave it behind.
