@@ -249,14 +249,32 @@ fn pods_really_run_exit_restart_and_go() {
     // Long-running: Running and Ready; survives an agent kill -9.
     let file = server.write(
         "long.yaml",
-        &pod("long", "echo started; exec sleep 3600", "Always", 2),
+        &pod(
+            "long",
+            "echo started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done",
+            "Always",
+            2,
+        ),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     let long = server.wait_json(&["get", "pod", "long"], 60, "long Running", |p| {
         p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
     });
     let started = long["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+    let long_log = logs.join(format!(
+        "default_long_{}/main/0.log",
+        long["metadata"]["uid"].as_str().unwrap()
+    ));
+    let ticks = || {
+        std::fs::read_to_string(&long_log)
+            .unwrap_or_default()
+            .matches(" tick ")
+            .count()
+    };
+    let flaky_restarts =
+        restarts(&server.wait_json(&["get", "pod", "flaky"], 10, "flaky", |_| true));
     agent.kill_and_restart();
+    let ticks_at_kill = ticks();
     std::thread::sleep(Duration::from_secs(2));
     let long = server.wait_json(&["get", "pod", "long"], 30, "long still Running", |p| {
         p["status"]["phase"] == "Running"
@@ -267,6 +285,31 @@ fn pods_really_run_exit_restart_and_go() {
         "the container was not restarted: {long}"
     );
     assert_eq!(cs["restartCount"], 0);
+    // Its log goes on, and the new agent serves it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ticks() < ticks_at_kill + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the log stopped at the agent's kill"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last = wait_logs(&server, &["logs", "long", "--tail=1"]);
+    let n: usize = last
+        .trim()
+        .strip_prefix("tick ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a tick line: {last:?}"));
+    assert!(
+        n >= ticks_at_kill + 3,
+        "{last:?} after {ticks_at_kill} ticks"
+    );
+    // Restart counts are kept.
+    let flaky = server.wait_json(&["get", "pod", "flaky"], 10, "flaky", |_| true);
+    assert!(
+        restarts(&flaky) >= flaky_restarts,
+        "flaky's restart count went back: {flaky}"
+    );
 
     // Deleted: TERM (ignored by sleep as PID 1), the 2 s grace, KILL, gone.
     let long_uid = long["metadata"]["uid"].as_str().unwrap().to_owned();
