@@ -189,13 +189,6 @@ fn pods_really_run_exit_restart_and_go() {
 
     // Crashing again and again: CrashLoopBackOff, each wait longer than
     // the last (10 s, then 20 s).
-    let waiting = |p: &serde_json::Value| {
-        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
-        (
-            w["reason"].as_str().unwrap_or_default().to_owned(),
-            w["message"].as_str().unwrap_or_default().to_owned(),
-        )
-    };
     let looping = server.wait_json(&["get", "pod", "flaky"], 30, "CrashLoopBackOff", |p| {
         waiting(p).0 == "CrashLoopBackOff"
     });
@@ -1253,16 +1246,9 @@ spec:
         &["get", "pod", "missing"],
         30,
         "CreateContainerError",
-        |p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerError"
-        },
+        |p| waiting_reason(p) == "CreateContainerError",
     );
-    let message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(message.contains("no-such-program"), "{pod}");
+    assert!(waiting(&pod).1.contains("no-such-program"), "{pod}");
     let table = server.ok("1.33", &["get", "pod", "missing"]);
     assert!(table.contains("CreateContainerError"), "{table}");
     let events = server.ok(
@@ -1628,10 +1614,16 @@ fn push(netns: &Netns, layout: &Path, dest: &str, creds: Option<&str>) {
 }
 
 fn waiting_reason(p: &Value) -> String {
-    p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    waiting(p).0
+}
+
+/// The first container's waiting reason and message.
+fn waiting(p: &Value) -> (String, String) {
+    let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+    (
+        w["reason"].as_str().unwrap_or_default().to_owned(),
+        w["message"].as_str().unwrap_or_default().to_owned(),
+    )
 }
 
 #[test]

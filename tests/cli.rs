@@ -19,6 +19,12 @@ fn orch(args: &[&str]) -> Output {
         .expect("run orch")
 }
 
+/// A join token of the right shape, for agents pointed at a server that
+/// is not there: they get as far as their checks and stop.
+fn agent_token() -> String {
+    format!("K10{}::server:secret", "ab".repeat(32))
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -319,7 +325,7 @@ fn a_machine_without_nftables_is_told_what_to_install() {
             .output()
             .expect("run orch")
     };
-    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let token = agent_token();
     for (args, hint) in [
         (
             vec![
@@ -393,7 +399,7 @@ fn token_sets_the_join_secret_on_first_start_and_must_match_later() {
 #[test]
 fn an_unreadable_resolv_conf_is_named_before_the_agent_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let token = agent_token();
     let out = orch(&[
         "agent",
         "--server",
@@ -419,7 +425,7 @@ fn an_unreadable_resolv_conf_is_named_before_the_agent_starts() {
 
 #[test]
 fn log_rotation_flags_are_checked() {
-    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let token = agent_token();
     let base = [
         "agent",
         "--server",
@@ -456,7 +462,7 @@ fn an_old_nft_is_named_with_the_fix() {
     let nft = bin.join("nft");
     std::fs::write(&nft, "#!/bin/sh\necho 'nftables v0.9.8 (E.D.S.)'\n").unwrap();
     std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let token = format!("K10{}::server:secret", "ab".repeat(32));
+    let token = agent_token();
     let out = Command::new(ORCH)
         .args([
             "agent",

@@ -44,16 +44,18 @@ fn now() -> String {
         .to_string()
 }
 
+/// A `/proc/meminfo` field in KiB (`MemTotal`, `MemAvailable`).
+fn meminfo_kib(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    })
+}
+
 /// Memory in KiB from /proc/meminfo.
 fn memory_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    meminfo_kib("MemTotal").unwrap_or(0)
 }
 
 /// Bytes of the file system holding `dir`.
@@ -98,14 +100,7 @@ impl Pressure {
     /// Memory available below 100Mi; the data dir's file system with less
     /// than 10 % of its space or 5 % of its inodes free.
     pub fn measure(data_dir: &Path) -> Pressure {
-        let available = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemAvailable:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map(|kib| kib * 1024);
+        let available = meminfo_kib("MemAvailable").map(|kib| kib * 1024);
         let disk = rustix::fs::statvfs(data_dir).ok().is_some_and(|s| {
             (s.f_blocks > 0 && s.f_bavail * 100 < s.f_blocks * EVICTION_DISK_PERCENT)
                 || (s.f_files > 0 && s.f_favail * 100 < s.f_files * EVICTION_INODES_PERCENT)

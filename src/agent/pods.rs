@@ -1952,33 +1952,60 @@ fn pod_grace(pod: &Value) -> u64 {
 }
 
 /// Stop a container instance so it restarts (or a sidecar at the pod's
-/// end), in the background: its preStop hook within `grace` seconds, then
-/// SIGTERM, then SIGKILL at the end of `grace` (2 s after a hook at
-/// least), as the kubelet's killContainer.
+/// end), in the background, with `grace` seconds ([`kill_container`]).
 async fn stop_instance(socket: &Path, id: &str, container: &Value, grace: u64) {
     let (socket, id, container) = (socket.to_owned(), id.to_owned(), container.clone());
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
-        let mut kill_at = deadline;
-        if let Some(hook) = container.pointer("/lifecycle/preStop") {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let _ =
-                tokio::time::timeout(left, run_hook(&socket, &id, hook, &container, left)).await;
-            kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+    tokio::spawn(async move { kill_container(&socket, &id, &container, deadline).await });
+}
+
+/// The kubelet's killContainer for instance `id`: its preStop hook
+/// within `deadline`, SIGTERM, then SIGKILL at `deadline` — or 2 s after
+/// the hook, when the hook took the time up. Why the hook failed, if it
+/// did.
+async fn kill_container(
+    socket: &Path,
+    id: &str,
+    container: &Value,
+    deadline: tokio::time::Instant,
+) -> Option<String> {
+    let mut kill_at = deadline;
+    let mut hook_failed = None;
+    if let Some(hook) = container.pointer("/lifecycle/preStop") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        hook_failed =
+            match tokio::time::timeout(left, run_hook(socket, id, hook, container, left)).await {
+                Ok(r) => r.err(),
+                Err(_) => Some(format!(
+                    "hook of {id} did not finish within the grace period"
+                )),
+            };
+        kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
+    }
+    let signal = |signal: i32| {
+        shim_call(
+            socket.to_owned(),
+            Request::Kill {
+                id: id.to_owned(),
+                signal,
+            },
+        )
+    };
+    let _ = signal(15).await;
+    while tokio::time::Instant::now() < kill_at {
+        match shim_call(socket.to_owned(), Request::State).await {
+            Ok(s)
+                if s.containers
+                    .iter()
+                    .any(|x| x.id == id && x.status == "running") =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => return hook_failed,
         }
-        let kill = |signal| {
-            shim_call(
-                socket.clone(),
-                Request::Kill {
-                    id: id.clone(),
-                    signal,
-                },
-            )
-        };
-        let _ = kill(15).await;
-        tokio::time::sleep_until(kill_at).await;
-        let _ = kill(9).await;
-    });
+    }
+    let _ = signal(9).await;
+    hook_failed
 }
 
 /// A named or numbered container port.
@@ -2383,9 +2410,8 @@ async fn terminate(k: &Kubelet, pod: &Value) {
     }
 }
 
-/// Stop the container instances `containers` (id, spec) at once: each its
-/// preStop hook, then SIGTERM, then SIGKILL at `deadline` — or 2 s after
-/// its hook, when the hook took the time up (the kubelet's minimum).
+/// Stop the container instances `containers` (id, spec) at once, each by
+/// [`kill_container`], with their events.
 async fn stop_containers(
     k: &Kubelet,
     pod: &Value,
@@ -2402,50 +2428,15 @@ async fn stop_containers(
             "Killing",
             format!("Stopping container {name}"),
         );
-        let mut kill_at = deadline;
-        if let Some(hook) = c.pointer("/lifecycle/preStop") {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let result =
-                match tokio::time::timeout(left, run_hook(socket, &id, hook, &c, left)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "hook of {id} did not finish within the grace period"
-                    )),
-                };
-            if let Err(message) = result {
-                event(
-                    k,
-                    pod,
-                    "Warning",
-                    "FailedPreStopHook",
-                    format!("PreStopHook failed: {message}"),
-                );
-            }
-            kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
+        if let Some(message) = kill_container(socket, &id, &c, deadline).await {
+            event(
+                k,
+                pod,
+                "Warning",
+                "FailedPreStopHook",
+                format!("PreStopHook failed: {message}"),
+            );
         }
-        let signal = |signal: i32| {
-            shim_call(
-                socket.to_owned(),
-                Request::Kill {
-                    id: id.clone(),
-                    signal,
-                },
-            )
-        };
-        let _ = signal(15).await;
-        while tokio::time::Instant::now() < kill_at {
-            match shim_call(socket.to_owned(), Request::State).await {
-                Ok(s)
-                    if s.containers
-                        .iter()
-                        .any(|x| x.id == id && x.status == "running") =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => return,
-            }
-        }
-        let _ = signal(9).await;
     });
     futures::future::join_all(stops).await;
 }
