@@ -679,9 +679,35 @@ spec:
     imagePullPolicy: Never
     command: [sleep, '3600']
     readinessProbe: {exec: {command: [sleep, '30']}, periodSeconds: 1, timeoutSeconds: 10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: busy}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: checked
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+    livenessProbe: {exec: {command: [sleep, '20']}, periodSeconds: 60, timeoutSeconds: 40}
+  - name: quick
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+    readinessProbe: {exec: {command: ['true']}, periodSeconds: 1}
 ",
     );
+    let applied = Instant::now();
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    // Each probe runs on its own: the first container's 20 s liveness
+    // probe holds up neither the pod's status nor the second's readiness.
+    server.wait_json(&["get", "pod", "busy"], 30, "busy ready", is_ready);
+    assert!(
+        applied.elapsed() < Duration::from_secs(12),
+        "ready {:?} after it was made: the slow probe held the pod up",
+        applied.elapsed()
+    );
     // Not ready while the exec probe fails, ready once it passes.
     let slow = server.wait_json(&["get", "pod", "slow"], 30, "slow running", |p| {
         p["status"]["phase"] == "Running"
@@ -789,7 +815,7 @@ spec:
         ps.matches("sleep 30").count() <= 2,
         "timed-out probes are killed, not left running: {ps}"
     );
-    for p in ["web", "slow", "sick", "stuck"] {
+    for p in ["web", "slow", "sick", "stuck", "busy"] {
         server.ok(
             "1.33",
             &["delete", "pod", p, "--timeout=60s", "--grace-period=1"],

@@ -496,8 +496,11 @@ struct WorkerState {
     pod_ip: Option<std::net::Ipv4Addr>,
     /// The earliest moment something the last sync put off falls due.
     wake: Option<tokio::time::Instant>,
-    /// Rung when the pod's shim reports an exit (or goes away).
+    /// Rung when the pod's shim reports an exit (or goes away), or a
+    /// probe comes back.
     shim_events: Arc<tokio::sync::Notify>,
+    /// Probe results not yet counted.
+    probe_results: Arc<std::sync::Mutex<Vec<ProbeDone>>>,
     /// The task reading those reports.
     watching: Option<AbortOnDrop>,
 }
@@ -580,6 +583,15 @@ struct Probes {
     failures: HashMap<&'static str, u32>,
     /// A liveness or startup failure asked for a restart.
     killed: bool,
+    /// The probes running now, by kind.
+    running: HashMap<&'static str, AbortOnDrop>,
+}
+
+/// A probe's result, handed from its task to the pod's worker.
+struct ProbeDone {
+    id: String,
+    kind: &'static str,
+    result: Result<(), String>,
 }
 
 async fn worker(k: Arc<Kubelet>, uid: String, mut rx: watch::Receiver<Option<Value>>) {
@@ -1800,9 +1812,11 @@ async fn restart_later(
     start_container(k, pod, c, n + 1, socket, state).await
 }
 
-/// Run the probes that are due for the running app containers
-/// (startup first; then liveness and readiness), and act on liveness and
-/// startup failures by stopping the container (it restarts by policy).
+/// Start the probes that are due for the running app containers
+/// (startup first; then liveness and readiness), each in a task of its own
+/// so a slow probe holds up neither the pod's status nor its restarts, and
+/// act on the verdicts that came back: readiness, and stopping a container
+/// whose liveness or startup probe failed (it restarts by policy).
 async fn run_probes(
     k: &Kubelet,
     pod: &Value,
@@ -1815,7 +1829,12 @@ async fn run_probes(
     let mut wake: Option<tokio::time::Instant> = None;
     let live: std::collections::HashSet<String> =
         instances.values().map(|(_, s)| s.id.clone()).collect();
+    // A gone instance's running probes are aborted with it.
     state.probes.retain(|id, _| live.contains(id));
+    let mut done: HashMap<(String, &'static str), Result<(), String>> = HashMap::new();
+    for d in std::mem::take(&mut *state.probe_results.lock().expect("not poisoned")) {
+        done.insert((d.id, d.kind), d.result);
+    }
     let sidecars = pod["spec"]["initContainers"]
         .as_array()
         .into_iter()
@@ -1839,39 +1858,16 @@ async fn run_probes(
         if c.get("startupProbe").is_none() {
             p.started = true;
         }
-        if c.get("readinessProbe").is_none() && p.started {
-            p.ready = true;
-        }
-        let kinds: &[&'static str] = if p.started {
-            &["livenessProbe", "readinessProbe"]
-        } else {
-            &["startupProbe"]
-        };
-        for &kind in kinds {
-            let Some(probe) = c.get(kind).filter(|v| v.is_object()) else {
+        for kind in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let (Some(result), Some(probe)) = (
+                done.remove(&(cs.id.clone(), kind)),
+                c.get(kind).filter(|v| v.is_object()),
+            ) else {
                 continue;
             };
-            let secs = |f: &str, d: u64| probe[f].as_u64().unwrap_or(d);
-            let first = since + Duration::from_secs(secs("initialDelaySeconds", 0));
-            if now < first {
-                wake = Some(wake.map_or(first, |w: tokio::time::Instant| w.min(first)));
-                continue;
-            }
-            if let Some(next) = p.next.get(kind).copied().filter(|n| now < *n) {
-                wake = Some(wake.map_or(next, |w: tokio::time::Instant| w.min(next)));
-                continue;
-            }
-            let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
-            p.next.insert(kind, next);
-            wake = Some(wake.map_or(next, |w: tokio::time::Instant| w.min(next)));
-            let result = probe_once(socket, &cs.id, probe, c).await;
-            let ok = result.is_ok();
-            // Reported once per run of failures (the kubelet's recorder
-            // folds repeats into one event with a count).
-            let first_failure = p.failures.get(kind).copied().unwrap_or(0) == 0;
-            if let Err(why) = &result
-                && first_failure
-            {
+            p.running.remove(kind);
+            let verdict = verdict(p, kind, probe, result);
+            if let Some(why) = verdict.report {
                 let what = match kind {
                     "livenessProbe" => "Liveness",
                     "readinessProbe" => "Readiness",
@@ -1885,63 +1881,133 @@ async fn run_probes(
                     format!("{what} probe failed: {}", why.trim()),
                 );
             }
-            let (success_threshold, failure_threshold) = (
-                secs("successThreshold", 1).max(1) as u32,
-                secs("failureThreshold", 3).max(1) as u32,
-            );
-            if ok {
-                p.failures.insert(kind, 0);
-                let n = p.successes.entry(kind).or_default();
-                *n += 1;
-                if *n >= success_threshold {
-                    match kind {
-                        "startupProbe" => {
-                            p.started = true;
-                            // Liveness and readiness take over at once.
-                            wake = Some(now);
-                        }
-                        "readinessProbe" => p.ready = true,
-                        _ => {}
-                    }
-                }
-            } else {
-                p.successes.insert(kind, 0);
-                let n = p.failures.entry(kind).or_default();
-                *n += 1;
-                if *n >= failure_threshold {
-                    match kind {
-                        "readinessProbe" => p.ready = false,
-                        _ if !p.killed => {
-                            p.killed = true;
-                            p.ready = false;
-                            tracing::info!(pod = %pod["metadata"]["name"], container = name, probe = kind, "probe failed, restarting the container");
-                            let what = if kind == "livenessProbe" {
-                                "liveness"
-                            } else {
-                                "startup"
-                            };
-                            event(
-                                k,
-                                pod,
-                                "Normal",
-                                "Killing",
-                                format!("Container {name} failed {what} probe, will be restarted"),
-                            );
-                            // The probe's own grace period, if it has one.
-                            let grace = probe["terminationGracePeriodSeconds"]
-                                .as_u64()
-                                .unwrap_or_else(|| pod_grace(pod));
-                            stop_instance(socket, &cs.id, c, grace).await;
-                        }
-                        _ => {}
-                    }
-                }
+            if verdict.kill {
+                tracing::info!(pod = %pod["metadata"]["name"], container = name, probe = kind, "probe failed, restarting the container");
+                let what = if kind == "livenessProbe" {
+                    "liveness"
+                } else {
+                    "startup"
+                };
+                event(
+                    k,
+                    pod,
+                    "Normal",
+                    "Killing",
+                    format!("Container {name} failed {what} probe, will be restarted"),
+                );
+                // The probe's own grace period, if it has one.
+                let grace = probe["terminationGracePeriodSeconds"]
+                    .as_u64()
+                    .unwrap_or_else(|| pod_grace(pod));
+                stop_instance(socket, &cs.id, c, grace).await;
             }
+        }
+        if c.get("readinessProbe").is_none() && p.started {
+            p.ready = true;
+        }
+        if p.killed {
+            continue;
+        }
+        // Liveness and readiness take over as soon as startup passes.
+        let kinds: &[&'static str] = if p.started {
+            &["livenessProbe", "readinessProbe"]
+        } else {
+            &["startupProbe"]
+        };
+        for &kind in kinds {
+            let Some(probe) = c.get(kind).filter(|v| v.is_object()) else {
+                continue;
+            };
+            if p.running.contains_key(kind) {
+                // Its verdict wakes the worker.
+                continue;
+            }
+            let secs = |f: &str, d: u64| probe[f].as_u64().unwrap_or(d);
+            let first = since + Duration::from_secs(secs("initialDelaySeconds", 0));
+            let due = p.next.get(kind).copied().unwrap_or(first).max(first);
+            if now < due {
+                wake = Some(wake.map_or(due, |w: tokio::time::Instant| w.min(due)));
+                continue;
+            }
+            let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
+            p.next.insert(kind, next);
+            let (socket, id, probe, c) =
+                (socket.to_owned(), cs.id.clone(), probe.clone(), c.clone());
+            let (results, events) = (state.probe_results.clone(), state.shim_events.clone());
+            let task = tokio::spawn(async move {
+                let result = probe_once(&socket, &id, &probe, &c).await;
+                results
+                    .lock()
+                    .expect("not poisoned")
+                    .push(ProbeDone { id, kind, result });
+                events.notify_one();
+            });
+            p.running.insert(kind, AbortOnDrop(task));
         }
     }
     if let Some(w) = wake {
         state.wake_at(w);
     }
+}
+
+/// What one probe result means for its container.
+#[derive(Debug, Default, PartialEq)]
+struct Verdict {
+    /// Report this failure (once per run of failures: the kubelet's
+    /// recorder folds repeats into one event with a count).
+    report: Option<String>,
+    /// The failure threshold of a liveness or startup probe was reached:
+    /// stop the container.
+    kill: bool,
+}
+
+/// Count one result of probe `kind` against its thresholds.
+fn verdict(
+    p: &mut Probes,
+    kind: &'static str,
+    probe: &Value,
+    result: Result<(), String>,
+) -> Verdict {
+    let secs = |f: &str, d: u64| probe[f].as_u64().unwrap_or(d);
+    let (success_threshold, failure_threshold) = (
+        secs("successThreshold", 1).max(1) as u32,
+        secs("failureThreshold", 3).max(1) as u32,
+    );
+    let mut v = Verdict::default();
+    match result {
+        Ok(()) => {
+            p.failures.insert(kind, 0);
+            let n = p.successes.entry(kind).or_default();
+            *n += 1;
+            if *n >= success_threshold {
+                match kind {
+                    "startupProbe" => p.started = true,
+                    "readinessProbe" => p.ready = true,
+                    _ => {}
+                }
+            }
+        }
+        Err(why) => {
+            p.successes.insert(kind, 0);
+            let n = p.failures.entry(kind).or_default();
+            if *n == 0 {
+                v.report = Some(why);
+            }
+            *n += 1;
+            if *n >= failure_threshold {
+                match kind {
+                    "readinessProbe" => p.ready = false,
+                    _ if !p.killed => {
+                        p.killed = true;
+                        p.ready = false;
+                        v.kill = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    v
 }
 
 /// The pod's `terminationGracePeriodSeconds` (30 s when not set).
@@ -2565,6 +2631,36 @@ mod tests {
         let b = CrashBackoff::restart(b, exited, exited);
         assert_eq!(b.delay, s(10));
         assert_eq!(CrashBackoff::wait(Some(b), exited + s(1)), s(10));
+    }
+
+    #[test]
+    fn probe_results_count_against_their_thresholds() {
+        let mut p = Probes::default();
+        let probe = json!({"failureThreshold": 2, "successThreshold": 2});
+        let fail = || Err::<(), _>("down".to_owned());
+        // Readiness: two successes make it ready, two failures unready;
+        // only the first failure of a run is reported.
+        assert_eq!(
+            verdict(&mut p, "readinessProbe", &probe, Ok(())),
+            Verdict::default()
+        );
+        assert!(!p.ready);
+        verdict(&mut p, "readinessProbe", &probe, Ok(()));
+        assert!(p.ready);
+        let first = verdict(&mut p, "readinessProbe", &probe, fail());
+        assert_eq!(first.report.as_deref(), Some("down"));
+        assert!(p.ready && !first.kill);
+        let second = verdict(&mut p, "readinessProbe", &probe, fail());
+        assert_eq!(second, Verdict::default());
+        assert!(!p.ready);
+        // Liveness: the threshold kills once, however many failures follow.
+        verdict(&mut p, "livenessProbe", &probe, fail());
+        assert!(verdict(&mut p, "livenessProbe", &probe, fail()).kill);
+        assert!(!verdict(&mut p, "livenessProbe", &probe, fail()).kill);
+        // Startup: one success (the default threshold) marks it started.
+        let mut p = Probes::default();
+        verdict(&mut p, "startupProbe", &json!({}), Ok(()));
+        assert!(p.started);
     }
 
     #[test]
