@@ -696,6 +696,18 @@ spec:
     imagePullPolicy: Never
     command: [sleep, '3600']
     readinessProbe: {exec: {command: ['true']}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: httpd
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [httpd, -f, -p, '127.0.0.1:8080']
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 ",
     );
     let applied = Instant::now();
@@ -717,6 +729,33 @@ spec:
     // HTTP readiness and TCP liveness against busybox httpd.
     let web = server.wait_json(&["get", "pod", "web"], 30, "web ready", is_ready);
     assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
+    // Probes dial the pod's IP from the node, as the kubelet's: a server
+    // on the pod's loopback only is not ready.
+    let local = server.wait_json(&["get", "pod", "local"], 30, "local running", |p| {
+        p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
+    });
+    let ip = local["status"]["podIP"].as_str().unwrap().to_owned();
+    let refused =
+        format!("Readiness probe failed: dial tcp {ip}:8080: connect: connection refused");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = server.ok(
+            "1.33",
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=local",
+            ],
+        );
+        if events.contains(&refused) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {refused:?}: {events}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let local = server.ok("1.33", &["get", "pod", "local", "-o", "json"]);
+    assert!(!is_ready(&serde_json::from_str(&local).unwrap()), "{local}");
     // The liveness probe passes while /tmp/alive exists...
     let alive = server.wait_json(&["get", "pod", "sick"], 30, "sick running", |p| {
         p["status"]["phase"] == "Running"
@@ -815,7 +854,7 @@ spec:
         ps.matches("sleep 30").count() <= 2,
         "timed-out probes are killed, not left running: {ps}"
     );
-    for p in ["web", "slow", "sick", "stuck", "busy"] {
+    for p in ["web", "slow", "sick", "stuck", "busy", "local"] {
         server.ok(
             "1.33",
             &["delete", "pod", p, "--timeout=60s", "--grace-period=1"],

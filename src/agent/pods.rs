@@ -1109,11 +1109,13 @@ async fn start_container(
     // postStart: the container counts as started once it has run.
     if let Some(hook) = container.pointer("/lifecycle/postStart") {
         let id = format!("{name}.{restart}");
+        let pod_ip = pod_address(k, pod, state.pod_ip);
         if let Err(message) = run_hook(
             &k.shim_dir(&uid).join("shim.sock"),
             &id,
             hook,
             container,
+            pod_ip.as_deref(),
             POST_START_TIMEOUT,
         )
         .await
@@ -1129,6 +1131,7 @@ async fn start_container(
                 &k.shim_dir(&uid).join("shim.sock"),
                 &id,
                 container,
+                pod_ip,
                 pod_grace(pod),
             )
             .await;
@@ -1370,6 +1373,7 @@ async fn run_hook(
     id: &str,
     hook: &Value,
     container: &Value,
+    pod_ip: Option<&str>,
     timeout: Duration,
 ) -> Result<(), String> {
     if let Some(secs) = hook.pointer("/sleep/seconds").and_then(Value::as_u64) {
@@ -1387,7 +1391,7 @@ async fn run_hook(
         ),
         None => probe,
     };
-    probe_once(socket, id, &probe, container)
+    probe_once(socket, id, &probe, container, pod_ip)
         .await
         .map_err(|e| format!("hook of {id} failed: {e}"))
 }
@@ -1713,7 +1717,8 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
                 && s.status == "running"
                 && state.stopping.insert(s.id.clone())
             {
-                stop_instance(&socket, &s.id, c, pod_grace(pod)).await;
+                let pod_ip = pod_address(k, pod, state.pod_ip);
+                stop_instance(&socket, &s.id, c, pod_ip, pod_grace(pod)).await;
             }
         }
     }
@@ -1831,6 +1836,7 @@ async fn run_probes(
         instances.values().map(|(_, s)| s.id.clone()).collect();
     // A gone instance's running probes are aborted with it.
     state.probes.retain(|id, _| live.contains(id));
+    let pod_ip = pod_address(k, pod, state.pod_ip);
     let mut done: HashMap<(String, &'static str), Result<(), String>> = HashMap::new();
     for d in std::mem::take(&mut *state.probe_results.lock().expect("not poisoned")) {
         done.insert((d.id, d.kind), d.result);
@@ -1899,7 +1905,7 @@ async fn run_probes(
                 let grace = probe["terminationGracePeriodSeconds"]
                     .as_u64()
                     .unwrap_or_else(|| pod_grace(pod));
-                stop_instance(socket, &cs.id, c, grace).await;
+                stop_instance(socket, &cs.id, c, pod_ip.clone(), grace).await;
             }
         }
         if c.get("readinessProbe").is_none() && p.started {
@@ -1931,11 +1937,16 @@ async fn run_probes(
             }
             let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
             p.next.insert(kind, next);
-            let (socket, id, probe, c) =
-                (socket.to_owned(), cs.id.clone(), probe.clone(), c.clone());
+            let (socket, id, probe, c, pod_ip) = (
+                socket.to_owned(),
+                cs.id.clone(),
+                probe.clone(),
+                c.clone(),
+                pod_ip.clone(),
+            );
             let (results, events) = (state.probe_results.clone(), state.shim_events.clone());
             let task = tokio::spawn(async move {
-                let result = probe_once(&socket, &id, &probe, &c).await;
+                let result = probe_once(&socket, &id, &probe, &c, pod_ip.as_deref()).await;
                 results
                     .lock()
                     .expect("not poisoned")
@@ -2019,10 +2030,18 @@ fn pod_grace(pod: &Value) -> u64 {
 
 /// Stop a container instance so it restarts (or a sidecar at the pod's
 /// end), in the background, with `grace` seconds ([`kill_container`]).
-async fn stop_instance(socket: &Path, id: &str, container: &Value, grace: u64) {
+async fn stop_instance(
+    socket: &Path,
+    id: &str,
+    container: &Value,
+    pod_ip: Option<String>,
+    grace: u64,
+) {
     let (socket, id, container) = (socket.to_owned(), id.to_owned(), container.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
-    tokio::spawn(async move { kill_container(&socket, &id, &container, deadline).await });
+    tokio::spawn(async move {
+        kill_container(&socket, &id, &container, pod_ip.as_deref(), deadline).await
+    });
 }
 
 /// The kubelet's killContainer for instance `id`: its preStop hook
@@ -2033,6 +2052,7 @@ async fn kill_container(
     socket: &Path,
     id: &str,
     container: &Value,
+    pod_ip: Option<&str>,
     deadline: tokio::time::Instant,
 ) -> Option<String> {
     let mut kill_at = deadline;
@@ -2040,7 +2060,9 @@ async fn kill_container(
     if let Some(hook) = container.pointer("/lifecycle/preStop") {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         hook_failed =
-            match tokio::time::timeout(left, run_hook(socket, id, hook, container, left)).await {
+            match tokio::time::timeout(left, run_hook(socket, id, hook, container, pod_ip, left))
+                .await
+            {
                 Ok(r) => r.err(),
                 Err(_) => Some(format!(
                     "hook of {id} did not finish within the grace period"
@@ -2091,34 +2113,59 @@ fn probe_port(port: &Value, container: &Value) -> Option<u16> {
         .and_then(|n| u16::try_from(n).ok())
 }
 
-/// Run one probe through the shim (which lives in the pod's network
-/// namespace).
+/// The address the agent dials for the pod's httpGet and tcpSocket probes
+/// and hooks that name no host: the node's for a hostNetwork pod, else the
+/// pod's own (`known`, or the one in its status).
+fn pod_address(k: &Kubelet, pod: &Value, known: Option<std::net::Ipv4Addr>) -> Option<String> {
+    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
+        return Some(k.node_ip.clone());
+    }
+    known.map(|ip| ip.to_string()).or_else(|| {
+        pod.pointer("/status/podIP")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    })
+}
+
+/// Run one probe (or hook): an exec through the shim, an httpGet or
+/// tcpSocket from the node to the probe's `host` or else `pod_ip`, as the
+/// kubelet does.
 async fn probe_once(
     socket: &Path,
     id: &str,
     probe: &Value,
     container: &Value,
+    pod_ip: Option<&str>,
 ) -> Result<(), String> {
-    let timeout_ms = probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1) * 1000;
-    let request = if let Some(cmd) = probe.pointer("/exec/command").and_then(Value::as_array) {
+    let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
+    let host = |spec: &Value| -> Result<String, String> {
+        match spec["host"].as_str().filter(|h| !h.is_empty()) {
+            Some(h) => Ok(h.to_owned()),
+            None => pod_ip
+                .map(str::to_owned)
+                .ok_or_else(|| "the pod has no IP address yet".to_owned()),
+        }
+    };
+    let result = if let Some(cmd) = probe.pointer("/exec/command").and_then(Value::as_array) {
         let args = cmd
             .iter()
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
-        return exec_probe(socket, id, args, Duration::from_millis(timeout_ms)).await;
+        exec_probe(socket, id, args, timeout).await
     } else if let Some(tcp) = probe.get("tcpSocket") {
         let Some(port) = probe_port(&tcp["port"], container) else {
             return Err(format!("no container port {}", tcp["port"]));
         };
-        Request::ProbeTcp { port, timeout_ms }
+        super::probe::tcp(&host(tcp)?, port, timeout).await
     } else if let Some(http) = probe.get("httpGet") {
         let Some(port) = probe_port(&http["port"], container) else {
             return Err(format!("no container port {}", http["port"]));
         };
-        Request::ProbeHttp {
+        let get = super::probe::HttpGet {
+            https: http["scheme"] == "HTTPS",
+            host: host(http)?,
             port,
             path: http["path"].as_str().unwrap_or("/").to_owned(),
-            host: http["host"].as_str().map(str::to_owned),
             headers: http["httpHeaders"]
                 .as_array()
                 .into_iter()
@@ -2130,29 +2177,17 @@ async fn probe_once(
                     ))
                 })
                 .collect(),
-            timeout_ms,
-            https: http["scheme"] == "HTTPS",
-        }
+        };
+        super::probe::http(&get, timeout).await
     } else {
         // gRPC probes are not built yet: they fail, visibly.
         tracing::warn!(container = id, "unsupported probe type");
         return Err("this probe type (gRPC) is not supported by orch".into());
     };
-    match shim_call(socket.to_owned(), request).await {
-        Ok(r) => {
-            let p = r.probe.unwrap_or_default();
-            if p.success {
-                Ok(())
-            } else {
-                tracing::debug!(container = id, message = %p.message, "probe failed");
-                Err(p.message)
-            }
-        }
-        Err(e) => {
-            tracing::debug!(container = id, %e, "probe could not run");
-            Err(e.to_string())
-        }
+    if let Err(e) = &result {
+        tracing::debug!(container = id, message = %e, "probe failed");
     }
+    result
 }
 
 /// An exec probe or hook: the command runs as a streaming exec, so the
@@ -2485,6 +2520,8 @@ async fn stop_containers(
     containers: Vec<(String, Value)>,
     deadline: tokio::time::Instant,
 ) {
+    let pod_ip = pod_address(k, pod, None);
+    let pod_ip = pod_ip.as_deref();
     let stops = containers.into_iter().map(|(id, c)| async move {
         let name = c["name"].as_str().unwrap_or_default().to_owned();
         event(
@@ -2494,7 +2531,7 @@ async fn stop_containers(
             "Killing",
             format!("Stopping container {name}"),
         );
-        if let Some(message) = kill_container(socket, &id, &c, deadline).await {
+        if let Some(message) = kill_container(socket, &id, &c, pod_ip, deadline).await {
             event(
                 k,
                 pod,

@@ -90,24 +90,6 @@ pub enum Request {
         id: String,
         stdin: bool,
     },
-    /// Connect to a TCP port in the pod's network namespace.
-    ProbeTcp {
-        port: u16,
-        timeout_ms: u64,
-    },
-    /// GET a path over HTTP in the pod's network namespace; 200–399 is
-    /// success.
-    ProbeHttp {
-        port: u16,
-        path: String,
-        host: Option<String>,
-        headers: Vec<(String, String)>,
-        timeout_ms: u64,
-        /// `scheme: HTTPS`: TLS, the certificate not checked (as the
-        /// kubelet's probes).
-        #[serde(default)]
-        https: bool,
-    },
     /// Be told when a container exits: after the answer line the shim
     /// keeps the connection and writes an empty line on every exit (the
     /// agent then asks for the [`Request::State`]), so nobody polls.
@@ -743,43 +725,6 @@ impl Shim {
             Request::ExecStream { .. } | Request::Attach { .. } | Request::Watch => {
                 Err("a stream needs its own connection".into())
             }
-            Request::ProbeTcp { port, timeout_ms } => {
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                let probe = match std::net::TcpStream::connect_timeout(
-                    &addr,
-                    Duration::from_millis(timeout_ms.max(1)),
-                ) {
-                    Ok(_) => ProbeResult {
-                        success: true,
-                        ..ProbeResult::default()
-                    },
-                    Err(e) => ProbeResult {
-                        success: false,
-                        message: format!("dial tcp {addr}: {e}"),
-                        exit_code: None,
-                    },
-                };
-                return Response {
-                    ok: true,
-                    probe: Some(probe),
-                    ..Response::default()
-                };
-            }
-            Request::ProbeHttp {
-                port,
-                path,
-                host,
-                headers,
-                timeout_ms,
-                https,
-            } => {
-                let probe = http_probe(port, &path, host.as_deref(), &headers, timeout_ms, https);
-                return Response {
-                    ok: true,
-                    probe: Some(probe),
-                    ..Response::default()
-                };
-            }
         };
         match result {
             Ok(containers) => Response {
@@ -1376,133 +1321,6 @@ fn oom_killed(cgroup: &str) -> bool {
     })
 }
 
-/// An HTTP GET from inside the pod's network namespace, as the kubelet
-/// probes: 200–399 is success.
-fn http_probe(
-    port: u16,
-    path: &str,
-    host: Option<&str>,
-    headers: &[(String, String)],
-    timeout_ms: u64,
-    https: bool,
-) -> ProbeResult {
-    let timeout = Duration::from_millis(timeout_ms.max(1));
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let scheme = if https { "https" } else { "http" };
-    let path = if path.is_empty() { "/" } else { path };
-    let fail = |message: String| ProbeResult {
-        success: false,
-        message,
-        exit_code: None,
-    };
-    let stream = match std::net::TcpStream::connect_timeout(&addr, timeout) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("Get \"{scheme}://{addr}{path}\": dial tcp: {e}")),
-    };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n",
-        host.map_or_else(|| addr.to_string(), str::to_owned)
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let exchanged = if https {
-        tls_probe_client().and_then(|config| {
-            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
-            status_line(rustls::StreamOwned::new(conn, stream), &req)
-        })
-    } else {
-        status_line(stream, &req)
-    };
-    let line = match exchanged {
-        Ok(line) => line,
-        Err(e) => return fail(format!("Get \"{scheme}://{addr}{path}\": {e}")),
-    };
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if (200..400).contains(&code) {
-        ProbeResult {
-            success: true,
-            message: String::new(),
-            exit_code: None,
-        }
-    } else {
-        fail(format!("HTTP probe failed with statuscode: {code}"))
-    }
-}
-
-/// Send `request`, read the first line of the answer.
-fn status_line(mut stream: impl Read + Write, request: &str) -> io::Result<String> {
-    stream.write_all(request.as_bytes())?;
-    stream.flush()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    Ok(line)
-}
-
-/// A TLS client that takes any certificate: the kubelet's HTTPS probes
-/// skip verification (the pod's certificate is for its clients' names).
-fn tls_probe_client() -> io::Result<std::sync::Arc<rustls::ClientConfig>> {
-    #[derive(Debug)]
-    struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
-}
-
 fn serve(shim: &mut Shim, stream: UnixStream) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = String::new();
@@ -1713,71 +1531,6 @@ fn serve_exec(shim: &mut Shim, stream: UnixStream, id: &str, exec: ExecArgs) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An HTTPS server on loopback with a self-signed certificate that
-    /// answers `status` to one request; its port.
-    fn tls_server(status: &'static str) -> (u16, std::thread::JoinHandle<String>) {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["pod.example".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let handle = std::thread::spawn(move || {
-            let (tcp, _) = listener.accept().unwrap();
-            let conn = rustls::ServerConnection::new(std::sync::Arc::new(config)).unwrap();
-            let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut request = String::new();
-            let mut reader = BufReader::new(&mut tls);
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                request.push_str(&line);
-            }
-            let _ = write!(tls, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-            let _ = tls.flush();
-            request
-        });
-        (port, handle)
-    }
-
-    #[test]
-    fn https_probes_take_any_certificate_and_read_the_status() {
-        let (port, server) = tls_server("204 No Content");
-        let probe = http_probe(port, "/healthz", None, &[], 2000, true);
-        assert!(probe.success, "{}", probe.message);
-        let request = server.join().unwrap();
-        assert!(
-            request.starts_with("GET /healthz HTTP/1.1\r\n"),
-            "{request}"
-        );
-        assert!(request.contains("User-Agent: kube-probe/"), "{request}");
-
-        let (port, _server) = tls_server("500 Internal Server Error");
-        let probe = http_probe(port, "/", None, &[], 2000, true);
-        assert!(!probe.success);
-        assert_eq!(probe.message, "HTTP probe failed with statuscode: 500");
-
-        // Plain HTTP to a TLS port gets no status line.
-        let (port, _server) = tls_server("200 OK");
-        let probe = http_probe(port, "/", None, &[], 500, false);
-        assert!(!probe.success, "{}", probe.message);
-    }
 
     #[test]
     fn requests_read_as_tagged_json() {
