@@ -75,6 +75,23 @@ impl Shim {
     fn call(&self, r: Request) -> shim::Response {
         shim::call(&self.socket, &r).unwrap_or_else(|e| panic!("{r:?}: {e}"))
     }
+
+    /// Run `args` in container `b` as probes do (a streaming exec killed
+    /// on hang-up), waiting up to `timeout`: its exit code, and output.
+    fn exec(&self, args: &[&str], timeout: Duration) -> (Option<i32>, String) {
+        use std::io::Read;
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut session = shim::exec_stream(&self.socket, "b", args, false, false, None, true)
+            .unwrap_or_else(|e| panic!("exec: {e}"));
+        let code = session.wait_for(timeout).unwrap();
+        let mut out = String::new();
+        if code.is_some() {
+            for fd in std::mem::take(&mut session.fds) {
+                let _ = std::fs::File::from(fd).read_to_string(&mut out);
+            }
+        }
+        (code, out)
+    }
 }
 
 impl Drop for Shim {
@@ -286,50 +303,24 @@ fn containers_run_log_and_report_their_exit() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Exec (what exec probes use): exit codes and output come back.
-    let ok = shim.call(Request::Exec {
-        id: "b".into(),
-        args: vec!["test".into(), "-f".into(), "/bin/sh".into()],
-        timeout_ms: 2000,
-    });
+    let exec = |args: &[&str], timeout: Duration| shim.exec(args, timeout);
+    let second = Duration::from_secs(2);
     assert_eq!(
-        ok.probe.as_ref().map(|p| (p.success, p.exit_code)),
-        Some((true, Some(0))),
-        "{ok:?}"
+        exec(&["test", "-f", "/bin/sh"], second),
+        (Some(0), String::new())
     );
-    let made = shim.call(Request::Exec {
-        id: "b".into(),
-        args: vec!["touch".into(), "/ready".into()],
-        timeout_ms: 2000,
-    });
-    assert_eq!(
-        made.probe.as_ref().map(|p| p.success),
-        Some(true),
-        "{made:?}"
-    );
-    let seen = shim.call(Request::Exec {
-        id: "b".into(),
-        args: vec!["test".into(), "-f".into(), "/ready".into()],
-        timeout_ms: 2000,
-    });
-    assert_eq!(
-        seen.probe.as_ref().map(|p| p.success),
-        Some(true),
-        "{seen:?}"
-    );
-    let bad = shim.call(Request::Exec {
-        id: "b".into(),
-        args: vec!["cat".into(), "/nope".into()],
-        timeout_ms: 2000,
-    });
-    let bad = bad.probe.unwrap();
-    assert_eq!((bad.success, bad.exit_code), (false, Some(1)));
-    assert!(bad.message.contains("/nope"), "{bad:?}");
-    let slow = shim.call(Request::Exec {
-        id: "b".into(),
-        args: vec!["sleep".into(), "5".into()],
-        timeout_ms: 300,
-    });
-    assert!(slow.probe.unwrap().message.contains("timed out"));
+    assert_eq!(exec(&["touch", "/ready"], second).0, Some(0));
+    assert_eq!(exec(&["test", "-f", "/ready"], second).0, Some(0));
+    let (code, out) = exec(&["cat", "/nope"], second);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("/nope"), "{out}");
+    // One that overruns its wait is killed when the caller hangs up.
+    assert_eq!(exec(&["sleep", "30"], Duration::from_millis(300)).0, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while exec(&["busybox", "pgrep", "-f", "sleep 30"], second).0 == Some(0) {
+        assert!(Instant::now() < deadline, "the abandoned exec still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     shim.call(Request::Kill {
         id: "b".into(),
         signal: 15,

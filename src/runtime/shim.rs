@@ -56,13 +56,6 @@ pub enum Request {
     State,
     /// Exit once no container is left.
     Shutdown,
-    /// Run a command in a running container (exec probes); killed after
-    /// the timeout.
-    Exec {
-        id: String,
-        args: Vec<String>,
-        timeout_ms: u64,
-    },
     /// Run a command in a running container with its stdio handed to the
     /// caller (`kubectl exec`): the answer carries file descriptors —
     /// with `tty` the terminal's master, else stdout, stderr and (with
@@ -94,15 +87,6 @@ pub enum Request {
     /// keeps the connection and writes an empty line on every exit (the
     /// agent then asks for the [`Request::State`]), so nobody polls.
     Watch,
-}
-
-/// How a probe or exec went.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ProbeResult {
-    pub success: bool,
-    pub message: String,
-    pub exit_code: Option<i32>,
 }
 
 /// How an [`Request::ExecStream`] command ended.
@@ -279,8 +263,6 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default)]
     pub containers: Vec<ContainerState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe: Option<ProbeResult>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -703,25 +685,6 @@ impl Shim {
                 self.shutting_down = true;
                 Ok(Vec::new())
             }
-            Request::Exec {
-                id,
-                args,
-                timeout_ms,
-            } => {
-                let probe = self.exec(&id, args, Duration::from_millis(timeout_ms));
-                return match probe {
-                    Ok(p) => Response {
-                        ok: true,
-                        probe: Some(p),
-                        ..Response::default()
-                    },
-                    Err(e) => Response {
-                        ok: false,
-                        error: Some(e),
-                        ..Response::default()
-                    },
-                };
-            }
             Request::ExecStream { .. } | Request::Attach { .. } | Request::Watch => {
                 Err("a stream needs its own connection".into())
             }
@@ -738,76 +701,6 @@ impl Shim {
                 ..Response::default()
             },
         }
-    }
-
-    /// Run `args` in running container `id`, up to `timeout`.
-    fn exec(
-        &mut self,
-        id: &str,
-        args: Vec<String>,
-        timeout: Duration,
-    ) -> Result<ProbeResult, String> {
-        let t = self.tracked(id)?;
-        if t.record.status != "running" {
-            return Err(format!("container {id} is not running"));
-        }
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| format!("pipe: {e}"))?;
-        let w2 = w.try_clone().map_err(|e| format!("pipe: {e}"))?;
-        let devnull = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-        let pid = libcontainer::container::builder::ContainerBuilder::new(
-            id.to_owned(),
-            libcontainer::syscall::syscall::SyscallType::default(),
-        )
-        .with_root_path(self.state_root())
-        .map_err(|e| format!("state dir: {e}"))?
-        .with_stdin(OwnedFd::from(devnull))
-        .with_stdout(w)
-        .with_stderr(w2)
-        .as_tenant()
-        .with_container_args(args)
-        .with_detach(true)
-        .build()
-        .map_err(|e| format!("exec in {id}: {e}"))?;
-        let pid = Pid::from_raw(pid.as_raw()).ok_or("exec returned no process")?;
-        let deadline = std::time::Instant::now() + timeout;
-        let status = loop {
-            match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
-                Ok(Some((_, status))) => break Some(status),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Ok(None) => {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-                    break None;
-                }
-                Err(e) => return Err(format!("waiting for the exec: {e}")),
-            }
-        };
-        let mut out = File::from(r);
-        rustix::fs::fcntl_setfl(&out, rustix::fs::OFlags::NONBLOCK).map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 4096];
-        let n = out.read(&mut buf).unwrap_or(0);
-        let output = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
-        Ok(match status {
-            None => ProbeResult {
-                success: false,
-                message: format!("command timed out after {}s", timeout.as_secs_f32()),
-                exit_code: None,
-            },
-            Some(st) => {
-                let code = st
-                    .exit_status()
-                    .or_else(|| st.terminating_signal().map(|s| 128 + s))
-                    .unwrap_or(255);
-                ProbeResult {
-                    success: code == 0,
-                    message: output,
-                    exit_code: Some(code),
-                }
-            }
-        })
     }
 
     /// Start `args` in running container `id` with stdio for the caller:
