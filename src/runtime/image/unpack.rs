@@ -307,6 +307,60 @@ mod tests {
     }
 
     #[test]
+    fn device_nodes_and_extended_attributes_are_made_as_the_layer_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = layer(|b| {
+            for (path, kind, major, minor) in [
+                ("dev/null", tar::EntryType::Char, 1, 3),
+                ("dev/loop9", tar::EntryType::Block, 7, 9),
+            ] {
+                let mut h = tar::Header::new_ustar();
+                h.set_size(0);
+                h.set_mode(0o660);
+                h.set_entry_type(kind);
+                h.set_device_major(major).unwrap();
+                h.set_device_minor(minor).unwrap();
+                b.append_data(&mut h, path, &[][..]).unwrap();
+            }
+            // PAX records before the entry they describe, as Go's
+            // archive/tar (and so docker and buildkit) write file
+            // capabilities and other attributes.
+            b.append_pax_extensions([
+                ("SCHILY.xattr.user.orch", &b"yes"[..]),
+                ("SCHILY.xattr.trusted.orch", &b"\x00\x01"[..]),
+            ])
+            .unwrap();
+            file(b, "bin/ping", b"#!elf", 0o755);
+        });
+        apply_layer(&tar[..], dir.path()).unwrap();
+        let null = fs::symlink_metadata(dir.path().join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(
+            (
+                rustix::fs::major(null.rdev()),
+                rustix::fs::minor(null.rdev())
+            ),
+            (1, 3)
+        );
+        assert_eq!(null.mode() & 0o7777, 0o660);
+        let lo = fs::symlink_metadata(dir.path().join("dev/loop9")).unwrap();
+        assert!(lo.file_type().is_block_device());
+        assert_eq!(
+            (rustix::fs::major(lo.rdev()), rustix::fs::minor(lo.rdev())),
+            (7, 9)
+        );
+        let ping = dir.path().join("bin/ping");
+        let get = |name: &str| {
+            let mut buf = [0u8; 16];
+            let n = rustix::fs::lgetxattr(&ping, name, &mut buf)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            buf[..n].to_vec()
+        };
+        assert_eq!(get("user.orch"), b"yes");
+        assert_eq!(get("trusted.orch"), [0, 1]);
+    }
+
+    #[test]
     fn whiteouts_become_overlay_whiteouts() {
         let dir = tempfile::tempdir().unwrap();
         let tar = layer(|b| {
