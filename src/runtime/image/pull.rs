@@ -388,7 +388,13 @@ impl Puller {
             {
                 Ok(i) => return Ok(i),
                 Err(e) => {
-                    let text = describe(&e);
+                    let mut text = describe(&e);
+                    if text.contains("invalid peer certificate") {
+                        text.push_str(&format!(
+                            " (trust the registry's CA with configs.\"{}\".tls.ca_file in registries.yaml)",
+                            endpoint.host
+                        ));
+                    }
                     all_not_found &= matches!(e, Failure::NotFound(_));
                     any_not_found |= matches!(e, Failure::NotFound(_));
                     any_unauthorized |= matches!(e, Failure::Unauthorized(_));
