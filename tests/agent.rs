@@ -1383,9 +1383,9 @@ spec:
     command: [/bin/sh, -c, 'sleep 1; echo note $(cat /dev/shm/note) host $(hostname) mem $MEM_MI; ls -ldn /scratch; exec sleep 3600']
     resources: {limits: {memory: 64Mi}}
     env: [{name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}]
-    volumeMounts: [{name: scratch, mountPath: /scratch}]
+    volumeMounts: [{name: scratch, mountPath: /scratch}, {name: cache, mountPath: /cache}]
   securityContext: {fsGroup: 2000}
-  volumes: [{name: scratch, emptyDir: {}}]
+  volumes: [{name: scratch, emptyDir: {}}, {name: cache, emptyDir: {medium: Memory, sizeLimit: 1Mi}}]
 ",
     );
     server.ok("1.33", &["apply", "-f", pair.to_str().unwrap()]);
@@ -1406,6 +1406,37 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A memory emptyDir is a tmpfs of its sizeLimit: writing past it fails.
+    let mounts = server.ok(
+        "1.33",
+        &["exec", "pair", "-c", "b", "--", "cat", "/proc/mounts"],
+    );
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /cache tmpfs ") && l.contains("size=1024k")),
+        "{mounts}"
+    );
+    let out = server.kubectl(
+        "1.33",
+        &[
+            "exec",
+            "pair",
+            "-c",
+            "b",
+            "--",
+            "dd",
+            "if=/dev/zero",
+            "of=/cache/big",
+            "bs=1024",
+            "count=2048",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("No space left on device"),
+        "{err}"
+    );
     // Each container has a PID namespace of its own ...
     let ps = server.ok(
         "1.33",
@@ -2091,6 +2122,24 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(5), "{text}");
+    // The terminal resized during the exec: kubectl sees SIGWINCH and
+    // sends the new size, which the container's terminal takes.
+    let kubectl = format!(
+        "stty rows 33 cols 101; (sleep 2; stty rows 50 cols 140 </dev/tty) & {} --kubeconfig {} exec -it box -- sh -c 'stty size; sleep 5; stty size'",
+        support::kubectl_path("1.33").display(),
+        server.kubeconfig.display()
+    );
+    let out = in_netns(Some(&netns.0), "script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("33 101") && text.contains("50 140"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Bad requests get kubectl's errors.
     let err = server.fails("1.33", &["exec", "box", "-c", "nope", "--", "true"]);
     assert!(
