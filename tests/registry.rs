@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -27,6 +27,8 @@ const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 const REGISTRY: &str = "127.0.0.1:5443";
 const SERVICE: &str = "orch-test-registry";
 const ISSUER: &str = "orch-test-issuer";
+/// The identity token (OAuth2 refresh token) the token server takes for alice.
+const REFRESH_TOKEN: &str = "r3fresh-alice";
 
 /// A P-256 key and a self-signed certificate for 127.0.0.1 over it: the
 /// registry's TLS identity and the token signer's.
@@ -157,17 +159,46 @@ impl TokenServer {
                     }
                     head.push(line.trim_end().to_owned());
                 }
-                let target = head
+                let mut words = head
                     .first()
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .unwrap_or_default()
-                    .to_owned();
-                let authorized = head.iter().any(|h| {
-                    h.split_once(':').is_some_and(|(k, v)| {
-                        k.eq_ignore_ascii_case("authorization") && v.trim() == expected
+                    .map(|l| l.split_whitespace())
+                    .into_iter()
+                    .flatten();
+                let method = words.next().unwrap_or_default().to_owned();
+                let target = words.next().unwrap_or_default().to_owned();
+                let header = |name: &str| {
+                    head.iter().find_map(|h| {
+                        h.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.trim().to_owned())
                     })
-                });
-                let query = target.split_once('?').map_or("", |(_, q)| q);
+                };
+                // GET with basic auth, or POST an OAuth2 refresh-token grant
+                // (how identity tokens are exchanged).
+                let query = if method == "POST" {
+                    let len = header("content-length")
+                        .and_then(|l| l.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; len];
+                    let _ = reader.read_exact(&mut body);
+                    String::from_utf8_lossy(&body).into_owned()
+                } else {
+                    target.split_once('?').map_or("", |(_, q)| q).to_owned()
+                };
+                let form = |key: &str| {
+                    query.split('&').find_map(|p| {
+                        p.split_once('=')
+                            .filter(|(k, _)| *k == key)
+                            .map(|(_, v)| percent_decode(v))
+                    })
+                };
+                let authorized = if method == "POST" {
+                    form("grant_type").as_deref() == Some("refresh_token")
+                        && form("refresh_token").as_deref() == Some(REFRESH_TOKEN)
+                } else {
+                    header("authorization").as_deref() == Some(expected.as_str())
+                };
+                let query = query.as_str();
                 let mut access = Vec::new();
                 for pair in query.split('&') {
                     let Some(("scope", scope)) = pair.split_once('=') else {
@@ -181,7 +212,7 @@ impl TokenServer {
                     }
                 }
                 a.lock().unwrap().push(format!(
-                    "{} {}",
+                    "{method} {} {}",
                     if authorized { "alice" } else { "anonymous" },
                     percent_decode(query)
                 ));
@@ -488,7 +519,7 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
         tokens
             .asked()
             .iter()
-            .any(|a| a.starts_with("alice ") && a.contains("repository:multi/busybox:pull")),
+            .any(|a| a.starts_with("GET alice ") && a.contains("repository:multi/busybox:pull")),
         "{:?}",
         tokens.asked()
     );
@@ -504,7 +535,51 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
         "only this machine's layer, unpacked"
     );
 
-    // An agent pulls it for a pod the same way, and runs it.
+    // An identity token (an OAuth2 refresh token, as `docker login` to
+    // some registries leaves) is exchanged at the token service; a wrong
+    // one is refused there.
+    let identity_yaml = |token: &str| {
+        let path = dir.path().join(format!("identity-{token}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "configs:\n  \"{REGISTRY}\":\n    auth: {{identitytoken: {token}}}\n    tls: {{ca_file: {}}}\n",
+                identity.cert_pem.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let by_token = dir.path().join("cli-identity");
+    let out = pull(&netns, &by_token, &identity_yaml("stale"), &image);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused the identitytoken (401"), "{err}");
+    let out = pull(&netns, &by_token, &identity_yaml(REFRESH_TOKEN), &image);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tokens.asked().iter().any(|a| a.starts_with("POST alice ")
+            && a.contains("grant_type=refresh_token")
+            && a.contains("scope=repository:multi/busybox:pull")),
+        "{:?}",
+        tokens.asked()
+    );
+
+    // An agent pulls it for a pod, with an identity token from the pod's
+    // pull secret (and the CA from registries.yaml), and runs it.
+    let ca_only = dir.path().join("ca-only.yaml");
+    std::fs::write(
+        &ca_only,
+        format!(
+            "configs:\n  \"{REGISTRY}\":\n    tls: {{ca_file: {}}}\n",
+            identity.cert_pem.display()
+        ),
+    )
+    .unwrap();
     let server = TestServer::start_in_netns(&netns.0, &[]);
     let (data, run_dir, logs) = agent_dirs(dir.path());
     let token = server.dir.path().join("server/token");
@@ -517,21 +592,33 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
         "tokenreg",
         "node-a",
         &token,
-        &["--private-registry", good.to_str().unwrap()],
+        &["--private-registry", ca_only.to_str().unwrap()],
     );
+    let docker_config = json!({"auths": {REGISTRY: {
+        "auth": STANDARD.encode("00000000-0000-0000-0000-000000000000:"),
+        "identitytoken": REFRESH_TOKEN,
+    }}});
     let pod = server.write(
         "pod.yaml",
         &format!(
             "apiVersion: v1
+kind: Secret
+metadata: {{name: identity}}
+type: kubernetes.io/dockerconfigjson
+data: {{.dockerconfigjson: {}}}
+---
+apiVersion: v1
 kind: Pod
 metadata: {{name: multi}}
 spec:
   restartPolicy: Never
+  imagePullSecrets: [{{name: identity}}]
   containers:
   - name: main
     image: {image}
     command: [cat, /arch]
-"
+",
+            STANDARD.encode(docker_config.to_string())
         ),
     );
     server.ok("1.33", &["apply", "-f", pod.to_str().unwrap()]);
@@ -540,6 +627,17 @@ spec:
     });
     assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
     assert_eq!(server.ok("1.33", &["logs", "multi"]), format!("{here}\n"));
+    let exchanges = tokens
+        .asked()
+        .iter()
+        .filter(|a| a.starts_with("POST alice "))
+        .count();
+    assert_eq!(
+        exchanges,
+        2,
+        "the CLI's and the agent's: {:?}",
+        tokens.asked()
+    );
     let image_id = done["status"]["containerStatuses"][0]["imageID"]
         .as_str()
         .unwrap_or_default()

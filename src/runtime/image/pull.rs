@@ -12,14 +12,16 @@
 //!     endpoint: ["https://catch-all.example"]
 //! configs:
 //!   "10.0.0.5:5000":
-//!     auth: {username: u, password: p}       # or auth: base64(u:p), identitytoken
+//!     auth: {username: u, password: p}       # or auth: base64(u:p), or identitytoken: t
 //!     tls: {ca_file: /etc/ssl/reg.pem, insecure_skip_verify: false}
 //! ```
 //!
 //! The endpoints of a registry's mirror (or of `"*"` when it has none) are
 //! tried in order, then the registry itself. `http://` endpoints are plain
 //! HTTP. Credentials from a pod's `imagePullSecrets` (for the image's
-//! registry) come before those in `configs`.
+//! registry) come before those in `configs`. An `identitytoken` is an
+//! OAuth2 refresh token: it is traded for a pull token at the token service
+//! the registry's Bearer challenge names.
 //!
 //! Blobs are downloaded into `ingest/` and moved into the store, digest
 //! checked, only when the whole image is there; the image is committed
@@ -201,15 +203,18 @@ impl Registries {
     }
 
     /// The credentials `configs` has for `host`.
-    fn auth_for(&self, host: &str) -> Option<RegistryAuth> {
+    fn auth_for(&self, host: &str) -> Option<Credential> {
         let a = self.configs.get(host)?.auth.as_ref()?;
         if let (Some(u), Some(p)) = (&a.username, &a.password) {
-            return Some(RegistryAuth::Basic(u.clone(), p.clone()));
+            return Some(Credential::Auth(RegistryAuth::Basic(u.clone(), p.clone())));
         }
-        if let Some(encoded) = &a.auth {
-            return decode_basic(encoded);
+        if let Some(t) = a.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+            return Some(Credential::IdentityToken(t.clone()));
         }
-        a.identitytoken.clone().map(RegistryAuth::Bearer)
+        a.auth
+            .as_deref()
+            .and_then(decode_basic)
+            .map(Credential::Auth)
     }
 }
 
@@ -266,10 +271,20 @@ fn decode_basic(encoded: &str) -> Option<RegistryAuth> {
     Some(RegistryAuth::Basic(u.to_owned(), p.to_owned()))
 }
 
+/// What a pull logs in to a registry with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Sent as it is: basic auth, or a registry token as Bearer.
+    Auth(RegistryAuth),
+    /// An `identitytoken`: an OAuth2 refresh token, exchanged at the
+    /// registry's token service for a pull token (as containerd does).
+    IdentityToken(String),
+}
+
 /// Credentials from `imagePullSecrets` (`.dockerconfigjson` /
 /// `.dockercfg` contents), by registry host.
 #[derive(Debug, Default, Clone)]
-pub struct PullSecrets(HashMap<String, RegistryAuth>);
+pub struct PullSecrets(HashMap<String, Credential>);
 
 impl PullSecrets {
     /// Add a secret's `.dockerconfigjson` (`{"auths": {host: …}}`) or
@@ -280,20 +295,22 @@ impl PullSecrets {
         };
         let auths = v.get("auths").unwrap_or(&v);
         for (key, entry) in auths.as_object().into_iter().flatten() {
-            // A `registrytoken` is sent to the registry as it is (Bearer).
-            // (An `identitytoken` — an OAuth refresh token for the
-            // registry's token service — is not used: oci-client cannot
-            // exchange it; give username and password instead.)
-            let token = entry["registrytoken"]
-                .as_str()
-                .filter(|t| !t.is_empty())
-                .map(|t| RegistryAuth::Bearer(t.to_owned()));
-            let auth = match (entry["username"].as_str(), entry["password"].as_str()) {
-                _ if token.is_some() => token,
-                (Some(u), Some(p)) if !u.is_empty() => {
-                    Some(RegistryAuth::Basic(u.to_owned(), p.to_owned()))
-                }
-                _ => entry["auth"].as_str().and_then(decode_basic),
+            // As containerd reads them: a `registrytoken` is sent as it
+            // is (Bearer); then username and password; then an
+            // `identitytoken` (exchanged at the token service); then
+            // `auth`, base64 of `user:password`.
+            let text = |f: &str| entry[f].as_str().filter(|t| !t.is_empty());
+            let auth = if let Some(t) = text("registrytoken") {
+                Some(Credential::Auth(RegistryAuth::Bearer(t.to_owned())))
+            } else if let (Some(u), Some(p)) = (text("username"), entry["password"].as_str()) {
+                Some(Credential::Auth(RegistryAuth::Basic(
+                    u.to_owned(),
+                    p.to_owned(),
+                )))
+            } else if let Some(t) = text("identitytoken") {
+                Some(Credential::IdentityToken(t.to_owned()))
+            } else {
+                text("auth").and_then(decode_basic).map(Credential::Auth)
             };
             if let Some(a) = auth {
                 self.0.entry(registry_key(key)).or_insert(a);
@@ -301,7 +318,7 @@ impl PullSecrets {
         }
     }
 
-    fn get(&self, registry: &str) -> Option<RegistryAuth> {
+    fn get(&self, registry: &str) -> Option<Credential> {
         self.0.get(registry).cloned()
     }
 
@@ -421,6 +438,95 @@ impl Puller {
         })
     }
 
+    /// Trade an identity token (an OAuth2 refresh token) for a token to
+    /// pull `repository` at `endpoint`'s token service: the service named
+    /// by the registry's Bearer challenge, asked with grant_type
+    /// refresh_token as in docker's token protocol.
+    async fn exchange(
+        &self,
+        endpoint: &Endpoint,
+        repository: &str,
+        refresh: &str,
+    ) -> Result<RegistryAuth, Failure> {
+        let http = self.http_client(endpoint)?;
+        let scheme = if endpoint.https { "https" } else { "http" };
+        let base = format!("{scheme}://{}/v2/", endpoint.host);
+        let failed = |e: reqwest::Error| Failure::Other(error_chain(&e));
+        let res = http.get(&base).send().await.map_err(failed)?;
+        let Some(challenge) = res
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .and_then(bearer_challenge)
+        else {
+            // No token service: the registry does without.
+            return Ok(RegistryAuth::Anonymous);
+        };
+        let scope = format!("repository:{repository}:pull");
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", "orch"),
+            ("scope", scope.as_str()),
+        ];
+        if let Some(service) = &challenge.service {
+            form.push(("service", service));
+        }
+        let res = http
+            .post(&challenge.realm)
+            .form(&form)
+            .send()
+            .await
+            .map_err(failed)?;
+        let status = res.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(Failure::Unauthorized(format!(
+                "the token service {} refused the identitytoken ({status})",
+                challenge.realm
+            )));
+        }
+        if !status.is_success() {
+            return Err(Failure::Other(format!(
+                "the token service {} answered {status} to the identitytoken",
+                challenge.realm
+            )));
+        }
+        let body: Value = res.json().await.map_err(failed)?;
+        body["access_token"]
+            .as_str()
+            .or_else(|| body["token"].as_str())
+            .map(|t| RegistryAuth::Bearer(t.to_owned()))
+            .ok_or_else(|| {
+                Failure::Other(format!(
+                    "the token service {} sent no access_token",
+                    challenge.realm
+                ))
+            })
+    }
+
+    /// An HTTP client for `endpoint` that trusts what its `configs` say.
+    fn http_client(&self, endpoint: &Endpoint) -> Result<reqwest::Client, Failure> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(tls) = self
+            .registries
+            .configs
+            .get(&endpoint.host)
+            .and_then(|c| c.tls.as_ref())
+        {
+            b = b.danger_accept_invalid_certs(tls.insecure_skip_verify);
+            if let Some(ca) = &tls.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| Failure::Other(format!("ca_file {}: {e}", ca.display())))?;
+                let cert = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| Failure::Other(format!("ca_file {}: {e}", ca.display())))?;
+                b = b.tls_certs_merge([cert]);
+            }
+        }
+        b.build().map_err(|e| Failure::Other(error_chain(&e)))
+    }
+
     fn client(&self, endpoint: &Endpoint) -> Result<Client, Failure> {
         let mut config = ClientConfig {
             protocol: if endpoint.https {
@@ -468,7 +574,13 @@ impl Puller {
                     .then(|| self.registries.auth_for(&image.registry))
                     .flatten()
             })
-            .unwrap_or(RegistryAuth::Anonymous);
+            .unwrap_or(Credential::Auth(RegistryAuth::Anonymous));
+        let auth = match auth {
+            Credential::Auth(a) => a,
+            Credential::IdentityToken(refresh) => {
+                self.exchange(endpoint, repository, &refresh).await?
+            }
+        };
         let reference = match (&image.digest, &image.tag) {
             (Some(d), _) => {
                 Reference::with_digest(endpoint.host.clone(), repository.to_owned(), d.clone())
@@ -652,6 +764,38 @@ impl From<oci_client::errors::OciDistributionError> for Failure {
     }
 }
 
+/// A `WWW-Authenticate: Bearer realm="…",service="…"` challenge.
+#[derive(Debug, PartialEq, Eq)]
+struct Challenge {
+    realm: String,
+    service: Option<String>,
+}
+
+fn bearer_challenge(header: &str) -> Option<Challenge> {
+    let (scheme, params) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut params_of = HashMap::new();
+    let mut rest = params.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            after.split_once(',').map_or((after, ""), |(v, t)| (v, t))
+        };
+        params_of.insert(key.trim().to_ascii_lowercase(), value.to_owned());
+        rest = tail.trim_start_matches([',', ' ']);
+    }
+    Some(Challenge {
+        realm: params_of.remove("realm")?,
+        service: params_of.remove("service"),
+    })
+}
+
 /// An error with its sources (reqwest hides the useful part there).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -767,35 +911,60 @@ configs:
     auth: {username: alice, password: s3cret}
   other.example:
     auth: {auth: "Ym9iOmh1bnRlcjI="}
+  acr.example:
+    auth: {identitytoken: refresh-me}
 "#);
+        let basic =
+            |u: &str, p: &str| Some(Credential::Auth(RegistryAuth::Basic(u.into(), p.into())));
+        assert_eq!(r.auth_for("reg.example:5000"), basic("alice", "s3cret"));
+        assert_eq!(r.auth_for("other.example"), basic("bob", "hunter2"));
         assert_eq!(
-            r.auth_for("reg.example:5000"),
-            Some(RegistryAuth::Basic("alice".into(), "s3cret".into()))
-        );
-        assert_eq!(
-            r.auth_for("other.example"),
-            Some(RegistryAuth::Basic("bob".into(), "hunter2".into()))
+            r.auth_for("acr.example"),
+            Some(Credential::IdentityToken("refresh-me".into()))
         );
         assert_eq!(r.auth_for("nowhere"), None);
 
         let mut s = PullSecrets::default();
         s.add(br#"{"auths":{"https://index.docker.io/v1/":{"auth":"Ym9iOmh1bnRlcjI="},"reg.example:5000":{"username":"u","password":"p"}}}"#);
         s.add(br#"{"reg.example:5000":{"auth":"eDp5"}}"#);
-        assert_eq!(
-            s.get("docker.io"),
-            Some(RegistryAuth::Basic("bob".into(), "hunter2".into()))
-        );
+        assert_eq!(s.get("docker.io"), basic("bob", "hunter2"));
         // The first secret wins.
-        assert_eq!(
-            s.get("reg.example:5000"),
-            Some(RegistryAuth::Basic("u".into(), "p".into()))
-        );
+        assert_eq!(s.get("reg.example:5000"), basic("u", "p"));
         // A registry token is a bearer token for the registry.
         s.add(br#"{"auths":{"tok.example":{"auth":"eDp5","registrytoken":"t0ken"}}}"#);
         assert_eq!(
             s.get("tok.example"),
-            Some(RegistryAuth::Bearer("t0ken".into()))
+            Some(Credential::Auth(RegistryAuth::Bearer("t0ken".into())))
         );
+        // An identity token (docker login to ACR and the like: `auth`
+        // holds an empty password) goes to the token service.
+        s.add(br#"{"auths":{"id.example":{"auth":"MDAwMDAwMDAtMDAwMDo=","identitytoken":"r3fresh"}}}"#);
+        assert_eq!(
+            s.get("id.example"),
+            Some(Credential::IdentityToken("r3fresh".into()))
+        );
+    }
+
+    #[test]
+    fn bearer_challenges_name_the_token_service() {
+        assert_eq!(
+            bearer_challenge(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#
+            ),
+            Some(Challenge {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into())
+            })
+        );
+        assert_eq!(
+            bearer_challenge("bearer realm=http://127.0.0.1:9/t"),
+            Some(Challenge {
+                realm: "http://127.0.0.1:9/t".into(),
+                service: None
+            })
+        );
+        assert_eq!(bearer_challenge(r#"Basic realm="test""#), None);
+        assert_eq!(bearer_challenge(r#"Bearer service="x""#), None);
     }
 
     #[test]
