@@ -182,6 +182,12 @@ fn pods_get_addresses_on_the_bridge_reach_each_other_and_leave_nothing_behind() 
         .unwrap()
         .unwrap();
     assert_eq!(eth0.mtu, 1450);
+    // IPv4 only: neither end has an IPv6 link-local address to announce
+    // (whose probes would flood the bridge to every pod).
+    let v6 = ip_in(&pod_a, &["-6", "addr", "show", "dev", "eth0"]);
+    assert!(!v6.contains("inet6"), "{v6}");
+    let v6 = ip_in(&node, &["-6", "addr", "show", "dev", &host_veth("uid-a")]);
+    assert!(!v6.contains("inet6"), "{v6}");
 
     // Detach: the veth pair is gone, the address free.
     in_netns(&node.path(), || {

@@ -4,6 +4,11 @@
 //! the bridge — and a default route through the gateway. All over netlink
 //! from the agent's process; the pod's side is set up from a short-lived
 //! thread inside the pod's namespace ([`in_netns`]).
+//!
+//! The cluster is IPv4: neither end of a pod's veth gets an IPv6 link-local
+//! address (`addr_gen_mode` none; IPv6 stays enabled, `::1` included).
+//! Otherwise every new port's duplicate-address probes and multicast
+//! reports flood the bridge to every pod, a cost that grows with the pods.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,6 +29,17 @@ pub struct PodNetwork {
     pub ipam: Ipam,
     pub mtu: u32,
     bridge: u32,
+}
+
+/// No IPv6 link-local address for device `dev` (or, for `default`, for
+/// the devices that arrive in the calling thread's namespace from now on).
+/// Nothing to do on a kernel without IPv6.
+fn no_link_local(dev: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{dev}/addr_gen_mode");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}"))),
+    }
 }
 
 /// The host end of a pod's veth pair: `veth` and 11 hex digits of a hash
@@ -124,6 +140,8 @@ impl PodNetwork {
         let ip = self.ipam.allocate(uid)?;
         let want = IpAddr::V4(ip);
         let has_it = in_netns(netns, || {
+            // Before eth0 arrives: a device takes its namespace's defaults.
+            no_link_local("default")?;
             let mut nl = Netlink::open()?;
             let Some(eth0) = nl.link("eth0")? else {
                 return Ok(false);
@@ -151,15 +169,17 @@ impl PodNetwork {
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .mtu(self.mtu)
             .controller(self.bridge)
-            .up()
             .build();
         nl.add_link(veth)
             .map_err(|e| io::Error::new(e.kind(), format!("creating the veth pair {host}: {e}")))?;
+        no_link_local(&host)?;
         // Hairpin: a pod's connection to a Service that picks the pod
         // itself leaves and re-enters the bridge through the same port.
         let port = nl
             .link(&host)?
             .ok_or_else(|| io::Error::other(format!("the veth {host} vanished")))?;
+        nl.set_link(LinkUnspec::new_with_index(port.index).up().build())
+            .map_err(|e| io::Error::new(e.kind(), format!("setting {host} up: {e}")))?;
         nl.change_link(
             LinkUnspec::new_with_index(port.index)
                 .set_port_kind(InfoPortKind::Bridge)
