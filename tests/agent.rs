@@ -1662,26 +1662,7 @@ impl Registry {
             ));
         }
         std::fs::write(root.join("config.yml"), config).unwrap();
-        let child = in_netns(Some(&netns.0), "docker-registry")
-            .arg("serve")
-            .arg(root.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !in_netns(Some(&netns.0), "bash")
-            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = support::docker_registry(netns, &root.join("config.yml"), port);
         Self { child }
     }
 }
@@ -2105,16 +2086,20 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
     assert_eq!(out.status.code(), Some(4));
     // A terminal (from script(1)), its size passed on, the shell's exit
     // code back.
-    let kubectl = format!(
-        "stty rows 33 cols 101; {} --kubeconfig {} exec -it box -- sh -c 'tty; stty size; exit 5'",
-        support::kubectl_path("1.33").display(),
-        server.kubeconfig.display()
-    );
-    let out = in_netns(Some(&netns.0), "script")
-        .args(["-qec", &kubectl, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // `before` then kubectl `args` in a 33x101 terminal of script(1).
+    let in_terminal = |before: &str, args: &str| {
+        let line = format!(
+            "stty rows 33 cols 101; {before} {} --kubeconfig {} {args}",
+            support::kubectl_path("1.33").display(),
+            server.kubeconfig.display()
+        );
+        in_netns(Some(&netns.0), "script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = in_terminal("", "exec -it box -- sh -c 'tty; stty size; exit 5'");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("/dev/pts/") && text.contains("33 101"),
@@ -2124,16 +2109,11 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
     assert_eq!(out.status.code(), Some(5), "{text}");
     // The terminal resized during the exec: kubectl sees SIGWINCH and
     // sends the new size, which the container's terminal takes.
-    let kubectl = format!(
-        "stty rows 33 cols 101; (sleep 2; stty rows 50 cols 140 </dev/tty) & {} --kubeconfig {} exec -it box -- sh -c 'stty size; sleep 5; stty size'",
-        support::kubectl_path("1.33").display(),
-        server.kubeconfig.display()
+    // (A background job's stdin is /dev/null in a non-interactive sh.)
+    let out = in_terminal(
+        "(sleep 2; stty rows 50 cols 140 </dev/tty) &",
+        "exec -it box -- sh -c 'stty size; sleep 5; stty size'",
     );
-    let out = in_netns(Some(&netns.0), "script")
-        .args(["-qec", &kubectl, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("33 101") && text.contains("50 140"),

@@ -11,10 +11,10 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -285,23 +285,7 @@ auth:
             port = token.port,
         );
         std::fs::write(root.join("config.yml"), config).unwrap();
-        let child = in_netns(Some(&netns.0), "docker-registry")
-            .arg("serve")
-            .arg(root.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/test.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !in_netns(Some(&netns.0), "bash")
-            .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/5443"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(Instant::now() < deadline, "docker-registry did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = support::docker_registry(netns, &root.join("config.yml"), 5443);
         Self(child)
     }
 }

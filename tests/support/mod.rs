@@ -459,6 +459,32 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
     layout
 }
 
+/// `docker-registry serve CONFIG` in `netns`, once it listens on
+/// 127.0.0.1:`port` (kill the child to stop it).
+pub fn docker_registry(netns: &Netns, config: &Path, port: u16) -> Child {
+    let child = in_netns(Some(&netns.0), "docker-registry")
+        .arg("serve")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (scripts/test.sh installs it)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !in_netns(Some(&netns.0), "bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "docker-registry did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
 /// A one-layer busybox image, `docker.io/library/busybox:test`, written by
 /// skopeo as an OCI archive in `dir` (built with umoci from
 /// busybox-static; scripts/test.sh installs them).
