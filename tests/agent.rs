@@ -737,23 +737,16 @@ spec:
     let ip = local["status"]["podIP"].as_str().unwrap().to_owned();
     let refused =
         format!("Readiness probe failed: dial tcp {ip}:8080: connect: connection refused");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = server.ok(
-            "1.33",
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=local",
-            ],
-        );
-        if events.contains(&refused) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no {refused:?}: {events}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    server.eventually(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=local",
+        ],
+        &refused,
+        |events| events.contains(&refused),
+    );
     let local = server.ok("1.33", &["get", "pod", "local", "-o", "json"]);
     assert!(!is_ready(&serde_json::from_str(&local).unwrap()), "{local}");
     // The liveness probe passes while /tmp/alive exists...
@@ -827,23 +820,16 @@ spec:
     }
     // (A shim that ran the 10 s probe in its own loop would have kept
     // each of those waiting.) Then the probe times out, and is killed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let events = server.ok(
-            "1.33",
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.name=stuck",
-            ],
-        );
-        if events.contains("Readiness probe failed: command timed out after 10s") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no timeout event: {events}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    server.eventually(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=stuck",
+        ],
+        "the probe's timeout event",
+        |events| events.contains("Readiness probe failed: command timed out after 10s"),
+    );
     let stuck = server.ok("1.33", &["get", "pod", "stuck", "-o", "json"]);
     let stuck: Value = serde_json::from_str(&stuck).unwrap();
     assert!(!is_ready(&stuck), "{stuck}");
