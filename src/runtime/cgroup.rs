@@ -29,9 +29,37 @@ pub fn dirs(path: &str) -> Vec<PathBuf> {
 
 /// Remove cgroup `path` and the empty cgroups below it, in every
 /// hierarchy. Cgroups that still hold processes stay (rmdir refuses).
+///
+/// The memory charged to it first goes back (v1 `memory.force_empty`, v2
+/// `memory.reclaim`; both count the whole subtree, containers' cgroups
+/// removed before included). Otherwise the page cache its pods wrote keeps
+/// each removed memory cgroup alive in the kernel, dying, until memory
+/// runs short: a busy node collects thousands, and they slow the kernel's
+/// cgroup work down.
 pub fn remove(path: &str) {
     for dir in dirs(path) {
+        release_memory(&dir);
         remove_tree(&dir);
+    }
+}
+
+/// Reclaim what is charged to memory cgroup `dir` (best effort: a
+/// hierarchy without the memory controller has neither file).
+fn release_memory(dir: &Path) {
+    let v1 = dir.join("memory.force_empty");
+    if v1.exists() {
+        let _ = std::fs::write(v1, "0");
+        return;
+    }
+    let v2 = dir.join("memory.reclaim");
+    if v2.exists() {
+        let usage = std::fs::read_to_string(dir.join("memory.current"))
+            .ok()
+            .and_then(|u| u.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if usage > 0 {
+            let _ = std::fs::write(v2, usage.to_string());
+        }
     }
 }
 
@@ -103,4 +131,74 @@ pub fn set_limits(path: &str, r: &super::spec::Resources) -> std::io::Result<()>
         r.memory_limit.unwrap_or(-1).to_string(),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory charged to cgroup `path`, hierarchically.
+    fn usage(path: &str) -> u64 {
+        let rel = path.trim_start_matches('/');
+        let file = if unified() {
+            Path::new(ROOT).join(rel).join("memory.current")
+        } else {
+            Path::new(ROOT)
+                .join("memory")
+                .join(rel)
+                .join("memory.usage_in_bytes")
+        };
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn removing_a_pod_cgroup_gives_back_the_page_cache_its_containers_wrote() {
+        // Needs root and the memory controller, as the agent does.
+        let root = format!("/orch-test-cgroup-{}", std::process::id());
+        let (pod, container) = (format!("{root}/pod"), format!("{root}/pod/c"));
+        let dir = if unified() {
+            let _ = std::fs::write(Path::new(ROOT).join("cgroup.subtree_control"), "+memory");
+            let d = Path::new(ROOT).join(root.trim_start_matches('/'));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup.subtree_control"), "+memory").unwrap();
+            std::fs::create_dir_all(d.join("pod")).unwrap();
+            std::fs::write(d.join("pod/cgroup.subtree_control"), "+memory").unwrap();
+            std::fs::create_dir_all(d.join("pod/c")).unwrap();
+            d.join("pod/c")
+        } else {
+            let d = Path::new(ROOT)
+                .join("memory")
+                .join(container.trim_start_matches('/'));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        // A "container" writes 8 MiB to a file, exits, and its cgroup is
+        // removed (as libcontainer does): the page cache stays charged.
+        let scratch = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && dd if=/dev/zero of={} bs=1M count=8 2>/dev/null",
+                dir.join("cgroup.procs").display(),
+                scratch.path().join("data").display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::remove_dir(&dir).unwrap();
+        let charged = usage(&root);
+        assert!(charged >= 8 << 20, "charged {charged}");
+        remove(&pod);
+        assert!(dirs(&pod).is_empty());
+        let left = usage(&root);
+        remove(&root);
+        assert!(
+            left < 1 << 20,
+            "{left} bytes still charged after the pod's cgroup went"
+        );
+    }
 }
