@@ -2179,10 +2179,15 @@ async fn probe_once(
                 .collect(),
         };
         super::probe::http(&get, timeout).await
+    } else if let Some(g) = probe.get("grpc") {
+        let Some(port) = g["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+            return Err(format!("no port {}", g["port"]));
+        };
+        // gRPC probes have no host field: always the pod's address.
+        let host = pod_ip.ok_or("the pod has no IP address yet")?;
+        super::probe::grpc(host, port, g["service"].as_str().unwrap_or(""), timeout).await
     } else {
-        // gRPC probes are not built yet: they fail, visibly.
-        tracing::warn!(container = id, "unsupported probe type");
-        return Err("this probe type (gRPC) is not supported by orch".into());
+        return Err("the probe names no handler (exec, httpGet, tcpSocket or grpc)".into());
     };
     if let Err(e) = &result {
         tracing::debug!(container = id, message = %e, "probe failed");

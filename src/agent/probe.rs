@@ -236,6 +236,142 @@ where
     result
 }
 
+/// A gRPC probe: the standard health service's `Check` for `service` at
+/// `host:port`, over plain HTTP/2 as the kubelet's; SERVING is success.
+pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
+    let target = format!("{host}:{port}");
+    let call = async {
+        let stream = dial(host, port)
+            .await
+            .map_err(|e| format!("failed to connect service \"{target}\": {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("failed to connect service \"{target}\": {e}"))?;
+        let conn = tokio::spawn(conn);
+        // HealthCheckRequest { string service = 1; }, length-prefixed.
+        let mut message = Vec::new();
+        if !service.is_empty() {
+            message.push(0x0a);
+            push_varint(&mut message, service.len() as u64);
+            message.extend_from_slice(service.as_bytes());
+        }
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+        let req = http::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .header(http::header::USER_AGENT, USER_AGENT)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let answer = async {
+            let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let headers = res.headers().clone();
+            let collected = res.into_body().collect().await.map_err(|e| e.to_string())?;
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let grpc_status = trailers
+                .get("grpc-status")
+                .or_else(|| headers.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let grpc_message = trailers
+                .get("grpc-message")
+                .or_else(|| headers.get("grpc-message"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            Ok::<_, String>((grpc_status, grpc_message, collected.to_bytes()))
+        }
+        .await;
+        conn.abort();
+        let (grpc_status, grpc_message, body) = answer?;
+        if grpc_status != "0" {
+            return Err(format!(
+                "health rpc probe failed: rpc error: code = {} desc = {grpc_message}",
+                grpc_code(&grpc_status)
+            ));
+        }
+        // HealthCheckResponse { ServingStatus status = 1; } after the prefix.
+        let status = body.get(5..).map_or(0, health_status);
+        match status {
+            1 => Ok(()),
+            n => Err(format!(
+                "service unhealthy (responded with \"{}\")",
+                match n {
+                    2 => "NOT_SERVING",
+                    3 => "SERVICE_UNKNOWN",
+                    _ => "UNKNOWN",
+                }
+            )),
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "timeout: health rpc did not complete within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Field 1 (a varint) of a HealthCheckResponse, 0 when absent.
+fn health_status(message: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < message.len() {
+        let key = message[i];
+        i += 1;
+        let mut value = 0u64;
+        let mut shift = 0;
+        while i < message.len() {
+            let b = message[i];
+            i += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if key == 0x08 {
+            return value;
+        }
+        if key & 7 != 0 {
+            // Not a varint field: nothing else is expected here.
+            return 0;
+        }
+    }
+    0
+}
+
+/// A gRPC status code's name, as Go's client prints it.
+fn grpc_code(code: &str) -> &str {
+    match code {
+        "1" => "Canceled",
+        "2" => "Unknown",
+        "3" => "InvalidArgument",
+        "4" => "DeadlineExceeded",
+        "5" => "NotFound",
+        "7" => "PermissionDenied",
+        "12" => "Unimplemented",
+        "13" => "Internal",
+        "14" => "Unavailable",
+        "16" => "Unauthenticated",
+        "" => "Unknown",
+        other => other,
+    }
+}
+
 /// A TLS client that takes any certificate: the kubelet's HTTPS probes
 /// skip verification (the pod's certificate is for its clients' names).
 fn any_certificate() -> Arc<rustls::ClientConfig> {
@@ -465,6 +601,90 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("context deadline exceeded"), "{e}");
         assert!(t.elapsed() < SECOND, "{:?}", t.elapsed());
+    }
+
+    /// A gRPC health service over h2c on loopback: "" and "web" are
+    /// SERVING, "db" NOT_SERVING, anything else NOT_FOUND. Its port.
+    async fn health_server() -> u16 {
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper::body::Frame;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let name =
+                            String::from_utf8_lossy(body.get(7..).unwrap_or_default()).into_owned();
+                        let mut trailers = http::HeaderMap::new();
+                        let mut frames = Vec::new();
+                        let status = match name.as_str() {
+                            "" | "web" => Some(1u8),
+                            "db" => Some(2),
+                            _ => None,
+                        };
+                        match status {
+                            Some(s) => {
+                                frames.push(Frame::data(bytes::Bytes::from(vec![
+                                    0, 0, 0, 0, 2, 0x08, s,
+                                ])));
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                            }
+                            None => {
+                                trailers.insert("grpc-status", "5".parse().unwrap());
+                                trailers.insert("grpc-message", "unknown service".parse().unwrap());
+                            }
+                        }
+                        frames.push(Frame::trailers(trailers));
+                        let body = StreamBody::new(futures::stream::iter(
+                            frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+                        ));
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_ask_the_health_service() {
+        let port = health_server().await;
+        grpc("127.0.0.1", port, "", SECOND).await.unwrap();
+        grpc("127.0.0.1", port, "web", SECOND).await.unwrap();
+        let e = grpc("127.0.0.1", port, "db", SECOND).await.unwrap_err();
+        assert_eq!(e, "service unhealthy (responded with \"NOT_SERVING\")");
+        let e = grpc("127.0.0.1", port, "cache", SECOND).await.unwrap_err();
+        assert_eq!(
+            e,
+            "health rpc probe failed: rpc error: code = NotFound desc = unknown service"
+        );
+        // Nothing listening.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = grpc("127.0.0.1", closed, "", SECOND).await.unwrap_err();
+        assert!(e.starts_with("failed to connect service"), "{e}");
+        // Not gRPC (an HTTP/1 server that never answers): the timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let e = grpc("127.0.0.1", port, "", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("timeout: "), "{e}");
     }
 
     #[test]
