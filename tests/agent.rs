@@ -708,6 +708,11 @@ spec:
     imagePullPolicy: Never
     command: [httpd, -f, -p, '127.0.0.1:8080']
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: rpc
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+    readinessProbe: {grpc: {port: 9090, service: web}, periodSeconds: 1}
 ",
     );
     let applied = Instant::now();
@@ -746,6 +751,18 @@ spec:
         ],
         &refused,
         |events| events.contains(&refused),
+    );
+    // A gRPC probe asks the pod's IP too (nothing serves it here).
+    let unserved = format!("Readiness probe failed: failed to connect service \"{ip}:9090\"");
+    server.eventually(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=local",
+        ],
+        &unserved,
+        |events| events.contains(&unserved),
     );
     let local = server.ok("1.33", &["get", "pod", "local", "-o", "json"]);
     assert!(!is_ready(&serde_json::from_str(&local).unwrap()), "{local}");
