@@ -1738,15 +1738,7 @@ fn images_are_pulled_from_registries_with_mirrors_and_pull_secrets() {
     // `orch image pull` into a store of its own.
     let cli_store = dir.path().join("cli");
     let pull = |image: &str, extra: &[&str]| {
-        in_netns(Some(&netns.0), ORCH)
-            .args(["image", "--data-dir"])
-            .arg(&cli_store)
-            .args(["pull", "--private-registry"])
-            .arg(&registries)
-            .args(extra)
-            .arg(image)
-            .output()
-            .unwrap()
+        support::image_pull(&netns, &cli_store, &registries, extra, image)
     };
     let out = pull("busybox:mirrored", &[]);
     assert!(

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 use support::agents::{Agent, agent_dirs};
 use support::{Netns, TestServer, in_netns};
 
-const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 const REGISTRY: &str = "127.0.0.1:5443";
 const SERVICE: &str = "orch-test-registry";
 const ISSUER: &str = "orch-test-issuer";
@@ -406,14 +405,7 @@ fn multi_arch(layout: &Path) {
 }
 
 fn pull(netns: &Netns, store: &Path, registries: &Path, image: &str) -> Output {
-    in_netns(Some(&netns.0), ORCH)
-        .args(["image", "--data-dir"])
-        .arg(store)
-        .args(["pull", "--private-registry"])
-        .arg(registries)
-        .arg(image)
-        .output()
-        .unwrap()
+    support::image_pull(netns, store, registries, &[], image)
 }
 
 #[test]
@@ -447,12 +439,28 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
 
     // Without the registry's CA the pull fails on the certificate...
     let store = dir.path().join("cli");
-    let plain = dir.path().join("plain.yaml");
-    std::fs::write(
-        &plain,
-        format!("configs:\n  \"{REGISTRY}\":\n    auth: {{username: alice, password: s3cret}}\n"),
-    )
-    .unwrap();
+    // registries.yaml for the registry: `auth` (a flow mapping's body),
+    // and the registry's CA when `ca`.
+    let registries = |name: &str, auth: Option<&str>, ca: bool| {
+        let mut yaml = format!("configs:\n  \"{REGISTRY}\":\n");
+        if let Some(a) = auth {
+            yaml.push_str(&format!("    auth: {{{a}}}\n"));
+        }
+        if ca {
+            yaml.push_str(&format!(
+                "    tls: {{ca_file: {}}}\n",
+                identity.cert_pem.display()
+            ));
+        }
+        let path = dir.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        path
+    };
+    let plain = registries(
+        "plain.yaml",
+        Some("username: alice, password: s3cret"),
+        false,
+    );
     let out = pull(&netns, &store, &plain, &image);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -462,15 +470,7 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
         "{err}"
     );
     // ...with it and a wrong password, the token server says no...
-    let wrong = dir.path().join("wrong.yaml");
-    std::fs::write(
-        &wrong,
-        format!(
-            "configs:\n  \"{REGISTRY}\":\n    auth: {{username: alice, password: nope}}\n    tls: {{ca_file: {}}}\n",
-            identity.cert_pem.display()
-        ),
-    )
-    .unwrap();
+    let wrong = registries("wrong.yaml", Some("username: alice, password: nope"), true);
     let out = pull(&netns, &store, &wrong, &image);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -484,15 +484,11 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
         String::from_utf8_lossy(&out.stdout)
     );
     // ...and with the right one it pulls this machine's image.
-    let good = dir.path().join("registries.yaml");
-    std::fs::write(
-        &good,
-        format!(
-            "configs:\n  \"{REGISTRY}\":\n    auth: {{username: alice, password: s3cret}}\n    tls: {{ca_file: {}}}\n",
-            identity.cert_pem.display()
-        ),
-    )
-    .unwrap();
+    let good = registries(
+        "registries.yaml",
+        Some("username: alice, password: s3cret"),
+        true,
+    );
     let out = pull(&netns, &store, &good, &image);
     assert!(
         out.status.success(),
@@ -523,16 +519,11 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
     // some registries leaves) is exchanged at the token service; a wrong
     // one is refused there.
     let identity_yaml = |token: &str| {
-        let path = dir.path().join(format!("identity-{token}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "configs:\n  \"{REGISTRY}\":\n    auth: {{identitytoken: {token}}}\n    tls: {{ca_file: {}}}\n",
-                identity.cert_pem.display()
-            ),
+        registries(
+            &format!("identity-{token}.yaml"),
+            Some(&format!("identitytoken: {token}")),
+            true,
         )
-        .unwrap();
-        path
     };
     let by_token = dir.path().join("cli-identity");
     let out = pull(&netns, &by_token, &identity_yaml("stale"), &image);
@@ -555,15 +546,7 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
 
     // An agent pulls it for a pod, with an identity token from the pod's
     // pull secret (and the CA from registries.yaml), and runs it.
-    let ca_only = dir.path().join("ca-only.yaml");
-    std::fs::write(
-        &ca_only,
-        format!(
-            "configs:\n  \"{REGISTRY}\":\n    tls: {{ca_file: {}}}\n",
-            identity.cert_pem.display()
-        ),
-    )
-    .unwrap();
+    let ca_only = registries("ca-only.yaml", None, true);
     let server = TestServer::start_in_netns(&netns.0, &[]);
     let (data, run_dir, logs) = agent_dirs(dir.path());
     let token = server.dir.path().join("server/token");

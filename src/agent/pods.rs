@@ -1873,12 +1873,12 @@ async fn run_probes(
             };
             p.running.remove(kind);
             let verdict = verdict(p, kind, probe, result);
+            let what = match kind {
+                "livenessProbe" => "Liveness",
+                "readinessProbe" => "Readiness",
+                _ => "Startup",
+            };
             if let Some(why) = verdict.report {
-                let what = match kind {
-                    "livenessProbe" => "Liveness",
-                    "readinessProbe" => "Readiness",
-                    _ => "Startup",
-                };
                 event(
                     k,
                     pod,
@@ -1889,11 +1889,7 @@ async fn run_probes(
             }
             if verdict.kill {
                 tracing::info!(pod = %pod["metadata"]["name"], container = name, probe = kind, "probe failed, restarting the container");
-                let what = if kind == "livenessProbe" {
-                    "liveness"
-                } else {
-                    "startup"
-                };
+                let what = what.to_lowercase();
                 event(
                     k,
                     pod,
@@ -2117,14 +2113,20 @@ fn probe_port(port: &Value, container: &Value) -> Option<u16> {
 /// and hooks that name no host: the node's for a hostNetwork pod, else the
 /// pod's own (`known`, or the one in its status).
 fn pod_address(k: &Kubelet, pod: &Value, known: Option<std::net::Ipv4Addr>) -> Option<String> {
-    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
-        return Some(k.node_ip.clone());
-    }
-    known.map(|ip| ip.to_string()).or_else(|| {
+    pod_ip(k, pod, known).or_else(|| {
         pod.pointer("/status/podIP")
             .and_then(Value::as_str)
             .map(str::to_owned)
     })
+}
+
+/// The pod's IP: the node's for a hostNetwork pod, else `known` (the one
+/// its network was given).
+fn pod_ip(k: &Kubelet, pod: &Value, known: Option<std::net::Ipv4Addr>) -> Option<String> {
+    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
+        return Some(k.node_ip.clone());
+    }
+    known.map(|ip| ip.to_string())
 }
 
 /// Run one probe (or hook): an exec through the shim, an httpGet or
@@ -2430,12 +2432,9 @@ fn pod_status(
     if !inits.is_empty() {
         status["initContainerStatuses"] = json!(inits);
     }
-    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
-        status["podIP"] = json!(k.node_ip);
-        status["podIPs"] = json!([{"ip": k.node_ip}]);
-    } else if let Some(ip) = state.pod_ip {
-        status["podIP"] = json!(ip.to_string());
-        status["podIPs"] = json!([{"ip": ip.to_string()}]);
+    if let Some(ip) = pod_ip(k, pod, state.pod_ip) {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{ "ip": ip }]);
     }
     status
 }

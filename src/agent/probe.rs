@@ -1,5 +1,6 @@
-//! tcpSocket and httpGet probes, dialled from the node as the kubelet
-//! dials them: to the probe's `host`, or the pod's IP when it names none.
+//! tcpSocket, httpGet and gRPC probes, dialled from the node as the
+//! kubelet dials them: to the probe's `host`, or the pod's IP when it
+//! names none.
 //! A server that listens only on the pod's loopback fails them here as it
 //! would under the kubelet.
 
@@ -32,14 +33,18 @@ pub struct HttpGet {
 }
 
 impl HttpGet {
-    fn url(&self, host: &str, port: u16, path: &str) -> String {
+    fn url(&self, port: u16, path: &str) -> String {
         let scheme = if self.https { "https" } else { "http" };
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        };
-        format!("{scheme}://{host}:{port}{path}")
+        format!("{scheme}://{}{path}", authority(&self.host, port))
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -93,11 +98,11 @@ pub async fn http(get: &HttpGet, timeout: Duration) -> Result<(), String> {
     } else {
         format!("/{}", get.path)
     };
-    let first = get.url(&get.host, get.port, &path);
+    let first = get.url(get.port, &path);
     let exchange = async {
         let (mut port, mut path) = (get.port, path);
         for _ in 0..=MAX_REDIRECTS {
-            let url = get.url(&get.host, port, &path);
+            let url = get.url(port, &path);
             let (code, location) = request(get, port, &path)
                 .await
                 .map_err(|e| format!("Get \"{url}\": {e}"))?;
@@ -162,12 +167,7 @@ async fn request(get: &HttpGet, port: u16, path: &str) -> Result<(u16, Option<St
             .any(|(k, _)| k.eq_ignore_ascii_case(name))
     };
     if !has("host") {
-        let host = if get.host.contains(':') {
-            format!("[{}]:{port}", get.host)
-        } else {
-            format!("{}:{port}", get.host)
-        };
-        req = req.header(http::header::HOST, host);
+        req = req.header(http::header::HOST, authority(&get.host, port));
     }
     if !has("user-agent") {
         req = req.header(http::header::USER_AGENT, USER_AGENT);
@@ -239,7 +239,7 @@ where
 /// A gRPC probe: the standard health service's `Check` for `service` at
 /// `host:port`, over plain HTTP/2 as the kubelet's; SERVING is success.
 pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
-    let target = format!("{host}:{port}");
+    let target = authority(host, port);
     let call = async {
         let stream = dial(host, port)
             .await
@@ -272,19 +272,20 @@ pub async fn grpc(host: &str, port: u16, service: &str, timeout: Duration) -> Re
             let headers = res.headers().clone();
             let collected = res.into_body().collect().await.map_err(|e| e.to_string())?;
             let trailers = collected.trailers().cloned().unwrap_or_default();
-            let grpc_status = trailers
-                .get("grpc-status")
-                .or_else(|| headers.get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            let grpc_message = trailers
-                .get("grpc-message")
-                .or_else(|| headers.get("grpc-message"))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            Ok::<_, String>((grpc_status, grpc_message, collected.to_bytes()))
+            // In the trailers, or in the headers of a trailers-only answer.
+            let field = |name: &str| {
+                trailers
+                    .get(name)
+                    .or_else(|| headers.get(name))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            Ok::<_, String>((
+                field("grpc-status"),
+                field("grpc-message"),
+                collected.to_bytes(),
+            ))
         }
         .await;
         conn.abort();

@@ -459,6 +459,26 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
     layout
 }
 
+/// `orch image pull [EXTRA] IMAGE` in `netns`, into the image store under
+/// `store`, with `registries` as its registries.yaml.
+pub fn image_pull(
+    netns: &Netns,
+    store: &Path,
+    registries: &Path,
+    extra: &[&str],
+    image: &str,
+) -> Output {
+    in_netns(Some(&netns.0), ORCH)
+        .args(["image", "--data-dir"])
+        .arg(store)
+        .args(["pull", "--private-registry"])
+        .arg(registries)
+        .args(extra)
+        .arg(image)
+        .output()
+        .unwrap()
+}
+
 /// `docker-registry serve CONFIG` in `netns`, once it listens on
 /// 127.0.0.1:`port` (kill the child to stop it).
 pub fn docker_registry(netns: &Netns, config: &Path, port: u16) -> Child {

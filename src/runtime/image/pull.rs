@@ -506,29 +506,22 @@ impl Puller {
 
     /// An HTTP client for `endpoint` that trusts what its `configs` say.
     fn http_client(&self, endpoint: &Endpoint) -> Result<reqwest::Client, Failure> {
+        let (insecure, ca) = self.tls(endpoint)?;
         let mut b = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(60));
-        if let Some(tls) = self
-            .registries
-            .configs
-            .get(&endpoint.host)
-            .and_then(|c| c.tls.as_ref())
-        {
-            b = b.danger_accept_invalid_certs(tls.insecure_skip_verify);
-            if let Some(ca) = &tls.ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| Failure::Other(format!("ca_file {}: {e}", ca.display())))?;
-                let cert = reqwest::Certificate::from_pem(&pem)
-                    .map_err(|e| Failure::Other(format!("ca_file {}: {e}", ca.display())))?;
-                b = b.tls_certs_merge([cert]);
-            }
+            .timeout(std::time::Duration::from_secs(60))
+            .danger_accept_invalid_certs(insecure);
+        if let Some(pem) = ca {
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Failure::Other(format!("ca_file: {e}")))?;
+            b = b.tls_certs_merge([cert]);
         }
         b.build().map_err(|e| Failure::Other(error_chain(&e)))
     }
 
     fn client(&self, endpoint: &Endpoint) -> Result<Client, Failure> {
-        let mut config = ClientConfig {
+        let (insecure, ca) = self.tls(endpoint)?;
+        let config = ClientConfig {
             protocol: if endpoint.https {
                 ClientProtocol::Https
             } else {
@@ -536,25 +529,38 @@ impl Puller {
             },
             platform_resolver: None,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
+            accept_invalid_certificates: insecure,
+            extra_root_certificates: ca
+                .map(|data| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data,
+                })
+                .into_iter()
+                .collect(),
             ..ClientConfig::default()
         };
-        if let Some(tls) = self
+        Ok(Client::new(config))
+    }
+
+    /// What `configs` says of `endpoint`'s TLS: skip verification, and the
+    /// CA file's PEM.
+    fn tls(&self, endpoint: &Endpoint) -> Result<(bool, Option<Vec<u8>>), Failure> {
+        let Some(tls) = self
             .registries
             .configs
             .get(&endpoint.host)
             .and_then(|c| c.tls.as_ref())
-        {
-            config.accept_invalid_certificates = tls.insecure_skip_verify;
-            if let Some(ca) = &tls.ca_file {
-                let data = std::fs::read(ca)
-                    .map_err(|e| Failure::Other(format!("ca_file {}: {e}", ca.display())))?;
-                config.extra_root_certificates.push(Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data,
-                });
-            }
-        }
-        Ok(Client::new(config))
+        else {
+            return Ok((false, None));
+        };
+        let ca = match &tls.ca_file {
+            Some(ca) => Some(
+                std::fs::read(ca)
+                    .map_err(|e| Failure::Other(format!("ca_file {}: {e}", ca.display())))?,
+            ),
+            None => None,
+        };
+        Ok((tls.insecure_skip_verify, ca))
     }
 
     async fn pull_from(
