@@ -5,7 +5,7 @@
 #   sudo ORCH_URL=https://SERVER:6443 ORCH_TOKEN=K10... sh install.sh   # an agent joining SERVER
 #
 # The binary comes from this source checkout (cargo build --release, which
-# needs Rust, gcc, pkg-config and libseccomp-dev), from ORCH_BINARY (a
+# needs Rust, gcc, make, pkg-config, libseccomp-dev, libelf-dev and zlib1g-dev), from ORCH_BINARY (a
 # file), or from ORCH_DOWNLOAD_URL, checked against ORCH_DOWNLOAD_SHA256.
 #
 # Environment:
@@ -64,6 +64,8 @@ build_from_checkout() {
     if cargo=$(find_cargo); then
         command -v cc >/dev/null 2>&1 || fatal "no C compiler (the bundled SQLite needs one): apt-get install gcc"
         pkg-config --exists libseccomp 2>/dev/null || fatal "libseccomp not found: apt-get install pkg-config libseccomp-dev"
+        pkg-config --exists libelf zlib 2>/dev/null || fatal "libelf or zlib not found (libbpf, for cgroup v2 device rules, links them): apt-get install libelf-dev zlib1g-dev"
+        command -v make >/dev/null 2>&1 || fatal "make not found (libbpf's build uses it): apt-get install make"
         info "building orch in $SRC_DIR (cargo build --release)"
         (cd "$SRC_DIR" && "$cargo" build --release --locked) || fatal "the build failed (see above)"
     elif [ -x "$SRC_DIR/target/release/orch" ]; then

@@ -1276,6 +1276,13 @@ spec:
             "test -c /dev/kmsg && echo allowed || echo denied",
             "",
         ),
+        // Nor can it open a device node it makes (/dev/kmsg's numbers):
+        // the device cgroup allows mknod, not use.
+        container(
+            "devnode",
+            "mknod /dev/k c 1 11 && { (echo orch-test > /dev/k) 2>/dev/null && echo allowed || echo denied; }",
+            "",
+        ),
     ]
     .concat();
     let file = server.write("seccomp.yaml", &manifest);
@@ -1285,6 +1292,7 @@ spec:
         ("unconfined", "allowed"),
         ("privileged", "allowed"),
         ("unprivileged", "denied"),
+        ("devnode", "denied"),
     ] {
         let pod = server.wait_json(&["get", "pod", name], 60, &format!("{name} done"), |p| {
             p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed"

@@ -440,7 +440,7 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
     std::fs::copy(busybox.trim(), bin.join("busybox")).unwrap();
     for applet in [
         "sh", "sleep", "echo", "cat", "ip", "hostname", "grep", "ls", "true", "false", "wget",
-        "nc", "httpd", "mkdir", "touch", "rm", "test", "dd", "unshare", "tty", "stty",
+        "nc", "httpd", "mkdir", "touch", "rm", "test", "dd", "unshare", "tty", "stty", "mknod",
     ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
