@@ -9,13 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite and
-# zstd; libseccomp-dev and pkg-config link the container runtime; curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
+# zstd; libseccomp-dev and pkg-config link the container runtime, libelf-dev and
+# zlib1g-dev the libbpf it builds (cgroup v2 device rules); curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
 # umoci and skopeo build and write the test images (tests/images.rs);
 # docker-registry serves them to the pulls in tests/agent.rs, whose private
 # registry's htpasswd file apache2-utils writes; shellcheck checks install.sh
 # and nftables is what install.sh would otherwise install (tests/install.rs);
-# procps gives pgrep, which tests/agent.rs looks for leftover processes with.
-packages=(gcc pkg-config libseccomp-dev curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables procps)
+# procps gives pgrep, which tests/agent.rs looks for leftover processes with;
+# qemu-system-x86 boots the kernel tests/cgroup_v2.rs runs pods on (cgroup v2,
+# which this kind of machine's v1 controllers rule out), kmod's depmod indexes
+# that kernel's modules.
+packages=(gcc pkg-config libseccomp-dev libelf-dev zlib1g-dev make curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables procps qemu-system-x86 kmod)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -29,6 +33,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# Debian's kernel, unpacked (not installed) for tests/cgroup_v2.rs's VM.
+vm_kernel=target/vm-kernel
+if ! ls "$vm_kernel"/lib/modules/*/modules.dep >/dev/null 2>&1; then
+    echo "== downloading Debian's kernel for the cgroup v2 VM test"
+    kernel_package() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+    pkg=$(kernel_package)
+    [ -n "$pkg" ] || { apt-get update -qq; pkg=$(kernel_package); }
+    download=$(mktemp -d)
+    (cd "$download" && apt-get download -qq "$pkg" 2>/dev/null) || { apt-get update -qq; (cd "$download" && apt-get download -qq "$pkg"); }
+    rm -rf "$vm_kernel"
+    mkdir -p "$vm_kernel"
+    dpkg-deb -x "$download"/*.deb "$vm_kernel"
+    rm -rf "$download"
+    depmod -b "$vm_kernel" "$(basename "$vm_kernel"/lib/modules/*)"
 fi
 
 # The official Python client, for tests/python_client.rs.
