@@ -5,7 +5,9 @@
 //! 9p, and runs `orch server` with its embedded agent there, driven by the
 //! real kubectl: pod and container limits in the v2 files, a memory hog
 //! OOMKilled, devices refused by the eBPF device filter, cgroups gone with
-//! their pods. The VM has no network card: nothing leaves it.
+//! their pods; and a kernel booted without the memory controller (as
+//! Raspberry Pi kernels are) refused at start with the fix. The VM has no
+//! network card: nothing leaves it.
 //!
 //! Needs root, `qemu-system-x86_64` and a Debian kernel unpacked under
 //! `target/vm-kernel` (scripts/test.sh installs and downloads them; or
@@ -131,10 +133,11 @@ fn cpio(files: &[(String, u32, Option<Vec<u8>>)]) -> Vec<u8> {
     out
 }
 
-/// Boot the VM: it mounts the host's root (read-only) as its own, with
-/// tmpfs where orch writes and `out` (read-write) at the same path, runs
-/// `out/script.sh` there and powers off. The console's output.
-fn boot(out: &Path) -> String {
+/// Boot the VM (with `cmdline` added to the kernel's): it mounts the
+/// host's root (read-only) as its own, with tmpfs where orch writes and
+/// `out` (read-write) at the same path, runs `out/script.sh` there and
+/// powers off. The console's output.
+fn boot(out: &Path, cmdline: &str) -> String {
     let (vmlinuz, modules) = kernel();
     let order = load_order(&modules, BOOT_MODULES);
     let kroot = modules
@@ -219,7 +222,8 @@ poweroff -f
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initramfs)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
         .args([
             "-virtfs",
             "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
@@ -371,7 +375,7 @@ echo done > $out/finished
     )
     .unwrap();
     drop(script);
-    let console = boot(out);
+    let console = boot(out, "");
     let context = || {
         format!(
             "\n--- console ---\n{console}\n--- script ---\n{}\n--- server ---\n{}",
@@ -410,5 +414,34 @@ echo done > $out/finished
         "pods' cgroups left after their pods went: {}{}",
         fact(out, "cgroups-left"),
         context()
+    );
+}
+
+#[test]
+fn a_kernel_without_the_memory_controller_is_refused_with_the_fix() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "needs root (the VM shares the host's root file system)"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path();
+    // Without the check the server would run (and its pods fail one by
+    // one): `timeout` ends it, and the test sees no message.
+    std::fs::write(
+        out.join("script.sh"),
+        format!(
+            "out={out}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\ntimeout 120 {ORCH} server --node-name vm > $out/server.log 2>&1\necho $? > $out/exit\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    // As Raspberry Pi kernels boot unless told cgroup_enable=memory.
+    let console = boot(out, "cgroup_disable=memory");
+    let log = fact(out, "server.log");
+    assert_eq!(fact(out, "exit"), "1", "{log}\n--- console ---\n{console}");
+    assert!(
+        log.contains("the memory cgroup controller is not enabled")
+            && log.contains("cgroup_enable=memory cgroup_memory=1"),
+        "{log}"
     );
 }

@@ -61,7 +61,8 @@ pub enum Error {
 
 /// Can this machine run pods? Checks the kernel features and tools the
 /// agent needs before it does anything: overlayfs (container roots),
-/// cgroups (pod limits) and nftables (the service proxy).
+/// cgroups with the cpu and memory controllers (pod limits) and nftables
+/// (the service proxy).
 ///
 /// # Errors
 /// One line naming what is missing and how to get it.
@@ -69,6 +70,7 @@ pub fn preflight() -> Result<(), String> {
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     let cgroups_mounted = std::fs::read_dir("/sys/fs/cgroup").is_ok_and(|mut d| d.next().is_some());
     missing_kernel_features(&filesystems, cgroups_mounted)?;
+    crate::runtime::cgroup::check_controllers()?;
     crate::net::nftables_works()
 }
 

@@ -72,6 +72,55 @@ fn remove_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// The controllers pods' limits need.
+const NEEDED: [&str; 2] = ["cpu", "memory"];
+
+/// Are the controllers pods need there? `v2` is the root's
+/// `cgroup.controllers` on a unified hierarchy, `None` on v1, where
+/// `/proc/cgroups` must show each enabled and mounted in a hierarchy.
+///
+/// # Errors
+/// One line naming what is missing and the kernel parameters that
+/// enable it (kernels such as the Raspberry Pi's leave memory off).
+pub fn missing_controllers(v2: Option<&str>, proc_cgroups: &str) -> Result<(), String> {
+    let present = |c: &str| match v2 {
+        Some(controllers) => controllers.split_whitespace().any(|x| x == c),
+        None => proc_cgroups.lines().any(|l| {
+            // subsys_name hierarchy num_cgroups enabled
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 4 && f[0] == c && f[1] != "0" && f[3] == "1"
+        }),
+    };
+    let missing: Vec<&str> = NEEDED.into_iter().filter(|c| !present(c)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut params: Vec<String> = missing
+        .iter()
+        .map(|c| format!("cgroup_enable={c}"))
+        .collect();
+    if missing.contains(&"memory") {
+        params.push("cgroup_memory=1".into());
+    }
+    Err(format!(
+        "the {} cgroup controller{} not enabled (pods' CPU and memory limits need {}): add {} to the kernel command line (on a Raspberry Pi, in /boot/firmware/cmdline.txt) and reboot",
+        missing.join(" and "),
+        if missing.len() == 1 { " is" } else { "s are" },
+        if missing.len() == 1 { "it" } else { "them" },
+        params.join(" ")
+    ))
+}
+
+/// [`missing_controllers`] on this machine.
+///
+/// # Errors
+/// As [`missing_controllers`].
+pub fn check_controllers() -> Result<(), String> {
+    let v2 = std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).ok();
+    let proc_cgroups = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    missing_controllers(v2.as_deref(), &proc_cgroups)
+}
+
 fn unified() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
@@ -153,6 +202,36 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    #[test]
+    fn missing_controllers_are_named_with_the_kernel_parameters_that_enable_them() {
+        assert!(missing_controllers(Some("cpuset cpu io memory pids\n"), "").is_ok());
+        let v2 = missing_controllers(Some("cpuset cpu io pids\n"), "").unwrap_err();
+        assert!(
+            v2.starts_with("the memory cgroup controller is not enabled")
+                && v2.contains("cgroup_enable=memory cgroup_memory=1"),
+            "{v2}"
+        );
+        // v1: enabled and mounted (hierarchy 0 is the unified one).
+        let v1 = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t40\t1\n";
+        assert!(missing_controllers(None, v1).is_ok());
+        let disabled =
+            missing_controllers(None, &v1.replace("memory\t4\t40\t1", "memory\t0\t1\t0"))
+                .unwrap_err();
+        assert!(disabled.contains("cgroup_enable=memory"), "{disabled}");
+        let unmounted = missing_controllers(None, &v1.replace("cpu\t1", "cpu\t0")).unwrap_err();
+        assert!(
+            unmounted.starts_with("the cpu cgroup controller is"),
+            "{unmounted}"
+        );
+        let both = missing_controllers(Some("pids"), "").unwrap_err();
+        assert!(
+            both.starts_with("the cpu and memory cgroup controllers are"),
+            "{both}"
+        );
+        // This machine runs the agent's tests: it has them.
+        assert!(check_controllers().is_ok(), "{:?}", check_controllers());
     }
 
     #[test]
