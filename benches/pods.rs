@@ -321,9 +321,11 @@ fn peers(dir: &Path, archive: &Path, orch_seq: Duration, orch_par: Duration) {
             assert!(Instant::now() < deadline, "containerd did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        run(ctr()
-            .args(["image", "import", "--index-name", image])
-            .arg(archive));
+        // Named by the archive's org.opencontainers.image.ref.name (the
+        // full name): `--index-name` makes containerd 1.6 record an index
+        // it never stored, and the unpack fails ("content digest … not
+        // found").
+        run(ctr().args(["image", "import"]).arg(archive));
         let start: Start = Box::new({
             let ctr = ctr.clone();
             move |name: &str| {
@@ -499,6 +501,8 @@ fn main() {
 
 async fn bench(ns: &Netns) {
     let base = tempfile::tempdir().unwrap();
+    // Dropped before `base` (and after the agents and servers below).
+    let _leftovers = Leftovers(base.path().to_owned());
     let archive = busybox(base.path());
 
     // Server without agent + a separate agent: their RSS apart.
@@ -617,11 +621,6 @@ async fn bench(ns: &Netns) {
     if std::env::var_os("ORCH_BENCH_PARALLEL_ONLY").is_some() {
         clean(&pods).await;
         wait_torn_down(&adir).await;
-        drop(agent);
-        drop(server_proc);
-        unmount_all_under(base.path());
-        orch::runtime::cgroup::remove("/orch/bench");
-        orch::runtime::cgroup::remove("/orch");
         return;
     }
     // With 100 pods running, what one shim costs: its proportional share
@@ -691,17 +690,26 @@ async fn bench(ns: &Netns) {
         ),
     }
     peers(base.path(), &archive, orch_seq, orch_par);
-    // What the agents left (their pods were deleted; the shims exit).
-    for dir in [run_dir.clone(), edir.join("run")] {
-        for pid in pid_of_shims(&dir) {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).unwrap(),
-                rustix::process::Signal::KILL,
-            );
+}
+
+/// What the bench's agents leave under the bench's directory (the
+/// directory itself): undone when the bench ends, also when it fails —
+/// shims killed, mounts unmounted, the agents' cgroups removed.
+struct Leftovers(PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for dir in [self.0.join("run-tmpfs"), self.0.join("embedded/run")] {
+            for pid in pid_of_shims(&dir) {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+        }
+        unmount_all_under(&self.0);
+        for cgroup in ["/orch/bench", "/orch/embedded", "/orch"] {
+            orch::runtime::cgroup::remove(cgroup);
         }
     }
-    unmount_all_under(base.path());
-    orch::runtime::cgroup::remove("/orch/bench");
-    orch::runtime::cgroup::remove("/orch/embedded");
-    orch::runtime::cgroup::remove("/orch");
 }

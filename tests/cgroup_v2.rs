@@ -138,6 +138,10 @@ fn cpio(files: &[(String, u32, Option<Vec<u8>>)]) -> Vec<u8> {
 /// `out` (read-write) at the same path, runs `out/script.sh` there and
 /// powers off. The console's output.
 fn boot(out: &Path, cmdline: &str) -> String {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "needs root (the VM shares the host's whole root file system)"
+    );
     let (vmlinuz, modules) = kernel();
     let order = load_order(&modules, BOOT_MODULES);
     let kroot = modules
@@ -266,10 +270,6 @@ fn fact(out: &Path, name: &str) -> String {
 
 #[test]
 fn pods_run_under_cgroup_v2_with_their_limits_oom_kills_and_device_rules() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "needs root (the VM shares the host's root file system)"
-    );
     let out = tempfile::tempdir().unwrap();
     let out = out.path();
     let archive = support::busybox_archive(out);
@@ -419,10 +419,6 @@ echo done > $out/finished
 
 #[test]
 fn a_kernel_without_the_memory_controller_is_refused_with_the_fix() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "needs root (the VM shares the host's root file system)"
-    );
     let out = tempfile::tempdir().unwrap();
     let out = out.path();
     // Without the check the server would run (and its pods fail one by
