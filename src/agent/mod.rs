@@ -191,6 +191,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         starts: Arc::new(tokio::sync::Semaphore::new(pods::start_turns())),
         network: Some(pod_network),
         host_ports,
+        capacity: node::capacity(),
     });
     for dir in kubelet.mount_dirs() {
         crate::runtime::mountns::private_subtree(&dir)

@@ -79,6 +79,9 @@ pub struct Kubelet {
     pub network: Option<Arc<crate::net::pod::PodNetwork>>,
     /// Tells the service proxy that pods' host ports changed.
     pub host_ports: tokio::sync::watch::Sender<HostPorts>,
+    /// This machine's CPUs (millicores) and memory (bytes), read once:
+    /// what containers without limits may use.
+    pub capacity: (i64, i64),
 }
 
 /// The host ports of this node's pods, by pod UID.
@@ -111,7 +114,7 @@ impl Kubelet {
         ]
     }
     fn sandbox(&self, uid: &str) -> super::container::Sandbox {
-        let status = super::node::capacity();
+        let status = self.capacity;
         super::container::Sandbox {
             net: self.netns(uid),
             ipc: self.shim_dir(uid).join("ipc"),
@@ -774,7 +777,7 @@ fn write_pod_files(
             .unwrap_or(name)
             .to_owned()
     };
-    std::fs::write(&files.hostname, format!("{hostname}\n"))?;
+    write_if_changed(&files.hostname, format!("{hostname}\n").as_bytes())?;
     let mut hosts = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     );
@@ -799,10 +802,22 @@ fn write_pod_files(
             names.join("\t")
         ));
     }
-    std::fs::write(&files.hosts, hosts)?;
+    write_if_changed(&files.hosts, hosts.as_bytes())?;
     let host = std::fs::read_to_string(&k.resolv_conf).unwrap_or_default();
     let resolv = resolv_conf(pod, host_network, &k.cluster_dns, &k.cluster_domain, &host);
-    std::fs::write(&files.resolv_conf, resolv)
+    write_if_changed(&files.resolv_conf, resolv.as_bytes())
+}
+
+/// Write `contents` to `path` in place, unless it holds them already.
+/// A running container has the file bind-mounted, so it stays the same
+/// inode (a rename would leave the container with the old one), and a
+/// pod's every sync rewriting it would empty it for a moment each time:
+/// a lookup reading resolv.conf then would find no name server.
+fn write_if_changed(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == contents) {
+        return Ok(());
+    }
+    std::fs::write(path, contents)
 }
 
 /// A pod's `/etc/resolv.conf`, as the kubelet writes it: by `dnsPolicy`
@@ -2603,6 +2618,29 @@ async fn teardown(k: &Kubelet, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_files_are_rewritten_in_place_and_only_when_they_change() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        write_if_changed(&path, b"10.42.0.7\tweb\n").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        write_if_changed(&path, b"10.42.0.7\tweb\n").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), old);
+        write_if_changed(&path, b"10.42.0.8\tweb\n").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_ne!(meta.modified().unwrap(), old);
+        assert_eq!(meta.ino(), ino, "the same inode: containers bind-mount it");
+        assert_eq!(std::fs::read(&path).unwrap(), b"10.42.0.8\tweb\n");
+    }
 
     #[test]
     fn resolv_conf_follows_dns_policy_and_merges_dns_config() {
