@@ -133,9 +133,15 @@ fn cpio(files: &[(String, u32, Option<Vec<u8>>)]) -> Vec<u8> {
     out
 }
 
+/// Where `orch server` keeps its data in the VM: a tmpfs (container
+/// roots are overlays, whose upper dirs cannot be on an overlay).
+const DATA: &str = "/tmp/orch-vm";
+
 /// Boot the VM (with `cmdline` added to the kernel's): it mounts the
-/// host's root (read-only) as its own, with tmpfs where orch writes and
-/// `out` (read-write) at the same path, runs `out/script.sh` there and
+/// host's root (read-only) as its own — /etc, /tmp, /run, /var and /root
+/// writable through overlays on tmpfs, so everything on the host stays in
+/// view (this checkout too, wherever it is), `out` (read-write) at the
+/// same path and a tmpfs at [`DATA`] —, runs `out/script.sh` there and
 /// powers off. The console's output.
 fn boot(out: &Path, cmdline: &str) -> String {
     assert!(
@@ -185,10 +191,13 @@ mount -t proc proc proc; mount -t sysfs sys sys; mount -t devtmpfs dev dev
 mkdir -p dev/pts dev/shm; mount -t devpts devpts dev/pts; mount -t tmpfs tmpfs dev/shm
 mount -t cgroup2 cgroup2 sys/fs/cgroup
 chroot /host /sbin/modprobe -a -d {kroot} {AGENT_MODULES} || echo 'VM: modprobe failed'
-for d in tmp run var/lib var/log root; do mount -t tmpfs tmpfs $d; done
-mkdir /rw; mount -t tmpfs tmpfs /rw; mkdir /rw/etc /rw/work
-mount -t overlay overlay -o lowerdir=/host/etc,upperdir=/rw/etc,workdir=/rw/work etc
+mkdir /rw; mount -t tmpfs tmpfs /rw
+for d in etc tmp run var root; do
+  mkdir -p /rw/$d/upper /rw/$d/work
+  mount -t overlay overlay -o lowerdir=/host/$d,upperdir=/rw/$d/upper,workdir=/rw/$d/work $d
+done
 mkdir -p .{out_path}; mount -t 9p -o trans=virtio,version=9p2000.L out .{out_path}
+mkdir -p .{DATA}; mount -t tmpfs tmpfs .{DATA}
 echo 'VM: running the script'
 chroot /host /bin/sh {out_path}/script.sh > .{out_path}/script.log 2>&1
 echo \"VM: script exit $?\"
@@ -335,11 +344,11 @@ ip link add eth0 type veth peer name uplink
 ip addr add 192.168.77.2/24 dev eth0
 ip link set eth0 up; ip link set uplink up
 ip route add default via 192.168.77.1
-mkdir -p /var/lib/orch/agent/images
-cp {archive} /var/lib/orch/agent/images/
-{orch} server --node-name vm --write-kubeconfig /tmp/kubeconfig > $out/server.log 2>&1 &
+mkdir -p {DATA}/agent/images
+cp {archive} {DATA}/agent/images/
+{orch} server --node-name vm --data-dir {DATA} --write-kubeconfig {DATA}/kubeconfig > $out/server.log 2>&1 &
 server=$!
-export KUBECONFIG=/tmp/kubeconfig
+export KUBECONFIG={DATA}/kubeconfig HOME={DATA}
 k() {{ {kubectl} "$@"; }}
 for i in $(seq 300); do
   kill -0 $server || exit 1
@@ -426,7 +435,7 @@ fn a_kernel_without_the_memory_controller_is_refused_with_the_fix() {
     std::fs::write(
         out.join("script.sh"),
         format!(
-            "out={out}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\ntimeout 120 {ORCH} server --node-name vm > $out/server.log 2>&1\necho $? > $out/exit\n",
+            "out={out}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\ntimeout 120 {ORCH} server --node-name vm --data-dir {DATA} > $out/server.log 2>&1\necho $? > $out/exit\n",
             out = out.display()
         ),
     )
