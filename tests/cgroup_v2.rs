@@ -269,6 +269,25 @@ poweroff -f
     std::fs::read_to_string(&console).unwrap_or_default()
 }
 
+/// A busybox pod manifest: `spec` and `container` are extra lines of
+/// its spec and of its one container.
+fn pod(name: &str, spec: &str, command: &str, container: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  {spec}
+  containers:
+  - name: c
+    image: busybox:test
+    imagePullPolicy: Never
+    command: {command}
+    {container}
+"
+    )
+}
+
 /// What the script in the VM wrote to `out/<name>`, trimmed.
 fn fact(out: &Path, name: &str) -> String {
     std::fs::read_to_string(out.join(name))
@@ -283,54 +302,31 @@ fn pods_run_under_cgroup_v2_with_their_limits_oom_kills_and_device_rules() {
     let out = out.path();
     let archive = support::busybox_archive(out);
     let kubectl = support::kubectl_path("1.33");
-    let pods = r#"apiVersion: v1
-kind: Pod
-metadata: {name: limited}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: busybox:test
-    imagePullPolicy: Never
-    command: [sleep, "3600"]
-    resources: {requests: {cpu: 250m, memory: 32Mi}, limits: {cpu: 500m, memory: 64Mi}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: hog}
-spec:
-  restartPolicy: Never
-  containers:
-  - name: c
-    image: busybox:test
-    imagePullPolicy: Never
-    command: [dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]
-    resources: {limits: {memory: 16Mi}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: devices}
-spec:
-  restartPolicy: Never
-  containers:
-  - name: c
-    image: busybox:test
-    imagePullPolicy: Never
-    # /dev/ttyS0 (4:64), the VM's console: not among a container's devices.
-    command: [sh, -c, "mknod /dev/console0 c 4 64 && { (echo hello > /dev/console0) 2>/dev/null && echo allowed || echo denied; }"]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: privileged}
-spec:
-  restartPolicy: Never
-  containers:
-  - name: c
-    image: busybox:test
-    imagePullPolicy: Never
-    securityContext: {privileged: true}
-    command: [sh, -c, "mknod /dev/console0 c 4 64 && { (echo hello > /dev/console0) 2>/dev/null && echo allowed || echo denied; }"]
-"#;
+    // Writing to /dev/ttyS0 (4:64), the VM's console, through a node the
+    // container makes: not among a container's devices.
+    let console = r#"[sh, -c, "mknod /dev/console0 c 4 64 && { (echo hello > /dev/console0) 2>/dev/null && echo allowed || echo denied; }"]"#;
+    let pods = [
+        pod(
+            "limited",
+            "terminationGracePeriodSeconds: 1",
+            r#"[sleep, "3600"]"#,
+            "resources: {requests: {cpu: 250m, memory: 32Mi}, limits: {cpu: 500m, memory: 64Mi}}",
+        ),
+        pod(
+            "hog",
+            "restartPolicy: Never",
+            "[dd, if=/dev/zero, of=/dev/null, bs=64M, count=1]",
+            "resources: {limits: {memory: 16Mi}}",
+        ),
+        pod("devices", "restartPolicy: Never", console, ""),
+        pod(
+            "privileged",
+            "restartPolicy: Never",
+            console,
+            "securityContext: {privileged: true}",
+        ),
+    ]
+    .join("---\n");
     std::fs::write(out.join("pods.yaml"), pods).unwrap();
     let mut script = std::fs::File::create(out.join("script.sh")).unwrap();
     write!(
