@@ -884,10 +884,11 @@ spec:
   - name: main
     image: busybox:test
     imagePullPolicy: Never
-    command: [/bin/sh, -c, \"echo env $LEVEL $PW $APP_MODE; while true; do echo conf $(cat /etc/app/app.conf) secret $(cat /etc/secret/password) tier $(cat /etc/info/labels); sleep 1; done\"]
+    command: [/bin/sh, -c, \"echo env $LEVEL $PW $APP_MODE ref $(LEVEL) ip $POD_IP api $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT; while true; do echo conf $(cat /etc/app/app.conf) secret $(cat /etc/secret/password) tier $(cat /etc/info/labels); sleep 1; done\"]
     env:
     - {name: PW, valueFrom: {secretKeyRef: {name: db, key: password}}}
     - {name: LEVEL, valueFrom: {configMapKeyRef: {name: app, key: level}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
     envFrom: [{configMapRef: {name: app}, prefix: APP_}]
     volumeMounts:
     - {name: cfg, mountPath: /etc/app}
@@ -954,7 +955,14 @@ spec:
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    wait_log("env debug hunter2 fast", 10);
+    // `$(LEVEL)` in the command is the kubelet's to expand; the pod's
+    // IP is known on the first start; the API server's service variables
+    // are there for in-cluster clients.
+    let pod_ip = app["status"]["podIP"].as_str().unwrap();
+    wait_log(
+        &format!("env debug hunter2 fast ref debug ip {pod_ip} api 10.43.0.1:443"),
+        10,
+    );
     wait_log("conf v1 secret hunter2 tier tier=\"web\"", 10);
     // Secrets and downward API files live in memory, as the kubelet keeps
     // them; configMaps on disk.
@@ -1154,6 +1162,30 @@ spec:
         assert_eq!(read("memory.max"), Some((64u64 << 20).to_string()));
         assert_eq!(read("cpu.max").as_deref(), Some("20000 100000"));
     }
+    // In the container, /sys/fs/cgroup shows its own cgroup, read-only:
+    // no raising its own limits, no cgroups of its own making. (The
+    // probe writes each limit's own value back.)
+    let view = server.ok(
+        "1.33",
+        &[
+            "exec",
+            "hooks",
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max
+             for f in /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory.max; do
+               [ -e $f ] && { (v=$(cat $f); echo $v > $f) 2>/dev/null && echo $f writable || echo read-only; }
+             done
+             mkdir /sys/fs/cgroup/memory/x /sys/fs/cgroup/x 2>/dev/null && echo made a cgroup || echo no-mkdir",
+        ],
+    );
+    let limit = (64u64 << 20).to_string();
+    assert_eq!(
+        view.lines().collect::<Vec<_>>(),
+        [limit.as_str(), "read-only", "read-only", "no-mkdir"],
+        "{view}"
+    );
     server.ok("1.33", &["delete", "pod", "hooks", "--timeout=60s"]);
     // Everything the pod had is gone: cgroups, mounts, processes.
     assert!(

@@ -319,6 +319,13 @@ fn pods_run_under_cgroup_v2_with_their_limits_oom_kills_and_device_rules() {
             "resources: {limits: {memory: 16Mi}}",
         ),
         pod("devices", "restartPolicy: Never", console, ""),
+        // What a container sees of its cgroup (its own, read-only).
+        pod(
+            "view",
+            "restartPolicy: Never",
+            r#"[sh, -c, "cat /proc/self/cgroup /sys/fs/cgroup/memory.max; (v=$(cat /sys/fs/cgroup/memory.max); echo $v > /sys/fs/cgroup/memory.max) 2>/dev/null && echo writable || echo read-only"]"#,
+            "resources: {limits: {memory: 64Mi}}",
+        ),
         pod(
             "privileged",
             "restartPolicy: Never",
@@ -358,7 +365,7 @@ pod=/sys/fs/cgroup/orch/vm/pod$uid
 echo "$(cat $pod/cpu.max) $(cat $pod/memory.max)" > $out/pod-limits
 echo "$(cat $pod/c.0/cpu.max) $(cat $pod/c.0/memory.max)" > $out/container-limits
 cat /sys/fs/cgroup/orch/vm/cgroup.subtree_control > $out/subtree-control
-for p in hog devices privileged; do
+for p in hog devices privileged view; do
   for i in $(seq 300); do
     phase=$(k get pod $p -o jsonpath='{{.status.phase}}') || exit 1
     [ "$phase" = Succeeded ] || [ "$phase" = Failed ] && break
@@ -368,6 +375,7 @@ done
 k get pod hog -o jsonpath='{{.status.containerStatuses[0].state.terminated.reason}}' > $out/hog-reason
 k logs devices > $out/devices
 k logs privileged > $out/privileged
+k logs view > $out/container-view
 k delete pod --all --wait=true --timeout=300s
 for i in $(seq 60); do [ -z "$(ls -d /sys/fs/cgroup/orch/vm/pod* 2>/dev/null)" ] && break; sleep 1; done
 ls -d /sys/fs/cgroup/orch/vm/pod* > $out/cgroups-left 2>&1
@@ -405,6 +413,14 @@ echo done > $out/finished
     );
     assert!(
         fact(out, "subtree-control").contains("memory"),
+        "{}",
+        context()
+    );
+    // In the container: a cgroup namespace of its own, so its cgroup is
+    // the root it sees, mounted read-only.
+    assert_eq!(
+        fact(out, "container-view"),
+        "0::/\n67108864\nread-only",
         "{}",
         context()
     );

@@ -169,6 +169,9 @@ fn config(args: &[&str], netns: PathBuf, cgroup: &str) -> ContainerConfig {
         hostname: "pod-a".into(),
         netns: Some(netns),
         cgroup: cgroup.into(),
+        cgroup_v1: orch::runtime::cgroup::v1_view(Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .unwrap()
+            .map(std::sync::Arc::new),
         no_new_privileges: true,
         ..ContainerConfig::default()
     }

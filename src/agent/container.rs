@@ -34,6 +34,125 @@ pub struct Sandbox {
     /// `resourceFieldRef` reports for a limit that is not set.
     pub node_cpu_milli: i64,
     pub node_memory: i64,
+    /// How containers see `/sys/fs/cgroup` on a v1 node (`None`: v2).
+    pub cgroup_v1: Option<std::sync::Arc<crate::runtime::cgroup::V1View>>,
+    /// The pod's address (`status.podIP` for fieldRef, known before the
+    /// status says so) and the node's (`status.hostIP`).
+    pub pod_ip: Option<String>,
+    pub host_ip: String,
+    /// The services' variables the pod gets ([`service_env`]).
+    pub service_env: Vec<(String, String)>,
+}
+
+/// `$(NAME)` references in `input` expanded as the kubelet expands `env`
+/// values, `command` and `args`: a name in `vars` gives its value (the
+/// last one set), an unknown name stays as written, `$$` is a literal
+/// `$`, and anything else is kept as it is.
+pub fn expand(input: &str, vars: &[(String, String)]) -> String {
+    let bytes = input.as_bytes();
+    let mut out = String::with_capacity(input.len());
+    // Bytes before `from` are in `out`.
+    let mut from = 0;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&input[from..i]);
+        match bytes[i + 1] {
+            b'$' => {
+                out.push('$');
+                i += 2;
+            }
+            b'(' => match input[i + 2..].find(')') {
+                Some(len) => {
+                    let name = &input[i + 2..i + 2 + len];
+                    match vars.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => out.push_str(v),
+                        None => out.push_str(&input[i..i + 3 + len]),
+                    }
+                    i += 3 + len;
+                }
+                // No closing parenthesis: kept as written.
+                None => {
+                    out.push_str("$(");
+                    i += 2;
+                }
+            },
+            _ => {
+                out.push('$');
+                i += 1;
+            }
+        }
+        from = i;
+    }
+    out.push_str(&input[from..]);
+    out
+}
+
+/// The variables the kubelet gives a pod for `services` (those with a
+/// cluster IP): `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT[_<PORT>]`
+/// and the Docker-link style `<NAME>_PORT…`, for every service of its
+/// namespace (with `enableServiceLinks`, the default) and always for
+/// `kubernetes` in `default` (what in-cluster clients look for).
+pub fn service_env<'a>(
+    namespace: &str,
+    links: bool,
+    services: impl Iterator<Item = &'a k8s_openapi::api::core::v1::Service>,
+) -> Vec<(String, String)> {
+    let mut chosen: std::collections::BTreeMap<String, &k8s_openapi::api::core::v1::Service> =
+        std::collections::BTreeMap::new();
+    for s in services {
+        let (Some(name), ns) = (s.metadata.name.as_deref(), s.metadata.namespace.as_deref()) else {
+            continue;
+        };
+        if ns == Some("default") && name == "kubernetes" {
+            chosen.entry(name.to_owned()).or_insert(s);
+        } else if links && ns == Some(namespace) {
+            chosen.insert(name.to_owned(), s);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, s) in chosen {
+        let Some(spec) = &s.spec else { continue };
+        let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        if ip.is_empty() || ip == "None" || ports.is_empty() {
+            continue;
+        }
+        let prefix = name.replace('-', "_").to_uppercase();
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.to_owned()));
+        out.push((format!("{prefix}_SERVICE_PORT"), ports[0].port.to_string()));
+        for p in ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        port_name.replace('-', "_").to_uppercase()
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        for (i, p) in ports.iter().enumerate() {
+            let protocol = p.protocol.as_deref().unwrap_or("TCP");
+            let lower = protocol.to_lowercase();
+            let address = match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(_)) => format!("[{ip}]:{}", p.port),
+                _ => format!("{ip}:{}", p.port),
+            };
+            if i == 0 {
+                out.push((format!("{prefix}_PORT"), format!("{lower}://{address}")));
+            }
+            let port_prefix = format!("{prefix}_PORT_{}_{}", p.port, protocol.to_uppercase());
+            out.push((port_prefix.clone(), format!("{lower}://{address}")));
+            out.push((format!("{port_prefix}_PROTO"), lower));
+            out.push((format!("{port_prefix}_PORT"), p.port.to_string()));
+            out.push((format!("{port_prefix}_ADDR"), ip.to_owned()));
+        }
+    }
+    out
 }
 
 /// Do the pod's containers share one PID namespace (and not the host's)?
@@ -129,12 +248,23 @@ fn strings(v: &Value) -> Option<Vec<String>> {
     })
 }
 
-/// The process arguments, by the Kubernetes rules.
-pub fn command_line(container: &Value, image_config: &Value) -> Vec<String> {
+/// The process arguments, by the Kubernetes rules; `$(NAME)` in the
+/// container's `command` and `args` expanded from `vars` (the
+/// container's variables, without the image's), as the kubelet does.
+pub fn command_line(
+    container: &Value,
+    image_config: &Value,
+    vars: &[(String, String)],
+) -> Vec<String> {
     let entrypoint = strings(&image_config["config"]["Entrypoint"]).unwrap_or_default();
     let cmd = strings(&image_config["config"]["Cmd"]).unwrap_or_default();
-    let command = strings(&container["command"]).filter(|c| !c.is_empty());
-    let args = strings(&container["args"]).filter(|a| !a.is_empty());
+    let expanded = |v: Vec<String>| -> Vec<String> { v.iter().map(|a| expand(a, vars)).collect() };
+    let command = strings(&container["command"])
+        .filter(|c| !c.is_empty())
+        .map(expanded);
+    let args = strings(&container["args"])
+        .filter(|a| !a.is_empty())
+        .map(expanded);
     match (command, args) {
         (Some(c), Some(a)) => c.into_iter().chain(a).collect(),
         (Some(c), None) => c,
@@ -169,19 +299,19 @@ pub(crate) fn field_ref(pod: &Value, path: &str) -> Option<String> {
     pod.pointer(ptr).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// `NAME=value` entries: the image's, then `envFrom`, then `env`.
-pub fn environment(
+/// The container's own variables, as the kubelet computes them: the
+/// services' ([`Sandbox::service_env`]), then `envFrom`, then `env` (a
+/// later one replaces an earlier one of the same name), each `env`
+/// value's `$(NAME)` expanded from those before it. Not the image's:
+/// [`environment`] puts these over them.
+pub fn container_env(
     pod: &Value,
     container: &Value,
-    image_config: &Value,
     sources: &super::volumes::Sources,
-    node: (i64, i64),
-) -> Vec<String> {
-    let mut env: Vec<(String, String)> = strings(&image_config["config"]["Env"])
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect();
+    sandbox: &Sandbox,
+) -> Vec<(String, String)> {
+    let node = (sandbox.node_cpu_milli, sandbox.node_memory);
+    let mut env: Vec<(String, String)> = sandbox.service_env.clone();
     let text = |b: &Vec<u8>| String::from_utf8_lossy(b).into_owned();
     for from in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = from["prefix"].as_str().unwrap_or_default();
@@ -203,17 +333,18 @@ pub fn environment(
             continue;
         };
         let value = if let Some(v) = e["value"].as_str() {
-            // $(VAR) references to earlier variables.
-            let mut v = v.to_owned();
-            for (k, val) in &env {
-                v = v.replace(&format!("$({k})"), val);
-            }
-            v
+            expand(v, &env)
         } else if let Some(path) = e
             .pointer("/valueFrom/fieldRef/fieldPath")
             .and_then(Value::as_str)
         {
-            field_ref(pod, path).unwrap_or_default()
+            match path {
+                // Known before the pod's status says so (it is reported
+                // after the first container starts).
+                "status.podIP" | "status.podIPs" => sandbox.pod_ip.clone().unwrap_or_default(),
+                "status.hostIP" | "status.hostIPs" => sandbox.host_ip.clone(),
+                _ => field_ref(pod, path).unwrap_or_default(),
+            }
         } else if let Some(r) = e.pointer("/valueFrom/resourceFieldRef") {
             resource_field(pod, container, r, node)
         } else if let Some((kind, r)) = e
@@ -232,6 +363,20 @@ pub fn environment(
         env.retain(|(k, _)| k != name);
         env.push((name.to_owned(), value));
     }
+    env
+}
+
+/// `NAME=value` entries: the image's, with the container's own
+/// ([`container_env`]) over them, and `PATH` and `HOSTNAME` if neither
+/// sets them.
+pub fn environment(pod: &Value, image_config: &Value, own: &[(String, String)]) -> Vec<String> {
+    let mut env: Vec<(String, String)> = strings(&image_config["config"]["Env"])
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter(|(k, _)| !own.iter().any(|(o, _)| o == k))
+        .collect();
+    env.extend(own.iter().cloned());
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.insert(
             0,
@@ -437,15 +582,10 @@ pub fn config(
     }
     let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
     let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
+    let own_env = container_env(pod, container, sources, sandbox);
     ContainerConfig {
-        args: command_line(container, image_config),
-        env: environment(
-            pod,
-            container,
-            image_config,
-            sources,
-            (sandbox.node_cpu_milli, sandbox.node_memory),
-        ),
+        args: command_line(container, image_config, &own_env),
+        env: environment(pod, image_config, &own_env),
         cwd: container["workingDir"]
             .as_str()
             .filter(|w| !w.is_empty())
@@ -473,6 +613,7 @@ pub fn config(
         host_pid: pod.pointer("/spec/hostPID") == Some(&Value::Bool(true)),
         host_uts: host_network,
         cgroup,
+        cgroup_v1: sandbox.cgroup_v1.clone(),
         resources,
         privileged,
         tty: container["tty"] == true,
@@ -549,22 +690,175 @@ mod tests {
         assert_eq!(resolve_user("ghost", passwd, group), None);
     }
 
+    fn sandbox() -> Sandbox {
+        Sandbox {
+            net: "/ns/net".into(),
+            ipc: "/ns/ipc".into(),
+            uts: "/ns/uts".into(),
+            pid: "/ns/pid".into(),
+            shm: "/p/shm".into(),
+            node_cpu_milli: 2000,
+            node_memory: 1 << 30,
+            cgroup_v1: None,
+            pod_ip: Some("10.42.0.7".into()),
+            host_ip: "192.168.1.20".into(),
+            service_env: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn references_expand_as_the_kubelet_expands_them() {
+        let vars = [
+            ("A".to_owned(), "one".to_owned()),
+            ("B".to_owned(), "$(A)".to_owned()),
+            ("A".to_owned(), "two".to_owned()),
+        ];
+        for (input, want) in [
+            ("$(A)", "two"),
+            ("x$(A)y$(A)", "xtwoytwo"),
+            // Values are not expanded again.
+            ("$(B)", "$(A)"),
+            ("$(UNKNOWN)", "$(UNKNOWN)"),
+            ("$$(A)", "$(A)"),
+            ("$$$(A)", "$two"),
+            ("$$", "$"),
+            ("$", "$"),
+            ("a$", "a$"),
+            ("$(A", "$(A"),
+            ("$A", "$A"),
+            ("$()", "$()"),
+            ("ü$(A)ü", "ütwoü"),
+            ("", ""),
+        ] {
+            assert_eq!(expand(input, &vars), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn services_give_pods_their_variables_like_the_kubelet() {
+        let svc =
+            |ns: &str, name: &str, ip: &str, ports: Value| -> k8s_openapi::api::core::v1::Service {
+                serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+                "spec": {"clusterIP": ip, "ports": ports}}))
+                .unwrap()
+            };
+        let services = [
+            svc(
+                "default",
+                "kubernetes",
+                "10.43.0.1",
+                json!([{"name": "https", "port": 443}]),
+            ),
+            svc(
+                "shop",
+                "redis-main",
+                "10.43.0.9",
+                json!([{"port": 6379}, {"name": "metrics", "port": 9121, "protocol": "TCP"}]),
+            ),
+            svc(
+                "shop",
+                "dns",
+                "10.43.0.10",
+                json!([{"name": "dns-udp", "port": 53, "protocol": "UDP"}]),
+            ),
+            svc("shop", "headless", "None", json!([{"port": 80}])),
+            svc("other", "web", "10.43.0.11", json!([{"port": 80}])),
+        ];
+        let env: std::collections::BTreeMap<String, String> =
+            service_env("shop", true, services.iter())
+                .into_iter()
+                .collect();
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.43.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT"), Some("tcp://10.43.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP"), Some("tcp://10.43.0.1:443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PROTO"), Some("tcp"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_PORT"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP_ADDR"), Some("10.43.0.1"));
+        assert_eq!(get("REDIS_MAIN_SERVICE_HOST"), Some("10.43.0.9"));
+        assert_eq!(get("REDIS_MAIN_SERVICE_PORT"), Some("6379"));
+        assert_eq!(get("REDIS_MAIN_SERVICE_PORT_METRICS"), Some("9121"));
+        assert_eq!(get("REDIS_MAIN_PORT"), Some("tcp://10.43.0.9:6379"));
+        assert_eq!(get("REDIS_MAIN_PORT_9121_TCP_ADDR"), Some("10.43.0.9"));
+        assert_eq!(get("DNS_SERVICE_PORT_DNS_UDP"), Some("53"));
+        assert_eq!(get("DNS_PORT"), Some("udp://10.43.0.10:53"));
+        assert_eq!(get("DNS_PORT_53_UDP_PROTO"), Some("udp"));
+        // Headless services and other namespaces' give none.
+        assert!(
+            !env.keys()
+                .any(|k| k.starts_with("HEADLESS_") || k.starts_with("WEB_")),
+            "{env:?}"
+        );
+        // Without service links, only the API server's.
+        let env = service_env("shop", false, services.iter());
+        assert!(
+            env.iter().all(|(k, _)| k.starts_with("KUBERNETES_")),
+            "{env:?}"
+        );
+        assert_eq!(env.len(), 8);
+    }
+
+    #[test]
+    fn variables_reach_command_and_args_and_ips_are_known_before_the_status() {
+        let pod = json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": {}});
+        let c = json!({
+        "command": ["/app", "--listen=$(POD_IP):8080"],
+        "args": ["--api=$(KUBERNETES_SERVICE_HOST)", "--node=$(NODE)", "$(PATH)", "$$(POD_IP)"],
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+            {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+        ]});
+        let mut sandbox = sandbox();
+        sandbox.service_env = vec![
+            ("KUBERNETES_SERVICE_HOST".into(), "10.43.0.1".into()),
+            ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
+        ];
+        let own = container_env(&pod, &c, &Default::default(), &sandbox);
+        assert_eq!(
+            command_line(&c, &image(), &own),
+            [
+                "/app",
+                "--listen=10.42.0.7:8080",
+                "--api=10.43.0.1",
+                "--node=192.168.1.20",
+                // The image's variables are not the kubelet's to expand.
+                "$(PATH)",
+                "$(POD_IP)"
+            ]
+        );
+        let env = environment(&pod, &image(), &own);
+        for want in [
+            "POD_IP=10.42.0.7",
+            "NODE=192.168.1.20",
+            "API=https://10.43.0.1:443",
+            "KUBERNETES_SERVICE_PORT=6443",
+            "PATH=/bin",
+        ] {
+            assert!(env.contains(&want.to_owned()), "{want} in {env:?}");
+        }
+    }
+
     #[test]
     fn command_and_args_follow_the_kubernetes_rules() {
         let img = image();
-        assert_eq!(command_line(&json!({}), &img), ["/entry", "--serve"]);
+        assert_eq!(command_line(&json!({}), &img, &[]), ["/entry", "--serve"]);
         assert_eq!(
-            command_line(&json!({"args": ["-v"]}), &img),
+            command_line(&json!({"args": ["-v"]}), &img, &[]),
             ["/entry", "-v"]
         );
         assert_eq!(
-            command_line(&json!({"command": ["/bin/sh"]}), &img),
+            command_line(&json!({"command": ["/bin/sh"]}), &img, &[]),
             ["/bin/sh"]
         );
         assert_eq!(
             command_line(
                 &json!({"command": ["/bin/sh"], "args": ["-c", "true"]}),
-                &img
+                &img,
+                &[]
             ),
             ["/bin/sh", "-c", "true"]
         );
@@ -598,7 +892,11 @@ mod tests {
             c["env"].as_array_mut().unwrap().push(json!({"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}));
             c
         };
-        let env = environment(&pod, &c, &image(), &sources, (2000, 1 << 30));
+        let env = environment(
+            &pod,
+            &image(),
+            &container_env(&pod, &c, &sources, &sandbox()),
+        );
         assert!(env.contains(&"APP_LEVEL=debug".to_owned()), "{env:?}");
         assert!(env.contains(&"PW=hunter2".to_owned()), "{env:?}");
         for want in [
@@ -634,15 +932,7 @@ mod tests {
             &image(),
             &Default::default(),
             &files,
-            &Sandbox {
-                net: "/ns/net".into(),
-                ipc: "/ns/ipc".into(),
-                uts: "/ns/uts".into(),
-                pid: "/ns/pid".into(),
-                shm: "/p/shm".into(),
-                node_cpu_milli: 2000,
-                node_memory: 1 << 30,
-            },
+            &sandbox(),
             "/orch/podu/c".into(),
         );
         assert_eq!(

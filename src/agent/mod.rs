@@ -162,6 +162,8 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
             None
         }
     };
+    let service_cache = tokio::sync::watch::channel(network::Cache::default());
+    let services_seen = service_cache.1.clone();
     let services = tokio::spawn(services::run(
         client.clone(),
         crate::net::proxy::ProxyConfig {
@@ -172,7 +174,11 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         },
         dns,
         host_ports_rx,
+        service_cache,
     ));
+    let cgroup_v1 = crate::runtime::cgroup::v1_view(&cfg.run_dir)
+        .map_err(|e| Error::Runtime(format!("{}: {e}", cfg.run_dir.join("cgroup-v1").display())))?
+        .map(Arc::new);
     let kubelet = Arc::new(pods::Kubelet {
         client: client.clone(),
         node: cfg.node.name.clone(),
@@ -192,6 +198,8 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         network: Some(pod_network),
         host_ports,
         capacity: node::capacity(),
+        cgroup_v1,
+        services: services_seen,
     });
     for dir in kubelet.mount_dirs() {
         crate::runtime::mountns::private_subtree(&dir)

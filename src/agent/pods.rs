@@ -82,6 +82,12 @@ pub struct Kubelet {
     /// This machine's CPUs (millicores) and memory (bytes), read once:
     /// what containers without limits may use.
     pub capacity: (i64, i64),
+    /// How containers see `/sys/fs/cgroup` on a v1 node (`None`: v2).
+    pub cgroup_v1: Option<Arc<crate::runtime::cgroup::V1View>>,
+    /// The cluster's services (kept by the service proxy's watch), for
+    /// the variables containers get.
+    pub services:
+        tokio::sync::watch::Receiver<super::network::Cache<k8s_openapi::api::core::v1::Service>>,
 }
 
 /// The host ports of this node's pods, by pod UID.
@@ -123,6 +129,10 @@ impl Kubelet {
             shm: self.pod_dir(uid).join("shm"),
             node_cpu_milli: status.0,
             node_memory: status.1,
+            cgroup_v1: self.cgroup_v1.clone(),
+            pod_ip: None,
+            host_ip: self.node_ip.clone(),
+            service_env: Vec::new(),
         }
     }
 }
@@ -1013,13 +1023,16 @@ async fn start_container(
             }
         }
     }
+    let mut sandbox = k.sandbox(&uid);
+    sandbox.pod_ip = pod_ip(k, pod, state.pod_ip);
+    sandbox.service_env = service_env(k, pod).await;
     let mut cfg = container_config(
         pod,
         container,
         &image_config,
         &state.sources,
         &files,
-        &k.sandbox(&uid),
+        &sandbox,
         format!("{}/pod{uid}/{id}", k.cgroup_root),
     );
     // terminationMessagePath: a file of ours, bound into the container.
@@ -2133,6 +2146,22 @@ fn pod_address(k: &Kubelet, pod: &Value, known: Option<std::net::Ipv4Addr>) -> O
             .and_then(Value::as_str)
             .map(str::to_owned)
     })
+}
+
+/// The services' variables for `pod`'s containers. Like the kubelet, it
+/// waits for the first list of services (a few seconds at most), so a
+/// pod started right after the agent still gets them.
+async fn service_env(k: &Kubelet, pod: &Value) -> Vec<(String, String)> {
+    let mut services = k.services.clone();
+    if !services.has_changed().unwrap_or(true) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), services.changed()).await;
+    }
+    let services = services.borrow().clone();
+    super::container::service_env(
+        pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+        pod.pointer("/spec/enableServiceLinks") != Some(&Value::Bool(false)),
+        services.values().map(|s| &**s),
+    )
 }
 
 /// The pod's IP: the node's for a hostNetwork pod, else `known` (the one

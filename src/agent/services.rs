@@ -59,13 +59,20 @@ pub async fn start_dns(
 
 /// Keep the proxy's rules and the DNS records in step with the API until
 /// aborted.
+/// The services this node knows, kept by [`run`]: its sender and a
+/// receiver (the pods' workers clone another for their service variables).
+pub type ServiceCache = (
+    tokio::sync::watch::Sender<Cache<Service>>,
+    tokio::sync::watch::Receiver<Cache<Service>>,
+);
+
 pub async fn run(
     client: Client,
     cfg: ProxyConfig,
     dns: Option<Arc<Dns>>,
     mut host_ports: tokio::sync::watch::Receiver<HostPorts>,
+    (svc_tx, mut svc_rx): ServiceCache,
 ) {
-    let (svc_tx, mut svc_rx) = tokio::sync::watch::channel(Cache::<Service>::default());
     let (eps_tx, mut eps_rx) = tokio::sync::watch::channel(Cache::<EndpointSlice>::default());
     let watchers = [
         tokio::spawn(watch_all(Api::<Service>::all(client.clone()), svc_tx)),

@@ -125,6 +125,132 @@ fn unified() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 
+/// The controllers libcontainer's v1 manager moves a container into its
+/// own cgroup for (libcgroups' `CONTROLLERS`); in other hierarchies
+/// (named ones such as `name=systemd`) the container stays where the
+/// agent is.
+const V1_MANAGED: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// A v1 hierarchy, as a container sees it at `/sys/fs/cgroup/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1Hierarchy {
+    /// Its directory under `/sys/fs/cgroup` (`memory`, `cpu,cpuacct`,
+    /// `systemd`).
+    pub name: String,
+    /// The container gets a cgroup of its own here (its `cgroupsPath`);
+    /// otherwise it shares `own`, the agent's.
+    pub managed: bool,
+    /// The agent's cgroup in it, relative to the mount's root.
+    pub own: String,
+}
+
+/// How a container's `/sys/fs/cgroup` is built on a v1 node: a read-only
+/// copy of the host's directory layout (`skeleton`: one empty directory
+/// per hierarchy, the host's symlinks such as `cpu -> cpu,cpuacct`) with
+/// the container's own cgroup of each hierarchy bound on it, read-only
+/// unless privileged, as runc does. (libcontainer's own v1 cgroup mount
+/// binds every hierarchy read-write whatever the spec says, so a
+/// container could raise its own limits.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1View {
+    pub skeleton: PathBuf,
+    pub hierarchies: Vec<V1Hierarchy>,
+}
+
+/// The v1 hierarchies mounted directly under `/sys/fs/cgroup`, from
+/// `/proc/self/mountinfo` and `/proc/self/cgroup`.
+pub fn v1_hierarchies(mountinfo: &str, self_cgroup: &str) -> Vec<V1Hierarchy> {
+    // Our cgroup per hierarchy: `ID:controllers:path`.
+    let memberships: Vec<(Vec<&str>, &str)> = self_cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            (!controllers.is_empty()).then(|| (controllers.split(',').collect(), path))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 || post[0] != "cgroup" {
+            continue;
+        }
+        let (root, mount_point) = (pre[3], Path::new(pre[4]));
+        if mount_point.parent() != Some(Path::new(ROOT)) {
+            continue;
+        }
+        let Some(name) = mount_point.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let options: Vec<&str> = post[2].split(',').collect();
+        let Some((controllers, path)) = memberships
+            .iter()
+            .find(|(c, _)| c.iter().all(|c| options.contains(c)))
+        else {
+            continue;
+        };
+        let own = match path.strip_prefix(root) {
+            Some(rest) if root != "/" => format!("/{}", rest.trim_start_matches('/')),
+            _ => (*path).to_owned(),
+        };
+        out.push(V1Hierarchy {
+            name: name.to_owned(),
+            managed: controllers.iter().all(|c| V1_MANAGED.contains(c)),
+            own,
+        });
+    }
+    out
+}
+
+/// On a v1 node, the view containers get of `/sys/fs/cgroup`, its
+/// skeleton made under `run_dir`; `None` on cgroup v2 (there a
+/// container gets the unified hierarchy in a cgroup namespace of its
+/// own). Entries are only ever added to the skeleton: running
+/// containers have their cgroups mounted on its directories.
+///
+/// # Errors
+/// The skeleton cannot be made.
+pub fn v1_view(run_dir: &Path) -> std::io::Result<Option<V1View>> {
+    if unified() {
+        return Ok(None);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let self_cgroup = std::fs::read_to_string("/proc/self/cgroup")?;
+    let hierarchies = v1_hierarchies(&mountinfo, &self_cgroup);
+    let skeleton = run_dir.join("cgroup-v1");
+    std::fs::create_dir_all(&skeleton)?;
+    for h in &hierarchies {
+        std::fs::create_dir_all(skeleton.join(&h.name))?;
+    }
+    for e in std::fs::read_dir(ROOT)?.flatten() {
+        let link = skeleton.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_symlink()) && link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, link)?;
+        }
+    }
+    Ok(Some(V1View {
+        skeleton,
+        hierarchies,
+    }))
+}
+
 /// Make cgroup `path` (e.g. `/orch/node/pod<uid>`) with these limits:
 /// cpu.shares / CFS quota per 100 ms / memory bytes on v1; cpu.weight,
 /// cpu.max and memory.max on v2 (enabling the controllers on the way
@@ -202,6 +328,41 @@ mod tests {
             .trim()
             .parse()
             .unwrap()
+    }
+
+    #[test]
+    fn v1_hierarchies_are_read_from_mountinfo_with_the_agents_own_cgroup() {
+        let mountinfo = "\
+25 1 0:22 / /sys rw - sysfs sysfs rw
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+34 30 0:30 /docker/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+35 30 0:31 / /sys/fs/cgroup/rdma rw - cgroup cgroup rw,rdma
+36 1 0:31 / /mnt/elsewhere rw - cgroup cgroup rw,pids
+";
+        let self_cgroup = "\
+5:rdma:/
+4:memory:/docker/abc/agent
+3:cpu,cpuacct:/system.slice/orch.service
+1:name=systemd:/system.slice/orch.service
+0::/system.slice/orch.service
+";
+        let h = |name: &str, managed: bool, own: &str| V1Hierarchy {
+            name: name.into(),
+            managed,
+            own: own.into(),
+        };
+        assert_eq!(
+            v1_hierarchies(mountinfo, self_cgroup),
+            vec![
+                h("systemd", false, "/system.slice/orch.service"),
+                h("cpu,cpuacct", true, "/system.slice/orch.service"),
+                h("memory", true, "/agent"),
+                h("rdma", false, "/"),
+            ]
+        );
     }
 
     #[test]

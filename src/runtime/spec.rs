@@ -146,6 +146,11 @@ pub struct ContainerConfig {
     pub host_uts: bool,
     /// The cgroup path, e.g. `/orch/pod<uid>/<container>`.
     pub cgroup: String,
+    /// On a cgroup v1 node, how `/sys/fs/cgroup` is built
+    /// ([`super::cgroup::v1_view`]); `None` on v2, where the container
+    /// gets the unified hierarchy in a cgroup namespace of its own, so its
+    /// cgroup is the root it sees (as containerd does on v2).
+    pub cgroup_v1: Option<std::sync::Arc<super::cgroup::V1View>>,
     pub resources: Resources,
     pub privileged: bool,
     pub readonly_rootfs: bool,
@@ -729,8 +734,23 @@ pub fn build(c: &ContainerConfig) -> Value {
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if c.privileged { "rw" } else { "ro" }]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if c.privileged { "rw" } else { "ro" }]}),
     ];
+    match &c.cgroup_v1 {
+        // Read-only: the skeleton, then the container's cgroup of each
+        // hierarchy on it (see `V1View`).
+        Some(v1) if !c.privileged => {
+            let ro = ["bind", "nosuid", "noexec", "nodev", "ro"];
+            mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "bind", "source": v1.skeleton, "options": ro}));
+            for h in &v1.hierarchies {
+                let path = if h.managed { &c.cgroup } else { &h.own };
+                let source = Path::new("/sys/fs/cgroup")
+                    .join(&h.name)
+                    .join(path.trim_start_matches('/'));
+                mounts.push(json!({"destination": format!("/sys/fs/cgroup/{}", h.name), "type": "bind", "source": source, "options": ro}));
+            }
+        }
+        _ => mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if c.privileged { "rw" } else { "ro" }]})),
+    }
     match &c.shm {
         Some(shm) => mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rprivate", "rw"]})),
         None => mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})),
@@ -746,6 +766,9 @@ pub fn build(c: &ContainerConfig) -> Value {
         None => json!({"type": kind}),
     };
     let mut namespaces = vec![json!({"type": "mount"})];
+    if c.cgroup_v1.is_none() {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
     if !c.host_uts {
         namespaces.push(ns("uts", &c.utsns));
     }
@@ -996,6 +1019,100 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .contains(&json!("/proc/kcore"))
+        );
+    }
+
+    #[test]
+    fn cgroupfs_is_the_containers_own_cgroup_and_read_only_unless_privileged() {
+        use crate::runtime::cgroup::{V1Hierarchy, V1View};
+        let mounts = |c: &ContainerConfig| -> Vec<Value> {
+            build(c)["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| {
+                    m["destination"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("/sys/fs/cgroup")
+                })
+                .cloned()
+                .collect()
+        };
+        let cgroupns = |c: &ContainerConfig| {
+            build(c)["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "cgroup")
+        };
+        // v2: libcontainer's cgroup2 mount, read-only, in a cgroup namespace.
+        let v2 = base();
+        assert!(cgroupns(&v2));
+        assert_eq!(mounts(&v2).len(), 1);
+        assert_eq!(mounts(&v2)[0]["type"], "cgroup");
+        assert!(
+            mounts(&v2)[0]["options"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ro"))
+        );
+        // v1: the skeleton and each hierarchy's cgroup, all read-only.
+        let mut v1 = base();
+        v1.cgroup_v1 = Some(std::sync::Arc::new(V1View {
+            skeleton: "/run/orch/cgroup-v1".into(),
+            hierarchies: vec![
+                V1Hierarchy {
+                    name: "cpu,cpuacct".into(),
+                    managed: true,
+                    own: "/agent".into(),
+                },
+                V1Hierarchy {
+                    name: "systemd".into(),
+                    managed: false,
+                    own: "/system.slice/orch.service".into(),
+                },
+            ],
+        }));
+        assert!(!cgroupns(&v1));
+        let m = mounts(&v1);
+        let pairs: Vec<(&str, &str)> = m
+            .iter()
+            .map(|m| {
+                (
+                    m["destination"].as_str().unwrap(),
+                    m["source"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("/sys/fs/cgroup", "/run/orch/cgroup-v1"),
+                (
+                    "/sys/fs/cgroup/cpu,cpuacct",
+                    "/sys/fs/cgroup/cpu,cpuacct/orch/pod1/web"
+                ),
+                (
+                    "/sys/fs/cgroup/systemd",
+                    "/sys/fs/cgroup/systemd/system.slice/orch.service"
+                ),
+            ]
+        );
+        for m in &m {
+            assert!(
+                m["options"].as_array().unwrap().contains(&json!("ro")),
+                "{m}"
+            );
+        }
+        // Privileged on v1: libcontainer's read-write cgroup mount.
+        v1.privileged = true;
+        assert_eq!(mounts(&v1).len(), 1);
+        assert!(
+            mounts(&v1)[0]["options"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("rw"))
         );
     }
 
