@@ -1108,7 +1108,22 @@ spec:
             "    resources: {limits: {cpu: 200m, memory: 64Mi}}\n    lifecycle:\n      postStart: {exec: {command: [/bin/sh, -c, 'echo post-start > /started']}}\n      preStop: {exec: {command: [/bin/sh, -c, 'echo goodbye > /proc/1/fd/1']}}\n",
         ),
     ]
-    .concat();
+    .concat()
+        // OOM-killed once, then running: the reason stays in lastState.
+        + "apiVersion: v1
+kind: Pod
+metadata: {name: oomonce}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, \"[ -e /data/ran ] && exec sleep 3600; touch /data/ran; dd if=/dev/zero of=/dev/null bs=64M count=1\"]
+    resources: {limits: {memory: 16Mi}}
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, emptyDir: {}}]
+";
     let file = server.write("lifecycle.yaml", &manifest);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     let terminated = |name: &str| {
@@ -1128,6 +1143,21 @@ spec:
     );
     let fallback = terminated("fallback");
     assert_eq!(fallback["message"], "last words", "{fallback}");
+    let oomonce = server.wait_json(
+        &["get", "pod", "oomonce"],
+        60,
+        "oomonce running again",
+        |p| {
+            let s = &p["status"]["containerStatuses"][0];
+            s["restartCount"] == 1 && s["state"]["running"].is_object()
+        },
+    );
+    let last = &oomonce["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(
+        (last["reason"].as_str(), last["exitCode"].as_i64()),
+        (Some("OOMKilled"), Some(137)),
+        "{oomonce}"
+    );
 
     let hooks = server.wait_json(&["get", "pod", "hooks"], 60, "hooks Running", |p| {
         p["status"]["phase"] == "Running"
@@ -1228,7 +1258,7 @@ spec:
         events.contains("Started") && events.contains("Killing"),
         "{events}"
     );
-    for p in ["oom", "msg", "fallback"] {
+    for p in ["oom", "msg", "fallback", "oomonce"] {
         server.ok("1.33", &["delete", "pod", p, "--timeout=60s"]);
     }
 

@@ -2326,6 +2326,22 @@ fn pod_status(
             })
             .unwrap_or_default();
         let mut s = json!({"name": name, "image": image_name, "imageID": image_id, "ready": false, "started": false, "restartCount": 0});
+        // An instance that ended: its code, reason (`OOMKilled` from the
+        // shim, else by the code) and termination message.
+        let terminated = |cs: &ContainerState| -> Value {
+            let code = cs.exit_code.unwrap_or(0);
+            let reason = cs
+                .reason
+                .clone()
+                .unwrap_or_else(|| if code == 0 { "Completed" } else { "Error" }.to_owned());
+            let mut t = json!({"exitCode": code, "reason": reason,
+                "startedAt": cs.started_at, "finishedAt": cs.finished_at,
+                "containerID": format!("orch://{uid}/{}", cs.id)});
+            if let Some(message) = termination_message(k, pod, c, &cs.id, code) {
+                t["message"] = json!(message);
+            }
+            t
+        };
         match instances.get(name) {
             Some((n, cs)) => {
                 let cid = format!("orch://{uid}/{}", cs.id);
@@ -2335,26 +2351,14 @@ fn pod_status(
                     "running" => {
                         s["state"] = json!({"running": {"startedAt": cs.started_at}});
                         if let Some(prev) = previous.get(name) {
-                            let code = prev.exit_code.unwrap_or(0);
-                            s["lastState"] = json!({"terminated": {
-                                "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-                                "startedAt": prev.started_at, "finishedAt": prev.finished_at,
-                                "containerID": format!("orch://{uid}/{}", prev.id)}});
+                            s["lastState"] = json!({"terminated": terminated(prev)});
                         }
                         let p = state.probes.get(&cs.id);
                         s["ready"] = json!(p.is_some_and(|p| p.ready));
                         s["started"] = json!(p.is_some_and(|p| p.started));
                     }
                     "exited" => {
-                        let code = cs.exit_code.unwrap_or(0);
-                        let reason = cs.reason.clone().unwrap_or_else(|| {
-                            if code == 0 { "Completed" } else { "Error" }.to_owned()
-                        });
-                        let mut terminated = json!({"exitCode": code, "reason": reason,
-                            "startedAt": cs.started_at, "finishedAt": cs.finished_at, "containerID": cid});
-                        if let Some(message) = termination_message(k, pod, c, &cs.id, code) {
-                            terminated["message"] = json!(message);
-                        }
+                        let terminated = terminated(cs);
                         match state.waiting.get(name) {
                             Some((reason, message)) => {
                                 s["state"] =
