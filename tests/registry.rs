@@ -521,7 +521,7 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
     let identity_yaml = |token: &str| {
         registries(
             &format!("identity-{token}.yaml"),
-            Some(&format!("identitytoken: {token}")),
+            Some(&format!("identity_token: {token}")),
             true,
         )
     };

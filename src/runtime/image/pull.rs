@@ -12,14 +12,14 @@
 //!     endpoint: ["https://catch-all.example"]
 //! configs:
 //!   "10.0.0.5:5000":
-//!     auth: {username: u, password: p}       # or auth: base64(u:p), or identitytoken: t
+//!     auth: {username: u, password: p}       # or auth: base64(u:p), or identity_token: t
 //!     tls: {ca_file: /etc/ssl/reg.pem, insecure_skip_verify: false}
 //! ```
 //!
 //! The endpoints of a registry's mirror (or of `"*"` when it has none) are
 //! tried in order, then the registry itself. `http://` endpoints are plain
 //! HTTP. Credentials from a pod's `imagePullSecrets` (for the image's
-//! registry) come before those in `configs`. An `identitytoken` is an
+//! registry) come before those in `configs`. An `identity_token` is an
 //! OAuth2 refresh token: it is traded for a pull token at the token service
 //! the registry's Bearer challenge names.
 //!
@@ -84,7 +84,10 @@ pub struct AuthConfig {
     pub password: Option<String>,
     /// base64 of `username:password`.
     pub auth: Option<String>,
-    pub identitytoken: Option<String>,
+    /// k3s spells it `identity_token` (containerd's TOML and docker's
+    /// config.json `identitytoken`, accepted too).
+    #[serde(alias = "identitytoken")]
+    pub identity_token: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -208,7 +211,7 @@ impl Registries {
         if let (Some(u), Some(p)) = (&a.username, &a.password) {
             return Some(Credential::Auth(RegistryAuth::Basic(u.clone(), p.clone())));
         }
-        if let Some(t) = a.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+        if let Some(t) = a.identity_token.as_ref().filter(|t| !t.is_empty()) {
             return Some(Credential::IdentityToken(t.clone()));
         }
         a.auth
@@ -918,7 +921,9 @@ configs:
   other.example:
     auth: {auth: "Ym9iOmh1bnRlcjI="}
   acr.example:
-    auth: {identitytoken: refresh-me}
+    auth: {identity_token: refresh-me}
+  old.example:
+    auth: {identitytoken: refresh-me-too}
 "#);
         let basic =
             |u: &str, p: &str| Some(Credential::Auth(RegistryAuth::Basic(u.into(), p.into())));
@@ -927,6 +932,10 @@ configs:
         assert_eq!(
             r.auth_for("acr.example"),
             Some(Credential::IdentityToken("refresh-me".into()))
+        );
+        assert_eq!(
+            r.auth_for("old.example"),
+            Some(Credential::IdentityToken("refresh-me-too".into()))
         );
         assert_eq!(r.auth_for("nowhere"), None);
 
