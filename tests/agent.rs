@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::agents::{Agent, agent_dirs, cgroup_root, is_ready};
+use support::agents::{Agent, agent_dirs, cgroup_root, import_busybox, is_ready};
 use support::{Netns, TestServer, in_netns};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
@@ -1192,6 +1192,23 @@ spec:
         assert_eq!(read("memory.max"), Some((64u64 << 20).to_string()));
         assert_eq!(read("cpu.max").as_deref(), Some("20000 100000"));
     }
+    // Removing the image of a running container keeps the layers its root
+    // is made of: the exec below still finds its shell.
+    let rm = Command::new(ORCH)
+        .args(["image", "--data-dir"])
+        .arg(&data)
+        .args(["rm", "busybox:test"])
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let layers = std::fs::read_dir(data.join("images/layers/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(layers > 0, "the running pods' layers were removed");
     // In the container, /sys/fs/cgroup shows its own cgroup, read-only:
     // no raising its own limits, no cgroups of its own making. (The
     // probe writes each limit's own value back.)
@@ -1216,8 +1233,25 @@ spec:
         [limit.as_str(), "read-only", "read-only", "no-mkdir"],
         "{view}"
     );
+    // Back, for the pods below.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    import_busybox(&again, &data);
+    // The log as it goes (the file goes with the pod): preStop's words
+    // must be in it.
+    let follow = server
+        .kubectl_command("1.33", &["logs", "-f", "hooks"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     server.ok("1.33", &["delete", "pod", "hooks", "--timeout=60s"]);
-    // Everything the pod had is gone: cgroups, mounts, processes.
+    // Everything the pod had is gone: cgroups, mounts, processes, logs.
+    assert!(
+        !log_path.parent().unwrap().parent().unwrap().exists(),
+        "the pod's logs are left: {}",
+        log_path.display()
+    );
     assert!(
         orch::runtime::cgroup::dirs(&pod_cgroup).is_empty(),
         "the pod's cgroup is left"
@@ -1240,7 +1274,7 @@ spec:
             p.file_name().to_string_lossy()
         );
     }
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = String::from_utf8(follow.wait_with_output().unwrap().stdout).unwrap();
     assert!(
         log.contains("goodbye"),
         "preStop ran before the container stopped: {log}"

@@ -1072,11 +1072,17 @@ async fn start_container(
             pod_dir.join("containers").join(format!("{name}.{n}")),
         )
     });
+    let log_dir = log.parent().map(Path::to_path_buf);
     let created = blocking(move || -> Result<(), String> {
         if let Some((old_id, old_bundle)) = stale {
             let _ = shim::call(&socket, &Request::Delete { id: old_id });
             let _ = rootfs::unmount(&old_bundle.join("rootfs"));
             let _ = std::fs::remove_dir_all(&old_bundle);
+            // Its logs too, as the kubelet's container GC removes them:
+            // `kubectl logs` and `--previous` read the last two.
+            if let Some(dir) = &log_dir {
+                remove_old_logs(dir, restart);
+            }
         }
         // The shim mounts the root; an agent before 0.1 mounted it here.
         let _ = rootfs::unmount(&bundle.join("rootfs"));
@@ -2604,6 +2610,34 @@ const MIN_STOP_GRACE: Duration = Duration::from_secs(2);
 /// Remove everything of the pod on this node: containers, shim, root
 /// filesystems, network namespace, directories (logs stay until the log
 /// directory is cleaned).
+/// Remove the logs (`<n>.log` and its rotated `<n>.log.<time>`) of the
+/// instances before the last two, `restart` being the newest.
+fn remove_old_logs(dir: &Path, restart: u32) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let instance = name
+            .to_str()
+            .and_then(|n| n.split_once(".log"))
+            .filter(|(_, rest)| rest.is_empty() || rest.starts_with('.'))
+            .and_then(|(n, _)| n.parse::<u32>().ok());
+        if instance.is_some_and(|n| n + 2 <= restart) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The pod's log directory (`<ns>_<name>_<uid>`: names have no `_`).
+fn pod_log_dirs(log_dir: &Path, uid: &str) -> Vec<PathBuf> {
+    let suffix = format!("_{uid}");
+    std::fs::read_dir(log_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+        .map(|e| e.path())
+        .collect()
+}
+
 async fn teardown(k: &Kubelet, uid: &str) {
     let socket = k.shim_dir(uid).join("shim.sock");
     if let Ok(state) = shim_call(socket.clone(), Request::State).await {
@@ -2613,6 +2647,7 @@ async fn teardown(k: &Kubelet, uid: &str) {
         let _ = shim_call(socket.clone(), Request::Shutdown).await;
     }
     let (pod_dir, shim_dir, netns) = (k.pod_dir(uid), k.shim_dir(uid), k.netns(uid));
+    let log_dir = k.log_dir.clone();
     let uid = uid.to_owned();
     let cgroup_root = k.cgroup_root.clone();
     let network = k.network.clone();
@@ -2644,6 +2679,10 @@ async fn teardown(k: &Kubelet, uid: &str) {
         crate::runtime::cgroup::remove(&format!("{cgroup_root}/pod{uid}"));
         let _ = std::fs::remove_dir_all(&pod_dir);
         let _ = std::fs::remove_dir_all(&shim_dir);
+        // Its logs go with it, as the kubelet removes a deleted pod's.
+        for dir in pod_log_dirs(&log_dir, &uid) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     })
     .await;
 }
@@ -2651,6 +2690,54 @@ async fn teardown(k: &Kubelet, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_last_two_instances_keep_their_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "0.log",
+            "1.log",
+            "1.log.20261206-120000.5",
+            "2.log",
+            "3.log",
+            "3.log.20261206-120001.5",
+            "10.log",
+            "notes",
+            "x.log",
+        ] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        remove_old_logs(dir.path(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "10.log",
+                "2.log",
+                "3.log",
+                "3.log.20261206-120001.5",
+                "notes",
+                "x.log"
+            ]
+        );
+        let logs = tempfile::tempdir().unwrap();
+        for d in ["shop_web_u-1", "shop_web_u-12", "default_api_u-1"] {
+            std::fs::create_dir(logs.path().join(d)).unwrap();
+        }
+        let mut found = pod_log_dirs(logs.path(), "u-1");
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                logs.path().join("default_api_u-1"),
+                logs.path().join("shop_web_u-1")
+            ]
+        );
+    }
 
     #[test]
     fn pod_files_are_rewritten_in_place_and_only_when_they_change() {

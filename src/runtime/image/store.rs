@@ -21,6 +21,33 @@ use serde::{Deserialize, Serialize};
 
 use super::unpack;
 
+/// The layers under `layers` (`<store>/layers/sha256`) that the overlays
+/// in `mountinfo` have as lower directories, as `sha256:<hex>`.
+fn overlay_layers(mountinfo: &str, layers: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((_, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut f = post.split(' ');
+        if f.next() != Some("overlay") {
+            continue;
+        }
+        let options = f.nth(1).unwrap_or_default();
+        let Some(lower) = options.split(',').find_map(|o| o.strip_prefix("lowerdir=")) else {
+            continue;
+        };
+        for dir in lower.split(':') {
+            if let Ok(rest) = Path::new(dir).strip_prefix(layers)
+                && let Some(hex) = rest.to_str().filter(|h| !h.contains('/'))
+            {
+                out.push(format!("sha256:{hex}"));
+            }
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
@@ -380,9 +407,32 @@ impl ImageStore {
         Ok(image)
     }
 
-    /// Delete blobs and unpacked layers no image references.
+    /// The unpacked layers running containers are made of: the lower
+    /// directories of the overlays mounted in any mount namespace on this
+    /// machine (the shims mount their pods' roots in namespaces of their
+    /// own), as `sha256:<hex>` diff IDs.
+    pub fn layers_mounted(&self) -> HashSet<String> {
+        let layers = self.root.join("layers/sha256");
+        let mut seen_namespaces = HashSet::new();
+        let mut out = HashSet::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(ns) = fs::read_link(e.path().join("ns/mnt")) else {
+                continue;
+            };
+            if !seen_namespaces.insert(ns) {
+                continue;
+            }
+            let mountinfo = fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+            out.extend(overlay_layers(&mountinfo, &layers));
+        }
+        out
+    }
+
+    /// Delete blobs and unpacked layers no image references, nor any
+    /// running container's root filesystem.
     fn collect(&self, index: &Index, in_use: &HashSet<String>) -> Result<u64> {
         let mut keep: HashSet<String> = in_use.clone();
+        keep.extend(self.layers_mounted());
         for image in index.images.values() {
             keep.insert(image.manifest_digest.clone());
             keep.insert(image.config_digest.clone());
@@ -409,5 +459,22 @@ impl ImageStore {
             }
         }
         Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlays_name_the_layers_they_are_made_of() {
+        let mountinfo = "\
+22 1 252:1 / / rw - ext4 /dev/vda rw
+301 22 0:63 / /var/lib/orch/pods/u/containers/c.0/rootfs rw - overlay overlay rw,lowerdir=/var/lib/orch/images/layers/sha256/bbb:/var/lib/orch/images/layers/sha256/aaa,upperdir=/var/lib/orch/pods/u/containers/c.0/upper,workdir=/var/lib/orch/pods/u/containers/c.0/work
+302 22 0:64 / /mnt rw - overlay overlay rw,lowerdir=/elsewhere/sha256/ccc,upperdir=/u,workdir=/w
+";
+        let mut found = overlay_layers(mountinfo, Path::new("/var/lib/orch/images/layers/sha256"));
+        found.sort();
+        assert_eq!(found, ["sha256:aaa", "sha256:bbb"]);
     }
 }
