@@ -713,6 +713,21 @@ spec:
     imagePullPolicy: Never
     command: [sleep, '3600']
     readinessProbe: {grpc: {port: 9090, service: web}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sidecar}
+spec:
+  terminationGracePeriodSeconds: 0
+  initContainers:
+  - name: side
+    image: busybox:test
+    imagePullPolicy: Never
+    restartPolicy: Always
+    command: [/bin/sh, -c, 'mkdir -p /tmp; exec sleep 3600']
+    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600']}
 ",
     );
     let applied = Instant::now();
@@ -730,7 +745,73 @@ spec:
         p["status"]["phase"] == "Running"
     });
     assert!(!is_ready(&slow), "ready before its probe passed: {slow}");
-    server.wait_json(&["get", "pod", "slow"], 30, "slow ready", is_ready);
+    // The conditions as the kubelet words them, each with the time it
+    // last changed.
+    let condition = |pod: &Value, kind: &str| -> Value {
+        pod["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} condition: {pod}"))
+    };
+    let not_ready = condition(&slow, "Ready");
+    assert_eq!(
+        (not_ready["reason"].as_str(), not_ready["message"].as_str()),
+        (
+            Some("ContainersNotReady"),
+            Some("containers with unready status: [main]")
+        ),
+        "{slow}"
+    );
+    let slow = server.wait_json(&["get", "pod", "slow"], 30, "slow ready", is_ready);
+    // A sidecar's readiness counts for the pod's.
+    let sidecar = server.wait_json(
+        &["get", "pod", "sidecar"],
+        30,
+        "sidecar's main ready",
+        |p| p["status"]["containerStatuses"][0]["ready"] == true,
+    );
+    assert!(
+        !is_ready(&sidecar),
+        "ready with its sidecar unready: {sidecar}"
+    );
+    assert_eq!(
+        condition(&sidecar, "ContainersReady")["message"],
+        "containers with unready status: [side]",
+        "{sidecar}"
+    );
+    server.ok(
+        "1.33",
+        &["exec", "sidecar", "-c", "side", "--", "touch", "/tmp/ready"],
+    );
+    let sidecar = server.wait_json(&["get", "pod", "sidecar"], 30, "sidecar ready", is_ready);
+    // Ready again: no word left of why it was not.
+    let ready = condition(&sidecar, "Ready");
+    assert!(
+        ready.get("reason").is_none() && ready.get("message").is_none(),
+        "{ready}"
+    );
+    for kind in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+        "PodScheduled",
+    ] {
+        let c = condition(&slow, kind);
+        assert!(
+            c["status"] == "True" && c["lastTransitionTime"].is_string(),
+            "{c}"
+        );
+    }
+    // Ready changed after the others did.
+    assert!(
+        condition(&slow, "Ready")["lastTransitionTime"].as_str()
+            > condition(&slow, "Initialized")["lastTransitionTime"].as_str(),
+        "{slow}"
+    );
     // HTTP readiness and TCP liveness against busybox httpd.
     let web = server.wait_json(&["get", "pod", "web"], 30, "web ready", is_ready);
     assert_eq!(web["status"]["containerStatuses"][0]["restartCount"], 0);
@@ -857,7 +938,7 @@ spec:
         ps.matches("sleep 30").count() <= 2,
         "timed-out probes are killed, not left running: {ps}"
     );
-    for p in ["web", "slow", "sick", "stuck", "busy", "local"] {
+    for p in ["web", "slow", "sick", "stuck", "busy", "local", "sidecar"] {
         server.ok(
             "1.33",
             &["delete", "pod", p, "--timeout=60s", "--grace-period=1"],

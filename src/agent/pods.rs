@@ -2462,23 +2462,94 @@ fn pod_status(
     } else {
         "Pending"
     };
-    let all_ready = !apps.is_empty() && apps.iter().all(|s| s["ready"] == true);
+    // Ready: every app container and every sidecar (upstream's
+    // GenerateContainersReadyCondition).
+    let unready: Vec<&str> = apps
+        .iter()
+        .chain(
+            inits
+                .iter()
+                .filter(|s| sidecars.contains(&s["name"].as_str().unwrap_or_default())),
+        )
+        .filter(|s| s["ready"] != true)
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let all_ready = !apps.is_empty() && unready.is_empty();
     let started_at = pod
         .pointer("/status/startTime")
         .cloned()
         .unwrap_or_else(|| json!(now()));
-    let cond = |kind: &str, ok: bool| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastProbeTime": null});
+    // A condition keeps the time it last changed (from our last status,
+    // else the pod's); reasons and messages as the kubelet words them.
+    let since = |kind: &str, value: &str| -> Value {
+        [state.last_status.as_ref(), pod.get("status")]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["conditions"].as_array())
+            .flatten()
+            .find(|c| c["type"] == kind)
+            .filter(|c| c["status"] == value)
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .filter(|t| !t.is_null())
+            .unwrap_or_else(|| json!(now()))
+    };
+    let cond = |kind: &str, ok: bool, why: Option<(&str, String)>| {
+        let value = if ok { "True" } else { "False" };
+        // Explicit nulls: the status goes as a strategic merge patch, which
+        // merges conditions by type and would keep an old reason.
+        let (reason, message) = why.unzip();
+        json!({"type": kind, "status": value, "lastProbeTime": null,
+            "lastTransitionTime": since(kind, value),
+            "reason": reason, "message": message.filter(|m| !m.is_empty())})
+    };
+    let not_ready = (!all_ready).then(|| {
+        if phase == "Succeeded" {
+            ("PodCompleted", String::new())
+        } else {
+            (
+                "ContainersNotReady",
+                format!("containers with unready status: [{}]", unready.join(" ")),
+            )
+        }
+    });
+    let uninitialized: Vec<&str> = inits
+        .iter()
+        .filter(|s| {
+            if sidecars.contains(&s["name"].as_str().unwrap_or_default()) {
+                s["started"] != true
+            } else {
+                s.pointer("/state/terminated").is_none() || code(s) != 0
+            }
+        })
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    let not_initialized = (!inits_done).then(|| {
+        (
+            "ContainersNotInitialized",
+            format!(
+                "containers with incomplete status: [{}]",
+                uninitialized.join(" ")
+            ),
+        )
+    });
+    // The sandbox is up once the pod has its address or a container.
+    let sandbox_ready = pod_ip(k, pod, state.pod_ip).is_some() || !instances.is_empty();
+    let scheduled = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "PodScheduled").cloned())
+        .unwrap_or_else(|| cond("PodScheduled", true, None));
     let mut status = json!({
         "phase": phase,
         "hostIP": k.node_ip,
         "hostIPs": [{"ip": k.node_ip}],
         "startTime": started_at,
         "conditions": [
-            cond("PodReadyToStartContainers", true),
-            cond("Initialized", inits_done),
-            cond("ContainersReady", all_ready),
-            cond("Ready", all_ready),
-            cond("PodScheduled", true),
+            cond("PodReadyToStartContainers", sandbox_ready, None),
+            cond("Initialized", inits_done, not_initialized),
+            cond("ContainersReady", all_ready, not_ready.clone()),
+            cond("Ready", all_ready, not_ready),
+            scheduled,
         ],
         "containerStatuses": apps,
         "qosClass": pod.pointer("/status/qosClass").cloned().unwrap_or(json!("BestEffort")),
