@@ -2381,6 +2381,18 @@ fn kubectl_exec_streams_stdio_terminals_and_exit_codes() {
         before.iter().all(|p| !after.contains(p)),
         "processes of the old container survived: {before:?} / {after:?}"
     );
+    // As the kubelet counts a container its runtime lost: a restart, the
+    // last one ended with 255, Unknown.
+    let back = server.wait_json(&["get", "pod", "box"], 30, "box restarted", |p| {
+        p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+            && p["status"]["containerStatuses"][0]["restartCount"] == 1
+    });
+    let last = &back["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(
+        (last["exitCode"].as_i64(), last["reason"].as_str()),
+        (Some(255), Some("Unknown")),
+        "{back}"
+    );
 
     // kubectl run -i --rm: attach to stdin (stdinOnce), the exit code
     // from the pod, the pod gone after.

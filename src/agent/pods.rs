@@ -507,6 +507,10 @@ struct WorkerState {
     stopping: std::collections::HashSet<String>,
     /// The pod's address, once its network is set up.
     pod_ip: Option<std::net::Ipv4Addr>,
+    /// Instances the pod's status shows but its shim does not know (the
+    /// shim died, or the node rebooted): ended, as far as the agent can
+    /// tell ([`lost_instances`]).
+    lost: Vec<ContainerState>,
     /// The earliest moment something the last sync put off falls due.
     wake: Option<tokio::time::Instant>,
     /// Rung when the pod's shim reports an exit (or goes away), or a
@@ -933,6 +937,72 @@ pub(super) fn latest(states: &[ContainerState]) -> HashMap<String, (u32, Contain
         }
     }
     out
+}
+
+/// Containers the pod's status says ran (a `containerID`) of which the
+/// shim knows no instance at all: their shim died, or the node restarted
+/// and took the runtime's state with it. As the kubelet does when the
+/// runtime lost a container, each counts as an ended instance: with the
+/// exit the status recorded, or else exit code 255, reason `Unknown`.
+/// So restart counts go on, and a container that must not run twice
+/// (`restartPolicy: Never`, a finished init container) does not.
+fn lost_instances(pod: &Value, known: &[ContainerState]) -> Vec<ContainerState> {
+    let mut out = Vec::new();
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        for s in pod["status"][list].as_array().into_iter().flatten() {
+            let (Some(name), Some(cid)) = (s["name"].as_str(), s["containerID"].as_str()) else {
+                continue;
+            };
+            let Some(id) = cid.rsplit_once('/').map(|(_, id)| id.to_owned()) else {
+                continue;
+            };
+            if id.rsplit_once('.').map(|(n, _)| n) != Some(name)
+                || known
+                    .iter()
+                    .any(|c| c.id.rsplit_once('.').is_some_and(|(n, _)| n == name))
+            {
+                continue;
+            }
+            let terminated = [
+                s.pointer("/state/terminated"),
+                s.pointer("/lastState/terminated"),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|t| t["containerID"] == cid);
+            let text = |v: &Value| v.as_str().map(str::to_owned);
+            out.push(match terminated {
+                Some(t) => ContainerState {
+                    id,
+                    status: "exited".into(),
+                    exit_code: t["exitCode"].as_i64().map(|c| c as i32),
+                    started_at: text(&t["startedAt"]),
+                    finished_at: text(&t["finishedAt"]),
+                    reason: text(&t["reason"]),
+                    ..ContainerState::default()
+                },
+                None => ContainerState {
+                    id,
+                    status: "exited".into(),
+                    exit_code: Some(255),
+                    started_at: text(&s["state"]["running"]["startedAt"]),
+                    finished_at: Some(now()),
+                    reason: Some("Unknown".into()),
+                    ..ContainerState::default()
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Add the lost instances the shim does not report.
+fn with_lost(containers: &mut Vec<ContainerState>, lost: &[ContainerState]) {
+    for l in lost {
+        if !containers.iter().any(|c| c.id == l.id) {
+            containers.push(l.clone());
+        }
+    }
 }
 
 /// The instance before the newest one of each container (its last state).
@@ -1655,8 +1725,15 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
         state.pod_cgroup = true;
     }
     let share_pid = super::container::shares_pid(pod);
-    let (socket, shim_state) =
+    let (socket, mut shim_state) =
         ensure_shim(k, &uid, host_network, host_ipc, share_pid, &hostname).await?;
+    for lost in lost_instances(pod, &shim_state.containers) {
+        if !state.lost.iter().any(|l| l.id == lost.id) {
+            tracing::warn!(pod = %pod["metadata"]["name"], container = %lost.id, "the container's shim is gone (it died, or the node restarted): counting it as ended");
+            state.lost.push(lost);
+        }
+    }
+    with_lost(&mut shim_state.containers, &state.lost);
     if state.watching.as_ref().is_none_or(|w| w.0.is_finished()) {
         let task = tokio::spawn(watch_shim(socket.clone(), state.shim_events.clone()));
         state.watching = Some(AbortOnDrop(task));
@@ -1733,9 +1810,10 @@ async fn sync(k: &Arc<Kubelet>, pod: &Value, state: &mut WorkerState) -> Result<
             }
         }
     }
-    let shim_state = shim_call(socket.clone(), Request::State)
+    let mut shim_state = shim_call(socket.clone(), Request::State)
         .await
         .map_err(|e| e.to_string())?;
+    with_lost(&mut shim_state.containers, &state.lost);
     let instances = latest(&shim_state.containers);
     // Once the regular containers are done for good, sidecars stop too.
     if regular_done(pod, &instances, policy) {
@@ -2761,6 +2839,51 @@ async fn teardown(k: &Kubelet, uid: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_whose_shim_is_gone_count_as_ended() {
+        let pod = json!({"status": {
+        "initContainerStatuses": [
+            {"name": "init", "containerID": "orch://u/init.0",
+             "state": {"terminated": {"exitCode": 0, "reason": "Completed", "containerID": "orch://u/init.0",
+                 "startedAt": "2026-12-06T10:00:00Z", "finishedAt": "2026-12-06T10:00:01Z"}}}],
+        "containerStatuses": [
+            {"name": "app", "containerID": "orch://u/app.3",
+             "state": {"running": {"startedAt": "2026-12-06T10:00:02Z"}}},
+            {"name": "crashy", "containerID": "orch://u/crashy.1",
+             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+             "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "containerID": "orch://u/crashy.1"}}},
+            {"name": "known", "containerID": "orch://u/known.0", "state": {"running": {}}},
+            {"name": "new", "state": {"waiting": {"reason": "ContainerCreating"}}},
+        ]}});
+        let known = [ContainerState {
+            id: "known.0".into(),
+            status: "running".into(),
+            ..ContainerState::default()
+        }];
+        let lost = lost_instances(&pod, &known);
+        let summary: Vec<(&str, Option<i32>, Option<&str>)> = lost
+            .iter()
+            .map(|l| (l.id.as_str(), l.exit_code, l.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                // A finished init container stays finished.
+                ("init.0", Some(0), Some("Completed")),
+                // A running one ended without a word: 255, Unknown.
+                ("app.3", Some(255), Some("Unknown")),
+                // One that had ended keeps how.
+                ("crashy.1", Some(2), Some("Error")),
+            ]
+        );
+        assert!(lost.iter().all(|l| l.status == "exited"));
+        assert_eq!(lost[1].started_at.as_deref(), Some("2026-12-06T10:00:02Z"));
+        // The newest instance is the lost one: the next is app.4.
+        let mut all = known.to_vec();
+        with_lost(&mut all, &lost);
+        assert_eq!(latest(&all)["app"].0, 3);
+    }
 
     #[test]
     fn only_the_last_two_instances_keep_their_logs() {

@@ -240,7 +240,7 @@ pub fn attach(socket: &Path, id: &str, stdin: bool) -> Result<UnixStream, Error>
     Ok(stream)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerState {
     pub id: String,
