@@ -266,7 +266,32 @@ fn pods_really_run_exit_restart_and_go() {
     };
     let flaky_restarts =
         restarts(&server.wait_json(&["get", "pod", "flaky"], 10, "flaky", |_| true));
-    agent.kill_and_restart();
+    // One more pod, deleted while the agent is away (forced: nobody is
+    // there to stop it): the new agent cleans up everything it had.
+    let file = server.write("gone.yaml", &pod("gone", "exec sleep 3600", "Always", 0));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let gone = server.wait_json(&["get", "pod", "gone"], 60, "gone Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let gone_uid = gone["metadata"]["uid"].as_str().unwrap().to_owned();
+    let gone_cgroup = format!("{}/pod{gone_uid}", cgroup_root("a"));
+    let gone_paths = [
+        run_dir.join("pods").join(&gone_uid),
+        run_dir.join("netns").join(&gone_uid),
+        data.join("pods").join(&gone_uid),
+        logs.join(format!("default_gone_{gone_uid}")),
+    ];
+    assert!(
+        gone_paths.iter().all(|p| p.exists())
+            && !orch::runtime::cgroup::dirs(&gone_cgroup).is_empty(),
+        "{gone_paths:?}"
+    );
+    agent.kill_and_restart_after(|| {
+        server.ok(
+            "1.33",
+            &["delete", "pod", "gone", "--force", "--grace-period=0"],
+        );
+    });
     let ticks_at_kill = ticks();
     std::thread::sleep(Duration::from_secs(2));
     let long = server.wait_json(&["get", "pod", "long"], 30, "long still Running", |p| {
@@ -297,6 +322,27 @@ fn pods_really_run_exit_restart_and_go() {
         n >= ticks_at_kill + 3,
         "{last:?} after {ticks_at_kill} ticks"
     );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = gone_paths
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .chain(
+                orch::runtime::cgroup::dirs(&gone_cgroup)
+                    .into_iter()
+                    .map(|p| p.display().to_string()),
+            )
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a pod deleted while the agent was away left {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // Restart counts are kept.
     let flaky = server.wait_json(&["get", "pod", "flaky"], 10, "flaky", |_| true);
     assert!(
@@ -1460,6 +1506,13 @@ spec:
             "mknod /dev/k c 1 11 && { (echo orch-test > /dev/k) 2>/dev/null && echo allowed || echo denied; }",
             "",
         ),
+        // The user, no_new_privs, a read-only root, masked and read-only
+        // /proc paths, as the spec asked, seen from inside.
+        container(
+            "restricted",
+            "grep -E '^(Uid|Gid|NoNewPrivs):' /proc/self/status; grep -q ' / / ro' /proc/self/mountinfo && echo root ro; grep -q . /proc/timer_list && echo timer_list shown || echo timer_list masked; (echo 1 > /proc/sys/kernel/printk) 2>/dev/null && echo sysctl writable || echo sysctl ro",
+            "    securityContext: {runAsUser: 1000, runAsGroup: 3000, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}\n",
+        ),
     ]
     .concat();
     let file = server.write("seccomp.yaml", &manifest);
@@ -1470,6 +1523,12 @@ spec:
         ("privileged", "allowed"),
         ("unprivileged", "denied"),
         ("devnode", "denied"),
+        ("restricted", "Uid:\t1000\t1000\t1000\t1000"),
+        ("restricted", "Gid:\t3000\t3000\t3000\t3000"),
+        ("restricted", "NoNewPrivs:\t1"),
+        ("restricted", "root ro"),
+        ("restricted", "timer_list masked"),
+        ("restricted", "sysctl ro"),
     ] {
         let pod = server.wait_json(&["get", "pod", name], 60, &format!("{name} done"), |p| {
             p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed"
@@ -1478,6 +1537,15 @@ spec:
         let log =
             std::fs::read_to_string(logs.join(format!("default_{name}_{uid}/main/0.log"))).unwrap();
         assert!(log.contains(&format!("stdout F {want}")), "{name}: {log}");
+    }
+    for name in [
+        "confined",
+        "unconfined",
+        "privileged",
+        "unprivileged",
+        "devnode",
+        "restricted",
+    ] {
         server.ok("1.33", &["delete", "pod", name, "--timeout=60s"]);
     }
 

@@ -229,42 +229,53 @@ poweroff -f
     let initramfs = out.join("initramfs.cpio");
     std::fs::write(&initramfs, cpio(&files)).unwrap();
     let console = out.join("console.log");
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
-        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
-        .arg(&vmlinuz)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .arg("-append")
-        .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-            "-virtfs",
-        ])
-        .arg(format!(
-            "local,path={out_path},mount_tag=out,security_model=none"
-        ))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&console).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("qemu-system-x86_64 (scripts/test.sh installs qemu-system-x86)");
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        if let Some(status) = qemu.try_wait().unwrap() {
-            assert!(status.success(), "qemu: {status}");
+    // A run takes about 30 s. TCG has been seen to freeze a guest
+    // outright (nothing more on the console, no timeout inside firing):
+    // such a VM is killed and booted once more.
+    for attempt in 1..=2 {
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
+            .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
+            .arg(&vmlinuz)
+            .arg("-initrd")
+            .arg(&initramfs)
+            .arg("-append")
+            .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
+            .args([
+                "-virtfs",
+                "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+                "-virtfs",
+            ])
+            .arg(format!(
+                "local,path={out_path},mount_tag=out,security_model=none"
+            ))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&console).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (scripts/test.sh installs qemu-system-x86)");
+        let deadline = Instant::now() + Duration::from_secs(420);
+        let finished = loop {
+            if let Some(status) = qemu.try_wait().unwrap() {
+                assert!(status.success(), "qemu: {status}");
+                break true;
+            }
+            if Instant::now() > deadline {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if finished {
             break;
         }
-        if Instant::now() > deadline {
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            panic!(
-                "the VM did not finish in 15 minutes; console:\n{}",
-                std::fs::read_to_string(&console).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        let seen = std::fs::read_to_string(&console).unwrap_or_default();
+        assert!(
+            attempt < 2,
+            "the VM did not finish in 7 minutes, twice; console:\n{seen}"
+        );
+        eprintln!("the VM froze (no end in 7 minutes); booting it again. Console:\n{seen}");
     }
     std::fs::read_to_string(&console).unwrap_or_default()
 }

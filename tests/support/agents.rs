@@ -105,8 +105,14 @@ impl Agent {
 
     /// SIGKILL the agent and start a new one (pods must survive).
     pub fn kill_and_restart(&mut self) {
+        self.kill_and_restart_after(|| {});
+    }
+
+    /// Kill it (SIGKILL), do `while_down`, start it again.
+    pub fn kill_and_restart_after(&mut self, while_down: impl FnOnce()) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        while_down();
         self.child = Self::spawn(&self.netns, &self.args);
     }
 }
