@@ -1586,6 +1586,30 @@ spec:
         "{events}"
     );
     server.ok("1.33", &["delete", "pod", "missing", "--timeout=60s"]);
+    // An image that is not here, with pull policy Never: the kubelet's
+    // reason, and what to do.
+    let absent = server.write(
+        "absent.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: absent}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {name: main, image: busybox:absent, imagePullPolicy: Never}
+",
+    );
+    server.ok("1.33", &["apply", "-f", absent.to_str().unwrap()]);
+    let pod = server.wait_json(&["get", "pod", "absent"], 30, "ErrImageNeverPull", |p| {
+        waiting_reason(p) == "ErrImageNeverPull"
+    });
+    assert!(
+        waiting(&pod)
+            .1
+            .contains("is not present with pull policy of Never"),
+        "{pod}"
+    );
+    server.ok("1.33", &["delete", "pod", "absent", "--timeout=60s"]);
 
     // Init containers run first, in order; a sidecar keeps running beside
     // the main container and stops when the pod's work is done.
