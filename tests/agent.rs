@@ -774,6 +774,31 @@ spec:
     readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
   containers:
   - {name: main, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: starting}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, 'mkdir -p /tmp; exec sleep 3600']
+    startupProbe: {exec: {command: [test, -f, /tmp/started]}, periodSeconds: 1, failureThreshold: 300}
+    readinessProbe: {exec: {command: ['true']}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: delayed}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [sleep, '3600']
+    readinessProbe: {exec: {command: ['true']}, initialDelaySeconds: 5, periodSeconds: 1}
 ",
     );
     let applied = Instant::now();
@@ -812,33 +837,6 @@ spec:
         "{slow}"
     );
     let slow = server.wait_json(&["get", "pod", "slow"], 30, "slow ready", is_ready);
-    // A sidecar's readiness counts for the pod's.
-    let sidecar = server.wait_json(
-        &["get", "pod", "sidecar"],
-        30,
-        "sidecar's main ready",
-        |p| p["status"]["containerStatuses"][0]["ready"] == true,
-    );
-    assert!(
-        !is_ready(&sidecar),
-        "ready with its sidecar unready: {sidecar}"
-    );
-    assert_eq!(
-        condition(&sidecar, "ContainersReady")["message"],
-        "containers with unready status: [side]",
-        "{sidecar}"
-    );
-    server.ok(
-        "1.33",
-        &["exec", "sidecar", "-c", "side", "--", "touch", "/tmp/ready"],
-    );
-    let sidecar = server.wait_json(&["get", "pod", "sidecar"], 30, "sidecar ready", is_ready);
-    // Ready again: no word left of why it was not.
-    let ready = condition(&sidecar, "Ready");
-    assert!(
-        ready.get("reason").is_none() && ready.get("message").is_none(),
-        "{ready}"
-    );
     for kind in [
         "PodReadyToStartContainers",
         "Initialized",
@@ -984,7 +982,68 @@ spec:
         ps.matches("sleep 30").count() <= 2,
         "timed-out probes are killed, not left running: {ps}"
     );
-    for p in ["web", "slow", "sick", "stuck", "busy", "local", "sidecar"] {
+    // Until its startup probe passes, a container is not started and its
+    // readiness probe does not run (it would pass at once).
+    let starting = server.wait_json(&["get", "pod", "starting"], 30, "starting running", |p| {
+        p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let starting_now = server.wait_json(&["get", "pod", "starting"], 10, "starting", |_| true);
+    let s = &starting_now["status"]["containerStatuses"][0];
+    assert!(
+        s["started"] == false && s["ready"] == false,
+        "started or ready before the startup probe passed: {starting_now}"
+    );
+    assert_eq!(s["restartCount"], 0, "{starting}");
+    server.ok("1.33", &["exec", "starting", "--", "touch", "/tmp/started"]);
+    let started = server.wait_json(&["get", "pod", "starting"], 30, "starting ready", is_ready);
+    assert_eq!(started["status"]["containerStatuses"][0]["started"], true);
+    // initialDelaySeconds: no readiness probe in the first 5 s.
+    let delayed = server.wait_json(&["get", "pod", "delayed"], 30, "delayed ready", is_ready);
+    let seconds = |t: &Value| {
+        t.as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_second())
+            .unwrap_or_else(|| panic!("a time: {t}"))
+    };
+    let began =
+        seconds(&delayed["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]);
+    let ready_at = seconds(&condition(&delayed, "Ready")["lastTransitionTime"]);
+    assert!(
+        ready_at - began >= 4,
+        "ready {} s after it started, with initialDelaySeconds 5: {delayed}",
+        ready_at - began
+    );
+    // A sidecar's readiness counts for the pod's.
+    let sidecar = server.wait_json(
+        &["get", "pod", "sidecar"],
+        30,
+        "sidecar's main ready",
+        |p| p["status"]["containerStatuses"][0]["ready"] == true,
+    );
+    assert!(
+        !is_ready(&sidecar),
+        "ready with its sidecar unready: {sidecar}"
+    );
+    assert_eq!(
+        condition(&sidecar, "ContainersReady")["message"],
+        "containers with unready status: [side]",
+        "{sidecar}"
+    );
+    server.ok(
+        "1.33",
+        &["exec", "sidecar", "-c", "side", "--", "touch", "/tmp/ready"],
+    );
+    let sidecar = server.wait_json(&["get", "pod", "sidecar"], 30, "sidecar ready", is_ready);
+    // Ready again: no word left of why it was not.
+    let ready = condition(&sidecar, "Ready");
+    assert!(
+        ready.get("reason").is_none() && ready.get("message").is_none(),
+        "{ready}"
+    );
+    for p in [
+        "web", "slow", "sick", "stuck", "busy", "local", "sidecar", "starting", "delayed",
+    ] {
         server.ok(
             "1.33",
             &["delete", "pod", p, "--timeout=60s", "--grace-period=1"],
