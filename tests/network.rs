@@ -297,6 +297,8 @@ kind: Pod
 metadata: {name: NAME, labels: {app: web}}
 spec:
   nodeName: NODE
+  hostname: NAME
+  subdomain: web-headless
   terminationGracePeriodSeconds: 0
   containers:
   - name: web
@@ -535,6 +537,30 @@ fn pods_services_and_names_work_across_nodes() {
     assert!(
         answer.contains(&ip1) && answer.contains(&ip2),
         "headless lists both pods: {answer}"
+    );
+    // Pods whose subdomain is the headless service have names of their
+    // own (a StatefulSet's `db-0.db`), and know theirs in /etc/hosts.
+    let answer = server.ok(
+        "1.33",
+        &[
+            "exec",
+            "client",
+            "--",
+            "busybox",
+            "nslookup",
+            "web-1.web-headless.default.svc.cluster.local",
+        ],
+    );
+    assert!(
+        answer.contains(&ip1) && !answer.contains(&ip2),
+        "web-1's own name: {answer}"
+    );
+    let hosts = server.ok("1.33", &["exec", "web-1", "--", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.contains(&format!(
+            "{ip1}\tweb-1.web-headless.default.svc.cluster.local\tweb-1\n"
+        )),
+        "{hosts}"
     );
 
     // The API through the `kubernetes` Service, from inside a pod.

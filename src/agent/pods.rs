@@ -800,8 +800,19 @@ fn write_pod_files(
     } else {
         pod_ip.map(|ip| ip.to_string())
     };
-    if let Some(ip) = ip {
-        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    // With a subdomain, the pod's full name first, as the kubelet
+    // writes it (`db-0.db.default.svc.cluster.local db-0`).
+    let subdomain = pod["spec"]["subdomain"]
+        .as_str()
+        .filter(|s| !s.is_empty() && !host_network);
+    match (ip, subdomain) {
+        (Some(ip), Some(sub)) => hosts.push_str(&format!(
+            "{ip}\t{hostname}.{sub}.{}.svc.{}\t{hostname}\n",
+            pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+            k.cluster_domain
+        )),
+        (Some(ip), None) => hosts.push_str(&format!("{ip}\t{hostname}\n")),
+        (None, _) => {}
     }
     for alias in pod["spec"]["hostAliases"].as_array().into_iter().flatten() {
         let names: Vec<&str> = alias["hostnames"]

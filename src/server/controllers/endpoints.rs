@@ -246,7 +246,20 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
             .pointer("/spec/nodeName")
             .cloned()
             .unwrap_or(Value::Null);
-        let address = json!({"ip": ip, "nodeName": node, "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}});
+        let mut address = json!({"ip": ip, "nodeName": node, "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}});
+        // A pod whose subdomain is this service is known by its hostname
+        // (`db-0.db.<ns>.svc…`: StatefulSets' pods), as upstream's
+        // ShouldSetHostname has it.
+        let hostname = pod
+            .pointer("/spec/hostname")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+            .filter(|_| {
+                pod.pointer("/spec/subdomain").and_then(Value::as_str) == Some(name.as_str())
+            });
+        if let Some(h) = hostname {
+            address["hostname"] = json!(h);
+        }
         let port_key = serde_json::to_string(&resolved).expect("JSON");
         let entry = subsets
             .entry(port_key.clone())
@@ -259,12 +272,16 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
         let group = slice_groups
             .entry(port_key)
             .or_insert_with(|| (resolved, Vec::new()));
-        group.1.push(json!({
+        let mut endpoint = json!({
             "addresses": [ip],
             "conditions": {"ready": ready, "serving": ready, "terminating": false},
             "nodeName": node,
             "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
-        }));
+        });
+        if let Some(h) = hostname {
+            endpoint["hostname"] = json!(h);
+        }
+        group.1.push(endpoint);
     }
     let subsets: Vec<Value> = subsets
         .into_values()
