@@ -490,7 +490,15 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         "unknown.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: u}\ndata: {a: b}\nbogusField: 1\n",
     );
+    server.ok("1.33", &["run", "p", "--image=busybox"]);
     for v in KUBECTL_VERSIONS {
+        // Not built: kubectl debug's ephemeral containers. kubectl says so
+        // (a 404 Status without details made it crash).
+        let err = server.fails(v, &["debug", "p", "--image=busybox", "--", "true"]);
+        assert!(
+            err.contains("ephemeral containers are disabled") && !err.contains("panic"),
+            "{v}: {err}"
+        );
         let err = server.fails(v, &["apply", "-f", bad.to_str().unwrap()]);
         assert!(err.contains("is invalid"), "{v}: {err}");
         for field in [

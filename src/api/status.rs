@@ -141,13 +141,19 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
-    /// 404 for a path that names no resource.
+    /// 404 for a path that names no resource. Its details are empty, not
+    /// absent, as upstream's: kubectl reads `details.name` to tell a
+    /// missing subresource (`kubectl debug` and `/ephemeralcontainers`)
+    /// from a missing object, and crashes on a Status without details.
     pub fn not_found_path() -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
+        Self {
+            details: Some(json!({})),
+            ..Self::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
     }
 
     pub fn not_found(target: Target<'_>) -> Self {
