@@ -1669,6 +1669,34 @@ spec:
         "{pod}"
     );
     server.ok("1.33", &["delete", "pod", "absent", "--timeout=60s"]);
+    // runAsNonRoot with an image that runs as root: refused, as the
+    // kubelet refuses it.
+    let rooted = server.write(
+        "rooted.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: rooted}
+spec:
+  terminationGracePeriodSeconds: 0
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600']}
+",
+    );
+    server.ok("1.33", &["apply", "-f", rooted.to_str().unwrap()]);
+    let pod = server.wait_json(
+        &["get", "pod", "rooted"],
+        30,
+        "CreateContainerConfigError",
+        |p| waiting_reason(p) == "CreateContainerConfigError",
+    );
+    assert!(
+        waiting(&pod)
+            .1
+            .contains("container has runAsNonRoot and image will run as root"),
+        "{pod}"
+    );
+    server.ok("1.33", &["delete", "pod", "rooted", "--timeout=60s"]);
 
     // Init containers run first, in order; a sidecar keeps running beside
     // the main container and stops when the pod's work is done.

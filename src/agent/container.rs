@@ -478,6 +478,49 @@ fn security<'a>(pod: &'a Value, container: &'a Value, field: &str) -> Option<&'a
         .filter(|v| !v.is_null())
 }
 
+/// `runAsNonRoot`, checked as the kubelet checks it before a container
+/// is created: with it set (container over pod), a `runAsUser` of 0, an
+/// image that runs as root (no user, or uid 0) or one whose user is a
+/// name (which cannot be verified) is refused with the kubelet's words.
+pub fn verify_run_as_non_root(
+    pod: &Value,
+    container: &Value,
+    image_user: &str,
+) -> Result<(), String> {
+    if security(pod, container, "runAsNonRoot") != Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    let who = format!(
+        "pod: \"{}_{}({})\", container: {}",
+        pod["metadata"]["name"].as_str().unwrap_or_default(),
+        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        pod["metadata"]["uid"].as_str().unwrap_or_default(),
+        container["name"].as_str().unwrap_or_default()
+    );
+    if let Some(uid) = security(pod, container, "runAsUser").and_then(Value::as_u64) {
+        return if uid == 0 {
+            Err(format!(
+                "container's runAsUser breaks non-root policy ({who})"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let user = image_user.split(':').next().unwrap_or_default();
+    match user.parse::<u32>() {
+        _ if user.is_empty() => Err(format!(
+            "container has runAsNonRoot and image will run as root ({who})"
+        )),
+        Ok(0) => Err(format!(
+            "container has runAsNonRoot and image will run as root ({who})"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root ({who})"
+        )),
+    }
+}
+
 /// The container's runtime config. `id` names its cgroup.
 pub fn config(
     pod: &Value,
@@ -840,6 +883,37 @@ mod tests {
         ] {
             assert!(env.contains(&want.to_owned()), "{want} in {env:?}");
         }
+    }
+
+    #[test]
+    fn run_as_non_root_is_checked_like_the_kubelet() {
+        let pod = |sc: Value| json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"}, "spec": {"securityContext": sc}});
+        let c = |sc: Value| json!({"name": "c", "securityContext": sc});
+        let check = |p: Value, c: Value, user: &str| verify_run_as_non_root(&p, &c, user);
+        // Not asked for: anything goes.
+        assert!(check(pod(json!({})), c(json!({})), "").is_ok());
+        let on = json!({"runAsNonRoot": true});
+        assert_eq!(
+            check(pod(on.clone()), c(json!({})), ""),
+            Err(r#"container has runAsNonRoot and image will run as root (pod: "p_ns(u)", container: c)"#.to_owned())
+        );
+        assert!(check(pod(on.clone()), c(json!({})), "0:0").is_err());
+        assert!(check(pod(on.clone()), c(json!({})), "1000").is_ok());
+        assert!(check(pod(on.clone()), c(json!({})), "1000:1000").is_ok());
+        assert!(
+            check(pod(on.clone()), c(json!({})), "nginx")
+                .unwrap_err()
+                .contains("non-numeric user (nginx)")
+        );
+        // runAsUser decides when set; the container's over the pod's.
+        assert!(check(pod(on.clone()), c(json!({"runAsUser": 1000})), "").is_ok());
+        assert!(
+            check(pod(on.clone()), c(json!({"runAsUser": 0})), "1000")
+                .unwrap_err()
+                .contains("runAsUser breaks non-root policy")
+        );
+        assert!(check(pod(json!({})), c(json!({"runAsNonRoot": true})), "").is_err());
+        assert!(check(pod(on), c(json!({"runAsNonRoot": false})), "").is_ok());
     }
 
     #[test]

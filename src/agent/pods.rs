@@ -1078,6 +1078,15 @@ async fn start_container(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    if let Err(e) = super::container::verify_run_as_non_root(pod, container, &user) {
+        if state.waiting.get(&name).map(|(_, m)| m) != Some(&e) {
+            event(k, pod, "Warning", "Failed", format!("Error: {e}"));
+        }
+        state
+            .waiting
+            .insert(name.clone(), ("CreateContainerConfigError".into(), e));
+        return Ok(());
+    }
     if !user.is_empty() && user.split(':').any(|p| p.parse::<u32>().is_err()) {
         // A user name: look it up in the image's /etc/passwd and /etc/group
         // (the topmost layer that has them).
