@@ -1697,6 +1697,62 @@ spec:
         "{pod}"
     );
     server.ok("1.33", &["delete", "pod", "rooted", "--timeout=60s"]);
+    // Safe sysctls are set in the pod's namespaces (not the node's);
+    // others are refused.
+    let sysctls = server.write(
+        "sysctls.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: tuned}
+spec:
+  restartPolicy: Never
+  securityContext:
+    sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}, {name: net/ipv4/ping_group_range, value: '0 2147483647'}]
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, command: [cat, /proc/sys/net/ipv4/ip_unprivileged_port_start, /proc/sys/net/ipv4/ping_group_range]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: untuned}
+spec:
+  terminationGracePeriodSeconds: 0
+  securityContext:
+    sysctls: [{name: kernel.msgmax, value: '1'}]
+  containers:
+  - {name: main, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600']}
+",
+    );
+    server.ok("1.33", &["apply", "-f", sysctls.to_str().unwrap()]);
+    server.wait_json(&["get", "pod", "tuned"], 60, "tuned Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let out = server.ok("1.33", &["logs", "tuned"]);
+    assert_eq!(out, "0\n0\t2147483647\n");
+    let node = in_netns(Some(&netns.0), "cat")
+        .arg("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&node.stdout),
+        "1024\n",
+        "the node's own setting changed"
+    );
+    let pod = server.wait_json(
+        &["get", "pod", "untuned"],
+        30,
+        "CreateContainerConfigError",
+        |p| waiting_reason(p) == "CreateContainerConfigError",
+    );
+    assert!(
+        waiting(&pod)
+            .1
+            .contains("forbidden sysctl: \"kernel.msgmax\" not allowlisted"),
+        "{pod}"
+    );
+    server.ok(
+        "1.33",
+        &["delete", "pod", "tuned", "untuned", "--timeout=60s"],
+    );
 
     // Init containers run first, in order; a sidecar keeps running beside
     // the main container and stops when the pod's work is done.

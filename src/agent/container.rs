@@ -478,6 +478,71 @@ fn security<'a>(pod: &'a Value, container: &'a Value, field: &str) -> Option<&'a
         .filter(|v| !v.is_null())
 }
 
+/// The sysctls a pod may set without the node allowing more: the
+/// kubelet's safe list (pkg/kubelet/sysctl/safe_sysctls.go), all of them
+/// namespaced (the pod's network or IPC namespace).
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+/// The pod's `securityContext.sysctls` with dotted names (a name with
+/// `/` separators has its `.` and `/` swapped, as upstream reads it), or
+/// why the pod may not have them: one not on the safe list, or one of
+/// the network (IPC) namespace's in a pod sharing the host's.
+pub fn sysctls(pod: &Value) -> Result<Vec<(String, String)>, String> {
+    let host_network = pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+    let host_ipc = pod.pointer("/spec/hostIPC") == Some(&Value::Bool(true));
+    let mut out = Vec::new();
+    for s in pod
+        .pointer("/spec/securityContext/sysctls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let raw = s["name"].as_str().unwrap_or_default();
+        let name: String = if raw.contains('/') {
+            raw.chars()
+                .map(|c| match c {
+                    '/' => '.',
+                    '.' => '/',
+                    c => c,
+                })
+                .collect()
+        } else {
+            raw.to_owned()
+        };
+        if !SAFE_SYSCTLS.contains(&name.as_str()) {
+            return Err(format!(
+                "forbidden sysctl: \"{raw}\" not allowlisted (the node allows only the safe ones: {})",
+                SAFE_SYSCTLS.join(", ")
+            ));
+        }
+        if host_network && name.starts_with("net.") {
+            return Err(format!(
+                "forbidden sysctl: \"{raw}\" not allowed with host net enabled"
+            ));
+        }
+        if host_ipc && name.starts_with("kernel.") {
+            return Err(format!(
+                "forbidden sysctl: \"{raw}\" not allowed with host ipc enabled"
+            ));
+        }
+        out.push((name, s["value"].as_str().unwrap_or_default().to_owned()));
+    }
+    Ok(out)
+}
+
 /// `runAsNonRoot`, checked as the kubelet checks it before a container
 /// is created: with it set (container over pod), a `runAsUser` of 0, an
 /// image that runs as root (no user, or uid 0) or one whose user is a
@@ -657,6 +722,8 @@ pub fn config(
         host_uts: host_network,
         cgroup,
         cgroup_v1: sandbox.cgroup_v1.clone(),
+        // Checked before the pod starts (see `sysctls`).
+        sysctls: sysctls(pod).unwrap_or_default(),
         resources,
         privileged,
         tty: container["tty"] == true,
@@ -883,6 +950,47 @@ mod tests {
         ] {
             assert!(env.contains(&want.to_owned()), "{want} in {env:?}");
         }
+    }
+
+    #[test]
+    fn only_safe_sysctls_are_allowed_and_in_the_pods_namespaces() {
+        let pod = |extra: Value| {
+            let mut p = json!({"spec": {"securityContext": {"sysctls": [
+                {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"},
+                {"name": "net/ipv4/ping_group_range", "value": "0 2147483647"},
+            ]}}});
+            if let Value::Object(m) = extra {
+                for (k, v) in m {
+                    p["spec"][k] = v;
+                }
+            }
+            p
+        };
+        assert_eq!(
+            sysctls(&pod(json!({}))).unwrap(),
+            [
+                (
+                    "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                    "0".to_owned()
+                ),
+                (
+                    "net.ipv4.ping_group_range".to_owned(),
+                    "0 2147483647".to_owned()
+                ),
+            ]
+        );
+        assert!(
+            sysctls(&pod(json!({"hostNetwork": true})))
+                .unwrap_err()
+                .contains("not allowed with host net enabled")
+        );
+        let unsafe_one = json!({"spec": {"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}});
+        assert!(
+            sysctls(&unsafe_one)
+                .unwrap_err()
+                .starts_with(r#"forbidden sysctl: "kernel.msgmax" not allowlisted"#)
+        );
+        assert_eq!(sysctls(&json!({"spec": {}})).unwrap(), []);
     }
 
     #[test]

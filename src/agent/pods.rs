@@ -1078,7 +1078,9 @@ async fn start_container(
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    if let Err(e) = super::container::verify_run_as_non_root(pod, container, &user) {
+    if let Err(e) = super::container::verify_run_as_non_root(pod, container, &user)
+        .and_then(|()| super::container::sysctls(pod).map(|_| ()))
+    {
         if state.waiting.get(&name).map(|(_, m)| m) != Some(&e) {
             event(k, pod, "Warning", "Failed", format!("Error: {e}"));
         }

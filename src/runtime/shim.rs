@@ -513,6 +513,7 @@ impl Shim {
         let annotation = |key: &str| spec["annotations"][key] == "true";
         let keep_stdin = annotation(super::spec::ANNOTATION_STDIN);
         let stdin_once = annotation(super::spec::ANNOTATION_STDIN_ONCE);
+        set_sysctls(&spec)?;
         let log = CriLog::open(log, self.log_limits.max_size, self.log_limits.max_files)
             .map_err(|e| format!("log {}: {e}", log.display()))?;
         let builder = libcontainer::container::builder::ContainerBuilder::new(
@@ -1193,6 +1194,26 @@ pub fn run(
 
 /// Did the OOM killer kill a process in this cgroup? (`oom_kill` in
 /// memory.events on v2, memory.oom_control on v1.)
+/// Set the pod's sysctls ([`super::spec::ANNOTATION_SYSCTLS`]) where the
+/// shim is: in the pod's network and IPC namespaces, which /proc/sys
+/// shows to whoever writes it.
+fn set_sysctls(spec: &serde_json::Value) -> Result<(), String> {
+    let Some(text) = spec["annotations"][super::spec::ANNOTATION_SYSCTLS].as_str() else {
+        return Ok(());
+    };
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("sysctls annotation: {e}"))?;
+    for (name, value) in map {
+        if name.contains("..") || name.starts_with('.') {
+            return Err(format!("sysctl {name:?}: not a sysctl name"));
+        }
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        fs::write(&path, value.as_str().unwrap_or_default())
+            .map_err(|e| format!("sysctl {name}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn oom_killed(cgroup: &str) -> bool {
     let rel = cgroup.trim_start_matches('/');
     if rel.is_empty() {

@@ -163,6 +163,8 @@ pub struct ContainerConfig {
     pub shm: Option<PathBuf>,
     /// seccompProfile RuntimeDefault.
     pub seccomp_default: bool,
+    /// The pod's sysctls (dotted names), set in its namespaces.
+    pub sysctls: Vec<(String, String)>,
     /// A terminal for the process (`tty: true`).
     pub tty: bool,
     /// Keep stdin open for attaching (`stdin: true`); close it after the
@@ -174,6 +176,9 @@ pub struct ContainerConfig {
 /// Annotations telling the shim to keep a container's stdin open.
 pub const ANNOTATION_STDIN: &str = "io.orch.stdin";
 pub const ANNOTATION_STDIN_ONCE: &str = "io.orch.stdin-once";
+/// The pod's sysctls (a JSON object, dotted names), which the shim sets
+/// in the pod's network and IPC namespaces before the container starts.
+pub const ANNOTATION_SYSCTLS: &str = "io.orch.sysctls";
 
 /// RuntimeDefault, in the shape of containerd's default profile: every
 /// syscall not listed fails with EPERM. The base list is what any
@@ -857,6 +862,17 @@ pub fn build(c: &ContainerConfig) -> Value {
     // CAP_SYS_ADMIN).
     if c.no_new_privileges {
         spec["process"]["noNewPrivileges"] = json!(true);
+    }
+    // Not linux.sysctl: libcontainer refuses net.* ones when the network
+    // namespace it joins is its caller's, and the shim lives in the pod's.
+    // The shim sets them there itself (see ANNOTATION_SYSCTLS).
+    if !c.sysctls.is_empty() {
+        let map: serde_json::Map<String, Value> = c
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        spec["annotations"][ANNOTATION_SYSCTLS] = json!(Value::Object(map).to_string());
     }
     // A host name needs a UTS namespace of the container's own.
     if c.host_uts {
