@@ -194,6 +194,8 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
         let socket = k.run_dir.join("pods").join(uid).join("shim.sock");
         let id = format!("{container}.{restart}");
         tokio::spawn(async move {
+            // Seen renamed away: read what is left, then the next file.
+            let mut draining = false;
             loop {
                 let mut new = Vec::new();
                 if handle.read_to_end(&mut new).await.is_err() {
@@ -216,12 +218,19 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
                     }
                     continue;
                 }
-                // At the end of this file: has the shim rotated it?
-                if rotated(&handle, &file).await {
-                    match tokio::fs::File::open(&file).await {
+                if draining {
+                    draining = false;
+                    match tokio::fs::File::open(next_file(&handle, &file).await).await {
                         Ok(f) => handle = f,
                         Err(_) => break,
                     }
+                    continue;
+                }
+                // At the end of this file: has the shim rotated it? Then
+                // one more read first: the shim may have written to it
+                // between our last read and the rename.
+                if rotated(&handle, &file).await {
+                    draining = true;
                     continue;
                 }
                 // Done when the container has exited and all is read.
@@ -248,6 +257,39 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
         drop(tx);
     }
     streamed(rx, "text/plain; charset=utf-8")
+}
+
+/// The file to follow after the rotated one `handle` has read to its end:
+/// the next rotated file (`<path>.<time>`, in order), or `path` itself
+/// when `handle`'s is the newest. A follower that fell more than one
+/// rotation behind so reads every file still there, in order.
+async fn next_file(handle: &tokio::fs::File, path: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ours = handle.metadata().await.ok().map(|m| (m.dev(), m.ino()));
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_owned();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut rotated: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    rotated.sort();
+    let position = rotated.iter().position(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+            .is_some_and(|id| Some(id) == ours)
+    });
+    match position {
+        Some(i) => rotated.get(i + 1).cloned(),
+        // Ours is gone (the oldest go first): the oldest still there.
+        None => rotated.first().cloned(),
+    }
+    .unwrap_or_else(|| path.to_owned())
 }
 
 /// Is the file at `path` no longer the one `handle` reads (renamed away
