@@ -220,9 +220,22 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
                 }
                 if draining {
                     draining = false;
-                    match tokio::fs::File::open(next_file(&handle, &file).await).await {
-                        Ok(f) => handle = f,
-                        Err(_) => break,
+                    // The current file may be between its rename and its
+                    // successor's creation for a moment: a few tries.
+                    let mut next = None;
+                    for _ in 0..20 {
+                        match tokio::fs::File::open(next_file(&handle, &file).await).await {
+                            Ok(f) => {
+                                next = Some(f);
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                    match next {
+                        Some(f) => handle = f,
+                        // The log is gone (the pod was deleted).
+                        None => break,
                     }
                     continue;
                 }
