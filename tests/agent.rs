@@ -1610,8 +1610,9 @@ spec:
 
     // A container that cannot be created says why, on the pod and as an
     // event.
-    let missing = server.write(
-        "missing.yaml",
+    waits_with(
+        &server,
+        "missing",
         "apiVersion: v1
 kind: Pod
 metadata: {name: missing}
@@ -1620,15 +1621,9 @@ spec:
   containers:
   - {name: main, image: busybox:test, imagePullPolicy: Never, command: [no-such-program]}
 ",
-    );
-    server.ok("1.33", &["apply", "-f", missing.to_str().unwrap()]);
-    let pod = server.wait_json(
-        &["get", "pod", "missing"],
-        30,
         "CreateContainerError",
-        |p| waiting_reason(p) == "CreateContainerError",
+        "no-such-program",
     );
-    assert!(waiting(&pod).1.contains("no-such-program"), "{pod}");
     let table = server.ok("1.33", &["get", "pod", "missing"]);
     assert!(table.contains("CreateContainerError"), "{table}");
     let events = server.ok(
@@ -1647,8 +1642,9 @@ spec:
     server.ok("1.33", &["delete", "pod", "missing", "--timeout=60s"]);
     // An image that is not here, with pull policy Never: the kubelet's
     // reason, and what to do.
-    let absent = server.write(
-        "absent.yaml",
+    waits_with(
+        &server,
+        "absent",
         "apiVersion: v1
 kind: Pod
 metadata: {name: absent}
@@ -1657,22 +1653,15 @@ spec:
   containers:
   - {name: main, image: busybox:absent, imagePullPolicy: Never}
 ",
-    );
-    server.ok("1.33", &["apply", "-f", absent.to_str().unwrap()]);
-    let pod = server.wait_json(&["get", "pod", "absent"], 30, "ErrImageNeverPull", |p| {
-        waiting_reason(p) == "ErrImageNeverPull"
-    });
-    assert!(
-        waiting(&pod)
-            .1
-            .contains("is not present with pull policy of Never"),
-        "{pod}"
+        "ErrImageNeverPull",
+        "is not present with pull policy of Never",
     );
     server.ok("1.33", &["delete", "pod", "absent", "--timeout=60s"]);
     // runAsNonRoot with an image that runs as root: refused, as the
     // kubelet refuses it.
-    let rooted = server.write(
-        "rooted.yaml",
+    waits_with(
+        &server,
+        "rooted",
         "apiVersion: v1
 kind: Pod
 metadata: {name: rooted}
@@ -1682,19 +1671,8 @@ spec:
   containers:
   - {name: main, image: busybox:test, imagePullPolicy: Never, command: [sleep, '3600']}
 ",
-    );
-    server.ok("1.33", &["apply", "-f", rooted.to_str().unwrap()]);
-    let pod = server.wait_json(
-        &["get", "pod", "rooted"],
-        30,
         "CreateContainerConfigError",
-        |p| waiting_reason(p) == "CreateContainerConfigError",
-    );
-    assert!(
-        waiting(&pod)
-            .1
-            .contains("container has runAsNonRoot and image will run as root"),
-        "{pod}"
+        "container has runAsNonRoot and image will run as root",
     );
     server.ok("1.33", &["delete", "pod", "rooted", "--timeout=60s"]);
     // Safe sysctls are set in the pod's namespaces (not the node's);
@@ -2115,6 +2093,18 @@ fn push(netns: &Netns, layout: &Path, dest: &str, creds: Option<&str>) {
 
 fn waiting_reason(p: &Value) -> String {
     waiting(p).0
+}
+
+/// Apply `manifest` (one pod, `name`), wait until its first container
+/// waits for `reason`, check the message has `words`; the pod.
+fn waits_with(server: &TestServer, name: &str, manifest: &str, reason: &str, words: &str) -> Value {
+    let file = server.write(&format!("{name}.yaml"), manifest);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let pod = server.wait_json(&["get", "pod", name], 30, reason, |p| {
+        waiting_reason(p) == reason
+    });
+    assert!(waiting(&pod).1.contains(words), "{pod}");
+    pod
 }
 
 /// The first container's waiting reason and message.

@@ -393,6 +393,14 @@ fn node_cidr(server: &support::TestServer, name: &str) -> String {
     )
 }
 
+/// busybox's nslookup of `name` in the `client` pod.
+fn nslookup(server: &support::TestServer, name: &str) -> String {
+    server.ok(
+        "1.33",
+        &["exec", "client", "--", "busybox", "nslookup", name],
+    )
+}
+
 fn pod_ip(server: &support::TestServer, name: &str) -> String {
     server.ok(
         "1.33",
@@ -507,50 +515,20 @@ fn pods_services_and_names_work_across_nodes() {
     assert!(hits.get("web-2").is_some_and(|n| *n > 0), "{hits:?}");
 
     // By name, through the cluster DNS.
-    let answer = server.ok(
-        "1.33",
-        &[
-            "exec",
-            "client",
-            "--",
-            "busybox",
-            "nslookup",
-            "web.default.svc.cluster.local",
-        ],
-    );
+    let answer = nslookup(&server, "web.default.svc.cluster.local");
     assert!(answer.contains(&cluster_ip), "{answer}");
     let page = fetch(&server, "http://web/").unwrap();
     assert!(page == "web-1" || page == "web-2", "{page}");
-    let answer = server.ok(
-        "1.33",
-        &[
-            "exec",
-            "client",
-            "--",
-            "busybox",
-            "nslookup",
-            // busybox's nslookup tries every search domain and fails if
-            // any says NXDOMAIN, so the full name.
-            "web-headless.default.svc.cluster.local",
-        ],
-    );
+    // busybox's nslookup tries every search domain and fails if
+    // any says NXDOMAIN, so the full name.
+    let answer = nslookup(&server, "web-headless.default.svc.cluster.local");
     assert!(
         answer.contains(&ip1) && answer.contains(&ip2),
         "headless lists both pods: {answer}"
     );
     // Pods whose subdomain is the headless service have names of their
     // own (a StatefulSet's `db-0.db`), and know theirs in /etc/hosts.
-    let answer = server.ok(
-        "1.33",
-        &[
-            "exec",
-            "client",
-            "--",
-            "busybox",
-            "nslookup",
-            "web-1.web-headless.default.svc.cluster.local",
-        ],
-    );
+    let answer = nslookup(&server, "web-1.web-headless.default.svc.cluster.local");
     assert!(
         answer.contains(&ip1) && !answer.contains(&ip2),
         "web-1's own name: {answer}"

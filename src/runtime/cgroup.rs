@@ -183,23 +183,15 @@ pub fn v1_hierarchies(mountinfo: &str, self_cgroup: &str) -> Vec<V1Hierarchy> {
         })
         .collect();
     let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let pre: Vec<&str> = pre.split(' ').collect();
-        let post: Vec<&str> = post.split(' ').collect();
-        if pre.len() < 5 || post.len() < 3 || post[0] != "cgroup" {
-            continue;
-        }
-        let (root, mount_point) = (pre[3], Path::new(pre[4]));
+    for m in super::mountns::mount_entries(mountinfo).filter(|m| m.fstype == "cgroup") {
+        let (root, mount_point) = (m.root, Path::new(m.mount_point));
         if mount_point.parent() != Some(Path::new(ROOT)) {
             continue;
         }
         let Some(name) = mount_point.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let options: Vec<&str> = post[2].split(',').collect();
+        let options: Vec<&str> = m.super_options.split(',').collect();
         let Some((controllers, path)) = memberships
             .iter()
             .find(|(c, _)| c.iter().all(|c| options.contains(c)))

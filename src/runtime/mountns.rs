@@ -27,6 +27,33 @@ fn errno(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
 }
 
+/// One line of a `mountinfo` file, the fields orch reads (escapes left
+/// as the kernel wrote them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountEntry<'a> {
+    /// The mounted directory within its file system (`/docker/abc`).
+    pub root: &'a str,
+    pub mount_point: &'a str,
+    pub fstype: &'a str,
+    /// The file system's own options (`rw,cpu,cpuacct`, `lowerdir=…`).
+    pub super_options: &'a str,
+}
+
+/// The entries of a `mountinfo` text; malformed lines are skipped.
+pub fn mount_entries(mountinfo: &str) -> impl Iterator<Item = MountEntry<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        let mut pre = pre.split(' ').skip(3);
+        let mut post = post.split(' ');
+        Some(MountEntry {
+            root: pre.next()?,
+            mount_point: pre.next()?,
+            fstype: post.next()?,
+            super_options: post.nth(1)?,
+        })
+    })
+}
+
 /// The mount points of this process's mount namespace, in mount order
 /// (parents before what is mounted on them).
 ///

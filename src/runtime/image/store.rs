@@ -25,16 +25,12 @@ use super::unpack;
 /// in `mountinfo` have as lower directories, as `sha256:<hex>`.
 fn overlay_layers(mountinfo: &str, layers: &Path) -> Vec<String> {
     let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((_, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut f = post.split(' ');
-        if f.next() != Some("overlay") {
-            continue;
-        }
-        let options = f.nth(1).unwrap_or_default();
-        let Some(lower) = options.split(',').find_map(|o| o.strip_prefix("lowerdir=")) else {
+    for m in crate::runtime::mountns::mount_entries(mountinfo).filter(|m| m.fstype == "overlay") {
+        let Some(lower) = m
+            .super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix("lowerdir="))
+        else {
             continue;
         };
         for dir in lower.split(':') {
