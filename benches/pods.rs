@@ -5,6 +5,8 @@
 //! after another, then 100 at once. Also: idle RSS of the agent, of one
 //! shim, of the server with its embedded agent, and the binary size.
 
+#[path = "pods/floor.rs"]
+mod floor;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -478,6 +480,11 @@ fn pid_of_shims(run_dir: &Path) -> Vec<u32> {
 }
 
 fn main() {
+    if let Some(work) = std::env::var_os(floor::WORKER) {
+        // This process is one of the floor's workers (single-threaded).
+        floor::worker(Path::new(&work));
+        return;
+    }
     if !rustix::process::geteuid().is_root() {
         println!("pods bench: skipped (needs root: containers, cgroups, namespaces)");
         return;
@@ -504,6 +511,17 @@ async fn bench(ns: &Netns) {
     // Dropped before `base` (and after the agents and servers below).
     let _leftovers = Leftovers(base.path().to_owned());
     let archive = busybox(base.path());
+    // What libcontainer and the kernel alone cost per container, before
+    // orch runs anything.
+    tokio::task::block_in_place(|| {
+        let lower = base.path().join("bundle/rootfs");
+        for variant in [floor::Variant::Default, floor::Variant::Bare] {
+            floor::measure(base.path(), &lower, N, variant);
+        }
+    });
+    if std::env::var_os("ORCH_BENCH_FLOOR_ONLY").is_some() {
+        return;
+    }
 
     // Server without agent + a separate agent: their RSS apart.
     let sdir = base.path().join("server");
@@ -720,7 +738,7 @@ impl Drop for Leftovers {
             }
         }
         unmount_all_under(&self.0);
-        for cgroup in ["/orch/bench", "/orch/embedded", "/orch"] {
+        for cgroup in ["/orch/bench", "/orch/embedded", "/orch", floor::CGROUP] {
             orch::runtime::cgroup::remove(cgroup);
         }
     }
