@@ -30,6 +30,7 @@ const TAGS: &[&str] = &[
     "restartlate",
     "examples",
     "logs",
+    "pfwd",
 ];
 
 /// Whatever a test left: every container, shim, mount, netns and cgroup.
@@ -2711,6 +2712,177 @@ spec:
         assert!(Instant::now() < deadline, "pods were not torn down");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `kubectl port-forward pod/web local:remote`, running until killed,
+/// once it says it listens; its stderr is read when it is killed.
+struct Forward(Child);
+
+impl Forward {
+    fn start(server: &TestServer, version: &str, ports: &str, websockets: bool) -> Self {
+        let mut child = server
+            .kubectl_command(version, &["port-forward", "pod/web", ports, "-v=6"])
+            .env(
+                "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+                if websockets { "true" } else { "false" },
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let local = ports.split(':').next().unwrap();
+        let listening = format!("Forwarding from 127.0.0.1:{local}");
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains(&listening) => break,
+                Some(Ok(_)) => {}
+                _ => {
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "kubectl port-forward {ports} ended: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self(child)
+    }
+
+    /// Stop it; what it wrote on stderr.
+    fn stop(mut self) -> String {
+        let _ = self.0.kill();
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let _ = self.0.wait();
+        err
+    }
+}
+
+#[test]
+fn kubectl_port_forward_reaches_the_pods_loopback_over_websocket_and_spdy() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = Netns::new("pfwd");
+    let server = embedded(dir.path(), &netns, "pfwd");
+    // httpd on the pod's loopback only: not reachable at the pod's IP,
+    // only from inside its network namespace. A file of 50,000 lines
+    // (477 KiB: many SPDY frames, more than a flow-control window).
+    let web = pod(
+        "web",
+        "mkdir -p /www && i=0 && while [ $i -lt 50000 ]; do echo line$i; i=$((i+1)); done > /www/big && touch /www/done && exec httpd -f -p 127.0.0.1:8080 -h /www",
+        "Always",
+        1,
+    );
+    let file = server.write(
+        "web.yaml",
+        &[web, pod("done", "true", "Never", 1)].join("---\n"),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.wait_json(&["get", "pod", "web"], 60, "web Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server
+        .kubectl("1.33", &["exec", "web", "--", "test", "-e", "/www/done"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "web did not write its file");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let big: String = (0..50_000).map(|i| format!("line{i}\n")).collect();
+    let get = |port: u16, path: &str| {
+        in_netns(Some(&netns.0), "curl")
+            .args(["-sS", "--max-time", "30"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap()
+    };
+    // kubectl 1.27 speaks only SPDY; 1.33 tunnels it in a WebSocket
+    // unless told not to.
+    for (local, version, websockets) in [
+        (18080, "1.33", true),
+        (18081, "1.33", false),
+        (18083, "1.27", false),
+    ] {
+        let forward = Forward::start(&server, version, &format!("{local}:8080"), websockets);
+        // Several connections, one after another and two at once.
+        for _ in 0..2 {
+            let out = get(local, "/big");
+            assert!(
+                out.stdout == big.as_bytes(),
+                "{} bytes over kubectl {version}'s port-forward (websockets {websockets}), {} expected: {}",
+                out.stdout.len(),
+                big.len(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let both = std::thread::scope(|s| {
+            let a = s.spawn(|| get(local, "/big"));
+            let b = s.spawn(|| get(local, "/done"));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(both.0.stdout, big.as_bytes());
+        assert!(both.1.status.success(), "{both:?}");
+        let log = forward.stop();
+        // Which way kubectl went: a WebSocket upgrade is a GET, SPDY (and
+        // the fallback after a failed WebSocket) a POST.
+        let method = if websockets { "GET" } else { "POST" };
+        let other = if websockets { "POST" } else { "GET" };
+        let requests: Vec<&str> = log.lines().filter(|l| l.contains("/portforward")).collect();
+        assert!(
+            requests
+                .iter()
+                .any(|l| l.contains(method) && l.contains("101"))
+                && !requests.iter().any(|l| l.contains(other)),
+            "port-forward over {} expected: {log}",
+            if websockets { "a WebSocket" } else { "SPDY" }
+        );
+    }
+    // Nothing listens on 9999: the error reaches kubectl on the error
+    // stream, with the reason.
+    let forward = Forward::start(&server, "1.33", "18082:9999", true);
+    let out = get(18082, "/");
+    assert!(!out.status.success(), "{out:?}");
+    // kubectl drops the connection after a forwarding error and says so.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = forward.stop();
+    assert!(
+        log.contains("an error occurred forwarding 18082 -> 9999")
+            && log.contains("nothing accepts connections on localhost:9999"),
+        "{log}"
+    );
+    // Requests that are not an upgrade, or for a pod that is not
+    // running, get a Status saying why.
+    let err = server.fails(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/web/portforward",
+        ],
+    );
+    assert!(
+        err.contains("port-forward is served over SPDY/3.1"),
+        "{err}"
+    );
+    server.wait_json(&["get", "pod", "done"], 60, "done Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
+    let err = server.fails(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/done/portforward",
+        ],
+    );
+    assert!(err.contains("it is not running (phase Succeeded)"), "{err}");
+    server.ok("1.33", &["delete", "pod", "web", "done", "--wait=false"]);
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod portforward;
 pub mod probe;
 pub mod services;
 pub mod simulate;

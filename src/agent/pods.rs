@@ -100,10 +100,10 @@ pub fn start_turns() -> usize {
 }
 
 impl Kubelet {
-    fn shim_dir(&self, uid: &str) -> PathBuf {
+    pub(super) fn shim_dir(&self, uid: &str) -> PathBuf {
         self.run_dir.join("pods").join(uid)
     }
-    fn netns(&self, uid: &str) -> PathBuf {
+    pub(super) fn netns(&self, uid: &str) -> PathBuf {
         self.run_dir.join("netns").join(uid)
     }
     fn pod_dir(&self, uid: &str) -> PathBuf {

@@ -126,8 +126,9 @@ async fn connect_and_serve(creds: &Credentials, k: &Arc<Kubelet>) -> Result<(), 
         .map_err(|e| e.to_string())
 }
 
-/// The kubelet API: `/containerLogs/<ns>/<pod>/<container>?uid=…&…` and
-/// `/exec/<ns>/<pod>/<container>?uid=…&command=…`.
+/// The kubelet API: `/containerLogs/<ns>/<pod>/<container>?uid=…&…`,
+/// `/exec/<ns>/<pod>/<container>?uid=…&command=…`, `/attach/…` and
+/// `/portForward/<ns>/<pod>?uid=…&port=…`.
 async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
@@ -135,6 +136,10 @@ async fn kubelet_api(k: &Arc<Kubelet>, req: Request<Incoming>) -> Response<Body>
     if let ["exec", _ns, pod, container] = parts.as_slice() {
         let (pod, container) = ((*pod).to_owned(), (*container).to_owned());
         return super::exec::serve(k, req, &pod, &container).await;
+    }
+    if let ["portForward", _ns, pod] = parts.as_slice() {
+        let pod = (*pod).to_owned();
+        return super::portforward::serve(k, req, &pod).await;
     }
     if let ["attach", _ns, pod, container] = parts.as_slice() {
         let (pod, container) = ((*pod).to_owned(), (*container).to_owned());

@@ -167,6 +167,7 @@ const ENTRIES: &[Entry] = &[
             ("log", "get"),
             ("exec", "create,get"),
             ("attach", "create,get"),
+            ("portforward", "create,get"),
         ],
     },
     Entry {

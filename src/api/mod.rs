@@ -15,6 +15,7 @@ pub mod quantity;
 pub mod query;
 pub mod remotecommand;
 pub mod selector;
+pub mod spdy;
 pub mod status;
 pub mod table;
 pub mod validation;

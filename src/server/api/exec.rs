@@ -24,7 +24,7 @@ use crate::api::remotecommand::{self as rc, PROTOCOLS};
 use crate::api::status::ApiError;
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
-fn accept_key(key: &[u8]) -> String {
+pub(super) fn accept_key(key: &[u8]) -> String {
     use base64::Engine;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key);

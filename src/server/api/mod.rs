@@ -11,6 +11,7 @@ mod discovery;
 mod exec;
 mod nodes;
 mod openapi;
+mod portforward;
 mod request;
 pub mod tunnel;
 mod watch;
@@ -600,6 +601,10 @@ impl ApiServer {
                 let query = req.uri().query().unwrap_or_default().to_owned();
                 let container = pod_container(&pod, name, &query)?;
                 exec::serve(&self.tunnels, req, &pod, &container, what).await
+            }
+            (&Method::GET | &Method::POST, Some(name), Some("portforward")) => {
+                let pod = registry.get(&res, ns, name).await?;
+                portforward::serve(&self.tunnels, req, &pod).await
             }
             (_, Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward"))) => {
                 let pod = registry.get(&res, ns, name).await?;
