@@ -2714,14 +2714,14 @@ spec:
     }
 }
 
-/// `kubectl port-forward pod/web local:remote`, running until killed,
+/// `kubectl port-forward <pod> local:remote`, running until killed,
 /// once it says it listens; its stderr is read when it is killed.
 struct Forward(Child);
 
 impl Forward {
-    fn start(server: &TestServer, version: &str, ports: &str, websockets: bool) -> Self {
+    fn start(server: &TestServer, version: &str, pod: &str, ports: &str, websockets: bool) -> Self {
         let mut child = server
-            .kubectl_command(version, &["port-forward", "pod/web", ports, "-v=6"])
+            .kubectl_command(version, &["port-forward", pod, ports, "-v=6"])
             .env(
                 "KUBECTL_PORT_FORWARD_WEBSOCKETS",
                 if websockets { "true" } else { "false" },
@@ -2777,21 +2777,45 @@ fn kubectl_port_forward_reaches_the_pods_loopback_over_websocket_and_spdy() {
         "Always",
         1,
     );
+    // A hostNetwork pod's loopback is the node's.
+    let host = "apiVersion: v1
+kind: Pod
+metadata: {name: hostweb}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:test
+    imagePullPolicy: Never
+    command: [/bin/sh, -c, 'mkdir -p /www && echo on the node > /www/index.html && exec httpd -f -p 127.0.0.1:18090 -h /www']
+";
     let file = server.write(
         "web.yaml",
-        &[web, pod("done", "true", "Never", 1)].join("---\n"),
+        &[web, pod("done", "true", "Never", 1), host.to_owned()].join("---\n"),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     server.wait_json(&["get", "pod", "web"], 60, "web Running", |p| {
         p["status"]["phase"] == "Running"
     });
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Until httpd serves (a forwarding error would end kubectl's session).
     while !server
-        .kubectl("1.33", &["exec", "web", "--", "test", "-e", "/www/done"])
+        .kubectl(
+            "1.33",
+            &[
+                "exec",
+                "web",
+                "--",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/done",
+            ],
+        )
         .status
         .success()
     {
-        assert!(Instant::now() < deadline, "web did not write its file");
+        assert!(Instant::now() < deadline, "web did not start serving");
         std::thread::sleep(Duration::from_millis(300));
     }
     let big: String = (0..50_000).map(|i| format!("line{i}\n")).collect();
@@ -2809,7 +2833,13 @@ fn kubectl_port_forward_reaches_the_pods_loopback_over_websocket_and_spdy() {
         (18081, "1.33", false),
         (18083, "1.27", false),
     ] {
-        let forward = Forward::start(&server, version, &format!("{local}:8080"), websockets);
+        let forward = Forward::start(
+            &server,
+            version,
+            "pod/web",
+            &format!("{local}:8080"),
+            websockets,
+        );
         // Several connections, one after another and two at once.
         for _ in 0..2 {
             let out = get(local, "/big");
@@ -2843,9 +2873,21 @@ fn kubectl_port_forward_reaches_the_pods_loopback_over_websocket_and_spdy() {
             if websockets { "a WebSocket" } else { "SPDY" }
         );
     }
+    server.wait_json(&["get", "pod", "hostweb"], 60, "hostweb Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(18090, "/").stdout != b"on the node\n" {
+        assert!(Instant::now() < deadline, "hostweb did not start serving");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let forward = Forward::start(&server, "1.33", "pod/hostweb", "18091:18090", true);
+    let out = get(18091, "/");
+    assert_eq!(out.stdout, b"on the node\n", "{out:?}");
+    forward.stop();
     // Nothing listens on 9999: the error reaches kubectl on the error
     // stream, with the reason.
-    let forward = Forward::start(&server, "1.33", "18082:9999", true);
+    let forward = Forward::start(&server, "1.33", "pod/web", "18082:9999", true);
     let out = get(18082, "/");
     assert!(!out.status.success(), "{out:?}");
     // kubectl drops the connection after a forwarding error and says so.
@@ -2882,7 +2924,10 @@ fn kubectl_port_forward_reaches_the_pods_loopback_over_websocket_and_spdy() {
         ],
     );
     assert!(err.contains("it is not running (phase Succeeded)"), "{err}");
-    server.ok("1.33", &["delete", "pod", "web", "done", "--wait=false"]);
+    server.ok(
+        "1.33",
+        &["delete", "pod", "web", "done", "hostweb", "--wait=false"],
+    );
 }
 
 #[test]
