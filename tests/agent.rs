@@ -2763,6 +2763,29 @@ impl Forward {
     }
 }
 
+/// The Python client's `portforward()` to pod `web`: argv kubeconfig,
+/// port, path; the HTTP body on stdout, the port's error on stderr.
+const PYTHON_PORT_FORWARD: &str = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+config.load_kube_config(sys.argv[1])
+port = int(sys.argv[2])
+pf = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward,
+                 "web", "default", ports=str(port))
+s = pf.socket(port)
+s.settimeout(30)
+s.sendall(b"GET " + sys.argv[3].encode() + b" HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.buffer.write(data.split(b"\r\n\r\n", 1)[-1] if data else b"")
+sys.stderr.write("port error: %s\n" % pf.error(port))
+"#;
+
 #[test]
 fn kubectl_port_forward_reaches_the_pods_loopback_over_websocket_and_spdy() {
     let dir = tempfile::tempdir().unwrap();
@@ -2885,6 +2908,33 @@ spec:
     let out = get(18091, "/");
     assert_eq!(out.stdout, b"on the node\n", "{out:?}");
     forward.stop();
+    // The Python client's portforward(): WebSocket channels.
+    let python = |port: u16, path: &str| {
+        // (A broken session must fail the test, not hang it.)
+        in_netns(Some(&netns.0), "timeout")
+            .args(["60", "python3", "-c"])
+            .arg(PYTHON_PORT_FORWARD)
+            .arg(&server.kubeconfig)
+            .arg(port.to_string())
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = python(8080, "/big");
+    assert!(
+        out.status.success() && out.stdout == big.as_bytes(),
+        "{} bytes through the Python client, {} expected: {}",
+        out.stdout.len(),
+        big.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = python(9999, "/");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("port error: ")
+            && err.contains("nothing accepts connections on localhost:9999"),
+        "{err}"
+    );
     // Nothing listens on 9999: the error reaches kubectl on the error
     // stream, with the reason.
     let forward = Forward::start(&server, "1.33", "pod/web", "18082:9999", true);

@@ -1,7 +1,9 @@
 //! `pods/portforward`: kubectl's SPDY/3.1 session, over a WebSocket
 //! (subprotocol `SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31) or over
 //! the upgraded connection itself (`Upgrade: SPDY/3.1`, older kubectl and
-//! the fallback).
+//! the fallback); and the client libraries' WebSocket channels
+//! (`v4.channel.k8s.io`, the Python client's `portforward()`), one
+//! connection per port in `?ports=`.
 //!
 //! For each local connection kubectl opens two streams with the same
 //! `requestid` and `port`: `error` and `data`. Once both are there the
@@ -34,6 +36,9 @@ use crate::api::status::ApiError;
 
 /// The WebSocket subprotocol that tunnels SPDY (KEP-4006).
 const WEBSOCKET_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// The client libraries' WebSocket port-forward: channel 2i carries port
+/// i's data, 2i+1 its errors, each opened by a message with the port.
+const CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
 /// The stream protocol kubectl asks for over plain SPDY.
 const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 /// Largest DATA frame sent.
@@ -76,9 +81,38 @@ pub async fn serve(
     let h = req.headers();
     let websocket = header_has(h, header::UPGRADE, "websocket")
         && header_has(h, header::SEC_WEBSOCKET_PROTOCOL, WEBSOCKET_PROTOCOL);
+    let channels = !websocket
+        && header_has(h, header::UPGRADE, "websocket")
+        && header_has(h, header::SEC_WEBSOCKET_PROTOCOL, CHANNEL_PROTOCOL);
     let spdy = header_has(h, header::UPGRADE, "SPDY/3.1")
         && header_has(h, "x-stream-protocol-version", STREAM_PROTOCOL);
-    let response = if websocket {
+    // The ports a channel session forwards (`?ports=80,8080` or repeated).
+    let mut ports: Vec<u16> = Vec::new();
+    if channels {
+        let query = super::request::parse_query(req.uri().query());
+        for p in query
+            .get("ports")
+            .or_else(|| query.get("port"))
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v.split(','))
+        {
+            match p.trim().parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid port {p:?} in ports: a port is a number from 1 to 65535"
+                    )));
+                }
+            }
+        }
+        if ports.is_empty() {
+            return Err(ApiError::bad_request(
+                "query parameter ports is required: the pod's ports to forward, e.g. ?ports=8080",
+            ));
+        }
+    }
+    let response = if websocket || channels {
         let key = h
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or_else(|| ApiError::bad_request("a WebSocket upgrade needs Sec-WebSocket-Key"))?;
@@ -90,7 +124,14 @@ pub async fn serve(
                 header::SEC_WEBSOCKET_ACCEPT,
                 super::exec::accept_key(key.as_bytes()),
             )
-            .header(header::SEC_WEBSOCKET_PROTOCOL, WEBSOCKET_PROTOCOL)
+            .header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                if websocket {
+                    WEBSOCKET_PROTOCOL
+                } else {
+                    CHANNEL_PROTOCOL
+                },
+            )
             .body(Body::empty())
     } else if spdy {
         Response::builder()
@@ -101,7 +142,7 @@ pub async fn serve(
             .body(Body::empty())
     } else {
         return Err(ApiError::bad_request(format!(
-            "port-forward is served over SPDY/3.1, upgraded directly (X-Stream-Protocol-Version: {STREAM_PROTOCOL}) or over a WebSocket ({WEBSOCKET_PROTOCOL}), as kubectl port-forward asks for it"
+            "port-forward is served over SPDY/3.1, upgraded directly (X-Stream-Protocol-Version: {STREAM_PROTOCOL}) or over a WebSocket ({WEBSOCKET_PROTOCOL}), as kubectl port-forward asks for it, or over WebSocket channels ({CHANNEL_PROTOCOL}) as the client libraries do"
         )));
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -118,6 +159,11 @@ pub async fn serve(
                 return;
             }
         };
+        if channels {
+            let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
+            channel_session(target, ports, ws).await;
+            return;
+        }
         // Bytes in, bytes out, whichever way they travel.
         let (in_tx, in_rx) = mpsc::channel::<Bytes>(32);
         let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(64);
@@ -353,29 +399,14 @@ async fn forward(
     port: String,
     error: u32,
     data: u32,
-    mut from_client: mpsc::Receiver<Bytes>,
+    from_client: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Vec<u8>>,
 ) {
-    let body: TunnelBody = BodyExt::boxed(http_body_util::StreamBody::new(
-        futures::stream::poll_fn(move |cx| {
-            from_client
-                .poll_recv(cx)
-                .map(|b| b.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))))
-        }),
-    ));
-    let path = format!("{}&port={port}", target.path);
-    let answer = target
-        .tunnels
-        .request(&target.node, hyper::Method::POST, &path, body)
-        .await;
-    match answer {
+    match open(&target, &port, from_client).await {
         Err(e) => {
-            let _ = out
-                .send(spdy::data(error, false, e.message.as_bytes()))
-                .await;
+            let _ = out.send(spdy::data(error, false, e.as_bytes())).await;
         }
-        Ok(resp) => {
-            let mut from_pod = resp.into_body();
+        Ok(mut from_pod) => {
             while let Some(Ok(f)) = from_pod.frame().await {
                 let Ok(bytes) = f.into_data() else { continue };
                 for chunk in bytes.chunks(CHUNK) {
@@ -388,4 +419,119 @@ async fn forward(
     }
     let _ = out.send(spdy::data(data, true, &[])).await;
     let _ = out.send(spdy::data(error, true, &[])).await;
+}
+
+/// Open a connection to `port` of the pod through its node's tunnel,
+/// with what the client sends as its input; the pod's side as a body.
+async fn open(
+    target: &Target,
+    port: &str,
+    mut from_client: mpsc::Receiver<Bytes>,
+) -> Result<Incoming, String> {
+    let body: TunnelBody = BodyExt::boxed(http_body_util::StreamBody::new(
+        futures::stream::poll_fn(move |cx| {
+            from_client
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))))
+        }),
+    ));
+    let path = format!("{}&port={port}", target.path);
+    target
+        .tunnels
+        .request(&target.node, hyper::Method::POST, &path, body)
+        .await
+        .map(Response::into_body)
+        .map_err(|e| e.message)
+}
+
+/// A channel session: one connection to each of `ports`, opened at once;
+/// the WebSocket closes when all of them have ended.
+async fn channel_session(
+    target: Target,
+    ports: Vec<u16>,
+    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+) {
+    let target = Arc::new(target);
+    let (mut sink, mut stream) = ws.split();
+    let (out, mut out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            let closing = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let message = |channel: usize, bytes: &[u8]| {
+        let mut m = Vec::with_capacity(bytes.len() + 1);
+        m.push(u8::try_from(channel).unwrap_or(u8::MAX));
+        m.extend_from_slice(bytes);
+        Message::Binary(m.into())
+    };
+    let mut to_pod = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        // Each channel starts with its port, little-endian.
+        for channel in [2 * i, 2 * i + 1] {
+            let _ = out.send(message(channel, &port.to_le_bytes())).await;
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        to_pod.push(Some(tx));
+        let (target, out) = (target.clone(), out.clone());
+        let port = port.to_string();
+        tasks.push(tokio::spawn(async move {
+            match open(&target, &port, rx).await {
+                Err(e) => {
+                    let _ = out.send(message(2 * i + 1, e.as_bytes())).await;
+                }
+                Ok(mut from_pod) => {
+                    while let Some(Ok(f)) = from_pod.frame().await {
+                        let Ok(bytes) = f.into_data() else { continue };
+                        for chunk in bytes.chunks(CHUNK) {
+                            if out.send(message(2 * i, chunk)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let reader = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                match m {
+                    Message::Binary(b) if b.len() > 1 && b[0] % 2 == 0 => {
+                        let i = usize::from(b[0] / 2);
+                        if let Some(Some(tx)) = to_pod.get(i)
+                            && tx.send(b.slice(1..)).await.is_err()
+                        {
+                            to_pod[i] = None;
+                        }
+                    }
+                    Message::Ping(p) => {
+                        let _ = out.send(Message::Pong(p)).await;
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        })
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = out
+        .send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            },
+        )))
+        .await;
+    drop(out);
+    reader.abort();
+    let _ = writer.await;
 }
