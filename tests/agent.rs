@@ -2775,13 +2775,17 @@ pf = portforward(client.CoreV1Api().connect_get_namespaced_pod_portforward,
                  "web", "default", ports=str(port))
 s = pf.socket(port)
 s.settimeout(30)
-s.sendall(b"GET " + sys.argv[3].encode() + b" HTTP/1.0\r\n\r\n")
 data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
+try:
+    s.sendall(b"GET " + sys.argv[3].encode() + b" HTTP/1.0\r\n\r\n")
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except OSError:
+    # A forwarding error can close the socket before the request is sent.
+    pass
 sys.stdout.buffer.write(data.split(b"\r\n\r\n", 1)[-1] if data else b"")
 sys.stderr.write("port error: %s\n" % pf.error(port))
 "#;

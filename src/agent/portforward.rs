@@ -113,18 +113,21 @@ pub async fn serve(k: &Arc<Kubelet>, req: Request<Incoming>, pod: &str) -> Respo
         }
         let _ = to_pod.shutdown().await;
     });
-    // Pod → client, until the pod closes its side.
+    // Pod → client, until the pod closes its side or the client is gone
+    // (its end of the stream dropped: the connection is closed then).
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            match from_pod.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                        break;
-                    }
-                }
+            let n = tokio::select! {
+                read = from_pod.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+                () = tx.closed() => break,
+            };
+            if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                break;
             }
         }
     });

@@ -120,7 +120,13 @@ async fn connect_and_serve(creds: &Credentials, k: &Arc<Kubelet>) -> Result<(), 
         let k = k.clone();
         async move { Ok::<_, Infallible>(kubelet_api(&k, req).await) }
     });
+    // Per-stream windows well below the connection's: one stream whose
+    // body is not read (a port-forward to a pod that stopped reading)
+    // must not take the whole tunnel's window (hyper's defaults make
+    // them equal).
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(crate::api::remotecommand::TUNNEL_STREAM_WINDOW)
+        .initial_connection_window_size(crate::api::remotecommand::TUNNEL_CONNECTION_WINDOW)
         .serve_connection(upgraded, service)
         .await
         .map_err(|e| e.to_string())

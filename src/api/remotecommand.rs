@@ -20,6 +20,12 @@ pub const CLOSE: u8 = 255;
 /// The subprotocols served, best first.
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
+/// HTTP/2 flow-control windows of the agent's tunnel (both ends): 64
+/// streams whose bodies nobody reads (logs, exec or port-forward to a
+/// stalled peer) before the tunnel as a whole waits.
+pub const TUNNEL_STREAM_WINDOW: u32 = 256 * 1024;
+pub const TUNNEL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// One message, framed for the tunnel.
 pub fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
     let len = u32::try_from(data.len() + 1).unwrap_or(u32::MAX);

@@ -278,9 +278,10 @@ impl Reader {
         let mut out = Vec::with_capacity(1024);
         let mut input = block;
         loop {
-            let before = self.inflate.total_in();
+            let (before, produced) = (self.inflate.total_in(), out.len());
             out.reserve(1024);
-            self.inflate
+            let status = self
+                .inflate
                 .decompress_vec(input, &mut out, FlushDecompress::Sync)
                 .map_err(|e| format!("SPDY header block: {e}"))?;
             let used = usize::try_from(self.inflate.total_in() - before).unwrap_or(usize::MAX);
@@ -290,6 +291,15 @@ impl Reader {
             }
             if input.is_empty() && out.len() < out.capacity() {
                 break;
+            }
+            // The headers' zlib stream lasts as long as the session; one
+            // that ends, or input the inflater takes nothing from, is
+            // broken (and would otherwise be retried forever).
+            if status == Status::StreamEnd || (used == 0 && out.len() == produced) {
+                return Err(
+                    "a SPDY header block is not a valid continuation of the headers' zlib stream"
+                        .into(),
+                );
             }
         }
         parse_headers(&out)
@@ -555,6 +565,24 @@ mod tests {
         let mut r = Reader::new();
         r.push(&[0, 0, 0, 1, 0, 0x10, 0, 1]);
         assert!(r.next_frame().unwrap_err().contains("too big"));
+    }
+
+    #[test]
+    fn a_header_stream_that_ends_is_an_error_not_a_busy_loop() {
+        let mut peer = Peer::new();
+        let mut r = Reader::new();
+        r.push(&peer.syn_stream(1, &[("port", "80")]));
+        assert!(matches!(r.next_frame(), Ok(Some(Frame::SynStream { .. }))));
+        // A final (BFINAL) empty stored block, then bytes after the end.
+        let mut payload = 3u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        payload.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff, 1, 2, 3, 4]);
+        r.push(&control(SYN_STREAM, 0, &payload));
+        assert!(
+            r.next_frame()
+                .unwrap_err()
+                .contains("not a valid continuation")
+        );
     }
 
     #[test]

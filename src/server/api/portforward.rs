@@ -43,6 +43,9 @@ const CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
 const STREAM_PROTOCOL: &str = "portforward.k8s.io";
 /// Largest DATA frame sent.
 const CHUNK: usize = 32 * 1024;
+/// DATA frames from the client that may wait for one pod connection (at
+/// kubectl's 32 KiB per frame, 8 MiB).
+const STREAM_QUEUE: usize = 256;
 
 fn header_has(headers: &HeaderMap, name: impl header::AsHeaderName, want: &str) -> bool {
     headers
@@ -110,6 +113,13 @@ pub async fn serve(
             return Err(ApiError::bad_request(
                 "query parameter ports is required: the pod's ports to forward, e.g. ?ports=8080",
             ));
+        }
+        if ports.len() > 127 {
+            // Two channels per port, numbered in one byte.
+            return Err(ApiError::bad_request(format!(
+                "{} ports asked for; one connection forwards at most 127",
+                ports.len()
+            )));
         }
     }
     let response = if websocket || channels {
@@ -303,23 +313,23 @@ async fn session(target: Target, mut input: mpsc::Receiver<Bytes>, out: mpsc::Se
                         r if r.is_empty() => format!("port-{port}"),
                         r => r,
                     };
+                    let valid_port = port.parse::<u16>().is_ok_and(|p| p > 0);
+                    if !valid_port || !matches!(kind.as_str(), "error" | "data") {
+                        let _ = out.send(spdy::reset(stream, spdy::REFUSED_STREAM)).await;
+                        continue;
+                    }
                     if out.send(writer.syn_reply(stream)).await.is_err() {
                         break 'session;
                     }
                     let pair = pairs.entry(id.clone()).or_default();
                     pair.port = port;
-                    match kind.as_str() {
-                        "error" => pair.error = Some(stream),
-                        "data" => {
-                            let (tx, rx) = mpsc::channel(16);
-                            to_pod.insert(stream, tx);
-                            pair.data = Some(stream);
-                            pair.from_client = Some(rx);
-                        }
-                        _ => {
-                            let _ = out.send(spdy::reset(stream, spdy::REFUSED_STREAM)).await;
-                            continue;
-                        }
+                    if kind == "error" {
+                        pair.error = Some(stream);
+                    } else {
+                        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+                        to_pod.insert(stream, tx);
+                        pair.data = Some(stream);
+                        pair.from_client = Some(rx);
                     }
                     streams.insert(stream, id.clone());
                     if let (Some(error), Some(data), Some(rx)) =
@@ -336,11 +346,36 @@ async fn session(target: Target, mut input: mpsc::Receiver<Bytes>, out: mpsc::Se
                     }
                 }
                 spdy::Frame::Data { stream, fin, data } => {
-                    if let Some(tx) = to_pod.get(&stream)
-                        && !data.is_empty()
-                        && tx.send(data).await.is_err()
-                    {
+                    // Never waits on one connection: a pod that stops
+                    // reading would stall every other stream (and the
+                    // pings) behind it. SPDY here has no flow control, so
+                    // a connection that falls STREAM_QUEUE frames behind
+                    // is reset instead.
+                    let full = match to_pod.get(&stream) {
+                        Some(tx) if !data.is_empty() => match tx.try_send(data) {
+                            Ok(()) => false,
+                            Err(mpsc::error::TrySendError::Full(_)) => true,
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                to_pod.remove(&stream);
+                                false
+                            }
+                        },
+                        _ => false,
+                    };
+                    if full {
                         to_pod.remove(&stream);
+                        if let Some(id) = streams.get(&stream).cloned()
+                            && let Some(pair) = pairs.remove(&id)
+                        {
+                            if let Some(t) = pair.task {
+                                t.abort();
+                            }
+                            for s in [pair.error, pair.data].into_iter().flatten() {
+                                streams.remove(&s);
+                                let _ = out.send(spdy::reset(s, spdy::CANCEL)).await;
+                            }
+                        }
+                        continue;
                     }
                     if fin {
                         // The client is done sending: the pod's side
@@ -407,8 +442,16 @@ async fn forward(
             let _ = out.send(spdy::data(error, false, e.as_bytes())).await;
         }
         Ok(mut from_pod) => {
-            while let Some(Ok(f)) = from_pod.frame().await {
-                let Ok(bytes) = f.into_data() else { continue };
+            while let Some(frame) = from_pod.frame().await {
+                let bytes = match frame.map(Frame::into_data) {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(_)) => continue,
+                    Err(e) => {
+                        let why = format!("the connection to the pod's node broke: {e}");
+                        let _ = out.send(spdy::data(error, false, why.as_bytes())).await;
+                        break;
+                    }
+                };
                 for chunk in bytes.chunks(CHUNK) {
                     if out.send(spdy::data(data, false, chunk)).await.is_err() {
                         return;
@@ -486,8 +529,16 @@ async fn channel_session(
                     let _ = out.send(message(2 * i + 1, e.as_bytes())).await;
                 }
                 Ok(mut from_pod) => {
-                    while let Some(Ok(f)) = from_pod.frame().await {
-                        let Ok(bytes) = f.into_data() else { continue };
+                    while let Some(frame) = from_pod.frame().await {
+                        let bytes = match frame.map(Frame::into_data) {
+                            Ok(Ok(bytes)) => bytes,
+                            Ok(Err(_)) => continue,
+                            Err(e) => {
+                                let why = format!("the connection to the pod's node broke: {e}");
+                                let _ = out.send(message(2 * i + 1, why.as_bytes())).await;
+                                return;
+                            }
+                        };
                         for chunk in bytes.chunks(CHUNK) {
                             if out.send(message(2 * i, chunk)).await.is_err() {
                                 return;
@@ -520,8 +571,20 @@ async fn channel_session(
             }
         })
     };
-    for t in tasks {
-        let _ = t.await;
+    // Until every port's connection has ended, or the client has gone
+    // (then the connections go too).
+    let aborts: Vec<_> = tasks
+        .iter()
+        .map(tokio::task::JoinHandle::abort_handle)
+        .collect();
+    let mut reader = reader;
+    tokio::select! {
+        () = async { for t in tasks { let _ = t.await; } } => {}
+        _ = &mut reader => {
+            for a in aborts {
+                a.abort();
+            }
+        }
     }
     let _ = out
         .send(Message::Close(Some(

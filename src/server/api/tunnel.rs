@@ -74,14 +74,19 @@ impl Tunnels {
                     return;
                 }
             };
-            let (send, conn) =
-                match hyper::client::conn::http2::handshake(TokioExecutor::new(), upgraded).await {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        tracing::debug!(%err, node, "tunnel handshake failed");
-                        return;
-                    }
-                };
+            // As on the agent's side: a stalled stream takes a small share
+            // of the connection's window, not all of it.
+            let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(crate::api::remotecommand::TUNNEL_STREAM_WINDOW)
+                .initial_connection_window_size(crate::api::remotecommand::TUNNEL_CONNECTION_WINDOW)
+                .handshake(upgraded);
+            let (send, conn) = match handshake.await {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::debug!(%err, node, "tunnel handshake failed");
+                    return;
+                }
+            };
             tunnels
                 .nodes
                 .lock()
