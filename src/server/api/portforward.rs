@@ -519,7 +519,7 @@ async fn channel_session(
         for channel in [2 * i, 2 * i + 1] {
             let _ = out.send(message(channel, &port.to_le_bytes())).await;
         }
-        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
         to_pod.push(Some(tx));
         let (target, out) = (target.clone(), out.clone());
         let port = port.to_string();
@@ -549,17 +549,31 @@ async fn channel_session(
             }
         }));
     }
+    let aborts: Vec<_> = tasks
+        .iter()
+        .map(tokio::task::JoinHandle::abort_handle)
+        .collect();
     let reader = {
-        let out = out.clone();
+        let (out, aborts) = (out.clone(), aborts.clone());
         tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {
                 match m {
                     Message::Binary(b) if b.len() > 1 && b[0] % 2 == 0 => {
+                        // As with SPDY: one port that stops reading is cut
+                        // off rather than holding up the others.
                         let i = usize::from(b[0] / 2);
-                        if let Some(Some(tx)) = to_pod.get(i)
-                            && tx.send(b.slice(1..)).await.is_err()
-                        {
-                            to_pod[i] = None;
+                        let Some(Some(tx)) = to_pod.get(i) else {
+                            continue;
+                        };
+                        match tx.try_send(b.slice(1..)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Closed(_)) => to_pod[i] = None,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                to_pod[i] = None;
+                                aborts[i].abort();
+                                let why: &[u8] = b"the pod's port did not take the data sent to it fast enough; the connection was closed";
+                                let _ = out.send(message(2 * i + 1, why)).await;
+                            }
                         }
                     }
                     Message::Ping(p) => {
@@ -573,10 +587,6 @@ async fn channel_session(
     };
     // Until every port's connection has ended, or the client has gone
     // (then the connections go too).
-    let aborts: Vec<_> = tasks
-        .iter()
-        .map(tokio::task::JoinHandle::abort_handle)
-        .collect();
     let mut reader = reader;
     tokio::select! {
         () = async { for t in tasks { let _ = t.await; } } => {}
