@@ -2817,9 +2817,26 @@ spec:
     imagePullPolicy: Never
     command: [/bin/sh, -c, 'mkdir -p /www && echo on the node > /www/index.html && exec httpd -f -p 127.0.0.1:18090 -h /www']
 ";
+    let web = web.replace(
+        "metadata: {name: web}",
+        "metadata: {name: web, labels: {app: web}}",
+    );
+    let service = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+";
     let file = server.write(
         "web.yaml",
-        &[web, pod("done", "true", "Never", 1), host.to_owned()].join("---\n"),
+        &[
+            web,
+            pod("done", "true", "Never", 1),
+            host.to_owned(),
+            service.to_owned(),
+        ]
+        .join("---\n"),
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     server.wait_json(&["get", "pod", "web"], 60, "web Running", |p| {
@@ -2900,6 +2917,11 @@ spec:
             if websockets { "a WebSocket" } else { "SPDY" }
         );
     }
+    // kubectl finds the pod behind a Service and its target port itself.
+    let forward = Forward::start(&server, "1.33", "svc/web", "18086:80", true);
+    let out = get(18086, "/done");
+    assert!(out.status.success(), "svc/web over port-forward: {out:?}");
+    forward.stop();
     server.wait_json(&["get", "pod", "hostweb"], 60, "hostweb Running", |p| {
         p["status"]["phase"] == "Running"
     });
@@ -2982,6 +3004,7 @@ spec:
         "1.33",
         &["delete", "pod", "web", "done", "hostweb", "--wait=false"],
     );
+    server.ok("1.33", &["delete", "service", "web", "--wait=false"]);
 }
 
 #[test]
