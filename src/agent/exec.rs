@@ -36,14 +36,8 @@ struct Asked {
 impl Asked {
     fn parse(k: &Kubelet, req: &Request<Incoming>) -> Self {
         let query = crate::api::query::parse_query(req.uri().query());
-        let first = |key: &str| {
-            query
-                .get(key)
-                .and_then(|v| v.first())
-                .cloned()
-                .unwrap_or_default()
-        };
-        let flag = |key: &str| matches!(first(key).as_str(), "true" | "1");
+        let first = |key: &str| crate::api::query::first(&query, key).unwrap_or_default();
+        let flag = |key: &str| matches!(first(key), "true" | "1");
         Self {
             socket: k.run_dir.join("pods").join(first("uid")).join("shim.sock"),
             command: query.get("command").cloned().unwrap_or_default(),

@@ -49,14 +49,8 @@ fn connect(netns: Option<std::path::PathBuf>, port: u16) -> std::io::Result<std:
 /// Serve one forwarded connection.
 pub async fn serve(k: &Arc<Kubelet>, req: Request<Incoming>, pod: &str) -> Response<Body> {
     let query = crate::api::query::parse_query(req.uri().query());
-    let first = |key: &str| {
-        query
-            .get(key)
-            .and_then(|v| v.first())
-            .cloned()
-            .unwrap_or_default()
-    };
-    let (uid, port) = (first("uid"), first("port"));
+    let first = |key: &str| crate::api::query::first(&query, key).unwrap_or_default();
+    let (uid, port) = (first("uid").to_owned(), first("port"));
     let Some(port) = port.parse::<u16>().ok().filter(|p| *p > 0) else {
         return text(
             StatusCode::BAD_REQUEST,

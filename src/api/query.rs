@@ -2,6 +2,12 @@
 
 use std::collections::HashMap;
 
+/// The first value of `key` in a parsed query.
+#[must_use]
+pub fn first<'a>(query: &'a HashMap<String, Vec<String>>, key: &str) -> Option<&'a str> {
+    query.get(key).and_then(|v| v.first()).map(String::as_str)
+}
+
 /// Decode `a=b&c=d` (percent-decoding, `+` as space). Repeated keys keep
 /// every value, in order.
 pub fn parse_query(query: Option<&str>) -> HashMap<String, Vec<String>> {

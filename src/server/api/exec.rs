@@ -127,6 +127,31 @@ pub async fn serve(
         .expect("static response parts are valid"))
 }
 
+/// The one writer of a WebSocket: what is sent to the channel goes out in
+/// order, until a Close message (the last) or a failed send; then the
+/// socket is closed.
+pub(super) fn writer<S>(
+    mut sink: S,
+) -> (
+    tokio::sync::mpsc::Sender<Message>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    S: futures::Sink<Message> + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(64);
+    let task = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            let closing = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    (tx, task)
+}
+
 /// Copy messages between the client's WebSocket and the agent's stream
 /// until the agent is done.
 async fn relay(
@@ -135,18 +160,8 @@ async fn relay(
     to_agent: tokio::sync::mpsc::Sender<Bytes>,
     v5: bool,
 ) {
-    let (mut sink, mut stream) = ws.split();
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(32);
-    // The one writer of the WebSocket.
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            let closing = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = ws.split();
+    let (out_tx, writer) = writer(sink);
     // Client → agent (pings are answered by the WebSocket layer).
     let client_out = out_tx.clone();
     let reader = tokio::spawn(async move {

@@ -77,9 +77,7 @@ const TUNNEL_PATH: &str = "/orch/v1/tunnel";
 
 type Query = std::collections::HashMap<String, Vec<String>>;
 
-fn q<'a>(query: &'a Query, key: &str) -> Option<&'a str> {
-    query.get(key).and_then(|v| v.first()).map(String::as_str)
-}
+use crate::api::query::first as q;
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).expect("a JSON value always serialises");

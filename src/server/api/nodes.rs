@@ -204,10 +204,8 @@ impl ApiServer {
             }
         };
         let query = request::parse_query(req.uri().query());
-        let watch = query
-            .get("watch")
-            .and_then(|v| v.first())
-            .is_some_and(|w| w == "true" || w == "1");
+        let watch =
+            crate::api::query::first(&query, "watch").is_some_and(|w| w == "true" || w == "1");
         let verb = match (method.as_str(), rp.name.is_some()) {
             ("GET" | "HEAD", true) => "get",
             ("GET" | "HEAD", false) if watch => "watch",

@@ -437,31 +437,53 @@ async fn forward(
     from_client: mpsc::Receiver<Bytes>,
     out: mpsc::Sender<Vec<u8>>,
 ) {
-    match open(&target, &port, from_client).await {
-        Err(e) => {
-            let _ = out.send(spdy::data(error, false, e.as_bytes())).await;
-        }
-        Ok(mut from_pod) => {
-            while let Some(frame) = from_pod.frame().await {
-                let bytes = match frame.map(Frame::into_data) {
-                    Ok(Ok(bytes)) => bytes,
-                    Ok(Err(_)) => continue,
-                    Err(e) => {
-                        let why = format!("the connection to the pod's node broke: {e}");
-                        let _ = out.send(spdy::data(error, false, why.as_bytes())).await;
-                        break;
-                    }
-                };
-                for chunk in bytes.chunks(CHUNK) {
-                    if out.send(spdy::data(data, false, chunk)).await.is_err() {
-                        return;
-                    }
-                }
+    let sent = copy_from_pod(
+        &target,
+        &port,
+        from_client,
+        &out,
+        |b| spdy::data(data, false, b),
+        |b| spdy::data(error, false, b),
+    )
+    .await;
+    if sent {
+        let _ = out.send(spdy::data(data, true, &[])).await;
+        let _ = out.send(spdy::data(error, true, &[])).await;
+    }
+}
+
+/// Forward one connection to `port` and copy what the pod sends into
+/// `out` as `data` messages; a failure to connect, or a break mid-copy,
+/// goes out as one `error` message. False when `out` is gone (the client
+/// left).
+async fn copy_from_pod<T>(
+    target: &Target,
+    port: &str,
+    from_client: mpsc::Receiver<Bytes>,
+    out: &mpsc::Sender<T>,
+    data: impl Fn(&[u8]) -> T,
+    error: impl Fn(&[u8]) -> T,
+) -> bool {
+    let mut from_pod = match open(target, port, from_client).await {
+        Ok(body) => body,
+        Err(e) => return out.send(error(e.as_bytes())).await.is_ok(),
+    };
+    while let Some(frame) = from_pod.frame().await {
+        let bytes = match frame.map(Frame::into_data) {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => continue,
+            Err(e) => {
+                let why = format!("the connection to the pod's node broke: {e}");
+                return out.send(error(why.as_bytes())).await.is_ok();
+            }
+        };
+        for chunk in bytes.chunks(CHUNK) {
+            if out.send(data(chunk)).await.is_err() {
+                return false;
             }
         }
     }
-    let _ = out.send(spdy::data(data, true, &[])).await;
-    let _ = out.send(spdy::data(error, true, &[])).await;
+    true
 }
 
 /// Open a connection to `port` of the pod through its node's tunnel,
@@ -495,17 +517,8 @@ async fn channel_session(
     ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
 ) {
     let target = Arc::new(target);
-    let (mut sink, mut stream) = ws.split();
-    let (out, mut out_rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            let closing = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || closing {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = ws.split();
+    let (out, writer) = super::exec::writer(sink);
     let message = |channel: usize, bytes: &[u8]| {
         let mut m = Vec::with_capacity(bytes.len() + 1);
         m.push(u8::try_from(channel).unwrap_or(u8::MAX));
@@ -524,29 +537,15 @@ async fn channel_session(
         let (target, out) = (target.clone(), out.clone());
         let port = port.to_string();
         tasks.push(tokio::spawn(async move {
-            match open(&target, &port, rx).await {
-                Err(e) => {
-                    let _ = out.send(message(2 * i + 1, e.as_bytes())).await;
-                }
-                Ok(mut from_pod) => {
-                    while let Some(frame) = from_pod.frame().await {
-                        let bytes = match frame.map(Frame::into_data) {
-                            Ok(Ok(bytes)) => bytes,
-                            Ok(Err(_)) => continue,
-                            Err(e) => {
-                                let why = format!("the connection to the pod's node broke: {e}");
-                                let _ = out.send(message(2 * i + 1, why.as_bytes())).await;
-                                return;
-                            }
-                        };
-                        for chunk in bytes.chunks(CHUNK) {
-                            if out.send(message(2 * i, chunk)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
+            copy_from_pod(
+                &target,
+                &port,
+                rx,
+                &out,
+                |b| message(2 * i, b),
+                |b| message(2 * i + 1, b),
+            )
+            .await;
         }));
     }
     let aborts: Vec<_> = tasks
