@@ -130,152 +130,192 @@ fn default_template(spec: &mut Map<String, Value>) {
     }
 }
 
-/// Fill in the defaults of an object of `group`/`kind`.
-pub fn apply_defaults(group: &str, kind: &str, object: &mut Value) {
+/// The defaults of a Pod.
+pub fn pod(object: &mut Value) {
     let Some(root) = object.as_object_mut() else {
         return;
     };
-    match (group, kind) {
-        ("", "Pod") => {
-            if let Some(spec) = root.get_mut("spec") {
-                default_pod_spec(spec);
-                // Pod-only defaults (templates do not get them upstream).
-                if let Some(s) = spec.as_object_mut() {
-                    set_default(s, "enableServiceLinks", json!(true));
-                    set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
-                    set_default(s, "priority", json!(0));
-                }
-            }
+    if let Some(spec) = root.get_mut("spec") {
+        default_pod_spec(spec);
+        // Pod-only defaults (templates do not get them upstream).
+        if let Some(s) = spec.as_object_mut() {
+            set_default(s, "enableServiceLinks", json!(true));
+            set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
+            set_default(s, "priority", json!(0));
         }
-        ("apps", "Deployment") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            set_default(spec, "replicas", json!(1));
-            set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(spec, "progressDeadlineSeconds", json!(600));
-            let strategy = child(spec, "strategy").expect("just inserted");
-            set_default(strategy, "type", json!("RollingUpdate"));
-            if strategy.get("type") == Some(&json!("RollingUpdate")) {
-                let ru = child(strategy, "rollingUpdate").expect("just inserted");
-                set_default(ru, "maxUnavailable", json!("25%"));
-                set_default(ru, "maxSurge", json!("25%"));
-            }
-            default_template(spec);
-        }
-        ("apps", "ReplicaSet") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            set_default(spec, "replicas", json!(1));
-            default_template(spec);
-        }
-        ("apps", "DaemonSet") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            set_default(spec, "revisionHistoryLimit", json!(10));
-            let strategy = child(spec, "updateStrategy").expect("just inserted");
-            set_default(strategy, "type", json!("RollingUpdate"));
-            if strategy.get("type") == Some(&json!("RollingUpdate")) {
-                let ru = child(strategy, "rollingUpdate").expect("just inserted");
-                set_default(ru, "maxUnavailable", json!(1));
-                set_default(ru, "maxSurge", json!(0));
-            }
-            default_template(spec);
-        }
-        ("apps", "StatefulSet") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            set_default(spec, "replicas", json!(1));
-            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
-            set_default(spec, "revisionHistoryLimit", json!(10));
-            set_default(
-                spec,
-                "persistentVolumeClaimRetentionPolicy",
-                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
-            );
-            let strategy = child(spec, "updateStrategy").expect("just inserted");
-            set_default(strategy, "type", json!("RollingUpdate"));
-            if strategy.get("type") == Some(&json!("RollingUpdate")) {
-                let ru = child(strategy, "rollingUpdate").expect("just inserted");
-                set_default(ru, "partition", json!(0));
-            }
-            default_template(spec);
-        }
-        ("batch", "Job") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            default_job_spec(spec);
-        }
-        ("batch", "CronJob") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            set_default(spec, "concurrencyPolicy", json!("Allow"));
-            set_default(spec, "suspend", json!(false));
-            set_default(spec, "successfulJobsHistoryLimit", json!(3));
-            set_default(spec, "failedJobsHistoryLimit", json!(1));
-            if let Some(jt) = child(spec, "jobTemplate")
-                && let Some(js) = child(jt, "spec")
-            {
-                default_job_spec(js);
-            }
-        }
-        ("", "Service") => {
-            let Some(spec) = child(root, "spec") else {
-                return;
-            };
-            set_default(spec, "type", json!("ClusterIP"));
-            set_default(spec, "sessionAffinity", json!("None"));
-            let kind = spec
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            if kind != "ExternalName" {
-                set_default(spec, "internalTrafficPolicy", json!("Cluster"));
-            }
-            if kind == "NodePort" || kind == "LoadBalancer" {
-                set_default(spec, "externalTrafficPolicy", json!("Cluster"));
-            }
-            for port in spec
-                .get_mut("ports")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(p) = port.as_object_mut() {
-                    set_default(p, "protocol", json!("TCP"));
-                    if let Some(number) = p.get("port").cloned() {
-                        set_default(p, "targetPort", number);
-                    }
-                }
-            }
-        }
-        ("", "Secret") => {
-            set_default(root, "type", json!("Opaque"));
-            // stringData is write-only: it is folded into data.
-            if let Some(Value::Object(string_data)) = root.remove("stringData") {
-                use base64::Engine as _;
-                let data = child(root, "data").expect("just inserted");
-                for (k, v) in string_data {
-                    let text = v.as_str().unwrap_or_default();
-                    data.insert(
-                        k,
-                        json!(base64::engine::general_purpose::STANDARD.encode(text)),
-                    );
-                }
-            }
-        }
-        ("", "Namespace") => {
-            let spec = child(root, "spec").expect("just inserted");
-            set_default(spec, "finalizers", json!(["kubernetes"]));
-        }
-        _ => {}
     }
+}
+
+/// The defaults of a Deployment.
+pub fn deployment(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    set_default(spec, "replicas", json!(1));
+    set_default(spec, "revisionHistoryLimit", json!(10));
+    set_default(spec, "progressDeadlineSeconds", json!(600));
+    let strategy = child(spec, "strategy").expect("just inserted");
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+        let ru = child(strategy, "rollingUpdate").expect("just inserted");
+        set_default(ru, "maxUnavailable", json!("25%"));
+        set_default(ru, "maxSurge", json!("25%"));
+    }
+    default_template(spec);
+}
+
+/// The defaults of a ReplicaSet.
+pub fn replica_set(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    set_default(spec, "replicas", json!(1));
+    default_template(spec);
+}
+
+/// The defaults of a DaemonSet.
+pub fn daemon_set(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    set_default(spec, "revisionHistoryLimit", json!(10));
+    let strategy = child(spec, "updateStrategy").expect("just inserted");
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+        let ru = child(strategy, "rollingUpdate").expect("just inserted");
+        set_default(ru, "maxUnavailable", json!(1));
+        set_default(ru, "maxSurge", json!(0));
+    }
+    default_template(spec);
+}
+
+/// The defaults of a StatefulSet.
+pub fn stateful_set(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    set_default(spec, "replicas", json!(1));
+    set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+    set_default(spec, "revisionHistoryLimit", json!(10));
+    set_default(
+        spec,
+        "persistentVolumeClaimRetentionPolicy",
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+    );
+    let strategy = child(spec, "updateStrategy").expect("just inserted");
+    set_default(strategy, "type", json!("RollingUpdate"));
+    if strategy.get("type") == Some(&json!("RollingUpdate")) {
+        let ru = child(strategy, "rollingUpdate").expect("just inserted");
+        set_default(ru, "partition", json!(0));
+    }
+    default_template(spec);
+}
+
+/// The defaults of a Job.
+pub fn job(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    default_job_spec(spec);
+}
+
+/// The defaults of a CronJob.
+pub fn cron_job(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    set_default(spec, "concurrencyPolicy", json!("Allow"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "successfulJobsHistoryLimit", json!(3));
+    set_default(spec, "failedJobsHistoryLimit", json!(1));
+    if let Some(jt) = child(spec, "jobTemplate")
+        && let Some(js) = child(jt, "spec")
+    {
+        default_job_spec(js);
+    }
+}
+
+/// The defaults of a Service.
+pub fn service(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    set_default(spec, "type", json!("ClusterIP"));
+    set_default(spec, "sessionAffinity", json!("None"));
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if kind != "ExternalName" {
+        set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    for port in spec
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(p) = port.as_object_mut() {
+            set_default(p, "protocol", json!("TCP"));
+            if let Some(number) = p.get("port").cloned() {
+                set_default(p, "targetPort", number);
+            }
+        }
+    }
+}
+
+/// The defaults of a Secret.
+pub fn secret(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    set_default(root, "type", json!("Opaque"));
+    // stringData is write-only: it is folded into data.
+    if let Some(Value::Object(string_data)) = root.remove("stringData") {
+        use base64::Engine as _;
+        let data = child(root, "data").expect("just inserted");
+        for (k, v) in string_data {
+            let text = v.as_str().unwrap_or_default();
+            data.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+    }
+}
+
+/// The defaults of a Namespace.
+pub fn namespace(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let spec = child(root, "spec").expect("just inserted");
+    set_default(spec, "finalizers", json!(["kubernetes"]));
 }
 
 fn default_job_spec(spec: &mut Map<String, Value>) {
@@ -314,7 +354,7 @@ mod tests {
     #[test]
     fn deployment_defaults_match_upstream() {
         let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "nginx:1", "ports": [{"containerPort": 80}]}]}}}});
-        apply_defaults("apps", "Deployment", &mut d);
+        deployment(&mut d);
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(
             d["spec"]["strategy"],
@@ -331,14 +371,14 @@ mod tests {
     #[test]
     fn recreate_strategy_gets_no_rolling_update() {
         let mut d = json!({"spec": {"strategy": {"type": "Recreate"}}});
-        apply_defaults("apps", "Deployment", &mut d);
+        deployment(&mut d);
         assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
     }
 
     #[test]
     fn service_defaults_and_target_port() {
         let mut s = json!({"spec": {"ports": [{"port": 80}]}});
-        apply_defaults("", "Service", &mut s);
+        service(&mut s);
         assert_eq!(s["spec"]["type"], "ClusterIP");
         assert_eq!(s["spec"]["sessionAffinity"], "None");
         assert_eq!(
@@ -350,7 +390,7 @@ mod tests {
     #[test]
     fn secret_string_data_becomes_data() {
         let mut s = json!({"stringData": {"user": "admin"}});
-        apply_defaults("", "Secret", &mut s);
+        secret(&mut s);
         assert_eq!(s, json!({"type": "Opaque", "data": {"user": "YWRtaW4="}}));
     }
 }

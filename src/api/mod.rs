@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod defaults;
 pub mod duplicates;
 pub mod join;
+pub mod names;
 pub mod patch;
 pub mod podrefs;
 pub mod proto;

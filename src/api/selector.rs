@@ -277,7 +277,7 @@ pub fn check_key(key: &str) -> Result<(), Error> {
         None => (None, key),
     };
     if let Some(p) = prefix
-        && (p.is_empty() || !crate::api::validation::is_dns1123_subdomain(p))
+        && (p.is_empty() || !super::names::is_dns1123_subdomain(p))
     {
         return Err(Error(format!(
             "invalid label key {key:?}: prefix part must be a lowercase RFC 1123 subdomain"

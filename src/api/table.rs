@@ -40,10 +40,38 @@ const AGE: Column = Column {
     priority: 0,
 };
 
-/// The columns of a kind (`group`, `kind`).
-pub fn columns(group: &str, kind: &str) -> Vec<Column> {
-    match (group, kind) {
-        ("", "Pod") => vec![
+/// Which of upstream's printers a kind's rows come from. A kind's strategy
+/// names its printer; kinds without one (and kinds added at run time, until
+/// they bring printer columns of their own) get [`Printer::Default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Printer {
+    Pod,
+    Namespace,
+    Node,
+    Service,
+    Endpoints,
+    ConfigMap,
+    Secret,
+    ServiceAccount,
+    /// core/v1 and events.k8s.io/v1 Events.
+    Event,
+    Lease,
+    Deployment,
+    ReplicaSet,
+    DaemonSet,
+    StatefulSet,
+    ControllerRevision,
+    Job,
+    CronJob,
+    EndpointSlice,
+    /// Name and creation time.
+    Default,
+}
+
+/// The columns of a printer.
+pub fn columns(printer: Printer) -> Vec<Column> {
+    match printer {
+        Printer::Pod => vec![
             NAME,
             col("Ready", 0),
             col("Status", 0),
@@ -54,8 +82,8 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Nominated Node", 1),
             col("Readiness Gates", 1),
         ],
-        ("", "Namespace") => vec![NAME, col("Status", 0), AGE],
-        ("", "Node") => vec![
+        Printer::Namespace => vec![NAME, col("Status", 0), AGE],
+        Printer::Node => vec![
             NAME,
             col("Status", 0),
             col("Roles", 0),
@@ -67,7 +95,7 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Kernel-Version", 1),
             col("Container-Runtime", 1),
         ],
-        ("", "Service") => vec![
+        Printer::Service => vec![
             NAME,
             col("Type", 0),
             col("Cluster-IP", 0),
@@ -76,11 +104,11 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             AGE,
             col("Selector", 1),
         ],
-        ("", "Endpoints") => vec![NAME, col("Endpoints", 0), AGE],
-        ("", "ConfigMap") => vec![NAME, col("Data", 0), AGE],
-        ("", "Secret") => vec![NAME, col("Type", 0), col("Data", 0), AGE],
-        ("", "ServiceAccount") => vec![NAME, col("Secrets", 0), AGE],
-        ("", "Event") | ("events.k8s.io", "Event") => vec![
+        Printer::Endpoints => vec![NAME, col("Endpoints", 0), AGE],
+        Printer::ConfigMap => vec![NAME, col("Data", 0), AGE],
+        Printer::Secret => vec![NAME, col("Type", 0), col("Data", 0), AGE],
+        Printer::ServiceAccount => vec![NAME, col("Secrets", 0), AGE],
+        Printer::Event => vec![
             col("Last Seen", 0),
             col("Type", 0),
             col("Reason", 0),
@@ -95,8 +123,8 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
                 ..NAME
             },
         ],
-        ("coordination.k8s.io", "Lease") => vec![NAME, col("Holder", 0), AGE],
-        ("apps", "Deployment") => vec![
+        Printer::Lease => vec![NAME, col("Holder", 0), AGE],
+        Printer::Deployment => vec![
             NAME,
             col("Ready", 0),
             col("Up-to-date", 0),
@@ -106,7 +134,7 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        ("apps", "ReplicaSet") => vec![
+        Printer::ReplicaSet => vec![
             NAME,
             col("Desired", 0),
             col("Current", 0),
@@ -116,7 +144,7 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        ("apps", "DaemonSet") => vec![
+        Printer::DaemonSet => vec![
             NAME,
             col("Desired", 0),
             col("Current", 0),
@@ -129,17 +157,17 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        ("apps", "StatefulSet") => vec![
+        Printer::StatefulSet => vec![
             NAME,
             col("Ready", 0),
             AGE,
             col("Containers", 1),
             col("Images", 1),
         ],
-        ("apps", "ControllerRevision") => {
+        Printer::ControllerRevision => {
             vec![NAME, col("Controller", 0), col("Revision", 0), AGE]
         }
-        ("batch", "Job") => vec![
+        Printer::Job => vec![
             NAME,
             col("Status", 0),
             col("Completions", 0),
@@ -149,7 +177,7 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        ("batch", "CronJob") => vec![
+        Printer::CronJob => vec![
             NAME,
             col("Schedule", 0),
             col("Timezone", 0),
@@ -161,14 +189,14 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        ("discovery.k8s.io", "EndpointSlice") => vec![
+        Printer::EndpointSlice => vec![
             NAME,
             col("AddressType", 0),
             col("Ports", 0),
             col("Endpoints", 0),
             AGE,
         ],
-        _ => vec![
+        Printer::Default => vec![
             NAME,
             Column {
                 name: "Created At",
@@ -182,9 +210,9 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
 }
 
 /// `columnDefinitions` of a Table.
-pub fn column_definitions(group: &str, kind: &str) -> Value {
+pub fn column_definitions(printer: Printer) -> Value {
     Value::Array(
-        columns(group, kind)
+        columns(printer)
             .iter()
             .map(|c| {
                 json!({
@@ -331,13 +359,13 @@ fn map_text(m: Option<&Value>) -> String {
 }
 
 /// The cells of one row, in column order.
-pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
-    match (group, kind) {
-        ("", "Pod") => pod_cells(obj, now),
-        ("", "Namespace") => vec![name(obj), json!(s(obj, "/status/phase")), age(obj, now)],
-        ("", "Node") => node_cells(obj, now),
-        ("", "Service") => service_cells(obj, now),
-        ("", "Endpoints") => {
+pub fn cells(printer: Printer, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    match printer {
+        Printer::Pod => pod_cells(obj, now),
+        Printer::Namespace => vec![name(obj), json!(s(obj, "/status/phase")), age(obj, now)],
+        Printer::Node => node_cells(obj, now),
+        Printer::Service => service_cells(obj, now),
+        Printer::Endpoints => {
             let mut eps = Vec::new();
             for subset in obj
                 .get("subsets")
@@ -374,7 +402,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
             };
             vec![name(obj), or_none(text), age(obj, now)]
         }
-        ("", "ConfigMap") => {
+        Printer::ConfigMap => {
             let count = ["data", "binaryData"]
                 .iter()
                 .map(|f| {
@@ -385,7 +413,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 .sum::<usize>();
             vec![name(obj), json!(count), age(obj, now)]
         }
-        ("", "Secret") => {
+        Printer::Secret => {
             let count = obj
                 .get("data")
                 .and_then(Value::as_object)
@@ -397,20 +425,20 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 age(obj, now),
             ]
         }
-        ("", "ServiceAccount") => {
+        Printer::ServiceAccount => {
             let count = obj
                 .get("secrets")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
             vec![name(obj), json!(count), age(obj, now)]
         }
-        ("", "Event") | ("events.k8s.io", "Event") => event_cells(obj, now),
-        ("coordination.k8s.io", "Lease") => vec![
+        Printer::Event => event_cells(obj, now),
+        Printer::Lease => vec![
             name(obj),
             json!(s(obj, "/spec/holderIdentity")),
             age(obj, now),
         ],
-        ("apps", "Deployment") => {
+        Printer::Deployment => {
             let (c, i) = containers_and_images(obj.pointer("/spec/template/spec"));
             vec![
                 name(obj),
@@ -427,7 +455,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 selector_text(obj.pointer("/spec/selector")),
             ]
         }
-        ("apps", "ReplicaSet") => {
+        Printer::ReplicaSet => {
             let (c, i) = containers_and_images(obj.pointer("/spec/template/spec"));
             vec![
                 name(obj),
@@ -440,7 +468,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 selector_text(obj.pointer("/spec/selector")),
             ]
         }
-        ("apps", "DaemonSet") => {
+        Printer::DaemonSet => {
             let (c, i) = containers_and_images(obj.pointer("/spec/template/spec"));
             vec![
                 name(obj),
@@ -456,7 +484,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 selector_text(obj.pointer("/spec/selector")),
             ]
         }
-        ("apps", "StatefulSet") => {
+        Printer::StatefulSet => {
             let (c, i) = containers_and_images(obj.pointer("/spec/template/spec"));
             vec![
                 name(obj),
@@ -470,7 +498,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 i,
             ]
         }
-        ("apps", "ControllerRevision") => {
+        Printer::ControllerRevision => {
             let owner = obj
                 .pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
@@ -491,8 +519,8 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 age(obj, now),
             ]
         }
-        ("batch", "Job") => job_cells(obj, now),
-        ("batch", "CronJob") => {
+        Printer::Job => job_cells(obj, now),
+        Printer::CronJob => {
             let (c, i) = containers_and_images(obj.pointer("/spec/jobTemplate/spec/template/spec"));
             let last = match since(obj.pointer("/status/lastScheduleTime"), now) {
                 Some(secs) => human_duration(secs),
@@ -520,7 +548,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 selector_text(obj.pointer("/spec/jobTemplate/spec/selector")),
             ]
         }
-        ("discovery.k8s.io", "EndpointSlice") => {
+        Printer::EndpointSlice => {
             let ports: Vec<String> = obj
                 .get("ports")
                 .and_then(Value::as_array)
@@ -555,7 +583,7 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<
                 age(obj, now),
             ]
         }
-        _ => vec![name(obj), json!(s(obj, "/metadata/creationTimestamp"))],
+        Printer::Default => vec![name(obj), json!(s(obj, "/metadata/creationTimestamp"))],
     }
 }
 
@@ -972,29 +1000,28 @@ mod tests {
     fn columns_and_cells_line_up_for_every_kind() {
         let now = at("2026-01-01T00:10:00Z");
         let obj = json!({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}});
-        for (g, k) in [
-            ("", "Pod"),
-            ("", "Namespace"),
-            ("", "Node"),
-            ("", "Service"),
-            ("", "Endpoints"),
-            ("", "ConfigMap"),
-            ("", "Secret"),
-            ("", "ServiceAccount"),
-            ("", "Event"),
-            ("coordination.k8s.io", "Lease"),
-            ("apps", "Deployment"),
-            ("apps", "ReplicaSet"),
-            ("apps", "DaemonSet"),
-            ("apps", "StatefulSet"),
-            ("apps", "ControllerRevision"),
-            ("batch", "Job"),
-            ("batch", "CronJob"),
-            ("discovery.k8s.io", "EndpointSlice"),
-            ("events.k8s.io", "Event"),
-            ("x", "Unknown"),
+        for p in [
+            Printer::Pod,
+            Printer::Namespace,
+            Printer::Node,
+            Printer::Service,
+            Printer::Endpoints,
+            Printer::ConfigMap,
+            Printer::Secret,
+            Printer::ServiceAccount,
+            Printer::Event,
+            Printer::Lease,
+            Printer::Deployment,
+            Printer::ReplicaSet,
+            Printer::DaemonSet,
+            Printer::StatefulSet,
+            Printer::ControllerRevision,
+            Printer::Job,
+            Printer::CronJob,
+            Printer::EndpointSlice,
+            Printer::Default,
         ] {
-            assert_eq!(columns(g, k).len(), cells(g, k, &obj, now).len(), "{g}/{k}");
+            assert_eq!(columns(p).len(), cells(p, &obj, now).len(), "{p:?}");
         }
     }
 
@@ -1010,7 +1037,7 @@ mod tests {
                  "lastState": {"terminated": {"finishedAt": "2026-01-01T00:58:00Z"}}}
             ]}
         });
-        let row = cells("", "Pod", &pod, now);
+        let row = cells(Printer::Pod, &pod, now);
         assert_eq!(
             row[..6],
             [
@@ -1023,7 +1050,7 @@ mod tests {
             ]
         );
         let pending = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
-        assert_eq!(cells("", "Pod", &pending, now)[2], "Pending");
+        assert_eq!(cells(Printer::Pod, &pending, now)[2], "Pending");
     }
 
     #[test]
@@ -1036,7 +1063,7 @@ mod tests {
             "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}
         });
         assert_eq!(
-            cells("apps", "Deployment", &d, now),
+            cells(Printer::Deployment, &d, now),
             [
                 json!("web"),
                 json!("2/3"),

@@ -4,21 +4,13 @@
 
 use serde_json::Value;
 
+pub use super::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain};
 use super::selector::{LabelSelector, check_key, check_value};
 use super::status::FieldError;
 
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
-
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
 
 /// A taint from `KEY[=VALUE]:EFFECT` (kubectl taint's and k3s's
 /// `--node-taint` form) as a Node's `spec.taints` entry.
@@ -43,14 +35,6 @@ pub fn parse_taint(text: &str) -> Result<serde_json::Value, String> {
         taint["value"] = serde_json::json!(value);
     }
     Ok(taint)
-}
-
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-pub fn is_dns1035_label(s: &str) -> bool {
-    is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
 /// How a kind's names are checked.
@@ -382,109 +366,127 @@ fn validate_workload(spec: &Value, errs: &mut Vec<FieldError>, selector_required
     }
 }
 
-/// Kind-specific checks of a new or updated object (not its metadata).
-pub fn validate_spec(group: &str, kind: &str, obj: &Value, errs: &mut Vec<FieldError>) {
-    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
-    match (group, kind) {
-        ("", "Pod") => validate_pod_spec(&spec, "spec", errs),
-        ("apps", "Deployment") => {
-            validate_workload(&spec, errs, true);
-            if let Some(strategy) = spec.get("strategy") {
-                one_of(
-                    strategy,
-                    "type",
-                    "spec.strategy",
-                    &["Recreate", "RollingUpdate"],
-                    errs,
-                );
-                if str_at(strategy, "type") == "Recreate"
-                    && strategy.get("rollingUpdate").is_some_and(|r| !r.is_null())
-                {
-                    errs.push(FieldError::forbidden(
-                        "spec.strategy.rollingUpdate",
-                        "may not be specified when strategy `type` is 'Recreate'",
-                    ));
-                }
-            }
+fn spec_of(obj: &Value) -> Value {
+    obj.get("spec").cloned().unwrap_or(Value::Null)
+}
+
+/// A Pod's spec.
+pub fn pod(obj: &Value, errs: &mut Vec<FieldError>) {
+    validate_pod_spec(&spec_of(obj), "spec", errs);
+}
+
+/// A Deployment: its workload fields and its strategy.
+pub fn deployment(obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = spec_of(obj);
+    validate_workload(&spec, errs, true);
+    if let Some(strategy) = spec.get("strategy") {
+        one_of(
+            strategy,
+            "type",
+            "spec.strategy",
+            &["Recreate", "RollingUpdate"],
+            errs,
+        );
+        if str_at(strategy, "type") == "Recreate"
+            && strategy.get("rollingUpdate").is_some_and(|r| !r.is_null())
+        {
+            errs.push(FieldError::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            ));
         }
-        ("apps", "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
-            validate_workload(&spec, errs, true)
-        }
-        ("batch", "Job") => {
-            validate_workload(&spec, errs, false);
-            let policy = spec
-                .pointer("/template/spec/restartPolicy")
-                .and_then(Value::as_str);
-            if let Some(p) = policy
-                && p != "OnFailure"
-                && p != "Never"
-            {
-                errs.push(FieldError::not_supported(
-                    "spec.template.spec.restartPolicy",
-                    &Value::from(p),
-                    &["OnFailure", "Never"],
-                ));
-            }
-        }
-        ("batch", "CronJob") => {
-            let schedule = str_at(&spec, "schedule");
-            if schedule.trim().is_empty() {
-                errs.push(FieldError::required("spec.schedule"));
-            } else if let Err(e) = crate::server::controllers::cron::Schedule::parse(schedule) {
+    }
+}
+
+/// An apps/v1 workload (ReplicaSet, DaemonSet, StatefulSet): selector
+/// (required) and template.
+pub fn workload(obj: &Value, errs: &mut Vec<FieldError>) {
+    validate_workload(&spec_of(obj), errs, true);
+}
+
+/// A Job: its workload fields and a restart policy that ends.
+pub fn job(obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = spec_of(obj);
+    validate_workload(&spec, errs, false);
+    let policy = spec
+        .pointer("/template/spec/restartPolicy")
+        .and_then(Value::as_str);
+    if let Some(p) = policy
+        && p != "OnFailure"
+        && p != "Never"
+    {
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            &Value::from(p),
+            &["OnFailure", "Never"],
+        ));
+    }
+}
+
+/// A CronJob: schedule, time zone, job template, concurrency policy.
+pub fn cron_job(obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = spec_of(obj);
+    let schedule = str_at(&spec, "schedule");
+    if schedule.trim().is_empty() {
+        errs.push(FieldError::required("spec.schedule"));
+    } else if let Err(e) = crate::server::controllers::cron::Schedule::parse(schedule) {
+        errs.push(FieldError::invalid(
+            "spec.schedule",
+            &Value::from(schedule),
+            e,
+        ));
+    }
+    if let Some(tz) = spec.get("timeZone").and_then(Value::as_str)
+        && let Err(e) = crate::server::controllers::cron::time_zone(Some(tz))
+    {
+        errs.push(FieldError::invalid("spec.timeZone", &Value::from(tz), e));
+    }
+    if spec.get("jobTemplate").is_none() {
+        errs.push(FieldError::required("spec.jobTemplate"));
+    }
+    one_of(
+        &spec,
+        "concurrencyPolicy",
+        "spec",
+        &["Allow", "Forbid", "Replace"],
+        errs,
+    );
+}
+
+/// A Service's spec.
+pub fn service(obj: &Value, errs: &mut Vec<FieldError>) {
+    validate_service(&spec_of(obj), errs);
+}
+
+/// The keys of a ConfigMap's or Secret's data.
+pub fn config_data(obj: &Value, errs: &mut Vec<FieldError>) {
+    let mut keys: Vec<&str> = Vec::new();
+    for field in ["data", "binaryData", "stringData"] {
+        for (k, _) in obj
+            .get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let valid = !k.is_empty()
+                && k.len() <= 253
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+            if !valid {
                 errs.push(FieldError::invalid(
-                    "spec.schedule",
-                    &Value::from(schedule),
-                    e,
+                    format!("{field}[{k}]"),
+                    &Value::from(k.as_str()),
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                ));
+            } else if field == "binaryData" && keys.contains(&k.as_str()) {
+                errs.push(FieldError::invalid(
+                    format!("{field}[{k}]"),
+                    &Value::from(k.as_str()),
+                    "duplicate of key present in data",
                 ));
             }
-            if let Some(tz) = spec.get("timeZone").and_then(Value::as_str)
-                && let Err(e) = crate::server::controllers::cron::time_zone(Some(tz))
-            {
-                errs.push(FieldError::invalid("spec.timeZone", &Value::from(tz), e));
-            }
-            if spec.get("jobTemplate").is_none() {
-                errs.push(FieldError::required("spec.jobTemplate"));
-            }
-            one_of(
-                &spec,
-                "concurrencyPolicy",
-                "spec",
-                &["Allow", "Forbid", "Replace"],
-                errs,
-            );
+            keys.push(k);
         }
-        ("", "Service") => validate_service(&spec, errs),
-        ("", "ConfigMap" | "Secret") => {
-            let mut keys: Vec<&str> = Vec::new();
-            for field in ["data", "binaryData", "stringData"] {
-                for (k, _) in obj
-                    .get(field)
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                {
-                    let valid = !k.is_empty()
-                        && k.len() <= 253
-                        && k.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
-                    if !valid {
-                        errs.push(FieldError::invalid(
-                            format!("{field}[{k}]"),
-                            &Value::from(k.as_str()),
-                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
-                        ));
-                    } else if field == "binaryData" && keys.contains(&k.as_str()) {
-                        errs.push(FieldError::invalid(
-                            format!("{field}[{k}]"),
-                            &Value::from(k.as_str()),
-                            "duplicate of key present in data",
-                        ));
-                    }
-                    keys.push(k);
-                }
-            }
-        }
-        _ => {}
     }
 }
 
@@ -553,64 +555,63 @@ fn validate_service(spec: &Value, errs: &mut Vec<FieldError>) {
     validate_labels(spec.get("selector"), "spec.selector", errs);
 }
 
-/// Checks that compare an update with the stored object.
-pub fn validate_update(
-    group: &str,
-    kind: &str,
-    old: &Value,
-    new: &Value,
-    errs: &mut Vec<FieldError>,
-) {
-    let immutable = |path: &str, field: &str, errs: &mut Vec<FieldError>| {
-        if old.pointer(path) != new.pointer(path) {
-            errs.push(FieldError::invalid(
+fn immutable(old: &Value, new: &Value, path: &str, field: &str, errs: &mut Vec<FieldError>) {
+    if old.pointer(path) != new.pointer(path) {
+        errs.push(FieldError::invalid(
+            field,
+            new.pointer(path).unwrap_or(&Value::Null),
+            "field is immutable",
+        ));
+    }
+}
+
+/// A workload's selector cannot change (apps/v1 kinds and Jobs).
+pub fn selector_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    immutable(old, new, "/spec/selector", "spec.selector", errs);
+}
+
+/// A Job's selector and template cannot change.
+pub fn job_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    selector_update(old, new, errs);
+    immutable(old, new, "/spec/template", "spec.template", errs);
+}
+
+/// A Service's cluster IP cannot change once set.
+pub fn service_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    let old_ip = old
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let new_ip = new
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !old_ip.is_empty() && old_ip != new_ip && !new_ip.is_empty() {
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            &Value::from(new_ip),
+            "field is immutable",
+        ));
+    }
+}
+
+/// An immutable ConfigMap's or Secret's data cannot change.
+pub fn config_data_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    if old.get("immutable") != Some(&Value::Bool(true)) {
+        return;
+    }
+    for field in ["data", "binaryData"] {
+        if old.get(field) != new.get(field) {
+            errs.push(FieldError::forbidden(
                 field,
-                new.pointer(path).unwrap_or(&Value::Null),
-                "field is immutable",
+                "field is immutable when `immutable` is set",
             ));
         }
-    };
-    match (group, kind) {
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") | ("batch", "Job") => {
-            immutable("/spec/selector", "spec.selector", errs);
-            if kind == "Job" {
-                immutable("/spec/template", "spec.template", errs);
-            }
-        }
-        ("", "Pod") => validate_pod_update(old, new, errs),
-        ("", "Service") => {
-            let old_ip = old
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let new_ip = new
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if !old_ip.is_empty() && old_ip != new_ip && !new_ip.is_empty() {
-                errs.push(FieldError::invalid(
-                    "spec.clusterIP",
-                    &Value::from(new_ip),
-                    "field is immutable",
-                ));
-            }
-        }
-        ("", "ConfigMap" | "Secret") if old.get("immutable") == Some(&Value::Bool(true)) => {
-            for field in ["data", "binaryData"] {
-                if old.get(field) != new.get(field) {
-                    errs.push(FieldError::forbidden(
-                        field,
-                        "field is immutable when `immutable` is set",
-                    ));
-                }
-            }
-        }
-        _ => {}
     }
 }
 
 /// A pod's spec may only change in a few places once created.
-fn validate_pod_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+pub fn pod_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
     let mut a = old.get("spec").cloned().unwrap_or(Value::Null);
     let mut b = new.get("spec").cloned().unwrap_or(Value::Null);
     for spec in [&mut a, &mut b] {
@@ -664,9 +665,9 @@ mod tests {
         }
     }
 
-    fn errors(group: &str, kind: &str, obj: Value) -> Vec<String> {
+    fn errors(validate: fn(&Value, &mut Vec<FieldError>), obj: Value) -> Vec<String> {
         let mut errs = Vec::new();
-        validate_spec(group, kind, &obj, &mut errs);
+        validate(&obj, &mut errs);
         errs.iter().map(|e| e.field.clone()).collect()
     }
 
@@ -690,8 +691,7 @@ mod tests {
     #[test]
     fn pod_validation_lists_every_problem() {
         let fields = errors(
-            "",
-            "Pod",
+            pod,
             json!({"spec": {
                 "containers": [{"name": "a"}, {"name": "a", "image": "x", "ports": [{"containerPort": 70000}]}],
                 "restartPolicy": "Sometimes"
@@ -706,7 +706,7 @@ mod tests {
                 "spec.restartPolicy",
             ]
         );
-        assert_eq!(errors("", "Pod", json!({"spec": {}})), ["spec.containers"]);
+        assert_eq!(errors(pod, json!({"spec": {}})), ["spec.containers"]);
     }
 
     #[test]
@@ -715,12 +715,9 @@ mod tests {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
         }});
+        assert_eq!(errors(deployment, d), ["spec.template.metadata.labels"]);
         assert_eq!(
-            errors("apps", "Deployment", d),
-            ["spec.template.metadata.labels"]
-        );
-        assert_eq!(
-            errors("apps", "Deployment", json!({"spec": {}})),
+            errors(deployment, json!({"spec": {}})),
             ["spec.selector", "spec.template"]
         );
     }
@@ -730,7 +727,7 @@ mod tests {
         let old = json!({"spec": {"selector": {"matchLabels": {"app": "web"}}}});
         let new = json!({"spec": {"selector": {"matchLabels": {"app": "other"}}}});
         let mut errs = Vec::new();
-        validate_update("apps", "Deployment", &old, &new, &mut errs);
+        selector_update(&old, &new, &mut errs);
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("field is immutable"));
     }
@@ -742,19 +739,18 @@ mod tests {
         let env =
             json!({"spec": {"containers": [{"name": "c", "image": "a", "env": [{"name": "X"}]}]}});
         let mut errs = Vec::new();
-        validate_update("", "Pod", &old, &image, &mut errs);
+        pod_update(&old, &image, &mut errs);
         assert!(errs.is_empty(), "changing the image is allowed");
-        validate_update("", "Pod", &old, &env, &mut errs);
+        pod_update(&old, &env, &mut errs);
         assert_eq!(errs.len(), 1);
     }
 
     #[test]
     fn services_need_ports_and_unique_names() {
-        assert_eq!(errors("", "Service", json!({"spec": {}})), ["spec.ports"]);
+        assert_eq!(errors(service, json!({"spec": {}})), ["spec.ports"]);
         assert_eq!(
             errors(
-                "",
-                "Service",
+                service,
                 json!({"spec": {"ports": [{"port": 80, "name": "a"}, {"port": 81}]}})
             ),
             ["spec.ports[1].name"]

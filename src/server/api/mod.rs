@@ -34,10 +34,10 @@ use crate::api::catalog::Resource;
 use crate::api::patch::PatchType;
 use crate::api::selector::{FieldSelector, LabelSelector, selectable_fields};
 use crate::api::status::{self, ApiError};
-use crate::api::table;
 use crate::server::auth::{self, Tokens, User};
 use crate::server::registry::{
     DeleteOptions, FieldValidation, ListQuery, ListResult, Registry, WriteOptions, Written,
+    strategy,
 };
 use crate::store::Revision;
 
@@ -730,7 +730,7 @@ fn partial_metadata(obj: &Value) -> Value {
 
 /// One Table row, carrying the object as `includeObject` says.
 pub(crate) fn table_row(res: &Resource, obj: &Value, include: &str, now: jiff::Timestamp) -> Value {
-    let mut row = json!({"cells": table::cells(&res.group, &res.kind, obj, now)});
+    let mut row = json!({"cells": strategy::of(res).cells(obj, now)});
     match include {
         "None" => {}
         "Object" => row["object"] = obj.clone(),
@@ -757,7 +757,7 @@ pub(crate) fn table_of(
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": metadata,
-        "columnDefinitions": table::column_definitions(&res.group, &res.kind),
+        "columnDefinitions": strategy::of(res).column_definitions(),
         "rows": rows,
     })
 }

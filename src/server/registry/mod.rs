@@ -1,17 +1,22 @@
 //! The registry: what happens to an object between the HTTP layer and the
-//! store. Decoding against the typed schema (k8s-openapi), defaulting,
-//! system metadata (uid, timestamps, generation, resourceVersion),
-//! spec/status separation, validation, admission (namespace lifecycle,
-//! Service IPs, pod tolerations), optimistic concurrency, finalizers and
-//! graceful deletion. Controllers and the scheduler write through here too,
-//! so every writer gets the same rules.
+//! store. The generic part lives here: system metadata (uid, timestamps,
+//! generation, resourceVersion), spec/status separation, the namespace
+//! lifecycle, optimistic concurrency, finalizers, graceful deletion,
+//! orphaning and lists. What differs per kind (typed decoding, defaulting,
+//! validation, initial status and admission, allocations, graceful
+//! deletion, table rows) is the kind's [`strategy::Strategy`], found by the
+//! catalog entry ([`strategy::of`]); this file names no kind. Controllers
+//! and the scheduler write through here too, so every writer gets the same
+//! rules.
 //!
 //! Objects are stored as JSON without `metadata.resourceVersion`; reads put
 //! the store revision there.
 
 #![forbid(unsafe_code)]
 
+mod kinds;
 mod services;
+pub mod strategy;
 mod typed;
 
 use std::sync::{Arc, Mutex};
@@ -19,14 +24,14 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value, json};
 
 use crate::api::catalog::{Catalog, Resource};
-use crate::api::defaults::apply_defaults;
 use crate::api::patch::{self, PatchType};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, FieldError, Target};
-use crate::api::validation::{self, NameRule};
+use crate::api::validation;
 use crate::store::{self, KeyValue, ListOptions, Revision, Store};
 
 pub use services::{Allocator, Held, ServiceRanges};
+use strategy::Strategy;
 
 /// How unknown fields in a request body are treated (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -223,22 +228,6 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
         .expect("metadata is an object")
 }
 
-/// Kinds whose `metadata.generation` counts spec changes.
-fn tracks_generation(res: &Resource) -> bool {
-    matches!(
-        (res.group.as_str(), res.kind.as_str()),
-        ("apps", _) | ("batch", _)
-    ) && res.kind != "ControllerRevision"
-}
-
-fn name_rule(res: &Resource) -> NameRule {
-    match (res.group.as_str(), res.kind.as_str()) {
-        ("", "Namespace") => NameRule::Label,
-        ("", "Service") => NameRule::Dns1035,
-        _ => NameRule::Subdomain,
-    }
-}
-
 /// Everything but metadata and status: what a generation counts.
 fn spec_part(obj: &Value) -> Value {
     let mut v = obj.clone();
@@ -339,148 +328,6 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
     }
 }
 
-/// A Namespace stays while `spec.finalizers` (the namespace controller's)
-/// is not empty.
-fn namespace_finalizers_left(res: &Resource, obj: &Value) -> bool {
-    res.group.is_empty()
-        && res.kind == "Namespace"
-        && obj
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty())
-}
-
-/// Pod QoS class from requests and limits.
-fn qos_class(pod: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .filter_map(|f| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
-        .flatten()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
-        for r in ["cpu", "memory"] {
-            let req = requests.and_then(|m| m.get(r));
-            let lim = limits.and_then(|m| m.get(r));
-            if req.is_some() || lim.is_some() {
-                any = true;
-            }
-            match (req, lim) {
-                (_, None) => guaranteed = false,
-                (Some(q), Some(l)) if q != l => guaranteed = false,
-                _ => {}
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
-/// Where pods find their service account's token, CA and namespace.
-const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// Upstream's ServiceAccount admission: unless the pod opts out
-/// (`automountServiceAccountToken: false`), a projected
-/// `kube-api-access-xxxxx` volume (a bound token, `kube-root-ca.crt`'s
-/// `ca.crt`, the namespace) mounted read-only at [`SA_MOUNT`] in every
-/// container that has nothing there.
-fn mount_service_account_token(spec: &mut serde_json::Map<String, Value>) {
-    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
-        return;
-    }
-    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
-    let Some(list) = volumes.as_array_mut() else {
-        return;
-    };
-    if list.iter().any(|v| {
-        v["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("kube-api-access-"))
-    }) {
-        return;
-    }
-    let suffix: String = uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_lowercase)
-        .chain("bcdfg".chars())
-        .take(5)
-        .collect();
-    let name = format!("kube-api-access-{suffix}");
-    list.push(json!({"name": name, "projected": {"defaultMode": 420, "sources": [
-        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace",
-            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-    ]}}));
-    for key in ["initContainers", "containers"] {
-        for c in spec
-            .get_mut(key)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            let mounts = c
-                .as_object_mut()
-                .map(|o| o.entry("volumeMounts").or_insert_with(|| json!([])));
-            if let Some(m) = mounts.and_then(Value::as_array_mut)
-                && !m.iter().any(|x| x["mountPath"] == SA_MOUNT)
-            {
-                m.push(json!({"name": name, "mountPath": SA_MOUNT, "readOnly": true}));
-            }
-        }
-    }
-}
-
-/// Admission a pod gets on create: its service account, and tolerating
-/// not-ready/unreachable nodes for 300 s (upstream's
-/// DefaultTolerationSeconds).
-fn admit_pod(pod: &mut Value, admission: Admission) {
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let sa = spec
-        .get("serviceAccountName")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default")
-        .to_owned();
-    spec.insert("serviceAccountName".into(), json!(sa));
-    spec.insert("serviceAccount".into(), json!(sa));
-    mount_service_account_token(spec);
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if let Some(list) = tolerations.as_array_mut() {
-        for (key, seconds) in [
-            (
-                "node.kubernetes.io/not-ready",
-                admission.not_ready_toleration_seconds,
-            ),
-            (
-                "node.kubernetes.io/unreachable",
-                admission.unreachable_toleration_seconds,
-            ),
-        ] {
-            let present = list.iter().any(|t| {
-                t.get("key").and_then(Value::as_str) == Some(key)
-                    || (t.get("operator").and_then(Value::as_str) == Some("Exists")
-                        && t.get("key").is_none())
-            });
-            if !present {
-                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
-            }
-        }
-    }
-}
-
 impl Registry {
     /// A registry over `store`, with allocations rebuilt from stored Services.
     ///
@@ -492,24 +339,40 @@ impl Registry {
         admission: Admission,
     ) -> Result<Arc<Self>, ApiError> {
         let catalog = Catalog::builtin();
-        let mut allocator = Allocator::new(ranges);
-        let services = catalog
-            .find("", "v1", "services")
-            .expect("services are in the catalog")
-            .clone();
-        let page = store
-            .list(&services.key_prefix(), ListOptions::default())
-            .await
-            .map_err(|e| store_error(&services, "", e))?;
-        for kv in &page.items {
-            allocator.restore(&Held::of(&decode_kv(kv)?));
-        }
-        Ok(Arc::new(Self {
+        let registry = Self {
             store,
             catalog,
-            allocator: Mutex::new(allocator),
+            allocator: Mutex::new(Allocator::new(ranges)),
             admission,
-        }))
+        };
+        for res in registry.catalog.resources() {
+            let strategy = strategy::of(res);
+            if !strategy.holds_allocations() {
+                continue;
+            }
+            let page = registry
+                .store
+                .list(&res.key_prefix(), ListOptions::default())
+                .await
+                .map_err(|e| store_error(res, "", e))?;
+            for kv in &page.items {
+                strategy.restore(&registry.ctx(), &decode_kv(kv)?);
+            }
+        }
+        Ok(Arc::new(registry))
+    }
+
+    /// What strategies may use: the allocator and admission settings.
+    fn ctx(&self) -> strategy::Context<'_> {
+        strategy::Context {
+            allocator: &self.allocator,
+            admission: self.admission,
+        }
+    }
+
+    /// The strategy of a resource (its kind's, or the generic one).
+    pub fn strategy(&self, res: &Resource) -> Arc<dyn Strategy> {
+        strategy::of(res)
     }
 
     pub fn service_ranges(&self) -> ServiceRanges {
@@ -648,7 +511,7 @@ impl Registry {
         validation: FieldValidation,
         warnings: &mut Vec<String>,
     ) -> Result<Value, ApiError> {
-        let Some(typed) = typed::round_trip(&res.group, &res.kind, &obj) else {
+        let Some(typed) = self.strategy(res).round_trip(&obj) else {
             return Ok(obj);
         };
         let typed = typed.map_err(|e| {
@@ -728,11 +591,12 @@ impl Registry {
     }
 
     fn validate(&self, res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        let strategy = self.strategy(res);
         let mut errs = Vec::new();
-        validation::validate_meta(obj, name_rule(res), res.namespaced, &mut errs);
-        validation::validate_spec(&res.group, &res.kind, obj, &mut errs);
+        validation::validate_meta(obj, strategy.name_rule(), res.namespaced, &mut errs);
+        strategy.validate(obj, &mut errs);
         if let Some(old) = old {
-            validation::validate_update(&res.group, &res.kind, old, obj, &mut errs);
+            strategy.validate_update(old, obj, &mut errs);
         }
         if errs.is_empty() {
             Ok(())
@@ -804,42 +668,35 @@ impl Registry {
                 m.remove(key);
             }
         }
+        let strategy = self.strategy(res);
         let mut obj = self.decode(res, obj, opts.field_validation, &mut warnings)?;
-        apply_defaults(&res.group, &res.kind, &mut obj);
+        strategy.defaults(&mut obj);
         let uid = uuid::Uuid::new_v4().to_string();
         {
             let m = meta_mut(&mut obj);
             m.insert("uid".into(), json!(uid));
             m.insert("creationTimestamp".into(), json!(now_rfc3339()));
-            if tracks_generation(res) {
+            if strategy.tracks_generation() {
                 m.insert("generation".into(), json!(1));
             }
         }
-        self.prepare_create(res, &mut obj, &uid);
+        strategy.prepare_create(&self.ctx(), res, &mut obj);
         let ns = meta_str(&obj, "namespace").to_owned();
         let name = meta_str(&obj, "name").to_owned();
         self.validate(res, &obj, None)?;
         if !ns.is_empty() {
             self.check_namespace(res, &ns).await?;
         }
-        let held = if res.group.is_empty() && res.kind == "Service" {
-            let held = self
-                .allocator
-                .lock()
-                .expect("allocator lock")
-                .assign(&mut obj, None)
-                .map_err(|errs| ApiError::invalid("", "Service", &name, errs))?;
-            Some(held)
-        } else {
-            None
-        };
-        let release = |held: &Option<Held>| {
-            if let Some(h) = held {
-                self.allocator.lock().expect("allocator lock").release(h);
+        let undo = strategy
+            .allocate(&self.ctx(), &mut obj, None)
+            .map_err(|errs| ApiError::invalid(&res.group, &res.kind, &name, errs))?;
+        let release = |undo: Option<strategy::Undo>| {
+            if let Some(u) = undo {
+                u.run(&self.ctx());
             }
         };
         if opts.dry_run {
-            release(&held);
+            release(undo);
             return Ok(Written {
                 object: obj,
                 warnings,
@@ -858,70 +715,9 @@ impl Registry {
                 })
             }
             Err(e) => {
-                release(&held);
+                release(undo);
                 Err(store_error(res, &name, e))
             }
-        }
-    }
-
-    /// Kind-specific changes on create: initial status, pod admission, job
-    /// selectors.
-    fn prepare_create(&self, res: &Resource, obj: &mut Value, uid: &str) {
-        let m = obj.as_object_mut().expect("checked to be an object");
-        match (res.group.as_str(), res.kind.as_str()) {
-            ("", "Pod") => {
-                let qos = qos_class(&Value::Object(m.clone()));
-                m.insert(
-                    "status".into(),
-                    json!({"phase": "Pending", "qosClass": qos}),
-                );
-                admit_pod(obj, self.admission);
-            }
-            ("", "Namespace") => {
-                m.insert("status".into(), json!({"phase": "Active"}));
-                let name = m.get("metadata").and_then(|md| md.get("name")).cloned();
-                if let Some(name) = name {
-                    // Every namespace carries its name as a label (1.22+).
-                    let labels = meta_mut(obj).entry("labels").or_insert_with(|| json!({}));
-                    labels["kubernetes.io/metadata.name"] = name;
-                }
-            }
-            ("", "Service") => {
-                m.insert("status".into(), json!({"loadBalancer": {}}));
-            }
-            ("", "Node") => {}
-            ("batch", "Job") => {
-                m.remove("status");
-                let manual = obj.pointer("/spec/manualSelector") == Some(&json!(true));
-                if !manual {
-                    let name = meta_str(obj, "name").to_owned();
-                    let labels = json!({
-                        "batch.kubernetes.io/controller-uid": uid,
-                        "batch.kubernetes.io/job-name": name,
-                        "controller-uid": uid,
-                        "job-name": name,
-                    });
-                    obj["spec"]["selector"] =
-                        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-                    if let Some(t) = obj.pointer_mut("/spec/template")
-                        && let Some(tm) = t.as_object_mut()
-                    {
-                        let tmeta = tm.entry("metadata").or_insert_with(|| json!({}));
-                        let tl = tmeta
-                            .as_object_mut()
-                            .expect("template metadata is an object")
-                            .entry("labels")
-                            .or_insert_with(|| json!({}));
-                        for (k, v) in labels.as_object().expect("literal object") {
-                            tl[k] = v.clone();
-                        }
-                    }
-                }
-            }
-            _ if res.has_status() => {
-                m.remove("status");
-            }
-            _ => {}
         }
     }
 
@@ -977,9 +773,10 @@ impl Registry {
         {
             return Err(ApiError::modified(target(res, &name)));
         }
+        let strategy = self.strategy(res);
         let mut warnings = Vec::new();
         let mut obj = self.decode(res, obj, opts.field_validation, &mut warnings)?;
-        apply_defaults(&res.group, &res.kind, &mut obj);
+        strategy.defaults(&mut obj);
         // System metadata is the server's.
         {
             let old_meta = meta(&old).clone();
@@ -1003,31 +800,11 @@ impl Registry {
             m.remove("resourceVersion");
         }
         match subresource {
-            Some("status") => {
-                // /status changes status only.
-                let status = obj.get("status").cloned();
-                let mut merged = old.clone();
-                match status {
-                    Some(s) => merged["status"] = s,
-                    None => {
-                        if let Some(m) = merged.as_object_mut() {
-                            m.remove("status");
-                        }
-                    }
-                }
-                obj = merged;
-            }
-            _ if res.has_status() => match old.get("status") {
-                Some(s) => obj["status"] = s.clone(),
-                None => {
-                    if let Some(m) = obj.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            },
-            _ => {}
+            // /status changes status only.
+            Some("status") => obj = strategy.status_update(&old, obj),
+            _ => strategy.reset_status(res, &old, &mut obj),
         }
-        if tracks_generation(res) && spec_part(&old) != spec_part(&obj) {
+        if strategy.tracks_generation() && spec_part(&old) != spec_part(&obj) {
             let generation = meta(&old)
                 .get("generation")
                 .and_then(Value::as_i64)
@@ -1035,12 +812,7 @@ impl Registry {
                 + 1;
             meta_mut(&mut obj).insert("generation".into(), json!(generation));
         }
-        if res.group.is_empty() && res.kind == "Pod" {
-            // Admission fields the client may have dropped stay as they were.
-            if obj.pointer("/spec/serviceAccountName").is_none() {
-                admit_pod(&mut obj, self.admission);
-            }
-        }
+        strategy.prepare_update(&self.ctx(), &old, &mut obj);
         meta_mut(&mut obj).remove("resourceVersion");
         let mut old_cmp = old.clone();
         meta_mut(&mut old_cmp).remove("resourceVersion");
@@ -1052,16 +824,9 @@ impl Registry {
                 warnings,
             });
         }
-        let held = if res.group.is_empty() && res.kind == "Service" {
-            let before = Held::of(&old);
-            let mut allocator = self.allocator.lock().expect("allocator lock");
-            let now = allocator
-                .assign(&mut obj, Some(&before))
-                .map_err(|errs| ApiError::invalid("", "Service", &name, errs))?;
-            Some((before, now))
-        } else {
-            None
-        };
+        let undo = strategy
+            .allocate(&self.ctx(), &mut obj, Some(&old))
+            .map_err(|errs| ApiError::invalid(&res.group, &res.kind, &name, errs))?;
         if opts.dry_run {
             return Ok(Written {
                 object: obj,
@@ -1073,7 +838,7 @@ impl Registry {
             .get("finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty())
-            || namespace_finalizers_left(res, &obj);
+            || strategy.deletion_pending(&obj);
         if meta(&obj).get("deletionTimestamp").is_some() && !finalizers_left {
             let object = self
                 .store_remove(res, &name, &kv.key, &old, obj, kv.mod_revision)
@@ -1086,11 +851,8 @@ impl Registry {
         {
             Ok(object) => Ok(Written { object, warnings }),
             Err(e) => {
-                if let Some((before, now)) = held {
-                    // Undo: give back new allocations, keep the old ones.
-                    let mut allocator = self.allocator.lock().expect("allocator lock");
-                    allocator.release(&now);
-                    allocator.restore(&before);
+                if let Some(undo) = undo {
+                    undo.run(&self.ctx());
                 }
                 Err(e)
             }
@@ -1118,7 +880,9 @@ impl Registry {
             let patched = match patch_type {
                 PatchType::Json => patch::json_patch(&old, patch_body),
                 PatchType::Merge => patch::merge_patch(&old, patch_body),
-                PatchType::Strategic => patch::strategic_merge(&res.kind, &old, patch_body),
+                PatchType::Strategic => {
+                    self.strategy(res).strategic_merge(res, &old, patch_body)
+                }
                 PatchType::Apply => {
                     return Err(ApiError::new(
                         415,
@@ -1267,9 +1031,11 @@ impl Registry {
                 ));
             }
         }
-        let grace = self.grace_period(res, &obj, opts);
+        let strategy = self.strategy(res);
+        let graceful = strategy.grace_period(&obj, opts.grace_period_seconds);
+        let grace = graceful.unwrap_or(0);
         let already_deleting = meta(&obj).get("deletionTimestamp").is_some();
-        let ns_pending = namespace_finalizers_left(res, &obj);
+        let ns_pending = strategy.deletion_pending(&obj);
         if grace > 0 || !finalizers.is_empty() || ns_pending {
             if already_deleting
                 && grace == 0
@@ -1278,7 +1044,7 @@ impl Registry {
                         .get("finalizers")
                         .and_then(Value::as_array)
                         .map_or(0, Vec::len)
-                && res.kind != "Pod"
+                && graceful.is_none()
             {
                 return Ok(old);
             }
@@ -1296,9 +1062,7 @@ impl Registry {
             if !finalizers.is_empty() {
                 m.insert("finalizers".into(), Value::Array(finalizers.clone()));
             }
-            if res.group.is_empty() && res.kind == "Namespace" {
-                obj["status"]["phase"] = json!("Terminating");
-            }
+            strategy.mark_deleting(&mut obj);
             let pending = grace > 0 || !finalizers.is_empty() || ns_pending;
             if pending {
                 if opts.dry_run {
@@ -1452,48 +1216,8 @@ impl Registry {
         Ok(obj)
     }
 
-    /// Seconds a deletion waits: only pods bound to a node wait, for their
-    /// grace period, so their agent can stop the containers.
-    fn grace_period(&self, res: &Resource, obj: &Value, opts: &DeleteOptions) -> i64 {
-        if !(res.group.is_empty() && res.kind == "Pod") {
-            return 0;
-        }
-        let bound = obj
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty());
-        let phase = obj
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !bound || phase == "Succeeded" || phase == "Failed" {
-            return 0;
-        }
-        let requested = opts
-            .grace_period_seconds
-            .or_else(|| {
-                obj.pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30)
-            .max(0);
-        // An earlier, shorter grace period is never extended.
-        match meta(obj)
-            .get("deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-        {
-            Some(current) if meta(obj).get("deletionTimestamp").is_some() => requested.min(current),
-            _ => requested,
-        }
-    }
-
     fn after_delete(&self, res: &Resource, old: &Value) {
-        if res.group.is_empty() && res.kind == "Service" {
-            self.allocator
-                .lock()
-                .expect("allocator lock")
-                .release(&Held::of(old));
-        }
+        self.strategy(res).release(&self.ctx(), old);
     }
 
     /// Delete every object a list query selects.
@@ -1520,62 +1244,6 @@ impl Registry {
             }
         }
         Ok(out)
-    }
-
-    /// Bind a pod to a node (`pods/binding`).
-    ///
-    /// # Errors
-    /// 409 when the pod is already bound or being deleted.
-    pub async fn bind(&self, namespace: &str, name: &str, binding: &Value) -> Result<(), ApiError> {
-        let res = self
-            .resource("", "pods")
-            .expect("pods are in the catalog")
-            .clone();
-        let node = binding
-            .pointer("/target/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if node.is_empty() {
-            return Err(ApiError::invalid(
-                "",
-                "Binding",
-                name,
-                vec![FieldError::required("target.name")],
-            ));
-        }
-        let (kv, old) = self.get_kv(&res, Some(namespace), name).await?;
-        if meta(&old).get("deletionTimestamp").is_some() {
-            return Err(ApiError::conflict(
-                target(&res, name),
-                "pod is being deleted, cannot be assigned to a host",
-            ));
-        }
-        let current = old
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !current.is_empty() {
-            return Err(ApiError::conflict(
-                target(&res, name),
-                &format!("pod {name} is already assigned to node {current:?}"),
-            ));
-        }
-        let mut obj = old.clone();
-        obj["spec"]["nodeName"] = json!(node);
-        let conditions = obj
-            .pointer_mut("/status")
-            .and_then(Value::as_object_mut)
-            .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
-        if let Some(Value::Array(list)) = conditions {
-            list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
-            list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
-        }
-        meta_mut(&mut obj).remove("resourceVersion");
-        self.store
-            .update(&kv.key, encode(&obj), Some(kv.mod_revision))
-            .await
-            .map_err(|e| store_error(&res, name, e))?;
-        Ok(())
     }
 }
 
