@@ -231,6 +231,16 @@ const ENTRIES: &[Entry] = &[
         subresources: &[],
     },
     Entry {
+        group: "",
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        namespaced: true,
+        short: &["rc"],
+        all: true,
+        verbs: CRUD,
+        subresources: &[STATUS, SCALE],
+    },
+    Entry {
         group: "coordination.k8s.io",
         kind: "Lease",
         plural: "leases",
@@ -460,6 +470,7 @@ mod tests {
             ("ev", "events"),
             ("sa", "serviceaccounts"),
             ("cj", "cronjobs"),
+            ("rc", "replicationcontrollers"),
         ] {
             let found = catalog
                 .resources()

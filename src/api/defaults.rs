@@ -318,6 +318,39 @@ pub fn namespace(object: &mut Value) {
     set_default(spec, "finalizers", json!(["kubernetes"]));
 }
 
+/// The defaults of a ReplicationController (upstream's
+/// SetDefaults_ReplicationController): the selector and, when it has none,
+/// the object's labels come from the template's labels; one replica.
+pub fn replication_controller(object: &mut Value) {
+    let Some(root) = object.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = child(root, "spec") else {
+        return;
+    };
+    let template_labels = spec
+        .get("template")
+        .and_then(|t| t.pointer("/metadata/labels"))
+        .filter(|l| l.is_object())
+        .cloned();
+    let empty = |v: Option<&Value>| v.and_then(Value::as_object).is_none_or(Map::is_empty);
+    if let Some(labels) = &template_labels
+        && empty(spec.get("selector"))
+    {
+        spec.insert("selector".into(), labels.clone());
+    }
+    set_default(spec, "replicas", json!(1));
+    if spec.get("template").is_some_and(|t| !t.is_null()) {
+        default_template(spec);
+    }
+    if let Some(labels) = template_labels {
+        let meta = child(root, "metadata").expect("just inserted");
+        if empty(meta.get("labels")) {
+            meta.insert("labels".into(), labels);
+        }
+    }
+}
+
 fn default_job_spec(spec: &mut Map<String, Value>) {
     let has_completions = spec.get("completions").is_some_and(|v| !v.is_null());
     let has_parallelism = spec.get("parallelism").is_some_and(|v| !v.is_null());

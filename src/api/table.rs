@@ -58,6 +58,7 @@ pub enum Printer {
     Lease,
     Deployment,
     ReplicaSet,
+    ReplicationController,
     DaemonSet,
     StatefulSet,
     ControllerRevision,
@@ -134,7 +135,7 @@ pub fn columns(printer: Printer) -> Vec<Column> {
             col("Images", 1),
             col("Selector", 1),
         ],
-        Printer::ReplicaSet => vec![
+        Printer::ReplicaSet | Printer::ReplicationController => vec![
             NAME,
             col("Desired", 0),
             col("Current", 0),
@@ -453,6 +454,19 @@ pub fn cells(printer: Printer, obj: &Value, now: jiff::Timestamp) -> Vec<Value> 
                 c,
                 i,
                 selector_text(obj.pointer("/spec/selector")),
+            ]
+        }
+        Printer::ReplicationController => {
+            let (c, i) = containers_and_images(obj.pointer("/spec/template/spec"));
+            vec![
+                name(obj),
+                json!(n(obj, "/spec/replicas")),
+                json!(n(obj, "/status/replicas")),
+                json!(n(obj, "/status/readyReplicas")),
+                age(obj, now),
+                c,
+                i,
+                or_none(map_text(obj.pointer("/spec/selector"))),
             ]
         }
         Printer::ReplicaSet => {
@@ -1013,6 +1027,7 @@ mod tests {
             Printer::Lease,
             Printer::Deployment,
             Printer::ReplicaSet,
+            Printer::ReplicationController,
             Printer::DaemonSet,
             Printer::StatefulSet,
             Printer::ControllerRevision,
@@ -1073,6 +1088,47 @@ mod tests {
                 json!("nginx"),
                 json!("nginx:1"),
                 json!("app=web")
+            ]
+        );
+    }
+
+    #[test]
+    fn replication_controller_row_prints_its_map_selector() {
+        let now = at("2026-01-01T00:00:30Z");
+        let rc = json!({
+            "metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"replicas": 3, "selector": {"tier": "front", "app": "web"},
+                     "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]}}},
+            "status": {"replicas": 3, "readyReplicas": 2}
+        });
+        let names: Vec<&str> = columns(Printer::ReplicationController)
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Desired",
+                "Current",
+                "Ready",
+                "Age",
+                "Containers",
+                "Images",
+                "Selector"
+            ]
+        );
+        assert_eq!(
+            cells(Printer::ReplicationController, &rc, now),
+            [
+                json!("web"),
+                json!(3),
+                json!(3),
+                json!(2),
+                json!("30s"),
+                json!("nginx"),
+                json!("nginx:1"),
+                json!("app=web,tier=front")
             ]
         );
     }

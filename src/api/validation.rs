@@ -490,6 +490,73 @@ pub fn config_data(obj: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// A ReplicationController, as upstream's ValidateReplicationControllerSpec:
+/// a non-empty selector that the template's labels match, a template whose
+/// pods restart `Always`, no negative counts.
+pub fn replication_controller(obj: &Value, errs: &mut Vec<FieldError>) {
+    let spec = spec_of(obj);
+    let non_negative = |field: &str, errs: &mut Vec<FieldError>| {
+        if let Some(n) = spec.get(field).and_then(Value::as_i64)
+            && n < 0
+        {
+            errs.push(FieldError::invalid(
+                format!("spec.{field}"),
+                &Value::from(n),
+                "must be greater than or equal to 0",
+            ));
+        }
+    };
+    non_negative("minReadySeconds", errs);
+    let selector = spec
+        .get("selector")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty());
+    if selector.is_none() {
+        errs.push(FieldError::required("spec.selector"));
+    }
+    non_negative("replicas", errs);
+    let template = match spec.get("template") {
+        None | Some(Value::Null) => {
+            errs.push(FieldError::required("spec.template"));
+            return;
+        }
+        Some(t) => t,
+    };
+    let labels = template.pointer("/metadata/labels");
+    if let Some(selector) = selector {
+        let matches = selector
+            .iter()
+            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+        if !matches {
+            errs.push(FieldError::invalid(
+                "spec.template.metadata.labels",
+                labels.unwrap_or(&Value::Null),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    validate_labels(labels, "spec.template.metadata.labels", errs);
+    let pod_spec = template.get("spec").unwrap_or(&Value::Null);
+    validate_pod_spec(pod_spec, "spec.template.spec", errs);
+    let policy = pod_spec.get("restartPolicy").and_then(Value::as_str);
+    if policy != Some("Always") {
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            &Value::from(policy.unwrap_or_default()),
+            &["Always"],
+        ));
+    }
+    if pod_spec
+        .get("activeDeadlineSeconds")
+        .is_some_and(|v| !v.is_null())
+    {
+        errs.push(FieldError::forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            "activeDeadlineSeconds in ReplicationController is not Supported",
+        ));
+    }
+}
+
 fn validate_service(spec: &Value, errs: &mut Vec<FieldError>) {
     one_of(
         spec,

@@ -8,6 +8,7 @@ mod batch;
 mod core;
 mod namespace;
 mod pod;
+mod replicationcontroller;
 mod service;
 
 use std::marker::PhantomData;
@@ -71,6 +72,11 @@ pub fn builtin() -> Vec<(&'static str, &'static str, Arc<dyn Strategy>)> {
             "",
             "Event",
             Arc::new(Typed::<corev1::Event>::new(Printer::Event)),
+        ),
+        (
+            "",
+            "ReplicationController",
+            Arc::new(replicationcontroller::ReplicationController),
         ),
         (
             "coordination.k8s.io",
