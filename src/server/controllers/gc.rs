@@ -31,9 +31,10 @@ use crate::server::registry::{DeleteOptions, WriteOptions};
 const FOREGROUND: &str = "foregroundDeletion";
 
 /// The kinds that own things the collector tracks.
-const OWNER_KINDS: [&str; 6] = [
+const OWNER_KINDS: [&str; 7] = [
     "Deployment",
     "ReplicaSet",
+    "ReplicationController",
     "DaemonSet",
     "StatefulSet",
     "Job",

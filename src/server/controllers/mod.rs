@@ -20,6 +20,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod revisions;
 pub mod serviceaccount;
 pub mod servicelb;
@@ -45,6 +46,7 @@ pub struct Informers {
     pub nodes: Arc<Informer>,
     pub namespaces: Arc<Informer>,
     pub replicasets: Arc<Informer>,
+    pub replicationcontrollers: Arc<Informer>,
     pub deployments: Arc<Informer>,
     pub serviceaccounts: Arc<Informer>,
     pub services: Arc<Informer>,
@@ -69,6 +71,10 @@ impl Informers {
             nodes: Informer::start(registry.clone(), res("", "nodes")),
             namespaces: Informer::start(registry.clone(), res("", "namespaces")),
             replicasets: Informer::start(registry.clone(), res("apps", "replicasets")),
+            replicationcontrollers: Informer::start(
+                registry.clone(),
+                res("", "replicationcontrollers"),
+            ),
             deployments: Informer::start(registry.clone(), res("apps", "deployments")),
             serviceaccounts: Informer::start(registry.clone(), res("", "serviceaccounts")),
             services: Informer::start(registry.clone(), res("", "services")),
@@ -84,12 +90,13 @@ impl Informers {
         }
     }
 
-    fn all(&self) -> [&Arc<Informer>; 13] {
+    fn all(&self) -> [&Arc<Informer>; 14] {
         [
             &self.pods,
             &self.nodes,
             &self.namespaces,
             &self.replicasets,
+            &self.replicationcontrollers,
             &self.deployments,
             &self.serviceaccounts,
             &self.services,
@@ -175,6 +182,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     });
     let mut tasks = JoinSet::new();
     replicaset::start(ctx.clone(), &mut tasks);
+    replicationcontroller::start(ctx.clone(), &mut tasks);
     deployment::start(ctx.clone(), &mut tasks);
     daemonset::start(ctx.clone(), &mut tasks);
     statefulset::start(ctx.clone(), &mut tasks);
