@@ -8,7 +8,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -35,6 +34,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::api::catalog::Resource;
+pub use crate::api::meta::controller_of;
 use crate::api::status::ApiError;
 use crate::server::informer::{Change, Informer, Queue, object_key};
 use crate::server::registry::{Registry, WriteOptions};
@@ -311,16 +311,6 @@ pub fn meta_str<'a>(obj: &'a Value, key: &str) -> &'a str {
     obj.pointer(&format!("/metadata/{key}"))
         .and_then(Value::as_str)
         .unwrap_or_default()
-}
-
-/// The owner reference with `controller: true`, if any.
-pub fn controller_of(obj: &Value) -> Option<&Value> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|refs| {
-            refs.iter()
-                .find(|r| r.get("controller") == Some(&json!(true)))
-        })
 }
 
 /// An owner reference to `owner`, as a controller.

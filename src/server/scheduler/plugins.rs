@@ -168,7 +168,7 @@ impl PodOnNode {
     pub fn of(pod: &Value) -> Self {
         Self {
             requests: pod_requests(pod),
-            owner: super::super::controllers::controller_of(pod)
+            owner: crate::api::meta::controller_of(pod)
                 .and_then(|o| o["uid"].as_str())
                 .map(str::to_owned),
             host_ports: host_ports(pod),
@@ -251,7 +251,7 @@ impl<'a> PodView<'a> {
                 .map_or(&[], Vec::as_slice),
             host_ports: host_ports(pod),
             anti_affinity,
-            owner: super::super::controllers::controller_of(pod).and_then(|o| o["uid"].as_str()),
+            owner: crate::api::meta::controller_of(pod).and_then(|o| o["uid"].as_str()),
         }
     }
 }
