@@ -11,6 +11,7 @@ pub mod duplicates;
 pub mod join;
 pub mod meta;
 pub mod patch;
+pub mod placement;
 pub mod podrefs;
 pub mod proto;
 pub mod quantity;
