@@ -4,6 +4,8 @@
 //! and removes it when the pod goes. Works on v1 (one directory per
 //! controller hierarchy) and v2 (one unified hierarchy).
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";

@@ -11,6 +11,8 @@
 //! containers inherit containerd's (raising them can fail with EPERM where
 //! `fs.nr_open` is lower).
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
