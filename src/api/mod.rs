@@ -1,15 +1,18 @@
 //! Kubernetes API knowledge shared by server and agent: the resource catalog,
-//! selectors, patches, validation, defaulting, `Status` errors and table
-//! columns. Pure logic on JSON values: no IO, no tokio.
+//! selectors, patches, validation, defaulting, `Status` errors, table
+//! columns, cron schedules and object metadata. Pure logic on JSON values: no IO, no tokio.
 
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod cron;
 pub mod defaults;
 pub mod duplicates;
 pub mod join;
+pub mod meta;
 pub mod names;
 pub mod patch;
+pub mod placement;
 pub mod podrefs;
 pub mod proto;
 pub mod quantity;

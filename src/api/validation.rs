@@ -429,7 +429,7 @@ pub fn cron_job(obj: &Value, errs: &mut Vec<FieldError>) {
     let schedule = str_at(&spec, "schedule");
     if schedule.trim().is_empty() {
         errs.push(FieldError::required("spec.schedule"));
-    } else if let Err(e) = crate::server::controllers::cron::Schedule::parse(schedule) {
+    } else if let Err(e) = crate::api::cron::Schedule::parse(schedule) {
         errs.push(FieldError::invalid(
             "spec.schedule",
             &Value::from(schedule),
@@ -437,7 +437,7 @@ pub fn cron_job(obj: &Value, errs: &mut Vec<FieldError>) {
         ));
     }
     if let Some(tz) = spec.get("timeZone").and_then(Value::as_str)
-        && let Err(e) = crate::server::controllers::cron::time_zone(Some(tz))
+        && let Err(e) = crate::api::cron::time_zone(Some(tz))
     {
         errs.push(FieldError::invalid("spec.timeZone", &Value::from(tz), e));
     }

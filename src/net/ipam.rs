@@ -8,6 +8,8 @@
 //! index in memory (the agent is the directory's only writer), so handing
 //! out an address costs the same with one pod as with two hundred.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};

@@ -5,6 +5,8 @@
 //! that has entered the pod's namespace ([`in_netns`]), so the agent never
 //! forks and never moves its own threads between namespaces for long.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;

@@ -6,6 +6,8 @@
 //! from Node objects. host-gw: per other node a route to its podCIDR via
 //! its node IP (the nodes must share an L2 segment).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};

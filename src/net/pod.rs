@@ -10,6 +10,8 @@
 //! Otherwise every new port's duplicate-address probes and multicast
 //! reports flood the bridge to every pod, a cost that grows with the pods.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;

@@ -5,6 +5,8 @@
 //! is removed when dropped, also when the test using it panics. Not used by
 //! orch itself.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

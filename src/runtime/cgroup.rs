@@ -4,6 +4,8 @@
 //! and removes it when the pod goes. Works on v1 (one directory per
 //! controller hierarchy) and v2 (one unified hierarchy).
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -144,6 +146,18 @@ const V1_MANAGED: [&str; 12] = [
     "freezer",
 ];
 
+/// A cgroup's resource limits, already in kernel units: what
+/// [`set_limits`] writes for a pod and the OCI spec asks of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// cpu.shares (v1) — converted by libcgroups for v2. From the CPU request.
+    pub cpu_shares: Option<u64>,
+    /// CFS quota per 100 ms period, from the CPU limit.
+    pub cpu_quota: Option<i64>,
+    /// Bytes, from the memory limit.
+    pub memory_limit: Option<i64>,
+}
+
 /// A v1 hierarchy, as a container sees it at `/sys/fs/cgroup/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct V1Hierarchy {
@@ -250,7 +264,7 @@ pub fn v1_view(run_dir: &Path) -> std::io::Result<Option<V1View>> {
 ///
 /// # Errors
 /// A directory or control file cannot be written.
-pub fn set_limits(path: &str, r: &super::spec::Resources) -> std::io::Result<()> {
+pub fn set_limits(path: &str, r: &Resources) -> std::io::Result<()> {
     let rel = path.trim_start_matches('/');
     let write = |file: PathBuf, value: String| {
         std::fs::write(&file, &value)

@@ -5,6 +5,8 @@
 //! `<name>.<UTC yyyymmdd-hhmmss>` and the oldest rotated files beyond the
 //! limit are removed (the kubelet's `containerLogMaxSize`/`MaxFiles`).
 
+#![forbid(unsafe_code)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! directories plus its own upper directory (as containerd's overlay
 //! snapshotter mounts them).
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::path::{Path, PathBuf};
 

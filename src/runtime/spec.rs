@@ -11,9 +11,13 @@
 //! containers inherit containerd's (raising them can fail with EPERM where
 //! `fs.nr_open` is lower).
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+
+use super::cgroup::V1View;
 
 /// containerd's default capabilities (`pkg/oci` defaultUnixCaps).
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -109,16 +113,8 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
-/// Resource limits, already in kernel units.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resources {
-    /// cpu.shares (v1) — converted by libcgroups for v2. From the CPU request.
-    pub cpu_shares: Option<u64>,
-    /// CFS quota per 100 ms period, from the CPU limit.
-    pub cpu_quota: Option<i64>,
-    /// Bytes, from the memory limit.
-    pub memory_limit: Option<i64>,
-}
+/// The container's cgroup limits (defined with the cgroups they limit).
+pub use super::cgroup::Resources;
 
 /// What the container should be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -150,7 +146,7 @@ pub struct ContainerConfig {
     /// ([`super::cgroup::v1_view`]); `None` on v2, where the container
     /// gets the unified hierarchy in a cgroup namespace of its own, so its
     /// cgroup is the root it sees (as containerd does on v2).
-    pub cgroup_v1: Option<std::sync::Arc<super::cgroup::V1View>>,
+    pub cgroup_v1: Option<std::sync::Arc<V1View>>,
     pub resources: Resources,
     pub privileged: bool,
     pub readonly_rootfs: bool,

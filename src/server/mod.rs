@@ -8,7 +8,9 @@ pub mod api;
 pub mod auth;
 mod bootstrap;
 pub mod controllers;
+pub mod events;
 pub mod informer;
+pub mod reconcile;
 pub mod registry;
 pub mod scheduler;
 
@@ -163,7 +165,15 @@ pub async fn run_with(
         },
     )
     .await;
-    scheduler::start(control.clone(), &mut control_tasks);
+    scheduler::start(
+        Arc::new(scheduler::Context {
+            registry: control.registry.clone(),
+            pods: control.informers.pods.clone(),
+            nodes: control.informers.nodes.clone(),
+            events: control.events.clone(),
+        }),
+        &mut control_tasks,
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

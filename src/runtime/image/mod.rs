@@ -1,6 +1,8 @@
 //! Images: references, the content-addressed store, unpacking layers for
 //! overlayfs, importing archives and pulling from registries.
 
+#![forbid(unsafe_code)]
+
 pub mod import;
 pub mod pull;
 pub mod reference;

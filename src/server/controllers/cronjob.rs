@@ -20,13 +20,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::cron::{Schedule, time_zone};
 use super::job::finished;
 use super::replicaset::rv_of;
 use super::{
     Action, Context, controller_of, controller_ref, feed, is_deleting, meta_str, owner_keys,
     record_event, run_workers,
 };
+use crate::api::cron::{Schedule, time_zone};
 use crate::api::status::ApiError;
 use crate::server::informer::Queue;
 use crate::server::informer::split_key;

@@ -28,10 +28,10 @@ use super::{
     Action, Context, controller_of, controller_ref, feed, is_deleting, meta_str, owner_keys,
     pod_ready_since, record_event, run_workers,
 };
+use crate::api::placement::{NodeInfo, PodView, placement};
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, object_key, split_key};
 use crate::server::registry::WriteOptions;
-use crate::server::scheduler::plugins::{NodeInfo, PodView, placement};
 use crate::store::Revision;
 
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {

@@ -8,7 +8,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -26,18 +25,18 @@ pub mod serviceaccount;
 pub mod servicelb;
 pub mod statefulset;
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use crate::api::catalog::Resource;
+pub use crate::api::meta::{controller_of, is_deleting, meta_str};
 use crate::api::status::ApiError;
+use crate::server::events::Recorder;
 use crate::server::informer::{Change, Informer, Queue, object_key};
+pub use crate::server::reconcile::{Action, run_workers};
 use crate::server::registry::{Registry, WriteOptions};
 
 /// Informers for the kinds the control plane watches.
@@ -158,7 +157,8 @@ pub struct Context {
     pub registry: Arc<Registry>,
     pub informers: Informers,
     pub config: Config,
-    events: Arc<Mutex<HashMap<EventKey, (String, u64)>>>,
+    /// Where Events are recorded (shared with the scheduler).
+    pub events: Arc<Recorder>,
 }
 
 impl Context {
@@ -175,10 +175,10 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     let informers = Informers::start(&registry);
     informers.synced().await;
     let ctx = Arc::new(Context {
+        events: Arc::new(Recorder::new(registry.clone())),
         registry,
         informers,
         config,
-        events: Arc::default(),
     });
     let mut tasks = JoinSet::new();
     replicaset::start(ctx.clone(), &mut tasks);
@@ -197,54 +197,6 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     namespace::start(ctx.clone(), &mut tasks);
     serviceaccount::start(ctx.clone(), &mut tasks);
     (ctx, tasks)
-}
-
-/// What a reconcile asks for next.
-pub enum Action {
-    /// Nothing until something changes.
-    AwaitChange,
-    /// Look again after this long (e.g. minReadySeconds, deadlines).
-    RequeueAfter(Duration),
-}
-
-/// Run `workers` loops taking keys from `queue` into `reconcile`.
-pub fn run_workers<F, Fut>(
-    tasks: &mut JoinSet<()>,
-    name: &'static str,
-    queue: Arc<Queue>,
-    workers: usize,
-    reconcile: F,
-) where
-    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Action, ApiError>> + Send + 'static,
-{
-    for _ in 0..workers {
-        let queue = queue.clone();
-        let reconcile = reconcile.clone();
-        tasks.spawn(async move {
-            loop {
-                let key = queue.next().await;
-                let span = tracing::debug_span!("reconcile", controller = name, object = %key);
-                let result = reconcile(key.clone()).instrument(span).await;
-                match result {
-                    Ok(Action::AwaitChange) => queue.done(&key, false),
-                    Ok(Action::RequeueAfter(d)) => {
-                        queue.done(&key, false);
-                        queue.add_after(key, d);
-                    }
-                    Err(err) => {
-                        // Conflicts are routine (a newer version exists); retry quietly.
-                        if err.code == 409 {
-                            tracing::debug!(controller = name, object = %key, %err, "conflict, retrying");
-                        } else {
-                            tracing::warn!(controller = name, object = %key, %err, "reconcile failed, will retry");
-                        }
-                        queue.done(&key, true);
-                    }
-                }
-            }
-        });
-    }
 }
 
 /// Feed `queue` from `informer`: the keys `keys` derives from each change,
@@ -313,22 +265,6 @@ pub fn owner_keys(kind: &'static str) -> impl Fn(&Change) -> Vec<String> + Send 
         keys.dedup();
         keys
     }
-}
-
-pub fn meta_str<'a>(obj: &'a Value, key: &str) -> &'a str {
-    obj.pointer(&format!("/metadata/{key}"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
-/// The owner reference with `controller: true`, if any.
-pub fn controller_of(obj: &Value) -> Option<&Value> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|refs| {
-            refs.iter()
-                .find(|r| r.get("controller") == Some(&json!(true)))
-        })
 }
 
 /// An owner reference to `owner`, as a controller.
@@ -436,22 +372,8 @@ pub async fn delete_pod(ctx: &Context, pod: &Value) -> Result<crate::store::Revi
     }
 }
 
-pub fn is_deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-}
-
-/// What makes two events the same occurrence (upstream's EventCorrelator
-/// aggregates on the same fields).
-type EventKey = (String, &'static str, String, String, &'static str);
-
-/// Most distinct events remembered for aggregation.
-const EVENT_CACHE: usize = 4096;
-
-/// Record an Event about `obj` (what `kubectl describe` shows). A repeat of
-/// an event already recorded (same object, type, reason, message and
-/// component) bumps its `count` and `lastTimestamp` instead of adding a new
-/// object. Failures are logged, never returned: events are best effort.
+/// Record an Event about `obj` (what `kubectl describe` shows); see
+/// [`Recorder::record`].
 pub fn record_event(
     ctx: &Context,
     obj: &Value,
@@ -460,99 +382,7 @@ pub fn record_event(
     message: String,
     component: &'static str,
 ) {
-    let registry = ctx.registry.clone();
-    let ns = match meta_str(obj, "namespace") {
-        "" => "default".to_owned(),
-        ns => ns.to_owned(),
-    };
-    let now = jiff::Timestamp::now();
-    let ts = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let key: EventKey = (
-        meta_str(obj, "uid").to_owned(),
-        kind,
-        reason.to_owned(),
-        message.clone(),
-        component,
-    );
-    let (name, count) = {
-        let mut cache = ctx.events.lock().expect("event cache lock");
-        if cache.len() >= EVENT_CACHE && !cache.contains_key(&key) {
-            cache.clear();
-        }
-        let entry = cache.entry(key.clone()).or_insert_with(|| {
-            (
-                format!("{}.{:x}", meta_str(obj, "name"), now.as_nanosecond()),
-                0,
-            )
-        });
-        entry.1 += 1;
-        entry.clone()
-    };
-    let cache = ctx.events.clone();
-    let event = json!({
-        "metadata": {"name": name, "namespace": ns},
-        "involvedObject": {
-            "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-            "namespace": obj["metadata"]["namespace"], "uid": obj["metadata"]["uid"],
-            "resourceVersion": obj["metadata"]["resourceVersion"],
-        },
-        "reason": reason,
-        "message": message,
-        "type": kind,
-        "source": {"component": component},
-        "reportingComponent": component,
-        "reportingInstance": "",
-        "firstTimestamp": ts,
-        "lastTimestamp": ts,
-        "count": 1,
-    });
-    tokio::spawn(async move {
-        let res = registry
-            .resource("", "events")
-            .expect("events are in the catalog")
-            .clone();
-        if count > 1 {
-            // Repeats race each other: write the newest count, and again
-            // if it grew meanwhile, so the stored count never goes back.
-            let mut written = 0;
-            loop {
-                let latest = cache
-                    .lock()
-                    .expect("event cache lock")
-                    .get(&key)
-                    .map_or(count, |e| e.1);
-                if latest <= written {
-                    return;
-                }
-                let patch = json!({"count": latest, "lastTimestamp": ts});
-                match registry
-                    .patch(
-                        &res,
-                        Some(&ns),
-                        &name,
-                        (crate::api::patch::PatchType::Merge, &patch),
-                        None,
-                        &WriteOptions::default(),
-                    )
-                    .await
-                {
-                    Ok(_) => written = latest,
-                    // Expired (or its create is still in flight): record anew.
-                    Err(err) if err.code == 404 => break,
-                    Err(err) => {
-                        tracing::debug!(%err, "could not update an event");
-                        return;
-                    }
-                }
-            }
-        }
-        if let Err(err) = registry
-            .create(&res, Some(&ns), event, &WriteOptions::default())
-            .await
-        {
-            tracing::debug!(%err, "could not record an event");
-        }
-    });
+    ctx.events.record(obj, kind, reason, message, component);
 }
 
 /// Is the pod Ready (condition), and since when?

@@ -22,18 +22,29 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::api::meta::{is_deleting, meta_str};
 use crate::api::patch::PatchType;
+use crate::api::placement::{NodeInfo, PodOnNode, PodView};
 use crate::api::status::ApiError;
-use crate::server::controllers::{
-    Action, Context, is_deleting, meta_str, record_event, run_workers,
-};
-use crate::server::informer::{Queue, object_key, split_key};
-use crate::server::registry::WriteOptions;
-use plugins::{NodeInfo, PodOnNode, PodView, filter, score, unschedulable_message};
+use crate::server::events::Recorder;
+use crate::server::informer::{Informer, Queue, object_key, split_key};
+use crate::server::reconcile::{Action, run_workers};
+use crate::server::registry::{Registry, WriteOptions};
+use plugins::{filter, score, unschedulable_message};
 
 const SCHEDULER_NAME: &str = "default-scheduler";
 /// Bindings written at once.
 const BINDS_IN_FLIGHT: usize = 64;
+
+/// What the scheduler works from: the registry it binds through, the
+/// pod and node informers it keeps its node state from, and where it
+/// records its events.
+pub struct Context {
+    pub registry: Arc<Registry>,
+    pub pods: Arc<Informer>,
+    pub nodes: Arc<Informer>,
+    pub events: Arc<Recorder>,
+}
 
 #[derive(Default)]
 struct State {
@@ -129,13 +140,13 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         let mut s = state.lock().expect("scheduler lock");
         // Through insert_node: it also keeps the sorted names the
         // scheduler walks (nodes stored before a restart must count).
-        for node in ctx.informers.nodes.list(None) {
+        for node in ctx.nodes.list(None) {
             s.insert_node(
                 meta_str(&node, "name").to_owned(),
                 NodeInfo::from_node(&node),
             );
         }
-        for pod in ctx.informers.pods.list(None) {
+        for pod in ctx.pods.list(None) {
             let key = object_key(&pod);
             s.account(&key, Some(&pod));
             if is_pending(&pod) {
@@ -145,8 +156,8 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     }
     {
         let (queue, state, ctx2) = (queue.clone(), state.clone(), ctx.clone());
-        let mut pods = ctx.informers.pods.subscribe();
-        let mut nodes = ctx.informers.nodes.subscribe();
+        let mut pods = ctx.pods.subscribe();
+        let mut nodes = ctx.nodes.subscribe();
         tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -171,7 +182,7 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             let mut s = state.lock().expect("scheduler lock");
-                            for pod in ctx2.informers.pods.list(None) {
+                            for pod in ctx2.pods.list(None) {
                                 let key = object_key(&pod);
                                 s.account(&key, Some(&pod));
                                 if is_pending(&pod) { queue.add(key) }
@@ -187,7 +198,7 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                                     Some(info) => info.update_from(node),
                                     None => {
                                         let mut info = NodeInfo::from_node(node);
-                                        for pod in ctx2.informers.pods.list(None) {
+                                        for pod in ctx2.pods.list(None) {
                                             if counts_on_node(&pod).as_deref() == Some(c.key.as_str()) {
                                                 info.add_pod(&object_key(&pod), PodOnNode::of(&pod));
                                             }
@@ -234,7 +245,7 @@ async fn schedule_one(
     queue: Arc<Queue>,
     key: String,
 ) -> Result<Action, ApiError> {
-    let Some(pod) = ctx.informers.pods.get(&key) else {
+    let Some(pod) = ctx.pods.get(&key) else {
         return Ok(Action::AwaitChange);
     };
     if !is_pending(&pod)
@@ -308,8 +319,7 @@ async fn schedule_one(
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
                 match ctx.registry.bind(&ns, &name, &binding).await {
                     Ok(()) => {
-                        record_event(
-                            &ctx,
+                        ctx.events.record(
                             &pod,
                             "Normal",
                             "Scheduled",
@@ -347,7 +357,11 @@ async fn schedule_one(
             if changed {
                 let (ns, name) = split_key(&key);
                 let patch = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}]}});
-                let res = ctx.res("", "pods");
+                let res = ctx
+                    .registry
+                    .resource("", "pods")
+                    .expect("kind is in the catalog")
+                    .clone();
                 match ctx
                     .registry
                     .patch(
@@ -363,14 +377,8 @@ async fn schedule_one(
                     Ok(_) | Err(ApiError { code: 404, .. }) => {}
                     Err(e) => return Err(e),
                 }
-                record_event(
-                    &ctx,
-                    &pod,
-                    "Warning",
-                    "FailedScheduling",
-                    message,
-                    SCHEDULER_NAME,
-                );
+                ctx.events
+                    .record(&pod, "Warning", "FailedScheduling", message, SCHEDULER_NAME);
             }
             Ok(Action::AwaitChange)
         }

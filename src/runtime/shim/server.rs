@@ -1,18 +1,7 @@
-//! `orch shim`: one single-threaded process per pod, the only caller of
-//! libcontainer (which clones, and must not do so from tokio's threads —
-//! ARCHITECTURE.md decision 3).
-//!
-//! The shim owns its containers: it creates them (stdin `/dev/null`,
-//! stdout and stderr pipes it reads into CRI-format log files), starts,
-//! signals and deletes them, reaps them through pidfds and records each
-//! exit code and finish time under `<dir>/exits/`, so an agent that
-//! restarts (or dies) loses nothing: the shim and its containers keep
-//! running, and the new agent asks the shim for the state.
-//!
-//! Protocol: the agent connects to `<dir>/shim.sock`, writes one JSON
-//! [`Request`] and a newline, and reads one JSON [`Response`]. The event
-//! loop is `poll(2)` over the socket, the log pipes and the pidfds — no
-//! threads, no signals.
+//! The shim process: it creates, starts, signals and deletes its pod's
+//! containers through libcontainer, reads their output into log files,
+//! records their exits, and answers the agent — one `poll(2)` loop over
+//! the socket, the log pipes and the pidfds, single-threaded.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -24,280 +13,10 @@ use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, WaitOptions};
-use serde::{Deserialize, Serialize};
 
-use super::logs::{CriLog, LogLimits, Stream};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "camelCase")]
-pub enum Request {
-    /// Create a container from an OCI bundle (`config.json` + `rootfs`).
-    /// With `layers` (bottom first), the shim mounts their overlay at
-    /// `<bundle>/rootfs` itself (writes going to `<bundle>/upper`), in its
-    /// own mount namespace, and unmounts it when the container is deleted.
-    Create {
-        id: String,
-        bundle: PathBuf,
-        log: PathBuf,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        layers: Vec<PathBuf>,
-    },
-    Start {
-        id: String,
-    },
-    Kill {
-        id: String,
-        signal: i32,
-    },
-    /// Remove a container (killing it if it still runs) and its exit record.
-    Delete {
-        id: String,
-    },
-    State,
-    /// Exit once no container is left.
-    Shutdown,
-    /// Run a command in a running container with its stdio handed to the
-    /// caller (`kubectl exec`): the answer carries file descriptors —
-    /// with `tty` the terminal's master, else stdout, stderr and (with
-    /// `stdin`) stdin's write end — and the connection stays open until
-    /// the command exits, when the shim writes an [`ExecExit`] line.
-    ExecStream {
-        id: String,
-        args: Vec<String>,
-        tty: bool,
-        stdin: bool,
-        /// The terminal's first size, (width, height).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        size: Option<(u16, u16)>,
-        /// Kill the command when the caller hangs up (probes and hooks:
-        /// their caller's timeout ends them).
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        kill_on_hangup: bool,
-    },
-    /// Attach to a running container's stdio (`kubectl attach`): after
-    /// the answer line, the connection carries its output as
-    /// [`crate::api::remotecommand`] frames (stdout 1, stderr 2, and a
-    /// success status on 3 when the container ends), and takes stdin (0), resize (4)
-    /// and close (255) frames the other way.
-    Attach {
-        id: String,
-        stdin: bool,
-    },
-    /// Be told when a container exits: after the answer line the shim
-    /// keeps the connection and writes an empty line on every exit (the
-    /// agent then asks for the [`Request::State`]), so nobody polls.
-    Watch,
-}
-
-/// How an [`Request::ExecStream`] command ended.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ExecExit {
-    pub exit_code: i32,
-}
-
-/// A streaming exec, from the caller's side.
-pub struct ExecSession {
-    /// With a tty: the terminal's master. Otherwise stdout, stderr and,
-    /// when asked for, stdin.
-    pub fds: Vec<OwnedFd>,
-    conn: UnixStream,
-}
-
-impl ExecSession {
-    /// Wait up to `timeout` for the command to end: its exit code, or
-    /// `None` when it is still running (drop the session to end it, when
-    /// it was started with `kill_on_hangup`).
-    ///
-    /// # Errors
-    /// The shim went away before saying.
-    pub fn wait_for(&self, timeout: Duration) -> Result<Option<i32>, Error> {
-        self.conn
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(io_err("waiting for the exec"))?;
-        let mut line = Vec::new();
-        match BufReader::new(&self.conn).read_until(b'\n', &mut line) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(io_err("waiting for the exec")(e)),
-            Ok(_) => serde_json::from_slice::<ExecExit>(&line)
-                .map(|e| Some(e.exit_code))
-                .map_err(|_| Error::Shim("the shim ended before the command did".into())),
-        }
-    }
-
-    /// Wait for the command to end; its exit code.
-    ///
-    /// # Errors
-    /// The shim went away before saying.
-    pub fn wait(self) -> Result<i32, Error> {
-        let mut line = Vec::new();
-        BufReader::new(&self.conn)
-            .read_until(b'\n', &mut line)
-            .map_err(io_err("waiting for the exec"))?;
-        serde_json::from_slice::<ExecExit>(&line)
-            .map(|e| e.exit_code)
-            .map_err(|_| Error::Shim("the shim ended before the command did".into()))
-    }
-}
-
-/// Start a streaming exec (see [`Request::ExecStream`]).
-///
-/// # Errors
-/// The shim is not there or refused (no such container, not running).
-pub fn exec_stream(
-    socket: &Path,
-    id: &str,
-    args: Vec<String>,
-    tty: bool,
-    stdin: bool,
-    size: Option<(u16, u16)>,
-    kill_on_hangup: bool,
-) -> Result<ExecSession, Error> {
-    let what = || format!("shim {}", socket.display());
-    let stream = UnixStream::connect(socket).map_err(io_err(what()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io_err(what()))?;
-    let request = Request::ExecStream {
-        id: id.to_owned(),
-        args,
-        tty,
-        stdin,
-        size,
-        kill_on_hangup,
-    };
-    let mut line = serde_json::to_vec(&request).expect("requests serialise");
-    line.push(b'\n');
-    (&stream).write_all(&line).map_err(io_err(what()))?;
-    // The answer line and its descriptors come in one message.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &stream,
-        &mut [io::IoSliceMut::new(&mut buf)],
-        &mut control,
-        rustix::net::RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(|e| io_err(what())(errno(e)))?;
-    let mut fds = Vec::new();
-    for msg in control.drain() {
-        if let rustix::net::RecvAncillaryMessage::ScmRights(rights) = msg {
-            fds.extend(rights);
-        }
-    }
-    let answer = &buf[..got.bytes];
-    let response: Response = serde_json::from_slice(answer.trim_ascii_end())
-        .map_err(|e| Error::Shim(format!("unreadable answer: {e}")))?;
-    if !response.ok {
-        return Err(Error::Shim(response.error.unwrap_or_default()));
-    }
-    stream.set_read_timeout(None).map_err(io_err(what()))?;
-    Ok(ExecSession { fds, conn: stream })
-}
-
-/// Attach to container `id` (see [`Request::Attach`]): the connection,
-/// past the answer, carrying frames both ways.
-///
-/// # Errors
-/// The shim is not there or refused.
-pub fn attach(socket: &Path, id: &str, stdin: bool) -> Result<UnixStream, Error> {
-    let what = || format!("shim {}", socket.display());
-    let mut stream = UnixStream::connect(socket).map_err(io_err(what()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io_err(what()))?;
-    let mut line = serde_json::to_vec(&Request::Attach {
-        id: id.to_owned(),
-        stdin,
-    })
-    .expect("requests serialise");
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_err(what()))?;
-    // The answer line, a byte at a time: output frames follow it.
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte).map_err(io_err(what()))? {
-            0 => break,
-            _ if byte[0] == b'\n' => break,
-            _ => answer.push(byte[0]),
-        }
-    }
-    let response: Response = serde_json::from_slice(&answer)
-        .map_err(|e| Error::Shim(format!("unreadable answer: {e}")))?;
-    if !response.ok {
-        return Err(Error::Shim(response.error.unwrap_or_default()));
-    }
-    stream.set_read_timeout(None).map_err(io_err(what()))?;
-    Ok(stream)
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerState {
-    pub id: String,
-    pub pid: i32,
-    /// `created`, `running` or `exited`.
-    pub status: String,
-    pub exit_code: Option<i32>,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// `OOMKilled` when the kernel's OOM killer ended it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Response {
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub containers: Vec<ContainerState>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the shim answered: {0}")]
-    Shim(String),
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Io { what, source }
-}
-
-/// Send one request to the shim at `socket`.
-///
-/// # Errors
-/// The shim is not there or failed the request.
-/// Bind a shim's socket at `<dir>/shim.sock` for the shim about to be
-/// started, which gets it as stdin (`orch shim --listener-on-stdin`):
-/// callers can connect at once — the kernel queues them until the shim,
-/// its namespaces made, accepts — so nobody polls for the shim to come up.
-///
-/// # Errors
-/// The socket cannot be bound.
-pub fn listen(dir: &Path) -> io::Result<UnixListener> {
-    let socket = dir.join("shim.sock");
-    let _ = fs::remove_file(&socket);
-    UnixListener::bind(&socket)
-}
+use super::protocol::{ContainerState, ExecExit, Request, Response};
+use super::{Error, errno, io_err, set_terminal_size};
+use crate::runtime::logs::{CriLog, LogLimits, Stream};
 
 /// The listening socket on stdin, moved to a descriptor of its own that
 /// containers do not inherit; stdin becomes `/dev/null`.
@@ -322,37 +41,8 @@ fn take_stdin_listener() -> io::Result<UnixListener> {
     Ok(UnixListener::from(fd))
 }
 
-pub fn call(socket: &Path, request: &Request) -> Result<Response, Error> {
-    let what = || format!("shim {}", socket.display());
-    let mut stream = UnixStream::connect(socket).map_err(io_err(what()))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io_err(what()))?;
-    let mut line = serde_json::to_vec(request).expect("requests serialise");
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_err(what()))?;
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .map_err(io_err(what()))?;
-    let mut answer = Vec::new();
-    BufReader::new(&stream)
-        .read_until(b'\n', &mut answer)
-        .map_err(io_err(what()))?;
-    let response: Response = serde_json::from_slice(&answer)
-        .map_err(|e| Error::Shim(format!("unreadable answer: {e}")))?;
-    if response.ok {
-        Ok(response)
-    } else {
-        Err(Error::Shim(response.error.unwrap_or_default()))
-    }
-}
-
 fn now() -> String {
     jiff::Timestamp::now().to_string()
-}
-
-fn errno(e: rustix::io::Errno) -> io::Error {
-    io::Error::from_raw_os_error(e.raw_os_error())
 }
 
 /// One container as the shim tracks it.
@@ -384,19 +74,6 @@ struct Attachment {
     conn: UnixStream,
     stdin: bool,
     deframer: crate::api::remotecommand::Deframer,
-}
-
-/// Set a terminal's size (from either side of it); best effort.
-pub fn set_terminal_size(fd: impl AsFd, width: u16, height: u16) {
-    let _ = rustix::termios::tcsetwinsize(
-        fd,
-        rustix::termios::Winsize {
-            ws_row: height,
-            ws_col: width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        },
-    );
 }
 
 /// Gives a terminal exec's terminal the client's size before the command
@@ -511,8 +188,8 @@ impl Shim {
             .to_owned();
         let tty = spec.pointer("/process/terminal") == Some(&serde_json::Value::Bool(true));
         let annotation = |key: &str| spec["annotations"][key] == "true";
-        let keep_stdin = annotation(super::spec::ANNOTATION_STDIN);
-        let stdin_once = annotation(super::spec::ANNOTATION_STDIN_ONCE);
+        let keep_stdin = annotation(crate::runtime::spec::ANNOTATION_STDIN);
+        let stdin_once = annotation(crate::runtime::spec::ANNOTATION_STDIN_ONCE);
         set_sysctls(&spec)?;
         let log = CriLog::open(log, self.log_limits.max_size, self.log_limits.max_files)
             .map_err(|e| format!("log {}: {e}", log.display()))?;
@@ -615,7 +292,7 @@ impl Shim {
                 let created = if self.containers.contains_key(&id) {
                     Err(format!("container {id} exists"))
                 } else if mounted {
-                    super::rootfs::mount(
+                    crate::runtime::rootfs::mount(
                         &layers,
                         &bundle.join("upper"),
                         &bundle.join("work"),
@@ -636,7 +313,7 @@ impl Shim {
                     Err(e) => {
                         if mounted && !self.containers.contains_key(&id) {
                             // Ours (an existing container's was not touched).
-                            let _ = super::rootfs::unmount(&rootfs);
+                            let _ = crate::runtime::rootfs::unmount(&rootfs);
                         }
                         Err(e)
                     }
@@ -675,7 +352,7 @@ impl Shim {
                     }
                     let _ = fs::remove_file(self.exit_path(&id));
                     if let Some(rootfs) = &t.rootfs {
-                        let _ = super::rootfs::unmount(rootfs);
+                        let _ = crate::runtime::rootfs::unmount(rootfs);
                     }
                     result.map(|()| Vec::new())
                 }
@@ -979,7 +656,7 @@ impl Shim {
 /// containers left. The shim first creates the pod's namespaces asked for
 /// (or joins them, after a restart) and lives in them; with `hide`, it
 /// then takes a mount namespace of its own without the mounts under those
-/// directories but those under `keep` (see [`super::mountns::isolate`]).
+/// directories but those under `keep` (see [`crate::runtime::mountns::isolate`]).
 /// With `listener_on_stdin`, it serves the listening socket its parent
 /// bound at `<dir>/shim.sock` and passed as stdin (see [`listen`]), else
 /// it binds that socket itself.
@@ -988,23 +665,23 @@ impl Shim {
 /// The namespace, the socket or polling fails.
 pub fn run(
     dir: &Path,
-    namespaces: &super::netns::PodNamespaces<'_>,
+    namespaces: &crate::runtime::netns::PodNamespaces<'_>,
     hide: &[PathBuf],
     keep: &[PathBuf],
     listener_on_stdin: bool,
     pidns: Option<&Path>,
     log_limits: LogLimits,
 ) -> Result<(), Error> {
-    super::netns::create_or_join_pod(namespaces)
+    crate::runtime::netns::create_or_join_pod(namespaces)
         .map_err(io_err("creating the pod's namespaces"))?;
     if !hide.is_empty() {
-        super::mountns::isolate(hide, keep)
+        crate::runtime::mountns::isolate(hide, keep)
             .map_err(io_err("taking a mount namespace of its own"))?;
     }
     if let Some(pin) = pidns {
         // After the mount namespace: the pin is the shim's alone and goes
         // with it, as the holder does.
-        super::netns::spawn_pid_holder(pin)
+        crate::runtime::netns::spawn_pid_holder(pin)
             .map_err(io_err("starting the pod's shared PID namespace"))?;
     }
     fs::create_dir_all(dir.join("exits")).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -1194,11 +871,11 @@ pub fn run(
 
 /// Did the OOM killer kill a process in this cgroup? (`oom_kill` in
 /// memory.events on v2, memory.oom_control on v1.)
-/// Set the pod's sysctls ([`super::spec::ANNOTATION_SYSCTLS`]) where the
+/// Set the pod's sysctls ([`crate::runtime::spec::ANNOTATION_SYSCTLS`]) where the
 /// shim is: in the pod's network and IPC namespaces, which /proc/sys
 /// shows to whoever writes it.
 fn set_sysctls(spec: &serde_json::Value) -> Result<(), String> {
-    let Some(text) = spec["annotations"][super::spec::ANNOTATION_SYSCTLS].as_str() else {
+    let Some(text) = spec["annotations"][crate::runtime::spec::ANNOTATION_SYSCTLS].as_str() else {
         return Ok(());
     };
     let map: serde_json::Map<String, serde_json::Value> =
@@ -1439,24 +1116,5 @@ fn serve_exec(shim: &mut Shim, stream: UnixStream, id: &str, exec: ExecArgs) {
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_read_as_tagged_json() {
-        let r: Request = serde_json::from_str(r#"{"op":"kill","id":"web","signal":15}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Kill {
-                id: "web".into(),
-                signal: 15
-            }
-        );
-        let s = serde_json::to_string(&Request::State).unwrap();
-        assert_eq!(s, r#"{"op":"state"}"#);
     }
 }
