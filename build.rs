@@ -1,9 +1,10 @@
 //! Build-time facts for the binary:
 //! - the git commit and target triple for `orch version`;
-//! - the OpenAPI v3 component schemas of the served kinds (what
-//!   `kubectl explain` reads), generated from the k8s-openapi types through
-//!   schemars and stored gzip-compressed, so the binary carries ~0.5 MB of
-//!   compressed JSON instead of the schema code.
+//! - the OpenAPI v3 component schemas of the served kinds and of the types
+//!   their operations take and return (what `kubectl explain` reads; the
+//!   `/openapi/v2` definitions are converted from them), generated from the
+//!   k8s-openapi types through schemars and stored gzip-compressed, so the
+//!   binary carries ~0.1 MB of compressed JSON instead of the schema code.
 
 use std::io::Write;
 use std::process::Command;
@@ -23,6 +24,37 @@ fn openapi_schemas() {
         };
     }
     include!("src/api/kinds.in");
+    // The other types operations and subresources take or return, marked
+    // as upstream's OpenAPI marks them (ListMeta and Patch are not kinds;
+    // DeleteOptions and WatchEvent are marked per served group version at
+    // run time).
+    {
+        use k8s_openapi::api::{authentication, authorization, autoscaling, core, policy};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+        let _ = generator.subschema_for::<meta::ListMeta>();
+        let _ = generator.subschema_for::<meta::Patch>();
+        let _ = generator.subschema_for::<meta::DeleteOptions>();
+        let _ = generator.subschema_for::<meta::WatchEvent<core::v1::Pod>>();
+        macro_rules! marked {
+            ($( ($g:expr, $k:expr, $t:ty) ),* $(,)?) => {
+                {
+                    $(
+                        let _ = generator.subschema_for::<$t>();
+                        kinds.push((<$t as JsonSchema>::schema_name().into_owned(), $g, $k));
+                    )*
+                }
+            };
+        }
+        marked! {
+            ("", "Status", meta::Status),
+            ("", "Binding", core::v1::Binding),
+            ("autoscaling", "Scale", autoscaling::v1::Scale),
+            ("policy", "Eviction", policy::v1::Eviction),
+            ("authentication.k8s.io", "TokenRequest", authentication::v1::TokenRequest),
+            ("authentication.k8s.io", "SelfSubjectReview", authentication::v1::SelfSubjectReview),
+            ("authorization.k8s.io", "SelfSubjectAccessReview", authorization::v1::SelfSubjectAccessReview),
+        }
+    }
     let mut schemas = generator.take_definitions(true);
     for (name, group, kind) in kinds {
         if let Some(schema) = schemas.get_mut(&name).and_then(|s| s.as_object_mut()) {

@@ -320,6 +320,9 @@ impl ApiServer {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if path == "/openapi/v2" {
+            return openapi::v2::respond(&self.registry.catalog, req.headers()).await;
+        }
         if let Some(rest) = path.strip_prefix("/openapi/v3") {
             let catalog = &self.registry.catalog;
             let doc = match rest.trim_matches('/') {

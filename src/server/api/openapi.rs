@@ -7,6 +7,10 @@
 //! build time from the k8s-openapi types (see build.rs) and embedded
 //! gzip-compressed; they are decompressed on the first request.
 
+mod gnostic;
+mod schema;
+pub mod v2;
+
 use std::io::Read;
 use std::sync::OnceLock;
 
@@ -14,16 +18,19 @@ use serde_json::{Map, Value, json};
 
 static SCHEMAS_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi-schemas.json.gz"));
 
+/// The embedded component schemas, decompressed and parsed (not cached).
+fn parse_schemas() -> Map<String, Value> {
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(SCHEMAS_GZ)
+        .read_to_end(&mut json)
+        .expect("the embedded schemas were compressed by build.rs");
+    serde_json::from_slice(&json).expect("the embedded schemas are a JSON object")
+}
+
 /// The component schemas, keyed by their OpenAPI names.
 fn schemas() -> &'static Value {
     static SCHEMAS: OnceLock<Value> = OnceLock::new();
-    SCHEMAS.get_or_init(|| {
-        let mut json = Vec::new();
-        flate2::read::GzDecoder::new(SCHEMAS_GZ)
-            .read_to_end(&mut json)
-            .expect("the embedded schemas were compressed by build.rs");
-        serde_json::from_slice(&json).expect("the embedded schemas are JSON")
-    })
+    SCHEMAS.get_or_init(|| Value::Object(parse_schemas()))
 }
 
 use crate::api::catalog::{Catalog, Resource};
