@@ -296,7 +296,7 @@ mod tests {
         for (method, uri, resource, want) in cases {
             let (is_resource, got) = seen(method, uri);
             assert_eq!(
-                (is_resource, got.map(|s| s)),
+                (is_resource, got),
                 (*resource, want.map(str::to_owned)),
                 "{method} {uri}"
             );

@@ -274,17 +274,13 @@ mod tests {
     async fn nodes_touch_only_their_own_objects_and_their_pods_dependencies() {
         let (_dir, authz) = node_authorizer().await;
         let a = User::new("system:node:node-a", &["system:nodes"]);
-        let app = User::service_account("default", "app");
         let allow = Decision::Allow;
         let no = Decision::NoOpinion(String::new());
         let unrelated = Decision::NoOpinion(no_relationship("node-a"));
         let r = |verb: &str, group: &str, res: &str, ns: &str, name: &str| {
             resource(&a, verb, group, res, ns, name)
         };
-        let tunnel = |node: &str| Attributes {
-            name: node.into(),
-            ..non_resource(&a, "get", TUNNEL)
-        };
+        #[rustfmt::skip]
         let cases = [
             // Its own Node and Lease; other nodes only read.
             (r("create", "", "nodes", "", ""), allow.clone()),
@@ -294,113 +290,59 @@ mod tests {
             (r("update", "", "nodes/status", "", "node-a"), allow.clone()),
             (r("patch", "", "nodes/status", "", "node-b"), no.clone()),
             (r("delete", "", "nodes", "", "node-a"), no.clone()),
-            (
-                r(
-                    "create",
-                    "coordination.k8s.io",
-                    "leases",
-                    "kube-node-lease",
-                    "",
-                ),
-                allow.clone(),
-            ),
-            (
-                r(
-                    "update",
-                    "coordination.k8s.io",
-                    "leases",
-                    "kube-node-lease",
-                    "node-a",
-                ),
-                allow.clone(),
-            ),
-            (
-                r(
-                    "update",
-                    "coordination.k8s.io",
-                    "leases",
-                    "kube-node-lease",
-                    "node-b",
-                ),
-                no.clone(),
-            ),
-            (
-                r("get", "coordination.k8s.io", "leases", "default", "node-a"),
-                no.clone(),
-            ),
+            (r("create", "coordination.k8s.io", "leases", "kube-node-lease", ""), allow.clone()),
+            (r("update", "coordination.k8s.io", "leases", "kube-node-lease", "node-a"), allow.clone()),
+            (r("update", "coordination.k8s.io", "leases", "kube-node-lease", "node-b"), no.clone()),
+            (r("get", "coordination.k8s.io", "leases", "default", "node-a"), no.clone()),
             // Pods: read all, write the status of and delete its own.
             (r("list", "", "pods", "", ""), allow.clone()),
             (r("watch", "", "pods", "default", ""), allow.clone()),
-            (
-                r("patch", "", "pods/status", "default", "near"),
-                allow.clone(),
-            ),
-            (
-                r("patch", "", "pods/status", "default", "far"),
-                unrelated.clone(),
-            ),
+            (r("patch", "", "pods/status", "default", "near"), allow.clone()),
+            (r("patch", "", "pods/status", "default", "far"), unrelated.clone()),
             (r("delete", "", "pods", "default", "near"), allow.clone()),
             (r("delete", "", "pods", "default", "far"), unrelated.clone()),
-            (
-                r("delete", "", "pods", "default", "gone"),
-                unrelated.clone(),
-            ),
+            (r("delete", "", "pods", "default", "gone"), unrelated.clone()),
             (r("create", "", "pods", "default", ""), no.clone()),
             // What its pods use, and nothing else.
-            (
-                r("get", "", "secrets", "default", "secret-near"),
-                allow.clone(),
-            ),
-            (
-                r("get", "", "secrets", "default", "pull-near"),
-                allow.clone(),
-            ),
-            (
-                r("get", "", "secrets", "default", "secret-far"),
-                unrelated.clone(),
-            ),
+            (r("get", "", "secrets", "default", "secret-near"), allow.clone()),
+            (r("get", "", "secrets", "default", "pull-near"), allow.clone()),
+            (r("get", "", "secrets", "default", "secret-far"), unrelated.clone()),
             (r("list", "", "secrets", "default", ""), no.clone()),
-            (
-                r("get", "", "configmaps", "default", "cm-near"),
-                allow.clone(),
-            ),
-            (
-                r("get", "", "configmaps", "default", "cm-far"),
-                unrelated.clone(),
-            ),
-            (
-                r("create", "", "serviceaccounts/token", "default", "sa-near"),
-                allow.clone(),
-            ),
-            (
-                r("create", "", "serviceaccounts/token", "default", "sa-far"),
-                unrelated.clone(),
-            ),
+            (r("get", "", "configmaps", "default", "cm-near"), allow.clone()),
+            (r("get", "", "configmaps", "default", "cm-far"), unrelated.clone()),
+            (r("create", "", "serviceaccounts/token", "default", "sa-near"), allow.clone()),
+            (r("create", "", "serviceaccounts/token", "default", "sa-far"), unrelated.clone()),
             // Shared reads and writes.
             (r("list", "", "services", "", ""), allow.clone()),
-            (
-                r("watch", "discovery.k8s.io", "endpointslices", "", ""),
-                allow.clone(),
-            ),
+            (r("watch", "discovery.k8s.io", "endpointslices", "", ""), allow.clone()),
             (r("create", "", "services", "default", ""), no.clone()),
-            (
-                r("create", "events.k8s.io", "events", "default", ""),
-                allow.clone(),
-            ),
-            (
-                r(
-                    "create",
-                    "authorization.k8s.io",
-                    "selfsubjectaccessreviews",
-                    "",
-                    "",
-                ),
-                allow.clone(),
-            ),
-            (
-                r("delete", "apps", "deployments", "default", "web"),
-                no.clone(),
-            ),
+            (r("create", "events.k8s.io", "events", "default", ""), allow.clone()),
+            (r("create", "authorization.k8s.io", "selfsubjectaccessreviews", "", ""), allow.clone()),
+            (r("delete", "apps", "deployments", "default", "web"), no.clone()),
+        ];
+        // Once as the cache may still be loading (a miss asks the store),
+        // once from the loaded cache: the answers are the same.
+        for (attrs, want) in &cases {
+            assert_eq!(&authz.authorize(attrs).await, want, "{attrs:?}");
+        }
+        authz.pods.synced().await;
+        for (attrs, want) in &cases {
+            assert_eq!(&authz.authorize(attrs).await, want, "{attrs:?} (cached)");
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_read_discovery_and_openapi_and_open_their_own_tunnel() {
+        let (_dir, authz) = node_authorizer().await;
+        let a = User::new("system:node:node-a", &["system:nodes"]);
+        let app = User::service_account("default", "app");
+        let allow = Decision::Allow;
+        let no = Decision::NoOpinion(String::new());
+        let tunnel = |node: &str| Attributes {
+            name: node.into(),
+            ..non_resource(&a, "get", TUNNEL)
+        };
+        let cases = [
             // Non-resource paths.
             (non_resource(&a, "get", "/api"), allow.clone()),
             (non_resource(&a, "get", "/apis/apps/v1"), allow.clone()),
@@ -423,14 +365,8 @@ mod tests {
             (resource(&app, "list", "", "pods", "", ""), no.clone()),
             (non_resource(&app, "get", "/api"), no.clone()),
         ];
-        // Once as the cache may still be loading (a miss asks the store),
-        // once from the loaded cache: the answers are the same.
         for (attrs, want) in &cases {
             assert_eq!(&authz.authorize(attrs).await, want, "{attrs:?}");
-        }
-        authz.pods.synced().await;
-        for (attrs, want) in &cases {
-            assert_eq!(&authz.authorize(attrs).await, want, "{attrs:?} (cached)");
         }
     }
 }
