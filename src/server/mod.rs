@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 mod bootstrap;
@@ -217,15 +218,42 @@ pub async fn run_with(
     );
     let token_path = config.data_dir.join("server").join("token");
     let join_token = auth::join_token(&token_path, &pki.ca_cert, config.token.as_deref())?;
+    let x509 = Arc::new(auth::authn::x509::X509::new(auth::client_verifier(&pki)?));
+    let authenticators = auth::authn::Chain::new(vec![
+        Box::new(x509.clone()),
+        Box::new(
+            auth::authn::token::Tokens::with_admin(&pki.admin_token).with_join_token(&join_token),
+        ),
+        Box::new(auth::authn::service_account::ServiceAccounts::new(
+            service_accounts.clone(),
+            registry.clone(),
+        )),
+        Box::new(auth::authn::bootstrap::BootstrapTokens::new(
+            registry.clone(),
+        )),
+    ]);
+    let authorizers = auth::authz::Chain::new(vec![
+        Box::new(auth::authz::masters::Masters),
+        Box::new(auth::authz::node::Node::new(
+            registry.clone(),
+            control.informers.pods.clone(),
+            api::route::TUNNEL_PATH,
+        )),
+        Box::new(auth::authz::bootstrap::NodeCertificates::new(
+            api::CERTIFICATE_PATH,
+        )),
+        // RBAC goes here (a later issue).
+    ]);
     let api = Arc::new(api::ApiServer {
         registry,
-        tokens: auth::Tokens::with_admin(&pki.admin_token).with_join_token(&join_token),
         ca_pem: pki.ca_cert.clone(),
         tunnels: Arc::default(),
         service_accounts,
         pki: Arc::new(pki.clone()),
-        client_verifier: auth::client_verifier(&pki)?,
-        pods: control.informers.pods.clone(),
+        x509,
+        authenticators,
+        authorizers,
+        admission: admission::Chain::builtin(),
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

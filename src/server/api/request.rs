@@ -1,104 +1,25 @@
-//! Request parsing: which resource a path names, the query parameters, and
-//! what the client accepts.
+//! Reading a request: the query parameters (list, write and delete
+//! options), the body (JSON, YAML or protobuf; patches), and the
+//! representation the client accepts.
 
-/// What a path under `/api` or `/apis` addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `/api`, `/apis`, `/apis/<g>` and `/api/v1`, `/apis/<g>/<v>`.
-    Discovery {
-        legacy: bool,
-        group: Option<String>,
-        version: Option<String>,
-    },
-    Resource(ResourcePath),
-}
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourcePath {
-    pub group: String,
-    pub version: String,
-    pub plural: String,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub subresource: Option<String>,
-}
+use super::{Query, q};
+use crate::api::catalog::Resource;
+use crate::api::patch::PatchType;
+use crate::api::selector::{FieldSelector, LabelSelector, selectable_fields};
+use crate::api::status::ApiError;
+use crate::server::registry::{DeleteOptions, FieldValidation, ListQuery, WriteOptions};
+use crate::store::Revision;
 
-/// Parse a request path. `is_namespaced_plural(group, version, plural)`
-/// tells `namespaces/<ns>/<plural>` apart from `namespaces/<name>/<sub>`.
-pub fn parse_path(
-    path: &str,
-    is_namespaced_plural: impl Fn(&str, &str, &str) -> bool,
-) -> Option<Target> {
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let (group, version, rest) = match segs.as_slice() {
-        ["api"] => {
-            return Some(Target::Discovery {
-                legacy: true,
-                group: None,
-                version: None,
-            });
-        }
-        ["api", v] => {
-            return Some(Target::Discovery {
-                legacy: true,
-                group: Some(String::new()),
-                version: Some((*v).to_owned()),
-            });
-        }
-        ["apis"] => {
-            return Some(Target::Discovery {
-                legacy: false,
-                group: None,
-                version: None,
-            });
-        }
-        ["apis", g] => {
-            return Some(Target::Discovery {
-                legacy: false,
-                group: Some((*g).to_owned()),
-                version: None,
-            });
-        }
-        ["apis", g, v] => {
-            return Some(Target::Discovery {
-                legacy: false,
-                group: Some((*g).to_owned()),
-                version: Some((*v).to_owned()),
-            });
-        }
-        ["api", v, rest @ ..] => (String::new(), (*v).to_owned(), rest),
-        ["apis", g, v, rest @ ..] => ((*g).to_owned(), (*v).to_owned(), rest),
-        _ => return None,
-    };
-    let own = |s: &&str| (*s).to_owned();
-    let (plural, namespace, name, subresource) = match rest {
-        ["namespaces", ns, plural] if is_namespaced_plural(&group, &version, plural) => {
-            (own(plural), Some(own(ns)), None, None)
-        }
-        ["namespaces", ns, plural, name] if is_namespaced_plural(&group, &version, plural) => {
-            (own(plural), Some(own(ns)), Some(own(name)), None)
-        }
-        ["namespaces", ns, plural, name, sub] if is_namespaced_plural(&group, &version, plural) => {
-            (own(plural), Some(own(ns)), Some(own(name)), Some(own(sub)))
-        }
-        [plural] => (own(plural), None, None, None),
-        [plural, name] => (own(plural), None, Some(own(name)), None),
-        [plural, name, sub] => (own(plural), None, Some(own(name)), Some(own(sub))),
-        _ => return None,
-    };
-    Some(Target::Resource(ResourcePath {
-        group,
-        version,
-        plural,
-        namespace,
-        name,
-        subresource,
-    }))
-}
+/// Request bodies above this are refused with 413 (upstream's limit).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// How much of a too-large body is read and dropped before answering.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
 
 pub use crate::api::query::parse_query;
 
@@ -152,53 +73,268 @@ pub fn negotiate(accept: Option<&str>) -> Option<Representation> {
     None
 }
 
+pub(super) fn write_options(query: &Query) -> Result<WriteOptions, ApiError> {
+    let dry_run = match q(query, "dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported dry run value {other:?}; the only supported value is All"
+            )));
+        }
+    };
+    let field_validation = match q(query, "fieldValidation") {
+        None | Some("") | Some("Warn") => FieldValidation::Warn,
+        Some("Strict") => FieldValidation::Strict,
+        Some("Ignore") => FieldValidation::Ignore,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            )));
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_validation,
+    })
+}
+
+pub(super) fn list_query(res: &Resource, query: &Query) -> Result<ListQuery, ApiError> {
+    let labels = LabelSelector::parse(q(query, "labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(q(query, "fieldSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let allowed = selectable_fields(&res.group, &res.plural);
+    for t in &fields.terms {
+        if t.field != "metadata.name"
+            && t.field != "metadata.namespace"
+            && !allowed.contains(&t.field.as_str())
+        {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {}",
+                t.field
+            )));
+        }
+    }
+    let limit = match q(query, "limit") {
+        None | Some("") => None,
+        Some(l) => Some(
+            l.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("limit: invalid value {l:?}")))?
+                .max(0) as usize,
+        ),
+    }
+    .filter(|l| *l > 0);
+    let rv = q(query, "resourceVersion").filter(|s| !s.is_empty());
+    let exact = match (rv, q(query, "resourceVersionMatch")) {
+        (Some(rv), Some("Exact")) => Some(parse_revision(rv)?),
+        (Some(rv), None) if limit.is_some() && rv != "0" => Some(parse_revision(rv)?),
+        // A watch with sendInitialEvents names NotOlderThan without a version.
+        (None, Some("NotOlderThan")) if q(query, "sendInitialEvents") == Some("true") => None,
+        (None, Some(m)) if !m.is_empty() => {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        (_, Some("Exact" | "NotOlderThan") | None) => None,
+        (_, Some(other)) => {
+            return Err(ApiError::bad_request(format!(
+                "resourceVersionMatch: unsupported value {other:?}; use Exact or NotOlderThan"
+            )));
+        }
+    };
+    Ok(ListQuery {
+        labels,
+        fields,
+        limit,
+        continue_token: q(query, "continue")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        exact_revision: exact,
+    })
+}
+
+fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<u64>().map(Revision).map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid resource version {rv:?}: must be a non-negative integer"
+        ))
+    })
+}
+
+pub(super) fn delete_options(
+    query: &Query,
+    body: Option<&Value>,
+) -> Result<DeleteOptions, ApiError> {
+    let from_body = |k: &str| body.and_then(|b| b.get(k)).cloned();
+    let grace = match q(query, "gracePeriodSeconds") {
+        Some(g) => Some(g.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}"))
+        })?),
+        None => from_body("gracePeriodSeconds").and_then(|v| v.as_i64()),
+    };
+    let policy = q(query, "propagationPolicy")
+        .map(str::to_owned)
+        .or_else(|| from_body("propagationPolicy").and_then(|v| v.as_str().map(str::to_owned)))
+        .or_else(
+            || match from_body("orphanDependents").and_then(|v| v.as_bool()) {
+                Some(true) => Some("Orphan".into()),
+                Some(false) => Some("Background".into()),
+                None => None,
+            },
+        );
+    let dry_run = q(query, "dryRun") == Some("All")
+        || from_body("dryRun")
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|a| a.contains(&json!("All")));
+    Ok(DeleteOptions {
+        grace_period_seconds: grace,
+        propagation_policy: policy,
+        precondition_uid: body
+            .and_then(|b| b.pointer("/preconditions/uid"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        precondition_resource_version: body
+            .and_then(|b| b.pointer("/preconditions/resourceVersion"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        dry_run,
+    })
+}
+
+pub(super) struct Parsed {
+    pub value: Value,
+    /// Fields that appear twice in a JSON body (YAML and protobuf bodies
+    /// cannot carry duplicates past their parsers).
+    duplicates: Vec<String>,
+}
+
+impl Parsed {
+    /// Apply `fieldValidation` to duplicate fields: an error when Strict,
+    /// warnings when Warn.
+    pub(super) fn check_duplicates(&self, write: &WriteOptions) -> Result<Vec<String>, ApiError> {
+        if self.duplicates.is_empty() || write.field_validation == FieldValidation::Ignore {
+            return Ok(Vec::new());
+        }
+        let msgs: Vec<String> = self
+            .duplicates
+            .iter()
+            .map(|f| format!("duplicate field {f:?}"))
+            .collect();
+        if write.field_validation == FieldValidation::Strict {
+            return Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                msgs.join(", ")
+            )));
+        }
+        Ok(msgs)
+    }
+}
+
+pub(super) async fn read_bytes(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    // Read up to MAX_BODY; past it, keep draining (up to a bound) so the
+    // client gets the 413 instead of a reset stream.
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > MAX_DRAIN {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    let bytes = buf.freeze();
+    Ok((content_type, bytes))
+}
+
+fn parse_document(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
+    if crate::api::proto::is_protobuf(content_type) {
+        return crate::api::proto::decode(bytes)
+            .map_err(|e| ApiError::bad_request(format!("cannot decode the protobuf body: {e}")));
+    }
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/json" | "" | "*/*" => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            serde_yaml_ng::from_slice::<Value>(bytes).map_err(|e| {
+                ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+            })
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Parsed, ApiError> {
+    let (ct, bytes) = read_bytes(req).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send the object as JSON or YAML",
+        ));
+    }
+    let value = parse_document(&ct, &bytes)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON or YAML object",
+        ));
+    }
+    let is_json = matches!(
+        ct.split(';').next().unwrap_or_default().trim(),
+        "application/json" | "" | "*/*"
+    );
+    let duplicates = if is_json {
+        crate::api::duplicates::duplicate_fields(&bytes).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Parsed { value, duplicates })
+}
+
+pub(super) async fn read_optional_body(req: Request<Incoming>) -> Result<Option<Value>, ApiError> {
+    let (ct, bytes) = read_bytes(req).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_document(&ct, &bytes).map(Some)
+}
+
+pub(super) async fn read_patch(req: Request<Incoming>) -> Result<(PatchType, Value), ApiError> {
+    let (ct, bytes) = read_bytes(req).await?;
+    let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"),
+        )
+    })?;
+    let value = if patch_type == PatchType::Apply {
+        serde_yaml_ng::from_slice::<Value>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid YAML: {e}")))?
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?
+    };
+    Ok((patch_type, value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn namespaced(_: &str, _: &str, plural: &str) -> bool {
-        matches!(plural, "pods" | "deployments")
-    }
-
-    #[test]
-    fn paths_name_resources_and_subresources() {
-        let t = parse_path(
-            "/apis/apps/v1/namespaces/default/deployments/web/scale",
-            namespaced,
-        )
-        .unwrap();
-        assert_eq!(
-            t,
-            Target::Resource(ResourcePath {
-                group: "apps".into(),
-                version: "v1".into(),
-                plural: "deployments".into(),
-                namespace: Some("default".into()),
-                name: Some("web".into()),
-                subresource: Some("scale".into()),
-            })
-        );
-        // namespaces/<name>/status is the namespace's status, not a collection.
-        let t = parse_path("/api/v1/namespaces/kube-system/status", namespaced).unwrap();
-        let Target::Resource(r) = t else { panic!() };
-        assert_eq!(
-            (
-                r.plural.as_str(),
-                r.name.as_deref(),
-                r.subresource.as_deref()
-            ),
-            ("namespaces", Some("kube-system"), Some("status"))
-        );
-        let Target::Resource(r) = parse_path("/api/v1/pods", namespaced).unwrap() else {
-            panic!()
-        };
-        assert_eq!((r.plural.as_str(), r.namespace), ("pods", None));
-        assert!(matches!(
-            parse_path("/apis/apps", namespaced),
-            Some(Target::Discovery { .. })
-        ));
-        assert_eq!(parse_path("/nope", namespaced), None);
-    }
 
     #[test]
     fn query_is_percent_decoded() {

@@ -1,17 +1,15 @@
-//! Who is calling, and may they: the cluster PKI, authentication (client
-//! certificates signed by the cluster CA, bearer tokens) and authorization.
-//!
-//! Authorization: `system:masters` may do everything; a node
-//! (`system:node:<name>` in `system:nodes`, from the certificate it got at
-//! join) only what its pods need (`server::api::nodes`); RBAC for other
-//! users is still to come (issue #6).
+//! Who is calling, and may they: the cluster PKI, the caller ([`User`]),
+//! authentication ([`authn`]: a chain of client certificate, static
+//! tokens, service account JWTs and bootstrap tokens) and authorization
+//! ([`authz`]: a chain of `system:masters`, Node and, to come, RBAC).
 
 #![forbid(unsafe_code)]
 
+pub mod authn;
+pub mod authz;
 pub mod pki;
 pub mod serviceaccount;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use pki::Pki;
@@ -33,7 +31,8 @@ pub struct User {
 }
 
 impl User {
-    fn new(name: &str, groups: &[&str]) -> Self {
+    /// `name` in `groups` and `system:authenticated`.
+    pub(crate) fn new(name: &str, groups: &[&str]) -> Self {
         let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
         groups.push("system:authenticated".into());
         Self {
@@ -85,40 +84,6 @@ impl User {
             .filter_map(|o| o.as_str().ok())
             .collect();
         Some(Self::new(&name, &groups))
-    }
-}
-
-/// Bearer tokens known to the server.
-#[derive(Debug, Default)]
-pub struct Tokens {
-    users: HashMap<String, User>,
-}
-
-impl Tokens {
-    pub fn with_admin(token: &str) -> Self {
-        let mut users = HashMap::new();
-        users.insert(
-            token.to_owned(),
-            User::new("system:admin", &["system:masters"]),
-        );
-        Self { users }
-    }
-
-    /// Accept the cluster join token too. Agents present it once to get
-    /// their node certificate; like k3s's server token it acts with full
-    /// rights (`orch agent --simulate` uses it for its many nodes).
-    pub fn with_join_token(mut self, token: &str) -> Self {
-        self.users.insert(
-            token.to_owned(),
-            User::new("system:orch-agent", &["system:nodes", "system:masters"]),
-        );
-        self
-    }
-
-    /// The user of an `Authorization: Bearer …` header value.
-    pub fn authenticate(&self, header: &str) -> Option<User> {
-        let token = header.strip_prefix("Bearer ")?.trim();
-        self.users.get(token).cloned()
     }
 }
 
@@ -176,11 +141,6 @@ pub fn join_token(
 }
 
 pub use crate::api::join::ca_hash;
-
-/// May `user` perform `verb` on the resource? (`system:masters` only, for now.)
-pub fn authorize(user: &User) -> bool {
-    user.groups.iter().any(|g| g == "system:masters")
-}
 
 /// rustls configuration: our serving certificate, client certificates
 /// optional (checked against the cluster CA when offered), h2 and http/1.1.

@@ -1,0 +1,123 @@
+//! Handlers for a collection (`…/<plural>`): list, watch, create and
+//! delete a collection.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::request::{self, Representation};
+use super::response::{json_response, list_response, render_list, written_response};
+use super::{Body, Call, Query, watch};
+use crate::api::status::ApiError;
+use crate::server::admission::Operation;
+use crate::server::auth::authz::masters;
+
+/// Serve a request on a collection.
+pub(super) async fn serve(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match *req.method() {
+        Method::GET => {
+            let list_query = request::list_query(&call.res, call.query())?;
+            if call.info.verb == "watch" {
+                return watch(call, call.query(), list_query);
+            }
+            if !call.res.allows("list") {
+                return Err(ApiError::method_not_allowed("list"));
+            }
+            let list = call
+                .registry()
+                .list(&call.res, call.ns(), &list_query)
+                .await?;
+            list_response(&call.res, &list, call.representation, call.query())
+        }
+        Method::POST => create(call, req).await,
+        Method::DELETE => delete_collection(call, req).await,
+        ref other => Err(ApiError::method_not_allowed(other.as_str())),
+    }
+}
+
+/// Start a watch stream over the collection as `query` selects.
+pub(super) fn watch(
+    call: &Call<'_>,
+    query: &Query,
+    list_query: crate::server::registry::ListQuery,
+) -> Result<Response<Body>, ApiError> {
+    let params = watch::Params::parse(query, list_query)?;
+    Ok(watch::start(
+        call.registry().clone(),
+        call.res.clone(),
+        call.rp.namespace.clone(),
+        params,
+        call.representation,
+    ))
+}
+
+async fn create(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let mut body = request::read_body(req).await?;
+    if !call.res.allows("create") {
+        return Err(ApiError::method_not_allowed("create"));
+    }
+    if let Some(review) = self_review(call, &body.value) {
+        return Ok(json_response(StatusCode::CREATED, &review));
+    }
+    call.api
+        .admission
+        .admit(&call.admission(Operation::Create), &mut body.value)
+        .await?;
+    let warnings = body.check_duplicates(&call.write)?;
+    let mut written = call
+        .registry()
+        .create(&call.res, call.ns(), body.value, &call.write)
+        .await?;
+    written.warnings.extend(warnings);
+    Ok(written_response(
+        StatusCode::CREATED,
+        &call.res,
+        written,
+        call.representation,
+    ))
+}
+
+/// SelfSubjectReview and SelfSubjectAccessReview are answered, not stored.
+fn self_review(call: &Call<'_>, body: &serde_json::Value) -> Option<serde_json::Value> {
+    let (res, user) = (&call.res, call.user);
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("authentication.k8s.io", "SelfSubjectReview") => Some(json!({
+            "kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "status": {"userInfo": {"username": user.name, "uid": user.uid, "groups": user.groups}},
+        })),
+        ("authorization.k8s.io", "SelfSubjectAccessReview") => {
+            let mut review = body.clone();
+            review["status"] = json!({"allowed": masters::is_master(user)});
+            Some(review)
+        }
+        _ => None,
+    }
+}
+
+async fn delete_collection(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body = request::read_optional_body(req).await?;
+    let opts = request::delete_options(call.query(), body.as_ref())?;
+    let list_query = request::list_query(&call.res, call.query())?;
+    let registry = call.registry();
+    let items = registry
+        .delete_collection(&call.res, call.ns(), &list_query, &opts)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &render_list(
+            &call.res,
+            items,
+            registry.store.current_revision(),
+            None,
+            Representation::Json,
+            call.query(),
+        ),
+    ))
+}

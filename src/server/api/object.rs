@@ -1,0 +1,117 @@
+//! Handlers for one object (`…/<plural>/<name>`): get, update, patch and
+//! delete (and a legacy `/watch/` of one object).
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::response::{json_response, render_object, written_response};
+use super::{Body, Call, collection, q, request};
+use crate::api::status::ApiError;
+use crate::server::admission::Operation;
+
+/// Serve a request on one object.
+pub(super) async fn serve(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    match *req.method() {
+        Method::GET if call.info.verb == "watch" => watch_one(call, name),
+        Method::GET => {
+            let obj = call.registry().get(&call.res, call.ns(), name).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &render_object(&call.res, obj, call.representation, call.query()),
+            ))
+        }
+        Method::PUT => update(call, req, name, None).await,
+        Method::PATCH => patch(call, req, name, None).await,
+        Method::DELETE => delete(call, req, name).await,
+        ref other => Err(ApiError::method_not_allowed(other.as_str())),
+    }
+}
+
+/// `/watch/…/<plural>/<name>`: a watch of the collection narrowed to the
+/// one name, as upstream serves it.
+fn watch_one(call: &Call<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+    let mut query = call.query().clone();
+    let by_name = format!("metadata.name={name}");
+    let selector = match q(&query, "fieldSelector").filter(|s| !s.is_empty()) {
+        Some(s) => format!("{s},{by_name}"),
+        None => by_name,
+    };
+    query.insert("fieldSelector".into(), vec![selector]);
+    let list_query = request::list_query(&call.res, &query)?;
+    collection::watch(call, &query, list_query)
+}
+
+/// Replace the object (or, with `sub`, its status).
+pub(super) async fn update(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+    name: &str,
+    sub: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let mut body = request::read_body(req).await?;
+    call.api
+        .admission
+        .admit(&call.admission(Operation::Update), &mut body.value)
+        .await?;
+    let warnings = body.check_duplicates(&call.write)?;
+    let mut written = call
+        .registry()
+        .update(&call.res, call.ns(), name, body.value, sub, &call.write)
+        .await?;
+    written.warnings.extend(warnings);
+    Ok(written_response(
+        StatusCode::OK,
+        &call.res,
+        written,
+        call.representation,
+    ))
+}
+
+/// Patch the object (or, with `sub`, its status). HTTP-layer admission
+/// does not see patches: the patched object exists only in the registry.
+pub(super) async fn patch(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+    name: &str,
+    sub: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let (patch_type, body) = request::read_patch(req).await?;
+    let written = call
+        .registry()
+        .patch(
+            &call.res,
+            call.ns(),
+            name,
+            (patch_type, &body),
+            sub,
+            &call.write,
+        )
+        .await?;
+    Ok(written_response(
+        StatusCode::OK,
+        &call.res,
+        written,
+        call.representation,
+    ))
+}
+
+async fn delete(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let body = request::read_optional_body(req).await?;
+    let opts = request::delete_options(call.query(), body.as_ref())?;
+    let obj = call
+        .registry()
+        .delete(&call.res, call.ns(), name, &opts)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &render_object(&call.res, obj, call.representation, call.query()),
+    ))
+}

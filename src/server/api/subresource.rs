@@ -1,0 +1,359 @@
+//! Handlers for an object's subresources: `status` and `finalize`,
+//! `scale`, `binding`, `eviction`, a service account's `token`, and a
+//! pod's `log`, `exec`, `attach` and `portforward`, which go through the
+//! tunnel of the pod's node agent.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::response::json_response;
+use super::{ApiServer, Body, Call, Query, exec, object, portforward, request};
+use crate::api::catalog::Resource;
+use crate::api::patch::PatchType;
+use crate::api::selector::LabelSelector;
+use crate::api::status::{self, ApiError};
+use crate::server::registry::WriteOptions;
+
+/// Serve a request on subresource `sub` of object `name`.
+pub(super) async fn serve(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+    name: &str,
+    sub: &str,
+) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    let (registry, ns) = (call.registry(), call.ns());
+    match (&method, sub) {
+        (&Method::PUT, "status") => object::update(call, req, name, Some("status")).await,
+        // finalize writes spec.finalizers, which a plain update keeps.
+        (&Method::PUT, "finalize") => object::update(call, req, name, None).await,
+        (&Method::PATCH, "status") => object::patch(call, req, name, Some("status")).await,
+        (&Method::GET, "status") => {
+            let obj = registry.get(&call.res, ns, name).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        (_, "scale") => call.api.scale(req, &call.res, ns, name, &call.write).await,
+        (&Method::POST, "binding") => {
+            let body = request::read_body(req).await?;
+            registry
+                .bind(ns.unwrap_or_default(), name, &body.value)
+                .await?;
+            Ok(json_response(StatusCode::CREATED, &status::success(None)))
+        }
+        (&Method::POST, "eviction") => {
+            let body = request::read_body(req).await?;
+            let opts = request::delete_options(&Query::new(), body.value.get("deleteOptions"))?;
+            registry.delete(&call.res, ns, name, &opts).await?;
+            Ok(json_response(StatusCode::CREATED, &status::success(None)))
+        }
+        (&Method::POST, "token") => {
+            let body = request::read_body(req).await?;
+            let sa = registry.get(&call.res, ns, name).await?;
+            call.api
+                .token_request(ns.unwrap_or_default(), name, &sa, body.value)
+                .await
+        }
+        (&Method::GET, "log")
+        | (&Method::GET | &Method::POST, "exec" | "attach" | "portforward") => {
+            stream(call, req, name, sub).await
+        }
+        (_, "log" | "exec" | "attach" | "portforward") => {
+            let pod = registry.get(&call.res, ns, name).await?;
+            Err(no_agent(&pod, name, sub))
+        }
+        _ => Err(ApiError::method_not_allowed(method.as_str())),
+    }
+}
+
+/// `log`, `exec`, `attach` and `portforward`: through the tunnel of the
+/// pod's node agent.
+async fn stream(
+    call: &Call<'_>,
+    req: Request<Incoming>,
+    name: &str,
+    sub: &str,
+) -> Result<Response<Body>, ApiError> {
+    let ns = call.ns();
+    let pod = call.registry().get(&call.res, ns, name).await?;
+    let tunnels = &call.api.tunnels;
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    match sub {
+        "log" => {
+            let node = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if node.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "pod {name} does not have a host assigned"
+                )));
+            }
+            let container = pod_container(&pod, name, &query)?;
+            let uid = pod
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            tunnels
+                .get(
+                    node,
+                    &format!(
+                        "/containerLogs/{}/{name}/{container}?uid={uid}&{query}",
+                        ns.unwrap_or_default()
+                    ),
+                )
+                .await
+        }
+        "portforward" => portforward::serve(tunnels, req, &pod).await,
+        what => {
+            let container = pod_container(&pod, name, &query)?;
+            exec::serve(tunnels, req, &pod, &container, what).await
+        }
+    }
+}
+
+/// Why `sub` of a pod cannot be served with that method: a pod with no
+/// node yet, or a server without agents.
+fn no_agent(pod: &Value, name: &str, sub: &str) -> ApiError {
+    let node = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if node.is_empty() {
+        return ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned; {sub} needs a running pod"
+        ));
+    }
+    ApiError::service_unavailable(format!(
+        "no connection to the node agent of node {node:?} (pod {name}): this server runs without agents (--disable-agent), so pods/{sub} cannot be served"
+    ))
+}
+
+impl ApiServer {
+    /// `…/scale` as an `autoscaling/v1` Scale.
+    pub(super) async fn scale(
+        &self,
+        req: Request<Incoming>,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        write: &WriteOptions,
+    ) -> Result<Response<Body>, ApiError> {
+        let registry = &self.registry;
+        let method = req.method().clone();
+        let obj = registry.get(res, ns, name).await?;
+        let scale = scale_of(&obj);
+        let wanted = match method {
+            Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
+            Method::PUT => request::read_body(req).await?.value,
+            Method::PATCH => {
+                let (patch_type, body) = request::read_patch(req).await?;
+                match patch_type {
+                    PatchType::Json => crate::api::patch::json_patch(&scale, &body),
+                    PatchType::Merge | PatchType::Strategic => {
+                        crate::api::patch::merge_patch(&scale, &body)
+                    }
+                    PatchType::Apply => {
+                        return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            "server-side apply is not supported yet",
+                        ));
+                    }
+                }
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+            }
+            other => return Err(ApiError::method_not_allowed(other.as_str())),
+        };
+        let replicas = wanted
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "autoscaling",
+                    "Scale",
+                    name,
+                    vec![crate::api::status::FieldError::required("spec.replicas")],
+                )
+            })?;
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                vec![crate::api::status::FieldError::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
+            ));
+        }
+        let mut updated = obj.clone();
+        updated["spec"]["replicas"] = json!(replicas);
+        if let Some(rv) = wanted
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            updated["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let written = registry.update(res, ns, name, updated, None, write).await?;
+        Ok(json_response(StatusCode::OK, &scale_of(&written.object)))
+    }
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| LabelSelector::from_label_selector(s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+impl ApiServer {
+    /// `serviceaccounts/<name>/token`: a signed token for `sa`, for the
+    /// audiences and lifetime asked (1 h by default, at least 10 min),
+    /// bound to a pod when `boundObjectRef` names one that exists.
+    pub(super) async fn token_request(
+        &self,
+        ns: &str,
+        name: &str,
+        sa: &Value,
+        request: Value,
+    ) -> Result<Response<Body>, ApiError> {
+        let spec = &request["spec"];
+        let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+        if seconds < 600 {
+            return Err(ApiError::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                name,
+                vec![crate::api::status::FieldError::invalid(
+                    "spec.expirationSeconds",
+                    &json!(seconds),
+                    "may not specify a duration less than 10 minutes",
+                )],
+            ));
+        }
+        let audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .filter(|a: &Vec<String>| !a.is_empty())
+            .unwrap_or_else(|| vec![crate::server::auth::serviceaccount::ISSUER.to_owned()]);
+        let bound = &spec["boundObjectRef"];
+        let pod = match bound["kind"].as_str() {
+            None => None,
+            Some("Pod") => {
+                let pod_name = bound["name"].as_str().unwrap_or_default();
+                let pod_res = self
+                    .registry
+                    .catalog
+                    .find("", "v1", "pods")
+                    .cloned()
+                    .ok_or_else(ApiError::not_found_path)?;
+                let p = self.registry.get(&pod_res, Some(ns), pod_name).await?;
+                let uid = p
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(want) = bound["uid"].as_str()
+                    && want != uid
+                {
+                    return Err(ApiError::new(
+                        409,
+                        "Conflict",
+                        format!(
+                            "the UID in the bound object reference ({want}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
+                        ),
+                    ));
+                }
+                Some((pod_name.to_owned(), uid))
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot bind a token to a {other}; only Pods are supported"
+                )));
+            }
+        };
+        let sa_uid = sa
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let (token, expires) = self
+            .service_accounts
+            .issue(
+                ns,
+                name,
+                sa_uid,
+                &audiences,
+                seconds,
+                pod.as_ref().map(|(n, u)| (n.as_str(), u.as_str())),
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut spec_out = json!({"audiences": audiences, "expirationSeconds": seconds});
+        if !bound.is_null() {
+            spec_out["boundObjectRef"] = bound.clone();
+        }
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "metadata": {"name": name, "namespace": ns,
+                              "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+                "spec": spec_out,
+                "status": {"token": token,
+                           "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+            }),
+        ))
+    }
+}
+
+/// The container `?container=` names (any of the pod's), or its only
+/// regular container.
+///
+/// # Errors
+/// 400 naming the choices, like upstream.
+fn pod_container(pod: &Value, name: &str, query: &str) -> Result<String, ApiError> {
+    let asked = request::parse_query(Some(query))
+        .remove("container")
+        .and_then(|v| v.into_iter().next());
+    let names: Vec<String> = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| pod["spec"][*l].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    let regular: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match asked {
+        Some(c) if names.contains(&c) => Ok(c),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if regular.len() == 1 => Ok(regular[0].to_owned()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            regular.join(" ")
+        ))),
+    }
+}

@@ -1,0 +1,274 @@
+//! Authorization: may this user make this request? A chain of
+//! authorizers, each its own type behind [`Authorizer`], asked in order
+//! until one allows or denies (upstream's union authorizer):
+//! [`masters::Masters`] (`system:masters` may do everything), then
+//! [`node::Node`] (a node may touch only its own Node, Lease, pods and
+//! what those pods use), then [`bootstrap::NodeCertificates`] (a bootstrap
+//! token may only ask for a node certificate), then the slot where RBAC
+//! goes (a later issue). A request no authorizer allows is a 403 whose
+//! message is upstream's ([`forbidden`]).
+
+#![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod masters;
+pub mod node;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::User;
+use crate::api::status::ApiError;
+
+/// What a request asks to do, as upstream's `authorizer.Attributes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributes {
+    pub user: User,
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection` for resource requests; the lowercase HTTP
+    /// method otherwise.
+    pub verb: String,
+    /// Empty for cluster-scoped requests.
+    pub namespace: String,
+    pub api_group: String,
+    pub api_version: String,
+    pub resource: String,
+    pub subresource: String,
+    /// The object's name; empty for collections. For orch's kubelet
+    /// tunnel path (not a resource request) the node whose tunnel it is.
+    pub name: String,
+    /// The URL path (what non-resource requests are authorized by).
+    pub path: String,
+    /// Does the request address an API object (or collection)?
+    pub resource_request: bool,
+}
+
+/// What an authorizer says, as upstream's `authorizer.Decision` with its
+/// reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Refused, whatever later authorizers would say.
+    Deny(String),
+    /// Neither: the next authorizer is asked. The reason (may be empty)
+    /// explains a refusal if no later authorizer allows.
+    NoOpinion(String),
+}
+
+/// One way of deciding whether a request is allowed.
+///
+/// Asynchronous because the Node authorizer may read the store when its
+/// cache has not seen a pod yet.
+pub trait Authorizer: Send + Sync {
+    fn authorize<'a>(&'a self, attrs: &'a Attributes) -> BoxFuture<'a, Decision>;
+}
+
+/// The authorizers, asked in order.
+pub struct Chain {
+    authorizers: Vec<Box<dyn Authorizer>>,
+}
+
+impl Chain {
+    pub fn new(authorizers: Vec<Box<dyn Authorizer>>) -> Self {
+        Self { authorizers }
+    }
+
+    /// The first `Allow` or `Deny`; otherwise `NoOpinion` with every
+    /// reason given, one per line.
+    pub async fn authorize(&self, attrs: &Attributes) -> Decision {
+        let mut reasons: Vec<String> = Vec::new();
+        for authorizer in &self.authorizers {
+            match authorizer.authorize(attrs).await {
+                Decision::NoOpinion(reason) => {
+                    if !reason.is_empty() {
+                        reasons.push(reason);
+                    }
+                }
+                decided => return decided,
+            }
+        }
+        Decision::NoOpinion(reasons.join("\n"))
+    }
+}
+
+/// The 403 for a request not allowed, worded as upstream's:
+/// `deployments.apps "web" is forbidden: User "u" cannot delete resource
+/// "deployments" in API group "apps" in the namespace "default"`, with
+/// `: <reason>` after it when there is one, and `forbidden: User "u"
+/// cannot get path "/x"` for non-resource requests.
+pub fn forbidden(attrs: &Attributes, reason: &str) -> ApiError {
+    let user = &attrs.user.name;
+    let verb = &attrs.verb;
+    let mut message = if attrs.resource_request {
+        let resource = if attrs.subresource.is_empty() {
+            attrs.resource.clone()
+        } else {
+            format!("{}/{}", attrs.resource, attrs.subresource)
+        };
+        let scope = if attrs.namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace {:?}", attrs.namespace)
+        };
+        format!(
+            "User {user:?} cannot {verb} resource {resource:?} in API group {:?} {scope}",
+            attrs.api_group
+        )
+    } else {
+        format!("User {user:?} cannot {verb} path {:?}", attrs.path)
+    };
+    if !reason.is_empty() {
+        message = format!("{message}: {reason}");
+    }
+    let qualified = match (attrs.resource_request, attrs.api_group.is_empty()) {
+        (false, _) => String::new(),
+        (true, true) => attrs.resource.clone(),
+        (true, false) => format!("{}.{}", attrs.resource, attrs.api_group),
+    };
+    let message = match (qualified.is_empty(), attrs.name.is_empty()) {
+        (true, _) => format!("forbidden: {message}"),
+        (false, true) => format!("{qualified} is forbidden: {message}"),
+        (false, false) => format!("{qualified} {:?} is forbidden: {message}", attrs.name),
+    };
+    let mut details = json!({});
+    if attrs.resource_request {
+        for (key, value) in [
+            ("name", &attrs.name),
+            ("group", &attrs.api_group),
+            ("kind", &attrs.resource),
+        ] {
+            if !value.is_empty() {
+                details[key] = Value::String(value.clone());
+            }
+        }
+    }
+    ApiError {
+        details: Some(details),
+        ..ApiError::forbidden(message)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// Attributes of a resource request: `ns`/`name` may be empty.
+    pub(crate) fn resource(
+        user: &User,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        ns: &str,
+        name: &str,
+    ) -> Attributes {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        Attributes {
+            user: user.clone(),
+            verb: verb.into(),
+            namespace: ns.into(),
+            api_group: group.into(),
+            api_version: "v1".into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            name: name.into(),
+            path: String::new(),
+            resource_request: true,
+        }
+    }
+
+    pub(crate) fn non_resource(user: &User, verb: &str, path: &str) -> Attributes {
+        Attributes {
+            user: user.clone(),
+            verb: verb.into(),
+            namespace: String::new(),
+            api_group: String::new(),
+            api_version: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            name: String::new(),
+            path: path.into(),
+            resource_request: false,
+        }
+    }
+
+    struct Says(Decision);
+
+    impl Authorizer for Says {
+        fn authorize<'a>(&'a self, _: &'a Attributes) -> BoxFuture<'a, Decision> {
+            async move { self.0.clone() }.boxed()
+        }
+    }
+
+    fn says(d: Decision) -> Box<dyn Authorizer> {
+        Box::new(Says(d))
+    }
+
+    #[tokio::test]
+    async fn the_first_decision_wins_and_reasons_of_no_opinion_add_up() {
+        let user = User::service_account("default", "app");
+        let attrs = resource(&user, "get", "", "pods", "default", "p");
+        let no = |r: &str| says(Decision::NoOpinion(r.into()));
+        let cases = [
+            (vec![no(""), says(Decision::Allow)], Decision::Allow),
+            (
+                vec![says(Decision::Deny("no".into())), says(Decision::Allow)],
+                Decision::Deny("no".into()),
+            ),
+            (
+                vec![no("a"), no(""), no("b")],
+                Decision::NoOpinion("a\nb".into()),
+            ),
+            (vec![], Decision::NoOpinion(String::new())),
+        ];
+        for (authorizers, want) in cases {
+            assert_eq!(Chain::new(authorizers).authorize(&attrs).await, want);
+        }
+    }
+
+    #[test]
+    fn refusals_read_as_upstream_s() {
+        let user = User::service_account("default", "app");
+        let name = "system:serviceaccount:default:app";
+        let cases = [
+            (
+                resource(&user, "delete", "apps", "deployments", "default", "web"),
+                "",
+                format!(
+                    "deployments.apps \"web\" is forbidden: User \"{name}\" cannot delete resource \"deployments\" in API group \"apps\" in the namespace \"default\""
+                ),
+                json!({"name": "web", "group": "apps", "kind": "deployments"}),
+            ),
+            (
+                resource(&user, "list", "", "nodes", "", ""),
+                "",
+                format!(
+                    "nodes is forbidden: User \"{name}\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
+                ),
+                json!({"kind": "nodes"}),
+            ),
+            (
+                resource(&user, "patch", "", "nodes/status", "", "n"),
+                "why not",
+                format!(
+                    "nodes \"n\" is forbidden: User \"{name}\" cannot patch resource \"nodes/status\" in API group \"\" at the cluster scope: why not"
+                ),
+                json!({"name": "n", "kind": "nodes"}),
+            ),
+            (
+                non_resource(&user, "post", "/v1-orch/node-certificate"),
+                "",
+                format!(
+                    "forbidden: User \"{name}\" cannot post path \"/v1-orch/node-certificate\""
+                ),
+                json!({}),
+            ),
+        ];
+        for (attrs, reason, message, details) in cases {
+            let err = forbidden(&attrs, reason);
+            assert_eq!((err.code, err.reason), (403, "Forbidden"));
+            assert_eq!(err.message, message);
+            assert_eq!(err.details, Some(details));
+        }
+    }
+}
