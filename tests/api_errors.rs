@@ -209,6 +209,19 @@ fn malformed_and_mismatched_bodies_are_rejected() {
             .contains("duplicate field \"metadata.name\""),
         "{strict}"
     );
+    // Unknown fields under Strict: upstream's transformDecodeError words,
+    // with the version alone (not the group) in quotes.
+    let unknown = api
+        .post(
+            "/apis/apps/v1/namespaces/default/deployments?fieldValidation=Strict",
+            r#"{"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": "u"}, "spec": {"bogus": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}"#,
+        )
+        .status(400, "BadRequest");
+    assert_eq!(
+        unknown["message"],
+        r#"Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: unknown field "spec.bogus""#,
+        "{unknown}"
+    );
     let warned = api.post(cms, dup);
     assert_eq!(warned.code, 201, "{}", warned.body);
     assert!(

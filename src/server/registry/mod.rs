@@ -514,14 +514,14 @@ impl Registry {
         let Some(typed) = self.strategy(res).round_trip(&obj) else {
             return Ok(obj);
         };
-        let typed = typed.map_err(|e| {
+        // Upstream's transformDecodeError: the version alone, not the group.
+        let cannot_handle = |cause: String| {
             ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {e}",
-                res.kind,
-                res.api_version(),
-                res.kind
+                "{} in version \"{}\" cannot be handled as a {}: {cause}",
+                res.kind, res.version, res.kind
             ))
-        })?;
+        };
+        let typed = typed.map_err(|e| cannot_handle(e.to_string()))?;
         if validation != FieldValidation::Ignore {
             let mut unknown = Vec::new();
             unknown_fields(&obj, &typed, "", &mut unknown);
@@ -531,7 +531,7 @@ impl Registry {
                     .map(|f| format!("unknown field {f:?}"))
                     .collect();
                 if validation == FieldValidation::Strict {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(cannot_handle(format!(
                         "strict decoding error: {}",
                         msgs.join(", ")
                     )));
