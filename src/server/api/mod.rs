@@ -88,9 +88,18 @@ fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
+/// A `Status` body, already serialised the way kube-apiserver writes it.
+fn status_response(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::full(bytes))
+        .expect("static response parts are valid")
+}
+
 fn error_response(err: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(code, &err.to_status())
+    status_response(code, err.to_body())
 }
 
 fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
@@ -553,13 +562,19 @@ impl ApiServer {
                 registry
                     .bind(ns.unwrap_or_default(), name, &body.value)
                     .await?;
-                Ok(json_response(StatusCode::CREATED, &status::success(None)))
+                Ok(status_response(
+                    StatusCode::CREATED,
+                    status::success_body(201),
+                ))
             }
             (&Method::POST, Some(name), Some("eviction")) => {
                 let body = read_body(req).await?;
                 let opts = delete_options(&Query::new(), body.value.get("deleteOptions"))?;
                 registry.delete(&res, ns, name, &opts).await?;
-                Ok(json_response(StatusCode::CREATED, &status::success(None)))
+                Ok(status_response(
+                    StatusCode::CREATED,
+                    status::success_body(201),
+                ))
             }
             (&Method::GET, Some(name), Some("log")) => {
                 let pod = registry.get(&res, ns, name).await?;
