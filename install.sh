@@ -5,8 +5,10 @@
 #   sudo ORCH_URL=https://SERVER:6443 ORCH_TOKEN=K10... sh install.sh   # an agent joining SERVER
 #
 # The binary comes from this source checkout (cargo build --release, which
-# needs Rust, gcc, make, pkg-config, libseccomp-dev, libelf-dev and zlib1g-dev), from ORCH_BINARY (a
-# file), or from ORCH_DOWNLOAD_URL, checked against ORCH_DOWNLOAD_SHA256.
+# needs Rust, gcc, make, pkg-config, libseccomp-dev, libelf-dev and zlib1g-dev;
+# on Debian/Ubuntu the missing ones are installed with apt-get), from
+# ORCH_BINARY (a file), or from ORCH_DOWNLOAD_URL, checked against
+# ORCH_DOWNLOAD_SHA256.
 #
 # Environment:
 #   ORCH_URL, ORCH_TOKEN       install an agent that joins ORCH_URL with ORCH_TOKEN
@@ -60,8 +62,47 @@ find_cargo() {
     return 1
 }
 
+# The Debian/Ubuntu packages the build needs that are not here yet: a C
+# compiler (the bundled SQLite), make (libbpf's build), pkg-config and the
+# libraries libcontainer (libseccomp) and libbpf (libelf, zlib) link.
+missing_build_packages() {
+    command -v cc >/dev/null 2>&1 || echo gcc
+    command -v make >/dev/null 2>&1 || echo make
+    command -v pkg-config >/dev/null 2>&1 || echo pkg-config
+    has_library libseccomp libseccomp-dev || echo libseccomp-dev
+    has_library libelf libelf-dev || echo libelf-dev
+    has_library zlib zlib1g-dev || echo zlib1g-dev
+}
+
+# Is library $1 (package $2) installed? pkg-config's answer when it is
+# here, else dpkg's.
+has_library() {
+    if command -v pkg-config >/dev/null 2>&1; then
+        pkg-config --exists "$1" 2>/dev/null
+    else
+        # shellcheck disable=SC2016 # ${Status} is dpkg-query's, not the shell's
+        dpkg-query -W -f='${Status}' "$2" 2>/dev/null | grep -q 'ok installed'
+    fi
+}
+
+install_build_packages() {
+    command -v apt-get >/dev/null 2>&1 || return 0
+    packages=$(missing_build_packages | tr '\n' ' ')
+    [ -n "${packages% }" ] || return 0
+    info "installing the build dependencies: $packages"
+    # shellcheck disable=SC2086 # one word per package
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null; then
+        # A fresh machine may have no package lists yet.
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || warn "apt-get update failed"
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null ||
+            warn "apt-get install $packages failed"
+    fi
+}
+
 build_from_checkout() {
     if cargo=$(find_cargo); then
+        install_build_packages
         command -v cc >/dev/null 2>&1 || fatal "no C compiler (the bundled SQLite needs one): apt-get install gcc"
         pkg-config --exists libseccomp 2>/dev/null || fatal "libseccomp not found: apt-get install pkg-config libseccomp-dev"
         pkg-config --exists libelf zlib 2>/dev/null || fatal "libelf or zlib not found (libbpf, for cgroup v2 device rules, links them): apt-get install libelf-dev zlib1g-dev"

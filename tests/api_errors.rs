@@ -415,3 +415,23 @@ fn watch_semantics_over_the_wire() {
     )
     .status(410, "Gone");
 }
+
+/// Some clients compare error text byte for byte: the body is kube-apiserver's,
+/// field order, omitted empty fields and the encoder's trailing newline included.
+#[test]
+fn not_found_body_is_byte_for_byte_upstreams() {
+    let server = TestServer::start();
+    let api = Api::new(&server);
+    let reply = api.call(
+        "GET",
+        "/api/v1/namespaces/default/pods/x",
+        "application/json",
+        None,
+        true,
+    );
+    assert_eq!(reply.code, 404);
+    assert_eq!(
+        reply.body,
+        "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"pods \\\"x\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"x\",\"kind\":\"pods\"},\"code\":404}\n"
+    );
+}

@@ -4,9 +4,13 @@
 //! The token is `K10<sha256 of the CA PEM>::<user>:<secret>` (k3s's format).
 //! The agent fetches the CA from `/cacerts` without trusting anything, checks
 //! its hash against the token, and only then sends the secret — to a server
-//! verified with that CA.
+//! verified with that CA. Before that it checks the server's certificate
+//! itself against that CA and the address joined by, so that a certificate
+//! that does not name that address is one clear error, not a connection
+//! error retried forever.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderName, HeaderValue};
 use kube::{Client, Config};
@@ -89,6 +93,7 @@ pub async fn join(server: &str, token: &str) -> Result<(Client, Credentials), Er
         .filter_map(Result::ok)
         .map(|c| c.to_vec())
         .collect();
+    check_serving_certificate(server, &url, &roots).await?;
     let mut config = Config::new(url);
     config.root_cert = Some(roots);
     let bearer = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -156,6 +161,178 @@ fn retryable(e: &Error) -> bool {
             _ => true,
         },
         _ => false,
+    }
+}
+
+/// Does the server's certificate hold, under the CA the token pinned, for
+/// the host the agent joins by? Any other failure to look (the server gone
+/// between two requests) is left to the API client, which reports and
+/// retries it.
+///
+/// # Errors
+/// [`Error::ServerCertificate`], naming the address, the names the
+/// certificate covers and the fix.
+async fn check_serving_certificate(
+    server: &str,
+    url: &http::Uri,
+    roots: &[Vec<u8>],
+) -> Result<(), Error> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let Some(host) = url.host() else {
+        return Ok(());
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let Ok(name) = ServerName::try_from(host.clone()) else {
+        return Ok(());
+    };
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        let _ = store.add(CertificateDer::from(der.clone()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(store),
+        provider.clone(),
+    )
+    .build() else {
+        return Ok(());
+    };
+    let recording = Arc::new(Recording {
+        inner: verifier,
+        failure: Mutex::new(None),
+    });
+    let Ok(config) = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(recording.clone())
+                .with_no_client_auth()
+        })
+    else {
+        return Ok(());
+    };
+    let port = url.port_u16().unwrap_or(443);
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+        return Ok(());
+    }
+    let failure = recording
+        .failure
+        .lock()
+        .map(|mut f| f.take())
+        .unwrap_or_default();
+    let Some((leaf, err)) = failure else {
+        return Ok(());
+    };
+    Err(Error::ServerCertificate {
+        url: server.to_owned(),
+        reason: certificate_problem(&host, &leaf, &err),
+    })
+}
+
+/// The one line that says why the certificate failed and what to do.
+fn certificate_problem(host: &str, leaf: &[u8], err: &rustls::Error) -> String {
+    use rustls::CertificateError;
+    let fix = format!(
+        "pass --tls-san {host} to the server (or start it with --node-ip/--advertise-address {host}) or join by a name in its certificate"
+    );
+    match err {
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => {
+            let names = certificate_names(leaf);
+            format!(
+                "is not valid for {host} (it covers {}); {fix}",
+                if names.is_empty() {
+                    "no names".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "is not signed by the CA the join token pins (unknown CA): a wrong --server, or someone in between; join the server the token came from".to_owned(),
+        other => format!("failed verification: {other}; {fix}"),
+    }
+}
+
+/// The DNS names and IPs a certificate (DER) is for.
+fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pinned CA's verifier, keeping the certificate it rejected and why.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    failure: Mutex<Option<(Vec<u8>, rustls::Error)>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .inspect_err(|err| {
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some((end_entity.to_vec(), err.clone()));
+                }
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -336,6 +513,78 @@ mod tests {
         params.not_after =
             rcgen::date_time_ymd(i32::from(end.year()), end.month() as u8, end.day() as u8);
         params.self_signed(&key).unwrap().pem()
+    }
+
+    /// A TLS server on 127.0.0.1 whose certificate (from a fresh CA) names
+    /// only `sans`; its port and the CA's DER.
+    async fn serve_tls(sans: &[&str]) -> (u16, Vec<u8>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
+        let leaf = params.signed_by(&key, &issuer).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        (port, ca.der().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_certificate_without_the_joined_address_is_one_clear_error() {
+        let (port, ca) = serve_tls(&["orch.example", "10.9.9.9"]).await;
+        let server = format!("https://127.0.0.1:{port}");
+        let err =
+            check_serving_certificate(&server, &server.parse().unwrap(), std::slice::from_ref(&ca))
+                .await
+                .unwrap_err();
+        assert!(!retryable(&err), "a name mismatch is not retried");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the server's certificate at {server} is not valid for 127.0.0.1 (it covers orch.example, 10.9.9.9); pass --tls-san 127.0.0.1 to the server (or start it with --node-ip/--advertise-address 127.0.0.1) or join by a name in its certificate"
+            )
+        );
+        // Joined by an address it names, the check passes.
+        let (port, ca) = serve_tls(&["127.0.0.1"]).await;
+        let server = format!("https://127.0.0.1:{port}");
+        check_serving_certificate(&server, &server.parse().unwrap(), &[ca])
+            .await
+            .unwrap();
+        // Signed by another CA than the one pinned.
+        let (port, _) = serve_tls(&["127.0.0.1"]).await;
+        let server = format!("https://127.0.0.1:{port}");
+        let err = check_serving_certificate(&server, &server.parse().unwrap(), &[ca_other()])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown CA"), "{err}");
+    }
+
+    fn ca_other() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.self_signed(&key).unwrap().der().to_vec()
     }
 
     #[test]

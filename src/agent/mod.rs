@@ -56,6 +56,10 @@ pub enum Error {
     },
     #[error("invalid --server URL {url:?}: {reason}")]
     Url { url: String, reason: String },
+    /// The serving certificate does not hold for the address joined by
+    /// (or is not the pinned CA's): retrying cannot fix it.
+    #[error("the server's certificate at {url} {reason}")]
+    ServerCertificate { url: String, reason: String },
     #[error("{0}")]
     Runtime(String),
 }

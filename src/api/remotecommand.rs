@@ -4,6 +4,12 @@
 //! 3 error (a `Status` at the end), 4 resize (`{"Width":W,"Height":H}`);
 //! v5 adds 255 — `[255, channel]` closes that channel (stdin's end).
 //!
+//! Text frames carry messages as binary ones do (upstream's `wsstream`
+//! reads either kind the same way): the Python client sends `str` stdin as
+//! text. `v4.base64.channel.k8s.io`, for clients that can only send text
+//! (browsers' consoles), writes the channel as a digit (`'0'` + channel)
+//! and the data in base64, both ways, in text frames.
+//!
 //! Between server and agent (an HTTP/2 stream through the tunnel) the
 //! same messages travel length-prefixed: a 4-byte big-endian length, then
 //! the channel byte and the data.
@@ -18,7 +24,34 @@ pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
 /// The subprotocols served, best first.
-pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub const PROTOCOLS: [&str; 3] = ["v5.channel.k8s.io", "v4.channel.k8s.io", BASE64_PROTOCOL];
+
+/// The subprotocol whose messages are text: a channel digit, then base64.
+pub const BASE64_PROTOCOL: &str = "v4.base64.channel.k8s.io";
+
+/// A WebSocket message (binary or text) as (channel, data); `None` for an
+/// empty message or, in base64, data that does not decode (upstream drops
+/// such a message too).
+pub fn decode_message(base64: bool, message: &[u8]) -> Option<(u8, Vec<u8>)> {
+    let (&first, data) = message.split_first()?;
+    if !base64 {
+        return Some((first, data.to_vec()));
+    }
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    Some((first.wrapping_sub(b'0'), data))
+}
+
+/// The text of a message for the base64 protocol.
+pub fn encode_base64(channel: u8, data: &[u8]) -> String {
+    use base64::Engine;
+    let mut text = String::with_capacity(data.len() * 4 / 3 + 5);
+    text.push(char::from(b'0'.wrapping_add(channel)));
+    base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
+    text
+}
 
 /// HTTP/2 flow-control windows of the agent's tunnel (both ends): 64
 /// streams whose bodies nobody reads (logs, exec or port-forward to a
@@ -119,6 +152,28 @@ mod tests {
             assert_eq!(got[0], (STDOUT, b"hello".to_vec()));
             assert_eq!(got[2], (STDIN, Vec::new()));
         }
+    }
+
+    #[test]
+    fn text_and_base64_messages_decode_to_channel_and_data() {
+        // v4/v5: the same bytes whether the frame was text or binary.
+        assert_eq!(
+            decode_message(false, b"\0hello\n"),
+            Some((STDIN, b"hello\n".to_vec()))
+        );
+        assert_eq!(decode_message(false, b""), None);
+        // base64: a channel digit, then the data in base64.
+        assert_eq!(
+            decode_message(true, b"0aGVsbG8K"),
+            Some((STDIN, b"hello\n".to_vec()))
+        );
+        assert_eq!(decode_message(true, b"0not base64!"), None);
+        assert_eq!(encode_base64(STDOUT, b"hello\n"), "1aGVsbG8K");
+        let round = encode_base64(STDERR, &[0, 255, 7]);
+        assert_eq!(
+            decode_message(true, round.as_bytes()),
+            Some((STDERR, vec![0, 255, 7]))
+        );
     }
 
     #[test]

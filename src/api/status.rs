@@ -4,7 +4,8 @@
 //! problem to its HTTP code and `reason`, so clients (kubectl, client-go,
 //! the Python client) recognise it (`IsNotFound`, `IsConflict`, …).
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 /// One invalid field, as listed in a 422 `Status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +81,83 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<Value>,
+    /// Boxed: errors travel in `Result`s everywhere, and details are rare.
+    pub details: Option<Box<Details>>,
+}
+
+/// `metav1.StatusDetails`. Its fields are declared in the order upstream's
+/// Go struct declares them, and empty ones are left out as Go's `omitempty`
+/// leaves them out: some clients compare error bodies byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Details {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// The resource plural (`pods`) for most errors, the object's kind for
+    /// `Invalid`: what upstream puts there.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<Cause>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retry_after_seconds: u32,
+}
+
+/// `metav1.StatusCause`, fields in upstream's order (its `Type` is
+/// serialised as `reason`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cause {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub field: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// `metav1.Status` as kube-apiserver writes it: `kind, apiVersion,
+/// metadata, status, message, reason, details, code`, empty fields left
+/// out (`omitempty`) except `metadata`, which Go always writes (`{}`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusBody<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: EmptyMeta,
+    status: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a Details>,
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    code: u16,
+}
+
+#[derive(Serialize)]
+struct EmptyMeta {}
+
+fn is_zero_u16(n: &u16) -> bool {
+    *n == 0
+}
+
+impl StatusBody<'_> {
+    /// The bytes of the body, ending in a newline as Go's `json.Encoder`
+    /// ends them.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(self).expect("a Status always serialises");
+        bytes.push(b'\n');
+        bytes
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -110,12 +187,13 @@ impl Target<'_> {
         }
     }
 
-    fn details(&self) -> Value {
-        let mut d = json!({"name": self.name, "kind": self.resource});
-        if !self.group.is_empty() {
-            d["group"] = json!(self.group);
+    fn details(&self) -> Details {
+        Details {
+            name: self.name.to_owned(),
+            group: self.group.to_owned(),
+            kind: self.resource.to_owned(),
+            ..Details::default()
         }
-        d
     }
 }
 
@@ -147,7 +225,7 @@ impl ApiError {
     /// from a missing object, and crashes on a Status without details.
     pub fn not_found_path() -> Self {
         Self {
-            details: Some(json!({})),
+            details: Some(Box::default()),
             ..Self::new(
                 404,
                 "NotFound",
@@ -158,14 +236,14 @@ impl ApiError {
 
     pub fn not_found(target: Target<'_>) -> Self {
         Self {
-            details: Some(target.details()),
+            details: Some(Box::new(target.details())),
             ..Self::new(404, "NotFound", format!("{} not found", target.qualified()))
         }
     }
 
     pub fn already_exists(target: Target<'_>) -> Self {
         Self {
-            details: Some(target.details()),
+            details: Some(Box::new(target.details())),
             ..Self::new(
                 409,
                 "AlreadyExists",
@@ -176,7 +254,7 @@ impl ApiError {
 
     pub fn conflict(target: Target<'_>, why: &str) -> Self {
         Self {
-            details: Some(target.details()),
+            details: Some(Box::new(target.details())),
             ..Self::new(
                 409,
                 "Conflict",
@@ -204,21 +282,28 @@ impl ApiError {
         } else {
             format!("[{}]", list.join(", "))
         };
-        let causes: Vec<Value> = errors
+        let causes = errors
             .iter()
-            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
+            .map(|e| Cause {
+                reason: e.reason.to_owned(),
+                message: e.message.clone(),
+                field: e.field.clone(),
+            })
             .collect();
-        let mut details = json!({"name": name, "kind": kind, "causes": causes});
-        if !group.is_empty() {
-            details["group"] = json!(group);
-        }
+        let details = Details {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            causes,
+            ..Details::default()
+        };
         let qualified = if group.is_empty() {
             kind.to_owned()
         } else {
             format!("{kind}.{group}")
         };
         Self {
-            details: Some(details),
+            details: Some(Box::new(details)),
             ..Self::new(
                 422,
                 "Invalid",
@@ -284,41 +369,52 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
-    /// The `metav1.Status` object.
-    pub fn to_status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(details) = &self.details {
-            status["details"] = details.clone();
+    fn body(&self) -> StatusBody<'_> {
+        StatusBody {
+            kind: "Status",
+            api_version: "v1",
+            metadata: EmptyMeta {},
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details: self.details.as_deref(),
+            code: self.code,
         }
-        status
+    }
+
+    /// The `metav1.Status` object (as a value, to embed in a watch event).
+    pub fn to_status(&self) -> Value {
+        serde_json::to_value(self.body()).expect("a Status always serialises")
+    }
+
+    /// The HTTP body: the Status, byte for byte as kube-apiserver writes it
+    /// (field order, omitted empty fields, trailing newline).
+    pub fn to_body(&self) -> Vec<u8> {
+        self.body().to_bytes()
     }
 }
 
-/// A `Status` with `status: Success`, as some deletes return.
-pub fn success(details: Option<Value>) -> Value {
-    let mut status = json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Success",
-    });
-    if let Some(details) = details {
-        status["details"] = details;
+/// The HTTP body of a `Status` with `status: Success`, as a create that
+/// stores no object (binding, eviction) returns: upstream sets its code to
+/// the response's.
+pub fn success_body(code: u16) -> Vec<u8> {
+    StatusBody {
+        kind: "Status",
+        api_version: "v1",
+        metadata: EmptyMeta {},
+        status: "Success",
+        message: "",
+        reason: "",
+        details: None,
+        code,
     }
-    status
+    .to_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn not_found_names_group_resource_and_name() {
@@ -353,6 +449,58 @@ mod tests {
         assert_eq!(
             e.to_status()["details"]["causes"].as_array().unwrap().len(),
             2
+        );
+    }
+
+    #[test]
+    fn not_found_body_is_byte_for_byte_upstreams() {
+        let e = ApiError::not_found(Target {
+            group: "",
+            resource: "pods",
+            name: "x",
+        });
+        assert_eq!(
+            String::from_utf8(e.to_body()).unwrap(),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"pods \\\"x\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"x\",\"kind\":\"pods\"},\"code\":404}\n"
+        );
+        let e = ApiError::not_found(Target {
+            group: "apps",
+            resource: "deployments",
+            name: "web",
+        });
+        assert_eq!(
+            String::from_utf8(e.to_body()).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"deployments.apps \"web\" not found","reason":"NotFound","details":{"name":"web","group":"apps","kind":"deployments"},"code":404}
+"#
+        );
+    }
+
+    #[test]
+    fn invalid_body_is_byte_for_byte_upstreams() {
+        let e = ApiError::invalid(
+            "apps",
+            "Deployment",
+            "web",
+            vec![FieldError::required("spec.selector")],
+        );
+        assert_eq!(
+            String::from_utf8(e.to_body()).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Deployment.apps \"web\" is invalid: spec.selector: Required value","reason":"Invalid","details":{"name":"web","group":"apps","kind":"Deployment","causes":[{"reason":"FieldValueRequired","message":"Required value","field":"spec.selector"}]},"code":422}
+"#
+        );
+    }
+
+    #[test]
+    fn empty_details_and_success_bodies_match_upstream() {
+        assert_eq!(
+            String::from_utf8(ApiError::not_found_path().to_body()).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}
+"#
+        );
+        assert_eq!(
+            String::from_utf8(success_body(201)).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success","code":201}
+"#
         );
     }
 }

@@ -33,7 +33,8 @@ pub struct Args {
     pub https_listen_port: u16,
 
     /// (listener) Address agents and the `kubernetes` Service use to reach
-    /// this server [default: the address of the default route, else 127.0.0.1].
+    /// this server [default: --node-ip, else the address of the default
+    /// route, else 127.0.0.1].
     #[arg(long, env = "ORCH_ADVERTISE_ADDRESS", value_name = "IP")]
     pub advertise_address: Option<IpAddr>,
 
@@ -193,15 +194,37 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
+/// The address agents and the `kubernetes` Service use, as k3s picks it:
+/// `--advertise-address`, else `--node-ip`, else a specific
+/// `--bind-address`, else the default route's address, else 127.0.0.1.
+fn advertise_address(
+    advertise: Option<IpAddr>,
+    node_ip: Option<IpAddr>,
+    bind: IpAddr,
+    default_route: impl FnOnce() -> Option<IpAddr>,
+) -> IpAddr {
+    advertise
+        .or(node_ip)
+        .or_else(|| (!bind.is_unspecified()).then_some(bind))
+        .or_else(default_route)
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut config = server::Config::new(args.data.data_dir);
     config.listen = SocketAddr::new(args.bind_address, args.https_listen_port);
-    config.advertise_address = args
-        .advertise_address
-        .or_else(|| (!args.bind_address.is_unspecified()).then_some(args.bind_address))
-        .or_else(super::default_route_address)
-        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    config.advertise_address = advertise_address(
+        args.advertise_address,
+        args.node.node_ip,
+        args.bind_address,
+        super::default_route_address,
+    );
     config.tls_sans = args.tls_san;
+    // Agents join by the node IP as often as by the advertised address
+    // (k3s puts both in the certificate).
+    if let Some(ip) = args.node.node_ip {
+        config.tls_sans.push(ip.to_string());
+    }
     if args.compaction_interval == 0 {
         anyhow::bail!("--compaction-interval must be at least 1 second");
     }
@@ -320,4 +343,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         server::run_with(config, shutdown, Some(ready_tx)).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_address_is_the_node_ip_unless_one_is_given() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let any = ip("0.0.0.0");
+        let route = || Some(ip("192.168.1.5"));
+        let none = || None;
+        // k3s: --advertise-address, else --node-ip.
+        assert_eq!(
+            advertise_address(Some(ip("10.0.0.9")), Some(ip("10.0.0.2")), any, route),
+            ip("10.0.0.9")
+        );
+        assert_eq!(
+            advertise_address(None, Some(ip("10.0.0.2")), any, route),
+            ip("10.0.0.2")
+        );
+        // A LAN with no default route: the node IP, not 127.0.0.1.
+        assert_eq!(
+            advertise_address(None, Some(ip("10.0.0.2")), any, none),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            advertise_address(None, None, ip("10.0.0.3"), route),
+            ip("10.0.0.3")
+        );
+        assert_eq!(advertise_address(None, None, any, route), ip("192.168.1.5"));
+        assert_eq!(advertise_address(None, None, any, none), ip("127.0.0.1"));
+    }
 }

@@ -1,5 +1,6 @@
-//! `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`),
-//! as kubectl ≥ 1.30 and the client libraries speak it. The server opens
+//! `pods/exec` over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`,
+//! `v4.base64.channel.k8s.io`), as kubectl ≥ 1.30 and the client libraries
+//! speak it. The server opens
 //! an exec stream to the pod's node through the agent's tunnel first —
 //! so a container that is not running is an ordinary error `Status` —
 //! then upgrades the client's connection and relays messages both ways
@@ -106,6 +107,7 @@ pub async fn serve(
         .await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let v5 = protocol == PROTOCOLS[0];
+    let base64 = protocol == rc::BASE64_PROTOCOL;
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -115,7 +117,7 @@ pub async fn serve(
             }
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        relay(ws, answer.into_body(), to_agent, v5).await;
+        relay(ws, answer.into_body(), to_agent, v5, base64).await;
     });
     Ok(Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -153,12 +155,14 @@ where
 }
 
 /// Copy messages between the client's WebSocket and the agent's stream
-/// until the agent is done.
+/// until the agent is done. `base64`: the client speaks
+/// `v4.base64.channel.k8s.io`.
 async fn relay(
     ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
     mut from_agent: Incoming,
     to_agent: tokio::sync::mpsc::Sender<Bytes>,
     v5: bool,
+    base64: bool,
 ) {
     let (sink, mut stream) = ws.split();
     let (out_tx, writer) = writer(sink);
@@ -166,12 +170,22 @@ async fn relay(
     let client_out = out_tx.clone();
     let reader = tokio::spawn(async move {
         while let Some(Ok(m)) = stream.next().await {
+            // Text frames carry messages as binary ones do (upstream reads
+            // both the same way); the Python client sends `str` as text.
+            let message = match &m {
+                Message::Binary(data) => rc::decode_message(base64, data),
+                Message::Text(text) => rc::decode_message(base64, text.as_bytes()),
+                _ => None,
+            };
             match m {
-                Message::Binary(data) if !data.is_empty() => {
-                    if !v5 && data[0] == rc::CLOSE {
+                Message::Binary(_) | Message::Text(_) => {
+                    let Some((channel, data)) = message else {
+                        continue;
+                    };
+                    if !v5 && channel == rc::CLOSE {
                         continue;
                     }
-                    let framed = rc::frame(data[0], &data[1..]);
+                    let framed = rc::frame(channel, &data);
                     if to_agent.send(Bytes::from(framed)).await.is_err() {
                         break;
                     }
@@ -190,10 +204,15 @@ async fn relay(
         let Ok(data) = f.into_data() else { continue };
         deframer.push(&data);
         while let Some((channel, data)) = deframer.next_message() {
-            let mut msg = Vec::with_capacity(data.len() + 1);
-            msg.push(channel);
-            msg.extend_from_slice(&data);
-            if out_tx.send(Message::Binary(msg.into())).await.is_err() {
+            let msg = if base64 {
+                Message::Text(rc::encode_base64(channel, &data).into())
+            } else {
+                let mut msg = Vec::with_capacity(data.len() + 1);
+                msg.push(channel);
+                msg.extend_from_slice(&data);
+                Message::Binary(msg.into())
+            };
+            if out_tx.send(msg).await.is_err() {
                 break;
             }
         }

@@ -21,9 +21,18 @@ pub(super) fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
+/// A `Status` body, already serialised the way kube-apiserver writes it.
+pub(super) fn status_response(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::full(bytes))
+        .expect("static response parts are valid")
+}
+
 pub(super) fn error_response(err: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(code, &err.to_status())
+    status_response(code, err.to_body())
 }
 
 pub(super) fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {

@@ -7,7 +7,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::response::json_response;
+use super::response::{json_response, status_response};
 use super::{ApiServer, Body, Call, Query, exec, object, portforward, request};
 use crate::api::catalog::Resource;
 use crate::api::patch::PatchType;
@@ -39,13 +39,19 @@ pub(super) async fn serve(
             registry
                 .bind(ns.unwrap_or_default(), name, &body.value)
                 .await?;
-            Ok(json_response(StatusCode::CREATED, &status::success(None)))
+            Ok(status_response(
+                StatusCode::CREATED,
+                status::success_body(201),
+            ))
         }
         (&Method::POST, "eviction") => {
             let body = request::read_body(req).await?;
             let opts = request::delete_options(&Query::new(), body.value.get("deleteOptions"))?;
             registry.delete(&call.res, ns, name, &opts).await?;
-            Ok(json_response(StatusCode::CREATED, &status::success(None)))
+            Ok(status_response(
+                StatusCode::CREATED,
+                status::success_body(201),
+            ))
         }
         (&Method::POST, "token") => {
             let body = request::read_body(req).await?;

@@ -124,6 +124,16 @@ impl Stream {
         self.tx.send(Bytes::from(line)).await.map_err(|_| Gone)
     }
 
+    /// An ERROR event; its Status keeps upstream's field order.
+    async fn send_error(&self, err: &ApiError) -> Result<(), Gone> {
+        let mut line = br#"{"type":"ERROR","object":"#.to_vec();
+        let mut body = err.to_body();
+        body.pop(); // the Status's own trailing newline
+        line.extend(body);
+        line.extend(b"}\n");
+        self.tx.send(Bytes::from(line)).await.map_err(|_| Gone)
+    }
+
     async fn bookmark(&self, rv: Revision, initial_end: bool) -> Result<(), Gone> {
         let mut meta = json!({"resourceVersion": rv.0.to_string()});
         if initial_end {
@@ -151,7 +161,7 @@ impl Stream {
                     for item in &list.items {
                         match item.decode() {
                             Ok(obj) => self.send("ADDED", obj).await?,
-                            Err(err) => return self.send("ERROR", err.to_status()).await,
+                            Err(err) => return self.send_error(&err).await,
                         }
                     }
                     if params.initial_events_end {
@@ -159,7 +169,7 @@ impl Stream {
                     }
                     list.revision
                 }
-                Err(err) => return self.send("ERROR", err.to_status()).await,
+                Err(err) => return self.send_error(&err).await,
             },
         };
         let mut prefix = self.res.list_prefix(namespace);
@@ -178,12 +188,10 @@ impl Stream {
                 let err = ApiError::expired(format!(
                     "too old resource version: {requested} ({compacted})"
                 ));
-                return self.send("ERROR", err.to_status()).await;
+                return self.send_error(&err).await;
             }
             Err(err) => {
-                return self
-                    .send("ERROR", ApiError::internal(err.to_string()).to_status())
-                    .await;
+                return self.send_error(&ApiError::internal(err.to_string())).await;
             }
         };
         let mut bookmark_timer =

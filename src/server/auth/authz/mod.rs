@@ -15,10 +15,9 @@ pub mod masters;
 pub mod node;
 
 use futures::future::BoxFuture;
-use serde_json::{Value, json};
 
 use super::User;
-use crate::api::status::ApiError;
+use crate::api::status::{ApiError, Details};
 
 /// What a request asks to do, as upstream's `authorizer.Attributes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,20 +129,16 @@ pub fn forbidden(attrs: &Attributes, reason: &str) -> ApiError {
         (false, true) => format!("{qualified} is forbidden: {message}"),
         (false, false) => format!("{qualified} {:?} is forbidden: {message}", attrs.name),
     };
-    let mut details = json!({});
+    // Upstream's NewForbidden: the group, resource and name the request
+    // named (empty for a path), each left out when empty.
+    let mut details = Details::default();
     if attrs.resource_request {
-        for (key, value) in [
-            ("name", &attrs.name),
-            ("group", &attrs.api_group),
-            ("kind", &attrs.resource),
-        ] {
-            if !value.is_empty() {
-                details[key] = Value::String(value.clone());
-            }
-        }
+        details.name.clone_from(&attrs.name);
+        details.group.clone_from(&attrs.api_group);
+        details.kind.clone_from(&attrs.resource);
     }
     ApiError {
-        details: Some(details),
+        details: Some(Box::new(details)),
         ..ApiError::forbidden(message)
     }
 }
@@ -152,6 +147,7 @@ pub fn forbidden(attrs: &Attributes, reason: &str) -> ApiError {
 pub(crate) mod tests {
     use super::*;
     use futures::FutureExt;
+    use serde_json::json;
 
     /// Attributes of a resource request: `ns`/`name` may be empty.
     pub(crate) fn resource(
@@ -268,7 +264,8 @@ pub(crate) mod tests {
             let err = forbidden(&attrs, reason);
             assert_eq!((err.code, err.reason), (403, "Forbidden"));
             assert_eq!(err.message, message);
-            assert_eq!(err.details, Some(details));
+            let got = serde_json::to_value(err.details.as_deref()).expect("details serialise");
+            assert_eq!(got, details);
         }
     }
 }
