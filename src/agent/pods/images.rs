@@ -22,6 +22,19 @@ pub struct PullJob {
     finished: Option<(tokio::time::Instant, PullOutcome)>,
 }
 
+/// The pull a container asks for: its image, by reference, and the key
+/// pulls are shared by (image and pull secrets).
+struct Wanted {
+    /// The container's name.
+    name: String,
+    /// The image as the spec names it.
+    image: String,
+    reference: ImageRef,
+    ns: String,
+    secret_names: Vec<String>,
+    key: String,
+}
+
 /// The container's image, pulled as its `imagePullPolicy` says. `None`
 /// while a pull runs or backs off; `state.waiting` then says why.
 pub(super) async fn ensure_image(
@@ -84,73 +97,115 @@ pub(super) async fn ensure_image(
     if !must_pull && !state.pulls.contains_key(&key) {
         return present;
     }
-    let now = tokio::time::Instant::now();
-    if let Some((until, _, why)) = state.pull_backoff.get(&key)
-        && *until > now
-    {
-        if state
-            .waiting
-            .get(&name)
-            .is_none_or(|(r, _)| r != "ImagePullBackOff")
-        {
-            event(
-                k,
-                pod,
-                "Normal",
-                "BackOff",
-                format!("Back-off pulling image \"{image}\""),
-            );
-        }
-        state.waiting.insert(
-            name,
-            (
-                "ImagePullBackOff".into(),
-                format!("Back-off pulling image \"{image}\": ErrImagePull: {why}"),
-            ),
-        );
+    let wanted = Wanted {
+        name,
+        image,
+        reference,
+        ns,
+        secret_names,
+        key,
+    };
+    if backing_off(k, pod, &wanted, state) {
         return None;
     }
-    let Some(asked) = state.pulls.get(&key).copied() else {
-        // Start a pull, or join the one running.
-        state.pulls.insert(key.clone(), now);
-        let mut jobs = k.pulls.lock().expect("pulls lock");
-        jobs.retain(|_, j| {
-            j.finished
-                .as_ref()
-                .is_none_or(|(t, _)| t.elapsed() < Duration::from_secs(600))
-        });
-        if jobs.get(&key).is_none_or(|j| j.finished.is_some()) {
-            jobs.insert(
-                key.clone(),
-                PullJob {
-                    started: now,
-                    finished: None,
-                },
-            );
-            event(
-                k,
-                pod,
-                "Normal",
-                "Pulling",
-                format!("Pulling image \"{image}\""),
-            );
-            let (k, key) = (k.clone(), key.clone());
-            tokio::spawn(async move {
-                let result = pull(&k, &reference, &ns, &secret_names).await;
-                if let Some(job) = k.pulls.lock().expect("pulls lock").get_mut(&key) {
-                    job.finished = Some((tokio::time::Instant::now(), result));
-                }
-            });
-        }
-        state
-            .waiting
-            .entry(name)
-            .or_insert_with(|| ("ContainerCreating".into(), String::new()));
+    let Some(asked) = state.pulls.get(&wanted.key).copied() else {
+        start_pull(k, pod, wanted, state);
         return None;
     };
+    pulled(k, pod, &wanted, &instance, asked, state)
+}
+
+/// Is the image's pull backing off (ImagePullBackOff)? Then the container
+/// waits, and says so.
+fn backing_off(k: &Kubelet, pod: &Value, wanted: &Wanted, state: &mut WorkerState) -> bool {
+    let Some((until, _, why)) = state.pull_backoff.get(&wanted.key) else {
+        return false;
+    };
+    if *until <= tokio::time::Instant::now() {
+        return false;
+    }
+    let (name, image) = (&wanted.name, &wanted.image);
+    if state
+        .waiting
+        .get(name)
+        .is_none_or(|(r, _)| r != "ImagePullBackOff")
+    {
+        event(
+            k,
+            pod,
+            "Normal",
+            "BackOff",
+            format!("Back-off pulling image \"{image}\""),
+        );
+    }
+    let message = format!("Back-off pulling image \"{image}\": ErrImagePull: {why}");
+    state
+        .waiting
+        .insert(name.clone(), ("ImagePullBackOff".into(), message));
+    true
+}
+
+/// Start a pull, or join the one running.
+fn start_pull(k: &Arc<Kubelet>, pod: &Value, wanted: Wanted, state: &mut WorkerState) {
+    let now = tokio::time::Instant::now();
+    let Wanted {
+        name,
+        image,
+        reference,
+        ns,
+        secret_names,
+        key,
+    } = wanted;
+    state.pulls.insert(key.clone(), now);
+    let mut jobs = k.pulls.lock().expect("pulls lock");
+    jobs.retain(|_, j| {
+        j.finished
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() < Duration::from_secs(600))
+    });
+    if jobs.get(&key).is_none_or(|j| j.finished.is_some()) {
+        jobs.insert(
+            key.clone(),
+            PullJob {
+                started: now,
+                finished: None,
+            },
+        );
+        event(
+            k,
+            pod,
+            "Normal",
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+        let k = k.clone();
+        tokio::spawn(async move {
+            let result = pull(&k, &reference, &ns, &secret_names).await;
+            if let Some(job) = k.pulls.lock().expect("pulls lock").get_mut(&key) {
+                job.finished = Some((tokio::time::Instant::now(), result));
+            }
+        });
+    }
+    state
+        .waiting
+        .entry(name)
+        .or_insert_with(|| ("ContainerCreating".into(), String::new()));
+}
+
+/// The outcome of the pull this pod asked for at `asked`, once it ended:
+/// the image, or `None` and the pull's back-off.
+fn pulled(
+    k: &Kubelet,
+    pod: &Value,
+    wanted: &Wanted,
+    instance: &str,
+    asked: tokio::time::Instant,
+    state: &mut WorkerState,
+) -> Option<Image> {
+    let (name, image, key) = (&wanted.name, &wanted.image, &wanted.key);
     let (started, finished) = {
         let jobs = k.pulls.lock().expect("pulls lock");
-        match jobs.get(&key) {
+        match jobs.get(key) {
             Some(j) => (j.started, j.finished.clone()),
             None => (
                 asked,
@@ -162,11 +217,11 @@ pub(super) async fn ensure_image(
         }
     };
     let (ended, result) = finished.filter(|(t, _)| *t >= asked)?;
-    state.pulls.remove(&key);
+    state.pulls.remove(key);
     match result {
         Ok(size) => {
-            state.pull_backoff.remove(&key);
-            state.pulled_for.insert(instance);
+            state.pull_backoff.remove(key);
+            state.pulled_for.insert(instance.to_owned());
             let took = ended.duration_since(started).as_secs_f64();
             let waited = ended.duration_since(asked.min(started)).as_secs_f64();
             event(
@@ -178,19 +233,20 @@ pub(super) async fn ensure_image(
                     "Successfully pulled image \"{image}\" in {took:.3}s ({waited:.3}s including waiting). Image size: {size} bytes."
                 ),
             );
-            state.waiting.remove(&name);
-            k.images.get(&reference.to_string()).ok()
+            state.waiting.remove(name);
+            k.images.get(&wanted.reference.to_string()).ok()
         }
         Err((reason, message)) => {
             let delay = state
                 .pull_backoff
-                .get(&key)
+                .get(key)
                 .map_or(Duration::from_secs(10), |(_, d, _)| {
                     (*d * 2).min(MAX_BACKOFF)
                 });
+            let now = tokio::time::Instant::now();
             state
                 .pull_backoff
-                .insert(key, (now + delay, delay, message.clone()));
+                .insert(key.clone(), (now + delay, delay, message.clone()));
             event(
                 k,
                 pod,
@@ -198,7 +254,7 @@ pub(super) async fn ensure_image(
                 "Failed",
                 format!("Failed to pull image \"{image}\": {message}"),
             );
-            state.waiting.insert(name, (reason, message));
+            state.waiting.insert(name.clone(), (reason, message));
             None
         }
     }

@@ -25,8 +25,12 @@
 //! ([`IDLE_RESYNC`]) is the safety net.
 
 mod backoff;
+#[cfg(test)]
+mod fake;
 mod images;
+mod plan;
 mod probes;
+mod runtime;
 mod sandbox;
 mod sources;
 mod start;
@@ -54,6 +58,7 @@ use self::teardown::teardown;
 use crate::runtime::image::{ImageStore, Puller};
 use crate::runtime::shim::ContainerState;
 pub use images::PullJob;
+pub use runtime::{PodRuntime, ShimRuntime};
 pub(super) use status::latest;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -101,6 +106,8 @@ pub struct Kubelet {
     pub services: tokio::sync::watch::Receiver<
         crate::agent::network::Cache<k8s_openapi::api::core::v1::Service>,
     >,
+    /// Sandboxes and containers: the shims and the pod network.
+    pub runtime: Arc<dyn PodRuntime>,
 }
 
 /// The host ports of this node's pods, by pod UID.
@@ -156,54 +163,16 @@ fn now() -> String {
         .to_string()
 }
 
+/// The pod workers, by pod UID: each gets the pod's changes, and `None`
+/// when it is deleted.
+type Workers = Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>>;
+
 /// Watch this node's pods and keep one worker per pod.
 pub async fn run(k: Arc<Kubelet>) {
     let pods: Api<Pod> = Api::all(k.client.clone());
-    let workers: Arc<Mutex<HashMap<String, watch::Sender<Option<Value>>>>> = Arc::default();
+    let workers: Workers = Arc::default();
     let selector = format!("spec.nodeName={}", k.node);
-    // First a list: workers for the pods that exist, and clean-up of what
-    // is left on this node from pods deleted while the agent was away.
-    // The watch then starts from the list's version.
-    let mut rv = loop {
-        match pods.list(&ListParams::default().fields(&selector)).await {
-            Ok(list) => {
-                let live: std::collections::HashSet<String> =
-                    list.items.iter().filter_map(ResourceExt::uid).collect();
-                for uid in leftovers(&k, &live) {
-                    tracing::info!(pod_uid = %uid, "cleaning up a pod deleted while the agent was away");
-                    teardown(&k, &uid).await;
-                }
-                if let Some(net) = k.network.clone() {
-                    let live = live.clone();
-                    match blocking(move || net.reconcile(&live)).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            count = n,
-                            "freed pod addresses and links of pods that are gone"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
-                    }
-                }
-                let mut w = workers.lock().expect("workers lock");
-                for pod in list.items {
-                    let Some(uid) = pod.uid() else { continue };
-                    let value = serde_json::to_value(&pod).expect("pods serialise");
-                    let (tx, rx) = watch::channel(Some(value));
-                    w.insert(uid.clone(), tx);
-                    let (k, workers) = (k.clone(), workers.clone());
-                    tokio::spawn(async move {
-                        worker(k, uid.clone(), rx).await;
-                        workers.lock().expect("workers lock").remove(&uid);
-                    });
-                }
-                break list.metadata.resource_version.unwrap_or_else(|| "0".into());
-            }
-            Err(err) => {
-                tracing::warn!(%err, "cannot list this node's pods, retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
+    let mut rv = list(&k, &pods, &selector, &workers).await;
     loop {
         let params = WatchParams::default().fields(&selector).timeout(290);
         let mut stream = match pods.watch(&params, &rv).await {
@@ -248,19 +217,69 @@ pub async fn run(k: Arc<Kubelet>) {
                 Some(tx) => {
                     let _ = tx.send(if gone { None } else { Some(value) });
                 }
-                None if !gone => {
-                    let (tx, rx) = watch::channel(Some(value));
-                    w.insert(uid.clone(), tx);
-                    let (k, workers) = (k.clone(), workers.clone());
-                    tokio::spawn(async move {
-                        worker(k, uid.clone(), rx).await;
-                        workers.lock().expect("workers lock").remove(&uid);
-                    });
-                }
+                None if !gone => spawn_worker(&k, &workers, &mut w, uid, value),
                 None => {}
             }
         }
     }
+}
+
+/// First a list: workers for the pods that exist, and clean-up of what
+/// is left on this node from pods deleted while the agent was away. The
+/// watch then starts from the list's version, which this returns.
+async fn list(k: &Arc<Kubelet>, pods: &Api<Pod>, selector: &str, workers: &Workers) -> String {
+    loop {
+        match pods.list(&ListParams::default().fields(selector)).await {
+            Ok(list) => {
+                let live: std::collections::HashSet<String> =
+                    list.items.iter().filter_map(ResourceExt::uid).collect();
+                for uid in leftovers(k, &live) {
+                    tracing::info!(pod_uid = %uid, "cleaning up a pod deleted while the agent was away");
+                    teardown(k, &uid).await;
+                }
+                if let Some(net) = k.network.clone() {
+                    let live = live.clone();
+                    match blocking(move || net.reconcile(&live)).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(
+                            count = n,
+                            "freed pod addresses and links of pods that are gone"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
+                    }
+                }
+                let mut w = workers.lock().expect("workers lock");
+                for pod in list.items {
+                    let Some(uid) = pod.uid() else { continue };
+                    let value = serde_json::to_value(&pod).expect("pods serialise");
+                    spawn_worker(k, workers, &mut w, uid, value);
+                }
+                return list.metadata.resource_version.unwrap_or_else(|| "0".into());
+            }
+            Err(err) => {
+                tracing::warn!(%err, "cannot list this node's pods, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Start the worker of pod `uid` and note it in `w` (the locked
+/// `workers`); it removes itself when it ends.
+fn spawn_worker(
+    k: &Arc<Kubelet>,
+    workers: &Workers,
+    w: &mut HashMap<String, watch::Sender<Option<Value>>>,
+    uid: String,
+    pod: Value,
+) {
+    let (tx, rx) = watch::channel(Some(pod));
+    w.insert(uid.clone(), tx);
+    let (k, workers) = (k.clone(), workers.clone());
+    tokio::spawn(async move {
+        worker(k, uid.clone(), rx).await;
+        workers.lock().expect("workers lock").remove(&uid);
+    });
 }
 
 /// Pods with state on this node (shim or pod directory) that are not in

@@ -3,32 +3,33 @@
 //! container (ready, or stopped to restart).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::runtime::PodRuntime;
 use super::start::pod_address;
 use super::teardown::{pod_grace, stop_instance};
-use super::{AbortOnDrop, Kubelet, WorkerState, blocking, event};
-use crate::runtime::shim::{self, ContainerState};
+use super::{AbortOnDrop, Kubelet, WorkerState, event};
+use crate::runtime::shim::ContainerState;
 
 /// One container instance's probes.
 #[derive(Default)]
 pub(super) struct Probes {
     /// When the worker first saw it running.
-    since: Option<tokio::time::Instant>,
+    pub(super) since: Option<tokio::time::Instant>,
     /// The startup probe passed (or there is none).
     pub(super) started: bool,
     /// The readiness probe's verdict (true without one, once started).
     pub(super) ready: bool,
-    next: HashMap<&'static str, tokio::time::Instant>,
-    successes: HashMap<&'static str, u32>,
-    failures: HashMap<&'static str, u32>,
+    pub(super) next: HashMap<&'static str, tokio::time::Instant>,
+    pub(super) successes: HashMap<&'static str, u32>,
+    pub(super) failures: HashMap<&'static str, u32>,
     /// A liveness or startup failure asked for a restart.
-    killed: bool,
+    pub(super) killed: bool,
     /// The probes running now, by kind.
-    running: HashMap<&'static str, AbortOnDrop>,
+    pub(super) running: HashMap<&'static str, AbortOnDrop>,
 }
 
 /// A probe's result, handed from its task to the pod's worker.
@@ -47,7 +48,6 @@ pub(super) async fn run_probes(
     k: &Kubelet,
     pod: &Value,
     instances: &HashMap<String, (u32, ContainerState)>,
-    socket: &Path,
     state: &mut WorkerState,
 ) {
     let now = tokio::time::Instant::now();
@@ -81,101 +81,151 @@ pub(super) async fn run_probes(
             continue;
         }
         let p = state.probes.entry(cs.id.clone()).or_default();
-        let since = *p.since.get_or_insert(now);
+        p.since.get_or_insert(now);
         if c.get("startupProbe").is_none() {
             p.started = true;
         }
-        for kind in ["startupProbe", "livenessProbe", "readinessProbe"] {
-            let (Some(result), Some(probe)) = (
-                done.remove(&(cs.id.clone(), kind)),
-                c.get(kind).filter(|v| v.is_object()),
-            ) else {
-                continue;
-            };
-            p.running.remove(kind);
-            let verdict = verdict(p, kind, probe, result);
-            let what = match kind {
-                "livenessProbe" => "Liveness",
-                "readinessProbe" => "Readiness",
-                _ => "Startup",
-            };
-            if let Some(why) = verdict.report {
-                event(
-                    k,
-                    pod,
-                    "Warning",
-                    "Unhealthy",
-                    format!("{what} probe failed: {}", why.trim()),
-                );
-            }
-            if verdict.kill {
-                tracing::info!(pod = %pod["metadata"]["name"], container = name, probe = kind, "probe failed, restarting the container");
-                let what = what.to_lowercase();
-                event(
-                    k,
-                    pod,
-                    "Normal",
-                    "Killing",
-                    format!("Container {name} failed {what} probe, will be restarted"),
-                );
-                // The probe's own grace period, if it has one.
-                let grace = probe["terminationGracePeriodSeconds"]
-                    .as_u64()
-                    .unwrap_or_else(|| pod_grace(pod));
-                stop_instance(socket, &cs.id, c, pod_ip.clone(), grace).await;
-            }
-        }
+        act_on_results(k, pod, c, &cs.id, p, &mut done, pod_ip.as_deref()).await;
         if c.get("readinessProbe").is_none() && p.started {
             p.ready = true;
         }
         if p.killed {
             continue;
         }
-        // Liveness and readiness take over as soon as startup passes.
-        let kinds: &[&'static str] = if p.started {
-            &["livenessProbe", "readinessProbe"]
-        } else {
-            &["startupProbe"]
+        let target = Target {
+            uid: pod["metadata"]["uid"].as_str().unwrap_or_default(),
+            id: &cs.id,
+            container: c,
+            pod_ip: pod_ip.as_deref(),
         };
-        for &kind in kinds {
-            let Some(probe) = c.get(kind).filter(|v| v.is_object()) else {
-                continue;
-            };
-            if p.running.contains_key(kind) {
-                // Its verdict wakes the worker.
-                continue;
-            }
-            let secs = |f: &str, d: u64| probe[f].as_u64().unwrap_or(d);
-            let first = since + Duration::from_secs(secs("initialDelaySeconds", 0));
-            let due = p.next.get(kind).copied().unwrap_or(first).max(first);
-            if now < due {
-                wake = Some(wake.map_or(due, |w: tokio::time::Instant| w.min(due)));
-                continue;
-            }
-            let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
-            p.next.insert(kind, next);
-            let (socket, id, probe, c, pod_ip) = (
-                socket.to_owned(),
-                cs.id.clone(),
-                probe.clone(),
-                c.clone(),
-                pod_ip.clone(),
-            );
-            let (results, events) = (state.probe_results.clone(), state.shim_events.clone());
-            let task = tokio::spawn(async move {
-                let result = probe_once(&socket, &id, &probe, &c, pod_ip.as_deref()).await;
-                results
-                    .lock()
-                    .expect("not poisoned")
-                    .push(ProbeDone { id, kind, result });
-                events.notify_one();
-            });
-            p.running.insert(kind, AbortOnDrop(task));
+        let (results, events) = (state.probe_results.clone(), state.shim_events.clone());
+        if let Some(due) = start_due(k, &target, p, now, &results, &events) {
+            wake = Some(wake.map_or(due, |w: tokio::time::Instant| w.min(due)));
         }
     }
     if let Some(w) = wake {
         state.wake_at(w);
     }
+}
+
+/// Count the results that came back for instance `id` and act on them:
+/// events for failures, and a stop for a failed liveness or startup probe.
+async fn act_on_results(
+    k: &Kubelet,
+    pod: &Value,
+    c: &Value,
+    id: &str,
+    p: &mut Probes,
+    done: &mut HashMap<(String, &'static str), Result<(), String>>,
+    pod_ip: Option<&str>,
+) {
+    let name = c["name"].as_str().unwrap_or_default();
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    for kind in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let (Some(result), Some(probe)) = (
+            done.remove(&(id.to_owned(), kind)),
+            c.get(kind).filter(|v| v.is_object()),
+        ) else {
+            continue;
+        };
+        p.running.remove(kind);
+        let verdict = verdict(p, kind, probe, result);
+        let what = match kind {
+            "livenessProbe" => "Liveness",
+            "readinessProbe" => "Readiness",
+            _ => "Startup",
+        };
+        if let Some(why) = verdict.report {
+            event(
+                k,
+                pod,
+                "Warning",
+                "Unhealthy",
+                format!("{what} probe failed: {}", why.trim()),
+            );
+        }
+        if verdict.kill {
+            tracing::info!(pod = %pod["metadata"]["name"], container = name, probe = kind, "probe failed, restarting the container");
+            let what = what.to_lowercase();
+            event(
+                k,
+                pod,
+                "Normal",
+                "Killing",
+                format!("Container {name} failed {what} probe, will be restarted"),
+            );
+            // The probe's own grace period, if it has one.
+            let grace = probe["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or_else(|| pod_grace(pod));
+            stop_instance(k, uid, id, c, pod_ip.map(str::to_owned), grace).await;
+        }
+    }
+}
+
+/// Start the probes of `target` that are due, each in a task that hands
+/// its result back through `results` and rings `events`; when the next
+/// one not yet due falls due.
+fn start_due(
+    k: &Kubelet,
+    target: &Target<'_>,
+    p: &mut Probes,
+    now: tokio::time::Instant,
+    results: &Arc<std::sync::Mutex<Vec<ProbeDone>>>,
+    events: &Arc<tokio::sync::Notify>,
+) -> Option<tokio::time::Instant> {
+    let mut wake: Option<tokio::time::Instant> = None;
+    let since = p.since.unwrap_or(now);
+    // Liveness and readiness take over as soon as startup passes.
+    let kinds: &[&'static str] = if p.started {
+        &["livenessProbe", "readinessProbe"]
+    } else {
+        &["startupProbe"]
+    };
+    for &kind in kinds {
+        let Some(probe) = target.container.get(kind).filter(|v| v.is_object()) else {
+            continue;
+        };
+        if p.running.contains_key(kind) {
+            // Its verdict wakes the worker.
+            continue;
+        }
+        let secs = |f: &str, d: u64| probe[f].as_u64().unwrap_or(d);
+        let first = since + Duration::from_secs(secs("initialDelaySeconds", 0));
+        let due = p.next.get(kind).copied().unwrap_or(first).max(first);
+        if now < due {
+            wake = Some(wake.map_or(due, |w| w.min(due)));
+            continue;
+        }
+        let next = now + Duration::from_secs(secs("periodSeconds", 10).max(1));
+        p.next.insert(kind, next);
+        let rt = k.runtime.clone();
+        let (uid, id, probe, c, pod_ip) = (
+            target.uid.to_owned(),
+            target.id.to_owned(),
+            probe.clone(),
+            target.container.clone(),
+            target.pod_ip.map(str::to_owned),
+        );
+        let (results, events) = (results.clone(), events.clone());
+        let task = tokio::spawn(async move {
+            let target = Target {
+                uid: &uid,
+                id: &id,
+                container: &c,
+                pod_ip: pod_ip.as_deref(),
+            };
+            let result = probe_once(&*rt, &target, &probe).await;
+            results.lock().expect("not poisoned").push(ProbeDone {
+                id: id.clone(),
+                kind,
+                result,
+            });
+            events.notify_one();
+        });
+        p.running.insert(kind, AbortOnDrop(task));
+    }
+    wake
 }
 
 /// What one probe result means for its container.
@@ -255,16 +305,24 @@ pub(super) fn probe_port(port: &Value, container: &Value) -> Option<u16> {
         .and_then(|n| u16::try_from(n).ok())
 }
 
-/// Run one probe (or hook): an exec through the shim, an httpGet or
-/// tcpSocket from the node to the probe's `host` or else `pod_ip`, as the
-/// kubelet does.
+/// What a probe or hook runs against: a container instance of a pod,
+/// and the pod's address.
+pub(super) struct Target<'a> {
+    pub uid: &'a str,
+    pub id: &'a str,
+    pub container: &'a Value,
+    pub pod_ip: Option<&'a str>,
+}
+
+/// Run one probe (or hook): an exec through the runtime, an httpGet or
+/// tcpSocket from the node to the probe's `host` or else the pod's
+/// address, as the kubelet does.
 pub(super) async fn probe_once(
-    socket: &Path,
-    id: &str,
+    rt: &dyn PodRuntime,
+    target: &Target<'_>,
     probe: &Value,
-    container: &Value,
-    pod_ip: Option<&str>,
 ) -> Result<(), String> {
+    let (id, container, pod_ip) = (target.id, target.container, target.pod_ip);
     let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
     let host = |spec: &Value| -> Result<String, String> {
         match spec["host"].as_str().filter(|h| !h.is_empty()) {
@@ -279,7 +337,7 @@ pub(super) async fn probe_once(
             .iter()
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
-        exec_probe(socket, id, args, timeout).await
+        rt.exec(target.uid, id, args, timeout).await
     } else if let Some(tcp) = probe.get("tcpSocket") {
         let Some(port) = probe_port(&tcp["port"], container) else {
             return Err(format!("no container port {}", tcp["port"]));
@@ -323,63 +381,6 @@ pub(super) async fn probe_once(
     result
 }
 
-/// An exec probe or hook: the command runs as a streaming exec, so the
-/// shim goes on serving the pod while it runs; here it is waited for up
-/// to `timeout`, and killed (the shim sees us hang up) when it overruns.
-/// Its output (the first 10 KiB) is the failure message.
-pub(super) async fn exec_probe(
-    socket: &Path,
-    id: &str,
-    args: Vec<String>,
-    timeout: Duration,
-) -> Result<(), String> {
-    const KEEP: u64 = 10 * 1024;
-    let (socket, id) = (socket.to_owned(), id.to_owned());
-    blocking(move || {
-        let mut session = shim::exec_stream(&socket, &id, args, false, false, None, true)
-            .map_err(|e| e.to_string())?;
-        let readers: Vec<_> = std::mem::take(&mut session.fds)
-            .into_iter()
-            .map(|fd| {
-                std::thread::spawn(move || {
-                    use std::io::Read;
-                    let mut out = Vec::new();
-                    let mut f = std::fs::File::from(fd);
-                    let _ = (&mut f).take(KEEP).read_to_end(&mut out);
-                    // Drain the rest so the command never blocks on a full pipe.
-                    let _ = std::io::copy(&mut f, &mut std::io::sink());
-                    out
-                })
-            })
-            .collect();
-        match session.wait_for(timeout).map_err(|e| e.to_string())? {
-            Some(code) => {
-                let output: Vec<u8> = readers
-                    .into_iter()
-                    .filter_map(|r| r.join().ok())
-                    .flatten()
-                    .collect();
-                if code == 0 {
-                    Ok(())
-                } else {
-                    let text = String::from_utf8_lossy(&output).trim_end().to_owned();
-                    Err(if text.is_empty() {
-                        format!("command exited with {code}")
-                    } else {
-                        text
-                    })
-                }
-            }
-            // Dropping the session hangs up: the shim kills the command.
-            None => Err(format!(
-                "command timed out after {}s",
-                timeout.as_secs_f32()
-            )),
-        }
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +414,84 @@ mod tests {
         let mut p = Probes::default();
         verdict(&mut p, "startupProbe", &json!({}), Ok(()));
         assert!(p.started);
+    }
+
+    #[test]
+    fn liveness_failures_stop_the_container_and_readiness_failures_only_unready_it() {
+        let fail = || Err::<(), _>("down".to_owned());
+        // kind, results in order → (a kill asked for, ready, started).
+        for (kind, results, want) in [
+            ("livenessProbe", vec![fail(), fail()], (false, true, true)),
+            (
+                "livenessProbe",
+                vec![fail(), fail(), fail()],
+                (true, false, true),
+            ),
+            (
+                "livenessProbe",
+                vec![fail(), fail(), Ok(()), fail(), fail()],
+                (false, true, true),
+            ),
+            (
+                "readinessProbe",
+                vec![fail(), fail(), fail(), fail()],
+                (false, false, true),
+            ),
+            (
+                "readinessProbe",
+                vec![fail(), fail(), fail(), Ok(())],
+                (false, true, true),
+            ),
+            (
+                "startupProbe",
+                vec![fail(), fail(), fail()],
+                (true, false, false),
+            ),
+        ] {
+            let mut p = Probes {
+                started: kind != "startupProbe",
+                ready: kind != "startupProbe",
+                ..Probes::default()
+            };
+            let n = results.len();
+            let kill = results
+                .into_iter()
+                .map(|r| verdict(&mut p, kind, &json!({}), r).kill)
+                .fold(false, |a, b| a || b);
+            assert_eq!((kill, p.ready, p.started), want, "{kind} after {n} results");
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_probes_run_in_the_container_through_the_runtime() {
+        use super::super::fake::{Call, FakeRuntime};
+        let rt = FakeRuntime::default();
+        let container = json!({"name": "web", "ports": [{"name": "http", "containerPort": 8080}]});
+        let target = Target {
+            uid: "u-1",
+            id: "web.2",
+            container: &container,
+            pod_ip: None,
+        };
+        let probe = json!({"exec": {"command": ["cat", "/tmp/healthy"]}});
+        assert_eq!(probe_once(&rt, &target, &probe).await, Ok(()));
+        rt.exec_returns("web.2", Err("no such file".into()), Duration::ZERO);
+        assert_eq!(
+            probe_once(&rt, &target, &probe).await,
+            Err("no such file".to_owned())
+        );
+        let exec = Call::Exec("web.2".into(), vec!["cat".into(), "/tmp/healthy".into()]);
+        assert_eq!(rt.calls(), [exec.clone(), exec]);
+        // Without an address a network probe fails before dialling.
+        let tcp = json!({"tcpSocket": {"port": "http"}});
+        assert_eq!(
+            probe_once(&rt, &target, &tcp).await,
+            Err("the pod has no IP address yet".to_owned())
+        );
+        assert_eq!(probe_port(&json!("http"), &container), Some(8080));
+        assert_eq!(
+            probe_once(&rt, &target, &json!({})).await,
+            Err("the probe names no handler (exec, httpGet, tcpSocket or grpc)".to_owned())
+        );
     }
 }

@@ -3,14 +3,12 @@
 //! and PID namespaces, and the mount namespace its containers' roots live
 //! in).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use serde_json::Value;
 
 use super::{Kubelet, blocking};
 use crate::agent::container::PodFiles;
-use crate::runtime::shim::{self, Request};
 
 /// Mount a tmpfs at `dir` (of `size` bytes, root directory `mode`) unless
 /// one is there.
@@ -72,107 +70,6 @@ pub(super) async fn mount_memory_volumes(pod: &Value, files: &PodFiles) -> Resul
             .map_err(|e| format!("volume {name}: {e}"))?;
     }
     Ok(())
-}
-
-/// Read the shim's exit reports ([`shim::Request::Watch`]) and ring
-/// `events` for each, and once more when the shim goes away.
-pub(super) async fn watch_shim(socket: PathBuf, events: Arc<tokio::sync::Notify>) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    if let Ok(mut conn) = tokio::net::UnixStream::connect(&socket).await {
-        let mut request = serde_json::to_vec(&Request::Watch).expect("requests serialise");
-        request.push(b'\n');
-        if conn.write_all(&request).await.is_ok() {
-            let mut lines = tokio::io::BufReader::new(conn).lines();
-            // The first line answers the request (a sync then catches an
-            // exit from before the watch began); each later one is an exit.
-            while let Ok(Some(_)) = lines.next_line().await {
-                events.notify_one();
-            }
-        }
-    }
-    events.notify_one();
-}
-
-pub(super) async fn shim_call(
-    socket: PathBuf,
-    request: Request,
-) -> Result<shim::Response, shim::Error> {
-    blocking(move || shim::call(&socket, &request)).await
-}
-
-/// Start the pod's shim unless it runs already; its socket and the state
-/// it answered with.
-pub(super) async fn ensure_shim(
-    k: &Kubelet,
-    uid: &str,
-    host_network: bool,
-    host_ipc: bool,
-    share_pid: bool,
-    hostname: &str,
-) -> Result<(PathBuf, shim::Response), String> {
-    let dir = k.shim_dir(uid);
-    let socket = dir.join("shim.sock");
-    if let Ok(state) = shim_call(socket.clone(), Request::State).await {
-        return Ok((socket, state));
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let log = std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim.log: {e}"))?;
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.args(["shim", "--dir"]).arg(&dir);
-    let sandbox = k.sandbox(uid);
-    if !host_network {
-        cmd.arg("--netns").arg(&sandbox.net);
-        cmd.arg("--utsns").arg(&sandbox.uts);
-        cmd.arg("--hostname").arg(hostname);
-    }
-    if !host_ipc {
-        cmd.arg("--ipcns").arg(&sandbox.ipc);
-    }
-    if share_pid {
-        cmd.arg("--pidns").arg(&sandbox.pid);
-    }
-    for d in k.mount_dirs() {
-        cmd.arg("--hide-mounts-under").arg(d);
-    }
-    cmd.arg("--log-max-size")
-        .arg(k.log_limits.max_size.to_string())
-        .arg("--log-max-files")
-        .arg(k.log_limits.max_files.to_string());
-    for d in [k.pod_dir(uid), dir.clone(), sandbox.net.clone()] {
-        cmd.arg("--keep-mounts-under").arg(d);
-    }
-    // Its own process group: signals to the agent's group (Ctrl-C, a
-    // service manager stopping the agent) do not reach it.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    // Its socket, bound here and handed over as stdin: calls queue until
-    // the shim accepts, so nobody polls for it to come up.
-    let listener = shim::listen(&dir).map_err(|e| format!("{}: {e}", socket.display()))?;
-    cmd.arg("--listener-on-stdin")
-        .stdin(std::os::fd::OwnedFd::from(listener))
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .env("RUST_LOG", "warn");
-    let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
-    // Reap it if it exits while we run (it is ours until we exit): a
-    // small thread of its own, not one of the runtime's blocking threads,
-    // which it would hold for the pod's whole life.
-    std::thread::Builder::new()
-        .name("shim-reaper".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let _ = child.wait();
-        })
-        .map_err(|e| format!("starting the shim's reaper: {e}"))?;
-    // Dropping `cmd` closed our copy: if the shim dies before it
-    // accepts, this call fails at once.
-    drop(cmd);
-    match shim_call(socket.clone(), Request::State).await {
-        Ok(state) => Ok((socket, state)),
-        Err(e) => Err(format!(
-            "the shim did not come up ({e}); see {}",
-            dir.join("shim.log").display()
-        )),
-    }
 }
 
 /// The `hostPort` mappings of a pod's containers to its address.
