@@ -454,10 +454,11 @@ mod tests {
                 ..Probes::default()
             };
             let n = results.len();
-            let kill = results
-                .into_iter()
-                .map(|r| verdict(&mut p, kind, &json!({}), r).kill)
-                .fold(false, |a, b| a || b);
+            // Every result counts (no short cut): each one moves the counters.
+            let mut kill = false;
+            for r in results {
+                kill |= verdict(&mut p, kind, &json!({}), r).kill;
+            }
             assert_eq!((kill, p.ready, p.started), want, "{kind} after {n} results");
         }
     }
