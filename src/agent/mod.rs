@@ -18,6 +18,7 @@ pub mod node;
 pub mod pods;
 pub mod portforward;
 pub mod probe;
+mod response;
 pub mod services;
 pub mod simulate;
 pub mod tunnel;
