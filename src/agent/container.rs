@@ -19,6 +19,12 @@ use serde_json::Value;
 
 use crate::runtime::spec::{BindMount, ContainerConfig, Resources};
 
+/// Key → value of a ConfigMap or Secret, by `(kind, name)`: what
+/// `configMapKeyRef`, `secretKeyRef` and `envFrom` read (the pod worker
+/// fetches them; `volumes` renders them into files too).
+pub type Sources =
+    std::collections::HashMap<(&'static str, String), std::collections::BTreeMap<String, Vec<u8>>>;
+
 /// The pod's shared namespaces and shared memory, by path.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -307,7 +313,7 @@ pub(crate) fn field_ref(pod: &Value, path: &str) -> Option<String> {
 pub fn container_env(
     pod: &Value,
     container: &Value,
-    sources: &super::volumes::Sources,
+    sources: &Sources,
     sandbox: &Sandbox,
 ) -> Vec<(String, String)> {
     let node = (sandbox.node_cpu_milli, sandbox.node_memory);
@@ -591,7 +597,7 @@ pub fn config(
     pod: &Value,
     container: &Value,
     image_config: &Value,
-    sources: &super::volumes::Sources,
+    sources: &Sources,
     files: &PodFiles,
     sandbox: &Sandbox,
     cgroup: String,
@@ -1055,7 +1061,7 @@ mod tests {
             {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
         ]});
-        let mut sources = super::super::volumes::Sources::new();
+        let mut sources = Sources::new();
         sources.insert(
             ("ConfigMap", "cfg".into()),
             [("LEVEL".to_owned(), b"debug".to_vec())]

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use super::pods::Kubelet;
-use super::tunnel::{Body, streamed, text};
+use super::response::{Body, streamed, text};
 use crate::api::remotecommand::{self as rc, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT, frame};
 use crate::runtime::shim;
 

@@ -18,6 +18,7 @@ pub mod node;
 pub mod pods;
 pub mod portforward;
 pub mod probe;
+mod response;
 pub mod services;
 pub mod simulate;
 pub mod tunnel;
@@ -184,6 +185,17 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
     let cgroup_v1 = crate::runtime::cgroup::v1_view(&cfg.run_dir)
         .map_err(|e| Error::Runtime(format!("{}: {e}", cfg.run_dir.join("cgroup-v1").display())))?
         .map(Arc::new);
+    let runtime = Arc::new(pods::ShimRuntime {
+        run_dir: cfg.run_dir.clone(),
+        pods_dir: cfg.node.data_dir.join("pods"),
+        mount_dirs: vec![
+            cfg.node.data_dir.join("pods"),
+            cfg.run_dir.join("pods"),
+            cfg.run_dir.join("netns"),
+        ],
+        log_limits: cfg.log_limits,
+        network: Some(pod_network.clone()),
+    });
     let kubelet = Arc::new(pods::Kubelet {
         client: client.clone(),
         node: cfg.node.name.clone(),
@@ -205,6 +217,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         capacity: node::capacity(),
         cgroup_v1,
         services: services_seen,
+        runtime,
     });
     for dir in kubelet.mount_dirs() {
         crate::runtime::mountns::private_subtree(&dir)

@@ -15,7 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pods::Kubelet;
-use super::tunnel::{Body, streamed, text};
+use super::response::{Body, streamed, text};
 
 /// Connect to `port` on the loopback of the network namespace pinned at
 /// `netns` (the node's own when `None`): IPv4 first, then IPv6.

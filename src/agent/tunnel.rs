@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncReadExt;
@@ -18,21 +16,7 @@ use tokio::io::AsyncReadExt;
 use super::join::Credentials;
 use super::logs::{LogOptions, file_for, render, tail};
 use super::pods::Kubelet;
-
-pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// A plain-text answer (the kubelet API's errors).
-pub(super) fn text(status: StatusCode, message: String) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(
-            http_body_util::Full::new(Bytes::from(message))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        )
-        .expect("response parts are valid")
-}
+use super::response::{Body, streamed, text};
 
 /// Keep a tunnel to the server open, forever.
 pub async fn run(creds: Credentials, k: Arc<Kubelet>) {
@@ -324,21 +308,4 @@ async fn rotated(handle: &tokio::fs::File, path: &std::path::Path) -> bool {
         (Ok(open), Ok(now)) => open.ino() != now.ino() || open.dev() != now.dev(),
         _ => false,
     }
-}
-
-/// A 200 whose body is what comes through `rx`, until it closes.
-pub(super) fn streamed(
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    content_type: &str,
-) -> Response<Body> {
-    let body = http_body_util::StreamBody::new(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-    }));
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(body.boxed_unsync())
-        .expect("response parts are valid")
 }

@@ -8,7 +8,7 @@
 //!
 //! Also: the ConfigMaps and Secrets that `env` / `envFrom` refer to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -23,8 +23,7 @@ pub type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
 pub use crate::api::podrefs::{TOKEN, references, token_key};
 
-/// Key → value of a ConfigMap or Secret, by `(kind, name)`.
-pub type Sources = HashMap<(&'static str, String), BTreeMap<String, Vec<u8>>>;
+pub use super::container::Sources;
 
 /// Fetch a ConfigMap's or Secret's data (`None`: it does not exist).
 ///

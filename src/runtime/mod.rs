@@ -9,4 +9,5 @@ pub mod mountns;
 pub mod netns;
 pub mod rootfs;
 pub mod shim;
+pub mod spawn;
 pub mod spec;

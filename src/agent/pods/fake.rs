@@ -1,0 +1,193 @@
+//! An in-memory [`PodRuntime`] for the pod worker's unit tests: sandboxes
+//! and container instances in a map, every call recorded in order, and
+//! knobs for how containers behave (ignore SIGTERM, an exec's outcome and
+//! duration). No root, no processes, no network: tests run in
+//! milliseconds, with `tokio::time::pause` where time matters.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::runtime::{CreateContainer, Error, PodRuntime, SandboxSpec};
+use crate::runtime::shim::{self, ContainerState};
+
+/// One call the worker made, in the order it made them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Call {
+    StartSandbox(String),
+    Create(String),
+    Kill(String, i32),
+    Remove(String),
+    Exec(String, Vec<String>),
+    RemoveSandbox(String),
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Container instances by pod UID.
+    sandboxes: HashMap<String, Vec<ContainerState>>,
+    calls: Vec<Call>,
+    /// Instances that go on running after SIGTERM (only SIGKILL ends them).
+    ignore_sigterm: HashSet<String>,
+    /// What an exec in an instance returns (`Ok` when not set).
+    exec_results: HashMap<String, Result<(), String>>,
+    /// How long an exec takes.
+    exec_time: Duration,
+}
+
+/// The fake runtime. Clones share their state.
+#[derive(Clone, Default)]
+pub(super) struct FakeRuntime {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeRuntime {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().expect("fake runtime lock"))
+    }
+
+    /// The calls made so far.
+    pub(super) fn calls(&self) -> Vec<Call> {
+        self.with(|i| i.calls.clone())
+    }
+
+    /// Instance `id` of pod `uid` exits with `code`.
+    pub(super) fn exit(&self, uid: &str, id: &str, code: i32) {
+        self.with(|i| stop(i, uid, id, code));
+    }
+
+    /// Instance `id` goes on running after SIGTERM.
+    pub(super) fn ignore_sigterm(&self, id: &str) {
+        self.with(|i| i.ignore_sigterm.insert(id.to_owned()));
+    }
+
+    /// Execs in instance `id` return `result`, after `time`.
+    pub(super) fn exec_returns(&self, id: &str, result: Result<(), String>, time: Duration) {
+        self.with(|i| {
+            i.exec_results.insert(id.to_owned(), result);
+            i.exec_time = time;
+        });
+    }
+
+    /// The pod's instances (empty without a sandbox).
+    pub(super) fn instances(&self, uid: &str) -> Vec<ContainerState> {
+        self.with(|i| i.sandboxes.get(uid).cloned().unwrap_or_default())
+    }
+}
+
+/// End instance `id` of pod `uid` with `code`, if it runs.
+fn stop(inner: &mut Inner, uid: &str, id: &str, code: i32) {
+    let instance = inner
+        .sandboxes
+        .get_mut(uid)
+        .and_then(|cs| cs.iter_mut().find(|c| c.id == id && c.status == "running"));
+    if let Some(c) = instance {
+        c.status = "exited".into();
+        c.exit_code = Some(code);
+        c.finished_at = Some("2026-12-07T00:00:01Z".into());
+    }
+}
+
+fn no_sandbox(uid: &str) -> Error {
+    Error::Shim(shim::Error::Shim(format!("no sandbox for pod {uid}")))
+}
+
+impl PodRuntime for FakeRuntime {
+    fn start_sandbox(
+        &self,
+        uid: &str,
+        _spec: &SandboxSpec,
+    ) -> BoxFuture<'static, Result<Vec<ContainerState>, Error>> {
+        let containers = self.with(|i| {
+            i.calls.push(Call::StartSandbox(uid.to_owned()));
+            i.sandboxes.entry(uid.to_owned()).or_default().clone()
+        });
+        Box::pin(async move { Ok(containers) })
+    }
+
+    fn containers(&self, uid: &str) -> BoxFuture<'static, Result<Vec<ContainerState>, Error>> {
+        let result = self.with(|i| i.sandboxes.get(uid).cloned().ok_or_else(|| no_sandbox(uid)));
+        Box::pin(async move { result })
+    }
+
+    fn watch_exits(&self, _uid: &str, _events: Arc<tokio::sync::Notify>) -> BoxFuture<'static, ()> {
+        Box::pin(futures::future::pending())
+    }
+
+    fn create_container(
+        &self,
+        uid: &str,
+        container: CreateContainer,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let result = self.with(|i| {
+            i.calls.push(Call::Create(container.id.clone()));
+            let cs = i.sandboxes.get_mut(uid).ok_or_else(|| no_sandbox(uid))?;
+            cs.push(ContainerState {
+                id: container.id,
+                pid: 1,
+                status: "running".into(),
+                started_at: Some("2026-12-07T00:00:00Z".into()),
+                ..ContainerState::default()
+            });
+            Ok(())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn kill(&self, uid: &str, id: &str, signal: i32) -> BoxFuture<'static, Result<(), Error>> {
+        self.with(|i| {
+            i.calls.push(Call::Kill(id.to_owned(), signal));
+            if signal == 9 || !i.ignore_sigterm.contains(id) {
+                stop(i, uid, id, 128 + signal);
+            }
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove(&self, uid: &str, id: &str) -> BoxFuture<'static, Result<(), Error>> {
+        self.with(|i| {
+            i.calls.push(Call::Remove(id.to_owned()));
+            if let Some(cs) = i.sandboxes.get_mut(uid) {
+                cs.retain(|c| c.id != id);
+            }
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn exec(
+        &self,
+        _uid: &str,
+        id: &str,
+        args: Vec<String>,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let (result, time) = self.with(|i| {
+            i.calls.push(Call::Exec(id.to_owned(), args));
+            let result = i.exec_results.get(id).cloned().unwrap_or(Ok(()));
+            (result, i.exec_time)
+        });
+        Box::pin(async move {
+            tokio::time::sleep(time).await;
+            result
+        })
+    }
+
+    fn allocate_address(&self, _uid: &str) -> BoxFuture<'static, Result<Ipv4Addr, Error>> {
+        Box::pin(async { Ok(Ipv4Addr::new(10, 42, 0, 7)) })
+    }
+
+    fn attach_network(&self, _uid: &str) -> BoxFuture<'static, Result<Ipv4Addr, Error>> {
+        Box::pin(async { Ok(Ipv4Addr::new(10, 42, 0, 7)) })
+    }
+
+    fn remove_sandbox(&self, uid: &str) -> BoxFuture<'static, ()> {
+        self.with(|i| {
+            i.calls.push(Call::RemoveSandbox(uid.to_owned()));
+            i.sandboxes.remove(uid);
+        });
+        Box::pin(async {})
+    }
+}
