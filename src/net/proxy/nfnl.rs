@@ -30,7 +30,9 @@ use nftables::expr::{
 use nftables::stmt::{Match, NAT, NATFlag, Operator, SetOp, Statement};
 use nftables::types::{NfChainType, NfHook};
 
-use super::{BaseHook, Cmd, MapDef, MapKey, Protocol, TABLE};
+use super::plan::Cmd;
+use super::render::{BaseHook, MapDef, MapKey};
+use super::{Protocol, TABLE};
 
 // netlink
 const NLM_F_REQUEST: u16 = 0x1;
@@ -1045,7 +1047,7 @@ mod tests {
             .collect();
         let cmds = [
             Cmd::AddTable,
-            Cmd::AddElements(super::super::SERVICE_NODEPORTS, elems),
+            Cmd::AddElements(super::super::render::SERVICE_NODEPORTS, elems),
         ];
         let batch = encode(&cmds, 7).expect("encodes");
         assert_eq!(

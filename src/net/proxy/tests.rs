@@ -1,7 +1,18 @@
 //! Pure tests of rendering and planning, then kernel tests that each run in
 //! their own throw-away network namespaces (they need root and `nft`).
 
+use super::apply::*;
+use super::plan::*;
+use super::render::*;
 use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nftables::stmt::Statement;
+
 use crate::net::testns::{NetNs, have_nft};
 use serde_json::json;
 

@@ -1,42 +1,13 @@
-//! The nftables service proxy every node agent runs (orch's kube-proxy).
-//!
-//! It owns one table, `ip orch`, laid out like kube-proxy's nftables mode:
-//! base chains hook nat prerouting/output (→ `services`, the NodePort map,
-//! `hostports`), nat postrouting (→ `masquerading`, pod egress) and filter
-//! input/forward/output (→ `service-endpoints-check`, which rejects services
-//! without endpoints — `reject` is not allowed in nat chains). ClusterIPs,
-//! external IPs and NodePorts are looked up in verdict maps that `goto` one
-//! chain per service port; that chain picks an endpoint chain with a
-//! `numgen random` cascade, and the endpoint chain DNATs.
-//!
-//! [`render_ruleset`] turns Services, EndpointSlices and hostPorts into the
-//! desired [`Ruleset`] (pure); [`plan_full`] and [`plan_update`] turn it
-//! into nft commands (pure). [`Proxy::sync`] keeps each Service's rendering
-//! (its chains, sets and claims on map keys) with a digest of its inputs,
-//! re-renders only the Services whose object or EndpointSlices changed (by
-//! uid and resourceVersion) and plans from just those, so a sync costs what
-//! changed plus a digest per Service. It sends each transaction to the
-//! kernel as one nf_tables netlink batch (`nfnl`: `nft` reads the whole
-//! table before changing anything, which costs more than an update may
-//! take at 10,000 endpoints); what that encoder does not cover goes through
-//! `nft -j -f -` with the JSON the `nftables` crate writes, and `nft` stays
-//! the tool to look at the table with.
-//!
-//! Not done here: IPv6 (addresses are skipped, table `ip6 orch` is only
-//! removed by [`cleanup`]), LoadBalancer source ranges, topology hints and
-//! terminating-endpoint fallback.
-
-#![forbid(unsafe_code)]
+//! Rendering: Services, EndpointSlices and hostPorts in, the desired
+//! [`Ruleset`] out (the table's chains, sets and verdict-map elements),
+//! kept by owner so a sync re-renders only what changed. Pure.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -44,186 +15,66 @@ use nftables::expr::{
     BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, NgMode,
     Numgen, Payload, PayloadBase, PayloadField, PayloadRaw, Prefix, Verdict,
 };
-use nftables::schema::{Chain, Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, Table};
 use nftables::stmt::{JumpTarget, Mangle, Match, NAT, NATFlag, Operator, SetOp, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::types::{NfChainType, NfHook};
 
-/// orch's table name, in every family.
-pub const TABLE: &str = "orch";
-/// The packet-mark bit that asks `masquerading` to SNAT a connection
-/// (kube-proxy's default bit, so the two never disagree on a node that once
-/// ran kube-proxy).
-pub const MASQUERADE_MARK: u32 = 0x4000;
+use super::{HostPort, MASQUERADE_MARK, Protocol, ProxyConfig};
+
 /// sessionAffinity ClientIP timeout when the Service gives none (3 h, the API default).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
-/// Stale chains are flushed at once but deleted only this long after: kernels
-/// before 6.2 may still see a just-removed map element referencing them.
-const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
+
 /// The longest chain or set name nf_tables accepts (NFT_NAME_MAXLEN - 1).
-const MAX_NAME: usize = 255;
-
-/// What went wrong while programming nftables.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// `nft` could not be started or fed.
-    #[error(
-        "cannot run nft (the service proxy programs nftables with it; apt-get install nftables): {0}"
-    )]
-    Spawn(#[source] std::io::Error),
-    /// `nft` refused the transaction; nothing of it was applied.
-    #[error("nft rejected the {kind} transaction of {commands} commands: {stderr}")]
-    Rejected {
-        /// `full resync`, `update` or `cleanup`.
-        kind: &'static str,
-        /// How many commands the transaction had.
-        commands: usize,
-        /// nft's error lines, plus the failing command when nft names its index.
-        stderr: String,
-    },
-    /// The kernel refused a batch sent over netlink; nothing of it was
-    /// applied.
-    #[error("nf_tables refused the {kind} of {commands} commands {at}: {source}")]
-    Refused {
-        /// `full resync` or `update`.
-        kind: &'static str,
-        /// How many commands the batch had.
-        commands: usize,
-        /// Which command it refused (`at command N (…)`) or `at commit`.
-        at: String,
-        /// The kernel's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The batch could not be turned into JSON (a bug).
-    #[error("cannot encode the nftables batch as JSON: {0}")]
-    Encode(#[from] serde_json::Error),
-}
-
-/// Node-level settings of the proxy.
-#[derive(Clone, Debug)]
-pub struct ProxyConfig {
-    /// This node's name: endpoints with this `nodeName` are local.
-    pub node_name: String,
-    /// The node's addresses (`--node-ip`): NodePorts are served on these,
-    /// as kube-proxy's nftables mode serves them on the node's primary
-    /// addresses. With none but loopback, on every local address.
-    pub node_ips: Vec<IpAddr>,
-    /// The pods' CIDR of the whole cluster, e.g. 10.42.0.0/16 (as (network, prefix)).
-    pub cluster_cidr: (Ipv4Addr, u8),
-    /// Cluster DNS: (the cluster DNS IP, e.g. 10.43.0.10; the node-local
-    /// listener it is DNATed to, e.g. 10.42.0.1:53), UDP and TCP port 53.
-    pub dns: Option<(IpAddr, SocketAddr)>,
-}
-
-/// A transport protocol a Service port or hostPort uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP (the Kubernetes default).
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    /// The name nft uses (`inet_proto`).
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-        }
-    }
-
-    /// The API's spelling (`TCP`, `UDP`, `SCTP`; absent means TCP).
-    fn from_api(p: Option<&str>) -> Option<Self> {
-        match p {
-            None | Some("TCP") => Some(Self::Tcp),
-            Some("UDP") => Some(Self::Udp),
-            Some("SCTP") => Some(Self::Sctp),
-            Some(_) => None,
-        }
-    }
-}
-
-/// A container port published on the node (`hostPort`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostPort {
-    /// Its protocol.
-    pub protocol: Protocol,
-    /// Only this node address; `None` (or 0.0.0.0) means every local address.
-    pub host_ip: Option<IpAddr>,
-    /// The port on the node.
-    pub host_port: u16,
-    /// The pod's address.
-    pub pod_ip: IpAddr,
-    /// The port in the pod.
-    pub container_port: u16,
-}
-
-/// What one [`Proxy::sync`] did.
-#[derive(Clone, Copy, Debug)]
-pub struct SyncStats {
-    /// It deleted and recreated the whole table.
-    pub full: bool,
-    /// How many nft commands the transaction had (0: nft was not called).
-    pub commands: usize,
-    /// How many Services were rendered anew (the others' renderings were
-    /// reused because neither they nor their EndpointSlices changed).
-    pub rendered: usize,
-    /// The transaction went to the kernel over netlink, not through `nft`.
-    pub netlink: bool,
-    /// Rendering, planning and running nft.
-    pub elapsed: Duration,
-}
-
-// ---------------------------------------------------------------------------
-// The desired state
-// ---------------------------------------------------------------------------
+pub(super) const MAX_NAME: usize = 255;
 
 /// A verdict map (or, without `verdict`, a plain set) of the table: its
 /// name and key type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MapDef {
-    name: &'static str,
-    key: &'static [&'static str],
-    verdict: bool,
+    pub(super) name: &'static str,
+    pub(super) key: &'static [&'static str],
+    pub(super) verdict: bool,
 }
 
 const ADDR_KEY: &[&str] = &["ipv4_addr", "inet_proto", "inet_service"];
+
 const PORT_KEY: &[&str] = &["inet_proto", "inet_service"];
+
 const SERVICE_IPS: MapDef = MapDef {
     name: "service-ips",
     key: ADDR_KEY,
     verdict: true,
 };
-const SERVICE_NODEPORTS: MapDef = MapDef {
+
+pub(super) const SERVICE_NODEPORTS: MapDef = MapDef {
     name: "service-nodeports",
     key: PORT_KEY,
     verdict: true,
 };
+
 const NO_EP_SERVICES: MapDef = MapDef {
     name: "no-endpoint-services",
     key: ADDR_KEY,
     verdict: true,
 };
+
 const NO_EP_NODEPORTS: MapDef = MapDef {
     name: "no-endpoint-nodeports",
     key: PORT_KEY,
     verdict: true,
 };
+
 const HOSTPORT_IPS: MapDef = MapDef {
     name: "hostport-ips",
     key: ADDR_KEY,
     verdict: true,
 };
+
 const HOSTPORT_ANY: MapDef = MapDef {
     name: "hostport-any",
     key: PORT_KEY,
     verdict: true,
 };
+
 /// `address . address` of every endpoint (and hostPort pod): a packet
 /// leaving with the same source and destination is a pod that reached
 /// itself through a Service, and is masqueraded so its answer comes back
@@ -235,7 +86,8 @@ const HAIRPIN: MapDef = MapDef {
     key: &["ipv4_addr", "ipv4_addr"],
     verdict: false,
 };
-const MAPS: [MapDef; 7] = [
+
+pub(super) const MAPS: [MapDef; 7] = [
     SERVICE_IPS,
     SERVICE_NODEPORTS,
     NO_EP_SERVICES,
@@ -245,10 +97,13 @@ const MAPS: [MapDef; 7] = [
     HAIRPIN,
 ];
 
-const REJECT_CHAIN: &str = "reject-chain";
-const DROP_CHAIN: &str = "drop-chain";
-const MARK_CHAIN: &str = "mark-for-masquerade";
-const DNS_CHAIN: &str = "cluster-dns";
+pub(super) const REJECT_CHAIN: &str = "reject-chain";
+
+pub(super) const DROP_CHAIN: &str = "drop-chain";
+
+pub(super) const MARK_CHAIN: &str = "mark-for-masquerade";
+
+pub(super) const DNS_CHAIN: &str = "cluster-dns";
 
 /// A map key: `addr . proto . port`, `proto . port` or `addr . addr`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -274,9 +129,9 @@ impl fmt::Display for MapKey {
 /// Hook of a base chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BaseHook {
-    kind: NfChainType,
-    hook: NfHook,
-    prio: i32,
+    pub(super) kind: NfChainType,
+    pub(super) hook: NfHook,
+    pub(super) prio: i32,
 }
 
 /// A chain's content. The rules are shared with the per-Service render
@@ -284,8 +139,8 @@ pub struct BaseHook {
 /// it with what was applied costs a pointer, not a deep copy or compare.
 #[derive(Clone, Debug)]
 pub struct ChainDef {
-    base: Option<BaseHook>,
-    rules: Arc<Vec<Vec<Statement<'static>>>>,
+    pub(super) base: Option<BaseHook>,
+    pub(super) rules: Arc<Vec<Vec<Statement<'static>>>>,
 }
 
 impl PartialEq for ChainDef {
@@ -299,9 +154,9 @@ impl PartialEq for ChainDef {
 /// map elements (key → target chain) and affinity sets (name → timeout).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Ruleset {
-    chains: BTreeMap<String, ChainDef>,
-    maps: BTreeMap<MapDef, BTreeMap<MapKey, String>>,
-    sets: BTreeMap<String, u32>,
+    pub(super) chains: BTreeMap<String, ChainDef>,
+    pub(super) maps: BTreeMap<MapDef, BTreeMap<MapKey, String>>,
+    pub(super) sets: BTreeMap<String, u32>,
 }
 
 impl Ruleset {
@@ -328,7 +183,7 @@ impl Ruleset {
             .and_then(|c| serde_json::to_string(c.rules.as_slice()).ok())
     }
 
-    fn chain(&mut self, name: impl Into<String>, rules: Vec<Vec<Statement<'static>>>) {
+    pub(super) fn chain(&mut self, name: impl Into<String>, rules: Vec<Vec<Statement<'static>>>) {
         let rules = Arc::new(rules);
         self.chains
             .insert(name.into(), ChainDef { base: None, rules });
@@ -361,16 +216,16 @@ enum Owner {
 /// One owner's share of the table: its chains and affinity sets (whose
 /// names are its own) and the map elements it asks for.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct Part {
-    chains: BTreeMap<String, ChainDef>,
-    sets: BTreeMap<String, u32>,
+pub(super) struct Part {
+    pub(super) chains: BTreeMap<String, ChainDef>,
+    pub(super) sets: BTreeMap<String, u32>,
     /// Map key → target chain; `None` keeps the key out of its map (the
     /// cluster DNS address out of `no-endpoint-services`).
     claims: BTreeMap<(MapDef, MapKey), Option<String>>,
 }
 
 impl Part {
-    fn chain(&mut self, name: impl Into<String>, rules: Vec<Vec<Statement<'static>>>) {
+    pub(super) fn chain(&mut self, name: impl Into<String>, rules: Vec<Vec<Statement<'static>>>) {
         let rules = Arc::new(rules);
         self.chains
             .insert(name.into(), ChainDef { base: None, rules });
@@ -383,10 +238,11 @@ impl Part {
 
 // nft expression helpers -------------------------------------------------------
 
-fn s<'a>(v: impl Into<Cow<'a, str>>) -> Expression<'a> {
+pub(super) fn s<'a>(v: impl Into<Cow<'a, str>>) -> Expression<'a> {
     Expression::String(v.into())
 }
-fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
+
+pub(super) fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
             protocol: protocol.into(),
@@ -394,6 +250,7 @@ fn field(protocol: &'static str, name: &'static str) -> Expression<'static> {
         },
     )))
 }
+
 fn th_dport() -> Expression<'static> {
     // `th dport`: the destination port of whatever transport header follows.
     Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(PayloadRaw {
@@ -402,18 +259,26 @@ fn th_dport() -> Expression<'static> {
         len: 16,
     })))
 }
-fn meta(key: MetaKey) -> Expression<'static> {
+
+pub(super) fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
-fn prefix(addr: Ipv4Addr, len: u8) -> Expression<'static> {
+
+pub(super) fn prefix(addr: Ipv4Addr, len: u8) -> Expression<'static> {
     Expression::Named(NamedExpression::Prefix(Prefix {
         addr: Box::new(s(addr.to_string())),
         len: u32::from(len),
     }))
 }
-fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+
+pub(super) fn m(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
     Statement::Match(Match { left, right, op })
 }
+
 /// `ct KEY FLAG`: the connection's `state` or `status` has the bit set.
 fn ct_flag(key: &'static str, flag: &'static str) -> Statement<'static> {
     m(
@@ -427,21 +292,24 @@ fn ct_flag(key: &'static str, flag: &'static str) -> Statement<'static> {
     )
 }
 
-fn jump(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
+pub(super) fn jump(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
     Statement::Jump(JumpTarget {
         target: target.into(),
     })
 }
-fn goto(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
+
+pub(super) fn goto(target: impl Into<Cow<'static, str>>) -> Statement<'static> {
     Statement::Goto(JumpTarget {
         target: target.into(),
     })
 }
-fn goto_verdict<'a>(target: impl Into<Cow<'a, str>>) -> Expression<'a> {
+
+pub(super) fn goto_verdict<'a>(target: impl Into<Cow<'a, str>>) -> Expression<'a> {
     Expression::Verdict(Verdict::Goto(JumpTarget {
         target: target.into(),
     }))
 }
+
 fn fib_daddr_local() -> Statement<'static> {
     m(
         Expression::Named(NamedExpression::Fib(Fib {
@@ -452,6 +320,7 @@ fn fib_daddr_local() -> Statement<'static> {
         s("local"),
     )
 }
+
 fn not_loopback() -> Statement<'static> {
     m(
         field("ip", "daddr"),
@@ -459,19 +328,23 @@ fn not_loopback() -> Statement<'static> {
         prefix(Ipv4Addr::new(127, 0, 0, 0), 8),
     )
 }
-fn vmap(key: Vec<Expression<'static>>, map: &str) -> Statement<'static> {
+
+pub(super) fn vmap(key: Vec<Expression<'static>>, map: &str) -> Statement<'static> {
     Statement::VerdictMap(nftables::stmt::VerdictMap {
         key: Expression::Named(NamedExpression::Concat(key)),
         data: s(format!("@{map}")),
     })
 }
+
 fn addr_key() -> Vec<Expression<'static>> {
     vec![field("ip", "daddr"), meta(MetaKey::L4proto), th_dport()]
 }
+
 fn port_key() -> Vec<Expression<'static>> {
     vec![meta(MetaKey::L4proto), th_dport()]
 }
-fn dnat(proto: Protocol, to: Ipv4Addr, port: u16) -> Vec<Statement<'static>> {
+
+pub(super) fn dnat(proto: Protocol, to: Ipv4Addr, port: u16) -> Vec<Statement<'static>> {
     vec![
         m(meta(MetaKey::L4proto), Operator::EQ, s(proto.as_str())),
         Statement::DNAT(Some(NAT {
@@ -482,7 +355,8 @@ fn dnat(proto: Protocol, to: Ipv4Addr, port: u16) -> Vec<Statement<'static>> {
         })),
     ]
 }
-fn masquerade(fully_random: bool) -> Statement<'static> {
+
+pub(super) fn masquerade(fully_random: bool) -> Statement<'static> {
     Statement::Masquerade(Some(NAT {
         addr: None,
         family: None,
@@ -490,7 +364,8 @@ fn masquerade(fully_random: bool) -> Statement<'static> {
         flags: fully_random.then(|| HashSet::from([NATFlag::FullyRandom])),
     }))
 }
-fn set_mark(
+
+pub(super) fn set_mark(
     op: fn(Expression<'static>, Expression<'static>) -> BinaryOperation<'static>,
 ) -> Statement<'static> {
     Statement::Mangle(Mangle {
@@ -504,7 +379,7 @@ fn set_mark(
 
 /// `<prefix>-<8 hex of sha256(readable)>-<readable>`, cut to what nf_tables
 /// accepts. The hash keeps names unique when the readable part is cut.
-fn chain_name(prefix: &str, readable: &str) -> String {
+pub(super) fn chain_name(prefix: &str, readable: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, readable.as_bytes());
     let mut name = format!("{prefix}-");
     for b in &digest.as_ref()[..4] {
@@ -526,7 +401,7 @@ fn chain_name(prefix: &str, readable: &str) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Ep {
     ip: Ipv4Addr,
-    port: u16,
+    pub(super) port: u16,
     local: bool,
 }
 
@@ -711,20 +586,20 @@ pub fn render_ruleset(
 
 /// One owner's part before and after a re-rendering (`None`: absent).
 #[derive(Debug)]
-struct Change {
-    old: Option<Arc<Part>>,
-    new: Option<Arc<Part>>,
+pub(super) struct Change {
+    pub(super) old: Option<Arc<Part>>,
+    pub(super) new: Option<Arc<Part>>,
 }
 
 /// What one [`Rendered::update`] changed.
 #[derive(Debug, Default)]
-struct Delta {
+pub(super) struct Delta {
     /// Parts that differ, in owner order.
-    changes: Vec<Change>,
+    pub(super) changes: Vec<Change>,
     /// Map elements whose target moved: (map, key, before, after).
-    moves: Vec<(MapDef, MapKey, Option<String>, Option<String>)>,
+    pub(super) moves: Vec<(MapDef, MapKey, Option<String>, Option<String>)>,
     /// How many Services were rendered anew.
-    rendered: usize,
+    pub(super) rendered: usize,
 }
 
 /// The table's content, kept by owner so that a sync renders and compares
@@ -732,7 +607,7 @@ struct Delta {
 /// was rendered from, the node's part, and every owner's claims on each
 /// map key. The skeleton is not kept: it only depends on the config.
 #[derive(Debug, Default)]
-struct Rendered {
+pub(super) struct Rendered {
     parts: HashMap<Owner, (u64, Arc<Part>)>,
     claims: HashMap<(MapDef, MapKey), BTreeMap<Owner, Option<String>>>,
 }
@@ -742,7 +617,7 @@ impl Rendered {
     /// and resourceVersion) and the node's part, drop the parts of Services
     /// that are gone, and say what that changed. A Service given twice
     /// counts once (the last).
-    fn update<'a>(
+    pub(super) fn update<'a>(
         &mut self,
         cfg: &ProxyConfig,
         services: impl IntoIterator<Item = &'a Service>,
@@ -839,7 +714,7 @@ impl Rendered {
     }
 
     /// The whole table: the skeleton, every part, the winning claims.
-    fn ruleset(&self, cfg: &ProxyConfig) -> Ruleset {
+    pub(super) fn ruleset(&self, cfg: &ProxyConfig) -> Ruleset {
         let mut rs = Ruleset::default();
         skeleton(cfg, &mut rs);
         for (_, part) in self.parts.values() {
@@ -1209,623 +1084,3 @@ fn dispatch(
 // ---------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------
-
-/// One nft command of a transaction.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Cmd {
-    /// `add table ip orch`.
-    AddTable,
-    /// `delete table ip orch`.
-    DeleteTable,
-    /// Declare a verdict map (or plain set).
-    AddMap(MapDef),
-    /// Declare an affinity set (name, timeout in seconds).
-    AddSet(String, u32),
-    /// Delete an affinity set.
-    DeleteSet(String),
-    /// Declare a chain (base chains with their hook).
-    AddChain(String, Option<BaseHook>),
-    /// Remove every rule of a chain.
-    FlushChain(String),
-    /// Delete an (empty, unreferenced) chain.
-    DeleteChain(String),
-    /// Append a rule.
-    AddRule(String, Vec<Statement<'static>>),
-    /// Add map elements (key → goto chain; a plain set's keys only).
-    AddElements(MapDef, Vec<(MapKey, String)>),
-    /// Delete map elements by key.
-    DeleteElements(MapDef, Vec<MapKey>),
-}
-
-impl fmt::Display for Cmd {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::AddTable => write!(f, "add table"),
-            Self::DeleteTable => write!(f, "delete table"),
-            Self::AddMap(m) => write!(f, "add map {}", m.name),
-            Self::AddSet(n, t) => write!(f, "add set {n} timeout {t}"),
-            Self::DeleteSet(n) => write!(f, "delete set {n}"),
-            Self::AddChain(n, _) => write!(f, "add chain {n}"),
-            Self::FlushChain(n) => write!(f, "flush chain {n}"),
-            Self::DeleteChain(n) => write!(f, "delete chain {n}"),
-            Self::AddRule(n, _) => write!(f, "add rule {n}"),
-            Self::AddElements(m, e) => {
-                write!(f, "add element {}", m.name)?;
-                for (k, v) in e {
-                    if m.verdict {
-                        write!(f, " {{ {k} : goto {v} }}")?;
-                    } else {
-                        write!(f, " {{ {k} }}")?;
-                    }
-                }
-                Ok(())
-            }
-            Self::DeleteElements(m, e) => {
-                write!(f, "delete element {}", m.name)?;
-                for k in e {
-                    write!(f, " {{ {k} }}")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-fn key_expr<'a>(k: &MapKey) -> Expression<'a> {
-    let parts = match k {
-        MapKey::Addr(a, p, n) => vec![
-            s(a.to_string()),
-            s(p.as_str()),
-            Expression::Number(u32::from(*n)),
-        ],
-        MapKey::Port(p, n) => vec![s(p.as_str()), Expression::Number(u32::from(*n))],
-        MapKey::Pair(a) => vec![s(a.to_string()), s(a.to_string())],
-    };
-    Expression::Named(NamedExpression::Concat(parts))
-}
-
-impl Cmd {
-    /// The command as nft JSON. Maps are written by hand: the nftables crate's
-    /// `SetType` has no `verdict`, so a verdict map cannot be declared with it.
-    fn to_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        let table = || Cow::Borrowed(TABLE);
-        let chain = |name: &str, base: Option<BaseHook>| Chain {
-            family: NfFamily::IP,
-            table: table(),
-            name: Cow::Owned(name.to_owned()),
-            _type: base.map(|b| b.kind),
-            hook: base.map(|b| b.hook),
-            prio: base.map(|b| b.prio),
-            policy: base.map(|_| NfChainPolicy::Accept),
-            ..Chain::default()
-        };
-        let set = |name: &str, timeout: Option<u32>| Set {
-            family: NfFamily::IP,
-            table: table(),
-            name: Cow::Owned(name.to_owned()),
-            flags: timeout.map(|_| HashSet::from([SetFlag::Timeout])),
-            timeout,
-            ..Set::default()
-        };
-        let cmd = match self {
-            Self::AddTable | Self::DeleteTable => {
-                let t = NfListObject::Table(Table {
-                    family: NfFamily::IP,
-                    name: table(),
-                    handle: None,
-                });
-                if *self == Self::AddTable {
-                    NfCmd::Add(t)
-                } else {
-                    NfCmd::Delete(t)
-                }
-            }
-            Self::AddMap(m) => {
-                let v = if m.verdict {
-                    serde_json::json!({"add": {"map": {
-                        "family": "ip", "table": TABLE, "name": m.name, "type": m.key, "map": "verdict"
-                    }}})
-                } else {
-                    serde_json::json!({"add": {"set": {
-                        "family": "ip", "table": TABLE, "name": m.name, "type": m.key
-                    }}})
-                };
-                return serde_json::to_writer(out, &v);
-            }
-            Self::AddSet(n, t) => NfCmd::Add(NfListObject::Set(Box::new(set(n, Some(*t))))),
-            Self::DeleteSet(n) => NfCmd::Delete(NfListObject::Set(Box::new(set(n, None)))),
-            Self::AddChain(n, b) => NfCmd::Add(NfListObject::Chain(chain(n, *b))),
-            Self::FlushChain(n) => NfCmd::Flush(FlushObject::Chain(chain(n, None))),
-            Self::DeleteChain(n) => NfCmd::Delete(NfListObject::Chain(chain(n, None))),
-            Self::AddRule(n, expr) => NfCmd::Add(NfListObject::Rule(nftables::schema::Rule {
-                family: NfFamily::IP,
-                table: table(),
-                chain: Cow::Owned(n.clone()),
-                expr: Cow::Borrowed(expr.as_slice()),
-                handle: None,
-                index: None,
-                comment: None,
-            })),
-            Self::AddElements(m, elems) => NfCmd::Add(NfListObject::Element(Element {
-                family: NfFamily::IP,
-                table: table(),
-                name: m.name.into(),
-                elem: elems
-                    .iter()
-                    .map(|(k, v)| {
-                        if m.verdict {
-                            Expression::List(vec![key_expr(k), goto_verdict(v.clone())])
-                        } else {
-                            key_expr(k)
-                        }
-                    })
-                    .collect(),
-            })),
-            Self::DeleteElements(m, keys) => NfCmd::Delete(NfListObject::Element(Element {
-                family: NfFamily::IP,
-                table: table(),
-                name: m.name.into(),
-                elem: keys.iter().map(key_expr).collect(),
-            })),
-        };
-        serde_json::to_writer(out, &cmd)
-    }
-}
-
-/// Commands that replace table `ip orch` by `rs` in one transaction.
-#[must_use]
-pub fn plan_full(rs: &Ruleset) -> Vec<Cmd> {
-    // `add` first so that `delete` cannot fail when the table is absent.
-    let mut cmds = vec![Cmd::AddTable, Cmd::DeleteTable, Cmd::AddTable];
-    cmds.extend(rs.maps.keys().map(|m| Cmd::AddMap(*m)));
-    cmds.extend(rs.sets.iter().map(|(n, t)| Cmd::AddSet(n.clone(), *t)));
-    // Every chain exists before any rule or element can point at it.
-    cmds.extend(
-        rs.chains
-            .iter()
-            .map(|(n, c)| Cmd::AddChain(n.clone(), c.base)),
-    );
-    for (name, chain) in &rs.chains {
-        cmds.extend(
-            chain
-                .rules
-                .iter()
-                .map(|r| Cmd::AddRule(name.clone(), r.clone())),
-        );
-    }
-    for (map, elems) in &rs.maps {
-        if !elems.is_empty() {
-            cmds.push(Cmd::AddElements(
-                *map,
-                elems.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            ));
-        }
-    }
-    cmds
-}
-
-/// Chains and sets that were flushed/unused and wait to be deleted (since when).
-#[derive(Clone, Debug, Default)]
-pub struct Stale {
-    chains: BTreeMap<String, Instant>,
-    sets: BTreeMap<String, Instant>,
-}
-
-/// Commands that bring the kernel from `applied` (plus the `stale` objects it
-/// still holds) to `desired`; `stale` is updated to what is left afterwards.
-/// Unchanged chains are not touched; map elements are diffs. (The proxy
-/// itself plans from the parts that changed, the same way.)
-#[must_use]
-pub fn plan_update(
-    applied: &Ruleset,
-    desired: &Ruleset,
-    stale: &mut Stale,
-    now: Instant,
-    delay: Duration,
-) -> Vec<Cmd> {
-    let empty = BTreeMap::new();
-    let mut moves = Vec::new();
-    for map in MAPS {
-        let old = applied.maps.get(&map).unwrap_or(&empty);
-        let new = desired.maps.get(&map).unwrap_or(&empty);
-        let keys: BTreeSet<&MapKey> = old.keys().chain(new.keys()).collect();
-        for key in keys {
-            let (before, after) = (old.get(key), new.get(key));
-            if before != after {
-                moves.push((map, key.clone(), before.cloned(), after.cloned()));
-            }
-        }
-    }
-    let change = (
-        Some((&applied.chains, &applied.sets)),
-        Some((&desired.chains, &desired.sets)),
-    );
-    plan_changes(&[change], &moves, stale, now, delay)
-}
-
-/// An owner's chains and affinity sets.
-type Side<'a> = (&'a BTreeMap<String, ChainDef>, &'a BTreeMap<String, u32>);
-
-/// Commands for parts that changed (before, after; `None`: absent) and the
-/// map elements that moved (map, key, before, after). Chains that are no
-/// longer wanted are flushed and wait in `stale` for `delay` before they are
-/// deleted; a wanted chain that is still stale is reused.
-fn plan_changes<'a>(
-    changes: &[(Option<Side<'a>>, Option<Side<'a>>)],
-    moves: &[(MapDef, MapKey, Option<String>, Option<String>)],
-    stale: &mut Stale,
-    now: Instant,
-    delay: Duration,
-) -> Vec<Cmd> {
-    static NO_CHAINS: BTreeMap<String, ChainDef> = BTreeMap::new();
-    static NO_SETS: BTreeMap<String, u32> = BTreeMap::new();
-    let side = |s: &Option<Side<'a>>| -> Side<'a> { s.unwrap_or((&NO_CHAINS, &NO_SETS)) };
-    let mut cmds = Vec::new();
-    for (old, new) in changes {
-        let ((_, old_sets), (_, new_sets)) = (side(old), side(new));
-        for (name, timeout) in new_sets {
-            if !old_sets.contains_key(name) && stale.sets.remove(name).is_none() {
-                cmds.push(Cmd::AddSet(name.clone(), *timeout));
-            }
-        }
-    }
-    let mut refill = Vec::new();
-    for (old, new) in changes {
-        let ((old_chains, _), (new_chains, _)) = (side(old), side(new));
-        for (name, chain) in new_chains {
-            match old_chains.get(name) {
-                Some(old) if old == chain => continue,
-                Some(_) => cmds.push(Cmd::FlushChain(name.clone())),
-                // Flushed earlier but not deleted yet: it exists and is empty.
-                None if stale.chains.remove(name).is_some() => {}
-                None => cmds.push(Cmd::AddChain(name.clone(), chain.base)),
-            }
-            refill.push((name, chain));
-        }
-    }
-    for (name, chain) in refill {
-        cmds.extend(
-            chain
-                .rules
-                .iter()
-                .map(|r| Cmd::AddRule(name.clone(), r.clone())),
-        );
-    }
-    for map in MAPS {
-        let gone: Vec<MapKey> = moves
-            .iter()
-            .filter(|(m, _, before, _)| *m == map && before.is_some())
-            .map(|(_, k, _, _)| k.clone())
-            .collect();
-        if !gone.is_empty() {
-            cmds.push(Cmd::DeleteElements(map, gone));
-        }
-        let added: Vec<(MapKey, String)> = moves
-            .iter()
-            .filter(|(m, ..)| *m == map)
-            .filter_map(|(_, k, _, after)| Some((k.clone(), after.clone()?)))
-            .collect();
-        if !added.is_empty() {
-            cmds.push(Cmd::AddElements(map, added));
-        }
-    }
-    // Delete what has been stale long enough, then retire what became stale now.
-    let ripe: Vec<String> = stale
-        .chains
-        .iter()
-        .filter(|(_, t)| now.saturating_duration_since(**t) >= delay)
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in ripe {
-        stale.chains.remove(&name);
-        cmds.push(Cmd::DeleteChain(name));
-    }
-    let ripe: Vec<String> = stale
-        .sets
-        .iter()
-        .filter(|(_, t)| now.saturating_duration_since(**t) >= delay)
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in ripe {
-        stale.sets.remove(&name);
-        cmds.push(Cmd::DeleteSet(name));
-    }
-    for (old, new) in changes {
-        let ((old_chains, old_sets), (new_chains, new_sets)) = (side(old), side(new));
-        for name in old_chains.keys().filter(|n| !new_chains.contains_key(*n)) {
-            cmds.push(Cmd::FlushChain(name.clone()));
-            stale.chains.insert(name.clone(), now);
-        }
-        for name in old_sets.keys().filter(|n| !new_sets.contains_key(*n)) {
-            stale.sets.insert(name.clone(), now);
-        }
-    }
-    cmds
-}
-
-/// The size of the netlink batch [`Proxy::sync`] sends for `cmds`, or
-/// `None` when they hold something it leaves to `nft` (for benches).
-#[must_use]
-pub fn netlink_batch_len(cmds: &[Cmd]) -> Option<usize> {
-    nfnl::encode(cmds, 1).ok().map(|b| b.len())
-}
-
-/// The nft JSON document of one transaction (what `nft -j -f -` reads).
-///
-/// # Errors
-/// Serialisation failed (a bug).
-pub fn encode(cmds: &[Cmd]) -> Result<Vec<u8>, Error> {
-    let mut payload = Vec::with_capacity(cmds.len() * 200);
-    payload.extend_from_slice(b"{\"nftables\":[");
-    for (i, cmd) in cmds.iter().enumerate() {
-        if i > 0 {
-            payload.push(b',');
-        }
-        cmd.to_json(&mut payload)?;
-    }
-    payload.extend_from_slice(b"]}");
-    Ok(payload)
-}
-
-/// Run `cmds` as one `nft -j -f -` transaction.
-fn run_nft(kind: &'static str, cmds: &[Cmd]) -> Result<(), Error> {
-    let payload = encode(cmds)?;
-    exec_nft(&payload).map_err(|stderr| {
-        let mut lines: Vec<String> = stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(4)
-            .map(str::to_owned)
-            .collect();
-        // JSON errors name the command by index; say which one that was.
-        if let Some(i) = stderr
-            .split("at index ")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|i| *i < cmds.len())
-        {
-            let mut what = cmds[i].to_string();
-            what.truncate(200);
-            lines.push(format!("(command {i}: {what})"));
-        }
-        Error::Rejected {
-            kind,
-            commands: cmds.len(),
-            stderr: lines.join("; "),
-        }
-    })?
-}
-
-/// Apply one transaction: straight to the kernel over netlink (see
-/// [`nfnl`]), or through `nft` when it holds something only nft encodes
-/// or the netlink socket cannot take it. Says whether it went over netlink.
-fn apply(kind: &'static str, cmds: &[Cmd]) -> Result<bool, Error> {
-    let batch = match nfnl::encode(cmds, 1) {
-        Ok(batch) => batch,
-        Err(nfnl::Unsupported(why)) => {
-            tracing::debug!(%why, "service proxy transaction goes through nft");
-            return run_nft(kind, cmds).map(|()| false);
-        }
-    };
-    match nfnl::send(&batch) {
-        Ok(()) => Ok(true),
-        Err(nfnl::SendError::Socket(error)) => {
-            tracing::debug!(%error, bytes = batch.len(), "netlink cannot take the transaction; it goes through nft");
-            run_nft(kind, cmds).map(|()| false)
-        }
-        Err(nfnl::SendError::Refused { index, error }) => Err(Error::Refused {
-            kind,
-            commands: cmds.len(),
-            at: match index {
-                Some(i) => {
-                    let mut what = cmds[i].to_string();
-                    what.truncate(200);
-                    format!("at command {i} ({what})")
-                }
-                None => "at commit".to_owned(),
-            },
-            source: error,
-        }),
-    }
-}
-
-/// Feed `payload` to `nft -j -f -`. The outer error is nft's stderr.
-///
-/// Not `nftables::helper::apply_ruleset`: it lets nft's stderr go to ours,
-/// and our error message needs it.
-fn exec_nft(payload: &[u8]) -> Result<Result<(), Error>, String> {
-    let mut child = match Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(Error::Spawn(e))),
-    };
-    let mut stdin = child.stdin.take().expect("stdin was piped");
-    // nft reads all of its input before it reports, so this cannot deadlock.
-    let written = stdin.write_all(payload);
-    drop(stdin);
-    let out = match child.wait_with_output() {
-        Ok(o) => o,
-        Err(e) => return Ok(Err(Error::Spawn(e))),
-    };
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(written.map_err(Error::Spawn))
-}
-
-/// One planned transaction.
-#[derive(Debug)]
-struct Plan {
-    cmds: Vec<Cmd>,
-    /// It replaces the whole table.
-    full: bool,
-    /// The stale chains and sets once it is in.
-    stale: Stale,
-    /// How many Services were rendered anew for it.
-    rendered: usize,
-}
-
-/// The service proxy of one node: remembers what it last applied so each
-/// sync sends only the difference.
-///
-/// ```no_run
-/// # use orch::net::proxy::{Proxy, ProxyConfig};
-/// let mut proxy = Proxy::new(ProxyConfig {
-///     node_name: "node-1".into(),
-///     node_ips: vec!["192.168.1.10".parse().unwrap()],
-///     cluster_cidr: ("10.42.0.0".parse().unwrap(), 16),
-///     dns: Some(("10.43.0.10".parse().unwrap(), "10.42.0.1:53".parse().unwrap())),
-/// });
-/// // On every change of the Service/EndpointSlice cache, from a blocking thread:
-/// let stats = proxy.sync(&[], &[], &[]).expect("nft works");
-/// assert!(stats.full);
-/// ```
-pub struct Proxy {
-    cfg: ProxyConfig,
-    /// The table as last rendered, by owner.
-    rendered: Rendered,
-    /// The kernel holds `rendered`; false at start and after an error,
-    /// which makes the next sync a full resync.
-    applied: bool,
-    stale: Stale,
-    stale_delay: Duration,
-}
-
-impl Proxy {
-    /// A proxy that has applied nothing yet: its first sync is a full resync.
-    #[must_use]
-    pub fn new(cfg: ProxyConfig) -> Self {
-        Self {
-            cfg,
-            rendered: Rendered::default(),
-            applied: false,
-            stale: Stale::default(),
-            stale_delay: STALE_CHAIN_DELAY,
-        }
-    }
-
-    /// Bring table `ip orch` to the state `services`, `slices` and
-    /// `host_ports` ask for, in one atomic nft transaction: a full resync
-    /// (delete and recreate the table) the first time and after any error,
-    /// otherwise only what changed. Only Services whose object or
-    /// EndpointSlices changed are rendered and compared again, so an update
-    /// costs what changed plus a digest per Service. Blocks while `nft` runs.
-    ///
-    /// # Errors
-    /// `nft` is missing or rejected the transaction; the kernel keeps its
-    /// previous rules and the next sync is a full resync.
-    pub fn sync<'a>(
-        &mut self,
-        services: impl IntoIterator<Item = &'a Service>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
-        host_ports: &[HostPort],
-    ) -> Result<SyncStats, Error> {
-        let start = Instant::now();
-        let plan = self.plan(services, slices, host_ports, start);
-        let kind = if plan.full { "full resync" } else { "update" };
-        let netlink = !plan.cmds.is_empty() && apply(kind, &plan.cmds)?;
-        tracing::debug!(
-            full = plan.full,
-            commands = plan.cmds.len(),
-            rendered = plan.rendered,
-            "service proxy synced"
-        );
-        let stats = SyncStats {
-            full: plan.full,
-            commands: plan.cmds.len(),
-            rendered: plan.rendered,
-            netlink,
-            elapsed: start.elapsed(),
-        };
-        self.applied(plan);
-        Ok(stats)
-    }
-
-    /// Render what changed and plan the transaction that applies it. Until
-    /// [`Self::applied`] is told it went in, the proxy assumes the kernel
-    /// holds something else (the next plan is a full resync).
-    fn plan<'a>(
-        &mut self,
-        services: impl IntoIterator<Item = &'a Service>,
-        slices: impl IntoIterator<Item = &'a EndpointSlice>,
-        host_ports: &[HostPort],
-        now: Instant,
-    ) -> Plan {
-        fn side(p: Option<&Part>) -> Option<Side<'_>> {
-            p.map(|p| (&p.chains, &p.sets))
-        }
-        let delta = self
-            .rendered
-            .update(&self.cfg, services, slices, host_ports);
-        let full = !self.applied;
-        self.applied = false;
-        let mut stale = self.stale.clone();
-        let cmds = if full {
-            stale = Stale::default();
-            plan_full(&self.rendered.ruleset(&self.cfg))
-        } else {
-            let changes: Vec<_> = delta
-                .changes
-                .iter()
-                .map(|c| (side(c.old.as_deref()), side(c.new.as_deref())))
-                .collect();
-            plan_changes(&changes, &delta.moves, &mut stale, now, self.stale_delay)
-        };
-        Plan {
-            cmds,
-            full,
-            stale,
-            rendered: delta.rendered,
-        }
-    }
-
-    /// `plan`'s transaction went in.
-    fn applied(&mut self, plan: Plan) {
-        self.applied = true;
-        self.stale = plan.stale;
-    }
-
-    /// The node-level settings this proxy was made with.
-    #[must_use]
-    pub fn config(&self) -> &ProxyConfig {
-        &self.cfg
-    }
-}
-
-/// Delete orch's tables (`ip`, `ip6` and `inet` `orch`) if present, in one
-/// transaction; no other table is touched. For `orch agent --cleanup` and
-/// uninstall.
-///
-/// # Errors
-/// `nft` is missing or failed.
-pub fn cleanup() -> Result<(), Error> {
-    let mut batch = nftables::batch::Batch::new();
-    for family in [NfFamily::IP, NfFamily::IP6, NfFamily::INet] {
-        let table = || {
-            NfListObject::Table(Table {
-                family,
-                name: TABLE.into(),
-                handle: None,
-            })
-        };
-        // `add` then `delete`: an absent table is not an error.
-        batch.add(table());
-        batch.delete(table());
-    }
-    let payload = serde_json::to_vec(&batch.to_nftables())?;
-    exec_nft(&payload).map_err(|stderr| Error::Rejected {
-        kind: "cleanup",
-        commands: 6,
-        stderr: stderr.trim().replace('\n', "; "),
-    })?
-}
-
-mod nfnl;
-#[cfg(test)]
-mod tests;
