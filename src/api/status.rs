@@ -41,6 +41,34 @@ impl FieldError {
         }
     }
 
+    /// `invalid` for a `map[string]string` value (labels, selectors), shown
+    /// as Go's `%#v` shows one, which is what upstream's message carries:
+    /// `map[string]string{"a":"1", "b":"2"}`, keys sorted; a missing map is
+    /// `map[string]string(nil)`.
+    pub fn invalid_string_map(
+        field: impl Into<String>,
+        map: Option<&Value>,
+        detail: impl AsRef<str>,
+    ) -> Self {
+        let shown = match map.and_then(Value::as_object) {
+            None => "map[string]string(nil)".to_owned(),
+            Some(m) => {
+                let mut pairs: Vec<(&String, &Value)> = m.iter().collect();
+                pairs.sort_by(|a, b| a.0.cmp(b.0));
+                let inner: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k:?}:{:?}", v.as_str().unwrap_or_default()))
+                    .collect();
+                format!("map[string]string{{{}}}", inner.join(", "))
+            }
+        };
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {shown}: {}", detail.as_ref()),
+        }
+    }
+
     pub fn not_supported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
@@ -415,6 +443,18 @@ pub fn success_body(code: u16) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn string_maps_show_as_go_prints_them() {
+        let labels = json!({"tier": "db", "app": "x"});
+        let err = FieldError::invalid_string_map("f", Some(&labels), "why");
+        assert_eq!(
+            err.message,
+            r#"Invalid value: map[string]string{"app":"x", "tier":"db"}: why"#
+        );
+        let err = FieldError::invalid_string_map("f", None, "why");
+        assert_eq!(err.message, "Invalid value: map[string]string(nil): why");
+    }
 
     #[test]
     fn not_found_names_group_resource_and_name() {

@@ -351,9 +351,9 @@ fn validate_workload(spec: &Value, errs: &mut Vec<FieldError>, selector_required
             if let Some(sel) = parsed
                 && !sel.matches_object(template)
             {
-                errs.push(FieldError::invalid(
+                errs.push(FieldError::invalid_string_map(
                     "spec.template.metadata.labels",
-                    template.pointer("/metadata/labels").unwrap_or(&Value::Null),
+                    template.pointer("/metadata/labels"),
                     "`selector` does not match template `labels`",
                 ));
             }
@@ -528,9 +528,9 @@ pub fn replication_controller(obj: &Value, errs: &mut Vec<FieldError>) {
             .iter()
             .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
         if !matches {
-            errs.push(FieldError::invalid(
+            errs.push(FieldError::invalid_string_map(
                 "spec.template.metadata.labels",
-                labels.unwrap_or(&Value::Null),
+                labels,
                 "`selector` does not match template `labels`",
             ));
         }

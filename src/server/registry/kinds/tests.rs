@@ -161,7 +161,7 @@ fn replication_controller_validation_uses_upstream_paths_and_messages() {
             json!({"spec": {"selector": {"app": "web"}, "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"restartPolicy": "Always", "containers": containers}}}}),
             vec![(
                 "spec.template.metadata.labels",
-                "Invalid value: {\"app\":\"db\"}: `selector` does not match template `labels`",
+                "Invalid value: map[string]string{\"app\":\"db\"}: `selector` does not match template `labels`",
             )],
         ),
         (
