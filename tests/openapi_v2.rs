@@ -353,3 +353,74 @@ fn protobuf_document_is_gnostic_and_etag_gives_304() {
     let stale = get(&server, "/openapi/v2", &["If-None-Match: \"0\""]);
     assert_eq!(stale.code, 200);
 }
+
+/// Issue 20's done-when: `apply`, `diff`, `edit` and `explain` from every
+/// kubectl 1.27–1.33 (older ones build their patches and validation from
+/// /openapi/v2, newer ones from v3).
+#[test]
+fn kubectl_1_27_to_1_33_apply_diff_edit_and_explain() {
+    let server = TestServer::start();
+    let manifest = server.write("web.yaml", MANIFEST);
+    // `kubectl edit` runs $EDITOR on a temp file: this one edits it in place.
+    let editor = server.write(
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/replicas: [0-9]*/replicas: 5/' \"$1\"\n",
+    );
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for v in ["1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"] {
+        let ns = format!("d-{}", v.replace('.', "-"));
+        server.ok(v, &["create", "namespace", &ns]);
+        let file = manifest.to_str().unwrap();
+        server.ok(v, &["apply", "-n", &ns, "-f", file]);
+        // No difference: exit 0 and nothing printed.
+        let same = server.kubectl(v, &["diff", "-n", &ns, "-f", file]);
+        assert!(
+            same.status.success() && same.stdout.is_empty(),
+            "{v} diff of what is stored: {:?} {} {}",
+            same.status,
+            String::from_utf8_lossy(&same.stdout),
+            String::from_utf8_lossy(&same.stderr)
+        );
+        // A difference: exit 1 and the changed line in the diff.
+        let changed = server.write(
+            &format!("web-{v}.yaml"),
+            &MANIFEST.replace("replicas: 2", "replicas: 4"),
+        );
+        let diff = server.kubectl(v, &["diff", "-n", &ns, "-f", changed.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&diff.stdout);
+        assert_eq!(
+            diff.status.code(),
+            Some(1),
+            "{v} diff exit code: {text} {}",
+            String::from_utf8_lossy(&diff.stderr)
+        );
+        assert!(
+            text.contains("-  replicas: 2") && text.contains("+  replicas: 4"),
+            "{v} diff: {text}"
+        );
+        let edit = server.kubectl_env(
+            v,
+            &["edit", "-n", &ns, "deployment/web"],
+            &[("KUBE_EDITOR", editor.to_str().unwrap())],
+        );
+        assert!(
+            edit.status.success(),
+            "{v} edit: {}",
+            String::from_utf8_lossy(&edit.stderr)
+        );
+        let replicas = server.ok(
+            v,
+            &[
+                "get",
+                "-n",
+                &ns,
+                "deploy/web",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        );
+        assert_eq!(replicas, "5", "{v}: edit did not store its change");
+        let out = server.ok(v, &["explain", "configmap.data"]);
+        assert!(out.contains("data"), "{v} explain: {out}");
+    }
+}
