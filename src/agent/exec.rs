@@ -209,9 +209,7 @@ async fn session(
         Ok(session) => stream(session, tty, deframer, early, input, tx),
         Err(e) => {
             let status = rc::failure(&format!("cannot run the command: {e}"));
-            let _ = tx
-                .send(Bytes::from(frame(ERROR, status.to_string().as_bytes())))
-                .await;
+            let _ = tx.send(Bytes::from(frame(ERROR, &status))).await;
         }
     }
 }
@@ -334,8 +332,6 @@ fn stream(
             Some(c) => rc::exit_status(c),
             None => rc::failure("the pod's shim went away before the command ended"),
         };
-        let _ = tx
-            .send(Bytes::from(frame(ERROR, status.to_string().as_bytes())))
-            .await;
+        let _ = tx.send(Bytes::from(frame(ERROR, &status))).await;
     });
 }

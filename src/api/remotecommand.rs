@@ -14,7 +14,9 @@
 //! same messages travel length-prefixed: a 4-byte big-endian length, then
 //! the channel byte and the data.
 
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::status::{self, Cause, Details};
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -99,24 +101,40 @@ impl Deframer {
 }
 
 /// The `Status` that ends a session: success, or the exit code the way
-/// kubectl turns it into "command terminated with exit code N".
-pub fn exit_status(code: i32) -> Value {
+/// kubectl turns it into "command terminated with exit code N". The bytes
+/// are the kubelet's (Go field order, see [`status::stream_status`]).
+pub fn exit_status(code: i32) -> Vec<u8> {
     if code == 0 {
-        json!({"metadata": {}, "status": "Success"})
-    } else {
-        json!({
-            "metadata": {},
-            "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command [..], exit code {code}"),
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
-        })
+        return status::stream_status(None);
     }
+    let details = Details {
+        causes: vec![Cause {
+            reason: "ExitCode".into(),
+            message: code.to_string(),
+            field: String::new(),
+        }],
+        ..Details::default()
+    };
+    let message = format!(
+        "command terminated with non-zero exit code: error executing command [..], exit code {code}"
+    );
+    status::stream_status(Some((&message, "NonZeroExitCode", &details, 0)))
 }
 
-/// A `Status` for a failure inside the session.
-pub fn failure(message: &str) -> Value {
-    json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+/// A `Status` for a failure inside the session, as upstream's
+/// `NewInternalError`: "Internal error occurred: …", code 500, the cause in
+/// the details.
+pub fn failure(message: &str) -> Vec<u8> {
+    let details = Details {
+        causes: vec![Cause {
+            reason: String::new(),
+            message: message.to_owned(),
+            field: String::new(),
+        }],
+        ..Details::default()
+    };
+    let text = format!("Internal error occurred: {message}");
+    status::stream_status(Some((&text, "InternalError", &details, 500)))
 }
 
 /// A terminal size message.
@@ -178,10 +196,16 @@ mod tests {
 
     #[test]
     fn exit_codes_read_as_kubectl_expects() {
-        assert_eq!(exit_status(0)["status"], "Success");
-        let s = exit_status(3);
-        assert_eq!(s["reason"], "NonZeroExitCode");
-        assert_eq!(s["details"]["causes"][0]["message"], "3");
+        // The kubelet's bytes: Go's field order, empty fields left out.
+        assert_eq!(exit_status(0), br#"{"metadata":{},"status":"Success"}"#);
+        assert_eq!(
+            String::from_utf8(exit_status(3)).unwrap(),
+            r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [..], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#
+        );
+        assert_eq!(
+            String::from_utf8(failure("boom")).unwrap(),
+            r#"{"metadata":{},"status":"Failure","message":"Internal error occurred: boom","reason":"InternalError","details":{"causes":[{"message":"boom"}]},"code":500}"#
+        );
         assert_eq!(parse_resize(br#"{"Width":80,"Height":24}"#), Some((80, 24)));
         assert_eq!(parse_resize(b"junk"), None);
     }

@@ -174,6 +174,49 @@ struct StatusBody<'a> {
 #[derive(Serialize)]
 struct EmptyMeta {}
 
+/// A `Status` as the kubelet writes it on a remote command's error channel:
+/// Go's `json.Marshal` of a `metav1.Status` without type meta, so no kind or
+/// apiVersion, fields in the Go struct's order, empty ones left out, and
+/// no trailing newline.
+#[derive(Serialize)]
+struct StreamStatus<'a> {
+    metadata: EmptyMeta,
+    status: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a Details>,
+    #[serde(skip_serializing_if = "is_zero_u16")]
+    code: u16,
+}
+
+/// The bytes of a remote command's closing `Status` (see [`StreamStatus`]):
+/// `Success` when `failure` is `None`, else `Failure` with its message,
+/// reason, details and code.
+pub fn stream_status(failure: Option<(&str, &str, &Details, u16)>) -> Vec<u8> {
+    let body = match failure {
+        None => StreamStatus {
+            metadata: EmptyMeta {},
+            status: "Success",
+            message: "",
+            reason: "",
+            details: None,
+            code: 0,
+        },
+        Some((message, reason, details, code)) => StreamStatus {
+            metadata: EmptyMeta {},
+            status: "Failure",
+            message,
+            reason,
+            details: Some(details),
+            code,
+        },
+    };
+    serde_json::to_vec(&body).expect("a Status always serialises")
+}
+
 fn is_zero_u16(n: &u16) -> bool {
     *n == 0
 }

@@ -636,9 +636,8 @@ impl Shim {
         }
         // Attached clients get the end (a success, as the kubelet says:
         // kubectl reads the exit code from the pod's status).
-        let status = crate::api::remotecommand::exit_status(0).to_string();
-        let frame =
-            crate::api::remotecommand::frame(crate::api::remotecommand::ERROR, status.as_bytes());
+        let status = crate::api::remotecommand::exit_status(0);
+        let frame = crate::api::remotecommand::frame(crate::api::remotecommand::ERROR, &status);
         self.attachments.retain(|a| {
             if a.id != id {
                 return true;
