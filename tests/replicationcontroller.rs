@@ -71,6 +71,22 @@ fn replication_controller_keeps_scales_prints_and_collects_its_pods() {
     server.wait_json(&["get", "rc", "web"], 30, "three ready replicas", |v| {
         v["status"]["readyReplicas"] == 3 && v["status"]["replicas"] == 3
     });
+    // The scale subresource carries the selector in its string form, as
+    // an autoscaler reads it (upstream: labels.SelectorFromSet).
+    let scale = server.ok(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/replicationcontrollers/web/scale",
+        ],
+    );
+    let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(
+        (&scale["spec"]["replicas"], &scale["status"]["selector"]),
+        (&serde_json::json!(3), &serde_json::json!("app=web")),
+        "{scale}"
+    );
 
     // Columns as upstream prints them.
     let table = server.ok("1.33", &["get", "rc"]);

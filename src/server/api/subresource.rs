@@ -11,9 +11,8 @@ use super::response::{json_response, status_response};
 use super::{ApiServer, Body, Call, Query, exec, object, portforward, request};
 use crate::api::catalog::Resource;
 use crate::api::patch::PatchType;
-use crate::api::selector::LabelSelector;
 use crate::api::status::{self, ApiError};
-use crate::server::registry::WriteOptions;
+use crate::server::registry::{WriteOptions, strategy};
 
 /// Serve a request on subresource `sub` of object `name`.
 pub(super) async fn serve(
@@ -148,7 +147,7 @@ impl ApiServer {
         let registry = &self.registry;
         let method = req.method().clone();
         let obj = registry.get(res, ns, name).await?;
-        let scale = scale_of(&obj);
+        let scale = scale_of(res, &obj);
         let wanted = match method {
             Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
             Method::PUT => request::read_body(req).await?.value,
@@ -204,16 +203,15 @@ impl ApiServer {
             updated["metadata"]["resourceVersion"] = json!(rv);
         }
         let written = registry.update(res, ns, name, updated, None, write).await?;
-        Ok(json_response(StatusCode::OK, &scale_of(&written.object)))
+        Ok(json_response(
+            StatusCode::OK,
+            &scale_of(res, &written.object),
+        ))
     }
 }
 
-fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| LabelSelector::from_label_selector(s).ok())
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+fn scale_of(res: &Resource, obj: &Value) -> Value {
+    let selector = strategy::of(res).scale_selector(obj);
     let meta = &obj["metadata"];
     json!({
         "kind": "Scale",

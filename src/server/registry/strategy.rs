@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::{Admission, Allocator};
 use crate::api::catalog::Resource;
 use crate::api::patch;
+use crate::api::selector::LabelSelector;
 use crate::api::status::FieldError;
 use crate::api::table::{self, Printer};
 use crate::api::validation::NameRule;
@@ -177,6 +178,16 @@ pub trait Strategy: Send + Sync {
     /// Which printer makes the kind's table rows.
     fn printer(&self) -> Printer {
         Printer::Default
+    }
+
+    /// `status.selector` of the kind's `scale` subresource, in the label
+    /// selector's string form (`app=web`), as autoscalers read it. By
+    /// default the spec's `metav1.LabelSelector`.
+    fn scale_selector(&self, obj: &Value) -> String {
+        obj.pointer("/spec/selector")
+            .and_then(|s| LabelSelector::from_label_selector(s).ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 
     /// `columnDefinitions` of the kind's Table.

@@ -6,6 +6,7 @@
 use k8s_openapi::api::core::v1 as corev1;
 use serde_json::Value;
 
+use crate::api::selector::LabelSelector;
 use crate::api::status::FieldError;
 use crate::api::table::Printer;
 use crate::api::{defaults, validation};
@@ -37,5 +38,16 @@ impl Strategy for ReplicationController {
 
     fn printer(&self) -> Printer {
         Printer::ReplicationController
+    }
+
+    /// An RC's selector is a plain map (upstream: labels.SelectorFromSet).
+    fn scale_selector(&self, obj: &Value) -> String {
+        obj.pointer("/spec/selector")
+            .filter(|m| m.is_object())
+            .and_then(|m| {
+                LabelSelector::from_label_selector(&serde_json::json!({"matchLabels": m})).ok()
+            })
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 }
