@@ -26,6 +26,12 @@ fn child<'a>(map: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<S
     map.get_mut(key).and_then(Value::as_object_mut)
 }
 
+/// The object's `spec`, made an empty map when missing or null; `None`
+/// when the object or its spec is not a map.
+fn spec_of(object: &mut Value) -> Option<&mut Map<String, Value>> {
+    child(object.as_object_mut()?, "spec")
+}
+
 /// `Always` for `:latest` or untagged images, else `IfNotPresent`.
 pub fn image_pull_policy(image: &str) -> &'static str {
     if image.contains('@') {
@@ -148,10 +154,7 @@ pub fn pod(object: &mut Value) {
 
 /// The defaults of a Deployment.
 pub fn deployment(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     set_default(spec, "replicas", json!(1));
@@ -169,10 +172,7 @@ pub fn deployment(object: &mut Value) {
 
 /// The defaults of a ReplicaSet.
 pub fn replica_set(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     set_default(spec, "replicas", json!(1));
@@ -181,10 +181,7 @@ pub fn replica_set(object: &mut Value) {
 
 /// The defaults of a DaemonSet.
 pub fn daemon_set(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     set_default(spec, "revisionHistoryLimit", json!(10));
@@ -200,10 +197,7 @@ pub fn daemon_set(object: &mut Value) {
 
 /// The defaults of a StatefulSet.
 pub fn stateful_set(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     set_default(spec, "replicas", json!(1));
@@ -225,10 +219,7 @@ pub fn stateful_set(object: &mut Value) {
 
 /// The defaults of a Job.
 pub fn job(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     default_job_spec(spec);
@@ -236,10 +227,7 @@ pub fn job(object: &mut Value) {
 
 /// The defaults of a CronJob.
 pub fn cron_job(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     set_default(spec, "concurrencyPolicy", json!("Allow"));
@@ -255,10 +243,7 @@ pub fn cron_job(object: &mut Value) {
 
 /// The defaults of a Service.
 pub fn service(object: &mut Value) {
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let Some(spec) = child(root, "spec") else {
+    let Some(spec) = spec_of(object) else {
         return;
     };
     set_default(spec, "type", json!("ClusterIP"));
