@@ -157,7 +157,10 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StatusBody<'a> {
+    /// Empty (and left out) only on a remote command's error channel.
+    #[serde(skip_serializing_if = "str::is_empty")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     api_version: &'static str,
     metadata: EmptyMeta,
     status: &'static str,
@@ -174,45 +177,25 @@ struct StatusBody<'a> {
 #[derive(Serialize)]
 struct EmptyMeta {}
 
-/// A `Status` as the kubelet writes it on a remote command's error channel:
-/// Go's `json.Marshal` of a `metav1.Status` without type meta, so no kind or
-/// apiVersion, fields in the Go struct's order, empty ones left out, and
-/// no trailing newline.
-#[derive(Serialize)]
-struct StreamStatus<'a> {
-    metadata: EmptyMeta,
-    status: &'static str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    message: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    reason: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<&'a Details>,
-    #[serde(skip_serializing_if = "is_zero_u16")]
-    code: u16,
-}
-
-/// The bytes of a remote command's closing `Status` (see [`StreamStatus`]):
+/// The bytes of a remote command's closing `Status`, as the kubelet writes
+/// it on the error channel: Go's `json.Marshal` of a `metav1.Status`
+/// without type meta (so no kind or apiVersion) and no trailing newline.
 /// `Success` when `failure` is `None`, else `Failure` with its message,
 /// reason, details and code.
 pub fn stream_status(failure: Option<(&str, &str, &Details, u16)>) -> Vec<u8> {
-    let body = match failure {
-        None => StreamStatus {
-            metadata: EmptyMeta {},
-            status: "Success",
-            message: "",
-            reason: "",
-            details: None,
-            code: 0,
-        },
-        Some((message, reason, details, code)) => StreamStatus {
-            metadata: EmptyMeta {},
-            status: "Failure",
-            message,
-            reason,
-            details: Some(details),
-            code,
-        },
+    let (status, (message, reason, details, code)) = match failure {
+        None => ("Success", ("", "", None, 0)),
+        Some((m, r, d, c)) => ("Failure", (m, r, Some(d), c)),
+    };
+    let body = StatusBody {
+        kind: "",
+        api_version: "",
+        metadata: EmptyMeta {},
+        status,
+        message,
+        reason,
+        details,
+        code,
     };
     serde_json::to_vec(&body).expect("a Status always serialises")
 }
