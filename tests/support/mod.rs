@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses part of this module
 
 pub mod agents;
+pub mod wait;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -251,22 +252,19 @@ impl TestServer {
             .spawn()
             .expect("start orch agent --simulate");
         let nodes = SimulatedNodes(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.kubectl("1.33", &["get", "nodes", "-o", "name"]);
-            let n = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| l.contains(&format!("{prefix}-sim-")))
-                .count();
-            if n >= count {
-                return nodes;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "simulated nodes did not register within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait::until_true(
+            Duration::from_secs(30),
+            "simulated nodes registered",
+            || {
+                let out = self.kubectl("1.33", &["get", "nodes", "-o", "name"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| l.contains(&format!("{prefix}-sim-")))
+                    .count()
+                    >= count
+            },
+        );
+        nodes
     }
 
     /// Poll `kubectl get … -o json` until `check` holds (up to `secs`).
@@ -277,43 +275,29 @@ impl TestServer {
         what: &str,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
         let mut full: Vec<&str> = args.to_vec();
         full.extend(["-o", "json"]);
-        loop {
+        wait::until_ok(Duration::from_secs(secs), what, || {
             let out = self.kubectl("1.33", &full);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if out.status.success()
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                && check(&v)
-            {
-                return v;
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) if out.status.success() && check(&v) => Ok(v),
+                _ => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out after {secs} s waiting for {what}; last output: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
     }
 
     /// Poll `kubectl args` until `check` accepts its output (30 s).
     pub fn eventually(&self, args: &[&str], what: &str, check: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        wait::until_ok(Duration::from_secs(30), what, || {
             let out = self.kubectl("1.33", args);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if out.status.success() && check(&text) {
-                return text;
+                Ok(text)
+            } else {
+                Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}; last output: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 }
 

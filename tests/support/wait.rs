@@ -1,0 +1,72 @@
+//! The one way integration tests wait: poll a condition until it holds or
+//! a deadline passes, then fail with what was awaited and what was seen
+//! last. No test sleeps for a fixed time where a condition can be polled.
+
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+/// First poll interval; it doubles up to [`MAX_STEP`].
+const FIRST_STEP: Duration = Duration::from_millis(20);
+const MAX_STEP: Duration = Duration::from_millis(250);
+
+/// Poll `check` until it returns `Ok`, for at most `within`.
+///
+/// # Panics
+/// When `within` passes, naming `what` and the last `Err` seen.
+pub fn until_ok<T, E: Display>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + within;
+    let mut step = FIRST_STEP;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "not within {:.1} s: {what}; last seen: {last}",
+                    within.as_secs_f64()
+                );
+            }
+        }
+        std::thread::sleep(step);
+        step = (step * 2).min(MAX_STEP);
+    }
+}
+
+/// Poll `check` until it returns `Some`, for at most `within`.
+///
+/// # Panics
+/// When `within` passes, naming `what`.
+pub fn until<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    until_ok(within, what, || check().ok_or("the condition did not hold"))
+}
+
+/// Poll `check` until it is true, for at most `within`.
+///
+/// # Panics
+/// When `within` passes, naming `what`.
+pub fn until_true(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    until(within, what, || check().then_some(()));
+}
+
+/// Hold that `check` stays true for all of `during` (for "nothing
+/// happens" assertions, the one place a test waits out a time).
+///
+/// # Panics
+/// As soon as `check` is false, naming `what`.
+pub fn holds(during: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + during;
+    while Instant::now() < end {
+        assert!(check(), "{what} stopped holding");
+        std::thread::sleep(MAX_STEP.min(end.saturating_duration_since(Instant::now())));
+    }
+    assert!(check(), "{what} stopped holding");
+}
+
+/// Seconds, for the `within` arguments.
+pub const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
