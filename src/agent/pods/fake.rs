@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,12 @@ pub(super) enum Call {
     Remove(String),
     Exec(String, Vec<String>),
     RemoveSandbox(String),
+    /// A tmpfs at this path (relative to the pod's directory).
+    MountTmpfs(String),
+    SetPodLimits(String),
+    /// The bundle of this instance.
+    RemoveBundle(String),
+    ReleasePod(String),
 }
 
 #[derive(Default)]
@@ -36,6 +43,8 @@ struct Inner {
     exec_results: HashMap<String, Result<(), String>>,
     /// How long an exec takes.
     exec_time: Duration,
+    /// Pods get addresses of their own.
+    network: bool,
 }
 
 /// The fake runtime. Clones share their state.
@@ -188,6 +197,63 @@ impl PodRuntime for FakeRuntime {
             i.calls.push(Call::RemoveSandbox(uid.to_owned()));
             i.sandboxes.remove(uid);
         });
+        Box::pin(async {})
+    }
+
+    fn has_network(&self) -> bool {
+        self.with(|i| i.network)
+    }
+
+    fn reconcile_network(
+        &self,
+        _live: HashSet<String>,
+    ) -> BoxFuture<'static, Result<usize, Error>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn mount_tmpfs(
+        &self,
+        dir: PathBuf,
+        _size: Option<u64>,
+        _mode: u32,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        // The path below the pod's directory (`shm`, `volumes/<name>`).
+        let tail: Vec<String> = dir
+            .iter()
+            .rev()
+            .take_while(|c| *c != "pods")
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        let tail: Vec<String> = tail.into_iter().rev().skip(1).collect();
+        self.with(|i| i.calls.push(Call::MountTmpfs(tail.join("/"))));
+        // As a mount would, the directory is there afterwards.
+        let made =
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Mount { path: dir, source });
+        Box::pin(async move { made })
+    }
+
+    fn set_pod_limits(
+        &self,
+        uid: &str,
+        _limits: crate::runtime::spec::Resources,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.with(|i| i.calls.push(Call::SetPodLimits(uid.to_owned())));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_bundle(&self, bundle: PathBuf) -> BoxFuture<'static, ()> {
+        let id = bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.with(|i| i.calls.push(Call::RemoveBundle(id)));
+        // Nothing is mounted in a fake bundle: the directory just goes.
+        let _ = std::fs::remove_dir_all(&bundle);
+        Box::pin(async {})
+    }
+
+    fn release_pod(&self, uid: &str) -> BoxFuture<'static, ()> {
+        self.with(|i| i.calls.push(Call::ReleasePod(uid.to_owned())));
         Box::pin(async {})
     }
 }

@@ -91,9 +91,6 @@ pub struct Kubelet {
     pub log_limits: crate::runtime::logs::LogLimits,
     /// Turns for pods' first starts, FIFO ([`start_turns`] of them).
     pub starts: Arc<tokio::sync::Semaphore>,
-    /// The pods' bridge, addresses and veths (`None`: pods get loopback
-    /// only).
-    pub network: Option<Arc<crate::net::pod::PodNetwork>>,
     /// Tells the service proxy that pods' host ports changed.
     pub host_ports: tokio::sync::watch::Sender<HostPorts>,
     /// This machine's CPUs (millicores) and memory (bytes), read once:
@@ -237,16 +234,13 @@ async fn list(k: &Arc<Kubelet>, pods: &Api<Pod>, selector: &str, workers: &Worke
                     tracing::info!(pod_uid = %uid, "cleaning up a pod deleted while the agent was away");
                     teardown(k, &uid).await;
                 }
-                if let Some(net) = k.network.clone() {
-                    let live = live.clone();
-                    match blocking(move || net.reconcile(&live)).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            count = n,
-                            "freed pod addresses and links of pods that are gone"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
-                    }
+                match k.runtime.reconcile_network(live.clone()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        count = n,
+                        "freed pod addresses and links of pods that are gone"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
                 }
                 let mut w = workers.lock().expect("workers lock");
                 for pod in list.items {

@@ -14,12 +14,12 @@ use super::backoff::restart_later;
 use super::plan::{Action, plan_containers, sidecars_to_stop};
 use super::probes::run_probes;
 use super::runtime::SandboxSpec;
-use super::sandbox::{host_ports, mount_memory_volumes, mount_tmpfs, write_pod_files};
+use super::sandbox::{host_ports, mount_memory_volumes, write_pod_files};
 use super::sources::refresh_volumes;
 use super::start::{pod_address, start_container};
 use super::status::{latest, lost_instances, pod_status, previous, with_lost};
 use super::teardown::{pod_grace, stop_instance, teardown, terminate};
-use super::{AbortOnDrop, Kubelet, WorkerState, blocking, event};
+use super::{AbortOnDrop, Kubelet, WorkerState, event};
 use crate::agent::container::PodFiles;
 use crate::runtime::shim::ContainerState;
 
@@ -147,9 +147,9 @@ async fn prepare_pod(
     }
     // The pod's address first: /etc/hosts names it (read from disk only
     // until the pod has one, not on every sync).
-    let pod_ip = match (&k.network, host_network) {
+    let pod_ip = match (k.runtime.has_network(), host_network) {
         _ if state.pod_ip.is_some() => state.pod_ip,
-        (Some(_), false) => Some(
+        (true, false) => Some(
             k.runtime
                 .allocate_address(uid)
                 .await
@@ -158,19 +158,19 @@ async fn prepare_pod(
         _ => None,
     };
     write_pod_files(k, pod, &files, pod_ip).map_err(|e| format!("pod files: {e}"))?;
-    mount_memory_volumes(pod, &files).await?;
+    mount_memory_volumes(&*k.runtime, pod, &files).await?;
     refresh_volumes(k, pod, &files, state).await;
     if pod.pointer("/spec/hostIPC") != Some(&Value::Bool(true)) {
-        let shm = k.pod_dir(uid).join("shm");
-        blocking(move || mount_tmpfs(&shm, Some(64 << 20), 0o1777))
+        k.runtime
+            .mount_tmpfs(k.pod_dir(uid).join("shm"), Some(64 << 20), 0o1777)
             .await
             .map_err(|e| format!("the pod's /dev/shm: {e}"))?;
     }
     set_fs_group(pod, &files)?;
     if !state.pod_cgroup {
-        let path = format!("{}/pod{uid}", k.cgroup_root);
         let limits = crate::agent::container::pod_resources(pod);
-        blocking(move || crate::runtime::cgroup::set_limits(&path, &limits))
+        k.runtime
+            .set_pod_limits(uid, limits)
             .await
             .map_err(|e| format!("the pod's cgroup: {e}"))?;
         state.pod_cgroup = true;
@@ -262,7 +262,7 @@ async fn start_sandbox(
         let task = tokio::spawn(k.runtime.watch_exits(uid, state.shim_events.clone()));
         state.watching = Some(AbortOnDrop(task));
     }
-    if let (Some(_), false, None) = (&k.network, host_network, state.pod_ip) {
+    if let (true, false, None) = (k.runtime.has_network(), host_network, state.pod_ip) {
         let started = std::time::Instant::now();
         let ip = k
             .runtime
