@@ -218,6 +218,7 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         cgroup_v1,
         services: services_seen,
         runtime,
+        api: Arc::new(pods::KubeApi(client.clone())),
     });
     for dir in kubelet.mount_dirs() {
         crate::runtime::mountns::private_subtree(&dir)

@@ -24,6 +24,7 @@
 //! polling, so a node of idle pods costs next to nothing. A slow timer
 //! ([`IDLE_RESYNC`]) is the safety net.
 
+mod api;
 mod backoff;
 #[cfg(test)]
 mod fake;
@@ -57,6 +58,7 @@ use self::sync::sync;
 use self::teardown::teardown;
 use crate::runtime::image::{ImageStore, Puller};
 use crate::runtime::shim::ContainerState;
+pub use api::{KubeApi, PodApi};
 pub use images::PullJob;
 pub use runtime::{PodRuntime, ShimRuntime};
 pub(super) use status::latest;
@@ -105,6 +107,8 @@ pub struct Kubelet {
     >,
     /// Sandboxes and containers: the shims and the pod network.
     pub runtime: Arc<dyn PodRuntime>,
+    /// Where pod statuses, deletes and events go.
+    pub api: Arc<dyn PodApi>,
 }
 
 /// The host ports of this node's pods, by pod UID.
@@ -451,14 +455,5 @@ fn event(k: &Kubelet, pod: &Value, kind: &str, reason: &str, message: String) {
         "reportingComponent": "kubelet", "reportingInstance": k.node,
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
     });
-    let client = k.client.clone();
-    tokio::spawn(async move {
-        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
-        let Ok(ev) = serde_json::from_value(ev) else {
-            return;
-        };
-        if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
-            tracing::debug!(%e, "cannot record an event");
-        }
-    });
+    tokio::spawn(k.api.record_event(&ns, ev));
 }

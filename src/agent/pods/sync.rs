@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::backoff::restart_later;
 use super::plan::{Action, plan_containers, sidecars_to_stop};
@@ -103,24 +101,9 @@ async fn delete(
 ) -> Result<(), String> {
     terminate(k, pod).await;
     teardown(k, uid).await;
-    let api: Api<Pod> = Api::namespaced(
-        k.client.clone(),
-        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-    );
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(e) => return Err(format!("deleting the pod: {e}")),
-    }
+    k.api.delete_pod(ns, name, uid).await?;
     state.torn_down = true;
     Ok(())
 }
@@ -295,17 +278,13 @@ async fn post_status(
     if state.last_status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<Pod> = Api::namespaced(
-        k.client.clone(),
-        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-    );
-    api.patch_status(
-        pod["metadata"]["name"].as_str().unwrap_or_default(),
-        &PatchParams::default(),
-        &Patch::Strategic(json!({"status": status})),
-    )
-    .await
-    .map_err(|e| format!("posting the pod status: {e}"))?;
+    k.api
+        .post_status(
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            status.clone(),
+        )
+        .await?;
     state.last_status = Some(status);
     Ok(())
 }
