@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use serde_json::Value;
+
+use super::api::PodApi;
 use super::runtime::{CreateContainer, Error, PodRuntime, SandboxSpec};
 use crate::runtime::shim::{self, ContainerState};
 
@@ -79,6 +82,12 @@ impl FakeRuntime {
             i.exec_results.insert(id.to_owned(), result);
             i.exec_time = time;
         });
+    }
+
+    /// Pods get addresses of their own (10.42.0.7).
+    pub(super) fn with_network(self) -> Self {
+        self.with(|i| i.network = true);
+        self
     }
 
     /// The pod's instances (empty without a sandbox).
@@ -254,6 +263,71 @@ impl PodRuntime for FakeRuntime {
 
     fn release_pod(&self, uid: &str) -> BoxFuture<'static, ()> {
         self.with(|i| i.calls.push(Call::ReleasePod(uid.to_owned())));
+        Box::pin(async {})
+    }
+}
+
+/// An in-memory [`PodApi`]: what the worker posted, in order. Clones share
+/// their state.
+#[derive(Clone, Default)]
+pub(super) struct FakeApi {
+    inner: Arc<Mutex<Posted>>,
+}
+
+/// What the worker wrote.
+#[derive(Default)]
+pub(super) struct Posted {
+    pub statuses: Vec<Value>,
+    /// Events: type, reason, message.
+    pub events: Vec<(String, String, String)>,
+    /// Pods deleted for good, by UID.
+    pub deleted: Vec<String>,
+}
+
+impl FakeApi {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Posted) -> T) -> T {
+        f(&mut self.inner.lock().expect("fake api lock"))
+    }
+
+    /// The events recorded so far with `reason`: their messages.
+    pub(super) fn events(&self, reason: &str) -> Vec<String> {
+        self.with(|p| {
+            p.events
+                .iter()
+                .filter(|(_, r, _)| r == reason)
+                .map(|(_, _, m)| m.clone())
+                .collect()
+        })
+    }
+}
+
+impl PodApi for FakeApi {
+    fn post_status(
+        &self,
+        _ns: &str,
+        _name: &str,
+        status: Value,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.with(|p| p.statuses.push(status));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete_pod(
+        &self,
+        _ns: &str,
+        _name: &str,
+        uid: &str,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.with(|p| p.deleted.push(uid.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn record_event(&self, _ns: &str, event: Value) -> BoxFuture<'static, ()> {
+        let text = |f: &str| event[f].as_str().unwrap_or_default().to_owned();
+        self.with(|p| {
+            p.events
+                .push((text("type"), text("reason"), text("message")))
+        });
         Box::pin(async {})
     }
 }

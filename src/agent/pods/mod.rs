@@ -37,6 +37,8 @@ mod sources;
 mod start;
 mod status;
 mod sync;
+#[cfg(test)]
+mod sync_tests;
 mod teardown;
 
 use std::collections::HashMap;
