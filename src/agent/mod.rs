@@ -194,7 +194,8 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
             cfg.run_dir.join("netns"),
         ],
         log_limits: cfg.log_limits,
-        network: Some(pod_network.clone()),
+        network: Some(pod_network),
+        cgroup_root: cfg.cgroup_root.clone(),
     });
     let kubelet = Arc::new(pods::Kubelet {
         client: client.clone(),
@@ -212,12 +213,12 @@ pub async fn run(client: Client, creds: join::Credentials, cfg: Config) -> Resul
         resolv_conf: cfg.resolv_conf,
         log_limits: cfg.log_limits,
         starts: Arc::new(tokio::sync::Semaphore::new(pods::start_turns())),
-        network: Some(pod_network),
         host_ports,
         capacity: node::capacity(),
         cgroup_v1,
         services: services_seen,
         runtime,
+        api: Arc::new(pods::KubeApi(client.clone())),
     });
     for dir in kubelet.mount_dirs() {
         crate::runtime::mountns::private_subtree(&dir)

@@ -6,11 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use serde_json::Value;
+
+use super::api::PodApi;
 use super::runtime::{CreateContainer, Error, PodRuntime, SandboxSpec};
 use crate::runtime::shim::{self, ContainerState};
 
@@ -23,6 +27,12 @@ pub(super) enum Call {
     Remove(String),
     Exec(String, Vec<String>),
     RemoveSandbox(String),
+    /// A tmpfs at this path (relative to the pod's directory).
+    MountTmpfs(String),
+    SetPodLimits(String),
+    /// The bundle of this instance.
+    RemoveBundle(String),
+    ReleasePod(String),
 }
 
 #[derive(Default)]
@@ -36,6 +46,8 @@ struct Inner {
     exec_results: HashMap<String, Result<(), String>>,
     /// How long an exec takes.
     exec_time: Duration,
+    /// Pods get addresses of their own.
+    network: bool,
 }
 
 /// The fake runtime. Clones share their state.
@@ -70,6 +82,12 @@ impl FakeRuntime {
             i.exec_results.insert(id.to_owned(), result);
             i.exec_time = time;
         });
+    }
+
+    /// Pods get addresses of their own (10.42.0.7).
+    pub(super) fn with_network(self) -> Self {
+        self.with(|i| i.network = true);
+        self
     }
 
     /// The pod's instances (empty without a sandbox).
@@ -187,6 +205,128 @@ impl PodRuntime for FakeRuntime {
         self.with(|i| {
             i.calls.push(Call::RemoveSandbox(uid.to_owned()));
             i.sandboxes.remove(uid);
+        });
+        Box::pin(async {})
+    }
+
+    fn has_network(&self) -> bool {
+        self.with(|i| i.network)
+    }
+
+    fn reconcile_network(
+        &self,
+        _live: HashSet<String>,
+    ) -> BoxFuture<'static, Result<usize, Error>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn mount_tmpfs(
+        &self,
+        dir: PathBuf,
+        _size: Option<u64>,
+        _mode: u32,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        // The path below the pod's directory (`shm`, `volumes/<name>`).
+        let tail: Vec<String> = dir
+            .iter()
+            .rev()
+            .take_while(|c| *c != "pods")
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
+        let tail: Vec<String> = tail.into_iter().rev().skip(1).collect();
+        self.with(|i| i.calls.push(Call::MountTmpfs(tail.join("/"))));
+        // As a mount would, the directory is there afterwards.
+        let made =
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Mount { path: dir, source });
+        Box::pin(async move { made })
+    }
+
+    fn set_pod_limits(
+        &self,
+        uid: &str,
+        _limits: crate::runtime::spec::Resources,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.with(|i| i.calls.push(Call::SetPodLimits(uid.to_owned())));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_bundle(&self, bundle: PathBuf) -> BoxFuture<'static, ()> {
+        let id = bundle
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.with(|i| i.calls.push(Call::RemoveBundle(id)));
+        // Nothing is mounted in a fake bundle: the directory just goes.
+        let _ = std::fs::remove_dir_all(&bundle);
+        Box::pin(async {})
+    }
+
+    fn release_pod(&self, uid: &str) -> BoxFuture<'static, ()> {
+        self.with(|i| i.calls.push(Call::ReleasePod(uid.to_owned())));
+        Box::pin(async {})
+    }
+}
+
+/// An in-memory [`PodApi`]: what the worker posted, in order. Clones share
+/// their state.
+#[derive(Clone, Default)]
+pub(super) struct FakeApi {
+    inner: Arc<Mutex<Posted>>,
+}
+
+/// What the worker wrote.
+#[derive(Default)]
+pub(super) struct Posted {
+    pub statuses: Vec<Value>,
+    /// Events: type, reason, message.
+    pub events: Vec<(String, String, String)>,
+    /// Pods deleted for good, by UID.
+    pub deleted: Vec<String>,
+}
+
+impl FakeApi {
+    pub(super) fn with<T>(&self, f: impl FnOnce(&mut Posted) -> T) -> T {
+        f(&mut self.inner.lock().expect("fake api lock"))
+    }
+
+    /// The events recorded so far with `reason`: their messages.
+    pub(super) fn events(&self, reason: &str) -> Vec<String> {
+        self.with(|p| {
+            p.events
+                .iter()
+                .filter(|(_, r, _)| r == reason)
+                .map(|(_, _, m)| m.clone())
+                .collect()
+        })
+    }
+}
+
+impl PodApi for FakeApi {
+    fn post_status(
+        &self,
+        _ns: &str,
+        _name: &str,
+        status: Value,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.with(|p| p.statuses.push(status));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete_pod(
+        &self,
+        _ns: &str,
+        _name: &str,
+        uid: &str,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.with(|p| p.deleted.push(uid.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn record_event(&self, _ns: &str, event: Value) -> BoxFuture<'static, ()> {
+        let text = |f: &str| event[f].as_str().unwrap_or_default().to_owned();
+        self.with(|p| {
+            p.events
+                .push((text("type"), text("reason"), text("message")))
         });
         Box::pin(async {})
     }

@@ -24,6 +24,7 @@
 //! polling, so a node of idle pods costs next to nothing. A slow timer
 //! ([`IDLE_RESYNC`]) is the safety net.
 
+mod api;
 mod backoff;
 #[cfg(test)]
 mod fake;
@@ -36,6 +37,8 @@ mod sources;
 mod start;
 mod status;
 mod sync;
+#[cfg(test)]
+mod sync_tests;
 mod teardown;
 
 use std::collections::HashMap;
@@ -57,6 +60,7 @@ use self::sync::sync;
 use self::teardown::teardown;
 use crate::runtime::image::{ImageStore, Puller};
 use crate::runtime::shim::ContainerState;
+pub use api::{KubeApi, PodApi};
 pub use images::PullJob;
 pub use runtime::{PodRuntime, ShimRuntime};
 pub(super) use status::latest;
@@ -91,9 +95,6 @@ pub struct Kubelet {
     pub log_limits: crate::runtime::logs::LogLimits,
     /// Turns for pods' first starts, FIFO ([`start_turns`] of them).
     pub starts: Arc<tokio::sync::Semaphore>,
-    /// The pods' bridge, addresses and veths (`None`: pods get loopback
-    /// only).
-    pub network: Option<Arc<crate::net::pod::PodNetwork>>,
     /// Tells the service proxy that pods' host ports changed.
     pub host_ports: tokio::sync::watch::Sender<HostPorts>,
     /// This machine's CPUs (millicores) and memory (bytes), read once:
@@ -108,6 +109,8 @@ pub struct Kubelet {
     >,
     /// Sandboxes and containers: the shims and the pod network.
     pub runtime: Arc<dyn PodRuntime>,
+    /// Where pod statuses, deletes and events go.
+    pub api: Arc<dyn PodApi>,
 }
 
 /// The host ports of this node's pods, by pod UID.
@@ -237,16 +240,13 @@ async fn list(k: &Arc<Kubelet>, pods: &Api<Pod>, selector: &str, workers: &Worke
                     tracing::info!(pod_uid = %uid, "cleaning up a pod deleted while the agent was away");
                     teardown(k, &uid).await;
                 }
-                if let Some(net) = k.network.clone() {
-                    let live = live.clone();
-                    match blocking(move || net.reconcile(&live)).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(
-                            count = n,
-                            "freed pod addresses and links of pods that are gone"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
-                    }
+                match k.runtime.reconcile_network(live.clone()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        count = n,
+                        "freed pod addresses and links of pods that are gone"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "reconciling pod addresses"),
                 }
                 let mut w = workers.lock().expect("workers lock");
                 for pod in list.items {
@@ -457,14 +457,5 @@ fn event(k: &Kubelet, pod: &Value, kind: &str, reason: &str, message: String) {
         "reportingComponent": "kubelet", "reportingInstance": k.node,
         "firstTimestamp": ts, "lastTimestamp": ts, "count": 1,
     });
-    let client = k.client.clone();
-    tokio::spawn(async move {
-        let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, &ns);
-        let Ok(ev) = serde_json::from_value(ev) else {
-            return;
-        };
-        if let Err(e) = api.create(&kube::api::PostParams::default(), &ev).await {
-            tracing::debug!(%e, "cannot record an event");
-        }
-    });
+    tokio::spawn(k.api.record_event(&ns, ev));
 }

@@ -1,20 +1,26 @@
 //! The pod worker's seam over the runtime and the pod network: a pod's
 //! sandbox (its shim and namespaces, its address and links), its
 //! containers (create, kill, remove, state and exit records), exec and exit
-//! reports. [`ShimRuntime`] runs over the shims (`runtime::shim`,
-//! `runtime::spawn`) and netlink (`net::pod`); the fake in `fake.rs` keeps
-//! it all in memory, so unit tests drive the worker's decisions without
-//! root. What the worker decides (which container starts, when, what the
-//! status says) stays out of here.
+//! reports, and what the pod mounts and limits on the node (tmpfs volumes
+//! and `/dev/shm`, its cgroup, the containers' root filesystems).
+//! [`ShimRuntime`] runs over the shims (`runtime::shim`, `runtime::spawn`),
+//! mounts, cgroups and netlink (`net::pod`); the fake in `fake.rs` keeps it
+//! all in memory, so unit tests drive the worker's whole sync without root.
+//! What the worker decides (which container starts, when, what the status
+//! says) stays out of here, and so do plain files in the pod's directories
+//! (`/etc/hosts`, bundles' `config.json`, logs), which a test points at a
+//! temporary directory.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::blocking;
+use crate::runtime::rootfs;
 use crate::runtime::shim::{self, ContainerState, Request};
 
 /// What failed in the runtime.
@@ -36,6 +42,20 @@ pub enum Error {
     /// The pod network refused an address or a link.
     #[error("{0}")]
     Network(String),
+    /// A tmpfs could not be mounted.
+    #[error("mounting a tmpfs at {}: {source}", path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod's cgroup could not be made or limited.
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The namespaces a pod's sandbox gets.
@@ -114,6 +134,38 @@ pub trait PodRuntime: Send + Sync {
     /// links and remove its namespace pins. Best effort: what is gone
     /// already is skipped, failures are logged.
     fn remove_sandbox(&self, uid: &str) -> BoxFuture<'static, ()>;
+
+    /// Does this node give pods addresses of their own (else they get
+    /// loopback only)?
+    fn has_network(&self) -> bool;
+
+    /// Free the addresses and links of pods not in `live`; how many.
+    fn reconcile_network(&self, live: HashSet<String>) -> BoxFuture<'static, Result<usize, Error>>;
+
+    /// Mount a tmpfs at `dir` (of `size` bytes, its root directory `mode`)
+    /// unless one is there: `/dev/shm` and in-memory volumes.
+    fn mount_tmpfs(
+        &self,
+        dir: PathBuf,
+        size: Option<u64>,
+        mode: u32,
+    ) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Make the pod's cgroup and give it the pod's limits.
+    fn set_pod_limits(
+        &self,
+        uid: &str,
+        limits: crate::runtime::spec::Resources,
+    ) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Remove a container instance's bundle directory, its root
+    /// filesystem unmounted first. Best effort.
+    fn remove_bundle(&self, bundle: PathBuf) -> BoxFuture<'static, ()>;
+
+    /// Unmount what the pod has mounted under its directory (container
+    /// roots, `/dev/shm`, in-memory volumes) and remove its cgroup, so
+    /// its directories can go. Best effort.
+    fn release_pod(&self, uid: &str) -> BoxFuture<'static, ()>;
 }
 
 /// The real runtime: a shim per pod under `<run_dir>/pods/<uid>`, network
@@ -128,6 +180,8 @@ pub struct ShimRuntime {
     pub log_limits: crate::runtime::logs::LogLimits,
     /// The pods' bridge, addresses and veths (`None`: loopback only).
     pub network: Option<Arc<crate::net::pod::PodNetwork>>,
+    /// Parent of the pods' cgroups: `<root>/pod<uid>`.
+    pub cgroup_root: String,
 }
 
 impl ShimRuntime {
@@ -297,6 +351,105 @@ impl PodRuntime for ShimRuntime {
             .await;
         })
     }
+    fn has_network(&self) -> bool {
+        self.network.is_some()
+    }
+
+    fn reconcile_network(&self, live: HashSet<String>) -> BoxFuture<'static, Result<usize, Error>> {
+        let net = self.network.clone();
+        Box::pin(async move {
+            let Some(net) = net else { return Ok(0) };
+            blocking(move || net.reconcile(&live))
+                .await
+                .map_err(|e| Error::Network(e.to_string()))
+        })
+    }
+
+    fn mount_tmpfs(
+        &self,
+        dir: PathBuf,
+        size: Option<u64>,
+        mode: u32,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            blocking(move || {
+                mount_tmpfs(&dir, size, mode).map_err(|source| Error::Mount { path: dir, source })
+            })
+            .await
+        })
+    }
+
+    fn set_pod_limits(
+        &self,
+        uid: &str,
+        limits: crate::runtime::spec::Resources,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let path = format!("{}/pod{uid}", self.cgroup_root);
+        Box::pin(async move {
+            blocking(move || {
+                crate::runtime::cgroup::set_limits(&path, &limits)
+                    .map_err(|source| Error::Cgroup { path, source })
+            })
+            .await
+        })
+    }
+
+    fn remove_bundle(&self, bundle: PathBuf) -> BoxFuture<'static, ()> {
+        Box::pin(blocking(move || {
+            // The shim mounts the root; an agent before 0.1 mounted it here.
+            let _ = rootfs::unmount(&bundle.join("rootfs"));
+            let _ = std::fs::remove_dir_all(&bundle);
+        }))
+    }
+
+    fn release_pod(&self, uid: &str) -> BoxFuture<'static, ()> {
+        let pod_dir = self.pods_dir.join(uid);
+        let cgroup = format!("{}/pod{uid}", self.cgroup_root);
+        Box::pin(blocking(move || {
+            if let Ok(entries) = std::fs::read_dir(pod_dir.join("containers")) {
+                for e in entries.flatten() {
+                    let _ = rootfs::unmount(&e.path().join("rootfs"));
+                }
+            }
+            let _ = rootfs::unmount(&pod_dir.join("shm"));
+            for e in std::fs::read_dir(pod_dir.join("volumes"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = rootfs::unmount(&e.path());
+            }
+            crate::runtime::cgroup::remove(&cgroup);
+        }))
+    }
+}
+
+/// Mount a tmpfs at `dir` (of `size` bytes, root directory `mode`) unless
+/// one is there. Blocking.
+fn mount_tmpfs(dir: &Path, size: Option<u64>, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(dir)?;
+    let parent_dev = dir
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev());
+    let dev = std::fs::metadata(dir)?.dev();
+    if parent_dev.is_some_and(|p| p != dev) {
+        return Ok(()); // mounted already
+    }
+    let options = match size {
+        Some(bytes) => format!("mode={mode:o},size={bytes}"),
+        None => format!("mode={mode:o}"),
+    };
+    let options = std::ffi::CString::new(options).expect("no NUL");
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        Some(options.as_c_str()),
+    )
+    .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
 }
 
 /// Read the shim's exit reports ([`shim::Request::Watch`]) and ring

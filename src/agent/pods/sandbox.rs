@@ -7,46 +7,18 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{Kubelet, blocking};
+use super::Kubelet;
+use super::runtime::PodRuntime;
 use crate::agent::container::PodFiles;
-
-/// Mount a tmpfs at `dir` (of `size` bytes, root directory `mode`) unless
-/// one is there.
-pub(super) fn mount_tmpfs(dir: &Path, size: Option<u64>, mode: u32) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let parent_dev = dir
-        .parent()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.dev()
-        });
-    let dev = std::fs::metadata(dir).map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.dev()
-    })?;
-    if parent_dev.is_some_and(|p| p != dev) {
-        return Ok(()); // mounted already
-    }
-    let options = match size {
-        Some(bytes) => format!("mode={mode:o},size={bytes}"),
-        None => format!("mode={mode:o}"),
-    };
-    let options = std::ffi::CString::new(options).expect("no NUL");
-    rustix::mount::mount(
-        "tmpfs",
-        dir,
-        "tmpfs",
-        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-        Some(options.as_c_str()),
-    )
-    .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
-}
 
 /// Volumes in memory, as the kubelet keeps them: emptyDir with `medium:
 /// Memory` (sized by sizeLimit), and secret, projected and downwardAPI
 /// volumes (secrets and tokens never reach the disk).
-pub(super) async fn mount_memory_volumes(pod: &Value, files: &PodFiles) -> Result<(), String> {
+pub(super) async fn mount_memory_volumes(
+    rt: &dyn PodRuntime,
+    pod: &Value,
+    files: &PodFiles,
+) -> Result<(), String> {
     for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
         let (size, mode) = if v.pointer("/emptyDir/medium") == Some(&Value::from("Memory")) {
             let size = v
@@ -65,7 +37,7 @@ pub(super) async fn mount_memory_volumes(pod: &Value, files: &PodFiles) -> Resul
         };
         let name = v["name"].as_str().unwrap_or_default().to_owned();
         let dir = files.volumes.join(&name);
-        blocking(move || mount_tmpfs(&dir, size, mode))
+        rt.mount_tmpfs(dir, size, mode)
             .await
             .map_err(|e| format!("volume {name}: {e}"))?;
     }

@@ -14,7 +14,7 @@ use super::teardown::{pod_grace, remove_old_logs, stop_instance};
 use super::{Kubelet, WorkerState, blocking, event};
 use crate::agent::container::{PodFiles, config as container_config};
 use crate::runtime::image::Image;
-use crate::runtime::{rootfs, spec};
+use crate::runtime::spec;
 
 /// Prepare and start instance `restart` of `container`. A container that
 /// cannot start yet (its image, its configuration) waits: the reason goes
@@ -234,28 +234,20 @@ async fn create(
     if let Some(n) = restart.checked_sub(2) {
         let old_id = format!("{name}.{n}");
         let _ = k.runtime.remove(uid, &old_id).await;
-        let old_bundle = containers_dir.join(&old_id);
-        let log_dir = instance.create.log.parent().map(Path::to_path_buf);
-        blocking(move || {
-            let _ = rootfs::unmount(&old_bundle.join("rootfs"));
-            let _ = std::fs::remove_dir_all(&old_bundle);
-            // Its logs too, as the kubelet's container GC removes them:
-            // `kubectl logs` and `--previous` read the last two.
-            if let Some(dir) = &log_dir {
-                remove_old_logs(dir, restart);
-            }
-        })
-        .await;
+        k.runtime.remove_bundle(containers_dir.join(&old_id)).await;
+        // Its logs too, as the kubelet's container GC removes them:
+        // `kubectl logs` and `--previous` read the last two.
+        if let Some(dir) = instance.create.log.parent().map(Path::to_path_buf) {
+            blocking(move || remove_old_logs(&dir, restart)).await;
+        }
     }
     let (bundle, termination_log, spec) = (
         instance.create.bundle.clone(),
         instance.termination_log,
         instance.spec,
     );
+    k.runtime.remove_bundle(bundle.clone()).await;
     blocking(move || -> Result<(), String> {
-        // The shim mounts the root; an agent before 0.1 mounted it here.
-        let _ = rootfs::unmount(&bundle.join("rootfs"));
-        let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
         std::fs::write(&termination_log, b"").map_err(|e| e.to_string())?;
         std::fs::write(

@@ -6,20 +6,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::backoff::restart_later;
 use super::plan::{Action, plan_containers, sidecars_to_stop};
 use super::probes::run_probes;
 use super::runtime::SandboxSpec;
-use super::sandbox::{host_ports, mount_memory_volumes, mount_tmpfs, write_pod_files};
+use super::sandbox::{host_ports, mount_memory_volumes, write_pod_files};
 use super::sources::refresh_volumes;
 use super::start::{pod_address, start_container};
 use super::status::{latest, lost_instances, pod_status, previous, with_lost};
 use super::teardown::{pod_grace, stop_instance, teardown, terminate};
-use super::{AbortOnDrop, Kubelet, WorkerState, blocking, event};
+use super::{AbortOnDrop, Kubelet, WorkerState, event};
 use crate::agent::container::PodFiles;
 use crate::runtime::shim::ContainerState;
 
@@ -103,24 +101,9 @@ async fn delete(
 ) -> Result<(), String> {
     terminate(k, pod).await;
     teardown(k, uid).await;
-    let api: Api<Pod> = Api::namespaced(
-        k.client.clone(),
-        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-    );
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-        Err(e) => return Err(format!("deleting the pod: {e}")),
-    }
+    k.api.delete_pod(ns, name, uid).await?;
     state.torn_down = true;
     Ok(())
 }
@@ -147,9 +130,9 @@ async fn prepare_pod(
     }
     // The pod's address first: /etc/hosts names it (read from disk only
     // until the pod has one, not on every sync).
-    let pod_ip = match (&k.network, host_network) {
+    let pod_ip = match (k.runtime.has_network(), host_network) {
         _ if state.pod_ip.is_some() => state.pod_ip,
-        (Some(_), false) => Some(
+        (true, false) => Some(
             k.runtime
                 .allocate_address(uid)
                 .await
@@ -158,19 +141,19 @@ async fn prepare_pod(
         _ => None,
     };
     write_pod_files(k, pod, &files, pod_ip).map_err(|e| format!("pod files: {e}"))?;
-    mount_memory_volumes(pod, &files).await?;
+    mount_memory_volumes(&*k.runtime, pod, &files).await?;
     refresh_volumes(k, pod, &files, state).await;
     if pod.pointer("/spec/hostIPC") != Some(&Value::Bool(true)) {
-        let shm = k.pod_dir(uid).join("shm");
-        blocking(move || mount_tmpfs(&shm, Some(64 << 20), 0o1777))
+        k.runtime
+            .mount_tmpfs(k.pod_dir(uid).join("shm"), Some(64 << 20), 0o1777)
             .await
             .map_err(|e| format!("the pod's /dev/shm: {e}"))?;
     }
     set_fs_group(pod, &files)?;
     if !state.pod_cgroup {
-        let path = format!("{}/pod{uid}", k.cgroup_root);
         let limits = crate::agent::container::pod_resources(pod);
-        blocking(move || crate::runtime::cgroup::set_limits(&path, &limits))
+        k.runtime
+            .set_pod_limits(uid, limits)
             .await
             .map_err(|e| format!("the pod's cgroup: {e}"))?;
         state.pod_cgroup = true;
@@ -262,7 +245,7 @@ async fn start_sandbox(
         let task = tokio::spawn(k.runtime.watch_exits(uid, state.shim_events.clone()));
         state.watching = Some(AbortOnDrop(task));
     }
-    if let (Some(_), false, None) = (&k.network, host_network, state.pod_ip) {
+    if let (true, false, None) = (k.runtime.has_network(), host_network, state.pod_ip) {
         let started = std::time::Instant::now();
         let ip = k
             .runtime
@@ -295,17 +278,13 @@ async fn post_status(
     if state.last_status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<Pod> = Api::namespaced(
-        k.client.clone(),
-        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-    );
-    api.patch_status(
-        pod["metadata"]["name"].as_str().unwrap_or_default(),
-        &PatchParams::default(),
-        &Patch::Strategic(json!({"status": status})),
-    )
-    .await
-    .map_err(|e| format!("posting the pod status: {e}"))?;
+    k.api
+        .post_status(
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            status.clone(),
+        )
+        .await?;
     state.last_status = Some(status);
     Ok(())
 }

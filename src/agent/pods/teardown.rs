@@ -12,7 +12,6 @@ use super::plan::stop_waves;
 use super::runtime::PodRuntime;
 use super::start::{Hook, pod_address, run_hook};
 use super::{Kubelet, blocking, event};
-use crate::runtime::rootfs;
 
 /// The pod's `terminationGracePeriodSeconds` (30 s when not set).
 pub(super) fn pod_grace(pod: &Value) -> u64 {
@@ -191,24 +190,10 @@ pub(super) async fn teardown(k: &Kubelet, uid: &str) {
     let (pod_dir, shim_dir) = (k.pod_dir(uid), k.shim_dir(uid));
     let log_dir = k.log_dir.clone();
     let uid = uid.to_owned();
-    let cgroup_root = k.cgroup_root.clone();
     k.host_ports
         .send_if_modified(|all| Arc::make_mut(all).remove(&uid).is_some());
+    k.runtime.release_pod(&uid).await;
     blocking(move || {
-        if let Ok(entries) = std::fs::read_dir(pod_dir.join("containers")) {
-            for e in entries.flatten() {
-                let _ = rootfs::unmount(&e.path().join("rootfs"));
-            }
-        }
-        let _ = rootfs::unmount(&pod_dir.join("shm"));
-        for e in std::fs::read_dir(pod_dir.join("volumes"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = rootfs::unmount(&e.path());
-        }
-        crate::runtime::cgroup::remove(&format!("{cgroup_root}/pod{uid}"));
         let _ = std::fs::remove_dir_all(&pod_dir);
         let _ = std::fs::remove_dir_all(&shim_dir);
         // Its logs go with it, as the kubelet removes a deleted pod's.
