@@ -21,17 +21,39 @@ pub fn until_ok<T, E: Display>(
     let deadline = Instant::now() + within;
     let mut step = FIRST_STEP;
     loop {
+        // A check that starts by the deadline counts; the sleeps never
+        // overshoot it, so the last check is at the deadline.
+        let started = Instant::now();
         match check() {
             Ok(v) => return v,
             Err(last) => {
                 assert!(
-                    Instant::now() < deadline,
+                    started < deadline,
                     "not within {:.1} s: {what}; last seen: {last}",
                     within.as_secs_f64()
                 );
             }
         }
-        std::thread::sleep(step);
+        std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
+        step = (step * 2).min(MAX_STEP);
+    }
+}
+
+/// Poll `check` until it returns `Some`, for at most `within`; `None`
+/// when it never did — for waits with a fallback (clean-up that kills
+/// what did not stop, a retry), not for what a test expects.
+pub fn poll<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    let mut step = FIRST_STEP;
+    loop {
+        let started = Instant::now();
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if started >= deadline {
+            return None;
+        }
+        std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
         step = (step * 2).min(MAX_STEP);
     }
 }
