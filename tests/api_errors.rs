@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::Value;
-use support::TestServer;
+use support::{TestServer, wait};
 
 struct Api<'a> {
     server: &'a TestServer,
@@ -383,8 +383,7 @@ fn watch_semantics_over_the_wire() {
         "the watch outlived timeoutSeconds"
     );
     // Once history is compacted, an old resourceVersion gets 410 Expired.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let expired = loop {
+    let expired = wait::until_ok(wait::secs(20), "history compacted", || {
         api.post(
             cms,
             r#"{"kind": "ConfigMap", "metadata": {"generateName": "tick-"}}"#,
@@ -394,15 +393,11 @@ fn watch_semantics_over_the_wire() {
             &format!("{cms}?watch=1&resourceVersion=1&timeoutSeconds=1"),
             "5",
         );
-        if events.first().is_some_and(|e| e["type"] == "ERROR") {
-            break events[0].clone();
+        match events.first() {
+            Some(e) if e["type"] == "ERROR" => Ok(e.clone()),
+            _ => Err(format!("{events:?}")),
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "history was never compacted: {events:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    };
+    });
     assert_eq!(expired["object"]["code"], 410, "{expired}");
     assert_eq!(expired["object"]["reason"], "Expired", "{expired}");
     // A list at a compacted revision is 410 Gone.
