@@ -15,19 +15,22 @@ use std::time::Duration;
 use super::agents::{Agent, agent_dirs};
 use super::{Netns, ORCH, in_netns, kubectl_path, require_root, wait};
 
+/// Fills a server's data dir before it starts.
+type Prepare<'a> = Box<dyn FnOnce(&Path) + 'a>;
+
 /// What a [`Cluster`] is made of; [`Builder::start`] makes it.
 #[derive(Default)]
-pub struct Builder {
+pub struct Builder<'a> {
     flags: Vec<String>,
     netns: Option<String>,
     embedded_agent: bool,
-    prepare: Option<Box<dyn FnOnce(&Path)>>,
+    prepare: Option<Prepare<'a>>,
     lan: Option<(String, String)>,
     agents: usize,
     agent_flags: Vec<String>,
 }
 
-impl Builder {
+impl<'a> Builder<'a> {
     /// Extra `orch server` flags.
     pub fn flags(mut self, flags: &[&str]) -> Self {
         self.flags.extend(flags.iter().map(|f| (*f).to_owned()));
@@ -44,7 +47,7 @@ impl Builder {
     /// Keep the server's embedded agent (by default it runs with
     /// `--disable-agent`); `prepare` fills its data dir first (e.g.
     /// images to import).
-    pub fn embedded_agent(mut self, prepare: impl FnOnce(&Path) + 'static) -> Self {
+    pub fn embedded_agent(mut self, prepare: impl FnOnce(&Path) + 'a) -> Self {
         self.embedded_agent = true;
         self.prepare = Some(Box::new(prepare));
         self
@@ -216,7 +219,7 @@ fn spawn_server(
 }
 
 impl Cluster {
-    pub fn builder() -> Builder {
+    pub fn builder<'a>() -> Builder<'a> {
         Builder::default()
     }
 
@@ -238,26 +241,11 @@ impl Cluster {
     /// Start a server with its embedded agent in `/run/netns/<netns>`,
     /// after `prepare` has filled its data dir (e.g. images to import).
     pub fn start_with_agent(netns: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Self {
-        // `prepare` need not be 'static here: run it on a dir we then hand
-        // over.
-        let dir = tempfile::tempdir().expect("temp dir");
-        prepare(dir.path());
-        let flags: Vec<String> = extra.iter().map(|f| (*f).to_owned()).collect();
-        let (child, log) = spawn_server(dir.path(), &flags, Some(netns), true);
-        Cluster {
-            agents: Vec::new(),
-            child,
-            netns: Some(netns.to_owned()),
-            kubeconfig: dir.path().join("kubeconfig.yaml"),
-            dir,
-            log,
-            flags,
-            embedded_agent: true,
-            nodes: None,
-            agent_flags: Vec::new(),
-            hosts: Vec::new(),
-            lan: None,
-        }
+        Self::builder()
+            .in_netns(netns)
+            .flags(extra)
+            .embedded_agent(prepare)
+            .start()
     }
 
     /// Stop this server (SIGKILL) and start a new one on the same data dir
