@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use super::{Netns, ORCH, TestServer, in_netns, wait};
+use super::{Cluster, Netns, ORCH, in_netns, wait};
 
 /// `orch agent` for a test; its pods are torn down when dropped.
 pub struct Agent {
@@ -41,7 +41,7 @@ pub struct Join {
 
 impl Agent {
     pub fn start(
-        server: &TestServer,
+        server: &Cluster,
         netns: &Netns,
         data: &Path,
         run_dir: &Path,
@@ -65,7 +65,7 @@ impl Agent {
     /// An agent for node `node` joining with the token in `token_file`.
     #[allow(clippy::too_many_arguments)]
     pub fn start_as(
-        server: &TestServer,
+        server: &Cluster,
         netns: &Netns,
         data: &Path,
         run_dir: &Path,
