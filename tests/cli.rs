@@ -151,7 +151,7 @@ fn second_server_on_the_same_data_dir_is_refused() {
 
 #[test]
 fn certificate_rotate_renews_the_leaves_at_the_next_start() {
-    let server = support::TestServer::start();
+    let server = support::Cluster::start();
     let tls = server.dir.path().join("server/tls");
     let serving = std::fs::read_to_string(tls.join("serving.crt")).unwrap();
     let admin = std::fs::read_to_string(tls.join("admin.crt")).unwrap();
@@ -274,7 +274,7 @@ fn a_machine_without_nftables_is_told_what_to_install() {
 
 #[test]
 fn token_sets_the_join_secret_on_first_start_and_must_match_later() {
-    let server = support::TestServer::start_with(&["--token", "edge-cluster-secret"]);
+    let server = support::Cluster::start_with(&["--token", "edge-cluster-secret"]);
     let token_file = server.dir.path().join("server/token");
     let token = std::fs::read_to_string(&token_file).unwrap();
     let hash = orch::api::join::ca_hash(
