@@ -18,25 +18,21 @@ pub fn until_ok<T, E: Display>(
     what: &str,
     mut check: impl FnMut() -> Result<T, E>,
 ) -> T {
-    let deadline = Instant::now() + within;
-    let mut step = FIRST_STEP;
-    loop {
-        // A check that starts by the deadline counts; the sleeps never
-        // overshoot it, so the last check is at the deadline.
-        let started = Instant::now();
-        match check() {
-            Ok(v) => return v,
-            Err(last) => {
-                assert!(
-                    started < deadline,
-                    "not within {:.1} s: {what}; last seen: {last}",
-                    within.as_secs_f64()
-                );
-            }
+    let mut last = None;
+    let got = poll(within, || match check() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            last = Some(e);
+            None
         }
-        std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
-        step = (step * 2).min(MAX_STEP);
-    }
+    });
+    got.unwrap_or_else(|| {
+        panic!(
+            "not within {:.1} s: {what}; last seen: {}",
+            within.as_secs_f64(),
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )
+    })
 }
 
 /// Poll `check` until it returns `Some`, for at most `within`; `None`
@@ -46,6 +42,8 @@ pub fn poll<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option
     let deadline = Instant::now() + within;
     let mut step = FIRST_STEP;
     loop {
+        // A check that starts by the deadline counts; the sleeps never
+        // overshoot it, so the last check is at the deadline.
         let started = Instant::now();
         if let Some(v) = check() {
             return Some(v);
