@@ -42,16 +42,17 @@ pub fn poll<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option
     let deadline = Instant::now() + within;
     let mut step = FIRST_STEP;
     loop {
-        // A check that starts by the deadline counts; the sleeps never
-        // overshoot it, so the last check is at the deadline.
-        let started = Instant::now();
         if let Some(v) = check() {
             return Some(v);
         }
-        if started >= deadline {
+        // The sleeps never overshoot the deadline, and the check right
+        // after one that reached it still counts: the last check is at
+        // the deadline, not a step before it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return None;
         }
-        std::thread::sleep(step.min(deadline.saturating_duration_since(Instant::now())));
+        std::thread::sleep(step.min(left));
         step = (step * 2).min(MAX_STEP);
     }
 }
