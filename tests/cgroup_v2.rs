@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 
@@ -254,21 +254,15 @@ poweroff -f
             .stderr(Stdio::inherit())
             .spawn()
             .expect("qemu-system-x86_64 (scripts/test.sh installs qemu-system-x86)");
-        let deadline = Instant::now() + Duration::from_secs(420);
-        let finished = loop {
-            if let Some(status) = qemu.try_wait().unwrap() {
+        match support::wait::poll(Duration::from_secs(420), || qemu.try_wait().unwrap()) {
+            Some(status) => {
                 assert!(status.success(), "qemu: {status}");
-                break true;
+                break;
             }
-            if Instant::now() > deadline {
+            None => {
                 let _ = qemu.kill();
                 let _ = qemu.wait();
-                break false;
             }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        if finished {
-            break;
         }
         let seen = std::fs::read_to_string(&console).unwrap_or_default();
         assert!(

@@ -1,10 +1,7 @@
 //! The `orch` binary as a user runs it: version, usage errors, and the
 //! server's start, refusal of a bad store, and clean stop on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod support;
@@ -92,88 +89,12 @@ fn missing_subcommand_is_a_usage_error() {
     assert!(stderr(&out).contains("Usage: orch"), "{}", stderr(&out));
 }
 
-/// A running `orch server`, killed if the test fails.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(data_dir: &Path) -> Server {
-    Server(
-        Command::new(ORCH)
-            .args([
-                "server",
-                "--disable-agent",
-                "--bind-address",
-                "127.0.0.1",
-                "--https-listen-port",
-                "0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .arg("--write-kubeconfig")
-            .arg(data_dir.join("kubeconfig.yaml"))
-            .env("RUST_LOG", "info")
-            .env_remove("ORCH_LOG_LEVEL")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start orch server"),
-    )
-}
-
-/// Wait (up to 30 s) for a stderr line containing `needle`.
-fn wait_for_log(server: &mut Server, needle: &str) -> Vec<String> {
-    let stderr = server.0.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                let found = line.contains(needle);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(_) => panic!("no log line with {needle:?} within 30 s; saw {seen:#?}"),
-        }
-    }
-}
-
-fn wait_exit(server: &mut Server) -> std::process::ExitStatus {
-    for _ in 0..300 {
-        if let Some(status) = server.0.try_wait().expect("wait") {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("orch server did not exit within 30 s");
-}
-
 #[test]
 fn server_creates_its_store_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = start_server(dir.path());
-    wait_for_log(&mut server, "orch server ready");
-    let db = dir.path().join("server/db/state.db");
+    let mut server = support::Cluster::start();
+    let db = server.dir.path().join("server/db/state.db");
     assert!(db.exists(), "store file {} missing", db.display());
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .expect("send SIGTERM");
-    assert!(status.success());
-    let exit = wait_exit(&mut server);
+    let exit = server.terminate(support::wait::secs(30));
     assert!(
         exit.success(),
         "orch server exited with {exit} after SIGTERM"
@@ -213,12 +134,10 @@ fn server_refuses_a_file_that_is_not_a_store() {
 
 #[test]
 fn second_server_on_the_same_data_dir_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut first = start_server(dir.path());
-    wait_for_log(&mut first, "orch server ready");
+    let mut first = support::Cluster::start();
     let out = Command::new(ORCH)
         .args(["server", "--data-dir"])
-        .arg(dir.path())
+        .arg(first.dir.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -227,15 +146,12 @@ fn second_server_on_the_same_data_dir_is_refused() {
         "{}",
         stderr(&out)
     );
-    assert!(
-        first.0.try_wait().unwrap().is_none(),
-        "the first server keeps running"
-    );
+    assert!(first.running(), "the first server keeps running");
 }
 
 #[test]
 fn certificate_rotate_renews_the_leaves_at_the_next_start() {
-    let server = support::TestServer::start();
+    let server = support::Cluster::start();
     let tls = server.dir.path().join("server/tls");
     let serving = std::fs::read_to_string(tls.join("serving.crt")).unwrap();
     let admin = std::fs::read_to_string(tls.join("admin.crt")).unwrap();
@@ -358,7 +274,7 @@ fn a_machine_without_nftables_is_told_what_to_install() {
 
 #[test]
 fn token_sets_the_join_secret_on_first_start_and_must_match_later() {
-    let server = support::TestServer::start_with(&["--token", "edge-cluster-secret"]);
+    let server = support::Cluster::start_with(&["--token", "edge-cluster-secret"]);
     let token_file = server.dir.path().join("server/token");
     let token = std::fs::read_to_string(&token_file).unwrap();
     let hash = orch::api::join::ca_hash(

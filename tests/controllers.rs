@@ -14,7 +14,7 @@ use kube::api::{Api, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
-use support::TestServer;
+use support::{Cluster, wait};
 
 fn deployment(name: &str, image: &str, replicas: u32) -> String {
     format!(
@@ -40,7 +40,7 @@ fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("invalid JSON ({e}): {s}"))
 }
 
-async fn client(server: &TestServer) -> Client {
+async fn client(server: &Cluster) -> Client {
     let kc = Kubeconfig::read_from(&server.kubeconfig).unwrap();
     Client::try_from(
         Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -52,7 +52,7 @@ async fn client(server: &TestServer) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_stays_within_surge_and_unavailability_and_rolls_back() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("roll", 3, &[]);
     let file = server.write("web.yaml", &deployment("web", "nginx:1", 4));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -182,7 +182,7 @@ async fn rolling_update_stays_within_surge_and_unavailability_and_rolls_back() {
 
 #[test]
 fn pause_resume_restart_and_scale() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("ops", 2, &[]);
     let file = server.write("api.yaml", &deployment("api", "busybox:1", 2));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -193,9 +193,11 @@ fn pause_resume_restart_and_scale() {
 
     server.ok("1.33", &["rollout", "pause", "deploy/api"]);
     server.ok("1.33", &["set", "image", "deploy/api", "app=busybox:2"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let rs = server.ok("1.33", &["get", "rs", "-l", "app=api", "-o", "name"]);
-    assert_eq!(rs.lines().count(), 1, "no rollout while paused: {rs}");
+    // Nothing to wait for: a paused rollout makes no new ReplicaSet.
+    wait::holds(Duration::from_secs(1), "no rollout while paused", || {
+        let rs = server.ok("1.33", &["get", "rs", "-l", "app=api", "-o", "name"]);
+        rs.lines().count() == 1
+    });
     server.ok("1.33", &["rollout", "resume", "deploy/api"]);
     server.ok(
         "1.33",
@@ -248,7 +250,7 @@ fn pause_resume_restart_and_scale() {
 
 #[test]
 fn deletes_cascade_and_namespaces_empty_before_they_go() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("gc", 2, &[]);
     server.ok("1.33", &["create", "namespace", "tmp"]);
     for ns in ["default", "tmp"] {
@@ -298,7 +300,7 @@ fn deletes_cascade_and_namespaces_empty_before_they_go() {
 
 #[test]
 fn foreground_delete_waits_for_dependents() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("fg", 1, &[]);
     let file = server.write("fg.yaml", &deployment("fg", "busybox:1", 2));
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -323,7 +325,7 @@ fn foreground_delete_waits_for_dependents() {
 
 #[test]
 fn unschedulable_pods_say_why_and_schedule_when_room_appears() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("small", 2, &["--sim-cpu", "1"]);
     let pod = server.write(
         "big.yaml",
@@ -366,7 +368,7 @@ fn unschedulable_pods_say_why_and_schedule_when_room_appears() {
 
 #[test]
 fn scheduler_spreads_and_respects_selectors_and_taints() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("spread", 3, &[]);
     server.ok("1.33", &["label", "node", "spread-sim-0", "disk=ssd"]);
     server.ok(
@@ -411,7 +413,7 @@ fn scheduler_spreads_and_respects_selectors_and_taints() {
 
 #[test]
 fn endpoints_follow_ready_pods_with_named_ports_resolved() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("ep", 2, &[]);
     let app = server.write(
         "app.yaml",
@@ -524,7 +526,7 @@ fn a_restarted_server_schedules_onto_nodes_it_already_knew() {
         .port()
         .to_string();
     let flags = ["--https-listen-port", port.as_str()];
-    let server = TestServer::start_with(&flags);
+    let server = Cluster::start_with(&flags);
     let nodes = server.simulate("known", 1, &[]);
     drop(nodes);
     let server = server.restart(&flags);
@@ -548,7 +550,7 @@ spec:
 #[test]
 fn nodes_get_a_pod_range_each_never_the_same_and_freed_when_they_go() {
     // Room for two /24s only.
-    let server = TestServer::start_with(&["--cluster-cidr", "10.99.0.0/23"]);
+    let server = Cluster::start_with(&["--cluster-cidr", "10.99.0.0/23"]);
     let node = |name: &str| {
         let file = server.write(
             &format!("{name}.yaml"),
@@ -574,9 +576,11 @@ fn nodes_get_a_pod_range_each_never_the_same_and_freed_when_they_go() {
     assert_eq!(got, ["10.99.0.0/24", "10.99.1.0/24"]);
     // No room for c until a goes; then c gets a's range.
     node("c");
-    std::thread::sleep(Duration::from_secs(1));
-    let c: Value = json(&server.ok("1.33", &["get", "node", "c", "-o", "json"]));
-    assert!(c["spec"]["podCIDR"].is_null(), "{c}");
+    // Nothing to wait for: c gets no range while none is free.
+    wait::holds(Duration::from_secs(1), "c has no podCIDR", || {
+        let c: Value = json(&server.ok("1.33", &["get", "node", "c", "-o", "json"]));
+        c["spec"]["podCIDR"].is_null()
+    });
     server.ok("1.33", &["delete", "node", "a"]);
     assert_eq!(range_of("c")["podCIDR"], a["podCIDR"]);
 
@@ -594,7 +598,7 @@ fn nodes_get_a_pod_range_each_never_the_same_and_freed_when_they_go() {
 
 #[test]
 fn load_balancer_services_get_the_ready_nodes_addresses_as_ingress() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("lb", 2, &[]);
     let file = server.write(
         "lb.yaml",

@@ -6,13 +6,13 @@
 mod support;
 
 use support::agents::{Agent, agent_dirs};
-use support::{Netns, TestServer, in_netns};
+use support::{Cluster, Netns, in_netns};
 
 #[test]
 fn exec_reads_stdin_sent_as_text_frames_and_base64() {
     let dir = tempfile::tempdir().unwrap();
     let netns = Netns::new("execin");
-    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let server = Cluster::start_in_netns(&netns.0, &[]);
     let (data, run_dir, logs) = agent_dirs(dir.path());
     let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "execin");
     let file = server.write(

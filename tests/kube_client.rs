@@ -13,9 +13,9 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
-use support::TestServer;
+use support::Cluster;
 
-async fn client(server: &TestServer) -> Client {
+async fn client(server: &Cluster) -> Client {
     let kc = Kubeconfig::read_from(&server.kubeconfig).expect("read kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
@@ -25,7 +25,7 @@ async fn client(server: &TestServer) -> Client {
 
 #[tokio::test]
 async fn kube_rs_creates_lists_watches_patches_and_deletes() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let client = client(&server).await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());

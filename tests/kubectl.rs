@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{KUBECTL_VERSIONS, TestServer, header, kubectl_path};
+use support::{Cluster, KUBECTL_VERSIONS, header, kubectl_path};
 
 fn json(out: &str) -> Value {
     serde_json::from_str(out)
@@ -41,7 +41,7 @@ spec:
 
 #[test]
 fn apply_creates_then_updates_like_upstream() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     for (i, v) in KUBECTL_VERSIONS.iter().enumerate() {
         let ns = format!("apply{i}");
         server.ok(v, &["create", "namespace", &ns]);
@@ -113,7 +113,7 @@ spec:
 
 #[test]
 fn get_prints_upstream_columns() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let file = server.write("d.yaml", DEPLOYMENT);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     let pod = server.write(
@@ -174,7 +174,7 @@ fn get_prints_upstream_columns() {
 
 #[test]
 fn get_watch_sees_changes() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     server.ok("1.33", &["create", "configmap", "w1", "--from-literal=a=b"]);
     for v in KUBECTL_VERSIONS {
         let mut watch = Command::new(kubectl_path(v))
@@ -217,7 +217,7 @@ fn get_watch_sees_changes() {
 
 #[test]
 fn describe_edit_label_annotate_patch_scale() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let file = server.write("d.yaml", DEPLOYMENT);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
     for v in KUBECTL_VERSIONS {
@@ -332,7 +332,7 @@ fn describe_edit_label_annotate_patch_scale() {
 
 #[test]
 fn create_commands_and_auth_whoami() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     for (i, v) in KUBECTL_VERSIONS.iter().enumerate() {
         let ns = format!("made{i}");
         server.ok(v, &["create", "namespace", &ns]);
@@ -393,7 +393,7 @@ fn create_commands_and_auth_whoami() {
 
 #[test]
 fn delete_including_orphan_cascade() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let file = server.write("d.yaml", DEPLOYMENT);
     for (i, v) in KUBECTL_VERSIONS.iter().enumerate() {
         let ns = format!("del{i}");
@@ -442,7 +442,7 @@ fn delete_including_orphan_cascade() {
 
 #[test]
 fn api_resources_lists_kinds_with_short_names() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     for v in KUBECTL_VERSIONS {
         let out = server.ok(v, &["api-resources"]);
         for (name, short) in [
@@ -465,7 +465,7 @@ fn api_resources_lists_kinds_with_short_names() {
 
 #[test]
 fn explain_describes_fields_from_openapi() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     for v in KUBECTL_VERSIONS {
         let out = server.ok(v, &["explain", "deployment.spec.strategy"]);
         assert!(
@@ -481,7 +481,7 @@ fn explain_describes_fields_from_openapi() {
 
 #[test]
 fn bad_input_gets_clear_errors_and_changes_nothing() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let bad = server.write(
         "bad.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: Bad_Name}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: other}}\n    spec: {containers: [{name: c}]}\n",
@@ -534,7 +534,7 @@ fn restart_keeps_certificates_data_and_the_kubeconfig_working() {
         .port()
         .to_string();
     let flags = ["--https-listen-port", port.as_str()];
-    let first = TestServer::start_with(&flags);
+    let first = Cluster::start_with(&flags);
     first.ok(
         "1.33",
         &["create", "configmap", "kept", "--from-literal=a=b"],

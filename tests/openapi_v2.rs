@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use serde_json::Value;
-use support::TestServer;
+use support::Cluster;
 
 const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 
@@ -44,7 +44,7 @@ struct Reply {
     body: Vec<u8>,
 }
 
-fn get(server: &TestServer, path: &str, headers: &[&str]) -> Reply {
+fn get(server: &Cluster, path: &str, headers: &[&str]) -> Reply {
     let token = std::fs::read_to_string(server.dir.path().join("server/tls/admin.token"))
         .expect("admin token");
     let header_file = server.dir.path().join("curl-headers");
@@ -90,7 +90,7 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn kubectl_1_27_and_1_28_apply_and_explain() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let manifest = server.write("web.yaml", MANIFEST);
     for v in ["1.27", "1.28"] {
         let ns = format!("ns-{}", v.replace('.', "-"));
@@ -164,7 +164,7 @@ fn kubectl_1_27_and_1_28_apply_and_explain() {
 
 #[test]
 fn unknown_fields_are_reported_as_upstream_reports_them() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let cm = server.write(
         "cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: u}\ndata: {a: b}\nfoo: 1\n",
@@ -203,7 +203,7 @@ fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 
 #[test]
 fn json_document_is_swagger_2_with_resolving_refs() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let reply = get(&server, "/openapi/v2", &[]);
     assert_eq!(reply.code, 200);
     assert_eq!(reply.headers["content-type"], "application/json");
@@ -300,7 +300,7 @@ fn field(b: &[u8], n: u64) -> Vec<&[u8]> {
 
 #[test]
 fn protobuf_document_is_gnostic_and_etag_gives_304() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let reply = get(&server, "/openapi/v2", &[&format!("Accept: {PROTOBUF}")]);
     assert_eq!(reply.code, 200);
     assert_eq!(
@@ -359,7 +359,7 @@ fn protobuf_document_is_gnostic_and_etag_gives_304() {
 /// /openapi/v2, newer ones from v3).
 #[test]
 fn kubectl_1_27_to_1_33_apply_diff_edit_and_explain() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let manifest = server.write("web.yaml", MANIFEST);
     // `kubectl edit` runs $EDITOR on a temp file: this one edits it in place.
     let editor = server.write(

@@ -4,11 +4,11 @@ mod support;
 
 use std::process::Command;
 
-use support::TestServer;
+use support::Cluster;
 
 #[test]
 fn python_client_creates_lists_watches_patches_and_deletes() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client_test.py");
     let out = Command::new("python3")
         .arg(script)

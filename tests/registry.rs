@@ -21,7 +21,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Value, json};
 use support::agents::{Agent, agent_dirs};
-use support::{Netns, TestServer, in_netns};
+use support::{Cluster, Netns, in_netns};
 
 const REGISTRY: &str = "127.0.0.1:5443";
 const SERVICE: &str = "orch-test-registry";
@@ -547,7 +547,7 @@ fn multi_arch_images_come_from_an_https_registry_with_token_auth() {
     // An agent pulls it for a pod, with an identity token from the pod's
     // pull secret (and the CA from registries.yaml), and runs it.
     let ca_only = registries("ca-only.yaml", None, true);
-    let server = TestServer::start_in_netns(&netns.0, &[]);
+    let server = Cluster::start_in_netns(&netns.0, &[]);
     let (data, run_dir, logs) = agent_dirs(dir.path());
     let token = server.dir.path().join("server/token");
     let _agent = Agent::start_as(

@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::Value;
-use support::{TestServer, header};
+use support::{Cluster, header};
 
 const RC: &str = "apiVersion: v1
 kind: ReplicationController
@@ -33,7 +33,7 @@ fn live_pods(list: &Value) -> Vec<Value> {
 
 #[test]
 fn replication_controller_keeps_scales_prints_and_collects_its_pods() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("rc", 2, &[]);
     let file = server.write("rc.yaml", RC);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -148,7 +148,7 @@ fn replication_controller_keeps_scales_prints_and_collects_its_pods() {
 
 #[test]
 fn invalid_replication_controller_is_rejected_with_upstream_field_path() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let file = server.write(
         "bad.yaml",
         "apiVersion: v1

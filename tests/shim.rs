@@ -7,11 +7,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orch::runtime::shim::{self, Request};
 use orch::runtime::spec::{self, ContainerConfig};
-use support::Netns;
+use support::{Netns, wait};
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 
@@ -62,14 +62,9 @@ impl Shim {
         }
         let child = cmd.stdin(Stdio::null()).spawn().unwrap();
         let socket = dir.join("shim.sock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the shim did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait::until_true(wait::secs(10), "the shim creates its socket", || {
+            socket.exists()
+        });
         Self { child, socket }
     }
     fn call(&self, r: Request) -> shim::Response {
@@ -103,12 +98,9 @@ impl Drop for Shim {
             }
         }
         let _ = shim::call(&self.socket, &Request::Shutdown);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        if wait::poll(wait::secs(5), || child.try_wait().ok().flatten()).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -178,8 +170,7 @@ fn config(args: &[&str], netns: PathBuf, cgroup: &str) -> ContainerConfig {
 }
 
 fn wait_exit(shim: &Shim, id: &str) -> shim::ContainerState {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait::until_ok(wait::secs(20), &format!("{id} exits"), || {
         let state = shim.call(Request::State);
         let c = state
             .containers
@@ -188,11 +179,11 @@ fn wait_exit(shim: &Shim, id: &str) -> shim::ContainerState {
             .cloned()
             .unwrap();
         if c.status == "exited" {
-            return c;
+            Ok(c)
+        } else {
+            Err(format!("{c:?}"))
         }
-        assert!(Instant::now() < deadline, "{id} did not exit: {c:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 fn log_lines(path: &Path) -> Vec<(String, String, String)> {
@@ -297,14 +288,11 @@ fn containers_run_log_and_report_their_exit() {
         "{running:?}"
     );
     // Wait until the trap is installed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(dir.path().join("logs/b/0.log"))
-        .unwrap_or_default()
-        .contains("ready")
-    {
-        assert!(Instant::now() < deadline, "b never said ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until_true(wait::secs(10), "b says ready", || {
+        std::fs::read_to_string(dir.path().join("logs/b/0.log"))
+            .unwrap_or_default()
+            .contains("ready")
+    });
     // Exec (what exec probes use): exit codes and output come back.
     let exec = |args: &[&str], timeout: Duration| shim.exec(args, timeout);
     let second = Duration::from_secs(2);
@@ -319,11 +307,9 @@ fn containers_run_log_and_report_their_exit() {
     assert!(out.contains("/nope"), "{out}");
     // One that overruns its wait is killed when the caller hangs up.
     assert_eq!(exec(&["sleep", "30"], Duration::from_millis(300)).0, None);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while exec(&["busybox", "pgrep", "-f", "sleep 30"], second).0 == Some(0) {
-        assert!(Instant::now() < deadline, "the abandoned exec still runs");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait::until_true(wait::secs(5), "the abandoned exec is killed", || {
+        exec(&["busybox", "pgrep", "-f", "sleep 30"], second).0 != Some(0)
+    });
     shim.call(Request::Kill {
         id: "b".into(),
         signal: 15,
@@ -489,11 +475,14 @@ fn a_shim_leaves_other_pods_mounts_out_and_keeps_its_root_filesystems_to_itself(
     assert_eq!(wait_exit(&shim, "a").exit_code, Some(0));
     // "mine" has no newline: the shim writes it when the pipe closes,
     // which it may see just after the exit.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !log_lines(&log).contains(&("stdout".into(), "F".into(), "mine".into())) {
-        assert!(Instant::now() < deadline, "{:?}", log_lines(&log));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::until_ok(wait::secs(5), "the log has \"mine\"", || {
+        let lines = log_lines(&log);
+        if lines.contains(&("stdout".into(), "F".into(), "mine".into())) {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
     let rootfs = format!("{} ", bundle.join("rootfs").display());
     assert!(mounts_of(pid).contains(&rootfs));
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

@@ -13,13 +13,13 @@ use kube::api::{Api, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::Value;
-use support::TestServer;
+use support::{Cluster, wait};
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("invalid JSON ({e}): {s}"))
 }
 
-async fn client(server: &TestServer) -> Client {
+async fn client(server: &Cluster) -> Client {
     let kc = Kubeconfig::read_from(&server.kubeconfig).unwrap();
     Client::try_from(
         Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -61,7 +61,7 @@ spec:
 
 #[test]
 fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _first = server.simulate("ds", 2, &[]);
     let file = server.write("ds.yaml", DAEMONSET);
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -176,7 +176,7 @@ fn daemonset_lands_on_every_node_follows_new_ones_and_rolls_back() {
 
 #[test]
 fn jobs_complete_or_fail_and_finished_jobs_expire() {
-    let server = TestServer::start_with(&["--terminated-pod-gc-threshold", "2"]);
+    let server = Cluster::start_with(&["--terminated-pod-gc-threshold", "2"]);
     let _nodes = server.simulate("job", 2, &[]);
     let file = server.write(
         "jobs.yaml",
@@ -269,7 +269,7 @@ spec:
 
 #[test]
 fn cronjobs_fire_on_schedule_and_keep_their_history() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("cron", 1, &[]);
     // Bad schedules and zones are refused with the field named.
     let bad = server.write(
@@ -314,15 +314,29 @@ spec:
         v["status"]["lastSuccessfulTime"].is_string()
     });
     assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
-    // Several runs later, only two finished Jobs are kept.
-    std::thread::sleep(Duration::from_secs(8));
-    let jobs = server.wait_json(&["get", "jobs"], 30, "history trimmed to 2", |v| {
+    // Several runs later (the first ones trimmed away), only two finished
+    // Jobs are kept.
+    let uids = |v: &Value| -> Vec<String> {
         items(v)
             .iter()
-            .filter(|j| j["status"]["succeeded"] == 1)
-            .count()
-            == 2
-    });
+            .map(|j| j["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let first_runs = uids(&json(&server.ok("1.33", &["get", "jobs", "-o", "json"])));
+    let jobs = server.wait_json(
+        &["get", "jobs"],
+        30,
+        "history trimmed to 2, the first runs gone",
+        |v| {
+            let now = uids(v);
+            first_runs.iter().all(|u| !now.contains(u))
+                && items(v)
+                    .iter()
+                    .filter(|j| j["status"]["succeeded"] == 1)
+                    .count()
+                    == 2
+        },
+    );
     for j in items(&jobs) {
         let name = j["metadata"]["name"].as_str().unwrap();
         assert!(name.starts_with("tick-"), "{name}");
@@ -339,11 +353,28 @@ spec:
             r#"{"spec":{"suspend":true}}"#,
         ],
     );
-    std::thread::sleep(Duration::from_secs(3));
-    let before = server.ok("1.33", &["get", "jobs", "-o", "name"]);
-    std::thread::sleep(Duration::from_secs(4));
-    let after = server.ok("1.33", &["get", "jobs", "-o", "name"]);
-    assert_eq!(before, after, "a suspended CronJob started a Job");
+    // A run the controller scheduled before it saw the patch may still
+    // appear; none scheduled after it may, for several periods.
+    let suspended_at = jiff::Timestamp::now();
+    let scheduled_after_suspend = || -> Vec<String> {
+        let jobs = json(&server.ok("1.33", &["get", "jobs", "-o", "json"]));
+        items(&jobs)
+            .iter()
+            .filter(|j| {
+                let at =
+                    j["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+                        .as_str()
+                        .expect("a CronJob's Job names its scheduled time");
+                at.parse::<jiff::Timestamp>().expect("an RFC 3339 time") > suspended_at
+            })
+            .map(|j| j["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait::holds(
+        Duration::from_secs(7),
+        "a suspended CronJob starts no Job",
+        || scheduled_after_suspend().is_empty(),
+    );
     // Forbid: while a run is active (these pods never finish) no other
     // starts; Replace: each run replaces the active one.
     let busy = server.write(
@@ -390,7 +421,15 @@ spec:
         }),
         "replace",
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // Several 1 s periods: Forbid never runs a second Job meanwhile.
+    wait::holds(
+        Duration::from_secs(4),
+        "Forbid runs one Job at a time",
+        || {
+            let jobs = json(&server.ok("1.33", &["get", "jobs", "-o", "json"]));
+            owned_by(&jobs, "forbid").len() <= 1
+        },
+    );
     let jobs = json(&server.ok("1.33", &["get", "jobs", "-o", "json"]));
     assert_eq!(
         owned_by(&jobs, "forbid").len(),
@@ -420,7 +459,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_creates_in_order_scales_down_in_reverse_and_respects_partition() {
-    let server = TestServer::start();
+    let server = Cluster::start();
     let _nodes = server.simulate("sts", 2, &[]);
     let pods: Api<Pod> = Api::namespaced(client(&server).await, "default");
     let rv = server.ok(
@@ -503,7 +542,7 @@ spec:
     server.ok("1.33", &["set", "image", "sts/db", "db=db:2"]);
     let out = server.ok("1.33", &["rollout", "status", "sts/db", "--timeout=60s"]);
     assert!(out.contains("partitioned roll out complete"), "{out}");
-    let images = |server: &TestServer| -> Vec<(String, String)> {
+    let images = |server: &Cluster| -> Vec<(String, String)> {
         let list = json(&server.ok("1.33", &["get", "pods", "-l", "app=db", "-o", "json"]));
         let mut v: Vec<(String, String)> = live(&list)
             .iter()
@@ -569,7 +608,7 @@ spec:
 
 #[test]
 fn a_silent_node_goes_unknown_its_pods_move_and_it_recovers() {
-    let server = TestServer::start_with(&[
+    let server = Cluster::start_with(&[
         "--node-monitor-grace-period",
         "3",
         "--default-unreachable-toleration-seconds",

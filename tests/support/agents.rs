@@ -6,11 +6,13 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use super::{Netns, ORCH, TestServer, in_netns};
+use super::{Cluster, Netns, ORCH, in_netns, wait};
 
 /// `orch agent` for a test; its pods are torn down when dropped.
 pub struct Agent {
     tag: String,
+    /// The node it registers.
+    pub node: String,
     pub child: Child,
     pub args: Vec<String>,
     pub netns: String,
@@ -18,16 +20,35 @@ pub struct Agent {
     pub data: PathBuf,
 }
 
+/// How to start an agent: [`Agent::join`].
+pub struct Join {
+    /// The server's URL as the agent dials it.
+    pub url: String,
+    pub token_file: PathBuf,
+    /// The network namespace (`/run/netns/<netns>`) it runs in.
+    pub netns: String,
+    pub data: PathBuf,
+    pub run_dir: PathBuf,
+    pub logs: PathBuf,
+    /// Names its cgroup parent ([`cgroup_root`]); unique per test.
+    pub tag: String,
+    pub node: String,
+    /// More flags (`--node-ip 127.0.0.1` unless they name one).
+    pub extra: Vec<String>,
+    /// Where its log goes (piped, for tests that read it).
+    pub stderr: Stdio,
+}
+
 impl Agent {
     pub fn start(
-        server: &TestServer,
+        server: &Cluster,
         netns: &Netns,
         data: &Path,
         run_dir: &Path,
         logs: &Path,
         tag: &str,
     ) -> Self {
-        let token = server.dir.path().join("server/token");
+        let token = server.token_file();
         Self::start_as(
             server,
             netns,
@@ -44,7 +65,7 @@ impl Agent {
     /// An agent for node `node` joining with the token in `token_file`.
     #[allow(clippy::too_many_arguments)]
     pub fn start_as(
-        server: &TestServer,
+        server: &Cluster,
         netns: &Netns,
         data: &Path,
         run_dir: &Path,
@@ -54,53 +75,71 @@ impl Agent {
         token_file: &Path,
         extra: &[&str],
     ) -> Self {
-        let url = server.url();
-        let args: Vec<String> = vec![
-            "agent".into(),
-            "--server".into(),
-            url,
-            "--token-file".into(),
-            token_file.display().to_string(),
-            "--node-name".into(),
-            node.into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--run-dir".into(),
-            run_dir.display().to_string(),
-            "--pod-log-dir".into(),
-            logs.display().to_string(),
-            "--cgroup-root".into(),
-            cgroup_root(tag),
-        ];
-        let default_ip = ["--node-ip", "127.0.0.1"];
-        let args: Vec<String> = args
-            .into_iter()
-            .chain(
-                default_ip
-                    .iter()
-                    .filter(|_| !extra.contains(&"--node-ip"))
-                    .map(|a| (*a).to_owned()),
-            )
-            .chain(extra.iter().map(|e| (*e).to_owned()))
-            .collect();
-        let child = Self::spawn(&netns.0, &args);
-        Self {
+        Self::join(Join {
+            url: server.url(),
+            token_file: token_file.to_owned(),
+            netns: netns.0.clone(),
+            data: data.to_owned(),
+            run_dir: run_dir.to_owned(),
+            logs: logs.to_owned(),
             tag: tag.to_owned(),
+            node: node.to_owned(),
+            extra: extra.iter().map(|e| (*e).to_owned()).collect(),
+            stderr: Stdio::inherit(),
+        })
+    }
+
+    /// Start an agent as `join` says.
+    pub fn join(join: Join) -> Self {
+        let mut args: Vec<String> = [
+            "agent",
+            "--server",
+            &join.url,
+            "--token-file",
+            &join.token_file.display().to_string(),
+            "--node-name",
+            &join.node,
+            "--data-dir",
+            &join.data.display().to_string(),
+            "--run-dir",
+            &join.run_dir.display().to_string(),
+            "--pod-log-dir",
+            &join.logs.display().to_string(),
+            "--cgroup-root",
+            &cgroup_root(&join.tag),
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        if !join.extra.iter().any(|e| e == "--node-ip") {
+            args.extend(["--node-ip".to_owned(), "127.0.0.1".to_owned()]);
+        }
+        args.extend(join.extra);
+        let child = Self::spawn_with(&join.netns, &args, join.stderr);
+        Self {
+            tag: join.tag,
+            node: join.node,
             child,
             args,
-            netns: netns.0.clone(),
-            run_dir: run_dir.to_owned(),
-            data: data.to_owned(),
+            netns: join.netns,
+            run_dir: join.run_dir,
+            data: join.data,
         }
     }
 
     pub fn spawn(netns: &str, args: &[String]) -> Child {
+        Self::spawn_with(netns, args, Stdio::inherit())
+    }
+
+    fn spawn_with(netns: &str, args: &[String], stderr: Stdio) -> Child {
+        super::require_root("orch agent (containers, cgroups, nftables)");
         in_netns(Some(netns), ORCH)
             .args(args)
             .env("RUST_LOG", "info,orch::agent::pods=debug")
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .unwrap()
+            .expect("start orch agent")
     }
 
     /// SIGKILL the agent and start a new one (pods must survive).
@@ -110,10 +149,29 @@ impl Agent {
 
     /// Kill it (SIGKILL), do `while_down`, start it again.
     pub fn kill_and_restart_after(&mut self, while_down: impl FnOnce()) {
+        self.kill();
+        while_down();
+        self.start_again();
+    }
+
+    /// SIGKILL the agent (its pods stay); [`Agent::start_again`] brings
+    /// it back.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        while_down();
+    }
+
+    /// Start the agent again with the same flags (after [`Agent::kill`]).
+    pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.netns, &self.args);
+    }
+
+    /// Wait (up to `within`) for the agent to exit on its own.
+    pub fn exit_status(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait::until(within, "the orch agent exits", || {
+            child.try_wait().expect("wait for orch agent")
+        })
     }
 }
 

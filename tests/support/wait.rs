@@ -18,20 +18,41 @@ pub fn until_ok<T, E: Display>(
     what: &str,
     mut check: impl FnMut() -> Result<T, E>,
 ) -> T {
+    let mut last = None;
+    let got = poll(within, || match check() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            last = Some(e);
+            None
+        }
+    });
+    got.unwrap_or_else(|| {
+        panic!(
+            "not within {:.1} s: {what}; last seen: {}",
+            within.as_secs_f64(),
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )
+    })
+}
+
+/// Poll `check` until it returns `Some`, for at most `within`; `None`
+/// when it never did — for waits with a fallback (clean-up that kills
+/// what did not stop, a retry), not for what a test expects.
+pub fn poll<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;
     let mut step = FIRST_STEP;
     loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "not within {:.1} s: {what}; last seen: {last}",
-                    within.as_secs_f64()
-                );
-            }
+        if let Some(v) = check() {
+            return Some(v);
         }
-        std::thread::sleep(step);
+        // The sleeps never overshoot the deadline, and the check right
+        // after one that reached it still counts: the last check is at
+        // the deadline, not a step before it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(step.min(left));
         step = (step * 2).min(MAX_STEP);
     }
 }
