@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses part of this module
 
 pub mod agents;
+pub mod pods;
 pub mod wait;
 
 use std::io::{BufRead, BufReader};
