@@ -44,7 +44,7 @@ spec:
   - name: main
     image: busybox:test
     imagePullPolicy: Never
-    command: [/bin/sh, -c, \"mkdir -p /tmp; sleep 3; touch /tmp/ready; exec sleep 3600\"]
+    command: [/bin/sh, -c, \"mkdir -p /tmp; exec sleep 3600\"]
     readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -181,6 +181,18 @@ spec:
         ),
         "{slow}"
     );
+    // The probe has failed (its event), then the file it tests appears.
+    server.eventually(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=slow",
+        ],
+        "slow's readiness probe failing",
+        |events| events.contains("Readiness probe failed"),
+    );
+    server.ok("1.33", &["exec", "slow", "--", "touch", "/tmp/ready"]);
     let slow = server.wait_json(&["get", "pod", "slow"], 30, "slow ready", is_ready);
     for kind in [
         "PodReadyToStartContainers",
