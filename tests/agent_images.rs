@@ -365,6 +365,13 @@ spec:
         assert!(ls.contains(kept), "{kept} is in use: {ls}");
     }
     server.ok("1.33", &["delete", "deployment", "web"]);
+    // Its ReplicaSet goes after it (background cascade); until then it
+    // would make new pods for those deleted below.
+    server.eventually(
+        &["get", "replicasets", "-l", "app=web", "-o", "name"],
+        "web's ReplicaSet collected",
+        |names| names.trim().is_empty(),
+    );
     server.ok("1.33", &["delete", "pod", "--all", "--wait=false"]);
     wait::until_ok(secs(30), "pods torn down", || pods_of(&data, 0));
     drop(agent);
