@@ -12,10 +12,10 @@ cd "$(dirname "$0")/.."
 # zstd; libseccomp-dev and pkg-config link the container runtime, libelf-dev and
 # zlib1g-dev the libbpf it builds (cgroup v2 device rules); curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
 # umoci and skopeo build and write the test images (tests/images.rs);
-# docker-registry serves them to the pulls in tests/agent.rs, whose private
+# docker-registry serves them to the pulls in tests/agent_images.rs, whose private
 # registry's htpasswd file apache2-utils writes; shellcheck checks install.sh
 # and nftables is what install.sh would otherwise install (tests/install.rs);
-# procps gives pgrep, which tests/agent.rs looks for leftover processes with;
+# procps gives pgrep, which tests/agent_security.rs looks for leftover processes with;
 # qemu-system-x86 boots the kernel tests/cgroup_v2.rs runs pods on (cgroup v2,
 # which this kind of machine's v1 controllers rule out), kmod's depmod indexes
 # that kernel's modules.

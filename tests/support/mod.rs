@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod cluster;
+pub mod pods;
 pub mod wait;
 
 #[allow(unused_imports)] // each test file uses part of them
@@ -18,10 +19,6 @@ pub const ORCH: &str = env!("CARGO_BIN_EXE_orch");
 
 /// kubectl versions the API must serve unchanged ("" is the dispatcher).
 pub const KUBECTL_VERSIONS: &[&str] = &["1.31", "1.32", "1.33", ""];
-
-/// The name the tests knew the cluster by (kept for the files that
-/// still say it).
-pub type TestServer = Cluster;
 
 /// Fail the test at once, saying what needs root, when not run as root
 /// (tests that need it never pass by skipping).
