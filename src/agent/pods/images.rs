@@ -186,10 +186,12 @@ fn start_pull(k: &Arc<Kubelet>, pod: &Value, wanted: Wanted, state: &mut WorkerS
             }
         });
     }
-    state
-        .waiting
-        .entry(name)
-        .or_insert_with(|| ("ContainerCreating".into(), String::new()));
+    state.waiting.entry(name).or_insert_with(|| {
+        (
+            super::status::default_waiting_reason(pod).into(),
+            String::new(),
+        )
+    });
 }
 
 /// The outcome of the pull this pod asked for at `asked`, once it ended:

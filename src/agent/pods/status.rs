@@ -258,6 +258,21 @@ fn exit_code(s: &Value) -> i64 {
         .unwrap_or(0)
 }
 
+/// Why a container with no instance yet waits, as the kubelet's default
+/// waiting state: `PodInitializing` in a pod with init containers (for
+/// them and its app containers alike), else `ContainerCreating`.
+pub(super) fn default_waiting_reason(pod: &Value) -> &'static str {
+    let has_init = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .is_some_and(|l| !l.is_empty());
+    if has_init {
+        "PodInitializing"
+    } else {
+        "ContainerCreating"
+    }
+}
+
 /// One container's status: its newest instance's state, its last state,
 /// readiness and restart count.
 fn container_status(
@@ -296,7 +311,7 @@ fn container_status(
             .waiting
             .get(name)
             .cloned()
-            .unwrap_or_else(|| ("ContainerCreating".into(), String::new()));
+            .unwrap_or_else(|| (default_waiting_reason(pod).into(), String::new()));
         s["state"] = json!({"waiting": {"reason": reason, "message": message}});
         return s;
     };
@@ -322,7 +337,7 @@ fn container_status(
                 None => s["state"] = json!({"terminated": terminated}),
             }
         }
-        _ => s["state"] = json!({"waiting": {"reason": "ContainerCreating"}}),
+        _ => s["state"] = json!({"waiting": {"reason": default_waiting_reason(pod)}}),
     }
     s
 }

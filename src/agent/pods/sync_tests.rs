@@ -288,6 +288,14 @@ async fn init_containers_run_one_at_a_time_before_the_app_containers() {
         condition(&status, "Initialized"),
         ("False".into(), Some("ContainersNotInitialized".into()))
     );
+    // The kubelet's default waiting state in a pod with init containers.
+    for waits in ["seed", "app"] {
+        assert_eq!(
+            container(&status, waits)["state"]["waiting"]["reason"],
+            "PodInitializing",
+            "{waits}"
+        );
+    }
     n.sync().await;
     assert_eq!(n.created(), ["migrate.0"], "the next waits for the exit");
     n.exit("migrate.0", 0);
