@@ -111,9 +111,11 @@ spec:
         &["delete", "deployment", "web"],
         "cannot delete resource \"deployments\"",
     );
+    // Another Node: the authorizer lets nodes write Nodes, NodeRestriction
+    // admission keeps each to its own (as upstream).
     forbidden(
         &["label", "node", "elsewhere", "taken=yes"],
-        "cannot patch resource \"nodes\"",
+        "nodes \"elsewhere\" is forbidden: node \"node-a\" is not allowed to modify node \"elsewhere\"",
     );
     forbidden(
         &["delete", "pod", "far", "--wait=false"],
@@ -137,7 +139,7 @@ spec:
             "-p",
             r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
         ],
-        "cannot patch resource \"nodes/status\"",
+        "nodes \"elsewhere\" is forbidden: node \"node-a\" is not allowed to modify node \"elsewhere\"",
     );
     // A certificate the cluster CA did not sign — even one claiming to be
     // an admin — is a 401.

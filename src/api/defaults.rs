@@ -143,11 +143,10 @@ pub fn pod(object: &mut Value) {
     };
     if let Some(spec) = root.get_mut("spec") {
         default_pod_spec(spec);
-        // Pod-only defaults (templates do not get them upstream).
+        // Pod-only defaults (templates do not get them upstream). Priority
+        // and preemptionPolicy are the Priority admission plugin's.
         if let Some(s) = spec.as_object_mut() {
             set_default(s, "enableServiceLinks", json!(true));
-            set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
-            set_default(s, "priority", json!(0));
         }
     }
 }

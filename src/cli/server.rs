@@ -245,7 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.terminated_pod_gc_threshold == 0 {
         anyhow::bail!("--terminated-pod-gc-threshold must be at least 1");
     }
-    config.admission = server::registry::Admission {
+    config.admission = server::admission::Settings {
         not_ready_toleration_seconds: args.default_not_ready_toleration_seconds.into(),
         unreachable_toleration_seconds: args.default_unreachable_toleration_seconds.into(),
     };

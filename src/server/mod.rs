@@ -41,7 +41,7 @@ pub struct Config {
     /// The join token's secret on first start (`--token`).
     pub token: Option<String>,
     pub service_ranges: registry::ServiceRanges,
-    pub admission: registry::Admission,
+    pub admission: admission::Settings,
     pub controllers: controllers::Config,
 }
 
@@ -57,7 +57,7 @@ impl Config {
             write_kubeconfig: Some(PathBuf::from("/etc/orch/orch.yaml")),
             token: None,
             service_ranges: registry::ServiceRanges::default(),
-            admission: registry::Admission::default(),
+            admission: admission::Settings::default(),
             controllers: controllers::Config::default(),
         }
     }
@@ -155,9 +155,13 @@ pub async fn run_with(
         .map_err(|_| store::Error::Closed)??;
     let tls = Arc::new(auth::server_tls_config(&pki)?);
 
-    let registry = registry::Registry::new(store.clone(), config.service_ranges, config.admission)
-        .await
-        .map_err(Error::Api)?;
+    let registry = registry::Registry::new(
+        store.clone(),
+        config.service_ranges,
+        admission::Chain::builtin(config.admission),
+    )
+    .await
+    .map_err(Error::Api)?;
     let (control, mut control_tasks) = controllers::start(
         registry.clone(),
         controllers::Config {
@@ -253,7 +257,6 @@ pub async fn run_with(
         x509,
         authenticators,
         authorizers,
-        admission: admission::Chain::builtin(),
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });

@@ -1,87 +1,97 @@
-//! NodeRestriction: a node may create only its own Node object (upstream's
-//! plugin of that name; which objects a node may update at all is the
-//! Node authorizer's decision).
+//! NodeRestriction: a node (`system:node:<name>` in `system:nodes`) may
+//! create, update and patch only its own Node object, status included.
+//! As upstream, the Node authorizer lets nodes write Nodes at all, and
+//! this plugin narrows that to their own; what else a node may touch
+//! (its Lease, its pods' status, what its pods use) is the authorizer's
+//! business ([`crate::server::auth::authz::node`]).
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{AdmissionPlugin, Operation, Request};
+use super::{Attributes, Mutating, Objects, Operation, Plugin, forbidden, ready};
 use crate::api::status::ApiError;
 
 /// Confines what nodes write to their own objects.
 pub struct NodeRestriction;
 
-impl AdmissionPlugin for NodeRestriction {
+impl Plugin for NodeRestriction {
     fn name(&self) -> &'static str {
         "NodeRestriction"
     }
 
-    fn admit<'a>(
-        &'a self,
-        request: &'a Request<'a>,
-        object: &'a mut Value,
-    ) -> BoxFuture<'a, Result<(), ApiError>> {
-        let verdict = check(request, object);
-        async move { verdict }.boxed()
+    fn mutating(&self) -> Option<&dyn Mutating> {
+        Some(self)
     }
 }
 
-fn check(request: &Request<'_>, object: &Value) -> Result<(), ApiError> {
-    let Some(node) = request.user.node() else {
+impl Mutating for NodeRestriction {
+    fn admit<'a>(
+        &'a self,
+        attrs: &'a Attributes<'a>,
+        _object: &'a mut Value,
+        _: &'a dyn Objects,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        ready(check(attrs))
+    }
+}
+
+fn check(attrs: &Attributes<'_>) -> Result<(), ApiError> {
+    let Some(node) = attrs.user.node() else {
         return Ok(());
     };
-    let res = request.resource;
-    if request.operation != Operation::Create || !res.group.is_empty() || res.plural != "nodes" {
+    if !attrs.is("", "nodes") || attrs.name == node {
         return Ok(());
     }
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    if name == node {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "nodes {name:?} is forbidden: node {node:?} may only create its own Node object"
-        )))
-    }
+    let why = match attrs.operation {
+        Operation::Create => format!("node {node:?} may only create its own Node object"),
+        Operation::Update | Operation::Delete => {
+            format!(
+                "node {node:?} is not allowed to modify node {:?}",
+                attrs.name
+            )
+        }
+    };
+    Err(forbidden(attrs, &why))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::admission::tests::{Stored, attrs};
     use crate::server::auth::User;
-    use serde_json::json;
 
     #[tokio::test]
-    async fn nodes_create_only_their_own_node() {
+    async fn nodes_write_only_their_own_node() {
         let catalog = crate::api::catalog::Catalog::builtin();
-        let nodes = catalog.find("", "v1", "nodes").unwrap();
-        let pods = catalog.find("", "v1", "pods").unwrap();
         let node_a = User::new("system:node:node-a", &["system:nodes"]);
         let admin = User::new("system:admin", &["system:masters"]);
-        let named = |n: &str| json!({"metadata": {"name": n}});
+        use Operation::{Create, Delete, Update};
         #[rustfmt::skip]
         let cases = [
-            (&node_a, Operation::Create, nodes, named("node-a"), None),
-            (&node_a, Operation::Create, nodes, named("impostor"), Some("nodes \"impostor\" is forbidden: node \"node-a\" may only create its own Node object")),
-            (&node_a, Operation::Create, nodes, json!({}), Some("nodes \"\" is forbidden: node \"node-a\" may only create its own Node object")),
-            (&node_a, Operation::Update, nodes, named("node-a"), None),
-            (&node_a, Operation::Create, pods, named("mirror"), None),
-            (&admin, Operation::Create, nodes, named("any"), None),
+            (&node_a, Create, "nodes", "node-a", None, None),
+            (&node_a, Create, "nodes", "impostor", None, Some("nodes \"impostor\" is forbidden: node \"node-a\" may only create its own Node object")),
+            (&node_a, Create, "nodes", "", None, Some("nodes is forbidden: node \"node-a\" may only create its own Node object")),
+            (&node_a, Update, "nodes", "node-a", None, None),
+            (&node_a, Update, "nodes", "node-a", Some("status"), None),
+            (&node_a, Update, "nodes", "node-b", None, Some("nodes \"node-b\" is forbidden: node \"node-a\" is not allowed to modify node \"node-b\"")),
+            (&node_a, Update, "nodes", "node-b", Some("status"), Some("nodes \"node-b\" is forbidden: node \"node-a\" is not allowed to modify node \"node-b\"")),
+            (&node_a, Delete, "nodes", "node-b", None, Some("nodes \"node-b\" is forbidden: node \"node-a\" is not allowed to modify node \"node-b\"")),
+            (&node_a, Create, "pods", "mirror", None, None),
+            (&node_a, Update, "pods", "p", Some("status"), None),
+            (&admin, Create, "nodes", "any", None, None),
+            (&admin, Update, "nodes", "any", None, None),
         ];
-        for (user, operation, resource, mut object, refused) in cases {
-            let request = Request {
-                user,
-                operation,
-                resource,
-                namespace: None,
-                name: None,
-                subresource: None,
-            };
-            let got = NodeRestriction.admit(&request, &mut object).await;
+        for (user, operation, plural, name, sub, refused) in cases {
+            let mut a = attrs(&catalog, user, operation, plural, None, name);
+            a.subresource = sub;
+            let got = NodeRestriction
+                .admit(&a, &mut Value::Null, &Stored::default())
+                .await;
             assert_eq!(
                 got.map_err(|e| (e.code, e.message)),
                 refused.map_or(Ok(()), |m| Err((403, m.to_owned()))),
-                "{user:?} {operation:?} {object}"
+                "{} {operation:?} {plural}/{name} {sub:?}",
+                user.name
             );
         }
     }

@@ -9,7 +9,6 @@ use super::request::{self, Representation};
 use super::response::{json_response, list_response, render_list, written_response};
 use super::{Body, Call, Query, watch};
 use crate::api::status::ApiError;
-use crate::server::admission::Operation;
 use crate::server::auth::authz::masters;
 
 /// Serve a request on a collection.
@@ -55,17 +54,13 @@ pub(super) fn watch(
 }
 
 async fn create(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let mut body = request::read_body(req).await?;
+    let body = request::read_body(req).await?;
     if !call.res.allows("create") {
         return Err(ApiError::method_not_allowed("create"));
     }
     if let Some(review) = self_review(call, &body.value) {
         return Ok(json_response(StatusCode::CREATED, &review));
     }
-    call.api
-        .admission
-        .admit(&call.admission(Operation::Create), &mut body.value)
-        .await?;
     let warnings = body.check_duplicates(&call.write)?;
     let mut written = call
         .registry()
@@ -103,7 +98,7 @@ async fn delete_collection(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let body = request::read_optional_body(req).await?;
-    let opts = request::delete_options(call.query(), body.as_ref())?;
+    let opts = call.delete_options(call.query(), body.as_ref())?;
     let list_query = request::list_query(&call.res, call.query())?;
     let registry = call.registry();
     let items = registry

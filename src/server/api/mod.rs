@@ -7,9 +7,14 @@
 //! 3. authorize ([`crate::server::auth::authz`]): may they;
 //! 4. dispatch to a handler: [`collection`] (list, watch, create, delete
 //!    a collection), [`object`] (get, update, patch, delete) or
-//!    [`subresource`]; writes pass through admission
-//!    ([`crate::server::admission`]) and then the registry
-//!    ([`crate::server::registry`]), which owns object semantics.
+//!    [`subresource`], which read the body and hand it to the registry
+//!    ([`crate::server::registry`]) with the user in its write options;
+//! 5. in the registry, a write is decoded and defaulted, passes the
+//!    mutating admission plugins ([`crate::server::admission`]), the
+//!    kind's strategy prepares and validates it, the validating admission
+//!    plugins see it, and it is stored. Controllers and the scheduler
+//!    write through the registry too, so their writes are admitted the
+//!    same way.
 //!
 //! Failures become a `metav1.Status` ([`response::error_response`]).
 
@@ -44,11 +49,10 @@ use tracing::Instrument;
 
 use crate::api::catalog::Resource;
 use crate::api::status::ApiError;
-use crate::server::admission;
 use crate::server::auth::authn::{self, Credentials, PeerCertificate};
 use crate::server::auth::authz::{self, Decision};
 use crate::server::auth::{self, User};
-use crate::server::registry::{Registry, WriteOptions};
+use crate::server::registry::{DeleteOptions, Registry, WriteOptions};
 
 pub use body::Body;
 pub use nodes::CERTIFICATE_PATH;
@@ -79,8 +83,6 @@ pub struct ApiServer {
     pub authenticators: authn::Chain,
     /// Whether they may make it.
     pub authorizers: authz::Chain,
-    /// What HTTP-layer admission plugins say about writes.
-    pub admission: admission::Chain,
 }
 
 type Query = std::collections::HashMap<String, Vec<String>>;
@@ -139,7 +141,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: A
 
 impl ApiServer {
     /// One request through the pipeline: route → authenticate → authorize
-    /// → dispatch.
+    /// → dispatch to a handler → (for writes) the registry, whose write
+    /// path runs admission.
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -335,7 +338,10 @@ impl ApiServer {
         }
         let representation = request::negotiate(accept)
             .ok_or_else(|| ApiError::not_acceptable(accept.unwrap_or_default()))?;
-        let write = request::write_options(&info.query)?;
+        let write = WriteOptions {
+            user: Some(user.clone()),
+            ..request::write_options(&info.query)?
+        };
         // A legacy `/watch/` path is a watch whatever the method says.
         if info.verb == "watch" && req.method() != Method::GET {
             return Err(ApiError::method_not_allowed(req.method().as_str()));
@@ -377,15 +383,16 @@ impl Call<'_> {
         &self.api.registry
     }
 
-    /// What admission plugins are told about this write.
-    fn admission(&self, operation: admission::Operation) -> admission::Request<'_> {
-        admission::Request {
-            user: self.user,
-            operation,
-            resource: &self.res,
-            namespace: self.ns(),
-            name: self.rp.name.as_deref(),
-            subresource: self.rp.subresource.as_deref(),
-        }
+    /// A delete's options from `query` and `body`, with who deletes (for
+    /// admission).
+    fn delete_options(
+        &self,
+        query: &Query,
+        body: Option<&Value>,
+    ) -> Result<DeleteOptions, ApiError> {
+        Ok(DeleteOptions {
+            user: Some(self.user.clone()),
+            ..request::delete_options(query, body)?
+        })
     }
 }

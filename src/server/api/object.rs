@@ -7,7 +7,6 @@ use hyper::body::Incoming;
 use super::response::{json_response, render_object, written_response};
 use super::{Body, Call, collection, q, request};
 use crate::api::status::ApiError;
-use crate::server::admission::Operation;
 
 /// Serve a request on one object.
 pub(super) async fn serve(
@@ -52,11 +51,7 @@ pub(super) async fn update(
     name: &str,
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let mut body = request::read_body(req).await?;
-    call.api
-        .admission
-        .admit(&call.admission(Operation::Update), &mut body.value)
-        .await?;
+    let body = request::read_body(req).await?;
     let warnings = body.check_duplicates(&call.write)?;
     let mut written = call
         .registry()
@@ -71,8 +66,7 @@ pub(super) async fn update(
     ))
 }
 
-/// Patch the object (or, with `sub`, its status). HTTP-layer admission
-/// does not see patches: the patched object exists only in the registry.
+/// Patch the object (or, with `sub`, its status).
 pub(super) async fn patch(
     call: &Call<'_>,
     req: Request<Incoming>,
@@ -105,7 +99,7 @@ async fn delete(
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let body = request::read_optional_body(req).await?;
-    let opts = request::delete_options(call.query(), body.as_ref())?;
+    let opts = call.delete_options(call.query(), body.as_ref())?;
     let obj = call
         .registry()
         .delete(&call.res, call.ns(), name, &opts)

@@ -96,6 +96,7 @@ pub(super) fn write_options(query: &Query) -> Result<WriteOptions, ApiError> {
     Ok(WriteOptions {
         dry_run,
         field_validation,
+        user: None,
     })
 }
 
@@ -199,6 +200,7 @@ pub(super) fn delete_options(
             .and_then(Value::as_str)
             .map(str::to_owned),
         dry_run,
+        user: None,
     })
 }
 

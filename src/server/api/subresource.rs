@@ -36,7 +36,7 @@ pub(super) async fn serve(
         (&Method::POST, "binding") => {
             let body = request::read_body(req).await?;
             registry
-                .bind(ns.unwrap_or_default(), name, &body.value)
+                .bind(ns.unwrap_or_default(), name, &body.value, &call.write)
                 .await?;
             Ok(status_response(
                 StatusCode::CREATED,
@@ -45,8 +45,10 @@ pub(super) async fn serve(
         }
         (&Method::POST, "eviction") => {
             let body = request::read_body(req).await?;
-            let opts = request::delete_options(&Query::new(), body.value.get("deleteOptions"))?;
-            registry.delete(&call.res, ns, name, &opts).await?;
+            let opts = call.delete_options(&Query::new(), body.value.get("deleteOptions"))?;
+            registry
+                .evict(ns.unwrap_or_default(), name, &body.value, &opts)
+                .await?;
             Ok(status_response(
                 StatusCode::CREATED,
                 status::success_body(201),

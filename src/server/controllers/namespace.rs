@@ -1,7 +1,8 @@
 //! Namespace lifecycle: a namespace being deleted (phase Terminating) has
 //! everything in it deleted; when nothing is left its `kubernetes`
 //! finalizer is removed and the namespace goes. (Creating objects in a
-//! terminating namespace is refused by the registry.)
+//! terminating namespace is refused by the NamespaceLifecycle admission
+//! plugin, [`crate::server::admission::namespace_lifecycle`].)
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,13 +5,17 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::server::registry::{Admission, DeleteOptions, ListQuery, ServiceRanges};
+use crate::server::registry::{DeleteOptions, ListQuery, ServiceRanges};
 
 async fn registry() -> (tempfile::TempDir, Arc<Registry>) {
     let (dir, store) = crate::store::test_util::temp_store();
-    let registry = Registry::new(store, ServiceRanges::default(), Admission::default())
-        .await
-        .unwrap();
+    let registry = Registry::new(
+        store,
+        ServiceRanges::default(),
+        crate::server::admission::Chain::default(),
+    )
+    .await
+    .unwrap();
     let ns = registry.resource("", "namespaces").unwrap().clone();
     registry
         .create(

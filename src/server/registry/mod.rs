@@ -1,13 +1,14 @@
 //! The registry: what happens to an object between the HTTP layer and the
 //! store. The generic part lives here: system metadata (uid, timestamps,
-//! generation, resourceVersion), spec/status separation, the namespace
-//! lifecycle, optimistic concurrency, finalizers, graceful deletion,
-//! orphaning and lists. What differs per kind (typed decoding, defaulting,
-//! validation, initial status and admission, allocations, graceful
-//! deletion, table rows) is the kind's [`strategy::Strategy`], found by the
-//! catalog entry ([`strategy::of`]); this file names no kind. Controllers
-//! and the scheduler write through here too, so every writer gets the same
-//! rules.
+//! generation, resourceVersion), spec/status separation, optimistic
+//! concurrency, finalizers, graceful deletion, orphaning and lists. What
+//! differs per kind (typed decoding, defaulting, validation, initial
+//! status, allocations, graceful deletion, table rows) is the kind's
+//! [`strategy::Strategy`], found by the catalog entry ([`strategy::of`]);
+//! this file names no kind. Every write passes the admission chain
+//! ([`crate::server::admission`]): mutating plugins after defaulting,
+//! validating ones after validation. Controllers and the scheduler write
+//! through here too, so every writer gets the same rules.
 //!
 //! Objects are stored as JSON without `metadata.resourceVersion`; reads put
 //! the store revision there.
@@ -19,8 +20,10 @@ mod services;
 pub mod strategy;
 mod typed;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use crate::api::catalog::{Catalog, Resource};
@@ -28,6 +31,8 @@ use crate::api::patch::{self, PatchType};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, FieldError, Target};
 use crate::api::validation;
+use crate::server::admission::{self, Attributes, Operation};
+use crate::server::auth::User;
 use crate::store::{self, KeyValue, ListOptions, Revision, Store};
 
 pub use services::{Allocator, Held, ServiceRanges};
@@ -47,7 +52,21 @@ pub enum FieldValidation {
 pub struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    /// Who writes, for admission; `None` for the server's own writers.
+    pub user: Option<User>,
 }
+
+impl WriteOptions {
+    /// Who admission sees writing: the client, or [`LOOPBACK`].
+    pub fn user(&self) -> &User {
+        self.user.as_ref().unwrap_or(&LOOPBACK)
+    }
+}
+
+/// Who the server's own writes (controllers, the scheduler, bootstrap)
+/// are admitted as: upstream's loopback client.
+pub static LOOPBACK: LazyLock<User> =
+    LazyLock::new(|| User::new("system:apiserver", &["system:masters"]));
 
 /// A write's result: the object as stored, and warnings for the client.
 #[derive(Debug, Clone)]
@@ -64,6 +83,15 @@ pub struct DeleteOptions {
     pub precondition_uid: Option<String>,
     pub precondition_resource_version: Option<String>,
     pub dry_run: bool,
+    /// Who deletes, for admission; `None` for the server's own writers.
+    pub user: Option<User>,
+}
+
+impl DeleteOptions {
+    /// Who admission sees deleting: the client, or [`LOOPBACK`].
+    pub fn user(&self) -> &User {
+        self.user.as_ref().unwrap_or(&LOOPBACK)
+    }
 }
 
 /// An object as stored: JSON without `metadata.resourceVersion`, and the
@@ -172,26 +200,8 @@ pub struct Registry {
     pub store: Store,
     pub catalog: Catalog,
     allocator: Mutex<Allocator>,
-    admission: Admission,
-}
-
-/// What pods get on creation (flags of `orch server`).
-#[derive(Debug, Clone, Copy)]
-pub struct Admission {
-    /// tolerationSeconds of the default `node.kubernetes.io/not-ready`
-    /// NoExecute toleration (upstream's DefaultTolerationSeconds).
-    pub not_ready_toleration_seconds: i64,
-    /// ... and of the `node.kubernetes.io/unreachable` one.
-    pub unreachable_toleration_seconds: i64,
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Self {
-            not_ready_toleration_seconds: 300,
-            unreachable_toleration_seconds: 300,
-        }
-    }
+    /// The admission plugins every write passes.
+    admission: admission::Chain,
 }
 
 fn now_rfc3339() -> String {
@@ -329,14 +339,15 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 }
 
 impl Registry {
-    /// A registry over `store`, with allocations rebuilt from stored Services.
+    /// A registry over `store` whose writes pass `admission`, with
+    /// allocations rebuilt from stored Services.
     ///
     /// # Errors
     /// When the stored Services cannot be read.
     pub async fn new(
         store: Store,
         ranges: ServiceRanges,
-        admission: Admission,
+        admission: admission::Chain,
     ) -> Result<Arc<Self>, ApiError> {
         let catalog = Catalog::builtin();
         let registry = Self {
@@ -362,11 +373,10 @@ impl Registry {
         Ok(Arc::new(registry))
     }
 
-    /// What strategies may use: the allocator and admission settings.
+    /// What strategies may use: the allocator.
     fn ctx(&self) -> strategy::Context<'_> {
         strategy::Context {
             allocator: &self.allocator,
-            admission: self.admission,
         }
     }
 
@@ -573,23 +583,6 @@ impl Registry {
         Ok(())
     }
 
-    /// The namespace must exist and not be terminating.
-    async fn check_namespace(&self, res: &Resource, namespace: &str) -> Result<(), ApiError> {
-        if !res.namespaced {
-            return Ok(());
-        }
-        let ns_res = self
-            .resource("", "namespaces")
-            .expect("namespaces are in the catalog");
-        let ns = self.get(ns_res, None, namespace).await?;
-        if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {
-            return Err(ApiError::forbidden(format!(
-                "unable to create new content in namespace {namespace} because it is being terminated"
-            )));
-        }
-        Ok(())
-    }
-
     fn validate(&self, res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
         let strategy = self.strategy(res);
         let mut errs = Vec::new();
@@ -613,8 +606,9 @@ impl Registry {
     /// Create an object from a client's body.
     ///
     /// # Errors
-    /// 400 for a malformed body, 404/403 for a missing or terminating
-    /// namespace, 409 when the name is taken, 422 when invalid.
+    /// 400 for a malformed body, 409 when the name is taken, 422 when
+    /// invalid, and what admission refuses (404/403 for a missing or
+    /// terminating namespace).
     pub async fn create(
         &self,
         res: &Resource,
@@ -671,6 +665,19 @@ impl Registry {
         let strategy = self.strategy(res);
         let mut obj = self.decode(res, obj, opts.field_validation, &mut warnings)?;
         strategy.defaults(&mut obj);
+        let ns = meta_str(&obj, "namespace").to_owned();
+        let name = meta_str(&obj, "name").to_owned();
+        let attrs = Attributes {
+            user: opts.user(),
+            operation: Operation::Create,
+            resource: res,
+            subresource: None,
+            namespace: (!ns.is_empty()).then_some(ns.as_str()),
+            name: &name,
+            old_object: None,
+            dry_run: opts.dry_run,
+        };
+        self.admission.admit(&attrs, &mut obj, self).await?;
         let uid = uuid::Uuid::new_v4().to_string();
         {
             let m = meta_mut(&mut obj);
@@ -681,12 +688,8 @@ impl Registry {
             }
         }
         strategy.prepare_create(&self.ctx(), res, &mut obj);
-        let ns = meta_str(&obj, "namespace").to_owned();
-        let name = meta_str(&obj, "name").to_owned();
         self.validate(res, &obj, None)?;
-        if !ns.is_empty() {
-            self.check_namespace(res, &ns).await?;
-        }
+        self.admission.validate(&attrs, &obj, self).await?;
         let undo = strategy
             .allocate(&self.ctx(), &mut obj, None)
             .map_err(|errs| ApiError::invalid(&res.group, &res.kind, &name, errs))?;
@@ -799,6 +802,17 @@ impl Registry {
             }
             m.remove("resourceVersion");
         }
+        let attrs = Attributes {
+            user: opts.user(),
+            operation: Operation::Update,
+            resource: res,
+            subresource,
+            namespace: (res.namespaced && !ns.is_empty()).then_some(ns.as_str()),
+            name: &name,
+            old_object: Some(&old),
+            dry_run: opts.dry_run,
+        };
+        self.admission.admit(&attrs, &mut obj, self).await?;
         match subresource {
             // /status changes status only.
             Some("status") => obj = strategy.status_update(&old, obj),
@@ -817,6 +831,7 @@ impl Registry {
         let mut old_cmp = old.clone();
         meta_mut(&mut old_cmp).remove("resourceVersion");
         self.validate(res, &obj, Some(&old_cmp))?;
+        self.admission.validate(&attrs, &obj, self).await?;
         if obj == old_cmp {
             // A no-op write changes nothing, not even the resourceVersion.
             return Ok(Written {
@@ -976,6 +991,19 @@ impl Registry {
                 ),
             ));
         }
+        let ns = meta_str(&old, "namespace");
+        let attrs = Attributes {
+            user: opts.user(),
+            operation: Operation::Delete,
+            resource: res,
+            subresource: None,
+            namespace: (!ns.is_empty()).then_some(ns),
+            name,
+            old_object: Some(&old),
+            dry_run: opts.dry_run,
+        };
+        self.admission.admit(&attrs, &mut Value::Null, self).await?;
+        self.admission.validate(&attrs, &Value::Null, self).await?;
         let mut obj = old.clone();
         let mut finalizers: Vec<Value> = meta(&obj)
             .get("finalizers")
@@ -1244,6 +1272,28 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+}
+
+/// What admission plugins read: stored objects.
+impl admission::Objects for Registry {
+    fn get<'a>(
+        &'a self,
+        group: &'a str,
+        plural: &'a str,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
+        async move {
+            let res = self
+                .catalog
+                .resources()
+                .iter()
+                .find(|r| r.group == group && r.plural == plural)
+                .ok_or_else(ApiError::not_found_path)?;
+            Registry::get(self, res, namespace, name).await
+        }
+        .boxed()
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::Value;
 
-use super::{Admission, Allocator};
+use super::Allocator;
 use crate::api::catalog::Resource;
 use crate::api::patch;
 use crate::api::selector::LabelSelector;
@@ -23,11 +23,10 @@ use crate::api::status::FieldError;
 use crate::api::table::{self, Printer};
 use crate::api::validation::NameRule;
 
-/// What a strategy may use besides the object: the registry's allocators
-/// and admission settings. Passed in, so strategies hold no server state.
+/// What a strategy may use besides the object: the registry's allocators.
+/// Passed in, so strategies hold no server state.
 pub struct Context<'a> {
     pub allocator: &'a Mutex<Allocator>,
-    pub admission: Admission,
 }
 
 /// How to give back what [`Strategy::allocate`] took, when the write that
@@ -74,9 +73,9 @@ pub trait Strategy: Send + Sync {
     /// Checks that compare an update with the stored object.
     fn validate_update(&self, _old: &Value, _new: &Value, _errs: &mut Vec<FieldError>) {}
 
-    /// Changes on create before validation: initial status, admission-like
-    /// steps. By default a kind with a status subresource starts without
-    /// status (only its controller writes it).
+    /// Changes on create before validation (after mutating admission):
+    /// initial status and the like. By default a kind with a status
+    /// subresource starts without status (only its controller writes it).
     fn prepare_create(&self, _ctx: &Context<'_>, res: &Resource, obj: &mut Value) {
         if res.has_status()
             && let Some(m) = obj.as_object_mut()
@@ -117,8 +116,8 @@ pub trait Strategy: Send + Sync {
         merged
     }
 
-    /// Changes on update before validation (after the status split and the
-    /// generation bump).
+    /// Changes on update before validation (after mutating admission, the
+    /// status split and the generation bump).
     fn prepare_update(&self, _ctx: &Context<'_>, _old: &Value, _obj: &mut Value) {}
 
     /// Take what the object needs from a shared pool (cluster IPs, node

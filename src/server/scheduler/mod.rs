@@ -317,7 +317,11 @@ async fn schedule_one(
             tokio::spawn(async move {
                 let _permit = permit;
                 let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                match ctx.registry.bind(&ns, &name, &binding).await {
+                match ctx
+                    .registry
+                    .bind(&ns, &name, &binding, &WriteOptions::default())
+                    .await
+                {
                     Ok(()) => {
                         ctx.events.record(
                             &pod,

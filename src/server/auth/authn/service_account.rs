@@ -82,14 +82,18 @@ pub(crate) mod tests {
     use super::*;
     use crate::server::auth::authn::PeerCertificate;
     use crate::server::auth::serviceaccount::ISSUER;
-    use crate::server::registry::{Admission, ServiceRanges, WriteOptions};
+    use crate::server::registry::{ServiceRanges, WriteOptions};
     use serde_json::json;
 
     pub(crate) async fn registry() -> (tempfile::TempDir, Arc<Registry>) {
         let (dir, store) = crate::store::test_util::temp_store();
-        let registry = Registry::new(store, ServiceRanges::default(), Admission::default())
-            .await
-            .unwrap();
+        let registry = Registry::new(
+            store,
+            ServiceRanges::default(),
+            crate::server::admission::Chain::default(),
+        )
+        .await
+        .unwrap();
         let ns = registry
             .catalog
             .find("", "v1", "namespaces")

@@ -1,11 +1,14 @@
 //! The Node authorizer: a node (`system:node:<name>` in `system:nodes`,
 //! from the certificate it got at join) may touch only what it needs to
-//! run its pods: its own Node and Lease, the pods bound to it, and the
+//! run its pods: Nodes, its own Lease, the pods bound to it, and the
 //! Secrets, ConfigMaps and service accounts those pods use; it may read
 //! discovery, the OpenAPI documents, Services and endpoints, write Events,
-//! and open its own kubelet tunnel. As upstream's Node authorizer it never
-//! denies outright: what it does not allow is left to the next
-//! authorizer, with the reason a refusal will carry.
+//! and open its own kubelet tunnel. As upstream, it lets a node write
+//! Nodes, and the NodeRestriction admission plugin
+//! ([`crate::server::admission::node_restriction`]) narrows that to its
+//! own. As upstream's Node authorizer it never denies outright: what it
+//! does not allow is left to the next authorizer, with the reason a
+//! refusal will carry.
 //!
 //! Which pods a node runs comes from the controllers' pod cache; a pod
 //! bound a moment ago may not be there yet, so a miss asks the store.
@@ -79,7 +82,8 @@ impl Node {
                 ) => verb == "create",
                 ("", "nodes", None) if reads || verb == "create" => true,
                 ("", "nodes", Some("status")) if verb == "get" => true,
-                ("", "nodes", None | Some("status")) if matches!(verb, "update" | "patch") => own,
+                // Which Node: NodeRestriction's business, as upstream.
+                ("", "nodes", None | Some("status")) if matches!(verb, "update" | "patch") => true,
                 ("coordination.k8s.io", "leases", None) => {
                     ns == Some("kube-node-lease")
                         && match verb {
@@ -282,13 +286,13 @@ mod tests {
         };
         #[rustfmt::skip]
         let cases = [
-            // Its own Node and Lease; other nodes only read.
+            // Nodes (NodeRestriction keeps it to its own) and its own Lease.
             (r("create", "", "nodes", "", ""), allow.clone()),
             (r("list", "", "nodes", "", ""), allow.clone()),
             (r("patch", "", "nodes", "", "node-a"), allow.clone()),
-            (r("patch", "", "nodes", "", "node-b"), no.clone()),
+            (r("patch", "", "nodes", "", "node-b"), allow.clone()),
             (r("update", "", "nodes/status", "", "node-a"), allow.clone()),
-            (r("patch", "", "nodes/status", "", "node-b"), no.clone()),
+            (r("patch", "", "nodes/status", "", "node-b"), allow.clone()),
             (r("delete", "", "nodes", "", "node-a"), no.clone()),
             (r("create", "coordination.k8s.io", "leases", "kube-node-lease", ""), allow.clone()),
             (r("update", "coordination.k8s.io", "leases", "kube-node-lease", "node-a"), allow.clone()),

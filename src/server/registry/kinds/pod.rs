@@ -1,7 +1,8 @@
-//! The Pod strategy: initial status (phase, QoS class), admission on
-//! create (service account and its token volume, default not-ready and
-//! unreachable tolerations), what an update may change, graceful deletion
-//! for pods bound to a node, and binding to a node (`pods/binding`).
+//! The Pod strategy: initial status (phase, QoS class), what an update may
+//! change, graceful deletion for pods bound to a node, binding to a node
+//! (`pods/binding`) and eviction (`pods/eviction`). What admission adds to
+//! pods (service account and token, priority, default tolerations) is the
+//! admission plugins' ([`crate::server::admission`]).
 
 use k8s_openapi::api::core::v1 as corev1;
 use serde_json::{Value, json};
@@ -10,10 +11,11 @@ use crate::api::catalog::Resource;
 use crate::api::status::{ApiError, FieldError};
 use crate::api::table::Printer;
 use crate::api::{defaults, validation};
+use crate::server::admission::{Attributes, Operation};
 use crate::server::registry::strategy::{Context, Strategy};
 use crate::server::registry::typed::through;
 use crate::server::registry::{
-    Admission, Registry, encode, meta, meta_mut, now_rfc3339, store_error, target,
+    DeleteOptions, Registry, WriteOptions, encode, meta, meta_mut, now_rfc3339, store_error, target,
 };
 
 pub struct Pod;
@@ -35,17 +37,9 @@ impl Strategy for Pod {
         validation::pod_update(old, new, errs);
     }
 
-    fn prepare_create(&self, ctx: &Context<'_>, _res: &Resource, obj: &mut Value) {
+    fn prepare_create(&self, _ctx: &Context<'_>, _res: &Resource, obj: &mut Value) {
         let qos = qos_class(obj);
         obj["status"] = json!({"phase": "Pending", "qosClass": qos});
-        admit_pod(obj, ctx.admission);
-    }
-
-    fn prepare_update(&self, ctx: &Context<'_>, _old: &Value, obj: &mut Value) {
-        // Admission fields the client may have dropped stay as they were.
-        if obj.pointer("/spec/serviceAccountName").is_none() {
-            admit_pod(obj, ctx.admission);
-        }
     }
 
     /// Only pods bound to a node wait, for their grace period, so their
@@ -122,113 +116,36 @@ fn qos_class(pod: &Value) -> &'static str {
     }
 }
 
-/// Where pods find their service account's token, CA and namespace.
-const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// Upstream's ServiceAccount admission: unless the pod opts out
-/// (`automountServiceAccountToken: false`), a projected
-/// `kube-api-access-xxxxx` volume (a bound token, `kube-root-ca.crt`'s
-/// `ca.crt`, the namespace) mounted read-only at [`SA_MOUNT`] in every
-/// container that has nothing there.
-fn mount_service_account_token(spec: &mut serde_json::Map<String, Value>) {
-    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
-        return;
-    }
-    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
-    let Some(list) = volumes.as_array_mut() else {
-        return;
-    };
-    if list.iter().any(|v| {
-        v["name"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("kube-api-access-"))
-    }) {
-        return;
-    }
-    let suffix: String = uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_lowercase)
-        .chain("bcdfg".chars())
-        .take(5)
-        .collect();
-    let name = format!("kube-api-access-{suffix}");
-    list.push(json!({"name": name, "projected": {"defaultMode": 420, "sources": [
-        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace",
-            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-    ]}}));
-    for key in ["initContainers", "containers"] {
-        for c in spec
-            .get_mut(key)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            let mounts = c
-                .as_object_mut()
-                .map(|o| o.entry("volumeMounts").or_insert_with(|| json!([])));
-            if let Some(m) = mounts.and_then(Value::as_array_mut)
-                && !m.iter().any(|x| x["mountPath"] == SA_MOUNT)
-            {
-                m.push(json!({"name": name, "mountPath": SA_MOUNT, "readOnly": true}));
-            }
-        }
-    }
-}
-
-/// Admission a pod gets on create: its service account, and tolerating
-/// not-ready/unreachable nodes for 300 s (upstream's
-/// DefaultTolerationSeconds).
-fn admit_pod(pod: &mut Value, admission: Admission) {
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let sa = spec
-        .get("serviceAccountName")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default")
-        .to_owned();
-    spec.insert("serviceAccountName".into(), json!(sa));
-    spec.insert("serviceAccount".into(), json!(sa));
-    mount_service_account_token(spec);
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if let Some(list) = tolerations.as_array_mut() {
-        for (key, seconds) in [
-            (
-                "node.kubernetes.io/not-ready",
-                admission.not_ready_toleration_seconds,
-            ),
-            (
-                "node.kubernetes.io/unreachable",
-                admission.unreachable_toleration_seconds,
-            ),
-        ] {
-            let present = list.iter().any(|t| {
-                t.get("key").and_then(Value::as_str) == Some(key)
-                    || (t.get("operator").and_then(Value::as_str) == Some("Exists")
-                        && t.get("key").is_none())
-            });
-            if !present {
-                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
-            }
-        }
-    }
-}
-
 impl Registry {
-    /// Bind a pod to a node (`pods/binding`).
+    /// Bind a pod to a node (`pods/binding`), admitted as a create of the
+    /// binding.
     ///
     /// # Errors
-    /// 409 when the pod is already bound or being deleted.
-    pub async fn bind(&self, namespace: &str, name: &str, binding: &Value) -> Result<(), ApiError> {
+    /// 409 when the pod is already bound or being deleted, and what
+    /// admission refuses.
+    pub async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        binding: &Value,
+        opts: &WriteOptions,
+    ) -> Result<(), ApiError> {
         let res = self
             .resource("", "pods")
             .expect("pods are in the catalog")
             .clone();
+        let attrs = Attributes {
+            user: opts.user(),
+            operation: Operation::Create,
+            resource: &res,
+            subresource: Some("binding"),
+            namespace: Some(namespace),
+            name,
+            old_object: None,
+            dry_run: opts.dry_run,
+        };
+        let mut binding = binding.clone();
+        self.admission.admit(&attrs, &mut binding, self).await?;
         let node = binding
             .pointer("/target/name")
             .and_then(Value::as_str)
@@ -241,6 +158,7 @@ impl Registry {
                 vec![FieldError::required("target.name")],
             ));
         }
+        self.admission.validate(&attrs, &binding, self).await?;
         let (kv, old) = self.get_kv(&res, Some(namespace), name).await?;
         if meta(&old).get("deletionTimestamp").is_some() {
             return Err(ApiError::conflict(
@@ -269,10 +187,46 @@ impl Registry {
             list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now_rfc3339()}));
         }
         meta_mut(&mut obj).remove("resourceVersion");
+        if opts.dry_run {
+            return Ok(());
+        }
         self.store
             .update(&kv.key, encode(&obj), Some(kv.mod_revision))
             .await
             .map_err(|e| store_error(&res, name, e))?;
+        Ok(())
+    }
+
+    /// Evict a pod (`pods/eviction`): admitted as a create of the
+    /// eviction, then a delete of the pod with the eviction's options.
+    ///
+    /// # Errors
+    /// As [`Registry::delete`], and what admission refuses.
+    pub async fn evict(
+        &self,
+        namespace: &str,
+        name: &str,
+        eviction: &Value,
+        opts: &DeleteOptions,
+    ) -> Result<(), ApiError> {
+        let res = self
+            .resource("", "pods")
+            .expect("pods are in the catalog")
+            .clone();
+        let attrs = Attributes {
+            user: opts.user(),
+            operation: Operation::Create,
+            resource: &res,
+            subresource: Some("eviction"),
+            namespace: Some(namespace),
+            name,
+            old_object: None,
+            dry_run: opts.dry_run,
+        };
+        let mut eviction = eviction.clone();
+        self.admission.admit(&attrs, &mut eviction, self).await?;
+        self.admission.validate(&attrs, &eviction, self).await?;
+        self.delete(&res, Some(namespace), name, opts).await?;
         Ok(())
     }
 }

@@ -1,0 +1,404 @@
+//! Admission through the real server: every write passes the admission
+//! chain, whichever way it comes (create, update, every patch type, a
+//! subresource) and whoever makes it (a client over HTTP, or the
+//! server's own controllers in-process).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Cluster, kubectl_path, wait};
+
+/// A request with curl, as the admin or with the join token: the status
+/// code and the body.
+fn curl(
+    server: &Cluster,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    body: &[u8],
+) -> (u16, String) {
+    let body_file = server.dir.path().join("admission-body");
+    std::fs::write(&body_file, body).unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-X",
+        method,
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(server.dir.path().join("server/tls/ca.crt"))
+    .arg("--data-binary")
+    .arg(format!("@{}", body_file.display()));
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg(format!("{}{path}", server.url()))
+        .output()
+        .expect("curl is needed for these tests (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status code line");
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// POST `body` as the admin.
+fn post(server: &Cluster, path: &str, body: &Value) -> (u16, Value) {
+    let token = std::fs::read_to_string(server.dir.path().join("server/tls/admin.token")).unwrap();
+    let (code, text) = curl(
+        server,
+        "POST",
+        path,
+        &[
+            format!("Authorization: Bearer {}", token.trim()),
+            "Content-Type: application/json".into(),
+        ],
+        body.to_string().as_bytes(),
+    );
+    let status = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (code, status)
+}
+
+/// A kubeconfig for node `name`, with the certificate the server issues
+/// to the holder of the join token (as an agent gets its own).
+fn node_kubeconfig(server: &Cluster, name: &str) -> PathBuf {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .unwrap();
+    let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
+    let (code, cert) = curl(
+        server,
+        "POST",
+        "/v1-orch/node-certificate",
+        &[
+            format!("Authorization: Bearer {}", token.trim()),
+            format!("orch-node-name: {name}"),
+            "orch-node-password: admission-test-node-password".into(),
+            "Content-Type: application/pkcs10".into(),
+        ],
+        csr.as_bytes(),
+    );
+    assert_eq!(code, 200, "a node certificate: {cert}");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = std::fs::read_to_string(server.dir.path().join("server/tls/ca.crt")).unwrap();
+    let user = format!("system:node:{name}");
+    let path = server.dir.path().join(format!("{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- cluster: {{certificate-authority-data: {ca}, server: '{url}'}}
+  name: orch
+contexts:
+- context: {{cluster: orch, user: '{user}'}}
+  name: node
+current-context: node
+users:
+- name: '{user}'
+  user: {{client-certificate-data: {cert}, client-key-data: {key}}}
+",
+            ca = b64(&ca),
+            url = server.url(),
+            cert = b64(&cert),
+            key = b64(&key.serialize_pem()),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn kubectl_as(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(kubectl_path("1.33"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn patches_and_updates_pass_admission() {
+    let server = Cluster::start();
+    let other = server.write(
+        "elsewhere.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: elsewhere}\n",
+    );
+    server.ok("1.33", &["create", "-f", other.to_str().unwrap()]);
+    let node = node_kubeconfig(&server, "node-a");
+    let own = server.write(
+        "node-a.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n",
+    );
+    // Its own Node: created, labelled, patched.
+    for args in [
+        &["create", "-f", own.to_str().unwrap()][..],
+        &["label", "node", "node-a", "mine=yes"],
+        &[
+            "patch",
+            "node",
+            "node-a",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"annotations":{"a":"b"}}}"#,
+        ],
+    ] {
+        let out = kubectl_as(&node, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Another Node: the authorizer lets the write through, NodeRestriction
+    // refuses it, whatever the patch type, on the object and its status,
+    // and on a full update.
+    let refusal = "nodes \"elsewhere\" is forbidden: node \"node-a\" is not allowed to modify node \"elsewhere\"";
+    let replaced = server.write(
+        "replaced.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: elsewhere, labels: {taken: 'yes'}}\n",
+    );
+    for args in [
+        &["label", "node", "elsewhere", "taken=yes"][..],
+        &[
+            "patch",
+            "node",
+            "elsewhere",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"taken":"yes"}}}"#,
+        ],
+        &[
+            "patch",
+            "node",
+            "elsewhere",
+            "--type=strategic",
+            "-p",
+            r#"{"metadata":{"labels":{"taken":"yes"}}}"#,
+        ],
+        &[
+            "patch",
+            "node",
+            "elsewhere",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels","value":{"taken":"yes"}}]"#,
+        ],
+        &[
+            "patch",
+            "node",
+            "elsewhere",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#,
+        ],
+        &["replace", "-f", replaced.to_str().unwrap()],
+    ] {
+        let out = kubectl_as(&node, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was allowed");
+        assert!(
+            err.contains("(Forbidden)") && err.contains(refusal),
+            "{args:?}: {err}"
+        );
+    }
+    let elsewhere = server.ok("1.33", &["get", "node", "elsewhere", "-o", "json"]);
+    let elsewhere: Value = serde_json::from_str(&elsewhere).unwrap();
+    assert_eq!(elsewhere["metadata"].get("labels"), None, "{elsewhere}");
+    assert_eq!(
+        elsewhere.get("status").and_then(|s| s.get("conditions")),
+        None,
+        "{elsewhere}"
+    );
+    // The admin is no node: the same patch goes through.
+    server.ok("1.33", &["label", "node", "elsewhere", "taken=yes"]);
+}
+
+#[test]
+fn pods_made_by_controllers_are_admitted() {
+    let server = Cluster::start_with(&["--default-not-ready-toleration-seconds", "60"]);
+    let file = server.write(
+        "web.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: busybox}]
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    // Made in-process by the ReplicaSet controller, and one a client made.
+    server.ok("1.33", &["run", "direct", "--image=busybox"]);
+    let pods = server.wait_json(&["get", "pods"], 30, "the deployment's pod", |list| {
+        list["items"]
+            .as_array()
+            .is_some_and(|items| items.len() == 2)
+    });
+    for pod in pods["items"].as_array().unwrap() {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let spec = &pod["spec"];
+        assert_eq!(spec["serviceAccountName"], "default", "{name}");
+        assert_eq!(spec["serviceAccount"], "default", "{name}");
+        let volume = spec["volumes"]
+            .as_array()
+            .and_then(|v| {
+                v.iter().find(|v| {
+                    v["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("kube-api-access-"))
+                })
+            })
+            .unwrap_or_else(|| panic!("{name} has no kube-api-access volume: {spec}"));
+        assert_eq!(
+            volume["projected"]["sources"][0]["serviceAccountToken"]["path"], "token",
+            "{name}"
+        );
+        assert_eq!(
+            spec["containers"][0]["volumeMounts"],
+            json!([{"name": volume["name"], "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]),
+            "{name}"
+        );
+        assert_eq!(
+            spec["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ]),
+            "{name}"
+        );
+        assert_eq!(
+            (&spec["priority"], &spec["preemptionPolicy"]),
+            (&json!(0), &json!("PreemptLowerPriority")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn nothing_new_goes_into_terminating_or_missing_namespaces() {
+    let server = Cluster::start();
+    let file = server.write(
+        "doomed.yaml",
+        "apiVersion: v1
+kind: Namespace
+metadata: {name: doomed}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: hold, namespace: doomed, finalizers: [example.com/hold]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stuck, namespace: doomed, finalizers: [example.com/hold]}
+spec:
+  containers: [{name: c, image: busybox}]
+",
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok("1.33", &["delete", "namespace", "doomed", "--wait=false"]);
+    server.wait_json(
+        &["get", "namespace", "doomed"],
+        30,
+        "doomed terminating",
+        |ns| ns["status"]["phase"] == "Terminating",
+    );
+
+    // A create: 403, upstream's message, and the cause kubectl drain reads.
+    let err = server.fails("1.33", &["create", "configmap", "late", "-n", "doomed"]);
+    assert!(
+        err.contains("configmaps \"late\" is forbidden: unable to create new content in namespace doomed because it is being terminated"),
+        "{err}"
+    );
+    let cause = json!([{"reason": "NamespaceTerminating", "message": "namespace doomed is being terminated", "field": "metadata.namespace"}]);
+    let (code, status) = post(
+        &server,
+        "/api/v1/namespaces/doomed/configmaps",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}),
+    );
+    assert_eq!(code, 403, "{status}");
+    assert_eq!(
+        (
+            &status["reason"],
+            &status["details"]["kind"],
+            &status["details"]["causes"]
+        ),
+        (&json!("Forbidden"), &json!("configmaps"), &cause),
+        "{status}"
+    );
+    // Creates of subresources too: binding a pod, evicting one.
+    let (code, status) = post(
+        &server,
+        "/api/v1/namespaces/doomed/pods/stuck/binding",
+        &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "stuck"}, "target": {"kind": "Node", "name": "n"}}),
+    );
+    assert_eq!(code, 403, "{status}");
+    assert_eq!(
+        status["message"],
+        "pods \"stuck\" is forbidden: unable to create new content in namespace doomed because it is being terminated"
+    );
+    let (code, status) = post(
+        &server,
+        "/api/v1/namespaces/doomed/pods/stuck/eviction",
+        &json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "stuck", "namespace": "doomed"}}),
+    );
+    assert_eq!(
+        (code, &status["details"]["causes"]),
+        (403, &cause),
+        "{status}"
+    );
+
+    // A namespace that does not exist: its NotFound.
+    let err = server.fails("1.33", &["create", "configmap", "late", "-n", "nowhere"]);
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+    let (code, status) = post(
+        &server,
+        "/api/v1/namespaces/nowhere/configmaps",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}),
+    );
+    assert_eq!(
+        (code, &status["reason"]),
+        (404, &json!("NotFound")),
+        "{status}"
+    );
+
+    // What is there may still change: its finalizers go, and so does the
+    // namespace.
+    for what in ["configmap/hold", "pod/stuck"] {
+        server.ok(
+            "1.33",
+            &[
+                "patch",
+                what,
+                "-n",
+                "doomed",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+        );
+    }
+    wait::until_true(Duration::from_secs(30), "doomed gone", || {
+        !server
+            .kubectl("1.33", &["get", "namespace", "doomed"])
+            .status
+            .success()
+    });
+}
