@@ -575,6 +575,12 @@ pub(crate) mod tests {
             .evict("default", "p", &json!({"kind": "Eviction"}), &eviction)
             .await
             .unwrap();
+        // The bound pod is deleted gracefully, so it is still there.
+        let pods = registry.resource("", "pods").unwrap().clone();
+        registry
+            .delete(&pods, Some("default"), "p", &eviction)
+            .await
+            .unwrap();
 
         let app = "system:serviceaccount:default:app";
         let loopback = "system:apiserver";
@@ -587,6 +593,7 @@ pub(crate) mod tests {
             format!("Update pods default/p by {loopback} (object: Pod, old: true)"),
             format!("Update pods/status default/p by {app} (object: Pod, old: true)"),
             format!("Create pods/binding default/p by {loopback} (object: Binding, old: false)"),
+            // Only the eviction: its delete of the pod is not admitted again.
             format!("Create pods/eviction default/p by {app} (object: Eviction, old: false)"),
             format!("Delete pods default/p by {app} (object: none, old: true)"),
         ];

@@ -200,7 +200,7 @@ pub(super) fn delete_options(
             .and_then(Value::as_str)
             .map(str::to_owned),
         dry_run,
-        user: None,
+        ..DeleteOptions::default()
     })
 }
 

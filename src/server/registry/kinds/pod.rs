@@ -198,7 +198,8 @@ impl Registry {
     }
 
     /// Evict a pod (`pods/eviction`): admitted as a create of the
-    /// eviction, then a delete of the pod with the eviction's options.
+    /// eviction (only that, as upstream), then a delete of the pod with
+    /// the eviction's options.
     ///
     /// # Errors
     /// As [`Registry::delete`], and what admission refuses.
@@ -226,7 +227,11 @@ impl Registry {
         let mut eviction = eviction.clone();
         self.admission.admit(&attrs, &mut eviction, self).await?;
         self.admission.validate(&attrs, &eviction, self).await?;
-        self.delete(&res, Some(namespace), name, opts).await?;
+        let opts = DeleteOptions {
+            admitted: true,
+            ..opts.clone()
+        };
+        self.delete(&res, Some(namespace), name, &opts).await?;
         Ok(())
     }
 }
