@@ -499,3 +499,19 @@ async fn a_container_that_ignores_sigterm_is_killed_when_the_grace_period_ends()
     assert!(at("mesh.0", 15) < at("log.0", 15), "{sent:?}");
     assert_eq!(n.api.with(|p| p.deleted.clone()), [UID]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_gets_the_minimum_grace_when_the_apps_used_the_period_up() {
+    let mut n = running_with_sidecars().await;
+    n.rt.ignore_sigterm("b.0");
+    n.rt.ignore_sigterm("mesh.0");
+    let started = tokio::time::Instant::now();
+    delete(&mut n, 20).await;
+    // b takes the 20 s; mesh still gets the kubelet's 2 s between its
+    // SIGTERM and its SIGKILL, and log stops after it.
+    assert_eq!(started.elapsed(), Duration::from_secs(22));
+    let sent = kills(&n);
+    let at = |id: &str, signal| sent.iter().position(|k| *k == (id.to_owned(), signal));
+    assert!(at("b.0", 9) < at("mesh.0", 15), "{sent:?}");
+    assert!(at("mesh.0", 9) < at("log.0", 15), "{sent:?}");
+}

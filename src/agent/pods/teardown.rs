@@ -46,9 +46,11 @@ pub(super) async fn stop_instance(
 }
 
 /// The kubelet's killContainer for instance `target.id`: its preStop hook
-/// within `deadline`, SIGTERM, then SIGKILL at `deadline` — or 2 s after
-/// the hook, when the hook took the time up. Why the hook failed, if it
-/// did. (`target.hook` is not used: the hook is the container's preStop.)
+/// within `deadline`, SIGTERM, then SIGKILL at `deadline` — or
+/// [`MIN_STOP_GRACE`] after the SIGTERM, when less was left (a hook or,
+/// for sidecars, the app containers took the time up). Why the hook
+/// failed, if it did. (`target.hook` is not used: the hook is the
+/// container's preStop.)
 pub(super) async fn kill_container(
     rt: &dyn PodRuntime,
     target: &Hook<'_>,
@@ -66,8 +68,10 @@ pub(super) async fn kill_container(
                 "hook of {id} did not finish within the grace period"
             )),
         };
-        kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
     }
+    // Whatever the hook or earlier containers left of the grace period,
+    // SIGTERM comes at least this long before SIGKILL.
+    kill_at = kill_at.max(tokio::time::Instant::now() + MIN_STOP_GRACE);
     let _ = rt.kill(uid, id, 15).await;
     while tokio::time::Instant::now() < kill_at {
         match rt.containers(uid).await {
@@ -150,9 +154,9 @@ async fn stop_containers(
     futures::future::join_all(stops).await;
 }
 
-/// What a container gets between SIGTERM and SIGKILL at least, when its
-/// preStop hook used the grace period up (the kubelet's
-/// `minimumGracePeriodInSeconds`).
+/// What a container gets between SIGTERM and SIGKILL at least, even when
+/// its preStop hook or the containers stopped before it used the grace
+/// period up (the kubelet's `minimumGracePeriodInSeconds`).
 pub(super) const MIN_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Remove the logs (`<n>.log` and its rotated `<n>.log.<time>`) of the
@@ -310,12 +314,12 @@ mod tests {
         assert_eq!(rt.instances("u-1")[0].exit_code, Some(143));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_container_that_ignores_sigterm_is_killed_at_the_deadline() {
         let rt = running(&["web.0"]).await;
         rt.ignore_sigterm("web.0");
         let c = json!({"name": "web"});
-        let grace = Duration::from_millis(300);
+        let grace = Duration::from_secs(5);
         let started = tokio::time::Instant::now();
         kill_container(&rt, &hook(&c), started + grace).await;
         assert!(started.elapsed() >= grace, "SIGKILL only at the deadline");
