@@ -424,11 +424,14 @@ mod tests {
         };
         // A "container" writes 8 MiB to a file, exits, and its cgroup is
         // removed (as libcontainer does): the page cache stays charged.
+        // Written back before the removal (conv=fsync): the kernel cannot
+        // reclaim pages still dirty or under writeback on the spot, and on
+        // a machine busy writing they may be for seconds.
         let scratch = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "echo $$ > {} && dd if=/dev/zero of={} bs=1M count=8 2>/dev/null",
+                "echo $$ > {} && dd if=/dev/zero of={} bs=1M count=8 conv=fsync 2>/dev/null",
                 dir.join("cgroup.procs").display(),
                 scratch.path().join("data").display()
             ))
