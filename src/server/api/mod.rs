@@ -50,7 +50,7 @@ use crate::server::auth::authz::{self, Decision};
 use crate::server::auth::{self, User};
 use crate::server::registry::{Registry, WriteOptions};
 
-pub use body::Body;
+pub use body::{Body, RequestBody};
 pub use nodes::CERTIFICATE_PATH;
 pub use request::MAX_BODY;
 use request::Representation;
@@ -121,9 +121,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: A
             // A certificate the CA did not sign (or expired) got through the
             // handshake only to be answered 401 by the authenticators.
             let certificate = Arc::new(api.x509.verify_peer(tls.get_ref().1.peer_certificates()));
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let api = api.clone();
                 let certificate = certificate.clone();
+                let req = req.map(RequestBody::new);
                 async move { Ok::<_, Infallible>(api.handle(req, &certificate).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -142,7 +143,7 @@ impl ApiServer {
     /// → dispatch.
     async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: &PeerCertificate,
     ) -> Response<Body> {
         if let Some(resp) = self.public(req.uri().path()) {
@@ -200,7 +201,7 @@ impl ApiServer {
     /// Hand an authorized request to its handler.
     async fn dispatch(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &RequestInfo,
         user: &User,
     ) -> Result<Response<Body>, ApiError> {
@@ -311,7 +312,7 @@ impl ApiServer {
     /// subresources, with the representation and write options asked.
     fn resource_call<'a>(
         self: &'a Arc<Self>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         info: &'a RequestInfo,
         rp: &'a ResourcePath,
         accept: Option<&str>,

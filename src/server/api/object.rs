@@ -2,8 +2,8 @@
 //! delete (and a legacy `/watch/` of one object).
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
+use super::body::RequestBody;
 use super::response::{json_response, render_object, written_response};
 use super::{Body, Call, collection, q, request};
 use crate::api::status::ApiError;
@@ -12,7 +12,7 @@ use crate::server::admission::Operation;
 /// Serve a request on one object.
 pub(super) async fn serve(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     match *req.method() {
@@ -48,7 +48,7 @@ fn watch_one(call: &Call<'_>, name: &str) -> Result<Response<Body>, ApiError> {
 /// Replace the object (or, with `sub`, its status).
 pub(super) async fn update(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
@@ -75,7 +75,7 @@ pub(super) async fn update(
 /// does not see patches: the patched object exists only in the registry.
 pub(super) async fn patch(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
@@ -101,7 +101,7 @@ pub(super) async fn patch(
 
 async fn delete(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let body = request::read_optional_body(req).await?;

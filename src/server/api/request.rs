@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::body::RequestBody;
 use super::{Query, q};
 use crate::api::catalog::Resource;
 use crate::api::patch::PatchType;
@@ -18,8 +18,6 @@ use crate::store::Revision;
 
 /// Request bodies above this are refused with 413 (upstream's limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
-/// How much of a too-large body is read and dropped before answering.
-const MAX_DRAIN: usize = 64 * 1024 * 1024;
 
 pub use crate::api::query::parse_query;
 
@@ -231,32 +229,26 @@ impl Parsed {
     }
 }
 
-pub(super) async fn read_bytes(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
+pub(super) async fn read_bytes(req: Request<RequestBody>) -> Result<(String, Bytes), ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    // Read up to MAX_BODY; past it, keep draining (up to a bound) so the
-    // client gets the 413 instead of a reset stream.
+    // Read up to MAX_BODY; the rest of a larger body is drained after the
+    // 413 (RequestBody's drop), so the client sees the answer.
     let mut body = req.into_body();
     let mut buf = bytes::BytesMut::new();
-    let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen <= MAX_BODY {
-                buf.extend_from_slice(&data);
-            } else if seen > MAX_DRAIN {
-                break;
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(ApiError::too_large(MAX_BODY));
             }
+            buf.extend_from_slice(&data);
         }
-    }
-    if seen > MAX_BODY {
-        return Err(ApiError::too_large(MAX_BODY));
     }
     let bytes = buf.freeze();
     Ok((content_type, bytes))
@@ -280,7 +272,7 @@ fn parse_document(content_type: &str, bytes: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
-pub(super) async fn read_body(req: Request<Incoming>) -> Result<Parsed, ApiError> {
+pub(super) async fn read_body(req: Request<RequestBody>) -> Result<Parsed, ApiError> {
     let (ct, bytes) = read_bytes(req).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
@@ -305,7 +297,9 @@ pub(super) async fn read_body(req: Request<Incoming>) -> Result<Parsed, ApiError
     Ok(Parsed { value, duplicates })
 }
 
-pub(super) async fn read_optional_body(req: Request<Incoming>) -> Result<Option<Value>, ApiError> {
+pub(super) async fn read_optional_body(
+    req: Request<RequestBody>,
+) -> Result<Option<Value>, ApiError> {
     let (ct, bytes) = read_bytes(req).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -313,7 +307,7 @@ pub(super) async fn read_optional_body(req: Request<Incoming>) -> Result<Option<
     parse_document(&ct, &bytes).map(Some)
 }
 
-pub(super) async fn read_patch(req: Request<Incoming>) -> Result<(PatchType, Value), ApiError> {
+pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<(PatchType, Value), ApiError> {
     let (ct, bytes) = read_bytes(req).await?;
     let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
         ApiError::new(
