@@ -5,6 +5,8 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use support::TestServer;
 
@@ -87,4 +89,190 @@ fn early_answers_reach_http2_clients_still_sending() {
             wrong.len()
         );
     }
+}
+
+/// A TLS client for the server's API port, trusting its CA, offering
+/// `alpn`.
+fn tls_connector(server: &TestServer, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let ca = CertificateDer::from_pem_file(server.dir.path().join("server/tls/ca.crt"))
+        .expect("the server's CA certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("a CA certificate rustls accepts");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// How a slow client behaves.
+#[derive(Debug, Clone, Copy)]
+enum Slow {
+    /// Opens TCP and never starts TLS.
+    NoHandshake,
+    /// Completes TLS (HTTP/2 by ALPN) and sends nothing.
+    SilentAfterTls,
+    /// Sends a request line and then one header line every 300 ms,
+    /// never ending the headers (slowloris).
+    Dripping,
+}
+
+/// Open a slow connection and keep it going until the server closes it
+/// or `give_up` passes; how long the server let it live, or None if it
+/// was still open then.
+async fn slow_client(
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    how: Slow,
+    give_up: Duration,
+) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opened = Instant::now();
+    let run = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if let Slow::NoHandshake = how {
+            // The server closing shows as end of file (or a reset).
+            let _ = tcp.read(&mut [0u8; 1]).await;
+            return;
+        }
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let Ok(mut tls) = connector.connect(name, tcp).await else {
+            return;
+        };
+        if let Slow::SilentAfterTls = how {
+            let _ = tls.read(&mut [0u8; 1]).await;
+            return;
+        }
+        if tls
+            .write_all(b"GET /api HTTP/1.1\r\nHost: localhost\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::select! {
+                read = tls.read(&mut buf) => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(300)) => {
+                    if tls.write_all(b"X-Slow: 1\r\n").await.is_err()
+                        || tls.flush().await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(give_up, run)
+        .await
+        .ok()
+        .map(|()| opened.elapsed())
+}
+
+/// The server's API address (`127.0.0.1:port`).
+fn api_addr(server: &TestServer) -> std::net::SocketAddr {
+    let url = server.url();
+    url.trim_start_matches("https://")
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+/// Slowloris (issue #21): connections that never finish TLS, go silent
+/// after it, or drip a request's headers forever are all closed within
+/// the header timeout (upstream's ReadHeaderTimeout; 2 s here, 32 s by
+/// default), while a real client is served meanwhile. Before the fix no
+/// such connection was ever closed.
+#[test]
+fn slow_connections_are_closed_within_the_header_timeout() {
+    let server = TestServer::start_with(&[
+        "--api-read-header-timeout",
+        "2",
+        "--api-tls-handshake-timeout",
+        "2",
+    ]);
+    let addr = api_addr(&server);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let give_up = Duration::from_secs(20);
+    let clients: Vec<_> = [
+        (Slow::NoHandshake, b"h2".as_slice()),
+        (Slow::SilentAfterTls, b"h2"),
+        (Slow::Dripping, b"http/1.1"),
+    ]
+    .into_iter()
+    .flat_map(|(how, alpn)| {
+        let connector = tls_connector(&server, alpn);
+        (0..30).map(move |_| (how, connector.clone()))
+    })
+    .map(|(how, connector)| {
+        (
+            how,
+            runtime.spawn(slow_client(addr, connector, how, give_up)),
+        )
+    })
+    .collect();
+    // A real client, while all of them are open.
+    std::thread::sleep(Duration::from_millis(500));
+    let namespaces = server.ok("1.33", &["get", "namespaces", "-o", "name"]);
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+    for (how, client) in clients {
+        let lived = runtime.block_on(client).expect("slow client task");
+        let lived = lived.unwrap_or_else(|| {
+            panic!("a {how:?} connection was still open after {give_up:?}; the server should close it after 2 s")
+        });
+        assert!(
+            lived < Duration::from_secs(12),
+            "a {how:?} connection lived {lived:?}; the server should close it after 2 s"
+        );
+    }
+}
+
+/// Past the cap on connections that have not authenticated, each new one
+/// closes the oldest: a flood of idle connections (here with a 60 s
+/// header timeout, so only the cap can close them) cannot lock out a real
+/// client, and the newest of the flood stay.
+#[test]
+fn unauthenticated_connections_past_the_cap_close_the_oldest() {
+    let server = TestServer::start_with(&["--api-max-unauthenticated-connections", "10"]);
+    let addr = api_addr(&server);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let connector = tls_connector(&server, b"h2");
+    let give_up = Duration::from_secs(15);
+    let mut flood = Vec::new();
+    for _ in 0..30 {
+        let slow = runtime.spawn(slow_client(
+            addr,
+            connector.clone(),
+            Slow::SilentAfterTls,
+            give_up,
+        ));
+        flood.push(slow);
+        // One at a time, so "oldest" is well defined.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let namespaces = server.ok("1.33", &["get", "namespaces", "-o", "name"]);
+    assert!(namespaces.contains("namespace/default"), "{namespaces}");
+    let lived: Vec<Option<Duration>> = flood
+        .into_iter()
+        .map(|c| runtime.block_on(c).expect("slow client task"))
+        .collect();
+    let closed = lived.iter().filter(|l| l.is_some()).count();
+    assert!(
+        closed >= 20,
+        "at least 20 of 30 idle connections should be closed to keep 10; {closed} were: {lived:?}"
+    );
+    assert!(
+        lived[..20].iter().all(Option::is_some),
+        "the oldest connections are the ones closed: {lived:?}"
+    );
 }

@@ -17,6 +17,7 @@
 
 mod body;
 mod collection;
+mod connection;
 mod discovery;
 mod exec;
 mod nodes;
@@ -30,13 +31,10 @@ mod subresource;
 pub mod tunnel;
 mod watch;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -45,12 +43,14 @@ use tracing::Instrument;
 use crate::api::catalog::Resource;
 use crate::api::status::ApiError;
 use crate::server::admission;
-use crate::server::auth::authn::{self, Credentials, PeerCertificate};
+use crate::server::auth::authn::{self, Credentials};
 use crate::server::auth::authz::{self, Decision};
 use crate::server::auth::{self, User};
 use crate::server::registry::{Registry, WriteOptions};
 
 pub use body::{Body, RequestBody};
+pub use connection::Limits;
+use connection::Peer;
 pub use nodes::CERTIFICATE_PATH;
 pub use request::MAX_BODY;
 use request::Representation;
@@ -88,11 +88,18 @@ type Query = std::collections::HashMap<String, Vec<String>>;
 use crate::api::query::first as q;
 
 /// Serve the API on `listener` until the returned future is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<ApiServer>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    api: Arc<ApiServer>,
+    limits: Limits,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let unauthenticated = connection::Unauthenticated::new(limits.max_unauthenticated);
+    let limits = Arc::new(limits);
     let mut connections = JoinSet::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(err) => {
                 tracing::warn!(%err, "accept failed");
@@ -103,56 +110,34 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: A
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let api = api.clone();
-        connections.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            // A certificate the CA did not sign (or expired) got through the
-            // handshake only to be answered 401 by the authenticators.
-            let certificate = Arc::new(api.x509.verify_peer(tls.get_ref().1.peer_certificates()));
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let api = api.clone();
-                let certificate = certificate.clone();
-                let req = req.map(RequestBody::new);
-                async move { Ok::<_, Infallible>(api.handle(req, &certificate).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-        });
+        // Counted at once, so a flood closes its own oldest connections
+        // before any handshake work.
+        let pending = unauthenticated.admit();
+        connections.spawn(connection::serve(
+            tcp,
+            addr,
+            acceptor.clone(),
+            api.clone(),
+            limits.clone(),
+            pending,
+        ));
     }
 }
 
 impl ApiServer {
     /// One request through the pipeline: route → authenticate → authorize
     /// → dispatch.
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<RequestBody>,
-        peer: &PeerCertificate,
-    ) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: &Peer) -> Response<Body> {
         if let Some(resp) = self.public(req.uri().path()) {
             return resp;
         }
         let info = route::parse(req.method(), req.uri(), &self.registry.catalog);
-        let credentials = Credentials::new(peer, req.headers());
+        let credentials = Credentials::new(&peer.certificate, req.headers());
         let user = match self.authenticators.authenticate(&credentials).await {
-            Ok(user) => user,
+            Ok(user) => {
+                peer.authenticated();
+                user
+            }
             Err(err) => {
                 tracing::debug!(path = %info.path, %err, "not authenticated");
                 return error_response(&ApiError::unauthorized());
