@@ -67,6 +67,14 @@ impl Default for Limits {
     }
 }
 
+/// How many bytes of request headers are read, as Go's `MaxHeaderBytes`
+/// upstream sets (1 MiB), so long label and field selectors fit (hyper's
+/// HTTP/2 default was 16 KiB). Over HTTP/2, which kubectl and client-go
+/// use, a larger header block gets h2's 431 Request Header Fields Too
+/// Large. Over HTTP/1.1 hyper also caps the request target at 64 KiB and
+/// closes the connection past it (not tested yet).
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
 /// How long a connection closing for being idle may take to finish.
 const GRACEFUL_CLOSE: Duration = Duration::from_secs(5);
 
@@ -210,7 +218,11 @@ pub(super) async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_header);
+        .header_read_timeout(limits.read_header)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let expired = tokio::select! {

@@ -47,6 +47,7 @@ use crate::server::auth::authn::{self, Credentials};
 use crate::server::auth::authz::{self, Decision};
 use crate::server::auth::{self, User};
 use crate::server::registry::{Registry, WriteOptions};
+use crate::store::Revision;
 
 pub use body::{Body, RequestBody};
 pub use connection::Limits;
@@ -84,6 +85,10 @@ pub struct ApiServer {
 }
 
 type Query = std::collections::HashMap<String, Vec<String>>;
+
+/// How long a get or list waits for a resourceVersion the store has not
+/// reached (upstream's watch cache blocks 3 s).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
 use crate::api::query::first as q;
 
@@ -223,6 +228,11 @@ impl ApiServer {
             }
             Target::Resource(rp) => {
                 let call = self.resource_call(&req, info, rp, accept.as_deref(), user)?;
+                if req.method() == Method::GET
+                    && let Some(rv) = request::not_older_than(&info.verb, &info.query)?
+                {
+                    self.wait_for_revision(rv).await?;
+                }
                 match (&rp.name, &rp.subresource) {
                     (None, _) => collection::serve(&call, req).await,
                     (Some(name), None) => object::serve(&call, req, name).await,
@@ -230,6 +240,39 @@ impl ApiServer {
                 }
             }
         }
+    }
+
+    /// Wait (up to [`FRESHNESS_WAIT`]) until the store has reached `rv`,
+    /// as upstream's watch cache waits before serving a get or list that
+    /// must not be older than it.
+    ///
+    /// # Errors
+    /// 504 Timeout (`Too large resource version`) when it has not.
+    async fn wait_for_revision(&self, rv: Revision) -> Result<(), ApiError> {
+        let store = &self.registry.store;
+        let current = store.current_revision();
+        if current >= rv {
+            return Ok(());
+        }
+        // Every change after `current` comes through this watcher, so none
+        // is missed between the check and the wait.
+        let reached = async {
+            let mut changes = store.watch("", current).await.ok()?;
+            while let Some(Ok(event)) = changes.next().await {
+                if event.revision() >= rv {
+                    return Some(());
+                }
+            }
+            None
+        };
+        if let Ok(Some(())) = tokio::time::timeout(FRESHNESS_WAIT, reached).await {
+            return Ok(());
+        }
+        let current = store.current_revision();
+        if current >= rv {
+            return Ok(());
+        }
+        Err(ApiError::too_large_resource_version(rv.0, current.0))
     }
 
     fn version(&self) -> Value {
@@ -322,6 +365,11 @@ impl ApiServer {
         let representation = request::negotiate(accept)
             .ok_or_else(|| ApiError::not_acceptable(accept.unwrap_or_default()))?;
         let write = request::write_options(&info.query)?;
+        // Reads take no resourceVersion that does not parse (upstream
+        // answers those 500; the store would otherwise ignore them).
+        if req.method() == Method::GET {
+            request::read_revision(&info.query)?;
+        }
         // A legacy `/watch/` path is a watch whatever the method says.
         if info.verb == "watch" && req.method() != Method::GET {
             return Err(ApiError::method_not_allowed(req.method().as_str()));

@@ -152,11 +152,54 @@ pub(super) fn list_query(res: &Resource, query: &Query) -> Result<ListQuery, Api
     })
 }
 
-fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
-    rv.parse::<u64>().map(Revision).map_err(|_| {
-        ApiError::bad_request(format!(
-            "invalid resource version {rv:?}: must be a non-negative integer"
-        ))
+/// A `resourceVersion` as upstream parses it (`strconv.ParseUint`, base
+/// 10): digits only, within 64 bits.
+///
+/// # Errors
+/// 400 BadRequest with upstream's field error text. Upstream answers 500
+/// for these (kubernetes#139485); a client's typo is not a server fault.
+pub(super) fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
+    let why = if rv.is_empty() || !rv.bytes().all(|b| b.is_ascii_digit()) {
+        "invalid syntax"
+    } else {
+        match rv.parse::<u64>() {
+            Ok(n) => return Ok(Revision(n)),
+            Err(_) => "value out of range",
+        }
+    };
+    Err(ApiError::bad_request(format!(
+        "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: {why}"
+    )))
+}
+
+/// The `resourceVersion` of a read (get, list, watch), checked strictly:
+/// `None` when unset or empty.
+///
+/// # Errors
+/// As [`parse_revision`].
+pub(super) fn read_revision(query: &Query) -> Result<Option<Revision>, ApiError> {
+    q(query, "resourceVersion")
+        .filter(|s| !s.is_empty())
+        .map(parse_revision)
+        .transpose()
+}
+
+/// The revision a get or list must not be older than, when it asks for
+/// one the store may not have reached: a get or a list with a
+/// resourceVersion other than 0, where a list's is not Exact (explicitly,
+/// or by carrying a limit).
+pub(super) fn not_older_than(verb: &str, query: &Query) -> Result<Option<Revision>, ApiError> {
+    let Some(rv) = read_revision(query)?.filter(|rv| rv.0 != 0) else {
+        return Ok(None);
+    };
+    let limited = q(query, "limit")
+        .and_then(|l| l.parse::<i64>().ok())
+        .is_some_and(|l| l > 0);
+    Ok(match (verb, q(query, "resourceVersionMatch")) {
+        ("get", _) => Some(rv),
+        ("list", Some("NotOlderThan")) => Some(rv),
+        ("list", None | Some("")) if !limited => Some(rv),
+        _ => None,
     })
 }
 
