@@ -442,6 +442,21 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// Upstream's `NewInternalError`: "Internal error occurred: …", the
+    /// cause repeated in details.
+    pub fn internal_occurred(cause: &str) -> Self {
+        let mut err = Self::internal(format!("Internal error occurred: {cause}"));
+        err.details = Some(Box::new(Details {
+            causes: vec![Cause {
+                reason: String::new(),
+                message: cause.to_owned(),
+                field: String::new(),
+            }],
+            ..Details::default()
+        }));
+        err
+    }
+
     fn body(&self) -> StatusBody<'_> {
         StatusBody {
             kind: "Status",

@@ -267,8 +267,9 @@ fn store_error(res: &Resource, name: &str, err: store::Error) -> ApiError {
             ApiError::bad_request(format!("invalid continue token: {reason}"))
         }
         other => {
+            // The full error (with the database path) is for the log only.
             tracing::error!(err = %other, "store failure");
-            ApiError::internal(other.to_string())
+            ApiError::internal_occurred(&other.public_message())
         }
     }
 }
