@@ -132,6 +132,50 @@ fn server_refuses_a_file_that_is_not_a_store() {
     );
 }
 
+/// Issue #21: a 0-byte state.db was adopted as a new, empty store.
+#[test]
+fn server_refuses_an_empty_store_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("server/db/state.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, b"").unwrap();
+    let out = Command::new(ORCH)
+        .args(["server", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: cannot open ")
+            && last.contains(&db.display().to_string())
+            && last.contains("the file is empty")
+            && last.contains("remove it to start an empty store"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), b"", "the file is left alone");
+}
+
+/// Issue #21: a TTL past u64 seconds overflowed into a token valid for
+/// about 17 hours; it is refused, in one line, before anything is read.
+#[test]
+fn token_create_refuses_an_out_of_range_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(ORCH)
+        .args(["token", "create", "--ttl", "213503982334602d", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: invalid --ttl \"213503982334602d\": too long"),
+        "{err}"
+    );
+}
+
 #[test]
 fn second_server_on_the_same_data_dir_is_refused() {
     let mut first = support::Cluster::start();

@@ -79,6 +79,12 @@ pub fn parse_ttl(text: &str) -> Result<Option<u64>, String> {
     if text == "0" {
         return Ok(None);
     }
+    let too_long = || {
+        format!(
+            "invalid --ttl {text:?}: too long; the longest is {}d (about 292 years, as kubeadm's), or 0 for no expiry",
+            MAX_TTL_SECONDS / 86_400
+        )
+    };
     let mut total = 0u64;
     let mut number = String::new();
     for c in text.chars() {
@@ -86,21 +92,34 @@ pub fn parse_ttl(text: &str) -> Result<Option<u64>, String> {
             number.push(c);
             continue;
         }
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        number.clear();
-        total += n * match c {
+        let unit = match c {
             'd' => 86_400,
             'h' => 3_600,
             'm' => 60,
             's' => 1,
             _ => return Err(bad()),
         };
+        if number.is_empty() {
+            return Err(bad());
+        }
+        // Digits only, so a parse failure is a number past u64.
+        let n: u64 = number.parse().map_err(|_| too_long())?;
+        number.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .filter(|&t| t <= MAX_TTL_SECONDS)
+            .ok_or_else(too_long)?;
     }
     if !number.is_empty() || total == 0 {
         return Err(bad());
     }
     Ok(Some(total))
 }
+
+/// The longest TTL: Go's longest `time.Duration` (i64 nanoseconds), which
+/// bounds kubeadm's `--ttl`, in whole days.
+const MAX_TTL_SECONDS: u64 = (i64::MAX as u64 / 1_000_000_000) / 86_400 * 86_400;
 
 #[cfg(test)]
 mod tests {
@@ -133,6 +152,17 @@ mod tests {
         assert_eq!(parse_ttl("0"), Ok(None));
         for bad in ["", "h", "10", "5x", "-1h"] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+        // Issue #21: this overflowed into a token valid for about 17 hours.
+        assert_eq!(parse_ttl("106751d"), Ok(Some(106_751 * 86_400)));
+        for long in [
+            "213503982334602d",
+            "106752d",
+            "106751d1s",
+            "99999999999999999999999s",
+        ] {
+            let err = parse_ttl(long).expect_err(long);
+            assert!(err.contains("too long") && !err.contains('\n'), "{err}");
         }
     }
 

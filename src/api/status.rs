@@ -419,8 +419,42 @@ impl ApiError {
         Self::new(504, "Timeout", message)
     }
 
+    /// A read asked for a resourceVersion the store has not reached (after
+    /// waiting for it): upstream's `NewTooLargeResourceVersionError`, a
+    /// Timeout that tells the client to retry in a second.
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        let mut err = Self::timeout(format!(
+            "Timeout: Too large resource version: {requested}, current: {current}"
+        ));
+        err.details = Some(Box::new(Details {
+            causes: vec![Cause {
+                reason: "ResourceVersionTooLarge".into(),
+                message: "Too large resource version".into(),
+                field: String::new(),
+            }],
+            retry_after_seconds: 1,
+            ..Details::default()
+        }));
+        err
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
+    }
+
+    /// Upstream's `NewInternalError`: "Internal error occurred: …", the
+    /// cause repeated in details.
+    pub fn internal_occurred(cause: &str) -> Self {
+        let mut err = Self::internal(format!("Internal error occurred: {cause}"));
+        err.details = Some(Box::new(Details {
+            causes: vec![Cause {
+                reason: String::new(),
+                message: cause.to_owned(),
+                field: String::new(),
+            }],
+            ..Details::default()
+        }));
+        err
     }
 
     fn body(&self) -> StatusBody<'_> {

@@ -150,6 +150,49 @@ pub struct Args {
     )]
     pub event_ttl: u64,
 
+    /// (listener) Seconds a client has for its TLS handshake. Hidden, as
+    /// the three below: for tests, which need short limits; the defaults
+    /// are upstream's fixed values (issue #21).
+    #[arg(
+        long,
+        env = "ORCH_API_TLS_HANDSHAKE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10,
+        hide = true
+    )]
+    pub api_tls_handshake_timeout: u64,
+
+    /// (listener) Seconds a client has to send a request's headers.
+    #[arg(
+        long,
+        env = "ORCH_API_READ_HEADER_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 32,
+        hide = true
+    )]
+    pub api_read_header_timeout: u64,
+
+    /// (listener) Seconds a connection with no request in flight stays open.
+    #[arg(
+        long,
+        env = "ORCH_API_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 90,
+        hide = true
+    )]
+    pub api_idle_timeout: u64,
+
+    /// (listener) Connections that may wait unauthenticated at once; one
+    /// more closes the oldest of them.
+    #[arg(
+        long,
+        env = "ORCH_API_MAX_UNAUTHENTICATED_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024,
+        hide = true
+    )]
+    pub api_max_unauthenticated_connections: usize,
+
     /// (agent) Run the control plane alone, without the embedded agent.
     #[arg(long, env = "ORCH_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -232,6 +275,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         retention: std::time::Duration::from_secs(args.compaction_retention),
         min_revisions: args.compaction_min_revisions,
         interval: std::time::Duration::from_secs(args.compaction_interval),
+    };
+    for (flag, secs) in [
+        (
+            "--api-tls-handshake-timeout",
+            args.api_tls_handshake_timeout,
+        ),
+        ("--api-read-header-timeout", args.api_read_header_timeout),
+        ("--api-idle-timeout", args.api_idle_timeout),
+    ] {
+        if secs == 0 {
+            anyhow::bail!("{flag} must be at least 1 second");
+        }
+    }
+    if args.api_max_unauthenticated_connections == 0 {
+        anyhow::bail!("--api-max-unauthenticated-connections must be at least 1");
+    }
+    config.connection_limits = server::api::Limits {
+        tls_handshake: std::time::Duration::from_secs(args.api_tls_handshake_timeout),
+        read_header: std::time::Duration::from_secs(args.api_read_header_timeout),
+        idle: std::time::Duration::from_secs(args.api_idle_timeout),
+        max_unauthenticated: args.api_max_unauthenticated_connections,
     };
     config.write_kubeconfig = Some(args.write_kubeconfig);
     config.token = args.token;

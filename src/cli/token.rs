@@ -48,6 +48,10 @@ pub enum TokenCommand {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Refuse a bad --ttl before anything else is read or asked.
+    if let TokenCommand::Create { ttl, .. } = &args.command {
+        join::parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    }
     let kubeconfig = args
         .kubeconfig
         .clone()

@@ -43,6 +43,8 @@ pub struct Config {
     pub service_ranges: registry::ServiceRanges,
     pub admission: admission::Settings,
     pub controllers: controllers::Config,
+    /// Timeouts and the unauthenticated-connection cap of the API port.
+    pub connection_limits: api::Limits,
 }
 
 impl Config {
@@ -59,6 +61,7 @@ impl Config {
             service_ranges: registry::ServiceRanges::default(),
             admission: admission::Settings::default(),
             controllers: controllers::Config::default(),
+            connection_limits: api::Limits::default(),
         }
     }
 
@@ -260,7 +263,12 @@ pub async fn run_with(
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),
     });
-    let serving = tokio::spawn(api::serve(listener, tls, api));
+    let serving = tokio::spawn(api::serve(
+        listener,
+        tls,
+        api,
+        config.connection_limits.clone(),
+    ));
     tracing::info!(
         data_dir = %config.data_dir.display(),
         listen = %local,

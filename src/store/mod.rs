@@ -228,6 +228,24 @@ pub enum Error {
     Closed,
 }
 
+impl Error {
+    /// The failure as the API server may tell its clients: without the
+    /// database's path, which only the server's log shows. A full disk is
+    /// named as such, so clients and operators see what to fix.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Sqlite { source, .. }
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) =>
+            {
+                "the store is out of space".into()
+            }
+            Self::Sqlite { step, .. } => format!("the store failed while {step}"),
+            Self::Open { .. } => "the store cannot be opened".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A boxed future, so that [`Backend`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -140,6 +140,11 @@ impl SqliteBackend {
                     ))
                 })?;
         }
+        // Only a file this call creates may start empty: orch writes the
+        // SQLite header before it returns, so an empty file that was
+        // already there is not an orch store (an interrupted first start,
+        // a truncation, or another program's placeholder).
+        let existed = path.exists();
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
@@ -158,6 +163,12 @@ impl SqliteBackend {
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(open_err(format!("cannot lock the file: {e}")));
             }
+        }
+        if existed && lock.metadata().is_ok_and(|m| m.len() == 0) {
+            return Err(open_err(
+                "the file is empty, so not an orch store (an interrupted first start or a truncated file); remove it to start an empty store, or restore a backup"
+                    .into(),
+            ));
         }
         check_header(&mut lock).map_err(open_err)?;
 

@@ -443,6 +443,21 @@ fn opening_a_foreign_file_fails_and_leaves_it_alone() {
     );
 }
 
+/// Issue #21: an empty state.db was adopted as a new store.
+#[test]
+fn opening_an_empty_file_fails_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    std::fs::write(&path, b"").unwrap();
+    let msg = open_error(&dir);
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("the file is empty") && msg.contains("remove it to start an empty store"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"", "file must be untouched");
+}
+
 #[test]
 fn opening_another_programs_sqlite_database_fails() {
     let dir = tempfile::tempdir().unwrap();
@@ -876,4 +891,34 @@ async fn an_interrupted_compaction_finishes_after_reopening() {
     assert_eq!(store.get("/a", None).await.unwrap().unwrap().value, v("99"));
     let at90 = store.get("/a", Some(Revision(90))).await.unwrap().unwrap();
     assert_eq!(at90.value, v("89"));
+}
+
+/// Issue #21: a full disk showed clients the database's path.
+#[test]
+fn public_messages_name_a_full_disk_and_no_path() {
+    let full = Error::Sqlite {
+        path: "/var/lib/orch/server/db/state.db".into(),
+        step: "committing a write",
+        source: rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        ),
+    };
+    assert!(
+        full.to_string().contains("/var/lib/orch"),
+        "the log keeps the path"
+    );
+    assert_eq!(full.public_message(), "the store is out of space");
+    let other = Error::Sqlite {
+        path: "/var/lib/orch/server/db/state.db".into(),
+        step: "committing a write",
+        source: rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            None,
+        ),
+    };
+    assert_eq!(
+        other.public_message(),
+        "the store failed while committing a write"
+    );
 }

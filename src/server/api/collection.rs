@@ -2,9 +2,9 @@
 //! delete a collection.
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
+use super::body::RequestBody;
 use super::request::{self, Representation};
 use super::response::{json_response, list_response, render_list, written_response};
 use super::{Body, Call, Query, watch};
@@ -14,7 +14,7 @@ use crate::server::auth::authz::masters;
 /// Serve a request on a collection.
 pub(super) async fn serve(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     match *req.method() {
         Method::GET => {
@@ -53,7 +53,7 @@ pub(super) fn watch(
     ))
 }
 
-async fn create(call: &Call<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
     let body = request::read_body(req).await?;
     if !call.res.allows("create") {
         return Err(ApiError::method_not_allowed("create"));
@@ -95,7 +95,7 @@ fn self_review(call: &Call<'_>, body: &serde_json::Value) -> Option<serde_json::
 
 async fn delete_collection(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     let body = request::read_optional_body(req).await?;
     let opts = call.delete_options(call.query(), body.as_ref())?;

@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::tunnel::{TunnelBody, Tunnels};
 use crate::api::remotecommand::{self as rc, PROTOCOLS};
 use crate::api::status::ApiError;
@@ -54,7 +54,7 @@ fn pick_protocol(headers: &HeaderMap) -> Option<&'static str> {
 /// upgrade, or the node refused to start the command.
 pub async fn serve(
     tunnels: &Tunnels,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     pod: &Value,
     container: &str,
     what: &str,

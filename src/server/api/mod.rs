@@ -22,6 +22,7 @@
 
 mod body;
 mod collection;
+mod connection;
 mod discovery;
 mod exec;
 mod nodes;
@@ -35,13 +36,10 @@ mod subresource;
 pub mod tunnel;
 mod watch;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -49,12 +47,15 @@ use tracing::Instrument;
 
 use crate::api::catalog::Resource;
 use crate::api::status::ApiError;
-use crate::server::auth::authn::{self, Credentials, PeerCertificate};
+use crate::server::auth::authn::{self, Credentials};
 use crate::server::auth::authz::{self, Decision};
 use crate::server::auth::{self, User};
 use crate::server::registry::{DeleteOptions, Registry, WriteOptions};
+use crate::store::Revision;
 
-pub use body::Body;
+pub use body::{Body, RequestBody};
+pub use connection::Limits;
+use connection::Peer;
 pub use nodes::CERTIFICATE_PATH;
 pub use request::MAX_BODY;
 use request::Representation;
@@ -87,14 +88,25 @@ pub struct ApiServer {
 
 type Query = std::collections::HashMap<String, Vec<String>>;
 
+/// How long a get or list waits for a resourceVersion the store has not
+/// reached (upstream's watch cache blocks 3 s).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
+
 use crate::api::query::first as q;
 
 /// Serve the API on `listener` until the returned future is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: Arc<ApiServer>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    api: Arc<ApiServer>,
+    limits: Limits,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let unauthenticated = connection::Unauthenticated::new(limits.max_unauthenticated);
+    let limits = Arc::new(limits);
     let mut connections = JoinSet::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
             Err(err) => {
                 tracing::warn!(%err, "accept failed");
@@ -105,37 +117,17 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, api: A
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let api = api.clone();
-        connections.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            // A certificate the CA did not sign (or expired) got through the
-            // handshake only to be answered 401 by the authenticators.
-            let certificate = Arc::new(api.x509.verify_peer(tls.get_ref().1.peer_certificates()));
-            let service = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                let certificate = certificate.clone();
-                async move { Ok::<_, Infallible>(api.handle(req, &certificate).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-        });
+        // Counted at once, so a flood closes its own oldest connections
+        // before any handshake work.
+        let pending = unauthenticated.admit();
+        connections.spawn(connection::serve(
+            tcp,
+            addr,
+            acceptor.clone(),
+            api.clone(),
+            limits.clone(),
+            pending,
+        ));
     }
 }
 
@@ -143,18 +135,17 @@ impl ApiServer {
     /// One request through the pipeline: route → authenticate → authorize
     /// → dispatch to a handler → (for writes) the registry, whose write
     /// path runs admission.
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: &PeerCertificate,
-    ) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: &Peer) -> Response<Body> {
         if let Some(resp) = self.public(req.uri().path()) {
             return resp;
         }
         let info = route::parse(req.method(), req.uri(), &self.registry.catalog);
-        let credentials = Credentials::new(peer, req.headers());
+        let credentials = Credentials::new(&peer.certificate, req.headers());
         let user = match self.authenticators.authenticate(&credentials).await {
-            Ok(user) => user,
+            Ok(user) => {
+                peer.authenticated();
+                user
+            }
             Err(err) => {
                 tracing::debug!(path = %info.path, %err, "not authenticated");
                 return error_response(&ApiError::unauthorized());
@@ -203,7 +194,7 @@ impl ApiServer {
     /// Hand an authorized request to its handler.
     async fn dispatch(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         info: &RequestInfo,
         user: &User,
     ) -> Result<Response<Body>, ApiError> {
@@ -240,6 +231,11 @@ impl ApiServer {
             }
             Target::Resource(rp) => {
                 let call = self.resource_call(&req, info, rp, accept.as_deref(), user)?;
+                if req.method() == Method::GET
+                    && let Some(rv) = request::not_older_than(&info.verb, &info.query)?
+                {
+                    self.wait_for_revision(rv).await?;
+                }
                 match (&rp.name, &rp.subresource) {
                     (None, _) => collection::serve(&call, req).await,
                     (Some(name), None) => object::serve(&call, req, name).await,
@@ -247,6 +243,39 @@ impl ApiServer {
                 }
             }
         }
+    }
+
+    /// Wait (up to [`FRESHNESS_WAIT`]) until the store has reached `rv`,
+    /// as upstream's watch cache waits before serving a get or list that
+    /// must not be older than it.
+    ///
+    /// # Errors
+    /// 504 Timeout (`Too large resource version`) when it has not.
+    async fn wait_for_revision(&self, rv: Revision) -> Result<(), ApiError> {
+        let store = &self.registry.store;
+        let current = store.current_revision();
+        if current >= rv {
+            return Ok(());
+        }
+        // Every change after `current` comes through this watcher, so none
+        // is missed between the check and the wait.
+        let reached = async {
+            let mut changes = store.watch("", current).await.ok()?;
+            while let Some(Ok(event)) = changes.next().await {
+                if event.revision() >= rv {
+                    return Some(());
+                }
+            }
+            None
+        };
+        if let Ok(Some(())) = tokio::time::timeout(FRESHNESS_WAIT, reached).await {
+            return Ok(());
+        }
+        let current = store.current_revision();
+        if current >= rv {
+            return Ok(());
+        }
+        Err(ApiError::too_large_resource_version(rv.0, current.0))
     }
 
     fn version(&self) -> Value {
@@ -314,7 +343,7 @@ impl ApiServer {
     /// subresources, with the representation and write options asked.
     fn resource_call<'a>(
         self: &'a Arc<Self>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         info: &'a RequestInfo,
         rp: &'a ResourcePath,
         accept: Option<&str>,
@@ -342,6 +371,11 @@ impl ApiServer {
             user: Some(user.clone()),
             ..request::write_options(&info.query)?
         };
+        // Reads take no resourceVersion that does not parse (upstream
+        // answers those 500; the store would otherwise ignore them).
+        if req.method() == Method::GET {
+            request::read_revision(&info.query)?;
+        }
         // A legacy `/watch/` path is a watch whatever the method says.
         if info.verb == "watch" && req.method() != Method::GET {
             return Err(ApiError::method_not_allowed(req.method().as_str()));

@@ -6,9 +6,9 @@
 //! ([`crate::server::admission::node_restriction`]) business.
 
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::body::RequestBody;
 use super::{ApiServer, Body};
 use crate::api::status::ApiError;
 use crate::server::registry::WriteOptions;
@@ -35,7 +35,7 @@ impl ApiServer {
     /// it is the machine that first took that name.
     pub(super) async fn node_certificate(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Body>, ApiError> {
         if req.method() != Method::POST {
             return Err(ApiError::method_not_allowed(req.method().as_str()));

@@ -2,8 +2,8 @@
 //! delete (and a legacy `/watch/` of one object).
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
+use super::body::RequestBody;
 use super::response::{json_response, render_object, written_response};
 use super::{Body, Call, collection, q, request};
 use crate::api::status::ApiError;
@@ -11,7 +11,7 @@ use crate::api::status::ApiError;
 /// Serve a request on one object.
 pub(super) async fn serve(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     match *req.method() {
@@ -47,7 +47,7 @@ fn watch_one(call: &Call<'_>, name: &str) -> Result<Response<Body>, ApiError> {
 /// Replace the object (or, with `sub`, its status).
 pub(super) async fn update(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
@@ -69,7 +69,7 @@ pub(super) async fn update(
 /// Patch the object (or, with `sub`, its status).
 pub(super) async fn patch(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
@@ -95,7 +95,7 @@ pub(super) async fn patch(
 
 async fn delete(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let body = request::read_optional_body(req).await?;

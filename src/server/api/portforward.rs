@@ -29,7 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::tunnel::{TunnelBody, Tunnels};
 use crate::api::spdy;
 use crate::api::status::ApiError;
@@ -63,7 +63,7 @@ fn header_has(headers: &HeaderMap, name: impl header::AsHeaderName, want: &str) 
 /// upgrade to SPDY/3.1 (plain or over a WebSocket).
 pub async fn serve(
     tunnels: &Arc<Tunnels>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     pod: &Value,
 ) -> Result<Response<Body>, ApiError> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();

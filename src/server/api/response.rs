@@ -32,7 +32,16 @@ pub(super) fn status_response(code: StatusCode, bytes: Vec<u8>) -> Response<Body
 
 pub(super) fn error_response(err: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    status_response(code, err.to_body())
+    let mut resp = status_response(code, err.to_body());
+    // As upstream's responsewriters.ErrorNegotiated: a Status that says
+    // when to retry says it in the header too.
+    if let Some(secs) = err.details.as_ref().map(|d| d.retry_after_seconds)
+        && secs > 0
+    {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    resp
 }
 
 pub(super) fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {

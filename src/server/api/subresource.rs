@@ -4,9 +4,9 @@
 //! tunnel of the pod's node agent.
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::body::RequestBody;
 use super::response::{json_response, status_response};
 use super::{ApiServer, Body, Call, Query, exec, object, portforward, request};
 use crate::api::catalog::Resource;
@@ -17,7 +17,7 @@ use crate::server::registry::{WriteOptions, strategy};
 /// Serve a request on subresource `sub` of object `name`.
 pub(super) async fn serve(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
     sub: &str,
 ) -> Result<Response<Body>, ApiError> {
@@ -77,7 +77,7 @@ pub(super) async fn serve(
 /// pod's node agent.
 async fn stream(
     call: &Call<'_>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     name: &str,
     sub: &str,
 ) -> Result<Response<Body>, ApiError> {
@@ -140,7 +140,7 @@ impl ApiServer {
     /// `…/scale` as an `autoscaling/v1` Scale.
     pub(super) async fn scale(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         res: &Resource,
         ns: Option<&str>,
         name: &str,

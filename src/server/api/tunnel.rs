@@ -19,7 +19,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioExecutor;
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use crate::api::status::ApiError;
 
 pub const UPGRADE: &str = "orch-tunnel";
@@ -40,7 +40,7 @@ pub struct Tunnels {
 impl Tunnels {
     /// Take an agent's upgrade request; the tunnel lives until the
     /// connection ends.
-    pub fn accept(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub fn accept(self: &Arc<Self>, req: Request<RequestBody>) -> Response<Body> {
         let node = req
             .uri()
             .query()

@@ -40,11 +40,7 @@ impl Params {
         let start = match q(query, "resourceVersion") {
             None | Some("" | "0") => None,
             Some(_) if send_initial => None,
-            Some(rv) => Some(Revision(rv.parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "invalid resource version {rv:?}: must be a non-negative integer"
-                ))
-            })?)),
+            Some(rv) => Some(super::request::parse_revision(rv)?),
         };
         let timeout = match q(query, "timeoutSeconds") {
             Some(t) => Duration::from_secs(t.parse().map_err(|_| {

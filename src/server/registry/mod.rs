@@ -274,15 +274,16 @@ fn store_error(res: &Resource, name: &str, err: store::Error) -> ApiError {
         } => ApiError::gone(format!(
             "The resourceVersion for the provided list is too old ({requested}, oldest is {compacted}). You can start a new list without the continue parameter or resourceVersion."
         )),
-        store::Error::FutureRevision { requested, current } => ApiError::timeout(format!(
-            "Too large resource version: {requested}, current: {current}"
-        )),
+        store::Error::FutureRevision { requested, current } => {
+            ApiError::too_large_resource_version(requested.0, current.0)
+        }
         store::Error::InvalidContinue { reason, .. } => {
             ApiError::bad_request(format!("invalid continue token: {reason}"))
         }
         other => {
+            // The full error (with the database path) is for the log only.
             tracing::error!(err = %other, "store failure");
-            ApiError::internal(other.to_string())
+            ApiError::internal_occurred(&other.public_message())
         }
     }
 }
