@@ -113,11 +113,7 @@ fn server_refuses_a_file_that_is_not_a_store() {
     let db = dir.path().join("server/db/state.db");
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     std::fs::write(&db, b"not a database at all\n".repeat(50)).unwrap();
-    let out = Command::new(ORCH)
-        .args(["server", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = support::refused_server(&["--data-dir", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     let last = err.lines().last().unwrap_or_default();
@@ -139,11 +135,7 @@ fn server_refuses_an_empty_store_file() {
     let db = dir.path().join("server/db/state.db");
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
     std::fs::write(&db, b"").unwrap();
-    let out = Command::new(ORCH)
-        .args(["server", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = support::refused_server(&["--data-dir", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     let last = err.lines().last().unwrap_or_default();
@@ -179,11 +171,7 @@ fn token_create_refuses_an_out_of_range_ttl() {
 #[test]
 fn second_server_on_the_same_data_dir_is_refused() {
     let mut first = support::Cluster::start();
-    let out = Command::new(ORCH)
-        .args(["server", "--data-dir"])
-        .arg(first.dir.path())
-        .output()
-        .unwrap();
+    let out = support::refused_server(&["--data-dir", first.dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("in use by another process"),

@@ -584,10 +584,13 @@ fn nodes_get_a_pod_range_each_never_the_same_and_freed_when_they_go() {
     server.ok("1.33", &["delete", "node", "a"]);
     assert_eq!(range_of("c")["podCIDR"], a["podCIDR"]);
 
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_orch"))
-        .args(["server", "--cluster-cidr", "10.42.0.0/25"])
-        .output()
-        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let bad = support::refused_server(&[
+        "--cluster-cidr",
+        "10.42.0.0/25",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("24 or less"),

@@ -45,6 +45,42 @@ pub fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Co
     }
 }
 
+/// Run `orch server args…` that the test expects to refuse to start, with
+/// the flags that keep a server which starts anyway harmless: no embedded
+/// agent (it would make its bridge and nftables rules in this machine's
+/// network namespace), loopback only, a free port, its kubeconfig in a
+/// temp dir (not /etc/orch). Killed after 30 s, failing the test.
+///
+/// # Panics
+/// When the server is still running after 30 s.
+pub fn refused_server(args: &[&str]) -> Output {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(ORCH)
+        .arg("server")
+        .args(args)
+        .args(["--disable-agent", "--bind-address", "127.0.0.1"])
+        .args(["--https-listen-port", "0", "--write-kubeconfig"])
+        .arg(scratch.path().join("kubeconfig.yaml"))
+        .env_remove("ORCH_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run orch server");
+    if wait::poll(std::time::Duration::from_secs(30), || {
+        child.try_wait().ok().flatten()
+    })
+    .is_none()
+    {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("orch server output");
+        panic!(
+            "orch server {args:?} started instead of refusing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    child.wait_with_output().expect("orch server output")
+}
+
 /// A network namespace for a test (loopback up), removed when dropped.
 pub struct Netns(pub String);
 
