@@ -148,6 +148,12 @@ async fn paced_latency(
     out
 }
 
+/// Is `name` one of [`watch_delivery`]'s writes (`w<i>`)?
+fn is_write(name: &str) -> bool {
+    name.strip_prefix('w')
+        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Watch delivery: `watchers` watches; `writes` paced updates; write call →
 /// event received at each watcher.
 async fn watch_delivery(
@@ -178,7 +184,11 @@ async fn watch_delivery(
             let mut seen = Vec::with_capacity(writes);
             while seen.len() < writes {
                 match stream.next().await {
-                    Some(Ok(WatchEvent::Added(cm) | WatchEvent::Modified(cm))) => {
+                    // Only the bench's writes: the namespace's
+                    // kube-root-ca.crt may arrive in the same window.
+                    Some(Ok(WatchEvent::Added(cm) | WatchEvent::Modified(cm)))
+                        if cm.metadata.name.as_deref().is_some_and(is_write) =>
+                    {
                         seen.push((cm.metadata.name.unwrap_or_default(), Instant::now()));
                     }
                     Some(Ok(_)) => {}
