@@ -12,6 +12,7 @@ use crate::api::status::{ApiError, FieldError};
 use crate::api::table::Printer;
 use crate::api::{defaults, validation};
 use crate::server::admission::{Attributes, Operation};
+use crate::server::auth::User;
 use crate::server::registry::strategy::{Context, Strategy};
 use crate::server::registry::typed::through;
 use crate::server::registry::{
@@ -134,16 +135,7 @@ impl Registry {
             .resource("", "pods")
             .expect("pods are in the catalog")
             .clone();
-        let attrs = Attributes {
-            user: opts.user(),
-            operation: Operation::Create,
-            resource: &res,
-            subresource: Some("binding"),
-            namespace: Some(namespace),
-            name,
-            old_object: None,
-            dry_run: opts.dry_run,
-        };
+        let attrs = subresource_create(&res, "binding", namespace, name, opts.user(), opts.dry_run);
         let mut binding = binding.clone();
         self.admission.admit(&attrs, &mut binding, self).await?;
         let node = binding
@@ -214,16 +206,8 @@ impl Registry {
             .resource("", "pods")
             .expect("pods are in the catalog")
             .clone();
-        let attrs = Attributes {
-            user: opts.user(),
-            operation: Operation::Create,
-            resource: &res,
-            subresource: Some("eviction"),
-            namespace: Some(namespace),
-            name,
-            old_object: None,
-            dry_run: opts.dry_run,
-        };
+        let attrs =
+            subresource_create(&res, "eviction", namespace, name, opts.user(), opts.dry_run);
         let mut eviction = eviction.clone();
         self.admission.admit(&attrs, &mut eviction, self).await?;
         self.admission.validate(&attrs, &eviction, self).await?;
@@ -233,5 +217,27 @@ impl Registry {
         };
         self.delete(&res, Some(namespace), name, &opts).await?;
         Ok(())
+    }
+}
+
+/// What admission sees for a create of pod subresource `sub` (a binding
+/// or an eviction).
+fn subresource_create<'a>(
+    res: &'a Resource,
+    sub: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+    user: &'a User,
+    dry_run: bool,
+) -> Attributes<'a> {
+    Attributes {
+        user,
+        operation: Operation::Create,
+        resource: res,
+        subresource: Some(sub),
+        namespace: Some(namespace),
+        name,
+        old_object: None,
+        dry_run,
     }
 }
