@@ -1,10 +1,11 @@
 //! Bodies: the response's (a whole buffer, or a stream of chunks fed
 //! through a channel for watch and logs) and the request's
-//! ([`RequestBody`], which finishes reading itself when a handler answers
-//! without reading it).
+//! ([`RequestBody`], whose unread rest a handler left is dealt with by
+//! [`Unread`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,56 +14,100 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::sync::mpsc;
 
-/// How much of a request body nobody read is still read (and dropped)
-/// after the handler answered: the 413 limit's worth and then some.
+/// How much of a request body a handler left unread is still read (and
+/// dropped) before an HTTP/2 answer goes out: the 413 limit's worth and
+/// then some.
 pub const DRAIN_BYTES: usize = 64 * 1024 * 1024;
 /// How long that reading may take.
 pub const DRAIN_TIME: Duration = Duration::from_secs(30);
 
-/// A request's body as the handlers see it: hyper's, read to its end (up
-/// to [`DRAIN_BYTES`] and [`DRAIN_TIME`]) in the background when a handler
-/// drops it unread.
+/// A request's body as the handlers see it: hyper's, whose unread rest
+/// (when a handler answers without reading it all) goes to the request's
+/// [`Unread`].
 ///
 /// Handlers answer many requests without reading their bodies (401, 403,
-/// 404, 405, 413). Over HTTP/2, dropping hyper's body before the answer
-/// is sent makes h2 reset the stream in the same write as the response,
-/// and clients still sending (curl, exit 92) lose the answer. Reading on
-/// lets the client finish its request and see the status; past the
-/// bounds the stream is reset (NO_ERROR) after the response went out, as
-/// RFC 9113 §8.1 allows and Go's server does.
-pub struct RequestBody(Option<Incoming>);
+/// 404, 405, 413). Over HTTP/2 no way of leaving the rest unread works
+/// for every client still sending it:
+/// - dropped before the answer is sent, h2 resets the stream with CANCEL
+///   in the same write as the response, and the client loses the answer;
+/// - dropped after it, h2 resets with NO_ERROR (RFC 9113 §8.1, as Go's
+///   server does), which curl 7.88 reports as an error while uploading;
+/// - read on after the answer, a client that stops sending when it sees
+///   an error status (curl does) ends the stream short of its
+///   content-length, which h2 resets with PROTOCOL_ERROR.
+///
+/// So over HTTP/2 the rest is read before the answer goes out (see
+/// [`Unread::read_rest`]), within [`DRAIN_BYTES`] and [`DRAIN_TIME`];
+/// past them it is dropped after the answer (NO_ERROR). Over HTTP/1.1
+/// hyper reads or closes on its own once the body is dropped.
+pub struct RequestBody {
+    body: Option<Incoming>,
+    unread: Arc<Mutex<Option<Incoming>>>,
+}
+
+/// Where a request's unread body waits: kept in the response body, so
+/// what is left of it is dropped once hyper has sent the answer (or the
+/// client went away).
+pub struct Unread {
+    body: Arc<Mutex<Option<Incoming>>>,
+}
 
 impl RequestBody {
-    pub fn new(body: Incoming) -> Self {
-        Self(Some(body))
+    /// `body`, and where its unread rest will wait.
+    pub fn new(body: Incoming) -> (Self, Unread) {
+        let unread = Arc::new(Mutex::new(None));
+        let held = Unread {
+            body: unread.clone(),
+        };
+        (
+            Self {
+                body: Some(body),
+                unread,
+            },
+            held,
+        )
     }
 }
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let Some(body) = self.0.take() else { return };
-        if body.is_end_stream() {
-            return;
-        }
-        // Outside a runtime (never, in the server) the body is dropped.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain(body));
+        let Some(body) = self.body.take() else { return };
+        if !body.is_end_stream()
+            && let Ok(mut unread) = self.unread.lock()
+        {
+            *unread = Some(body);
         }
     }
 }
 
-/// Read `body` to its end and drop what comes, within the bounds.
-async fn drain(mut body: Incoming) {
-    let read = async {
-        let mut seen = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, Bytes::len);
-            if seen > DRAIN_BYTES {
-                break;
+impl Unread {
+    /// Read what the handler left of the request body to its end, within
+    /// [`DRAIN_BYTES`] and [`DRAIN_TIME`], dropping what comes. A body
+    /// cut short by the bounds stays here, to be dropped after the answer.
+    pub async fn read_rest(&self) {
+        let Some(mut body) = self.body.lock().ok().and_then(|mut b| b.take()) else {
+            return;
+        };
+        let read = async {
+            let mut seen = 0usize;
+            loop {
+                match body.frame().await {
+                    None => return true,
+                    Some(Err(_)) => return true,
+                    Some(Ok(frame)) => {
+                        seen += frame.data_ref().map_or(0, Bytes::len);
+                        if seen > DRAIN_BYTES {
+                            return false;
+                        }
+                    }
+                }
             }
+        };
+        let ended = tokio::time::timeout(DRAIN_TIME, read).await == Ok(true);
+        if !ended && let Ok(mut unread) = self.body.lock() {
+            *unread = Some(body);
         }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+    }
 }
 
 impl HttpBody for RequestBody {
@@ -73,18 +118,18 @@ impl HttpBody for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut().0.as_mut() {
+        match self.get_mut().body.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.as_ref().is_none_or(Incoming::is_end_stream)
+        self.body.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0
+        self.body
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }

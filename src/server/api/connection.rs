@@ -39,7 +39,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ApiServer;
-use super::body::{Body, RequestBody};
+use super::body::{Body, RequestBody, Unread};
 use crate::server::auth::authn::PeerCertificate;
 
 /// How long connections may take and how many may wait unauthenticated.
@@ -204,11 +204,18 @@ pub(super) async fn serve(
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = activity.begin();
             let (api, peer) = (api.clone(), peer.clone());
-            let req = req.map(RequestBody::new);
+            let http2 = req.version() == hyper::Version::HTTP_2;
+            let (parts, body) = req.into_parts();
+            let (body, unread) = RequestBody::new(body);
+            let req = Request::from_parts(parts, body);
             async move {
                 let resp = api.handle(req, &peer).await;
+                if http2 {
+                    unread.read_rest().await;
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
+                    _unread: unread,
                     _in_flight: in_flight,
                 }))
             }
@@ -300,10 +307,12 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until hyper has sent
-/// it all (or the client went away).
+/// A response body that keeps its request in flight, and the request
+/// body's unread rest, until hyper has sent it all (or the client went
+/// away).
 struct Tracked {
     body: Body,
+    _unread: Unread,
     _in_flight: InFlight,
 }
 

@@ -281,8 +281,8 @@ pub(super) async fn read_bytes(req: Request<RequestBody>) -> Result<(String, Byt
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    // Read up to MAX_BODY; the rest of a larger body is drained after the
-    // 413 (RequestBody's drop), so the client sees the answer.
+    // Read up to MAX_BODY; the rest of a larger body is left to Unread,
+    // so the client sees the 413.
     let mut body = req.into_body();
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
