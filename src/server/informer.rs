@@ -63,6 +63,13 @@ pub struct Informer {
     synced: watch::Sender<bool>,
 }
 
+/// Admission plugins read an informer as their lister.
+impl crate::server::admission::Cache for Informer {
+    fn get(&self, key: &str) -> Option<Arc<Value>> {
+        Informer::get(self, key)
+    }
+}
+
 impl Informer {
     /// Start an informer for `res`; it runs until the registry's store closes.
     pub fn start(registry: Arc<Registry>, res: Resource) -> Arc<Self> {

@@ -173,6 +173,10 @@ pub async fn run_with(
         },
     )
     .await;
+    // Synced by now: admission reads namespaces from it, not the store.
+    registry
+        .admission()
+        .use_namespace_cache(control.informers.namespaces.clone());
     scheduler::start(
         Arc::new(scheduler::Context {
             registry: control.registry.clone(),

@@ -31,6 +31,8 @@ pub mod node_restriction;
 pub mod priority;
 pub mod service_account;
 
+use std::sync::{Arc, OnceLock};
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -116,6 +118,18 @@ pub trait Objects: Send + Sync {
     ) -> BoxFuture<'a, Result<Value, ApiError>>;
 }
 
+/// One kind's objects as a plugin may read them without going to the
+/// store: upstream's listers, kept by an informer. A cache may lag the
+/// store; plugins fall back to [`Objects`] where that matters.
+pub trait Cache: Send + Sync {
+    /// The cached object at `key`: `name`, or `namespace/name`.
+    fn get(&self, key: &str) -> Option<Arc<Value>>;
+}
+
+/// Where a cache given after the chain was built is found (upstream's
+/// plugin initializers hand plugins their informers the same way).
+pub type CacheSlot = Arc<OnceLock<Arc<dyn Cache>>>;
+
 /// One admission plugin: a name, and a mutating half, a validating half
 /// or both.
 pub trait Plugin: Send + Sync {
@@ -190,6 +204,8 @@ impl Default for Settings {
 /// The plugins, in order.
 pub struct Chain {
     plugins: Vec<Box<dyn Plugin>>,
+    /// The namespaces cache [`namespace_lifecycle`] reads, once given.
+    namespaces: CacheSlot,
 }
 
 impl Default for Chain {
@@ -201,14 +217,27 @@ impl Default for Chain {
 
 impl Chain {
     pub fn new(plugins: Vec<Box<dyn Plugin>>) -> Self {
-        Self { plugins }
+        Self {
+            plugins,
+            namespaces: CacheSlot::default(),
+        }
+    }
+
+    /// Give the plugins that read namespaces their cache (the
+    /// controllers' namespace informer, once synced). Until then, and
+    /// without it, they read the store.
+    pub fn use_namespace_cache(&self, cache: Arc<dyn Cache>) {
+        let _ = self.namespaces.set(cache);
     }
 
     /// The built-in plugins, in kube-apiserver's order. Upstream plugins
     /// orch has no use for are named where they would run.
     pub fn builtin(settings: Settings) -> Self {
-        Self::new(vec![
-            Box::new(namespace_lifecycle::NamespaceLifecycle),
+        let namespaces = CacheSlot::default();
+        let mut chain = Self::new(vec![
+            Box::new(namespace_lifecycle::NamespaceLifecycle::new(
+                namespaces.clone(),
+            )),
             // LimitRanger: LimitRanges are not served.
             Box::new(service_account::ServiceAccount),
             Box::new(node_restriction::NodeRestriction),
@@ -227,7 +256,9 @@ impl Chain {
             // ---- ValidatingAdmissionWebhook goes here (issue #24).
             //
             // ResourceQuota: ResourceQuotas are not served.
-        ])
+        ]);
+        chain.namespaces = namespaces;
+        chain
     }
 
     /// The plugins' names, in order.

@@ -394,6 +394,12 @@ impl Registry {
         self.allocator.lock().expect("allocator lock").ranges
     }
 
+    /// The admission chain, to hand its plugins what they read (see
+    /// [`admission::Chain::use_namespace_cache`]).
+    pub fn admission(&self) -> &admission::Chain {
+        &self.admission
+    }
+
     pub fn resource(&self, group: &str, plural: &str) -> Option<&Resource> {
         self.catalog.find(group, "v1", plural)
     }
