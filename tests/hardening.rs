@@ -6,9 +6,10 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::Cluster;
+use support::{Cluster, wait};
 
 /// `curl --http2` sending `body_file` to `url` with `method`: the exit
 /// code, the HTTP version and the status curl saw.
@@ -177,24 +178,29 @@ enum Slow {
 
 /// Open a slow connection and keep it going until the server closes it
 /// or `give_up` passes; how long the server let it live, or None if it
-/// was still open then.
+/// was still open then. `connected` counts it once it is connected (TCP,
+/// or the TLS handshake done or failed).
 async fn slow_client(
     addr: std::net::SocketAddr,
     connector: tokio_rustls::TlsConnector,
     how: Slow,
     give_up: Duration,
+    connected: Arc<AtomicUsize>,
 ) -> Option<Duration> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let opened = Instant::now();
     let run = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         if let Slow::NoHandshake = how {
+            connected.fetch_add(1, Ordering::SeqCst);
             // The server closing shows as end of file (or a reset).
             let _ = tcp.read(&mut [0u8; 1]).await;
             return;
         }
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let Ok(mut tls) = connector.connect(name, tcp).await else {
+        let tls = connector.connect(name, tcp).await;
+        connected.fetch_add(1, Ordering::SeqCst);
+        let Ok(mut tls) = tls else {
             return;
         };
         if let Slow::SilentAfterTls = how {
@@ -256,6 +262,7 @@ fn slow_connections_are_closed_within_the_header_timeout() {
     let addr = api_addr(&server);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let give_up = Duration::from_secs(20);
+    let connected = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = [
         (Slow::NoHandshake, b"h2".as_slice()),
         (Slow::SilentAfterTls, b"h2"),
@@ -267,14 +274,17 @@ fn slow_connections_are_closed_within_the_header_timeout() {
         (0..30).map(move |_| (how, connector.clone()))
     })
     .map(|(how, connector)| {
+        let connected = connected.clone();
         (
             how,
-            runtime.spawn(slow_client(addr, connector, how, give_up)),
+            runtime.spawn(slow_client(addr, connector, how, give_up, connected)),
         )
     })
     .collect();
     // A real client, while all of them are open.
-    std::thread::sleep(Duration::from_millis(500));
+    wait::until_true(Duration::from_secs(10), "90 slow clients connected", || {
+        connected.load(Ordering::SeqCst) == clients.len()
+    });
     let namespaces = server.ok("1.33", &["get", "namespaces", "-o", "name"]);
     assert!(namespaces.contains("namespace/default"), "{namespaces}");
     for (how, client) in clients {
@@ -301,16 +311,22 @@ fn unauthenticated_connections_past_the_cap_close_the_oldest() {
     let connector = tls_connector(&server, b"h2");
     let give_up = Duration::from_secs(15);
     let mut flood = Vec::new();
-    for _ in 0..30 {
+    let connected = Arc::new(AtomicUsize::new(0));
+    for i in 1..=30 {
         let slow = runtime.spawn(slow_client(
             addr,
             connector.clone(),
             Slow::SilentAfterTls,
             give_up,
+            connected.clone(),
         ));
         flood.push(slow);
         // One at a time, so "oldest" is well defined.
-        std::thread::sleep(Duration::from_millis(20));
+        wait::until_true(
+            Duration::from_secs(5),
+            "a flood connection's TLS done",
+            || connected.load(Ordering::SeqCst) >= i,
+        );
     }
     let namespaces = server.ok("1.33", &["get", "namespaces", "-o", "name"]);
     assert!(namespaces.contains("namespace/default"), "{namespaces}");
@@ -469,7 +485,13 @@ fn future_resource_versions_wait_then_time_out() {
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // It waits (neither answered at once nor given up on)...
+    wait::holds(
+        Duration::from_millis(300),
+        "the list waits for the next revision",
+        || !waiting.is_finished(),
+    );
+    // ...until the revision it asked for is written.
     server.ok(
         "1.33",
         &["create", "configmap", "arrives", "--from-literal=a=b"],
