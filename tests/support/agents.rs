@@ -41,28 +41,6 @@ pub struct Join {
 }
 
 impl Agent {
-    pub fn start(
-        server: &Cluster,
-        netns: &Netns,
-        data: &Path,
-        run_dir: &Path,
-        logs: &Path,
-        tag: &str,
-    ) -> Self {
-        let token = server.token_file();
-        Self::start_as(
-            server,
-            netns,
-            data,
-            run_dir,
-            logs,
-            tag,
-            "node-a",
-            &token,
-            &[],
-        )
-    }
-
     /// An agent for node `node` joining with the token in `token_file`.
     #[allow(clippy::too_many_arguments)]
     pub fn start_as(
