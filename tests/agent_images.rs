@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use support::agents::{Agent, is_ready};
+use support::agents::is_ready;
 use support::pods::waiting_reason;
 use support::wait::{self, secs};
 use support::{Cluster, Netns, ORCH, in_netns};
@@ -87,23 +87,6 @@ fn pods_of(data: &Path, left: usize) -> Result<(), String> {
 #[test]
 fn images_are_pulled_from_registries_with_mirrors_and_pull_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("registry");
-    let layout = support::busybox_layout(dir.path());
-    let _open = Registry::start(&netns, dir.path(), 5000, None);
-    let _private = Registry::start(&netns, dir.path(), 5001, Some(("alice", "s3cret")));
-    push(&netns, &layout, "127.0.0.1:5000/busybox:v1", None);
-    push(
-        &netns,
-        &layout,
-        "127.0.0.1:5000/library/busybox:mirrored",
-        None,
-    );
-    push(
-        &netns,
-        &layout,
-        "127.0.0.1:5001/private/busybox:v1",
-        Some("alice:s3cret"),
-    );
     // Docker Hub names go to the local mirror; the private registry
     // speaks plain HTTP.
     let registries = dir.path().join("registries.yaml");
@@ -112,11 +95,33 @@ fn images_are_pulled_from_registries_with_mirrors_and_pull_secrets() {
         "mirrors:\n  docker.io:\n    endpoint: [\"http://127.0.0.1:5000\"]\n  \"127.0.0.1:5001\":\n    endpoint: [\"http://127.0.0.1:5001\"]\n",
     )
     .unwrap();
+    // The cluster first: the registries run in its namespace.
+    let mut server = Cluster::builder()
+        .own_netns("registry")
+        .loopback_agent(&["--private-registry", registries.to_str().unwrap()])
+        .start();
+    let netns = server.host("server");
+    let layout = support::busybox_layout(dir.path());
+    let _open = Registry::start(netns, dir.path(), 5000, None);
+    let _private = Registry::start(netns, dir.path(), 5001, Some(("alice", "s3cret")));
+    push(netns, &layout, "127.0.0.1:5000/busybox:v1", None);
+    push(
+        netns,
+        &layout,
+        "127.0.0.1:5000/library/busybox:mirrored",
+        None,
+    );
+    push(
+        netns,
+        &layout,
+        "127.0.0.1:5001/private/busybox:v1",
+        Some("alice:s3cret"),
+    );
 
     // `orch image pull` into a store of its own.
     let cli_store = dir.path().join("cli");
     let pull = |image: &str, extra: &[&str]| {
-        support::image_pull(&netns, &cli_store, &registries, extra, image)
+        support::image_pull(netns, &cli_store, &registries, extra, image)
     };
     let out = pull("busybox:mirrored", &[]);
     assert!(
@@ -168,18 +173,7 @@ fn images_are_pulled_from_registries_with_mirrors_and_pull_secrets() {
     );
 
     // The agent pulls for its pods.
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = (
-        dir.path().join("agent"),
-        dir.path().join("run"),
-        dir.path().join("logs"),
-    );
-    let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "registry");
-    agent.args.extend([
-        "--private-registry".to_owned(),
-        registries.display().to_string(),
-    ]);
-    agent.kill_and_restart();
+    let (data, _, _) = server.node_dirs("node-a");
     server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", is_ready);
     // A Deployment of busybox httpd from the registry, Ready by its probe.
     let web = server.write(
@@ -315,7 +309,7 @@ spec:
         "{describe}"
     );
     // The tag appears: the next attempt (after 10 s) pulls it.
-    push(&netns, &layout, "127.0.0.1:5000/busybox:missing", None);
+    push(netns, &layout, "127.0.0.1:5000/busybox:missing", None);
     server.wait_json(&["get", "pod", "missing"], 60, "Running", |p| {
         p["status"]["phase"] == "Running"
     });
@@ -327,6 +321,7 @@ spec:
         &["delete", "pod", "hub", "nosecret", "--wait=false"],
     );
     wait::until_ok(secs(30), "hub and nosecret torn down", || pods_of(&data, 4));
+    let agent = server.agent("node-a");
     agent.args.extend(
         [
             "--image-gc-high-threshold",
@@ -374,5 +369,4 @@ spec:
     );
     server.ok("1.33", &["delete", "pod", "--all", "--wait=false"]);
     wait::until_ok(secs(30), "pods torn down", || pods_of(&data, 0));
-    drop(agent);
 }

@@ -13,10 +13,12 @@ use support::{Cluster, Netns, ORCH, in_netns};
 #[test]
 fn nodes_join_with_their_own_certificate_and_are_confined_to_their_pods() {
     let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("join");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "join");
+    let server = Cluster::builder()
+        .own_netns("join")
+        .loopback_agent(&[])
+        .start();
+    let netns = server.host("server");
+    let (data, _, _) = server.node_dirs("node-a");
     server.wait_json(&["get", "node", "node-a"], 30, "node-a registered", |n| {
         n["metadata"]["name"] == "node-a"
     });
@@ -34,7 +36,7 @@ fn nodes_join_with_their_own_certificate_and_are_confined_to_their_pods() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{f} is readable by others");
     }
-    let who = kubectl_as(&netns, &node_kc, &["auth", "whoami", "-o", "json"]);
+    let who = kubectl_as(netns, &node_kc, &["auth", "whoami", "-o", "json"]);
     let who: serde_json::Value = serde_json::from_slice(&who.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&who.stderr)));
     assert_eq!(who["status"]["userInfo"]["username"], "system:node:node-a");
@@ -86,7 +88,7 @@ spec:
 ",
     );
     server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    let node = |args: &[&str]| kubectl_as(&netns, &node_kc, args);
+    let node = |args: &[&str]| kubectl_as(netns, &node_kc, args);
     let forbidden = |args: &[&str], needle: &str| {
         let out = node(args);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -160,7 +162,7 @@ spec:
         kc["users"][0]["user"]["client-key-data"] = b64(&key.serialize_pem()).into();
         let forged_kc = dir.path().join("forged.yaml");
         std::fs::write(&forged_kc, serde_yaml_ng::to_string(&kc).unwrap()).unwrap();
-        let out = kubectl_as(&netns, &forged_kc, &["get", "pods"]);
+        let out = kubectl_as(netns, &forged_kc, &["get", "pods"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains("(Unauthorized)"),

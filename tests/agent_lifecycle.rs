@@ -10,18 +10,18 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::agents::{Agent, agent_dirs, cgroup_root, import_busybox, is_ready};
+use support::agents::{import_busybox, is_ready};
 use support::pods::{one_shot, pod, until_pods_left, wait_logs, waiting, waits_with};
 use support::wait::{self, secs};
-use support::{Cluster, Netns, ORCH};
+use support::{Cluster, ORCH};
 
 #[test]
 fn pods_really_run_exit_restart_and_go() {
-    let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("agent");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let mut agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "a");
+    let mut server = Cluster::builder()
+        .own_netns("agent")
+        .loopback_agent(&[])
+        .start();
+    let (data, run_dir, logs) = server.node_dirs("node-a");
     let node = server.wait_json(&["get", "node", "node-a"], 30, "the node Ready", is_ready);
     assert!(
         node["status"]["nodeInfo"]["containerRuntimeVersion"]
@@ -217,7 +217,7 @@ fn pods_really_run_exit_restart_and_go() {
         p["status"]["phase"] == "Running"
     });
     let gone_uid = gone["metadata"]["uid"].as_str().unwrap().to_owned();
-    let gone_cgroup = format!("{}/pod{gone_uid}", cgroup_root("a"));
+    let gone_cgroup = format!("{}/pod{gone_uid}", server.agent("node-a").cgroup_root());
     let gone_paths = [
         run_dir.join("pods").join(&gone_uid),
         run_dir.join("netns").join(&gone_uid),
@@ -229,12 +229,12 @@ fn pods_really_run_exit_restart_and_go() {
             && !orch::runtime::cgroup::dirs(&gone_cgroup).is_empty(),
         "{gone_paths:?}"
     );
-    agent.kill_and_restart_after(|| {
-        server.ok(
-            "1.33",
-            &["delete", "pod", "gone", "--force", "--grace-period=0"],
-        );
-    });
+    server.agent("node-a").kill();
+    server.ok(
+        "1.33",
+        &["delete", "pod", "gone", "--force", "--grace-period=0"],
+    );
+    server.agent("node-a").start_again();
     let ticks_at_kill = ticks();
     // Nothing to wait for: the new agent must leave the container alone
     // (the check below repeats on what it says after these 2 s).
@@ -339,16 +339,15 @@ fn pods_really_run_exit_restart_and_go() {
         "the agent cleans up the deleted pods",
     );
     assert_eq!(std::fs::read_dir(run_dir.join("pods")).unwrap().count(), 0);
-    drop(agent);
 }
 
 #[test]
 fn oom_kills_termination_messages_hooks_and_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("lifecycle");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "lifecycle");
+    let mut server = Cluster::builder()
+        .own_netns("lifecycle")
+        .loopback_agent(&[])
+        .start();
+    let (data, _, logs) = server.node_dirs("node-a");
     let manifest = [
         one_shot("oom", "dd if=/dev/zero of=/dev/null bs=64M count=1", "    resources: {limits: {memory: 16Mi}}\n"),
         one_shot("msg", "echo bye > /dev/termination-log; exit 2", ""),
@@ -425,7 +424,7 @@ spec:
         },
     );
     // The pod's own cgroup carries the pod's limits.
-    let pod_cgroup = format!("{}/pod{uid}", cgroup_root("lifecycle"));
+    let pod_cgroup = format!("{}/pod{uid}", server.agent("node-a").cgroup_root());
     let dirs = orch::runtime::cgroup::dirs(&pod_cgroup);
     assert!(!dirs.is_empty(), "no cgroup {pod_cgroup}");
     let read = |file: &str| {
@@ -483,7 +482,7 @@ spec:
         "{view}"
     );
     // Back, for the pods below.
-    let again = dir.path().join("again");
+    let again = server.dir.path().join("again");
     std::fs::create_dir_all(&again).unwrap();
     import_busybox(&again, &data);
     // The log as it goes (the file goes with the pod): preStop's words

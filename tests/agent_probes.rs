@@ -8,17 +8,16 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::agents::{Agent, agent_dirs, is_ready};
+use support::Cluster;
+use support::agents::is_ready;
 use support::wait::{self, secs};
-use support::{Cluster, Netns};
 
 #[test]
 fn probes_gate_readiness_and_restart_unhealthy_containers() {
-    let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("probes");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "probes");
+    let server = Cluster::builder()
+        .own_netns("probes")
+        .loopback_agent(&[])
+        .start();
     let file = server.write(
         "probes.yaml",
         "apiVersion: v1

@@ -7,21 +7,23 @@ mod support;
 
 use std::time::Duration;
 
-use support::agents::{Agent, agent_dirs, is_ready};
+use support::Cluster;
+use support::agents::{Agent, is_ready};
 use support::pods::{pod, until_pods_left, wait_logs};
 use support::wait::{self, secs};
-use support::{Cluster, Netns};
 
 #[test]
 fn the_agent_resumes_after_the_server_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("srvrestart");
     // A fixed port (the namespace is the test's own), so the agent finds
     // the server again where it was.
     let port = ["--https-listen-port", "16443"];
-    let server = Cluster::start_in_netns(&netns.0, &port);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "restart");
+    let server = Cluster::builder()
+        .own_netns("srvrestart")
+        .flags(&port)
+        .loopback_agent(&[])
+        .start();
+    let (data, _, _) = server.node_dirs("node-a");
     let file = server.write(
         "before.yaml",
         &pod("before", "echo before; exec sleep 3600", "Always", 1),
@@ -32,12 +34,13 @@ fn the_agent_resumes_after_the_server_restarts() {
     });
 
     // While the server is down a new agent starts: it retries until the
-    // server is back, then joins.
+    // server is back, then joins. (A second node, started by hand: the
+    // builder's agents start with the server.)
     let token = server.dir.path().join("server/token");
     let (server, _late) = server.restart_with(&port, |stopped| {
         let mut late = Agent::start_as(
             stopped,
-            &netns,
+            stopped.host("server"),
             &dir.path().join("late"),
             &dir.path().join("late-run"),
             &dir.path().join("late-logs"),

@@ -7,18 +7,17 @@ mod support;
 
 use std::process::Command;
 
-use support::agents::{Agent, agent_dirs};
 use support::pods::{one_shot, waiting, waiting_reason, waits_with};
 use support::wait::{self, secs};
-use support::{Cluster, Netns, in_netns};
+use support::{Cluster, in_netns};
 
 #[test]
 fn security_contexts_seccomp_and_sysctls_are_enforced() {
-    let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("security");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "security");
+    let server = Cluster::builder()
+        .own_netns("security")
+        .loopback_agent(&[])
+        .start();
+    let (_, _, logs) = server.node_dirs("node-a");
     // seccompProfile RuntimeDefault refuses unshare; Unconfined does not.
     let manifest = [
         one_shot(
@@ -141,7 +140,7 @@ spec:
     });
     let out = server.ok("1.33", &["logs", "tuned"]);
     assert_eq!(out, "0\n0\t2147483647\n");
-    let node = in_netns(Some(&netns.0), "cat")
+    let node = in_netns(server.netns.as_deref(), "cat")
         .arg("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .output()
         .unwrap();
@@ -170,11 +169,11 @@ spec:
 
 #[test]
 fn a_pods_containers_share_ipc_uts_and_shm_and_pids_only_when_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("namespaces");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "namespaces");
+    let server = Cluster::builder()
+        .own_netns("namespaces")
+        .loopback_agent(&[])
+        .start();
+    let (data, run_dir, logs) = server.node_dirs("node-a");
     // A pod's containers share its IPC and UTS namespaces and /dev/shm.
     let pair = server.write(
         "pair.yaml",

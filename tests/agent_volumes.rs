@@ -6,7 +6,6 @@
 
 mod support;
 
-use support::agents::{Agent, agent_dirs};
 use support::pods::{embedded, pod, wait_logs};
 use support::wait::{self, secs};
 use support::{Cluster, Netns, in_netns};
@@ -14,10 +13,11 @@ use support::{Cluster, Netns, in_netns};
 #[test]
 fn configmaps_and_secrets_reach_containers_and_follow_updates() {
     let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("config");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "config");
+    let server = Cluster::builder()
+        .own_netns("config")
+        .loopback_agent(&[])
+        .start();
+    let (_, _, logs) = server.node_dirs("node-a");
     // The pod first: its ConfigMap is missing, so it waits.
     let file = server.write(
         "app.yaml",

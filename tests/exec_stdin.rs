@@ -5,16 +5,14 @@
 
 mod support;
 
-use support::agents::{Agent, agent_dirs};
-use support::{Cluster, Netns, in_netns};
+use support::{Cluster, in_netns};
 
 #[test]
 fn exec_reads_stdin_sent_as_text_frames_and_base64() {
-    let dir = tempfile::tempdir().unwrap();
-    let netns = Netns::new("execin");
-    let server = Cluster::start_in_netns(&netns.0, &[]);
-    let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start(&server, &netns, &data, &run_dir, &logs, "execin");
+    let server = Cluster::builder()
+        .own_netns("execin")
+        .loopback_agent(&[])
+        .start();
     let file = server.write(
         "box.yaml",
         "apiVersion: v1
@@ -34,7 +32,7 @@ spec:
         p["status"]["phase"] == "Running"
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/exec_stdin.py");
-    let out = in_netns(Some(&netns.0), "python3")
+    let out = in_netns(server.netns.as_deref(), "python3")
         .arg(script)
         .arg(&server.kubeconfig)
         .arg("box")

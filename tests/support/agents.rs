@@ -1,5 +1,6 @@
-//! `orch agent` processes for tests, each in a network namespace the
-//! test made, and the clean-up of everything their pods leave.
+//! `orch agent` processes for tests, each in a test network namespace
+//! (the test's or its [`Cluster`]'s), and the clean-up of everything
+//! their pods leave.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,28 +41,6 @@ pub struct Join {
 }
 
 impl Agent {
-    pub fn start(
-        server: &Cluster,
-        netns: &Netns,
-        data: &Path,
-        run_dir: &Path,
-        logs: &Path,
-        tag: &str,
-    ) -> Self {
-        let token = server.token_file();
-        Self::start_as(
-            server,
-            netns,
-            data,
-            run_dir,
-            logs,
-            tag,
-            "node-a",
-            &token,
-            &[],
-        )
-    }
-
     /// An agent for node `node` joining with the token in `token_file`.
     #[allow(clippy::too_many_arguments)]
     pub fn start_as(
@@ -164,6 +143,12 @@ impl Agent {
     /// Start the agent again with the same flags (after [`Agent::kill`]).
     pub fn start_again(&mut self) {
         self.child = Self::spawn(&self.netns, &self.args);
+    }
+
+    /// Its cgroup parent ([`cgroup_root`] of its tag), where its pods'
+    /// cgroups are.
+    pub fn cgroup_root(&self) -> String {
+        cgroup_root(&self.tag)
     }
 
     /// Wait (up to `within`) for the agent to exit on its own.

@@ -1,10 +1,18 @@
 //! The one cluster fixture: a real `orch server` in a temp dir on a free
-//! port — on the machine, in a network namespace, or on a LAN of network
+//! port — on the machine, in a network namespace (the test's, or one of
+//! its own with an agent beside the server), or on a LAN of network
 //! namespaces with agents joined to it — and kubectl pointed at it.
 //!
 //! Built with [`Cluster::builder`]; everything it started (agents and
 //! their pods, the server, the namespaces) is stopped and removed when it
 //! is dropped, also when the test failed.
+//!
+//! ```no_run
+//! // A node `node-a` beside the server, in a namespace of their own:
+//! let mut server = Cluster::builder().own_netns("probes").loopback_agent(&[]).start();
+//! let (data, run_dir, logs) = server.node_dirs("node-a");
+//! server.agent("node-a").kill_and_restart();
+//! ```
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,6 +31,8 @@ type Prepare<'a> = Box<dyn FnOnce(&Path) + 'a>;
 pub struct Builder<'a> {
     flags: Vec<String>,
     netns: Option<String>,
+    own_netns: Option<String>,
+    loopback_agent: bool,
     embedded_agent: bool,
     prepare: Option<Prepare<'a>>,
     lan: Option<(String, String)>,
@@ -41,6 +51,29 @@ impl<'a> Builder<'a> {
     /// the test made.
     pub fn in_netns(mut self, netns: &str) -> Self {
         self.netns = Some(netns.to_owned());
+        self
+    }
+
+    /// Run the server (and kubectl) in a network namespace of the
+    /// cluster's own, `orch-test-<tag>-<pid>` (its machine `server`, see
+    /// [`Cluster::host`]), removed after the server when the cluster is
+    /// dropped. `tag` must be unique among the tests of one file.
+    pub fn own_netns(mut self, tag: &str) -> Self {
+        self.own_netns = Some(tag.to_owned());
+        self
+    }
+
+    /// Join one agent, node `node-a`, beside the server: in the server's
+    /// namespace, dialing it over loopback (`--node-ip 127.0.0.1` unless
+    /// `flags` name one), its state under [`Cluster::node_dir`] with the
+    /// busybox test image imported, and `flags` added. Unlike
+    /// [`Builder::embedded_agent`] it joins the way a remote agent does
+    /// (its own process, token and certificate); reach it with
+    /// [`Cluster::agent`]. Needs [`Builder::own_netns`]: an agent makes
+    /// bridges and nftables rules, never in the machine's namespace.
+    pub fn loopback_agent(mut self, flags: &[&str]) -> Self {
+        self.loopback_agent = true;
+        self.agent_flags = flags.iter().map(|f| (*f).to_owned()).collect();
         self
     }
 
@@ -75,8 +108,9 @@ impl<'a> Builder<'a> {
     /// waiting for their nodes: tests say which state they need).
     ///
     /// # Panics
-    /// When the server is not ready within 30 s (with what it logged), or
-    /// a LAN or agent is asked for without root.
+    /// When the server is not ready within 30 s (with what it logged), a
+    /// namespace or agent is asked for without root, or the builder asks
+    /// for two places for the server or an agent without its namespace.
     pub fn start(self) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         if let Some(prepare) = self.prepare {
@@ -86,6 +120,24 @@ impl<'a> Builder<'a> {
         let mut lan = None;
         let mut flags = self.flags;
         let mut netns = self.netns;
+        let places = [
+            netns.is_some(),
+            self.own_netns.is_some(),
+            self.lan.is_some(),
+        ];
+        assert!(
+            places.iter().filter(|p| **p).count() <= 1,
+            "the server runs in one place: Builder::in_netns, own_netns or lan"
+        );
+        assert!(
+            !self.loopback_agent || self.own_netns.is_some(),
+            "an agent beside the server needs its namespace (Builder::own_netns)"
+        );
+        if let Some(tag) = &self.own_netns {
+            let ns = Netns::new(tag);
+            netns = Some(ns.0.clone());
+            hosts.push(("server".to_owned(), ns));
+        }
         if let Some((tag, prefix)) = &self.lan {
             let l = Lan::new(tag, prefix);
             let server = l.machine("server", 1);
@@ -117,6 +169,11 @@ impl<'a> Builder<'a> {
         };
         for i in 1..=self.agents {
             cluster.join(&format!("n{i}"));
+        }
+        if self.loopback_agent
+            && let Some(tag) = &self.own_netns
+        {
+            cluster.join_beside(tag);
         }
         cluster
     }
@@ -311,13 +368,15 @@ impl Cluster {
             .expect("a cluster built with Builder::lan")
     }
 
-    /// The network namespace of LAN machine `name` (`server`, `n1`, …).
+    /// The network namespace of machine `name` the cluster made: `server`
+    /// (with [`Builder::own_netns`] or [`Builder::lan`]), or LAN machine
+    /// `n1`, ….
     pub fn host(&self, name: &str) -> &Netns {
         self.hosts
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, ns)| ns)
-            .unwrap_or_else(|| panic!("no machine {name} on the LAN"))
+            .unwrap_or_else(|| panic!("no machine {name} in this cluster"))
     }
 
     /// The state dir of joined node `node`: `agent/` (its data dir),
@@ -328,6 +387,13 @@ impl Cluster {
             .expect("a cluster with joined agents")
             .path()
             .join(node)
+    }
+
+    /// Joined node `node`'s data dir, run dir and pod log dir (`agent/`,
+    /// `run/`, `logs/` in its [`Cluster::node_dir`]).
+    pub fn node_dirs(&self, node: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.node_dir(node);
+        (dir.join("agent"), dir.join("run"), dir.join("logs"))
     }
 
     /// The agent of joined node `node`.
@@ -357,15 +423,7 @@ impl Cluster {
             let host = self.lan().machine(node, 10 + i);
             self.hosts.push((node.to_owned(), host));
         }
-        let nodes = self
-            .nodes
-            .get_or_insert_with(|| tempfile::tempdir().expect("temp dir"));
-        let dir = nodes.path().join(node);
-        let (data, run, logs) = if dir.exists() {
-            (dir.join("agent"), dir.join("run"), dir.join("logs"))
-        } else {
-            agent_dirs(&dir)
-        };
+        let (data, run, logs) = self.make_node_dirs(node);
         let ip = self.lan().ip(10 + i);
         let mut extra = vec!["--node-ip".to_owned(), ip];
         extra.extend(self.agent_flags.iter().cloned());
@@ -382,6 +440,40 @@ impl Cluster {
             stderr: Stdio::inherit(),
         });
         self.agents.push(agent);
+    }
+
+    /// Join node `node-a` beside the server ([`Builder::loopback_agent`]);
+    /// `tag` names its cgroup parent.
+    fn join_beside(&mut self, tag: &str) {
+        let node = "node-a";
+        let (data, run_dir, logs) = self.make_node_dirs(node);
+        let agent = Agent::join(super::agents::Join {
+            url: self.url(),
+            token_file: self.token_file(),
+            netns: self.host("server").0.clone(),
+            data,
+            run_dir,
+            logs,
+            tag: tag.to_owned(),
+            node: node.to_owned(),
+            extra: self.agent_flags.clone(),
+            stderr: Stdio::inherit(),
+        });
+        self.agents.push(agent);
+    }
+
+    /// [`Cluster::node_dirs`], made with busybox imported the first time
+    /// node `node` joins.
+    fn make_node_dirs(&mut self, node: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let nodes = self
+            .nodes
+            .get_or_insert_with(|| tempfile::tempdir().expect("temp dir"));
+        let dir = nodes.path().join(node);
+        if dir.exists() {
+            self.node_dirs(node)
+        } else {
+            agent_dirs(&dir)
+        }
     }
 
     /// The API's URL on the LAN: the server machine's address.
