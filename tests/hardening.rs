@@ -498,3 +498,90 @@ fn future_resource_versions_wait_then_time_out() {
     );
     assert_eq!(waiting.join().expect("curl thread"), "200");
 }
+
+/// A watch that stops reading (issue #21's probe: an unread watch of
+/// nodes, then large status writes to one node) pins a bounded amount:
+/// the store cuts the watcher off past its byte bound (32 MiB) and the
+/// response stream holds at most 4 MiB. Before the fix every write pinned
+/// its event (about 2 MB here: the value and the previous one) and its
+/// encoded line, and the server grew without bound (the issue saw 5 MB
+/// per write). The baseline is taken after 20 writes, once the allocator
+/// has reached its working size for objects this large.
+#[test]
+fn an_unread_watch_pins_bounded_memory() {
+    use tokio::io::AsyncWriteExt;
+    let server = Cluster::start();
+    let token = std::fs::read_to_string(server.dir.path().join("server/tls/admin.token"))
+        .expect("admin token");
+    let token = token.trim().to_owned();
+    let node = server.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: probe}\n",
+    );
+    server.ok("1.33", &["create", "-f", node.to_str().unwrap()]);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let connector = tls_connector(&server, b"http/1.1");
+    let addr = api_addr(&server);
+    // The watch: asked for, then never read.
+    let _unread = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("TLS");
+        let request = format!(
+            "GET /api/v1/nodes?watch=true HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes())
+            .await
+            .expect("send the watch");
+        tls.flush().await.expect("flush");
+        tls
+    });
+    // Status writes of about 1 MB of images each (under the 1.5 MiB
+    // object limit), each different.
+    let url = format!("{}/api/v1/nodes/probe/status", server.url());
+    let write = |i: usize| {
+        let images: Vec<String> = (0..4000)
+            .map(|j| {
+                format!(
+                    r#"{{"names":["registry.example/write-{i}/image-{j}:{j:0>160}"],"sizeBytes":{j}}}"#
+                )
+            })
+            .collect();
+        let body = server.write(
+            "status.json",
+            &format!(r#"{{"status":{{"images":[{}]}}}}"#, images.join(",")),
+        );
+        let out = Command::new("curl")
+            .args(["-s", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-X", "PATCH"])
+            .args(["-H", "Content-Type: application/merge-patch+json"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(&url)
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "status write {i}"
+        );
+    };
+    (0..20).for_each(write);
+    let baseline = server.rss_kib();
+    (20..120).for_each(write);
+    let grown = server.rss_kib().saturating_sub(baseline) / 1024;
+    eprintln!(
+        "server RSS {} MiB after 20 writes, +{grown} MiB after 100 more",
+        baseline / 1024
+    );
+    assert!(
+        grown < 64,
+        "the server grew by {grown} MiB over 100 writes of 1 MB with one \
+         unread watch of nodes (from {} MiB); at most 64 expected",
+        baseline / 1024
+    );
+    // The server still serves watches and the rest.
+    let nodes = server.ok("1.33", &["get", "nodes", "-o", "name"]);
+    assert!(nodes.contains("node/probe"), "{nodes}");
+}

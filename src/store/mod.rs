@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 pub use compaction::{CompactionPolicy, Compactor};
 pub use sqlite::{SqliteBackend, SqliteConfig};
-pub use watch::Watcher;
+pub use watch::{Cutoff, WatchLimits, Watcher};
 
 /// A point in the store's history. Revision 0 is the empty store; the first
 /// write is revision 1.
@@ -209,9 +209,13 @@ pub enum Error {
     InvalidContinue { token: String, reason: String },
 
     #[error(
-        "watch fell more than {buffer} events behind and was closed; resume it from revision {resume}"
+        "watch fell more than {buffer} events or {bytes} bytes behind and was closed; resume it from revision {resume}"
     )]
-    WatchLagged { resume: Revision, buffer: usize },
+    WatchLagged {
+        resume: Revision,
+        buffer: usize,
+        bytes: usize,
+    },
 
     #[error("cannot open {}: {problem}", path.display())]
     Open { path: PathBuf, problem: String },

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::watch::{History, Hub};
+use super::watch::{History, Hub, WatchLimits};
 use super::{
     BoxFuture, ContinueToken, Deleted, Error, Event, EventKind, KeyValue, ListOptions, ListPage,
     Revision, Watcher, prefix_end,
@@ -71,6 +71,10 @@ pub struct SqliteConfig {
     pub durable: bool,
     /// Live events buffered per watcher before it is cut off.
     pub watch_buffer: usize,
+    /// Bytes of live events (keys, values and previous values) buffered
+    /// per watcher before it is cut off: what a client that stopped
+    /// reading can pin.
+    pub watch_buffer_bytes: usize,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
     /// Idle read connections kept open.
@@ -86,6 +90,7 @@ impl SqliteConfig {
             path: path.into(),
             durable: true,
             watch_buffer: 8192,
+            watch_buffer_bytes: 32 * 1024 * 1024,
             max_batch: 512,
             max_idle_readers: 4,
             compaction_chunk: 2000,
@@ -192,7 +197,10 @@ impl SqliteBackend {
         // Fail now, not on the first request, if readers cannot open.
         shared.readers.read(|_, _| Ok(()))?;
 
-        let hub = Hub::new(config.watch_buffer);
+        let hub = Hub::new(WatchLimits {
+            events: config.watch_buffer,
+            bytes: config.watch_buffer_bytes,
+        });
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             conn,
@@ -342,7 +350,7 @@ impl super::Backend for SqliteBackend {
     ) -> BoxFuture<'a, Result<Watcher, Error>> {
         Box::pin(async move {
             // Subscribe before reading the replay bound: see watch.rs.
-            let live = self.hub.subscribe();
+            let live = self.hub.subscribe(prefix);
             let upto = self
                 .read(move |_, snap| {
                     if after < snap.compacted {
@@ -361,7 +369,7 @@ impl super::Backend for SqliteBackend {
                 upto,
                 live,
                 history,
-                self.hub.capacity(),
+                self.hub.limits(),
             ))
         })
     }

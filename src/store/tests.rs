@@ -369,6 +369,43 @@ async fn slow_watcher_is_cut_off_without_stalling_writers_and_can_resume() {
     assert_eq!(delivered, (1..=200).collect::<Vec<_>>());
 }
 
+/// Large values fill a watcher's byte bound long before its count bound:
+/// the watcher is cut off (its queue dropped, its cutoff resolved) while
+/// another prefix's watcher, which these writes do not concern, goes on.
+#[tokio::test]
+async fn a_watcher_is_cut_off_by_bytes_and_only_its_prefix_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(&dir);
+    config.watch_buffer = 1000;
+    config.watch_buffer_bytes = 100 * 1024;
+    let store = Store::open_sqlite(config).unwrap();
+    let mut slow = store.watch("/big/", Revision(0)).await.unwrap();
+    let cutoff = slow.cutoff();
+    let mut other = store.watch("/small/", Revision(0)).await.unwrap();
+    let big = vec![b'x'; 30 * 1024];
+    // Each update pins its value and the previous one: 60 KiB.
+    store.create("/big/a", big.clone()).await.unwrap();
+    let mut kv = store.get("/big/a", None).await.unwrap().unwrap();
+    for _ in 0..3 {
+        kv = store
+            .update("/big/a", big.clone(), Some(kv.mod_revision))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(5), cutoff.wait())
+        .await
+        .expect("the slow watcher is cut off by bytes");
+    match slow.next().await {
+        Some(Err(Error::WatchLagged { resume, bytes, .. })) => {
+            assert_eq!(resume, Revision(0), "nothing was delivered");
+            assert_eq!(bytes, 100 * 1024);
+        }
+        other => panic!("expected WatchLagged, got {other:?}"),
+    }
+    store.create("/small/b", v("y")).await.unwrap();
+    assert_eq!(next_event(&mut other).await.kv.key, "/small/b");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_get_dense_unique_revisions() {
     let (_dir, store) = temp_store();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 /// How much of a request body a handler left unread is still read (and
 /// dropped) before an HTTP/2 answer goes out: the 413 limit's worth and
@@ -138,6 +138,72 @@ impl HttpBody for RequestBody {
 pub enum Body {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Bytes>),
+    /// A stream whose queued bytes are bounded (see [`metered`]).
+    Metered(Metered),
+}
+
+/// The receiving side of [`metered`]: gives back the budget a chunk took
+/// once hyper has taken the chunk.
+pub struct Metered {
+    rx: mpsc::Receiver<Bytes>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+/// A streamed body whose sender waits while `budget` bytes are queued
+/// and not yet taken by hyper (a chunk larger than the budget takes all
+/// of it), so a client that stops reading pins at most `budget` bytes
+/// here plus what hyper and the socket hold.
+pub fn metered(budget: usize) -> (MeteredSender, Body) {
+    let max = budget.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let semaphore = Arc::new(Semaphore::new(max));
+    // The count only needs to let many small chunks queue; bytes bound it.
+    let (tx, rx) = mpsc::channel(1024);
+    (
+        MeteredSender {
+            tx,
+            budget: semaphore.clone(),
+            max,
+        },
+        Body::Metered(Metered {
+            rx,
+            budget: semaphore,
+            max,
+        }),
+    )
+}
+
+/// The sending side of [`metered`].
+pub struct MeteredSender {
+    tx: mpsc::Sender<Bytes>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+/// The response body is gone (the client went away).
+#[derive(Debug)]
+pub struct Closed;
+
+impl MeteredSender {
+    /// Queue `chunk`, waiting for budget.
+    ///
+    /// # Errors
+    /// [`Closed`] when the body was dropped.
+    pub async fn send(&self, chunk: Bytes) -> Result<(), Closed> {
+        let cost = u32::try_from(chunk.len().min(self.max)).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            permit = self.budget.clone().acquire_many_owned(cost) => permit.map_err(|_| Closed)?,
+            () = self.tx.closed() => return Err(Closed),
+        };
+        // Given back by the body once hyper takes the chunk.
+        permit.forget();
+        self.tx.send(chunk).await.map_err(|_| Closed)
+    }
+
+    /// Resolves when the body was dropped.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }
 
 impl Body {
@@ -163,6 +229,12 @@ impl HttpBody for Body {
             Self::Stream(rx) => rx
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            Self::Metered(m) => m.rx.poll_recv(cx).map(|chunk| {
+                chunk.map(|b| {
+                    m.budget.add_permits(b.len().min(m.max));
+                    Ok(Frame::data(b))
+                })
+            }),
         }
     }
 
@@ -174,7 +246,7 @@ impl HttpBody for Body {
         match self {
             Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
-            Self::Stream(_) => SizeHint::default(),
+            Self::Stream(_) | Self::Metered(_) => SizeHint::default(),
         }
     }
 }

@@ -4,15 +4,14 @@
 //! changes after N; compacted: one ERROR event with 410 Expired),
 //! selector-aware event types, bookmarks and `timeoutSeconds`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use super::body::Body;
+use super::body::{Body, MeteredSender, metered};
 use super::request::Representation;
 use super::{Query, q, table_of_object};
 use crate::api::catalog::Resource;
@@ -22,6 +21,10 @@ use crate::store::{self, EventKind, Revision};
 
 /// Upstream's default when the client sets no timeout (min-request-timeout).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Encoded events queued for one client and not yet taken by hyper. With
+/// the store's per-watcher bound (`watch_buffer_bytes`) and hyper's own
+/// buffers, this is what a watcher that stopped reading can pin.
+const STREAM_BUDGET: usize = 4 * 1024 * 1024;
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Params {
@@ -72,13 +75,14 @@ pub fn start(
     params: Params,
     representation: Representation,
 ) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let (tx, body) = metered(STREAM_BUDGET);
     tokio::spawn(async move {
         let stream = Stream {
             tx,
             res,
             representation,
             include_object: params.include_object.clone(),
+            cutoff: OnceLock::new(),
         };
         let _ = tokio::time::timeout(
             params.timeout,
@@ -90,15 +94,20 @@ pub fn start(
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-cache, private")
-        .body(Body::Stream(rx))
+        .body(body)
         .expect("static response parts are valid")
 }
 
 struct Stream {
-    tx: mpsc::Sender<Bytes>,
+    tx: MeteredSender,
     res: Resource,
     representation: Representation,
     include_object: String,
+    /// Once watching: resolves when the store cut the watcher off for
+    /// falling behind, which ends a send blocked on a client that stopped
+    /// reading (the client sees its watch end, as upstream's watch cache
+    /// closes unresponsive watchers).
+    cutoff: OnceLock<store::Cutoff>,
 }
 
 /// The client went away.
@@ -117,7 +126,22 @@ impl Stream {
         };
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("JSON");
         line.push(b'\n');
-        self.tx.send(Bytes::from(line)).await.map_err(|_| Gone)
+        self.write(Bytes::from(line)).await
+    }
+
+    /// Queue `line` for the client, unless the watcher is cut off first.
+    async fn write(&self, line: Bytes) -> Result<(), Gone> {
+        let sent = self.tx.send(line);
+        match self.cutoff.get() {
+            Some(cutoff) => tokio::select! {
+                sent = sent => sent.map_err(|_| Gone),
+                () = cutoff.wait() => {
+                    tracing::debug!(resource = %self.res.plural, "watch cut off: the client fell behind");
+                    Err(Gone)
+                }
+            },
+            None => sent.await.map_err(|_| Gone),
+        }
     }
 
     /// An ERROR event; its Status keeps upstream's field order.
@@ -127,7 +151,7 @@ impl Stream {
         body.pop(); // the Status's own trailing newline
         line.extend(body);
         line.extend(b"}\n");
-        self.tx.send(Bytes::from(line)).await.map_err(|_| Gone)
+        self.write(Bytes::from(line)).await
     }
 
     async fn bookmark(&self, rv: Revision, initial_end: bool) -> Result<(), Gone> {
@@ -190,6 +214,7 @@ impl Stream {
                 return self.send_error(&ApiError::internal(err.to_string())).await;
             }
         };
+        let _ = self.cutoff.set(watcher.cutoff());
         let mut bookmark_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
