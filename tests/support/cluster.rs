@@ -205,6 +205,12 @@ impl Drop for Cluster {
         self.agents.clear();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The embedded agent's pods, mounts and namespace pins (its data
+        // dir is the server's; `run/` beside it).
+        if self.embedded_agent {
+            let dir = self.dir.path();
+            super::agents::cleanup(&dir.join("run"), dir, &[]);
+        }
         // A failing test shows what the server said last.
         if std::thread::panicking() {
             let lines: Vec<String> = self.log.try_iter().collect();
