@@ -76,6 +76,8 @@ pub struct ApiServer {
     pub tunnels: Arc<tunnel::Tunnels>,
     /// Signs service account tokens (`serviceaccounts/<name>/token`).
     pub service_accounts: Arc<auth::serviceaccount::Signer>,
+    /// The API's own audiences: what a TokenRequest that names none gets.
+    pub api_audiences: auth::serviceaccount::Audiences,
     /// The cluster CA, for nodes' client certificates.
     pub pki: Arc<auth::Pki>,
     /// Checks a connection's client certificate, once per connection.
