@@ -258,6 +258,7 @@ pub async fn run_with(
         Box::new(auth::authz::bootstrap::NodeCertificates::new(
             api::CERTIFICATE_PATH,
         )),
+        Box::new(auth::authz::basic_user::BasicUser),
         // RBAC goes here (a later issue).
     ]);
     let api = Arc::new(api::ApiServer {
