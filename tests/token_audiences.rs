@@ -1,6 +1,8 @@
 //! Service account tokens against the API (issue #21): a token made for
 //! another audience is refused with 401 as kube-apiserver refuses it,
-//! `--api-audiences` says which audiences the API is.
+//! `--api-audiences` says which audiences the API is, and a service
+//! account may ask who it is and what it may do (upstream's
+//! `system:basic-user`), answered with the authorizer chain's decisions.
 
 mod support;
 
@@ -165,4 +167,121 @@ fn api_audiences_name_what_tokens_are_accepted_for() {
     );
     let (code, body) = list_pods(&server, &own);
     assert!(is_the_default_service_account(code, &body), "{code} {body}");
+}
+
+#[test]
+fn service_accounts_ask_who_they_are_and_what_they_may_do() {
+    let server = Cluster::start();
+    let token = create_token(&server, &[]);
+    let kubeconfig = anonymous_kubeconfig(&server);
+    let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
+    let as_sa = |v: &str, args: &[&str]| {
+        let mut full = vec!["--kubeconfig", kubeconfig, "--token", token.as_str()];
+        full.extend(args);
+        server.kubectl(v, &full)
+    };
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for v in ["1.33"] {
+        let out = as_sa(v, &["auth", "whoami", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "kubectl {v} auth whoami: {}",
+            text(&out)
+        );
+        let review: Value = serde_json::from_slice(&out.stdout).expect("a SelfSubjectReview");
+        let info = &review["status"]["userInfo"];
+        assert_eq!(
+            info["username"], "system:serviceaccount:default:default",
+            "{v}: {review}"
+        );
+        assert_eq!(
+            info["groups"],
+            serde_json::json!([
+                "system:serviceaccounts",
+                "system:serviceaccounts:default",
+                "system:authenticated"
+            ]),
+            "{v}: {review}"
+        );
+        let want = if v == "1.27" { "v1beta1" } else { "v1" };
+        assert_eq!(
+            review["apiVersion"],
+            format!("authentication.k8s.io/{want}"),
+            "{v}: answered in the version asked"
+        );
+        let out = as_sa(v, &["auth", "whoami"]);
+        let table = text(&out);
+        assert!(
+            out.status.success()
+                && table.contains("system:serviceaccount:default:default")
+                && table.contains("system:serviceaccounts:default"),
+            "kubectl {v} auth whoami: {table}"
+        );
+        // The real decisions: the self reviews yes, pods no (no RBAC yet).
+        for (what, answer, code) in [
+            ("selfsubjectreviews.authentication.k8s.io", "yes", 0),
+            ("selfsubjectaccessreviews.authorization.k8s.io", "yes", 0),
+            ("pods", "no", 1),
+        ] {
+            let out = as_sa(v, &["auth", "can-i", "create", what]);
+            assert_eq!(
+                (
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    out.status.code()
+                ),
+                (answer, Some(code)),
+                "kubectl {v} auth can-i create {what}: {}",
+                text(&out)
+            );
+        }
+        let out = as_sa(v, &["auth", "can-i", "--list"]);
+        let list = text(&out);
+        assert!(
+            out.status.success()
+                && list.contains("selfsubjectreviews.authentication.k8s.io")
+                && list.contains("selfsubjectrulesreviews.authorization.k8s.io")
+                && list.contains("[/api/*]")
+                && !list.contains("pods"),
+            "kubectl {v} auth can-i --list: {list}"
+        );
+    }
+    // The admin's answers come from the same chain: everything.
+    let out = server.kubectl("1.33", &["auth", "can-i", "create", "pods"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    // Through the API: the decision, not a guess.
+    let ask = |attrs: &str| {
+        call(
+            &server,
+            &token,
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            Some(&format!(
+                r#"{{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{attrs}}}"#
+            )),
+        )
+    };
+    let (code, review) =
+        ask(r#"{"resourceAttributes":{"verb":"get","resource":"secrets","namespace":"default"}}"#);
+    assert_eq!(
+        (code, &review["status"]["allowed"]),
+        (201, &Value::Bool(false)),
+        "{review}"
+    );
+    let (code, review) = ask(r#"{"nonResourceAttributes":{"verb":"get","path":"/apis"}}"#);
+    assert_eq!(
+        (code, &review["status"]["allowed"]),
+        (201, &Value::Bool(true)),
+        "{review}"
+    );
+    let (code, review) = ask("{}");
+    assert_eq!(
+        (code, &review["reason"]),
+        (422, &Value::from("Invalid")),
+        "{review}"
+    );
 }

@@ -360,6 +360,16 @@ const ENTRIES: &[Entry] = &[
         verbs: &["create"],
         subresources: &[],
     },
+    Entry {
+        group: "authorization.k8s.io",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        verbs: &["create"],
+        subresources: &[],
+    },
 ];
 
 /// Every served resource, in discovery order.

@@ -31,6 +31,7 @@ mod openapi;
 mod portforward;
 mod request;
 mod response;
+mod review;
 pub mod route;
 mod subresource;
 pub mod tunnel;
