@@ -187,7 +187,8 @@ fn service_accounts_ask_who_they_are_and_what_they_may_do() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    for v in ["1.33"] {
+    // kubectl 1.27 asks authentication.k8s.io/v1beta1, later ones v1.
+    for v in ["1.27", "1.33"] {
         let out = as_sa(v, &["auth", "whoami", "-o", "json"]);
         assert!(
             out.status.success(),
