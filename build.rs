@@ -53,6 +53,7 @@ fn openapi_schemas() {
             ("authentication.k8s.io", "TokenRequest", authentication::v1::TokenRequest),
             ("authentication.k8s.io", "SelfSubjectReview", authentication::v1::SelfSubjectReview),
             ("authorization.k8s.io", "SelfSubjectAccessReview", authorization::v1::SelfSubjectAccessReview),
+            ("authorization.k8s.io", "SelfSubjectRulesReview", authorization::v1::SelfSubjectRulesReview),
         }
     }
     let mut schemas = generator.take_definitions(true);

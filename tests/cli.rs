@@ -432,3 +432,22 @@ fn an_old_nft_is_named_with_the_fix() {
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn an_empty_api_audience_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for value in ["", "vault,,https://kubernetes.default.svc.cluster.local"] {
+        let out = support::refused_server(&["--data-dir", data, "--api-audiences", value]);
+        assert_eq!(out.status.code(), Some(2), "{value:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{value:?}: one line, then the usage: {err}");
+        assert!(
+            lines[0].starts_with("error: ")
+                && lines[0].contains("--api-audiences")
+                && lines[0].contains("may not be empty"),
+            "{value:?}: {err}"
+        );
+    }
+}

@@ -360,12 +360,33 @@ const ENTRIES: &[Entry] = &[
         verbs: &["create"],
         subresources: &[],
     },
+    Entry {
+        group: "authorization.k8s.io",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        namespaced: false,
+        short: &[],
+        all: false,
+        verbs: &["create"],
+        subresources: &[],
+    },
 ];
+
+/// Older versions (group, version, plural) of served resources that
+/// upstream v1.33 no longer serves and orch still answers, unlisted (not
+/// in discovery or OpenAPI), for kubectl versions that call them without
+/// asking discovery: `kubectl auth whoami` of 1.27 posts its
+/// SelfSubjectReview to `authentication.k8s.io/v1beta1` (1.28 and later
+/// try `v1` first). The object is the same in both versions.
+const UNLISTED: &[(&str, &str, &str)] =
+    &[("authentication.k8s.io", "v1beta1", "selfsubjectreviews")];
 
 /// Every served resource, in discovery order.
 #[derive(Debug, Clone)]
 pub struct Catalog {
     resources: Vec<Resource>,
+    /// Served but not listed ([`UNLISTED`]).
+    unlisted: Vec<Resource>,
 }
 
 impl Default for Catalog {
@@ -399,18 +420,35 @@ impl Catalog {
                     .map(|(name, verbs)| subresource(e.group, e.kind, name, verbs))
                     .collect(),
             })
+            .collect::<Vec<Resource>>();
+        let unlisted = UNLISTED
+            .iter()
+            .filter_map(|(group, version, plural)| {
+                let served = resources
+                    .iter()
+                    .find(|r| r.group == *group && r.plural == *plural)?;
+                Some(Resource {
+                    version: (*version).to_owned(),
+                    ..served.clone()
+                })
+            })
             .collect();
-        Self { resources }
+        Self {
+            resources,
+            unlisted,
+        }
     }
 
     pub fn resources(&self) -> &[Resource] {
         &self.resources
     }
 
-    /// The resource served at `/apis/<group>/<version>/<plural>`.
+    /// The resource served at `/apis/<group>/<version>/<plural>`, listed
+    /// or not.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&Resource> {
         self.resources
             .iter()
+            .chain(&self.unlisted)
             .find(|r| r.group == group && r.version == version && r.plural == plural)
     }
 
@@ -479,6 +517,34 @@ mod tests {
                 .unwrap_or_else(|| panic!("no resource with short name {short}"));
             assert_eq!(found.plural, plural);
         }
+    }
+
+    #[test]
+    fn old_self_subject_reviews_are_served_but_not_listed() {
+        let catalog = Catalog::builtin();
+        let old = catalog
+            .find("authentication.k8s.io", "v1beta1", "selfsubjectreviews")
+            .expect("v1beta1 selfsubjectreviews for kubectl 1.27");
+        assert_eq!(old.kind, "SelfSubjectReview");
+        assert_eq!(old.api_version(), "authentication.k8s.io/v1beta1");
+        assert!(old.allows("create") && !old.allows("list"));
+        let groups = catalog.groups();
+        let (_, versions) = groups
+            .iter()
+            .find(|(g, _)| g == "authentication.k8s.io")
+            .expect("authentication.k8s.io listed");
+        assert_eq!(versions, &["v1"], "discovery lists v1 alone, as v1.33");
+        assert_eq!(
+            catalog
+                .group_version("authentication.k8s.io", "v1beta1")
+                .count(),
+            0
+        );
+        assert!(
+            catalog
+                .find("authentication.k8s.io", "v1alpha1", "selfsubjectreviews")
+                .is_none()
+        );
     }
 
     #[test]

@@ -58,6 +58,20 @@ pub struct Args {
     )]
     pub token: Option<String>,
 
+    /// (cluster) The API's audiences (comma-separated): a service account
+    /// token authenticates only if its audience is one of them, and a
+    /// TokenRequest naming none gets them all (kube-apiserver's
+    /// --api-audiences) [default: https://kubernetes.default.svc.cluster.local,
+    /// the token issuer].
+    #[arg(
+        long,
+        env = "ORCH_API_AUDIENCES",
+        value_name = "AUDIENCE",
+        value_delimiter = ',',
+        value_parser = parse_audience
+    )]
+    pub api_audiences: Vec<String>,
+
     /// (client) Write the admin kubeconfig here too (mode 0600).
     #[arg(
         long,
@@ -225,6 +239,14 @@ pub(super) fn parse_cluster_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((ip, bits))
 }
 
+fn parse_audience(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("an audience may not be empty (e.g. --api-audiences https://kubernetes.default.svc.cluster.local,vault)".into());
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = s
         .split_once('-')
@@ -297,6 +319,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         idle: std::time::Duration::from_secs(args.api_idle_timeout),
         max_unauthenticated: args.api_max_unauthenticated_connections,
     };
+    if !args.api_audiences.is_empty() {
+        config.api_audiences =
+            crate::server::auth::serviceaccount::Audiences::new(&args.api_audiences)
+                .map_err(|e| anyhow::anyhow!("--api-audiences: {e}"))?;
+    }
     config.write_kubeconfig = Some(args.write_kubeconfig);
     config.token = args.token;
     config.service_ranges = server::registry::ServiceRanges {

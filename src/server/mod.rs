@@ -45,6 +45,9 @@ pub struct Config {
     pub controllers: controllers::Config,
     /// Timeouts and the unauthenticated-connection cap of the API port.
     pub connection_limits: api::Limits,
+    /// The audiences service account tokens must name to authenticate
+    /// (`--api-audiences`; default the issuer).
+    pub api_audiences: auth::serviceaccount::Audiences,
 }
 
 impl Config {
@@ -62,6 +65,7 @@ impl Config {
             admission: admission::Settings::default(),
             controllers: controllers::Config::default(),
             connection_limits: api::Limits::default(),
+            api_audiences: auth::serviceaccount::Audiences::default(),
         }
     }
 
@@ -238,6 +242,7 @@ pub async fn run_with(
         Box::new(auth::authn::service_account::ServiceAccounts::new(
             service_accounts.clone(),
             registry.clone(),
+            config.api_audiences.clone(),
         )),
         Box::new(auth::authn::bootstrap::BootstrapTokens::new(
             registry.clone(),
@@ -253,6 +258,7 @@ pub async fn run_with(
         Box::new(auth::authz::bootstrap::NodeCertificates::new(
             api::CERTIFICATE_PATH,
         )),
+        Box::new(auth::authz::basic_user::BasicUser),
         // RBAC goes here (a later issue).
     ]);
     let api = Arc::new(api::ApiServer {
@@ -260,6 +266,7 @@ pub async fn run_with(
         ca_pem: pki.ca_cert.clone(),
         tunnels: Arc::default(),
         service_accounts,
+        api_audiences: config.api_audiences.clone(),
         pki: Arc::new(pki.clone()),
         x509,
         authenticators,

@@ -1,15 +1,14 @@
 //! Handlers for a collection (`…/<plural>`): list, watch, create and
-//! delete a collection.
+//! delete a collection. Reviews posted to theirs are answered, not stored
+//! ([`super::review`]).
 
 use http::{Method, Request, Response, StatusCode};
-use serde_json::json;
 
 use super::body::RequestBody;
 use super::request::{self, Representation};
 use super::response::{json_response, list_response, render_list, written_response};
 use super::{Body, Call, Query, watch};
 use crate::api::status::ApiError;
-use crate::server::auth::authz::masters;
 
 /// Serve a request on a collection.
 pub(super) async fn serve(
@@ -58,8 +57,8 @@ async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<B
     if !call.res.allows("create") {
         return Err(ApiError::method_not_allowed("create"));
     }
-    if let Some(review) = self_review(call, &body.value) {
-        return Ok(json_response(StatusCode::CREATED, &review));
+    if let Some(review) = super::review::answer(call, &body.value).await {
+        return Ok(json_response(StatusCode::CREATED, &review?));
     }
     let warnings = body.check_duplicates(&call.write)?;
     let mut written = call
@@ -73,24 +72,6 @@ async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<B
         written,
         call.representation,
     ))
-}
-
-/// SelfSubjectReview and SelfSubjectAccessReview are answered, not stored.
-fn self_review(call: &Call<'_>, body: &serde_json::Value) -> Option<serde_json::Value> {
-    let (res, user) = (&call.res, call.user);
-    match (res.group.as_str(), res.kind.as_str()) {
-        ("authentication.k8s.io", "SelfSubjectReview") => Some(json!({
-            "kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"creationTimestamp": null},
-            "status": {"userInfo": {"username": user.name, "uid": user.uid, "groups": user.groups}},
-        })),
-        ("authorization.k8s.io", "SelfSubjectAccessReview") => {
-            let mut review = body.clone();
-            review["status"] = json!({"allowed": masters::is_master(user)});
-            Some(review)
-        }
-        _ => None,
-    }
 }
 
 async fn delete_collection(

@@ -31,6 +31,7 @@ mod openapi;
 mod portforward;
 mod request;
 mod response;
+mod review;
 pub mod route;
 mod subresource;
 pub mod tunnel;
@@ -76,6 +77,8 @@ pub struct ApiServer {
     pub tunnels: Arc<tunnel::Tunnels>,
     /// Signs service account tokens (`serviceaccounts/<name>/token`).
     pub service_accounts: Arc<auth::serviceaccount::Signer>,
+    /// The API's own audiences: what a TokenRequest that names none gets.
+    pub api_audiences: auth::serviceaccount::Audiences,
     /// The cluster CA, for nodes' client certificates.
     pub pki: Arc<auth::Pki>,
     /// Checks a connection's client certificate, once per connection.

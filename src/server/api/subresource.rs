@@ -229,7 +229,8 @@ fn scale_of(res: &Resource, obj: &Value) -> Value {
 
 impl ApiServer {
     /// `serviceaccounts/<name>/token`: a signed token for `sa`, for the
-    /// audiences and lifetime asked (1 h by default, at least 10 min),
+    /// audiences (the API's own, `--api-audiences`, when none are asked,
+    /// as upstream) and lifetime asked (1 h by default, at least 10 min),
     /// bound to a pod when `boundObjectRef` names one that exists.
     pub(super) async fn token_request(
         &self,
@@ -260,7 +261,7 @@ impl ApiServer {
                     .collect()
             })
             .filter(|a: &Vec<String>| !a.is_empty())
-            .unwrap_or_else(|| vec![crate::server::auth::serviceaccount::ISSUER.to_owned()]);
+            .unwrap_or_else(|| self.api_audiences.as_slice().to_vec());
         let bound = &spec["boundObjectRef"];
         let pod = match bound["kind"].as_str() {
             None => None,

@@ -20,6 +20,8 @@ pub enum Error {
     Pki(String),
     #[error("cannot build the TLS configuration: {0}")]
     Tls(String),
+    #[error("invalid API audiences: {0}")]
+    Audiences(&'static str),
 }
 
 /// An authenticated caller.

@@ -7,6 +7,11 @@
 //! `aud`, `exp`/`iat`/`nbf`, `jti`, and a `kubernetes.io` object naming the
 //! namespace, the service account and (for bound tokens) the pod. The
 //! signing key is made once in `<data-dir>/server/tls/service-account.key`.
+//!
+//! A token is only good against the API when its `aud` names one of the
+//! API's own audiences ([`Audiences`], `--api-audiences`): a token made
+//! for another party (`kubectl create token app --audience vault`) is
+//! refused, as kube-apiserver refuses it.
 
 use std::path::Path;
 
@@ -20,9 +25,67 @@ use serde_json::{Value, json};
 
 use super::Error;
 
-/// The issuer, and the audience tokens get unless they ask for others
-/// (as k3s: the in-cluster URL of the API).
+/// The issuer, and the API's audience unless `--api-audiences` names
+/// others (as k3s: the in-cluster URL of the API).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The API's own audiences (kube-apiserver's `--api-audiences`): a token
+/// authenticates only when its `aud` names one of them, and a TokenRequest
+/// that asks for no audience gets them all. Upstream's default when the
+/// flag is not given is the service account issuer, [`ISSUER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audiences(Vec<String>);
+
+impl Default for Audiences {
+    fn default() -> Self {
+        Self(vec![ISSUER.to_owned()])
+    }
+}
+
+impl Audiences {
+    /// These audiences, each once, in the order given.
+    ///
+    /// # Errors
+    /// None given, or one is empty (nothing could match it, and an empty
+    /// `--api-audiences` is more likely a mistake than a wish to refuse
+    /// every service account token).
+    pub fn new<S: AsRef<str>>(audiences: &[S]) -> Result<Self, Error> {
+        let mut out: Vec<String> = Vec::new();
+        for a in audiences {
+            let a = a.as_ref().trim();
+            if a.is_empty() {
+                return Err(Error::Audiences("an audience may not be empty"));
+            }
+            if !out.iter().any(|o| o == a) {
+                out.push(a.to_owned());
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Audiences("at least one is needed"));
+        }
+        Ok(Self(out))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The audiences a token with `aud` claim `token` is good for here:
+    /// those it shares with the API. A token with no `aud` at all (none
+    /// of orch's, which always names one) counts as made for the API, as
+    /// upstream treats its legacy tokens. Empty: the token was made for
+    /// someone else and must not authenticate.
+    pub fn accepted(&self, token: &[String]) -> Vec<String> {
+        if token.is_empty() {
+            return self.0.clone();
+        }
+        self.0
+            .iter()
+            .filter(|a| token.contains(a))
+            .cloned()
+            .collect()
+    }
+}
 
 /// Leeway for clocks that disagree a little.
 const LEEWAY_SECONDS: i64 = 60;
@@ -225,5 +288,50 @@ mod tests {
         let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
         assert!(other.verify(&token).is_none());
         assert!(signer.verify("not-a-jwt").is_none());
+    }
+
+    #[test]
+    fn tokens_are_good_for_the_audiences_they_share_with_the_api() {
+        let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        let default = Audiences::default();
+        assert_eq!(default.as_slice(), [ISSUER]);
+        let both = Audiences::new(&["vault", ISSUER]).unwrap();
+        #[rustfmt::skip]
+        let cases: &[(&Audiences, &[&str], &[&str])] = &[
+            (&default, &[ISSUER], &[ISSUER]),
+            (&default, &["vault"], &[]),
+            (&default, &["vault", ISSUER], &[ISSUER]),
+            (&default, &["https://kubernetes.default.svc"], &[]),
+            // No aud at all: made for the API (upstream's legacy tokens).
+            (&default, &[], &[ISSUER]),
+            (&both, &["vault"], &["vault"]),
+            (&both, &[ISSUER], &[ISSUER]),
+            (&both, &["vault", ISSUER], &["vault", ISSUER]),
+            (&both, &["consul"], &[]),
+        ];
+        for (api, token, want) in cases {
+            assert_eq!(
+                api.accepted(&list(token)),
+                list(want),
+                "a token for {token:?} against {:?}",
+                api.as_slice()
+            );
+        }
+    }
+
+    #[test]
+    fn api_audiences_are_named_and_not_empty() {
+        assert_eq!(
+            Audiences::new(&[" vault", "vault", ISSUER])
+                .unwrap()
+                .as_slice(),
+            ["vault", ISSUER],
+            "trimmed, each once"
+        );
+        let bad: [&[&str]; 3] = [&[""], &["vault", " "], &[]];
+        for bad in bad {
+            let err = Audiences::new(bad).unwrap_err().to_string();
+            assert!(err.contains("audience"), "{bad:?}: {err}");
+        }
     }
 }

@@ -30,6 +30,13 @@ pub enum Error {
     InvalidCertificate,
     #[error("invalid bearer token")]
     InvalidBearerToken,
+    /// A service account token made for another audience (upstream's
+    /// wording).
+    #[error("token audiences {token:?} is invalid for the target audiences {api:?}")]
+    InvalidAudience {
+        token: Vec<String>,
+        api: Vec<String>,
+    },
     #[error("no credentials: present a client certificate or a bearer token")]
     NoCredentials,
 }

@@ -1,8 +1,9 @@
 //! The service account authenticator: a bearer JWT this server signed
 //! (see [`crate::server::auth::serviceaccount`]) names
-//! `system:serviceaccount:<ns>:<name>` while the token is valid and the
-//! service account (and the pod the token is bound to) still exist with
-//! the uids it was issued for, as upstream's bound-token checks.
+//! `system:serviceaccount:<ns>:<name>` while the token is valid, its
+//! audience is one of the API's (`--api-audiences`), and the service
+//! account (and the pod the token is bound to) still exist with the uids
+//! it was issued for, as upstream's bound-token checks.
 
 use std::sync::Arc;
 
@@ -12,22 +13,44 @@ use serde_json::Value;
 
 use super::{Authenticator, Credentials, Error};
 use crate::server::auth::User;
-use crate::server::auth::serviceaccount::Signer;
+use crate::server::auth::serviceaccount::{Audiences, Claims, Signer};
 use crate::server::registry::Registry;
 
-/// Accepts service account tokens this server signed.
+/// Accepts service account tokens this server signed for its API.
 pub struct ServiceAccounts {
     signer: Arc<Signer>,
     registry: Arc<Registry>,
+    audiences: Audiences,
 }
 
 impl ServiceAccounts {
-    pub fn new(signer: Arc<Signer>, registry: Arc<Registry>) -> Self {
-        Self { signer, registry }
+    pub fn new(signer: Arc<Signer>, registry: Arc<Registry>, audiences: Audiences) -> Self {
+        Self {
+            signer,
+            registry,
+            audiences,
+        }
     }
 
-    async fn user(&self, token: &str) -> Option<User> {
-        let claims = self.signer.verify(token)?;
+    /// `Ok(None)` for a token that is not a valid JWT of ours (another
+    /// authenticator may know it); `Err` for one of ours made for another
+    /// audience, checked before the store is read, as upstream does.
+    async fn authenticate_token(&self, token: &str) -> Result<Option<User>, Error> {
+        let Some(claims) = self.signer.verify(token) else {
+            return Ok(None);
+        };
+        if self.audiences.accepted(&claims.audiences).is_empty() {
+            return Err(Error::InvalidAudience {
+                token: claims.audiences,
+                api: self.audiences.as_slice().to_vec(),
+            });
+        }
+        Ok(self.user(&claims).await)
+    }
+
+    /// The service account `claims` name, while it and the pod the token
+    /// is bound to exist with the uids the token was issued for.
+    async fn user(&self, claims: &Claims) -> Option<User> {
         let ns = Some(claims.namespace.as_str());
         let uid_of = |v: &Value| {
             v.pointer("/metadata/uid")
@@ -52,24 +75,25 @@ impl ServiceAccounts {
                 return None;
             }
         }
-        Some(User::service_account(
-            &claims.namespace,
-            &claims.service_account,
-        ))
+        // The uid is the service account's, as upstream's (whoami shows it).
+        let mut user = User::service_account(&claims.namespace, &claims.service_account);
+        user.uid = uid_of(&sa).unwrap_or_default();
+        Some(user)
     }
 }
 
 impl Authenticator for ServiceAccounts {
     /// A token that is not a valid JWT of ours, or whose service account
     /// or pod is gone, is not recognised (the chain then answers 401 for
-    /// the bearer token no one accepted).
+    /// the bearer token no one accepted); one made for another audience
+    /// is refused (401 too).
     fn authenticate<'a>(
         &'a self,
         credentials: &'a Credentials<'a>,
     ) -> BoxFuture<'a, Result<Option<User>, Error>> {
         async move {
             match credentials.bearer {
-                Some(token) => Ok(self.user(token).await),
+                Some(token) => self.authenticate_token(token).await,
                 None => Ok(None),
             }
         }
@@ -140,7 +164,7 @@ pub(crate) mod tests {
                 .unwrap()
                 .0
         };
-        let authn = ServiceAccounts::new(signer.clone(), registry.clone());
+        let authn = ServiceAccounts::new(signer.clone(), registry.clone(), Audiences::default());
         let none = PeerCertificate::None;
         let ask = |token: String| {
             let authn = &authn;
@@ -159,6 +183,7 @@ pub(crate) mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(user.name, "system:serviceaccount:default:app");
+        assert_eq!(user.uid, sa_uid, "the service account's uid");
         assert!(
             user.groups
                 .contains(&"system:serviceaccounts:default".to_owned())
@@ -185,5 +210,66 @@ pub(crate) mod tests {
             .unwrap()
             .0;
         assert_eq!(ask(foreign).await, Ok(None), "signed by another key");
+    }
+
+    #[tokio::test]
+    async fn tokens_for_another_audience_are_refused() {
+        let (dir, registry) = registry().await;
+        let signer = Arc::new(Signer::load_or_create(&dir.path().join("sa.key")).unwrap());
+        create(
+            &registry,
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
+        )
+        .await;
+        let token = |aud: &[&str]| {
+            let aud: Vec<String> = aud.iter().map(|a| (*a).to_owned()).collect();
+            signer
+                .issue("default", "app", "", &aud, 3600, None)
+                .unwrap()
+                .0
+        };
+        let none = PeerCertificate::None;
+        let ask = |api: Audiences, token: String| {
+            let authn = ServiceAccounts::new(signer.clone(), registry.clone(), api);
+            let none = &none;
+            async move {
+                authn
+                    .authenticate(&Credentials {
+                        peer: none,
+                        bearer: Some(&token),
+                    })
+                    .await
+                    .map(|u| u.map(|u| u.name))
+            }
+        };
+        let app = Ok(Some("system:serviceaccount:default:app".to_owned()));
+        let default = Audiences::default;
+        let with_vault = || Audiences::new(&["vault", ISSUER]).unwrap();
+        assert_eq!(ask(default(), token(&[ISSUER])).await, app);
+        assert_eq!(
+            ask(default(), token(&["vault"])).await,
+            Err(Error::InvalidAudience {
+                token: vec!["vault".into()],
+                api: vec![ISSUER.into()],
+            }),
+            "made for vault, not for the API"
+        );
+        assert_eq!(ask(default(), token(&["vault", ISSUER])).await, app);
+        assert_eq!(ask(with_vault(), token(&["vault"])).await, app);
+        assert_eq!(ask(with_vault(), token(&[ISSUER])).await, app);
+        assert!(
+            ask(Audiences::new(&["vault"]).unwrap(), token(&[ISSUER]))
+                .await
+                .is_err(),
+            "an audience the API no longer lists"
+        );
+        let err = ask(default(), token(&["vault"])).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "token audiences [\"vault\"] is invalid for the target audiences [\"{ISSUER}\"]"
+            )
+        );
     }
 }

@@ -6,7 +6,8 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{Attributes, Authorizer, Decision};
+use super::{Attributes, Authorizer, Decision, NonResourceRule, Rules};
+use crate::server::auth::User;
 
 /// Allows bootstrappers the node certificate path.
 pub struct NodeCertificates {
@@ -30,12 +31,24 @@ impl Authorizer for NodeCertificates {
             };
         async move { decision }.boxed()
     }
+
+    fn rules_for(&self, user: &User, _namespace: &str) -> Rules {
+        if !user.is_bootstrapper() {
+            return Rules::default();
+        }
+        Rules {
+            non_resource: vec![NonResourceRule {
+                verbs: vec!["*".into()],
+                non_resource_urls: vec![self.path.to_owned()],
+            }],
+            ..Rules::default()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::auth::User;
     use crate::server::auth::authz::tests::{non_resource, resource};
 
     #[tokio::test]

@@ -1,10 +1,12 @@
 //! The `system:masters` authorizer: members of that group may do
 //! everything (upstream's privileged-group short cut ahead of the chain).
+//! Upstream lists their rules through RBAC's `cluster-admin` binding to
+//! the group; with no RBAC yet, this authorizer lists that role's rules.
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{Attributes, Authorizer, Decision};
+use super::{Attributes, Authorizer, Decision, NonResourceRule, ResourceRule, Rules};
 use crate::server::auth::User;
 
 /// The group whose members are allowed everything.
@@ -26,6 +28,27 @@ impl Authorizer for Masters {
             Decision::NoOpinion(String::new())
         };
         async move { decision }.boxed()
+    }
+
+    /// `cluster-admin`'s: every verb on every resource and every path.
+    fn rules_for(&self, user: &User, _namespace: &str) -> Rules {
+        if !is_master(user) {
+            return Rules::default();
+        }
+        let all = || vec!["*".to_owned()];
+        Rules {
+            resource: vec![ResourceRule {
+                verbs: all(),
+                api_groups: all(),
+                resources: all(),
+                resource_names: Vec::new(),
+            }],
+            non_resource: vec![NonResourceRule {
+                verbs: all(),
+                non_resource_urls: all(),
+            }],
+            ..Rules::default()
+        }
     }
 }
 
@@ -57,5 +80,9 @@ mod tests {
         for (attrs, want) in cases {
             assert_eq!(Masters.authorize(&attrs).await, want, "{attrs:?}");
         }
+        let rules = Masters.rules_for(&admin, "default");
+        assert_eq!(rules.resource[0].verbs, ["*"]);
+        assert_eq!(rules.non_resource[0].non_resource_urls, ["*"]);
+        assert_eq!(Masters.rules_for(&app, "default"), Rules::default());
     }
 }

@@ -4,12 +4,19 @@
 //! [`masters::Masters`] (`system:masters` may do everything), then
 //! [`node::Node`] (a node may touch only its own Node, Lease, pods and
 //! what those pods use), then [`bootstrap::NodeCertificates`] (a bootstrap
-//! token may only ask for a node certificate), then the slot where RBAC
-//! goes (a later issue). A request no authorizer allows is a 403 whose
-//! message is upstream's ([`forbidden`]).
+//! token may only ask for a node certificate), then
+//! [`basic_user::BasicUser`] (what upstream's bootstrap policy lets every
+//! authenticated user do: discovery and the self reviews), then the slot
+//! where RBAC goes (a later issue). A request no authorizer allows is a
+//! 403 whose message is upstream's ([`forbidden`]).
+//!
+//! Each authorizer can also list what it lets a user do ([`Rules`], upstream's
+//! `RuleResolver`), which answers SelfSubjectRulesReview (`kubectl auth can-i
+//! --list`).
 
 #![forbid(unsafe_code)]
 
+pub mod basic_user;
 pub mod bootstrap;
 pub mod masters;
 pub mod node;
@@ -54,12 +61,69 @@ pub enum Decision {
     NoOpinion(String),
 }
 
+/// A rule on API objects, as upstream's `ResourceRuleInfo`: `verbs` on
+/// `resources` (`*` for all, `<plural>/<sub>` for a subresource) in
+/// `api_groups`, limited to `resource_names` when not empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRule {
+    pub verbs: Vec<String>,
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub resource_names: Vec<String>,
+}
+
+/// A rule on URL paths, as upstream's `NonResourceRuleInfo` (a path
+/// ending in `*` is a prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonResourceRule {
+    pub verbs: Vec<String>,
+    pub non_resource_urls: Vec<String>,
+}
+
+/// What a user may do in a namespace, as upstream's `RulesFor` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub resource: Vec<ResourceRule>,
+    pub non_resource: Vec<NonResourceRule>,
+    /// An authorizer may allow more than it can list.
+    pub incomplete: bool,
+    /// Why the list may be incomplete, one per authorizer that could not
+    /// list its rules.
+    pub errors: Vec<String>,
+}
+
+impl Rules {
+    /// Both lists of `other` after ours; incomplete when either is.
+    fn extend(&mut self, other: Rules) {
+        self.resource.extend(other.resource);
+        self.non_resource.extend(other.non_resource);
+        self.incomplete |= other.incomplete;
+        self.errors.extend(other.errors);
+    }
+
+    /// The evaluation error a SelfSubjectRulesReview reports, as upstream's
+    /// error aggregate prints: the one error, or `[a, b]`.
+    pub fn evaluation_error(&self) -> String {
+        match self.errors.as_slice() {
+            [] => String::new(),
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        }
+    }
+}
+
 /// One way of deciding whether a request is allowed.
 ///
 /// Asynchronous because the Node authorizer may read the store when its
 /// cache has not seen a pod yet.
 pub trait Authorizer: Send + Sync {
     fn authorize<'a>(&'a self, attrs: &'a Attributes) -> BoxFuture<'a, Decision>;
+
+    /// What this authorizer lets `user` do in `namespace` (upstream's
+    /// `RulesFor`). By default nothing, and the list is complete.
+    fn rules_for(&self, _user: &User, _namespace: &str) -> Rules {
+        Rules::default()
+    }
 }
 
 /// The authorizers, asked in order.
@@ -87,6 +151,16 @@ impl Chain {
             }
         }
         Decision::NoOpinion(reasons.join("\n"))
+    }
+
+    /// Every authorizer's rules for `user` in `namespace`, in chain order
+    /// (upstream's union rule resolver).
+    pub fn rules_for(&self, user: &User, namespace: &str) -> Rules {
+        let mut rules = Rules::default();
+        for authorizer in &self.authorizers {
+            rules.extend(authorizer.rules_for(user, namespace));
+        }
+        rules
     }
 }
 
@@ -220,6 +294,60 @@ pub(crate) mod tests {
         for (authorizers, want) in cases {
             assert_eq!(Chain::new(authorizers).authorize(&attrs).await, want);
         }
+    }
+
+    /// Lists one non-resource rule, or cannot list.
+    struct Lists(Option<&'static str>);
+
+    impl Authorizer for Lists {
+        fn authorize<'a>(&'a self, _: &'a Attributes) -> BoxFuture<'a, Decision> {
+            async move { Decision::NoOpinion(String::new()) }.boxed()
+        }
+
+        fn rules_for(&self, _: &User, _: &str) -> Rules {
+            match self.0 {
+                Some(url) => Rules {
+                    non_resource: vec![NonResourceRule {
+                        verbs: vec!["get".into()],
+                        non_resource_urls: vec![url.into()],
+                    }],
+                    ..Rules::default()
+                },
+                None => Rules {
+                    incomplete: true,
+                    errors: vec!["cannot list".into()],
+                    ..Rules::default()
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn rules_of_every_authorizer_add_up() {
+        let user = User::service_account("default", "app");
+        let urls = |r: &Rules| -> Vec<String> {
+            r.non_resource
+                .iter()
+                .flat_map(|n| n.non_resource_urls.clone())
+                .collect()
+        };
+        let chain = Chain::new(vec![
+            Box::new(Lists(Some("/a"))),
+            Box::new(Lists(Some("/b"))),
+        ]);
+        let rules = chain.rules_for(&user, "default");
+        assert_eq!(urls(&rules), ["/a", "/b"]);
+        assert!(!rules.incomplete);
+        assert_eq!(rules.evaluation_error(), "");
+        let chain = Chain::new(vec![
+            Box::new(Lists(None)),
+            Box::new(Lists(Some("/b"))),
+            Box::new(Lists(None)),
+        ]);
+        let rules = chain.rules_for(&user, "default");
+        assert_eq!(urls(&rules), ["/b"]);
+        assert!(rules.incomplete);
+        assert_eq!(rules.evaluation_error(), "[cannot list, cannot list]");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{Attributes, Authorizer, Decision};
+use super::{Attributes, Authorizer, Decision, Rules};
 use crate::api::catalog::Resource;
 use crate::server::informer::Informer;
 use crate::server::registry::{ListQuery, Registry};
@@ -206,6 +206,19 @@ impl Authorizer for Node {
         }
         .boxed()
     }
+
+    /// As upstream's Node authorizer: what a node may do depends on its
+    /// pods, so it is not listed; the list is marked incomplete.
+    fn rules_for(&self, user: &crate::server::auth::User, _namespace: &str) -> Rules {
+        if user.node().is_none() {
+            return Rules::default();
+        }
+        Rules {
+            incomplete: true,
+            errors: vec!["node authorizer does not support user rule resolution".into()],
+            ..Rules::default()
+        }
+    }
 }
 
 /// `/api`, `/api/<v>`, `/apis`, `/apis/<g>`, `/apis/<g>/<v>`.
@@ -372,5 +385,13 @@ mod tests {
         for (attrs, want) in &cases {
             assert_eq!(&authz.authorize(attrs).await, want, "{attrs:?}");
         }
+        // A node's rules depend on its pods: not listed, said to be incomplete.
+        let rules = authz.rules_for(&a, "default");
+        assert!(rules.incomplete && rules.resource.is_empty(), "{rules:?}");
+        assert_eq!(
+            rules.evaluation_error(),
+            "node authorizer does not support user rule resolution"
+        );
+        assert_eq!(authz.rules_for(&app, "default"), Rules::default());
     }
 }
