@@ -97,6 +97,17 @@ impl FieldError {
         }
     }
 
+    /// Upstream's `field.TooLong` for a size in bytes, worded as
+    /// apimachinery 1.32 and later word it (1.31 and before said "must
+    /// have at most N bytes"); the value itself is never shown.
+    pub fn too_long(field: impl Into<String>, max_bytes: usize) -> Self {
+        Self {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("Too long: may not be more than {max_bytes} bytes"),
+        }
+    }
+
     /// The text upstream puts in the Status message for this error.
     pub fn display(&self) -> String {
         format!("{}: {}", self.field, self.message)
