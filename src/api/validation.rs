@@ -12,6 +12,14 @@ const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lowe
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
+/// How many bytes an object's annotations (keys and values) may hold:
+/// upstream's `TotalAnnotationSizeLimitB`.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// How many bytes a ConfigMap's or a Secret's data may hold in total
+/// (decoded, for base64 fields): upstream's `core.MaxSecretSize`, 1 MiB.
+pub const MAX_CONFIG_DATA_BYTES: usize = 1024 * 1024;
+
 /// A taint from `KEY[=VALUE]:EFFECT` (kubectl taint's and k3s's
 /// `--node-taint` form) as a Node's `spec.taints` entry.
 ///
@@ -111,12 +119,11 @@ pub fn validate_meta(obj: &Value, rule: NameRule, namespaced: bool, errs: &mut V
             }
             total += k.len() + v.as_str().map_or(0, str::len);
         }
-        if total > 256 * 1024 {
-            errs.push(FieldError {
-                reason: "FieldValueTooLong",
-                field: "metadata.annotations".into(),
-                message: "Too long: must have at most 262144 bytes".into(),
-            });
+        if total > MAX_ANNOTATIONS_BYTES {
+            errs.push(FieldError::too_long(
+                "metadata.annotations",
+                MAX_ANNOTATIONS_BYTES,
+            ));
         }
     }
 }
@@ -490,6 +497,51 @@ pub fn config_data(obj: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// The length of what a base64 text (`[]byte` on the wire) decodes to,
+/// as upstream counts a `binaryData` or Secret `data` value (`len(value)`
+/// of the decoded bytes). The typed round trip has already refused text
+/// that is not base64.
+fn decoded_len(text: &str) -> usize {
+    text.trim_end_matches('=').len() * 3 / 4
+}
+
+/// The total size of a ConfigMap's `data` (bytes of the strings) and
+/// `binaryData` (decoded bytes): over 1 MiB is upstream's
+/// `field.TooLong(field.NewPath(""), …)` in `ValidateConfigMap`, whose
+/// empty path prints as `[]` — the error is about the whole object.
+pub fn config_map_size(obj: &Value, errs: &mut Vec<FieldError>) {
+    let values = |field: &str| {
+        obj.get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, v)| v.as_str())
+    };
+    let total: usize = values("data").map(str::len).sum::<usize>()
+        + values("binaryData").map(decoded_len).sum::<usize>();
+    if total > MAX_CONFIG_DATA_BYTES {
+        errs.push(FieldError::too_long("[]", MAX_CONFIG_DATA_BYTES));
+    }
+}
+
+/// The total size of a Secret's `data` (decoded bytes): over 1 MiB is
+/// upstream's `field.TooLong` on `data` in `ValidateSecret`. `stringData`
+/// counts too, as upstream: defaulting has folded it into `data` (its keys
+/// replacing those of `data`) before validation.
+pub fn secret_size(obj: &Value, errs: &mut Vec<FieldError>) {
+    let total: usize = obj
+        .get("data")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_str())
+        .map(decoded_len)
+        .sum();
+    if total > MAX_CONFIG_DATA_BYTES {
+        errs.push(FieldError::too_long("data", MAX_CONFIG_DATA_BYTES));
+    }
+}
+
 /// A ReplicationController, as upstream's ValidateReplicationControllerSpec:
 /// a non-empty selector that the template's labels match, a template whose
 /// pods restart `Always`, no negative counts.
@@ -810,6 +862,95 @@ mod tests {
         assert!(errs.is_empty(), "changing the image is allowed");
         pod_update(&old, &env, &mut errs);
         assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn annotations_may_hold_256_kib() {
+        let meta = |len: usize| json!({"metadata": {"name": "a", "annotations": {"k": "x".repeat(len - 1)}}});
+        let too_long = |obj: Value| {
+            let mut errs = Vec::new();
+            validate_meta(&obj, NameRule::Subdomain, false, &mut errs);
+            errs.iter().map(FieldError::display).collect::<Vec<_>>()
+        };
+        assert!(too_long(meta(MAX_ANNOTATIONS_BYTES)).is_empty());
+        assert_eq!(
+            too_long(meta(MAX_ANNOTATIONS_BYTES + 1)),
+            ["metadata.annotations: Too long: may not be more than 262144 bytes"]
+        );
+    }
+
+    /// `n` bytes as base64, as a `[]byte` field carries them.
+    fn b64(n: usize) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+    }
+
+    #[test]
+    fn base64_lengths_are_counted_decoded() {
+        for n in [0, 1, 2, 3, 4, 5, 1000, 1001, 1002] {
+            assert_eq!(decoded_len(&b64(n)), n, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn config_maps_may_hold_one_mib_of_data() {
+        const MIB: usize = 1024 * 1024;
+        let fields = |obj: Value| {
+            let mut errs = Vec::new();
+            config_map_size(&obj, &mut errs);
+            errs.iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+        };
+        let too_long = ["[]: Too long: may not be more than 1048576 bytes"];
+        // (data bytes, binaryData bytes, refused)
+        for (data, binary, refused) in [
+            (MIB, 0, false),
+            (MIB + 1, 0, true),
+            (0, MIB, false),
+            (0, MIB + 1, true),
+            (MIB / 2, MIB / 2, false),
+            (MIB / 2, MIB / 2 + 1, true),
+        ] {
+            let obj = json!({
+                "data": {"a": "x".repeat(data)},
+                "binaryData": {"b": b64(binary)},
+            });
+            let want: &[&str] = if refused { &too_long } else { &[] };
+            assert_eq!(fields(obj), want, "data {data}, binaryData {binary}");
+        }
+        // Bytes, not characters: "é" is two.
+        let obj = json!({"data": {"a": "é".repeat(MIB / 2), "b": "x"}});
+        assert_eq!(fields(obj), too_long);
+    }
+
+    #[test]
+    fn secrets_may_hold_one_mib_of_decoded_data() {
+        const MIB: usize = 1024 * 1024;
+        for (sizes, refused) in [
+            (vec![MIB], false),
+            (vec![MIB + 1], true),
+            (vec![MIB - 10, 10], false),
+            (vec![MIB - 10, 11], true),
+        ] {
+            let data: serde_json::Map<String, Value> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("k{i}"), json!(b64(*n))))
+                .collect();
+            let mut errs = Vec::new();
+            secret_size(&json!({ "data": data }), &mut errs);
+            let got: Vec<String> = errs
+                .iter()
+                .map(|e| format!("{} {}: {}", e.reason, e.field, e.message))
+                .collect();
+            let want: &[&str] = if refused {
+                &["FieldValueTooLong data: Too long: may not be more than 1048576 bytes"]
+            } else {
+                &[]
+            };
+            assert_eq!(got, want, "{sizes:?}");
+        }
     }
 
     #[test]

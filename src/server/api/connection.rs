@@ -20,6 +20,9 @@
 //!
 //! Upgraded connections (exec, port-forward, the agents' tunnels) leave
 //! these limits when hyper hands them over.
+//!
+//! Requests are held to the size limits of the HTTP stack; see
+//! [`MAX_REQUEST_TARGET_BYTES`] for what that means for long selectors.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -67,13 +70,43 @@ impl Default for Limits {
     }
 }
 
-/// How many bytes of request headers are read, as Go's `MaxHeaderBytes`
-/// upstream sets (1 MiB), so long label and field selectors fit (hyper's
-/// HTTP/2 default was 16 KiB). Over HTTP/2, which kubectl and client-go
-/// use, a larger header block gets h2's 431 Request Header Fields Too
-/// Large. Over HTTP/1.1 hyper also caps the request target at 64 KiB and
-/// closes the connection past it (not tested yet).
-pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+/// The longest request target (path and query, as sent: percent-encoded)
+/// a request may have, over either protocol. The `http` crate's `Uri`
+/// holds at most this, and hyper's HTTP/1.1 parser and the h2 crate both
+/// refuse longer ones before a request exists, so no handler can answer
+/// them with a `Status`. Upstream has no limit of its own here: Go reads
+/// 1 MiB of headers (`MaxHeaderBytes`), so label and field selectors up to
+/// about 1 MiB work there and up to about 64 KiB here (issue #21).
+///
+/// Beyond it, over HTTP/1.1, hyper answers 414 URI Too Long (no body) and
+/// closes the connection.
+pub const MAX_REQUEST_TARGET_BYTES: usize = 65_534;
+
+/// The HTTP/2 header list a request may have, as HTTP/2 counts it (each
+/// field's name and value plus 32 bytes), advertised in
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`. It is 64 KiB so that every request
+/// whose `:path` is over [`MAX_REQUEST_TARGET_BYTES`] is over it too:
+/// client-go (kubectl) then refuses to send it ("http2: request header
+/// list larger than peer's advertised limit"), and a request that goes
+/// out anyway gets h2's 431 without a body — kubectl 1.33 shows either,
+/// from one run to the next (presumably as its request goes out before or
+/// after the server's SETTINGS arrive). With a larger list such a request
+/// reaches the h2 crate's path check, which resets the stream with
+/// PROTOCOL_ERROR, and kubectl 1.33 retried that on new connections
+/// every 40 ms without end.
+pub const MAX_HTTP2_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+// h2 counts a list over its limit once the sum reaches it; a `:path` one
+// byte over the target limit adds its 5-byte name and 32 bytes.
+const _: () = assert!(
+    MAX_HTTP2_HEADER_LIST_BYTES as usize <= MAX_REQUEST_TARGET_BYTES + 1 + ":path".len() + 32
+);
+
+/// How many bytes of an HTTP/1.1 request head are read (Go's
+/// `MaxHeaderBytes` upstream, 1 MiB); a larger head gets hyper's 431
+/// Request Header Fields Too Large. The request target within it is held
+/// to [`MAX_REQUEST_TARGET_BYTES`].
+pub const MAX_HTTP1_HEAD_BYTES: usize = 1024 * 1024;
 
 /// How long a connection closing for being idle may take to finish.
 const GRACEFUL_CLOSE: Duration = Duration::from_secs(5);
@@ -226,10 +259,10 @@ pub(super) async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.read_header)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HTTP1_HEAD_BYTES);
     builder
         .http2()
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+        .max_header_list_size(MAX_HTTP2_HEADER_LIST_BYTES);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let expired = tokio::select! {
@@ -339,6 +372,17 @@ impl HttpBody for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_target_limit_is_the_http_crates() {
+        let target = |len: usize| format!("/api?labelSelector={}", "a".repeat(len - 19));
+        assert!(http::uri::PathAndQuery::try_from(target(MAX_REQUEST_TARGET_BYTES)).is_ok());
+        assert!(
+            http::uri::PathAndQuery::try_from(target(MAX_REQUEST_TARGET_BYTES + 1)).is_err(),
+            "the http crate took a longer target: raise MAX_REQUEST_TARGET_BYTES and \
+             MAX_HTTP2_HEADER_LIST_BYTES with it"
+        );
+    }
 
     #[test]
     fn the_oldest_unauthenticated_connection_makes_room() {

@@ -11,7 +11,8 @@
 //! through here too, so every writer gets the same rules.
 //!
 //! Objects are stored as JSON without `metadata.resourceVersion`; reads put
-//! the store revision there.
+//! the store revision there. No object is stored larger than etcd's
+//! default request limit ([`MAX_STORED_BYTES`]), whatever the backend.
 
 #![forbid(unsafe_code)]
 
@@ -297,6 +298,42 @@ fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
         json!(kv.mod_revision.0.to_string()),
     );
     Ok(obj)
+}
+
+/// The most bytes one write may store, key and value together: etcd's
+/// default `--max-request-bytes` (1.5 MiB). Upstream's limit comes from
+/// etcd refusing the request; ours is checked before any backend, so an
+/// object that would not fit in a default etcd is refused on SQLite too and
+/// a store moved to etcd holds nothing etcd could not. Upstream counts the
+/// protobuf encoding (JSON for custom resources) plus a few bytes of
+/// request framing; we count the stored JSON, which for built-in kinds is
+/// somewhat larger, so an object near the limit that upstream stores may be
+/// refused here. Request bodies have their own limit, 3 MiB
+/// (`server::api::MAX_BODY`); ConfigMap and Secret data their 1 MiB.
+pub const MAX_STORED_BYTES: usize = 1536 * 1024;
+
+/// The bytes to store for `obj` at `key`, at most [`MAX_STORED_BYTES`].
+/// Like upstream's create, update and patch handlers, an object too large
+/// loses its `managedFields` (which can be large) and is tried once more;
+/// `obj` is then what gets stored.
+///
+/// # Errors
+/// Upstream's answer to etcd's refusal, 500 "etcdserver: request is too
+/// large", when the object does not fit.
+fn fit_for_store(key: &str, obj: &mut Value) -> Result<Vec<u8>, ApiError> {
+    let fits = |bytes: &[u8]| key.len() + bytes.len() <= MAX_STORED_BYTES;
+    let bytes = encode(obj);
+    if fits(&bytes) {
+        return Ok(bytes);
+    }
+    if meta_mut(obj).remove("managedFields").is_some() {
+        let bytes = encode(obj);
+        if fits(&bytes) {
+            return Ok(bytes);
+        }
+    }
+    tracing::debug!(key, bytes = bytes.len(), "object too large to store");
+    Err(ApiError::storage_request_too_large())
 }
 
 fn encode(obj: &Value) -> Vec<u8> {
@@ -717,7 +754,14 @@ impl Registry {
             });
         }
         let key = res.key(Some(&ns), &name);
-        match self.store.create(&key, encode(&obj)).await {
+        let bytes = match fit_for_store(&key, &mut obj) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                release(undo);
+                return Err(e);
+            }
+        };
+        match self.store.create(&key, bytes).await {
             Ok(kv) => {
                 meta_mut(&mut obj).insert(
                     "resourceVersion".into(),
@@ -1221,9 +1265,10 @@ impl Registry {
         mut obj: Value,
         expected: Revision,
     ) -> Result<Value, ApiError> {
+        let bytes = fit_for_store(key, &mut obj)?;
         let kv = self
             .store
-            .update(key, encode(&obj), Some(expected))
+            .update(key, bytes, Some(expected))
             .await
             .map_err(|e| store_error(res, name, e))?;
         meta_mut(&mut obj).insert(

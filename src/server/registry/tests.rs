@@ -41,3 +41,38 @@ fn resource_version_is_spliced_into_top_level_metadata() {
     assert_eq!(nested["a"]["metadata"], json!({"x": 1}));
     assert_eq!(nested["metadata"]["resourceVersion"], "3");
 }
+
+/// An object whose stored JSON has exactly `len` bytes.
+fn object_of_len(len: usize) -> Value {
+    let empty = encode(&json!({"metadata": {"name": "n"}, "data": {"a": ""}})).len();
+    json!({"metadata": {"name": "n"}, "data": {"a": "x".repeat(len - empty)}})
+}
+
+#[test]
+fn objects_up_to_etcds_request_limit_are_stored() {
+    let key = "/registry/configmaps/default/n";
+    let limit = MAX_STORED_BYTES - key.len();
+    let mut fits = object_of_len(limit);
+    assert_eq!(fit_for_store(key, &mut fits).unwrap().len(), limit);
+    let mut over = object_of_len(limit + 1);
+    let err = fit_for_store(key, &mut over).unwrap_err();
+    assert_eq!(
+        (err.code, err.reason, err.message.as_str()),
+        (500, "", "etcdserver: request is too large")
+    );
+}
+
+#[test]
+fn managed_fields_are_dropped_from_an_object_too_large_to_store() {
+    let key = "/registry/configmaps/default/n";
+    let mut obj = object_of_len(1024);
+    obj["metadata"]["managedFields"] = json!([{"manager": "m", "operation": "Update", "fieldsV1": {"f:x": "y".repeat(MAX_STORED_BYTES)}}]);
+    let stored = fit_for_store(key, &mut obj).expect("fits without managedFields");
+    assert!(obj["metadata"].get("managedFields").is_none());
+    assert_eq!(serde_json::from_slice::<Value>(&stored).unwrap(), obj);
+    // Small managedFields stay.
+    let mut small = object_of_len(1024);
+    small["metadata"]["managedFields"] = json!([{"manager": "m"}]);
+    fit_for_store(key, &mut small).unwrap();
+    assert!(small["metadata"].get("managedFields").is_some());
+}

@@ -1,6 +1,6 @@
 //! Strategies of small core/v1 kinds with a rule or two of their own:
 //! Node (status written by its agent from the start), ConfigMap and Secret
-//! (data keys, immutability, Secret's `stringData`).
+//! (data keys, immutability, the 1 MiB data limit, Secret's `stringData`).
 
 use k8s_openapi::api::core::v1 as corev1;
 use serde_json::Value;
@@ -36,6 +36,7 @@ impl Strategy for ConfigMap {
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validation::config_data(obj, errs);
+        validation::config_map_size(obj, errs);
     }
 
     fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
@@ -60,6 +61,7 @@ impl Strategy for Secret {
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validation::config_data(obj, errs);
+        validation::secret_size(obj, errs);
     }
 
     fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {

@@ -215,3 +215,34 @@ fn replication_controller_validation_uses_upstream_paths_and_messages() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[test]
+fn secret_string_data_counts_toward_the_one_mib_limit() {
+    use base64::Engine as _;
+    let catalog = Catalog::builtin();
+    let secret = strategy::of(catalog.find("", "v1", "secrets").unwrap());
+    let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![b'x'; n]);
+    let fields = |obj: Value| {
+        let mut obj = obj;
+        secret.defaults(&mut obj);
+        let mut errs: Vec<FieldError> = Vec::new();
+        secret.validate(&obj, &mut errs);
+        errs.into_iter().map(|e| e.field).collect::<Vec<_>>()
+    };
+    let full = 1024 * 1024;
+    assert!(fields(json!({"data": {"a": b64(full)}})).is_empty());
+    assert_eq!(
+        fields(json!({"data": {"a": b64(full)}, "stringData": {"b": "x"}})),
+        ["data"],
+        "stringData is folded into data before the count"
+    );
+    assert!(
+        fields(json!({"data": {"a": b64(full)}, "stringData": {"a": "x"}})).is_empty(),
+        "a stringData key replaces the data key of that name"
+    );
+    let config_map = strategy::of(catalog.find("", "v1", "configmaps").unwrap());
+    let mut errs = Vec::new();
+    config_map.validate(&json!({"data": {"a": "x".repeat(full + 1)}}), &mut errs);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "[]");
+}
