@@ -402,3 +402,121 @@ spec:
             .success()
     });
 }
+
+/// `kubectl args` as the node of `kubeconfig`, expected to be refused:
+/// its stderr, which must carry a 403 and `message`.
+fn refused_as(kubeconfig: &Path, args: &[&str], message: &str) -> String {
+    let out = kubectl_as(kubeconfig, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} was allowed");
+    assert!(
+        err.contains("(Forbidden)") && err.contains(message),
+        "{args:?}: wanted {message:?}, got {err}"
+    );
+    err
+}
+
+/// `kubectl args` as the node of `kubeconfig`, expected to succeed.
+fn allowed_as(kubeconfig: &Path, args: &[&str]) {
+    let out = kubectl_as(kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue #21: a node could create the Lease of another node, and so keep
+/// it looking alive. Now it writes only its own, with upstream's words.
+#[test]
+fn nodes_write_only_their_own_lease() {
+    let server = Cluster::start();
+    let node = node_kubeconfig(&server, "node-a");
+    let lease = |name: &str, ns: &str| {
+        server.write(
+            &format!("lease-{name}-{ns}.yaml"),
+            &format!(
+                "apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {{name: {name}, namespace: {ns}}}
+spec: {{holderIdentity: {name}, leaseDurationSeconds: 40}}
+"
+            ),
+        )
+    };
+    let (own, other) = (
+        lease("node-a", "kube-node-lease"),
+        lease("node-b", "kube-node-lease"),
+    );
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+
+    // Creating another node's Lease: the authorizer cannot see the name,
+    // NodeRestriction refuses it.
+    refused_as(
+        &node,
+        &["create", "-f", &path(&other)],
+        "leases.coordination.k8s.io \"node-b\" is forbidden: can only access node lease with the same name as the requesting node",
+    );
+    let gone = server.kubectl("1.33", &["get", "lease", "-n", "kube-node-lease", "node-b"]);
+    assert!(!gone.status.success(), "node-b's lease was created");
+    // Its own: created, renewed, deleted.
+    allowed_as(&node, &["create", "-f", &path(&own)]);
+    let renew = r#"{"spec":{"renewTime":"2026-01-01T00:00:00.000000Z"}}"#;
+    let patch = |name: &'static str| {
+        [
+            "patch",
+            "lease",
+            name,
+            "-n",
+            "kube-node-lease",
+            "--type=merge",
+            "-p",
+            renew,
+        ]
+    };
+    allowed_as(&node, &patch("node-a"));
+    // Another node's existing Lease: the authorizer refuses, saying why
+    // as upstream's does.
+    server.ok("1.33", &["create", "-f", &path(&other)]);
+    let verb_refusal = |verb: &str| {
+        format!(
+            "leases.coordination.k8s.io \"node-b\" is forbidden: User \"system:node:node-a\" cannot {verb} resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\": can only access node lease with the same name as the requesting node"
+        )
+    };
+    // (kubectl reads the object before it patches it.)
+    refused_as(&node, &patch("node-b"), &verb_refusal("get"));
+    refused_as(
+        &node,
+        &["replace", "-f", &path(&other)],
+        &verb_refusal("update"),
+    );
+    refused_as(
+        &node,
+        &["delete", "lease", "node-b", "-n", "kube-node-lease"],
+        &verb_refusal("delete"),
+    );
+    // Leases elsewhere are none of a node's business.
+    refused_as(
+        &node,
+        &["create", "-f", &path(&lease("node-a", "default"))],
+        "in the namespace \"default\": can only access leases in the \"kube-node-lease\" system namespace",
+    );
+    let stored = server.ok(
+        "1.33",
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "node-b",
+            "-o",
+            "json",
+        ],
+    );
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["spec"].get("renewTime"), None, "{stored}");
+    allowed_as(
+        &node,
+        &["delete", "lease", "node-a", "-n", "kube-node-lease"],
+    );
+}
