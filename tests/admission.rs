@@ -520,3 +520,140 @@ spec: {{holderIdentity: {name}, leaseDurationSeconds: 40}}
         &["delete", "lease", "node-a", "-n", "kube-node-lease"],
     );
 }
+
+/// Issue #21: a node could label its own Node
+/// `node-restriction.kubernetes.io/…` (labels that exist so an admin can
+/// keep workloads off nodes that cannot vouch for themselves), or claim
+/// any `kubernetes.io` label. Now it may set only the kubelet's own.
+#[test]
+fn nodes_set_only_the_labels_a_kubelet_may_set_on_itself() {
+    let server = Cluster::start();
+    let node = node_kubeconfig(&server, "node-a");
+    let own = |file: &str, labels: &str| {
+        let path = server.write(
+            file,
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a, labels: {{{labels}}}}}\n"
+            ),
+        );
+        path.to_str().unwrap().to_owned()
+    };
+    // Registering with a restricted label, or a Kubernetes one that is
+    // not the kubelet's: refused, naming them (upstream's create wording).
+    let restricted = own("restricted.yaml", "node-restriction.kubernetes.io/foo: bar");
+    refused_as(
+        &node,
+        &["create", "-f", &restricted],
+        "nodes \"node-a\" is forbidden: node \"node-a\" is not allowed to set the following labels: node-restriction.kubernetes.io/foo",
+    );
+    let role = own(
+        "role.yaml",
+        "node-role.kubernetes.io/worker: '', kubernetes.io/os: linux",
+    );
+    refused_as(
+        &node,
+        &["create", "-f", &role],
+        "node \"node-a\" is not allowed to set the following labels: node-role.kubernetes.io/worker",
+    );
+    // The kubelet's own labels, and anyone's outside Kubernetes': fine.
+    let allowed = own(
+        "allowed.yaml",
+        "kubernetes.io/hostname: node-a, kubernetes.io/os: linux, kubernetes.io/arch: amd64, \
+         topology.kubernetes.io/zone: z1, node.kubernetes.io/instance-type: big, \
+         kubelet.kubernetes.io/x: '1', example.com/rack: r1",
+    );
+    allowed_as(&node, &["create", "-f", &allowed]);
+
+    // Labelling itself afterwards (upstream's update wording).
+    let update = "nodes \"node-a\" is forbidden: is not allowed to modify labels: ";
+    refused_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/foo=bar",
+        ],
+        &format!("{update}node-restriction.kubernetes.io/foo"),
+    );
+    refused_as(
+        &node,
+        &[
+            "patch",
+            "node",
+            "node-a",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"node-role.kubernetes.io/control-plane":"true"}}}"#,
+        ],
+        &format!("{update}node-role.kubernetes.io/control-plane"),
+    );
+    allowed_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "--overwrite",
+            "topology.kubernetes.io/zone=z2",
+            "node.kubernetes.io/extra=yes",
+            "mine=yes",
+        ],
+    );
+    // A restricted label the admin set: the node keeps writing its Node,
+    // but may neither change nor remove that label.
+    server.ok(
+        "1.33",
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/pool=gpu",
+        ],
+    );
+    allowed_as(&node, &["annotate", "node", "node-a", "seen=yes"]);
+    allowed_as(
+        &node,
+        &[
+            "patch",
+            "node",
+            "node-a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ],
+    );
+    refused_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "--overwrite",
+            "node-restriction.kubernetes.io/pool=cpu",
+        ],
+        &format!("{update}node-restriction.kubernetes.io/pool"),
+    );
+    refused_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/pool-",
+        ],
+        &format!("{update}node-restriction.kubernetes.io/pool"),
+    );
+    let stored = server.ok("1.33", &["get", "node", "node-a", "-o", "json"]);
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        stored["metadata"]["labels"],
+        json!({"kubernetes.io/hostname": "node-a", "kubernetes.io/os": "linux",
+               "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": "z2",
+               "node.kubernetes.io/instance-type": "big", "kubelet.kubernetes.io/x": "1",
+               "example.com/rack": "r1", "node.kubernetes.io/extra": "yes", "mine": "yes",
+               "node-restriction.kubernetes.io/pool": "gpu"}),
+        "{stored}"
+    );
+}
