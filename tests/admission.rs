@@ -66,28 +66,42 @@ fn post(server: &Cluster, path: &str, body: &Value) -> (u16, Value) {
     (code, status)
 }
 
-/// A kubeconfig for node `name`, with the certificate the server issues
-/// to the holder of the join token (as an agent gets its own).
-fn node_kubeconfig(server: &Cluster, name: &str) -> PathBuf {
-    use base64::Engine;
+/// Ask for a node certificate for `name` (a fresh key), presenting
+/// `token` and the node password `password`: the status code, and the
+/// certificate or the Status, and the key.
+fn ask_node_certificate(
+    server: &Cluster,
+    token: &str,
+    name: &str,
+    password: &str,
+) -> (u16, String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .and_then(|r| r.pem())
         .unwrap();
-    let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
-    let (code, cert) = curl(
+    let (code, body) = curl(
         server,
         "POST",
         "/v1-orch/node-certificate",
         &[
             format!("Authorization: Bearer {}", token.trim()),
             format!("orch-node-name: {name}"),
-            "orch-node-password: admission-test-node-password".into(),
+            format!("orch-node-password: {password}"),
             "Content-Type: application/pkcs10".into(),
         ],
         csr.as_bytes(),
     );
+    (code, body, key)
+}
+
+/// A kubeconfig for node `name`, with the certificate the server issues
+/// to the holder of the join token (as an agent gets its own).
+fn node_kubeconfig(server: &Cluster, name: &str) -> PathBuf {
+    use base64::Engine;
+    let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
+    let (code, cert, key) =
+        ask_node_certificate(server, &token, name, "admission-test-node-password");
     assert_eq!(code, 200, "a node certificate: {cert}");
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let ca = std::fs::read_to_string(server.dir.path().join("server/tls/ca.crt")).unwrap();
@@ -655,5 +669,112 @@ fn nodes_set_only_the_labels_a_kubelet_may_set_on_itself() {
                "example.com/rack": "r1", "node.kubernetes.io/extra": "yes", "mine": "yes",
                "node-restriction.kubernetes.io/pool": "gpu"}),
         "{stored}"
+    );
+}
+
+/// Issue #21: simulated nodes had no node password, so anyone with a
+/// join token — a bootstrap token (`orch token create`) included — could
+/// get a node certificate in the name of one and act as it. They now
+/// claim their names as real agents do, and rejoin after a restart.
+#[test]
+fn nobody_else_gets_the_name_of_a_simulated_node() {
+    let server = Cluster::start();
+    let simulated = server.simulate("claim", 1, &[]);
+    server.ok(
+        "1.33",
+        &[
+            "get",
+            "secret",
+            "-n",
+            "kube-system",
+            "claim-sim-0.node-password.orch",
+        ],
+    );
+    let made = Command::new(support::ORCH)
+        .args(["token", "create", "--ttl", "1h", "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let bootstrap = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    let join = std::fs::read_to_string(server.token_file()).unwrap();
+    for token in [bootstrap.as_str(), join.trim()] {
+        let (code, body, _) = ask_node_certificate(
+            &server,
+            token,
+            "claim-sim-0",
+            "not-the-simulated-node-password",
+        );
+        let status: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(
+            (code, &status["reason"]),
+            (403, &json!("Forbidden")),
+            "{status}"
+        );
+        assert_eq!(
+            status["message"],
+            "node \"claim-sim-0\" is already taken by another machine (its node password differs); pick another --node-name, or to move the name to this machine delete the old one's password first: kubectl -n kube-system delete secret claim-sim-0.node-password.orch"
+        );
+    }
+    // The same token still gets a name nobody holds.
+    let (code, body, _) = ask_node_certificate(
+        &server,
+        &bootstrap,
+        "fresh-node",
+        "a-password-of-fresh-node",
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // The simulated node itself rejoins after a restart: it serves the
+    // pods bound to it again.
+    drop(simulated);
+    let _simulated = server.simulate("claim", 1, &[]);
+    let pod = server.write(
+        "bound.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: bound}
+spec:
+  nodeName: claim-sim-0
+  containers: [{name: c, image: busybox}]
+",
+    );
+    server.ok("1.33", &["create", "-f", pod.to_str().unwrap()]);
+    server.wait_json(
+        &["get", "pod", "bound"],
+        30,
+        "bound Running on the rejoined node",
+        |p| p["status"]["phase"] == "Running",
+    );
+
+    // And simulated nodes take no name another machine holds.
+    node_kubeconfig(&server, "held-sim-0");
+    let mut child = Command::new(support::ORCH)
+        .args(["agent", "--server", &server.url(), "--token-file"])
+        .arg(server.token_file())
+        .args(["--node-name", "held", "--simulate", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait::poll(Duration::from_secs(30), || child.try_wait().ok().flatten()).is_none() {
+        let _ = child.kill();
+        panic!("orch agent --simulate took node held-sim-0's name");
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("node \"held-sim-0\" is already taken by another machine")
+            && err.contains("held-sim-0.node-password.orch"),
+        "{err}"
+    );
+    let held = server.kubectl("1.33", &["get", "node", "held-sim-0"]);
+    assert!(
+        !held.status.success(),
+        "the simulated agent registered held-sim-0"
     );
 }
