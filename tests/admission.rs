@@ -66,28 +66,42 @@ fn post(server: &Cluster, path: &str, body: &Value) -> (u16, Value) {
     (code, status)
 }
 
-/// A kubeconfig for node `name`, with the certificate the server issues
-/// to the holder of the join token (as an agent gets its own).
-fn node_kubeconfig(server: &Cluster, name: &str) -> PathBuf {
-    use base64::Engine;
+/// Ask for a node certificate for `name` (a fresh key), presenting
+/// `token` and the node password `password`: the status code, and the
+/// certificate or the Status, and the key.
+fn ask_node_certificate(
+    server: &Cluster,
+    token: &str,
+    name: &str,
+    password: &str,
+) -> (u16, String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .and_then(|r| r.pem())
         .unwrap();
-    let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
-    let (code, cert) = curl(
+    let (code, body) = curl(
         server,
         "POST",
         "/v1-orch/node-certificate",
         &[
             format!("Authorization: Bearer {}", token.trim()),
             format!("orch-node-name: {name}"),
-            "orch-node-password: admission-test-node-password".into(),
+            format!("orch-node-password: {password}"),
             "Content-Type: application/pkcs10".into(),
         ],
         csr.as_bytes(),
     );
+    (code, body, key)
+}
+
+/// A kubeconfig for node `name`, with the certificate the server issues
+/// to the holder of the join token (as an agent gets its own).
+fn node_kubeconfig(server: &Cluster, name: &str) -> PathBuf {
+    use base64::Engine;
+    let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
+    let (code, cert, key) =
+        ask_node_certificate(server, &token, name, "admission-test-node-password");
     assert_eq!(code, 200, "a node certificate: {cert}");
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let ca = std::fs::read_to_string(server.dir.path().join("server/tls/ca.crt")).unwrap();
@@ -401,4 +415,366 @@ spec:
             .status
             .success()
     });
+}
+
+/// `kubectl args` as the node of `kubeconfig`, expected to be refused:
+/// its stderr, which must carry a 403 and `message`.
+fn refused_as(kubeconfig: &Path, args: &[&str], message: &str) -> String {
+    let out = kubectl_as(kubeconfig, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} was allowed");
+    assert!(
+        err.contains("(Forbidden)") && err.contains(message),
+        "{args:?}: wanted {message:?}, got {err}"
+    );
+    err
+}
+
+/// `kubectl args` as the node of `kubeconfig`, expected to succeed.
+fn allowed_as(kubeconfig: &Path, args: &[&str]) {
+    let out = kubectl_as(kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue #21: a node could create the Lease of another node, and so keep
+/// it looking alive. Now it writes only its own, with upstream's words.
+#[test]
+fn nodes_write_only_their_own_lease() {
+    let server = Cluster::start();
+    let node = node_kubeconfig(&server, "node-a");
+    let lease = |name: &str, ns: &str| {
+        server.write(
+            &format!("lease-{name}-{ns}.yaml"),
+            &format!(
+                "apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {{name: {name}, namespace: {ns}}}
+spec: {{holderIdentity: {name}, leaseDurationSeconds: 40}}
+"
+            ),
+        )
+    };
+    let (own, other) = (
+        lease("node-a", "kube-node-lease"),
+        lease("node-b", "kube-node-lease"),
+    );
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+
+    // Creating another node's Lease: the authorizer cannot see the name,
+    // NodeRestriction refuses it.
+    refused_as(
+        &node,
+        &["create", "-f", &path(&other)],
+        "leases.coordination.k8s.io \"node-b\" is forbidden: can only access node lease with the same name as the requesting node",
+    );
+    let gone = server.kubectl("1.33", &["get", "lease", "-n", "kube-node-lease", "node-b"]);
+    assert!(!gone.status.success(), "node-b's lease was created");
+    // Its own: created, renewed, deleted.
+    allowed_as(&node, &["create", "-f", &path(&own)]);
+    let renew = r#"{"spec":{"renewTime":"2026-01-01T00:00:00.000000Z"}}"#;
+    let patch = |name: &'static str| {
+        [
+            "patch",
+            "lease",
+            name,
+            "-n",
+            "kube-node-lease",
+            "--type=merge",
+            "-p",
+            renew,
+        ]
+    };
+    allowed_as(&node, &patch("node-a"));
+    // Another node's existing Lease: the authorizer refuses, saying why
+    // as upstream's does.
+    server.ok("1.33", &["create", "-f", &path(&other)]);
+    let verb_refusal = |verb: &str| {
+        format!(
+            "leases.coordination.k8s.io \"node-b\" is forbidden: User \"system:node:node-a\" cannot {verb} resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-node-lease\": can only access node lease with the same name as the requesting node"
+        )
+    };
+    // (kubectl reads the object before it patches it.)
+    refused_as(&node, &patch("node-b"), &verb_refusal("get"));
+    refused_as(
+        &node,
+        &["replace", "-f", &path(&other)],
+        &verb_refusal("update"),
+    );
+    refused_as(
+        &node,
+        &["delete", "lease", "node-b", "-n", "kube-node-lease"],
+        &verb_refusal("delete"),
+    );
+    // Leases elsewhere are none of a node's business.
+    refused_as(
+        &node,
+        &["create", "-f", &path(&lease("node-a", "default"))],
+        "in the namespace \"default\": can only access leases in the \"kube-node-lease\" system namespace",
+    );
+    let stored = server.ok(
+        "1.33",
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "node-b",
+            "-o",
+            "json",
+        ],
+    );
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["spec"].get("renewTime"), None, "{stored}");
+    allowed_as(
+        &node,
+        &["delete", "lease", "node-a", "-n", "kube-node-lease"],
+    );
+}
+
+/// Issue #21: a node could label its own Node
+/// `node-restriction.kubernetes.io/…` (labels that exist so an admin can
+/// keep workloads off nodes that cannot vouch for themselves), or claim
+/// any `kubernetes.io` label. Now it may set only the kubelet's own.
+#[test]
+fn nodes_set_only_the_labels_a_kubelet_may_set_on_itself() {
+    let server = Cluster::start();
+    let node = node_kubeconfig(&server, "node-a");
+    let own = |file: &str, labels: &str| {
+        let path = server.write(
+            file,
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a, labels: {{{labels}}}}}\n"
+            ),
+        );
+        path.to_str().unwrap().to_owned()
+    };
+    // Registering with a restricted label, or a Kubernetes one that is
+    // not the kubelet's: refused, naming them (upstream's create wording).
+    let restricted = own("restricted.yaml", "node-restriction.kubernetes.io/foo: bar");
+    refused_as(
+        &node,
+        &["create", "-f", &restricted],
+        "nodes \"node-a\" is forbidden: node \"node-a\" is not allowed to set the following labels: node-restriction.kubernetes.io/foo",
+    );
+    let role = own(
+        "role.yaml",
+        "node-role.kubernetes.io/worker: '', kubernetes.io/os: linux",
+    );
+    refused_as(
+        &node,
+        &["create", "-f", &role],
+        "node \"node-a\" is not allowed to set the following labels: node-role.kubernetes.io/worker",
+    );
+    // The kubelet's own labels, and anyone's outside Kubernetes': fine.
+    let allowed = own(
+        "allowed.yaml",
+        "kubernetes.io/hostname: node-a, kubernetes.io/os: linux, kubernetes.io/arch: amd64, \
+         topology.kubernetes.io/zone: z1, node.kubernetes.io/instance-type: big, \
+         kubelet.kubernetes.io/x: '1', example.com/rack: r1",
+    );
+    allowed_as(&node, &["create", "-f", &allowed]);
+
+    // Labelling itself afterwards (upstream's update wording).
+    let update = "nodes \"node-a\" is forbidden: is not allowed to modify labels: ";
+    refused_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/foo=bar",
+        ],
+        &format!("{update}node-restriction.kubernetes.io/foo"),
+    );
+    refused_as(
+        &node,
+        &[
+            "patch",
+            "node",
+            "node-a",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"labels":{"node-role.kubernetes.io/control-plane":"true"}}}"#,
+        ],
+        &format!("{update}node-role.kubernetes.io/control-plane"),
+    );
+    allowed_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "--overwrite",
+            "topology.kubernetes.io/zone=z2",
+            "node.kubernetes.io/extra=yes",
+            "mine=yes",
+        ],
+    );
+    // A restricted label the admin set: the node keeps writing its Node,
+    // but may neither change nor remove that label.
+    server.ok(
+        "1.33",
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/pool=gpu",
+        ],
+    );
+    allowed_as(&node, &["annotate", "node", "node-a", "seen=yes"]);
+    allowed_as(
+        &node,
+        &[
+            "patch",
+            "node",
+            "node-a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+        ],
+    );
+    refused_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "--overwrite",
+            "node-restriction.kubernetes.io/pool=cpu",
+        ],
+        &format!("{update}node-restriction.kubernetes.io/pool"),
+    );
+    refused_as(
+        &node,
+        &[
+            "label",
+            "node",
+            "node-a",
+            "node-restriction.kubernetes.io/pool-",
+        ],
+        &format!("{update}node-restriction.kubernetes.io/pool"),
+    );
+    let stored = server.ok("1.33", &["get", "node", "node-a", "-o", "json"]);
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        stored["metadata"]["labels"],
+        json!({"kubernetes.io/hostname": "node-a", "kubernetes.io/os": "linux",
+               "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": "z2",
+               "node.kubernetes.io/instance-type": "big", "kubelet.kubernetes.io/x": "1",
+               "example.com/rack": "r1", "node.kubernetes.io/extra": "yes", "mine": "yes",
+               "node-restriction.kubernetes.io/pool": "gpu"}),
+        "{stored}"
+    );
+}
+
+/// Issue #21: simulated nodes had no node password, so anyone with a
+/// join token — a bootstrap token (`orch token create`) included — could
+/// get a node certificate in the name of one and act as it. They now
+/// claim their names as real agents do, and rejoin after a restart.
+#[test]
+fn nobody_else_gets_the_name_of_a_simulated_node() {
+    let server = Cluster::start();
+    let simulated = server.simulate("claim", 1, &[]);
+    server.ok(
+        "1.33",
+        &[
+            "get",
+            "secret",
+            "-n",
+            "kube-system",
+            "claim-sim-0.node-password.orch",
+        ],
+    );
+    let made = Command::new(support::ORCH)
+        .args(["token", "create", "--ttl", "1h", "--data-dir"])
+        .arg(server.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let bootstrap = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    let join = std::fs::read_to_string(server.token_file()).unwrap();
+    for token in [bootstrap.as_str(), join.trim()] {
+        let (code, body, _) = ask_node_certificate(
+            &server,
+            token,
+            "claim-sim-0",
+            "not-the-simulated-node-password",
+        );
+        let status: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(
+            (code, &status["reason"]),
+            (403, &json!("Forbidden")),
+            "{status}"
+        );
+        assert_eq!(
+            status["message"],
+            "node \"claim-sim-0\" is already taken by another machine (its node password differs); pick another --node-name, or to move the name to this machine delete the old one's password first: kubectl -n kube-system delete secret claim-sim-0.node-password.orch"
+        );
+    }
+    // The same token still gets a name nobody holds.
+    let (code, body, _) = ask_node_certificate(
+        &server,
+        &bootstrap,
+        "fresh-node",
+        "a-password-of-fresh-node",
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // The simulated node itself rejoins after a restart: it serves the
+    // pods bound to it again.
+    drop(simulated);
+    let _simulated = server.simulate("claim", 1, &[]);
+    let pod = server.write(
+        "bound.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata: {name: bound}
+spec:
+  nodeName: claim-sim-0
+  containers: [{name: c, image: busybox}]
+",
+    );
+    server.ok("1.33", &["create", "-f", pod.to_str().unwrap()]);
+    server.wait_json(
+        &["get", "pod", "bound"],
+        30,
+        "bound Running on the rejoined node",
+        |p| p["status"]["phase"] == "Running",
+    );
+
+    // And simulated nodes take no name another machine holds.
+    node_kubeconfig(&server, "held-sim-0");
+    let mut child = Command::new(support::ORCH)
+        .args(["agent", "--server", &server.url(), "--token-file"])
+        .arg(server.token_file())
+        .args(["--node-name", "held", "--simulate", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait::poll(Duration::from_secs(30), || child.try_wait().ok().flatten()).is_none() {
+        let _ = child.kill();
+        panic!("orch agent --simulate took node held-sim-0's name");
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("node \"held-sim-0\" is already taken by another machine")
+            && err.contains("held-sim-0.node-password.orch"),
+        "{err}"
+    );
+    let held = server.kubectl("1.33", &["get", "node", "held-sim-0"]);
+    assert!(
+        !held.status.success(),
+        "the simulated agent registered held-sim-0"
+    );
 }

@@ -61,6 +61,9 @@ pub enum Error {
     /// (or is not the pinned CA's): retrying cannot fix it.
     #[error("the server's certificate at {url} {reason}")]
     ServerCertificate { url: String, reason: String },
+    /// Another machine holds the node name (its node password differs).
+    #[error("{0}")]
+    NodeTaken(String),
     #[error("{0}")]
     Runtime(String),
 }

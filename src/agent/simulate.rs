@@ -2,6 +2,16 @@
 //! heartbeat through Leases and report the pods bound to them as Running and
 //! Ready (Succeeded when the only container's command is `true`), without
 //! running anything. Deleting pods are finished at once.
+//!
+//! They act with the join token (no node certificates: there may be a
+//! thousand of them), but claim their names as real agents do, with a
+//! node password ([`crate::api::join`]), so that nobody else can get a
+//! node certificate for one of them, and so that they cannot take over
+//! the name of a node another machine holds. Each node's password is
+//! derived from the join token and its name: the same simulated nodes
+//! rejoin after a restart without keeping anything on disk, and only
+//! holders of the join token (who act as `system:masters` anyway) can
+//! derive it; a bootstrap token (`orch token create`) cannot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,13 +19,14 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::Error;
+use crate::api::join;
 
 /// What the simulated nodes look like.
 #[derive(Debug, Clone)]
@@ -67,23 +78,73 @@ fn node_status(cfg: &Config, i: usize) -> Value {
     })
 }
 
-/// Register the nodes, then heartbeat and serve their pods until the
-/// process is stopped.
+/// The node password of simulated node `node` joined with `token`: an
+/// HMAC-SHA256 of its name keyed with the token, in hex.
+fn node_password(token: &str, node: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.trim().as_bytes());
+    let tag = ring::hmac::sign(&key, format!("orch simulated node\0{node}").as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Claim `node`'s name with `password`, as the server does for an agent
+/// asking for its certificate: store the password's hash when nobody
+/// holds the name, otherwise require the same password.
+async fn claim_name(secrets: &Api<Secret>, node: &str, password: &str) -> Result<(), Error> {
+    let name = join::node_password_secret(node);
+    let api = |source| Error::Api {
+        what: format!("the node password of {node}"),
+        source,
+    };
+    let stored = match secrets.get_opt(&name).await.map_err(api)? {
+        Some(stored) => stored,
+        None => {
+            let secret: Secret = serde_json::from_value(join::node_password_object(node, password))
+                .expect("node password secret literal");
+            match secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => return Ok(()),
+                // Another machine claimed it just now.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    secrets.get(&name).await.map_err(api)?
+                }
+                Err(e) => return Err(api(e)),
+            }
+        }
+    };
+    let stored = serde_json::to_value(stored).expect("a Secret serializes");
+    if join::node_password_matches(&stored, password) {
+        Ok(())
+    } else {
+        Err(Error::NodeTaken(join::node_taken(node)))
+    }
+}
+
+/// Register the nodes (each claiming its name with its node password
+/// first), then heartbeat and serve their pods until the process is
+/// stopped. `token` is the join token `client` authenticates with.
 ///
 /// # Errors
-/// When the nodes cannot be registered.
-pub async fn run(client: Client, cfg: Config) -> Result<(), Error> {
+/// When the nodes cannot be registered, or another machine holds one of
+/// their names.
+pub async fn run(client: Client, cfg: Config, token: &str) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
     let names: Vec<String> = (0..cfg.count)
         .map(|i| format!("{}-sim-{i}", cfg.prefix))
         .collect();
     let register = Arc::new(Semaphore::new(32));
     let mut tasks = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let (nodes, name, cfg, permit) =
-            (nodes.clone(), name.clone(), cfg.clone(), register.clone());
+        let (nodes, secrets, name, cfg, permit) = (
+            nodes.clone(),
+            secrets.clone(),
+            name.clone(),
+            cfg.clone(),
+            register.clone(),
+        );
+        let password = node_password(token, &name);
         tasks.push(tokio::spawn(async move {
             let _p = permit.acquire().await;
+            claim_name(&secrets, &name, &password).await?;
             let node: Node = serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {
                     "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
@@ -300,5 +361,25 @@ async fn serve_pods(client: Client, names: Vec<String>) {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_node_passwords_are_stable_per_name_and_token() {
+        let token = "K10abc::server:secret";
+        let a = node_password(token, "edge-sim-0");
+        assert_eq!(
+            a,
+            node_password(&format!("{token}\n"), "edge-sim-0"),
+            "a restart rejoins"
+        );
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, node_password(token, "edge-sim-1"));
+        assert_ne!(a, node_password("K10abc::server:other", "edge-sim-0"));
+        assert!(!a.contains("secret"));
     }
 }

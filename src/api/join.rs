@@ -1,6 +1,13 @@
 //! The join token's format, shared by the server (which issues it) and the
 //! agent (which checks the server against it):
-//! `K10<sha256 hex of the CA PEM>::<user>:<secret>`, as k3s's tokens.
+//! `K10<sha256 hex of the CA PEM>::<user>:<secret>`, as k3s's tokens; and
+//! node passwords, which keep a node's name to the machine that first
+//! took it (k3s's `pkg/nodepassword`): the hash of a node's password is
+//! kept in the Secret `kube-system/<node>.node-password.orch`, made when
+//! the name is first claimed, and a later claim must bring the same
+//! password.
+
+use serde_json::{Value, json};
 
 /// Lowercase hex SHA-256 of the CA certificate PEM.
 pub fn ca_hash(ca_pem: &str) -> String {
@@ -121,6 +128,42 @@ pub fn parse_ttl(text: &str) -> Result<Option<u64>, String> {
 /// bounds kubeadm's `--ttl`, in whole days.
 const MAX_TTL_SECONDS: u64 = (i64::MAX as u64 / 1_000_000_000) / 86_400 * 86_400;
 
+/// The Secret in kube-system holding the hash of node `node`'s password
+/// (k3s keeps `<node>.node-password.k3s` the same way).
+pub fn node_password_secret(node: &str) -> String {
+    format!("{node}.node-password.orch")
+}
+
+/// That Secret, for a node claiming its name with `password`.
+pub fn node_password_object(node: &str, password: &str) -> Value {
+    use base64::Engine as _;
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": node_password_secret(node), "namespace": "kube-system",
+                     "labels": {"orch.io/node-password": node}},
+        "type": "Opaque",
+        "data": {"hash": base64::engine::general_purpose::STANDARD.encode(ca_hash(password))},
+    })
+}
+
+/// Does the stored node password Secret `secret` hold `password`'s hash?
+pub fn node_password_matches(secret: &Value, password: &str) -> bool {
+    use base64::Engine as _;
+    secret
+        .pointer("/data/hash")
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|stored| stored == ca_hash(password).as_bytes())
+}
+
+/// Why node `node` may not take its name: another machine holds it.
+pub fn node_taken(node: &str) -> String {
+    format!(
+        "node {node:?} is already taken by another machine (its node password differs); pick another --node-name, or to move the name to this machine delete the old one's password first: kubectl -n kube-system delete secret {}",
+        node_password_secret(node)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +222,29 @@ mod tests {
             assert!(token_ca_hash(bad).is_err(), "{bad}");
         }
         assert_eq!(ca_hash("x").len(), 64);
+    }
+
+    #[test]
+    fn node_passwords_are_kept_as_hashes_and_checked() {
+        let secret = node_password_object("node-a", "correct horse battery staple");
+        assert_eq!(secret["metadata"]["name"], "node-a.node-password.orch");
+        assert_eq!(secret["metadata"]["namespace"], "kube-system");
+        assert!(
+            !secret.to_string().contains("correct horse"),
+            "only the hash is kept: {secret}"
+        );
+        assert!(node_password_matches(
+            &secret,
+            "correct horse battery staple"
+        ));
+        assert!(!node_password_matches(
+            &secret,
+            "correct horse battery stapler"
+        ));
+        assert!(!node_password_matches(&json!({"data": {}}), ""));
+        assert!(
+            node_taken("node-a")
+                .contains("kubectl -n kube-system delete secret node-a.node-password.orch")
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod duplicates;
 pub mod join;
 pub mod meta;
 pub mod names;
+pub mod node_labels;
 pub mod patch;
 pub mod placement;
 pub mod podrefs;

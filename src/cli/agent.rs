@@ -130,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let client = agent::join::client(&server, &token).await?;
         let shutdown = super::shutdown_signal()?;
         tokio::select! {
-            result = agent::simulate::run(client, config) => result?,
+            result = agent::simulate::run(client, config, &token) => result?,
             () = shutdown => tracing::info!("orch agent stopping"),
         }
         Ok(())

@@ -247,6 +247,24 @@ impl NodeArgs {
                 .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected KEY=VALUE"))?;
             labels.push((k.to_owned(), v.to_owned()));
         }
+        // As the kubelet checks --node-labels: NodeRestriction would
+        // refuse the registration anyway, later and less helpfully.
+        let mut refused: Vec<&str> = labels
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| crate::api::node_labels::is_forbidden_self_label(k))
+            .collect();
+        if !refused.is_empty() {
+            refused.sort_unstable();
+            refused.dedup();
+            use crate::api::node_labels::{KUBELET_LABEL_NAMESPACES, KUBELET_LABELS};
+            anyhow::bail!(
+                "--node-label: a node may not give itself {}: labels in the kubernetes.io and k8s.io namespaces must begin with an allowed prefix ({}) or be one of {}; set others on the node with `kubectl label node {name} KEY=VALUE`",
+                refused.join(", "),
+                KUBELET_LABEL_NAMESPACES.join(", "),
+                KUBELET_LABELS.join(", "),
+            );
+        }
         let taints = self
             .node_taints
             .iter()
@@ -434,6 +452,40 @@ mod tests {
         assert!(
             err.contains("--node-label") && err.contains("KEY=VALUE"),
             "{err}"
+        );
+        // Labels NodeRestriction keeps from nodes are refused up front.
+        let restricted = Wrap::parse_from([
+            "x",
+            "--node-name",
+            "n1",
+            "--node-label",
+            "node-role.kubernetes.io/worker=,topology.kubernetes.io/zone=z1,node-restriction.kubernetes.io/pool=a,rack=r1",
+        ])
+        .node;
+        let err = restricted
+            .to_config(Path::new("/d"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--node-label: a node may not give itself node-restriction.kubernetes.io/pool, node-role.kubernetes.io/worker: ")
+                && err.contains("kubectl label node n1 KEY=VALUE"),
+            "{err}"
+        );
+        let fine = Wrap::parse_from([
+            "x",
+            "--node-name",
+            "n1",
+            "--node-label",
+            "topology.kubernetes.io/zone=z1,node.kubernetes.io/pool=a,rack=r1",
+        ])
+        .node;
+        assert_eq!(
+            fine.to_config(Path::new("/d"), None)
+                .unwrap()
+                .node
+                .labels
+                .len(),
+            3
         );
     }
 }

@@ -6,10 +6,10 @@
 //! ([`crate::server::admission::node_restriction`]) business.
 
 use http::{Method, Request, Response, StatusCode, header};
-use serde_json::{Value, json};
 
 use super::body::RequestBody;
 use super::{ApiServer, Body};
+use crate::api::join;
 use crate::api::status::ApiError;
 use crate::server::registry::WriteOptions;
 
@@ -18,16 +18,6 @@ pub const CERTIFICATE_PATH: &str = "/v1-orch/node-certificate";
 /// The headers naming the node and carrying its password.
 pub const NAME_HEADER: &str = "orch-node-name";
 pub const PASSWORD_HEADER: &str = "orch-node-password";
-
-/// The Secret in kube-system holding the hash of node `name`'s password
-/// (k3s keeps `<node>.node-password.k3s` the same way).
-pub fn password_secret(name: &str) -> String {
-    format!("{name}.node-password.orch")
-}
-
-fn sha256_hex(s: &str) -> String {
-    crate::api::join::ca_hash(s)
-}
 
 impl ApiServer {
     /// Issue a node certificate: the caller holds the join token (checked
@@ -76,7 +66,9 @@ impl ApiServer {
     }
 
     /// The first machine to take a node name stores its password's hash;
-    /// another password for that name is refused.
+    /// another password for that name is refused. Two machines racing for
+    /// a new name: the second create fails, and its password is checked
+    /// against the winner's (k3s's `nodepassword.Ensure`).
     async fn check_node_password(&self, node: &str, password: &str) -> Result<(), ApiError> {
         let res = self
             .registry
@@ -84,40 +76,28 @@ impl ApiServer {
             .find("", "v1", "secrets")
             .cloned()
             .ok_or_else(|| ApiError::internal("no secrets resource"))?;
-        let name = password_secret(node);
-        let hash = sha256_hex(password);
-        match self.registry.get(&res, Some("kube-system"), &name).await {
-            Ok(secret) => {
-                use base64::Engine;
-                let stored = secret
-                    .pointer("/data/hash")
-                    .and_then(Value::as_str)
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .unwrap_or_default();
-                if stored == hash {
-                    Ok(())
-                } else {
-                    Err(ApiError::forbidden(format!(
-                        "node {node:?} is already taken by another machine (its node password differs); pick another --node-name, or to move the name to this machine delete the old one's password first: kubectl -n kube-system delete secret {name}"
-                    )))
-                }
-            }
+        let name = join::node_password_secret(node);
+        let stored = match self.registry.get(&res, Some("kube-system"), &name).await {
             Err(e) if e.code == 404 => {
-                use base64::Engine;
-                let secret = json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": name, "namespace": "kube-system",
-                                 "labels": {"orch.io/node-password": node}},
-                    "type": "Opaque",
-                    "data": {"hash": base64::engine::general_purpose::STANDARD.encode(&hash)},
-                });
-                self.registry
+                let secret = join::node_password_object(node, password);
+                match self
+                    .registry
                     .create(&res, Some("kube-system"), secret, &WriteOptions::default())
                     .await
-                    .map(|_| ())
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.code == 409 => {
+                        self.registry.get(&res, Some("kube-system"), &name).await?
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) => Err(e),
+            other => other?,
+        };
+        if join::node_password_matches(&stored, password) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(join::node_taken(node)))
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Node authorizer: a node (`system:node:<name>` in `system:nodes`,
 //! from the certificate it got at join) may touch only what it needs to
-//! run its pods: Nodes, its own Lease, the pods bound to it, and the
+//! run its pods: Nodes, its own Lease (any name on create, which
+//! NodeRestriction narrows), the pods bound to it, and the
 //! Secrets, ConfigMaps and service accounts those pods use; it may read
 //! discovery, the OpenAPI documents, Services and endpoints, write Events,
 //! and open its own kubelet tunnel. As upstream, it lets a node write
@@ -84,14 +85,7 @@ impl Node {
                 ("", "nodes", Some("status")) if verb == "get" => true,
                 // Which Node: NodeRestriction's business, as upstream.
                 ("", "nodes", None | Some("status")) if matches!(verb, "update" | "patch") => true,
-                ("coordination.k8s.io", "leases", None) => {
-                    ns == Some("kube-node-lease")
-                        && match verb {
-                            "create" => name.is_none(),
-                            "get" | "update" | "patch" => own,
-                            _ => false,
-                        }
-                }
+                ("coordination.k8s.io", "leases", None) => lease(verb, ns, own)?,
                 ("", "pods", None) if reads => true,
                 ("", "pods", Some("status")) if matches!(verb, "get" | "update" | "patch") => {
                     self.pod_on_node(ns, name, node).await?
@@ -254,6 +248,25 @@ fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
     }
 }
 
+/// Its own Lease in `kube-node-lease`, with upstream's reasons. A create
+/// names no object here (the name is in the body), so any is allowed and
+/// NodeRestriction checks the name.
+fn lease(verb: &str, ns: Option<&str>, own: bool) -> Result<bool, String> {
+    if !matches!(verb, "get" | "create" | "update" | "patch" | "delete") {
+        return Err("can only get, create, update, patch, or delete a node lease".into());
+    }
+    if ns != Some("kube-node-lease") {
+        return Err(format!(
+            "can only access leases in the {:?} system namespace",
+            "kube-node-lease"
+        ));
+    }
+    if verb != "create" && !own {
+        return Err("can only access node lease with the same name as the requesting node".into());
+    }
+    Ok(true)
+}
+
 fn no_relationship(node: &str) -> String {
     format!("no relationship found between node '{node}' and this object")
 }
@@ -294,6 +307,15 @@ mod tests {
         let allow = Decision::Allow;
         let no = Decision::NoOpinion(String::new());
         let unrelated = Decision::NoOpinion(no_relationship("node-a"));
+        let other_lease = Decision::NoOpinion(
+            "can only access node lease with the same name as the requesting node".into(),
+        );
+        let lease_ns = Decision::NoOpinion(
+            "can only access leases in the \"kube-node-lease\" system namespace".into(),
+        );
+        let lease_verbs = Decision::NoOpinion(
+            "can only get, create, update, patch, or delete a node lease".into(),
+        );
         let r = |verb: &str, group: &str, res: &str, ns: &str, name: &str| {
             resource(&a, verb, group, res, ns, name)
         };
@@ -309,8 +331,11 @@ mod tests {
             (r("delete", "", "nodes", "", "node-a"), no.clone()),
             (r("create", "coordination.k8s.io", "leases", "kube-node-lease", ""), allow.clone()),
             (r("update", "coordination.k8s.io", "leases", "kube-node-lease", "node-a"), allow.clone()),
-            (r("update", "coordination.k8s.io", "leases", "kube-node-lease", "node-b"), no.clone()),
-            (r("get", "coordination.k8s.io", "leases", "default", "node-a"), no.clone()),
+            (r("delete", "coordination.k8s.io", "leases", "kube-node-lease", "node-a"), allow.clone()),
+            (r("update", "coordination.k8s.io", "leases", "kube-node-lease", "node-b"), other_lease.clone()),
+            (r("delete", "coordination.k8s.io", "leases", "kube-node-lease", "node-b"), other_lease.clone()),
+            (r("get", "coordination.k8s.io", "leases", "default", "node-a"), lease_ns.clone()),
+            (r("list", "coordination.k8s.io", "leases", "kube-node-lease", ""), lease_verbs.clone()),
             // Pods: read all, write the status of and delete its own.
             (r("list", "", "pods", "", ""), allow.clone()),
             (r("watch", "", "pods", "default", ""), allow.clone()),
