@@ -105,18 +105,11 @@ fn access_attributes(user: &User, spec: &Value) -> Result<Attributes, ApiError> 
             path: String::new(),
             resource_request: true,
         }),
-        (None, Some(nra)) => Ok(Attributes {
-            user: user.clone(),
-            verb: text(nra, "verb"),
-            namespace: String::new(),
-            api_group: String::new(),
-            api_version: String::new(),
-            resource: String::new(),
-            subresource: String::new(),
-            name: String::new(),
-            path: text(nra, "path"),
-            resource_request: false,
-        }),
+        (None, Some(nra)) => Ok(Attributes::non_resource(
+            user,
+            &text(nra, "verb"),
+            &text(nra, "path"),
+        )),
     }
 }
 

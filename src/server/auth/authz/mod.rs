@@ -49,6 +49,24 @@ pub struct Attributes {
     pub resource_request: bool,
 }
 
+impl Attributes {
+    /// A request for a path that names no resource (`/api`, `/healthz`).
+    pub fn non_resource(user: &User, verb: &str, path: &str) -> Self {
+        Self {
+            user: user.clone(),
+            verb: verb.into(),
+            namespace: String::new(),
+            api_group: String::new(),
+            api_version: String::new(),
+            resource: String::new(),
+            subresource: String::new(),
+            name: String::new(),
+            path: path.into(),
+            resource_request: false,
+        }
+    }
+}
+
 /// What an authorizer says, as upstream's `authorizer.Decision` with its
 /// reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,18 +266,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn non_resource(user: &User, verb: &str, path: &str) -> Attributes {
-        Attributes {
-            user: user.clone(),
-            verb: verb.into(),
-            namespace: String::new(),
-            api_group: String::new(),
-            api_version: String::new(),
-            resource: String::new(),
-            subresource: String::new(),
-            name: String::new(),
-            path: path.into(),
-            resource_request: false,
-        }
+        Attributes::non_resource(user, verb, path)
     }
 
     struct Says(Decision);
