@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod memory;
 pub mod net;
 pub mod runtime;
 pub mod server;

@@ -519,6 +519,7 @@ fn an_unread_watch_pins_bounded_memory() {
         "apiVersion: v1\nkind: Node\nmetadata: {name: probe}\n",
     );
     server.ok("1.33", &["create", "-f", node.to_str().unwrap()]);
+    let idle = server.rss_kib();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let connector = tls_connector(&server, b"http/1.1");
     let addr = api_addr(&server);
@@ -580,6 +581,28 @@ fn an_unread_watch_pins_bounded_memory() {
         "the server grew by {grown} MiB over 100 writes of 1 MB with one \
          unread watch of nodes (from {} MiB); at most 64 expected",
         baseline / 1024
+    );
+    // What the writes freed goes back to the system (the watcher's queue
+    // and each write's garbage), so the server settles near where it was
+    // idle, not at its working set's high-water mark.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let settled = loop {
+        let over = server.rss_kib().saturating_sub(idle) / 1024;
+        if over < 40 || std::time::Instant::now() > deadline {
+            break over;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    eprintln!(
+        "server RSS {} MiB idle, {settled} MiB above that after the writes",
+        idle / 1024
+    );
+    assert!(
+        settled < 40,
+        "after 120 writes of 1 MB with one unread watch the server stays \
+         {settled} MiB above its idle {} MiB; at most 40 expected (is freed \
+         heap given back?)",
+        idle / 1024
     );
     // The server still serves watches and the rest.
     let nodes = server.ok("1.33", &["get", "nodes", "-o", "name"]);

@@ -90,7 +90,7 @@ impl SqliteConfig {
             path: path.into(),
             durable: true,
             watch_buffer: 8192,
-            watch_buffer_bytes: 32 * 1024 * 1024,
+            watch_buffer_bytes: 16 * 1024 * 1024,
             max_batch: 512,
             max_idle_readers: 4,
             compaction_chunk: 2000,

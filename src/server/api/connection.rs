@@ -239,6 +239,11 @@ pub(super) async fn serve(
             let (api, peer) = (api.clone(), peer.clone());
             let http2 = req.version() == hyper::Version::HTTP_2;
             let (parts, body) = req.into_parts();
+            let received = parts
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
             let (body, unread) = RequestBody::new(body);
             let req = Request::from_parts(parts, body);
             async move {
@@ -248,6 +253,7 @@ pub(super) async fn serve(
                 }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
+                    bytes: received,
                     _unread: unread,
                     _in_flight: in_flight,
                 }))
@@ -342,11 +348,22 @@ impl Drop for InFlight {
 
 /// A response body that keeps its request in flight, and the request
 /// body's unread rest, until hyper has sent it all (or the client went
-/// away).
+/// away). Once done, a request that carried a lot either way asks for the
+/// heap it freed to be given back ([`crate::memory::release_soon`]).
 struct Tracked {
     body: Body,
+    /// The request body's declared length plus what was sent so far.
+    bytes: usize,
     _unread: Unread,
     _in_flight: InFlight,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.bytes >= crate::memory::HEAVY_BYTES {
+            crate::memory::release_soon();
+        }
+    }
 }
 
 impl HttpBody for Tracked {
@@ -357,7 +374,13 @@ impl HttpBody for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            let sent = frame.data_ref().map_or(0, Bytes::len);
+            this.bytes = this.bytes.saturating_add(sent);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -24,7 +24,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Encoded events queued for one client and not yet taken by hyper. With
 /// the store's per-watcher bound (`watch_buffer_bytes`) and hyper's own
 /// buffers, this is what a watcher that stopped reading can pin.
-const STREAM_BUDGET: usize = 4 * 1024 * 1024;
+const STREAM_BUDGET: usize = 2 * 1024 * 1024;
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Params {
@@ -137,6 +137,8 @@ impl Stream {
                 sent = sent => sent.map_err(|_| Gone),
                 () = cutoff.wait() => {
                     tracing::debug!(resource = %self.res.plural, "watch cut off: the client fell behind");
+                    // The store just dropped the watcher's queue.
+                    crate::memory::release_soon();
                     Err(Gone)
                 }
             },
@@ -174,6 +176,7 @@ impl Stream {
     ) -> Result<(), Gone> {
         let matches =
             |obj: &Value| params.list.labels.matches_object(obj) && params.list.fields.matches(obj);
+        let everything = params.list.labels.is_empty() && params.list.fields.is_empty();
         let from = match params.start {
             Some(rv) => rv,
             None => match registry.list(&self.res, namespace, &params.list).await {
@@ -236,20 +239,31 @@ impl Stream {
                         Some(obj)
                     };
                     let rev = event.revision();
-                    let new = match event.kind {
-                        EventKind::Put => decode(&event.kv, rev),
-                        EventKind::Delete => None,
+                    // The previous state is decoded only when a selector must
+                    // be tried on it (or it is what a DELETED carries).
+                    let old_matches = || {
+                        event.prev.as_ref().is_some_and(|prev| {
+                            everything || decode(prev, rev).is_some_and(|old| matches(&old))
+                        })
                     };
-                    let old = event.prev.as_ref().and_then(|p| decode(p, rev));
-                    let new_matches = new.as_ref().is_some_and(matches);
-                    let old_matches = old.as_ref().is_some_and(matches);
-                    match (new, new_matches, old_matches) {
-                        (Some(obj), true, true) => self.send("MODIFIED", obj).await?,
-                        (Some(obj), true, false) => self.send("ADDED", obj).await?,
-                        // Left the selection: DELETED, with the new state.
-                        (Some(obj), false, true) => self.send("DELETED", obj).await?,
-                        (None, _, true) => self.send("DELETED", old.expect("old matched")).await?,
-                        _ => {}
+                    match event.kind {
+                        EventKind::Put => {
+                            let Some(obj) = decode(&event.kv, rev) else { continue };
+                            match (matches(&obj), old_matches()) {
+                                (true, true) => self.send("MODIFIED", obj).await?,
+                                (true, false) => self.send("ADDED", obj).await?,
+                                // Left the selection: DELETED, with the new state.
+                                (false, true) => self.send("DELETED", obj).await?,
+                                (false, false) => {}
+                            }
+                        }
+                        EventKind::Delete => {
+                            if let Some(old) = event.prev.as_ref().and_then(|p| decode(p, rev))
+                                && matches(&old)
+                            {
+                                self.send("DELETED", old).await?;
+                            }
+                        }
                     }
                 }
                 _ = bookmark_timer.tick(), if params.bookmarks => {

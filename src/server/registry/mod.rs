@@ -234,6 +234,25 @@ fn meta_str<'a>(obj: &'a Value, key: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// Whether `obj` (whose resourceVersion was removed) is `old` but for
+/// old's resourceVersion: a no-op write. Compared in place, as objects can
+/// be megabytes.
+fn same_but_resource_version(obj: &Value, old: &Value) -> bool {
+    let (Some(new), Some(old)) = (obj.as_object(), old.as_object()) else {
+        return obj == old;
+    };
+    new.len() == old.len()
+        && new.iter().all(|(key, value)| match (value, old.get(key)) {
+            (Value::Object(new_meta), Some(Value::Object(old_meta))) if key == "metadata" => {
+                let old_rv = usize::from(old_meta.contains_key("resourceVersion"));
+                !new_meta.contains_key("resourceVersion")
+                    && new_meta.len() + old_rv == old_meta.len()
+                    && new_meta.iter().all(|(k, v)| old_meta.get(k) == Some(v))
+            }
+            (value, old) => old == Some(value),
+        })
+}
+
 fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
@@ -336,12 +355,40 @@ fn fit_for_store(key: &str, obj: &mut Value) -> Result<Vec<u8>, ApiError> {
     Err(ApiError::storage_request_too_large())
 }
 
+/// The bytes stored for `obj`: its JSON without `metadata.resourceVersion`
+/// (the store's revision is the truth), written straight from `obj`
+/// rather than from a copy, as objects can be megabytes.
 fn encode(obj: &Value) -> Vec<u8> {
-    let mut stored = obj.clone();
-    if let Some(m) = stored.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    use serde::ser::{Serialize, SerializeMap, Serializer};
+    struct Stored<'a>(&'a Value);
+    struct Meta<'a>(&'a Map<String, Value>);
+    impl Serialize for Stored<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let Value::Object(fields) = self.0 else {
+                return self.0.serialize(s);
+            };
+            let mut map = s.serialize_map(Some(fields.len()))?;
+            for (key, value) in fields {
+                match value {
+                    Value::Object(meta) if key == "metadata" => {
+                        map.serialize_entry(key, &Meta(meta))?
+                    }
+                    value => map.serialize_entry(key, value)?,
+                }
+            }
+            map.end()
+        }
     }
-    serde_json::to_vec(&stored).expect("a JSON value always serialises")
+    impl Serialize for Meta<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut map = s.serialize_map(None)?;
+            for (key, value) in self.0.iter().filter(|(k, _)| *k != "resourceVersion") {
+                map.serialize_entry(key, value)?;
+            }
+            map.end()
+        }
+    }
+    serde_json::to_vec(&Stored(obj)).expect("a JSON value always serialises")
 }
 
 fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
@@ -883,11 +930,9 @@ impl Registry {
         }
         strategy.prepare_update(&self.ctx(), &old, &mut obj);
         meta_mut(&mut obj).remove("resourceVersion");
-        let mut old_cmp = old.clone();
-        meta_mut(&mut old_cmp).remove("resourceVersion");
-        self.validate(res, &obj, Some(&old_cmp))?;
+        self.validate(res, &obj, Some(&old))?;
         self.admission.validate(&attrs, &obj, self).await?;
-        if obj == old_cmp {
+        if same_but_resource_version(&obj, &old) {
             // A no-op write changes nothing, not even the resourceVersion.
             return Ok(Written {
                 object: old,

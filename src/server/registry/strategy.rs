@@ -103,17 +103,22 @@ pub trait Strategy: Send + Sync {
 
     /// The object a `/status` write stores: the stored object with the
     /// new status.
-    fn status_update(&self, old: &Value, obj: Value) -> Value {
-        let mut merged = old.clone();
-        match obj.get("status").cloned() {
-            Some(s) => merged["status"] = s,
-            None => {
-                if let Some(m) = merged.as_object_mut() {
-                    m.remove("status");
-                }
-            }
+    fn status_update(&self, old: &Value, mut obj: Value) -> Value {
+        // Moved, not cloned: a node's status can be a megabyte.
+        let status = obj.as_object_mut().and_then(|m| m.remove("status"));
+        drop(obj);
+        let Some(fields) = old.as_object() else {
+            return old.clone();
+        };
+        let mut merged: serde_json::Map<String, Value> = fields
+            .iter()
+            .filter(|(k, _)| *k != "status")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(status) = status {
+            merged.insert("status".into(), status);
         }
-        merged
+        Value::Object(merged)
     }
 
     /// Changes on update before validation (after mutating admission, the

@@ -76,3 +76,39 @@ fn managed_fields_are_dropped_from_an_object_too_large_to_store() {
     fit_for_store(key, &mut small).unwrap();
     assert!(small["metadata"].get("managedFields").is_some());
 }
+
+#[test]
+fn a_write_equal_but_for_the_resource_version_is_a_no_op() {
+    let old = json!({"metadata": {"name": "a", "resourceVersion": "7"}, "spec": {"x": 1}});
+    let same = json!({"metadata": {"name": "a"}, "spec": {"x": 1}});
+    assert!(same_but_resource_version(&same, &old));
+    for changed in [
+        json!({"metadata": {"name": "a"}, "spec": {"x": 2}}),
+        json!({"metadata": {"name": "a", "labels": {"l": "v"}}, "spec": {"x": 1}}),
+        json!({"metadata": {"name": "a"}}),
+        json!({"metadata": {"name": "a"}, "spec": {"x": 1}, "status": {}}),
+        json!({"metadata": {"name": "b"}, "spec": {"x": 1}}),
+        json!({"metadata": {"name": "a", "uid": "u"}, "spec": {"x": 1}}),
+    ] {
+        assert!(!same_but_resource_version(&changed, &old), "{changed}");
+    }
+    let unversioned = json!({"metadata": {"name": "a"}, "spec": {"x": 1}});
+    assert!(same_but_resource_version(&same, &unversioned));
+}
+
+#[test]
+fn stored_bytes_leave_out_only_the_resource_version() {
+    let obj = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "a", "resourceVersion": "9", "labels": {"resourceVersion": "kept"}},
+        "data": {"resourceVersion": "kept too"},
+    });
+    let mut expected = obj.clone();
+    expected["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    assert_eq!(encode(&obj), serde_json::to_vec(&expected).unwrap());
+    assert_eq!(encode(&json!("scalar")), br#""scalar""#);
+}
