@@ -672,6 +672,60 @@ fn nodes_set_only_the_labels_a_kubelet_may_set_on_itself() {
     );
 }
 
+/// A node gets its taints when it registers, and no later change of them
+/// is its own to make (NodeRestriction, as upstream): else it could shed
+/// the taint that keeps workloads it must not run away from it.
+#[test]
+fn nodes_keep_the_taints_they_registered_with() {
+    let server = Cluster::start();
+    let node = node_kubeconfig(&server, "node-a");
+    let tainted = server.write(
+        "tainted.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n\
+         spec: {taints: [{key: dedicated, value: gpu, effect: NoSchedule}]}\n",
+    );
+    allowed_as(&node, &["create", "-f", tainted.to_str().unwrap()]);
+    let refused = "nodes \"node-a\" is forbidden: node \"node-a\" is not allowed to modify taints";
+    refused_as(&node, &["taint", "nodes", "node-a", "dedicated-"], refused);
+    refused_as(
+        &node,
+        &["taint", "nodes", "node-a", "extra=yes:NoExecute"],
+        refused,
+    );
+    refused_as(
+        &node,
+        &[
+            "patch",
+            "node",
+            "node-a",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"taints":[]}}"#,
+        ],
+        refused,
+    );
+    // Its other writes go on; the admin taints and untaints it.
+    allowed_as(&node, &["annotate", "node", "node-a", "seen=yes"]);
+    server.ok("1.33", &["taint", "nodes", "node-a", "extra=yes:NoExecute"]);
+    server.ok("1.33", &["taint", "nodes", "node-a", "dedicated-"]);
+    let taints = server.ok(
+        "1.33",
+        &[
+            "get",
+            "node",
+            "node-a",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ],
+    );
+    // (The node lifecycle controller adds its own: node-a never reports.)
+    let keys: Vec<&str> = taints.split(' ').collect();
+    assert!(
+        keys.contains(&"extra") && !keys.contains(&"dedicated"),
+        "{taints}"
+    );
+}
+
 /// Issue #21: simulated nodes had no node password, so anyone with a
 /// join token — a bootstrap token (`orch token create`) included — could
 /// get a node certificate in the name of one and act as it. They now

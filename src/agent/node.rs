@@ -259,31 +259,46 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<(), Error> {
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            // Labels and taints asked for are added; taints others set
-            // (the node lifecycle controller's) stay.
+            // The labels asked for are added. Taints are a node's only when
+            // it registers (NodeRestriction refuses a node changing its
+            // own, as upstream's kubelet never does): say so when they
+            // differ from what was asked.
             let existing = nodes.get(&cfg.name).await.map_err(api_err("reading"))?;
-            let mut taints: Vec<serde_json::Value> = existing
-                .spec
-                .and_then(|s| s.taints)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|t| serde_json::to_value(t).ok())
+            let have = existing.spec.and_then(|s| s.taints).unwrap_or_default();
+            let missing: Vec<String> = cfg
+                .taints
+                .iter()
+                .filter(|t| {
+                    !have.iter().any(|h| {
+                        t["key"] == h.key.as_str()
+                            && t["effect"] == h.effect.as_str()
+                            && t["value"].as_str().unwrap_or_default()
+                                == h.value.as_deref().unwrap_or_default()
+                    })
+                })
+                .map(|t| {
+                    format!(
+                        "{}={}:{}",
+                        t["key"].as_str().unwrap_or_default(),
+                        t["value"].as_str().unwrap_or_default(),
+                        t["effect"].as_str().unwrap_or_default()
+                    )
+                })
                 .collect();
-            for t in &cfg.taints {
-                if !taints
-                    .iter()
-                    .any(|have| have["key"] == t["key"] && have["effect"] == t["effect"])
-                {
-                    taints.push(t.clone());
-                }
+            if !missing.is_empty() {
+                tracing::warn!(
+                    node = %cfg.name,
+                    taints = %missing.join(","),
+                    "--node-taint applies only when a node registers; this node exists, \
+                     so add them with `kubectl taint nodes {} ...`",
+                    cfg.name
+                );
             }
             nodes
                 .patch(
                     &cfg.name,
                     &PatchParams::default(),
-                    &Patch::Merge(
-                        json!({"metadata": {"labels": labels}, "spec": {"taints": taints}}),
-                    ),
+                    &Patch::Merge(json!({"metadata": {"labels": labels}})),
                 )
                 .await
                 .map_err(api_err("labelling"))?;

@@ -4,7 +4,9 @@
 //! add, change or remove labels a node must not give itself
 //! ([`crate::api::node_labels`]: `node-restriction.kubernetes.io/` ones,
 //! and `kubernetes.io`/`k8s.io` ones other than the kubelet's own), so
-//! that it cannot steer workloads meant for other nodes to itself. As upstream, the Node
+//! that it cannot steer workloads meant for other nodes to itself; nor
+//! change its own taints (it sets them only when it registers), owner
+//! references or config source. As upstream, the Node
 //! authorizer lets nodes write Nodes at all and create Leases whatever
 //! their name (it cannot see a create's name), and this plugin narrows
 //! that to their own; what else a node may touch (its pods' status, what
@@ -93,6 +95,35 @@ fn admit_own_node(node: &str, attrs: &Attributes<'_>, object: &Value) -> Result<
             )
         }
         Operation::Update => {
+            let old = attrs.old_object.unwrap_or(&Value::Null);
+            // A /status write cannot change the spec (the status strategy
+            // puts the stored one back), so only other writes are checked.
+            if attrs.subresource != Some("status") {
+                if spec_part(object, "configSource")
+                    .is_some_and(|new| Some(new) != spec_part(old, "configSource"))
+                {
+                    return Err(forbidden(
+                        attrs,
+                        &format!(
+                            "node {node:?} is not allowed to update configSource to a new non-nil configSource"
+                        ),
+                    ));
+                }
+                if list_at(object, "/spec/taints") != list_at(old, "/spec/taints") {
+                    return Err(forbidden(
+                        attrs,
+                        &format!("node {node:?} is not allowed to modify taints"),
+                    ));
+                }
+            }
+            if list_at(object, "/metadata/ownerReferences")
+                != list_at(old, "/metadata/ownerReferences")
+            {
+                return Err(forbidden(
+                    attrs,
+                    &format!("node {node:?} is not allowed to modify ownerReferences"),
+                ));
+            }
             let refused =
                 node_labels::forbidden_changes(&labels(Some(object)), &labels(attrs.old_object));
             if refused.is_empty() {
@@ -103,6 +134,19 @@ fn admit_own_node(node: &str, attrs: &Attributes<'_>, object: &Value) -> Result<
         Operation::Delete => return Ok(()),
     };
     Err(forbidden(attrs, &why))
+}
+
+/// `spec.<field>` when set (not null).
+fn spec_part<'v>(obj: &'v Value, field: &str) -> Option<&'v Value> {
+    obj.get("spec")?.get(field).filter(|v| !v.is_null())
+}
+
+/// The list at `pointer`, absent, null and empty alike (as upstream's
+/// semantic equality treats a nil and an empty slice).
+fn list_at<'v>(obj: &'v Value, pointer: &str) -> &'v [Value] {
+    obj.pointer(pointer)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 /// A node's Lease is its heartbeat: it may write only the one named
@@ -260,6 +304,53 @@ mod tests {
                 got.map_err(|e| (e.code, e.message)),
                 refused.clone().map_or(Ok(()), |m| Err((403, m))),
                 "{} {operation:?} {sub:?} {old:?} -> {labels}",
+                user.name
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_keep_the_taints_they_registered_with() {
+        use serde_json::json;
+        let catalog = crate::api::catalog::Catalog::builtin();
+        let node_a = User::new("system:node:node-a", &["system:nodes"]);
+        let admin = User::new("system:admin", &["system:masters"]);
+        let taint = json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
+        let other = json!([{"key": "dedicated", "value": "cpu", "effect": "NoSchedule"}]);
+        let owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}]);
+        let node = |spec: Value, owners: Value| json!({"metadata": {"name": "node-a", "ownerReferences": owners}, "spec": spec});
+        let taints =
+            "nodes \"node-a\" is forbidden: node \"node-a\" is not allowed to modify taints";
+        use Operation::{Create, Update};
+        #[rustfmt::skip]
+        let cases = [
+            // Registering with taints is how a node gets them.
+            (&node_a, Create, None, None, node(json!({"taints": taint}), Value::Null), None),
+            (&node_a, Update, None, Some(node(json!({"taints": taint}), Value::Null)), node(json!({"taints": taint}), Value::Null), None),
+            // Absent, null and empty are the same list.
+            (&node_a, Update, None, Some(node(json!({}), Value::Null)), node(json!({"taints": []}), json!([])), None),
+            (&node_a, Update, None, Some(node(json!({}), Value::Null)), node(json!({"taints": taint}), Value::Null), Some(taints.to_owned())),
+            (&node_a, Update, None, Some(node(json!({"taints": taint}), Value::Null)), node(json!({}), Value::Null), Some(taints.to_owned())),
+            (&node_a, Update, None, Some(node(json!({"taints": taint}), Value::Null)), node(json!({"taints": other}), Value::Null), Some(taints.to_owned())),
+            // Through /status the spec is not written at all.
+            (&node_a, Update, Some("status"), Some(node(json!({"taints": taint}), Value::Null)), node(json!({}), Value::Null), None),
+            (&node_a, Update, None, Some(node(json!({}), Value::Null)), node(json!({}), owner.clone()),
+                Some("nodes \"node-a\" is forbidden: node \"node-a\" is not allowed to modify ownerReferences".to_owned())),
+            (&node_a, Update, None, Some(node(json!({}), Value::Null)), node(json!({"configSource": {"configMap": {"name": "c"}}}), Value::Null),
+                Some("nodes \"node-a\" is forbidden: node \"node-a\" is not allowed to update configSource to a new non-nil configSource".to_owned())),
+            (&admin, Update, None, Some(node(json!({}), Value::Null)), node(json!({"taints": taint}), owner.clone()), None),
+        ];
+        for (user, operation, sub, old, mut new, refused) in cases {
+            let mut a = attrs(&catalog, user, operation, "nodes", None, "node-a");
+            a.subresource = sub;
+            a.old_object = old.as_ref();
+            let got = NodeRestriction
+                .admit(&a, &mut new, &Stored::default())
+                .await;
+            assert_eq!(
+                got.map_err(|e| (e.code, e.message)),
+                refused.clone().map_or(Ok(()), |m| Err((403, m))),
+                "{} {operation:?} {sub:?} {old:?} -> {new}",
                 user.name
             );
         }
