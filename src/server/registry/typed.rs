@@ -12,7 +12,8 @@ use serde_json::Value;
 /// # Errors
 /// The decoder's message when `obj` does not fit `T`.
 pub fn through<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Value, String> {
-    let typed: T = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
+    // Read in place (no copy of what can be a megabyte object).
+    let typed = T::deserialize(obj).map_err(|e| e.to_string())?;
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
