@@ -18,6 +18,7 @@ pub mod podrefs;
 pub mod proto;
 pub mod quantity;
 pub mod query;
+pub mod rbac;
 pub mod remotecommand;
 pub mod selector;
 pub mod spdy;

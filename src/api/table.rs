@@ -65,6 +65,8 @@ pub enum Printer {
     Job,
     CronJob,
     EndpointSlice,
+    RoleBinding,
+    ClusterRoleBinding,
     /// Name and creation time.
     Default,
 }
@@ -197,6 +199,43 @@ pub fn columns(printer: Printer) -> Vec<Column> {
             col("Endpoints", 0),
             AGE,
         ],
+        Printer::RoleBinding | Printer::ClusterRoleBinding => {
+            let (role, of) = if printer == Printer::RoleBinding {
+                (
+                    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error.",
+                    "roleBinding",
+                )
+            } else {
+                (
+                    "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error.",
+                    "clusterRoleBinding",
+                )
+            };
+            let described = |name: &'static str, description: &'static str, priority: u8| Column {
+                description,
+                ..col(name, priority)
+            };
+            let (users, groups, accounts) = match of {
+                "roleBinding" => (
+                    "Users in the roleBinding",
+                    "Groups in the roleBinding",
+                    "ServiceAccounts in the roleBinding",
+                ),
+                _ => (
+                    "Users in the clusterRoleBinding",
+                    "Groups in the clusterRoleBinding",
+                    "ServiceAccounts in the clusterRoleBinding",
+                ),
+            };
+            vec![
+                NAME,
+                described("Role", role, 0),
+                AGE,
+                described("Users", users, 1),
+                described("Groups", groups, 1),
+                described("ServiceAccounts", accounts, 1),
+            ]
+        }
         Printer::Default => vec![
             NAME,
             Column {
@@ -304,6 +343,36 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
 
 fn n(v: &Value, ptr: &str) -> i64 {
     v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// A binding's row: its role as `Kind/name`, then (wide) the names of its
+/// users, groups and service accounts (`namespace/name`); subjects of
+/// another kind are left out.
+fn binding_cells(obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    let role = format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"));
+    let (mut users, mut groups, mut accounts) = (Vec::new(), Vec::new(), Vec::new());
+    for subject in obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = s(subject, "/name");
+        match s(subject, "/kind") {
+            "User" => users.push(name.to_owned()),
+            "Group" => groups.push(name.to_owned()),
+            "ServiceAccount" => accounts.push(format!("{}/{name}", s(subject, "/namespace"))),
+            _ => {}
+        }
+    }
+    vec![
+        name(obj),
+        json!(role),
+        age(obj, now),
+        json!(users.join(", ")),
+        json!(groups.join(", ")),
+        json!(accounts.join(", ")),
+    ]
 }
 
 fn name(obj: &Value) -> Value {
@@ -597,6 +666,7 @@ pub fn cells(printer: Printer, obj: &Value, now: jiff::Timestamp) -> Vec<Value> 
                 age(obj, now),
             ]
         }
+        Printer::RoleBinding | Printer::ClusterRoleBinding => binding_cells(obj, now),
         Printer::Default => vec![name(obj), json!(s(obj, "/metadata/creationTimestamp"))],
     }
 }
@@ -1034,6 +1104,8 @@ mod tests {
             Printer::Job,
             Printer::CronJob,
             Printer::EndpointSlice,
+            Printer::RoleBinding,
+            Printer::ClusterRoleBinding,
             Printer::Default,
         ] {
             assert_eq!(columns(p).len(), cells(p, &obj, now).len(), "{p:?}");

@@ -60,11 +60,12 @@ pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
         NameRule::Subdomain if !is_dns1123_subdomain(name) => Some(DNS1123_SUBDOMAIN_MSG.into()),
         NameRule::Label if !is_dns1123_label(name) => Some(DNS1123_LABEL_MSG.into()),
         NameRule::Dns1035 if !is_dns1035_label(name) => Some(DNS1035_LABEL_MSG.into()),
-        NameRule::PathSegment
-            if name == "." || name == ".." || name.contains(['/', '%']) || name.is_empty() =>
-        {
-            Some("may not contain '/' or '%' and may not be '.' or '..'".into())
+        // Upstream's path.IsValidPathSegmentName (the first of its messages).
+        NameRule::PathSegment if name == "." || name == ".." => {
+            Some(format!("may not be '{name}'"))
         }
+        NameRule::PathSegment if name.contains('/') => Some("may not contain '/'".into()),
+        NameRule::PathSegment if name.contains('%') => Some("may not contain '%'".into()),
         _ => None,
     }
 }

@@ -8,6 +8,7 @@ mod batch;
 mod core;
 mod namespace;
 mod pod;
+mod rbac;
 mod replicationcontroller;
 mod service;
 
@@ -109,6 +110,22 @@ pub fn builtin() -> Vec<(&'static str, &'static str, Arc<dyn Strategy>)> {
             "events.k8s.io",
             "Event",
             Arc::new(Typed::<events::v1::Event>::new(Printer::Event)),
+        ),
+        ("rbac.authorization.k8s.io", "Role", Arc::new(rbac::Role)),
+        (
+            "rbac.authorization.k8s.io",
+            "ClusterRole",
+            Arc::new(rbac::ClusterRole),
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "RoleBinding",
+            Arc::new(rbac::RoleBinding),
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            Arc::new(rbac::ClusterRoleBinding),
         ),
     ]
 }

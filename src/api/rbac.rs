@@ -1,0 +1,434 @@
+//! rbac.authorization.k8s.io/v1: the shapes, defaults and validation of
+//! Role, ClusterRole, RoleBinding and ClusterRoleBinding, as upstream's
+//! `pkg/apis/rbac` has them (field paths and messages included).
+
+use serde_json::{Value, json};
+
+use crate::api::selector::LabelSelector;
+use crate::api::status::FieldError;
+use crate::api::validation::{NameRule, check_name};
+
+/// The API group, and the `apiGroup` of User and Group subjects and of
+/// every `roleRef`.
+pub const GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Give a body the fields the typed schema requires, empty, so that a
+/// body without them reaches validation (422 naming each field, as
+/// upstream, whose decoder leaves them zero) instead of failing to decode.
+pub fn fill_required(obj: &Value) -> Option<Value> {
+    let needs = |o: &Value| {
+        o.get("rules")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|r| r.is_object() && r.get("verbs").is_none()))
+            || o.get("subjects")
+                .and_then(Value::as_array)
+                .is_some_and(|s| {
+                    s.iter().any(|s| {
+                        s.is_object() && (s.get("kind").is_none() || s.get("name").is_none())
+                    })
+                })
+            || o.get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.ends_with("Binding"))
+                && !o.get("roleRef").is_some_and(|r| {
+                    r.is_object()
+                        && ["apiGroup", "kind", "name"]
+                            .iter()
+                            .all(|k| r.get(k).is_some())
+                })
+    };
+    if !needs(obj) {
+        return None;
+    }
+    let mut obj = obj.clone();
+    for rule in array_mut(&mut obj, "rules") {
+        if let Some(r) = rule.as_object_mut() {
+            r.entry("verbs").or_insert_with(|| json!([]));
+        }
+    }
+    for subject in array_mut(&mut obj, "subjects") {
+        if let Some(s) = subject.as_object_mut() {
+            s.entry("kind").or_insert_with(|| json!(""));
+            s.entry("name").or_insert_with(|| json!(""));
+        }
+    }
+    if obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("Binding"))
+    {
+        if !obj.get("roleRef").is_some_and(Value::is_object) {
+            obj["roleRef"] = json!({});
+        }
+        if let Some(r) = obj["roleRef"].as_object_mut() {
+            for key in ["apiGroup", "kind", "name"] {
+                r.entry(key).or_insert_with(|| json!(""));
+            }
+        }
+    }
+    Some(obj)
+}
+
+fn array_mut<'v>(obj: &'v mut Value, key: &str) -> impl Iterator<Item = &'v mut Value> {
+    obj.get_mut(key)
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+/// Defaults of a RoleBinding or ClusterRoleBinding: `roleRef.apiGroup`,
+/// and each subject's `apiGroup` by its kind.
+pub fn binding_defaults(obj: &mut Value) {
+    if let Some(r) = obj.get_mut("roleRef").and_then(Value::as_object_mut)
+        && r.get("apiGroup")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+    {
+        r.insert("apiGroup".into(), json!(GROUP));
+    }
+    for subject in array_mut(obj, "subjects") {
+        let Some(s) = subject.as_object_mut() else {
+            continue;
+        };
+        if !s
+            .get("apiGroup")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty()
+        {
+            continue;
+        }
+        match s.get("kind").and_then(Value::as_str) {
+            Some("User" | "Group") => {
+                s.insert("apiGroup".into(), json!(GROUP));
+            }
+            // Defaulted to "", which upstream's JSON leaves out.
+            Some("ServiceAccount") => {
+                s.remove("apiGroup");
+            }
+            _ => {}
+        }
+    }
+}
+
+fn strings(v: Option<&Value>) -> Vec<&str> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// Go's `%#v` of a `[]string`, as upstream's messages show one.
+fn go_strings(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
+}
+
+fn required(field: String, detail: &str) -> FieldError {
+    let mut err = FieldError::required(field);
+    if !detail.is_empty() {
+        err.message = format!("Required value: {detail}");
+    }
+    err
+}
+
+/// The rules of a Role (`namespaced`) or ClusterRole.
+pub fn validate_rules(obj: &Value, namespaced: bool, errs: &mut Vec<FieldError>) {
+    let rules = obj.get("rules").and_then(Value::as_array);
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        let path = format!("rules[{i}]");
+        if strings(rule.get("verbs")).is_empty() {
+            errs.push(required(
+                format!("{path}.verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        let urls = strings(rule.get("nonResourceURLs"));
+        if !urls.is_empty() {
+            let invalid = |detail: &str| FieldError {
+                reason: "FieldValueInvalid",
+                field: format!("{path}.nonResourceURLs"),
+                message: format!("Invalid value: {}: {detail}", go_strings(&urls)),
+            };
+            if namespaced {
+                errs.push(invalid(
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if ["apiGroups", "resources", "resourceNames"]
+                .iter()
+                .any(|k| !strings(rule.get(*k)).is_empty())
+            {
+                errs.push(invalid(
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if strings(rule.get("apiGroups")).is_empty() {
+            errs.push(required(
+                format!("{path}.apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if strings(rule.get("resources")).is_empty() {
+            errs.push(required(
+                format!("{path}.resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+}
+
+/// A ClusterRole's `aggregationRule`.
+pub fn validate_aggregation(obj: &Value, errs: &mut Vec<FieldError>) {
+    let Some(rule) = obj.get("aggregationRule").filter(|r| !r.is_null()) else {
+        return;
+    };
+    let selectors = rule
+        .get("clusterRoleSelectors")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    if selectors.is_empty() {
+        errs.push(required(
+            "aggregationRule.clusterRoleSelectors".into(),
+            "at least one clusterRoleSelector required if aggregationRule is non-nil",
+        ));
+    }
+    for (i, selector) in selectors.iter().enumerate() {
+        if LabelSelector::from_label_selector(selector).is_err() {
+            errs.push(FieldError::invalid(
+                format!("aggregationRule.clusterRoleSelectors[{i}]"),
+                selector,
+                "invalid label selector.",
+            ));
+        }
+    }
+}
+
+/// A RoleBinding's (`namespaced`) or ClusterRoleBinding's roleRef and
+/// subjects, after [`binding_defaults`].
+pub fn validate_binding(obj: &Value, namespaced: bool, errs: &mut Vec<FieldError>) {
+    let role_ref = obj.get("roleRef").unwrap_or(&Value::Null);
+    let field = |k: &str| role_ref.get(k).and_then(Value::as_str).unwrap_or_default();
+    if field("apiGroup") != GROUP {
+        errs.push(FieldError::not_supported(
+            "roleRef.apiGroup",
+            &json!(field("apiGroup")),
+            &[GROUP],
+        ));
+    }
+    let kinds: &[&str] = if namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !kinds.contains(&field("kind")) {
+        errs.push(FieldError::not_supported(
+            "roleRef.kind",
+            &json!(field("kind")),
+            kinds,
+        ));
+    }
+    match field("name") {
+        "" => errs.push(FieldError::required("roleRef.name")),
+        name => {
+            if let Some(msg) = check_name(NameRule::PathSegment, name) {
+                errs.push(FieldError::invalid("roleRef.name", &json!(name), msg));
+            }
+        }
+    }
+    let subjects = obj.get("subjects").and_then(Value::as_array);
+    for (i, subject) in subjects.into_iter().flatten().enumerate() {
+        validate_subject(subject, namespaced, &format!("subjects[{i}]"), errs);
+    }
+}
+
+fn validate_subject(subject: &Value, namespaced: bool, path: &str, errs: &mut Vec<FieldError>) {
+    let field = |k: &str| subject.get(k).and_then(Value::as_str).unwrap_or_default();
+    let name = field("name");
+    if name.is_empty() {
+        errs.push(FieldError::required(format!("{path}.name")));
+    }
+    match field("kind") {
+        "ServiceAccount" => {
+            if !name.is_empty()
+                && let Some(msg) = check_name(NameRule::Subdomain, name)
+            {
+                errs.push(FieldError::invalid(
+                    format!("{path}.name"),
+                    &json!(name),
+                    msg,
+                ));
+            }
+            if !field("apiGroup").is_empty() {
+                errs.push(FieldError::not_supported(
+                    format!("{path}.apiGroup"),
+                    &json!(field("apiGroup")),
+                    &[""],
+                ));
+            }
+            if !namespaced && field("namespace").is_empty() {
+                errs.push(FieldError::required(format!("{path}.namespace")));
+            }
+        }
+        "User" | "Group" => {
+            if field("apiGroup") != GROUP {
+                errs.push(FieldError::not_supported(
+                    format!("{path}.apiGroup"),
+                    &json!(field("apiGroup")),
+                    &[GROUP],
+                ));
+            }
+        }
+        kind => errs.push(FieldError::not_supported(
+            format!("{path}.kind"),
+            &json!(kind),
+            &["ServiceAccount", "User", "Group"],
+        )),
+    }
+}
+
+/// A binding's roleRef is fixed once made: to point it elsewhere, delete
+/// and recreate the binding (`kubectl auth reconcile` does).
+pub fn validate_binding_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
+    let (old_ref, new_ref) = (old.get("roleRef"), new.get("roleRef"));
+    if old_ref != new_ref {
+        let field = |k: &str| {
+            new_ref
+                .and_then(|r| r.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        errs.push(FieldError {
+            reason: "FieldValueInvalid",
+            field: "roleRef".into(),
+            message: format!(
+                "Invalid value: rbac.RoleRef{{APIGroup:{:?}, Kind:{:?}, Name:{:?}}}: cannot change roleRef",
+                field("apiGroup"),
+                field("kind"),
+                field("name")
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(f: impl Fn(&mut Vec<FieldError>)) -> Vec<String> {
+        let mut errs = Vec::new();
+        f(&mut errs);
+        errs.iter().map(FieldError::display).collect()
+    }
+
+    #[test]
+    fn rules_are_checked_as_upstream_checks_them() {
+        let role = json!({"rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"verbs": []},
+            {"nonResourceURLs": ["/healthz"], "verbs": ["get"]},
+            {"nonResourceURLs": ["/a", "/b"], "resources": ["pods"], "verbs": ["get"]},
+        ]});
+        assert_eq!(
+            errors(|e| validate_rules(&role, true, e)),
+            [
+                "rules[1].verbs: Required value: verbs must contain at least one value",
+                "rules[1].apiGroups: Required value: resource rules must supply at least one api group",
+                "rules[1].resources: Required value: resource rules must supply at least one resource",
+                "rules[2].nonResourceURLs: Invalid value: []string{\"/healthz\"}: namespaced rules cannot apply to non-resource URLs",
+                "rules[3].nonResourceURLs: Invalid value: []string{\"/a\", \"/b\"}: namespaced rules cannot apply to non-resource URLs",
+                "rules[3].nonResourceURLs: Invalid value: []string{\"/a\", \"/b\"}: rules cannot apply to both regular resources and non-resource URLs",
+            ]
+        );
+        let cluster_role = json!({"rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]});
+        assert!(errors(|e| validate_rules(&cluster_role, false, e)).is_empty());
+        let aggregated = json!({"aggregationRule": {"clusterRoleSelectors": []}});
+        assert_eq!(
+            errors(|e| validate_aggregation(&aggregated, e)),
+            [
+                "aggregationRule.clusterRoleSelectors: Required value: at least one clusterRoleSelector required if aggregationRule is non-nil"
+            ]
+        );
+    }
+
+    #[test]
+    fn bindings_get_defaults_then_their_ref_and_subjects_checked() {
+        let mut binding = json!({
+            "kind": "ClusterRoleBinding",
+            "roleRef": {"kind": "Role", "name": "a/b"},
+            "subjects": [
+                {"kind": "User", "name": "jane"},
+                {"kind": "ServiceAccount", "name": "Bad_Name"},
+                {"kind": "Robot", "name": "r2"},
+                {"kind": "Group", "name": "", "apiGroup": "example.com"},
+            ],
+        });
+        binding_defaults(&mut binding);
+        assert_eq!(binding["roleRef"]["apiGroup"], GROUP);
+        assert_eq!(binding["subjects"][0]["apiGroup"], GROUP);
+        assert!(binding["subjects"][1].get("apiGroup").is_none());
+        let got = errors(|e| validate_binding(&binding, false, e));
+        assert_eq!(
+            got[0],
+            "roleRef.kind: Unsupported value: \"Role\": supported values: \"ClusterRole\""
+        );
+        assert_eq!(
+            got[1],
+            "roleRef.name: Invalid value: \"a/b\": may not contain '/'"
+        );
+        assert!(
+            got[2].starts_with(
+                "subjects[1].name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"
+            ),
+            "{}",
+            got[2]
+        );
+        assert_eq!(got[3], "subjects[1].namespace: Required value");
+        assert_eq!(
+            got[4],
+            "subjects[2].kind: Unsupported value: \"Robot\": supported values: \"ServiceAccount\", \"User\", \"Group\""
+        );
+        assert_eq!(got[5], "subjects[3].name: Required value");
+        assert_eq!(
+            got[6],
+            "subjects[3].apiGroup: Unsupported value: \"example.com\": supported values: \"rbac.authorization.k8s.io\""
+        );
+        assert_eq!(got.len(), 7, "{got:?}");
+    }
+
+    #[test]
+    fn a_binding_keeps_its_role_ref() {
+        let old = json!({"roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "view"}});
+        let new = json!({"roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "edit"}});
+        assert_eq!(
+            errors(|e| validate_binding_update(&old, &new, e)),
+            [
+                "roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"edit\"}: cannot change roleRef"
+            ]
+        );
+        assert!(errors(|e| validate_binding_update(&old, &old, e)).is_empty());
+    }
+
+    #[test]
+    fn bodies_missing_required_fields_still_decode() {
+        let binding = json!({"kind": "RoleBinding", "metadata": {"name": "b"}, "subjects": [{"kind": "User"}]});
+        let filled = fill_required(&binding).expect("filled");
+        assert_eq!(
+            filled["roleRef"],
+            json!({"apiGroup": "", "kind": "", "name": ""})
+        );
+        assert_eq!(filled["subjects"][0]["name"], "");
+        let role = json!({"kind": "Role", "rules": [{"apiGroups": [""]}]});
+        assert_eq!(
+            fill_required(&role).expect("filled")["rules"][0]["verbs"],
+            json!([])
+        );
+        let complete = json!({"kind": "Role", "rules": [{"verbs": ["get"]}]});
+        assert!(fill_required(&complete).is_none());
+    }
+}
