@@ -316,6 +316,76 @@ pub fn validate_binding_update(old: &Value, new: &Value, errs: &mut Vec<FieldErr
     }
 }
 
+/// One PolicyRule, as the authorizer reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub verbs: Vec<String>,
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub resource_names: Vec<String>,
+    pub non_resource_urls: Vec<String>,
+}
+
+impl Rule {
+    /// A rule from its JSON (a Role's or ClusterRole's `rules[i]`).
+    pub fn from_value(rule: &Value) -> Self {
+        let owned = |k: &str| {
+            strings(rule.get(k))
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        Self {
+            verbs: owned("verbs"),
+            api_groups: owned("apiGroups"),
+            resources: owned("resources"),
+            resource_names: owned("resourceNames"),
+            non_resource_urls: owned("nonResourceURLs"),
+        }
+    }
+
+    /// Whether the rule allows `verb` on a resource (upstream's RuleAllows):
+    /// `*` matches any verb, group or resource (subresources included);
+    /// `pods` does not match `pods/log`; `*/scale` matches any resource's
+    /// `scale`; with resourceNames, only requests naming one of them.
+    pub fn allows_resource(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: &str,
+        name: &str,
+    ) -> bool {
+        let combined = if subresource.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{resource}/{subresource}")
+        };
+        let any = |list: &[String], want: &str| list.iter().any(|v| v == "*" || v == want);
+        any(&self.verbs, verb)
+            && any(&self.api_groups, group)
+            && self.resources.iter().any(|r| {
+                r == "*"
+                    || *r == combined
+                    || (!subresource.is_empty() && r.strip_prefix("*/") == Some(subresource))
+            })
+            && (self.resource_names.is_empty() || self.resource_names.iter().any(|n| n == name))
+    }
+
+    /// Whether the rule allows `verb` on a non-resource `path`: `*`, the
+    /// path itself, or a prefix ending in `*` (`/api/*` matches `/api/v1`
+    /// but not `/api`).
+    pub fn allows_path(&self, verb: &str, path: &str) -> bool {
+        self.verbs.iter().any(|v| v == "*" || v == verb)
+            && self.non_resource_urls.iter().any(|u| {
+                u == "*"
+                    || u == path
+                    || u.strip_suffix('*')
+                        .is_some_and(|prefix| path.starts_with(prefix))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +500,53 @@ mod tests {
         );
         let complete = json!({"kind": "Role", "rules": [{"verbs": ["get"]}]});
         assert!(fill_required(&complete).is_none());
+    }
+
+    #[test]
+    fn rules_match_as_upstreams_evaluation_helpers() {
+        let rule = |v: Value| Rule::from_value(&v);
+        let pods =
+            rule(json!({"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}));
+        assert!(pods.allows_resource("get", "", "pods", "", "web"));
+        assert!(pods.allows_resource("list", "", "pods", "", ""));
+        assert!(
+            !pods.allows_resource("GET", "", "pods", "", "web"),
+            "verbs are case-sensitive"
+        );
+        assert!(!pods.allows_resource("watch", "", "pods", "", ""));
+        assert!(!pods.allows_resource("get", "apps", "pods", "", ""));
+        assert!(
+            !pods.allows_resource("get", "", "pods", "log", "web"),
+            "pods is not pods/log"
+        );
+        let logs = rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods/log"]}));
+        assert!(logs.allows_resource("get", "", "pods", "log", "web"));
+        assert!(!logs.allows_resource("get", "", "pods", "", "web"));
+        let scale = rule(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*/scale"]}));
+        assert!(scale.allows_resource("update", "apps", "deployments", "scale", "d"));
+        assert!(!scale.allows_resource("update", "apps", "deployments", "", "d"));
+        assert!(!scale.allows_resource("update", "apps", "deployments", "status", "d"));
+        let star = rule(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}));
+        assert!(star.allows_resource("delete", "batch", "jobs", "status", "j"));
+        let not_wild = rule(json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods/*"]}));
+        assert!(
+            !not_wild.allows_resource("get", "", "pods", "log", "p"),
+            "pods/* is literal"
+        );
+        let named = rule(
+            json!({"verbs": ["get", "list", "create"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"]}),
+        );
+        assert!(named.allows_resource("get", "", "configmaps", "", "a"));
+        assert!(!named.allows_resource("get", "", "configmaps", "", "b"));
+        assert!(!named.allows_resource("list", "", "configmaps", "", ""));
+        assert!(!named.allows_resource("create", "", "configmaps", "", ""));
+        let urls = rule(json!({"verbs": ["get"], "nonResourceURLs": ["/healthz", "/api/*"]}));
+        assert!(urls.allows_path("get", "/healthz"));
+        assert!(!urls.allows_path("get", "/healthz/ping"));
+        assert!(urls.allows_path("get", "/api/v1"));
+        assert!(!urls.allows_path("get", "/api"));
+        assert!(!urls.allows_path("post", "/healthz"));
+        assert!(!pods.allows_path("get", "/healthz"));
+        assert!(rule(json!({"verbs": ["*"], "nonResourceURLs": ["*"]})).allows_path("put", "/x"));
     }
 }
