@@ -5,24 +5,59 @@
 //! what sits at the top of one. After a megabyte-sized object went through
 //! the API (parsed, patched, stored, decoded by every informer), tens of
 //! megabytes stay resident that way, unused, until the next such request.
-//! [`release_soon`] asks one background thread to `malloc_trim` them back:
-//! at most once per [`MIN_INTERVAL`], shortly after heavy work ends, so a
-//! burst of large requests costs one trim. Small requests never ask.
+//! So after heavy work the heap is `malloc_trim`med (about 7 ms for a
+//! server with 100 MiB of heap):
+//! - [`release_now`] before a large request's answer goes out, from a
+//!   blocking thread, so what the request freed is gone when its client
+//!   sees the answer;
+//! - [`release_soon`] from one background thread after a large response
+//!   or a watcher cut off, at most once per [`MIN_INTERVAL`], so a burst
+//!   of them costs one trim.
 //!
-//! With another C library (musl returns freed memory on its own) this does
-//! nothing.
+//! Small requests never ask. A trim already running, or one that ended
+//! within [`FRESH`], answers an ask. With another C library (musl returns
+//! freed memory on its own) this does nothing.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Bytes a request or response must carry to count as heavy work.
 pub const HEAVY_BYTES: usize = 256 * 1024;
-/// How long after the first ask the trim waits, for the rest of the work
-/// (informers decoding the change, a list's buffers being dropped) to end.
-const SETTLE: Duration = Duration::from_millis(0);
-/// The least time between two trims.
+/// The least time between two trims from [`release_soon`].
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
+/// A trim this recent answers any ask.
+const FRESH: Duration = Duration::from_millis(10);
+
+static RUNNING: AtomicBool = AtomicBool::new(false);
+static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+
+fn last() -> Option<Instant> {
+    *LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Trim unless a trim is running or has just ended.
+fn trim_once() {
+    if last().is_some_and(|at| at.elapsed() < FRESH) || RUNNING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let started = Instant::now();
+    let released = trim();
+    *LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    RUNNING.store(false, Ordering::Release);
+    tracing::trace!(released, took = ?started.elapsed(), "gave freed heap back");
+}
+
+/// Give freed heap back now (on a blocking thread) and wait for it: for a
+/// request that just freed a lot, before its answer goes out.
+pub async fn release_now() {
+    let _ = tokio::task::spawn_blocking(trim_once).await;
+}
 
 /// Ask for freed heap to be given back soon. Cheap, never blocks; asks
 /// while a trim is already due are folded into it.
@@ -43,16 +78,13 @@ pub fn release_soon() {
 }
 
 fn release_loop(asks: &Receiver<()>) {
-    let mut last: Option<Instant> = None;
     while asks.recv().is_ok() {
-        let due = last.map_or(Instant::now(), |at| at + MIN_INTERVAL);
-        std::thread::sleep(SETTLE.max(due.saturating_duration_since(Instant::now())));
+        if let Some(due) = last().map(|at| at + MIN_INTERVAL) {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         // Asks that came while waiting are answered by this trim.
         while asks.try_recv().is_ok() {}
-        let started = Instant::now();
-        let released = trim();
-        last = Some(Instant::now());
-        tracing::warn!(released, took = ?started.elapsed(), "gave freed heap back");
+        trim_once();
     }
 }
 

@@ -248,6 +248,11 @@ pub(super) async fn serve(
             let req = Request::from_parts(parts, body);
             async move {
                 let resp = api.handle(req, &peer).await;
+                if received >= crate::memory::HEAVY_BYTES {
+                    // What handling a large body freed goes back before the
+                    // answer (its Values are several times its size).
+                    crate::memory::release_now().await;
+                }
                 if http2 {
                     unread.read_rest().await;
                 }
