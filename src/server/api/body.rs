@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub const DRAIN_TIME: Duration = Duration::from_secs(30);
 pub struct RequestBody {
     body: Option<Incoming>,
     unread: Arc<Mutex<Option<Incoming>>>,
+    /// Bytes the handler read.
+    read: Arc<AtomicUsize>,
 }
 
 /// Where a request's unread body waits: kept in the response body, so
@@ -50,19 +53,23 @@ pub struct RequestBody {
 /// client went away).
 pub struct Unread {
     body: Arc<Mutex<Option<Incoming>>>,
+    read: Arc<AtomicUsize>,
 }
 
 impl RequestBody {
     /// `body`, and where its unread rest will wait.
     pub fn new(body: Incoming) -> (Self, Unread) {
         let unread = Arc::new(Mutex::new(None));
+        let read = Arc::new(AtomicUsize::new(0));
         let held = Unread {
             body: unread.clone(),
+            read: read.clone(),
         };
         (
             Self {
                 body: Some(body),
                 unread,
+                read,
             },
             held,
         )
@@ -81,6 +88,11 @@ impl Drop for RequestBody {
 }
 
 impl Unread {
+    /// How much of the body the handler read (not what was drained).
+    pub fn bytes_read(&self) -> usize {
+        self.read.load(Ordering::Relaxed)
+    }
+
     /// Read what the handler left of the request body to its end, within
     /// [`DRAIN_BYTES`] and [`DRAIN_TIME`], dropping what comes. A body
     /// cut short by the bounds stays here, to be dropped after the answer.
@@ -118,10 +130,16 @@ impl HttpBody for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut().body.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame {
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            this.read.fetch_add(len, Ordering::Relaxed);
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -239,15 +239,13 @@ pub(super) async fn serve(
             let (api, peer) = (api.clone(), peer.clone());
             let http2 = req.version() == hyper::Version::HTTP_2;
             let (parts, body) = req.into_parts();
-            let received = parts
-                .headers
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-                .unwrap_or(0);
             let (body, unread) = RequestBody::new(body);
             let req = Request::from_parts(parts, body);
             async move {
                 let resp = api.handle(req, &peer).await;
+                // Only a body the handler read (so was let in, and parsed)
+                // counts: a refused one cost nothing to give back.
+                let received = unread.bytes_read();
                 if received >= crate::memory::HEAVY_BYTES {
                     // What handling a large body freed goes back before the
                     // answer (its Values are several times its size).
@@ -357,7 +355,7 @@ impl Drop for InFlight {
 /// heap it freed to be given back ([`crate::memory::release_soon`]).
 struct Tracked {
     body: Body,
-    /// The request body's declared length plus what was sent so far.
+    /// What the handler read of the request body plus what was sent so far.
     bytes: usize,
     _unread: Unread,
     _in_flight: InFlight,
