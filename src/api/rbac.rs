@@ -12,34 +12,11 @@ use crate::api::validation::{NameRule, check_name};
 /// every `roleRef`.
 pub const GROUP: &str = "rbac.authorization.k8s.io";
 
-/// Give a body the fields the typed schema requires, empty, so that a
-/// body without them reaches validation (422 naming each field, as
-/// upstream, whose decoder leaves them zero) instead of failing to decode.
-pub fn fill_required(obj: &Value) -> Option<Value> {
-    let needs = |o: &Value| {
-        o.get("rules")
-            .and_then(Value::as_array)
-            .is_some_and(|r| r.iter().any(|r| r.is_object() && r.get("verbs").is_none()))
-            || o.get("subjects")
-                .and_then(Value::as_array)
-                .is_some_and(|s| {
-                    s.iter().any(|s| {
-                        s.is_object() && (s.get("kind").is_none() || s.get("name").is_none())
-                    })
-                })
-            || o.get("kind")
-                .and_then(Value::as_str)
-                .is_some_and(|k| k.ends_with("Binding"))
-                && !o.get("roleRef").is_some_and(|r| {
-                    r.is_object()
-                        && ["apiGroup", "kind", "name"]
-                            .iter()
-                            .all(|k| r.get(k).is_some())
-                })
-    };
-    if !needs(obj) {
-        return None;
-    }
+/// `obj` with the fields the typed schema requires filled in empty where
+/// missing, so that a body without them reaches validation (422 naming
+/// each field, as upstream, whose decoder leaves them zero) instead of
+/// failing to decode. RBAC objects are small; the copy costs little.
+pub fn fill_required(obj: &Value) -> Value {
     let mut obj = obj.clone();
     for rule in array_mut(&mut obj, "rules") {
         if let Some(r) = rule.as_object_mut() {
@@ -52,11 +29,11 @@ pub fn fill_required(obj: &Value) -> Option<Value> {
             s.entry("name").or_insert_with(|| json!(""));
         }
     }
-    if obj
+    let binding = obj
         .get("kind")
         .and_then(Value::as_str)
-        .is_some_and(|k| k.ends_with("Binding"))
-    {
+        .is_some_and(|k| k.ends_with("Binding"));
+    if binding {
         if !obj.get("roleRef").is_some_and(Value::is_object) {
             obj["roleRef"] = json!({});
         }
@@ -66,7 +43,7 @@ pub fn fill_required(obj: &Value) -> Option<Value> {
             }
         }
     }
-    Some(obj)
+    obj
 }
 
 fn array_mut<'v>(obj: &'v mut Value, key: &str) -> impl Iterator<Item = &'v mut Value> {
@@ -487,19 +464,16 @@ mod tests {
     #[test]
     fn bodies_missing_required_fields_still_decode() {
         let binding = json!({"kind": "RoleBinding", "metadata": {"name": "b"}, "subjects": [{"kind": "User"}]});
-        let filled = fill_required(&binding).expect("filled");
+        let filled = fill_required(&binding);
         assert_eq!(
             filled["roleRef"],
             json!({"apiGroup": "", "kind": "", "name": ""})
         );
         assert_eq!(filled["subjects"][0]["name"], "");
         let role = json!({"kind": "Role", "rules": [{"apiGroups": [""]}]});
-        assert_eq!(
-            fill_required(&role).expect("filled")["rules"][0]["verbs"],
-            json!([])
-        );
+        assert_eq!(fill_required(&role)["rules"][0]["verbs"], json!([]));
         let complete = json!({"kind": "Role", "rules": [{"verbs": ["get"]}]});
-        assert!(fill_required(&complete).is_none());
+        assert_eq!(fill_required(&complete), complete);
     }
 
     #[test]

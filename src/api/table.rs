@@ -200,32 +200,24 @@ pub fn columns(printer: Printer) -> Vec<Column> {
             AGE,
         ],
         Printer::RoleBinding | Printer::ClusterRoleBinding => {
-            let (role, of) = if printer == Printer::RoleBinding {
+            let (role, users, groups, accounts) = if printer == Printer::RoleBinding {
                 (
                     "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error.",
-                    "roleBinding",
+                    "Users in the roleBinding",
+                    "Groups in the roleBinding",
+                    "ServiceAccounts in the roleBinding",
                 )
             } else {
                 (
                     "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error.",
-                    "clusterRoleBinding",
+                    "Users in the clusterRoleBinding",
+                    "Groups in the clusterRoleBinding",
+                    "ServiceAccounts in the clusterRoleBinding",
                 )
             };
             let described = |name: &'static str, description: &'static str, priority: u8| Column {
                 description,
                 ..col(name, priority)
-            };
-            let (users, groups, accounts) = match of {
-                "roleBinding" => (
-                    "Users in the roleBinding",
-                    "Groups in the roleBinding",
-                    "ServiceAccounts in the roleBinding",
-                ),
-                _ => (
-                    "Users in the clusterRoleBinding",
-                    "Groups in the clusterRoleBinding",
-                    "ServiceAccounts in the clusterRoleBinding",
-                ),
             };
             vec![
                 NAME,

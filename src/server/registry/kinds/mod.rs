@@ -111,21 +111,21 @@ pub fn builtin() -> Vec<(&'static str, &'static str, Arc<dyn Strategy>)> {
             "Event",
             Arc::new(Typed::<events::v1::Event>::new(Printer::Event)),
         ),
-        ("rbac.authorization.k8s.io", "Role", Arc::new(rbac::Role)),
+        ("rbac.authorization.k8s.io", "Role", Arc::new(rbac::role())),
         (
             "rbac.authorization.k8s.io",
             "ClusterRole",
-            Arc::new(rbac::ClusterRole),
+            Arc::new(rbac::cluster_role()),
         ),
         (
             "rbac.authorization.k8s.io",
             "RoleBinding",
-            Arc::new(rbac::RoleBinding),
+            Arc::new(rbac::role_binding()),
         ),
         (
             "rbac.authorization.k8s.io",
             "ClusterRoleBinding",
-            Arc::new(rbac::ClusterRoleBinding),
+            Arc::new(rbac::cluster_role_binding()),
         ),
     ]
 }
