@@ -123,8 +123,16 @@ fn identity_and_health() {
             "{path}"
         );
     }
-    api.call("GET", "/api/v1/namespaces", "application/json", None, false)
-        .status(401, "Unauthorized");
+    // Without credentials: system:anonymous, with what RBAC gives it.
+    let anonymous = api
+        .call("GET", "/api/v1/namespaces", "application/json", None, false)
+        .status(403, "Forbidden");
+    assert_eq!(
+        anonymous["message"],
+        "namespaces is forbidden: User \"system:anonymous\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
+    );
+    api.call("GET", "/api", "application/json", None, false)
+        .status(403, "Forbidden");
     let ok = api.call("GET", "/api/v1/namespaces", "application/json", None, true);
     assert_eq!(ok.code, 200, "{}", ok.body);
     assert!(
@@ -133,6 +141,27 @@ fn identity_and_health() {
             .contains("content-type: application/json"),
         "{}",
         ok.headers
+    );
+}
+
+#[test]
+fn anonymous_requests_are_refused_when_anonymous_auth_is_off() {
+    let server = Cluster::start_with(&["--anonymous-auth=false"]);
+    let api = Api::new(&server);
+    for path in ["/version", "/healthz", "/api/v1/namespaces"] {
+        api.call("GET", path, "application/json", None, false)
+            .status(401, "Unauthorized");
+    }
+    // A credential still works, and /cacerts stays open for joining agents.
+    assert_eq!(
+        api.call("GET", "/healthz", "text/plain", None, true).code,
+        200
+    );
+    let ca = api.call("GET", "/cacerts", "text/plain", None, false);
+    assert!(
+        ca.code == 200 && ca.body.contains("BEGIN CERTIFICATE"),
+        "{}",
+        ca.body
     );
 }
 

@@ -74,7 +74,15 @@ fn early_answers_reach_http2_clients_still_sending() {
     let large = server.write("body-4m", &"x".repeat(4 * 1024 * 1024));
     let configmaps = format!("{base}/api/v1/namespaces/default/configmaps");
     let cases = [
-        ("401", "POST", configmaps.clone(), None, &small),
+        // A bad credential (none at all is system:anonymous, a 403).
+        (
+            "401",
+            "POST",
+            configmaps.clone(),
+            Some("not-a-token"),
+            &small,
+        ),
+        ("403", "POST", configmaps.clone(), None, &small),
         (
             "403",
             "POST",

@@ -363,6 +363,108 @@ impl Rule {
     }
 }
 
+/// The parts of `servant` that `owner` does not cover, each as a rule of
+/// one verb on one group's resource (and name) or on one URL: empty when
+/// `owner` grants everything `servant` does (upstream's `Covers`, used to
+/// stop privilege escalation and to reconcile the bootstrap policy).
+pub fn uncovered(owner: &[Rule], servant: &[Rule]) -> Vec<Rule> {
+    servant
+        .iter()
+        .flat_map(Rule::breakdown)
+        .filter(|sub| !owner.iter().any(|o| o.covers(sub)))
+        .collect()
+}
+
+impl Rule {
+    /// The rule as JSON, leaving out empty lists but `verbs`.
+    pub fn to_value(&self) -> Value {
+        let mut out = json!({"verbs": self.verbs});
+        for (key, list) in [
+            ("apiGroups", &self.api_groups),
+            ("resources", &self.resources),
+            ("resourceNames", &self.resource_names),
+            ("nonResourceURLs", &self.non_resource_urls),
+        ] {
+            if !list.is_empty() {
+                out[key] = json!(list);
+            }
+        }
+        out
+    }
+
+    /// The rule as rules of one verb each on one group's resource (one per
+    /// resource name, if named) and on one URL (upstream's
+    /// `BreakdownRule`).
+    pub fn breakdown(&self) -> Vec<Rule> {
+        let one = |v: &String| vec![v.clone()];
+        let mut out = Vec::new();
+        for group in &self.api_groups {
+            for resource in &self.resources {
+                for verb in &self.verbs {
+                    if self.resource_names.is_empty() {
+                        out.push(Rule {
+                            verbs: one(verb),
+                            api_groups: one(group),
+                            resources: one(resource),
+                            ..Rule::default()
+                        });
+                    }
+                    for name in &self.resource_names {
+                        out.push(Rule {
+                            verbs: one(verb),
+                            api_groups: one(group),
+                            resources: one(resource),
+                            resource_names: one(name),
+                            ..Rule::default()
+                        });
+                    }
+                }
+            }
+        }
+        for url in &self.non_resource_urls {
+            for verb in &self.verbs {
+                out.push(Rule {
+                    verbs: one(verb),
+                    non_resource_urls: one(url),
+                    ..Rule::default()
+                });
+            }
+        }
+        out
+    }
+
+    /// Does this rule grant everything `sub` does (upstream's
+    /// `ruleCovers`)? `*` covers any verb, group or resource, `*/x` any
+    /// resource's `x`, a URL ending in `*` the paths under it; a rule
+    /// limited to names covers only rules limited to some of them.
+    pub fn covers(&self, sub: &Rule) -> bool {
+        let has = |set: &[String], v: &str| set.iter().any(|s| s == v);
+        let has_all = |set: &[String], want: &[String]| want.iter().all(|w| has(set, w));
+        let verbs = has(&self.verbs, "*") || has_all(&self.verbs, &sub.verbs);
+        let groups = has(&self.api_groups, "*") || has_all(&self.api_groups, &sub.api_groups);
+        let resources = has(&self.resources, "*")
+            || sub.resources.iter().all(|r| {
+                has(&self.resources, r)
+                    || r.split_once('/')
+                        .is_some_and(|(_, sub)| has(&self.resources, &format!("*/{sub}")))
+            });
+        let urls = sub.non_resource_urls.iter().all(|path| {
+            self.non_resource_urls.iter().any(|owner| {
+                owner == path
+                    || owner
+                        .strip_suffix('*')
+                        .is_some_and(|prefix| path.starts_with(prefix.trim_end_matches('*')))
+            })
+        });
+        let names = if sub.resource_names.is_empty() {
+            self.resource_names.is_empty()
+        } else {
+            self.resource_names.is_empty() || has_all(&self.resource_names, &sub.resource_names)
+        };
+        verbs && groups && resources && urls && names
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +624,66 @@ mod tests {
         assert!(!urls.allows_path("post", "/healthz"));
         assert!(!pods.allows_path("get", "/healthz"));
         assert!(rule(json!({"verbs": ["*"], "nonResourceURLs": ["*"]})).allows_path("put", "/x"));
+    }
+
+    fn rule(v: Value) -> Rule {
+        Rule::from_value(&v)
+    }
+
+    #[test]
+    fn coverage_is_upstream_s() {
+        let owner = [
+            rule(
+                json!({"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "*/scale"]}),
+            ),
+            rule(
+                json!({"verbs": ["*"], "apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["web"]}),
+            ),
+            rule(json!({"verbs": ["get"], "nonResourceURLs": ["/api/*", "/healthz"]})),
+        ];
+        let covered = [
+            json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}),
+            json!({"verbs": ["list", "get"], "apiGroups": [""], "resources": ["pods", "replicationcontrollers/scale"]}),
+            json!({"verbs": ["delete"], "apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["web"]}),
+            json!({"verbs": ["get"], "nonResourceURLs": ["/api/v1", "/healthz", "/api/"]}),
+            json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["a", "b"]}),
+        ];
+        for c in covered {
+            assert_eq!(uncovered(&owner, &[rule(c.clone())]), vec![], "{c}");
+        }
+        let not = [
+            (
+                json!({"verbs": ["watch"], "apiGroups": [""], "resources": ["pods"]}),
+                1,
+            ),
+            (
+                json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods/log"]}),
+                1,
+            ),
+            (
+                json!({"verbs": ["get"], "apiGroups": ["apps"], "resources": ["deployments"]}),
+                1,
+            ),
+            (
+                json!({"verbs": ["get"], "apiGroups": ["", "apps"], "resources": ["pods", "secrets"]}),
+                3,
+            ),
+            (
+                json!({"verbs": ["get"], "nonResourceURLs": ["/api", "/metrics"]}),
+                2,
+            ),
+            (
+                json!({"verbs": ["*"], "apiGroups": [""], "resources": ["pods"]}),
+                1,
+            ),
+        ];
+        for (c, n) in not {
+            assert_eq!(uncovered(&owner, &[rule(c.clone())]).len(), n, "{c}");
+        }
+        let star = [
+            rule(json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]})),
+            rule(json!({"verbs": ["*"], "nonResourceURLs": ["*"]})),
+        ];
+        assert!(uncovered(&star, &owner).is_empty());
     }
 }

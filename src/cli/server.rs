@@ -72,6 +72,19 @@ pub struct Args {
     )]
     pub api_audiences: Vec<String>,
 
+    /// (cluster) Let requests without credentials in as user
+    /// `system:anonymous` in group `system:unauthenticated`, with what RBAC
+    /// gives them (by default /healthz, /livez, /readyz and /version);
+    /// `false` answers them 401 (kube-apiserver's --anonymous-auth).
+    #[arg(
+        long,
+        env = "ORCH_ANONYMOUS_AUTH",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub anonymous_auth: bool,
+
     /// (client) Write the admin kubeconfig here too (mode 0600).
     #[arg(
         long,
@@ -324,6 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             crate::server::auth::serviceaccount::Audiences::new(&args.api_audiences)
                 .map_err(|e| anyhow::anyhow!("--api-audiences: {e}"))?;
     }
+    config.anonymous_auth = args.anonymous_auth;
     config.write_kubeconfig = Some(args.write_kubeconfig);
     config.token = args.token;
     config.service_ranges = server::registry::ServiceRanges {

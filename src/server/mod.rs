@@ -48,6 +48,8 @@ pub struct Config {
     /// The audiences service account tokens must name to authenticate
     /// (`--api-audiences`; default the issuer).
     pub api_audiences: auth::serviceaccount::Audiences,
+    /// Requests without credentials are `system:anonymous` (else 401).
+    pub anonymous_auth: bool,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             controllers: controllers::Config::default(),
             connection_limits: api::Limits::default(),
             api_audiences: auth::serviceaccount::Audiences::default(),
+            anonymous_auth: true,
         }
     }
 
@@ -206,6 +209,20 @@ pub async fn run_with(
     bootstrap::ensure(&registry, config.advertise_address, local.port())
         .await
         .map_err(Error::Api)?;
+    // The default roles and bindings, before anyone is authorized by them.
+    for (plural, rev) in auth::policy::reconcile(&registry)
+        .await
+        .map_err(Error::Api)?
+    {
+        let informers = &control.informers;
+        let informer = match plural {
+            "clusterroles" => &informers.clusterroles,
+            "roles" => &informers.roles,
+            "clusterrolebindings" => &informers.clusterrolebindings,
+            _ => &informers.rolebindings,
+        };
+        informer.wait_for(store::Revision(rev)).await;
+    }
     let host = if config.listen.ip().is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -258,8 +275,12 @@ pub async fn run_with(
         Box::new(auth::authz::bootstrap::NodeCertificates::new(
             api::CERTIFICATE_PATH,
         )),
-        Box::new(auth::authz::basic_user::BasicUser),
-        // RBAC goes here (a later issue).
+        Box::new(auth::authz::rbac::Rbac::start(auth::authz::rbac::Sources {
+            roles: control.informers.roles.clone(),
+            cluster_roles: control.informers.clusterroles.clone(),
+            role_bindings: control.informers.rolebindings.clone(),
+            cluster_role_bindings: control.informers.clusterrolebindings.clone(),
+        })),
     ]);
     let api = Arc::new(api::ApiServer {
         registry,
@@ -270,6 +291,7 @@ pub async fn run_with(
         pki: Arc::new(pki.clone()),
         x509,
         authenticators,
+        anonymous_auth: config.anonymous_auth,
         authorizers,
         server_address: format!("{}:{}", config.advertise_address, local.port()),
         git_commit: env!("ORCH_GIT_COMMIT"),

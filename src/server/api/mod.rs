@@ -85,6 +85,9 @@ pub struct ApiServer {
     pub x509: Arc<authn::x509::X509>,
     /// Who a request comes from.
     pub authenticators: authn::Chain,
+    /// Whether a request without credentials is `system:anonymous` (else
+    /// a 401).
+    pub anonymous_auth: bool,
     /// Whether they may make it.
     pub authorizers: authz::Chain,
 }
@@ -139,8 +142,12 @@ impl ApiServer {
     /// → dispatch to a handler → (for writes) the registry, whose write
     /// path runs admission.
     async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: &Peer) -> Response<Body> {
-        if let Some(resp) = self.public(req.uri().path()) {
-            return resp;
+        // What agents fetch before they hold any credential (k3s's).
+        if req.uri().path() == "/cacerts" {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::full(self.ca_pem.clone()))
+                .expect("static response parts are valid");
         }
         let info = route::parse(req.method(), req.uri(), &self.registry.catalog);
         let credentials = Credentials::new(&peer.certificate, req.headers());
@@ -149,6 +156,10 @@ impl ApiServer {
                 peer.authenticated();
                 user
             }
+            // Upstream's anonymous authenticator: only for requests that
+            // present nothing (a bad credential is still a 401). The
+            // connection stays counted as unauthenticated.
+            Err(authn::Error::NoCredentials) if self.anonymous_auth => User::anonymous(),
             Err(err) => {
                 tracing::debug!(path = %info.path, %err, "not authenticated");
                 return error_response(&ApiError::unauthorized());
@@ -158,10 +169,13 @@ impl ApiServer {
         async move {
             let attrs = info.attributes(&user);
             match self.authorizers.authorize(&attrs).await {
-                Decision::Allow => {}
+                Decision::Allow(_) => {}
                 Decision::Deny(reason) | Decision::NoOpinion(reason) => {
                     return error_response(&authz::forbidden(&attrs, &reason));
                 }
+            }
+            if let Some(resp) = self.health_or_version(&info.path) {
+                return resp;
             }
             match self.dispatch(req, &info, &user).await {
                 Ok(resp) => resp,
@@ -175,8 +189,9 @@ impl ApiServer {
         .await
     }
 
-    /// The endpoints served without authentication.
-    fn public(&self, path: &str) -> Option<Response<Body>> {
+    /// The health endpoints and `/version` (which RBAC lets everyone,
+    /// anonymous users included, read through system:public-info-viewer).
+    fn health_or_version(&self, path: &str) -> Option<Response<Body>> {
         let text = |body: Body| {
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -188,7 +203,6 @@ impl ApiServer {
             .any(|h| path == *h || path.strip_prefix(h).is_some_and(|r| r.starts_with('/')));
         match path {
             "/version" => Some(json_response(StatusCode::OK, &self.version())),
-            "/cacerts" => Some(text(Body::full(self.ca_pem.clone()))),
             _ if health => Some(text(Body::full("ok"))),
             _ => None,
         }

@@ -1,13 +1,15 @@
 //! Who is calling, and may they: the cluster PKI, the caller ([`User`]),
 //! authentication ([`authn`]: a chain of client certificate, static
 //! tokens, service account JWTs and bootstrap tokens) and authorization
-//! ([`authz`]: a chain of `system:masters`, Node and, to come, RBAC).
+//! ([`authz`]: a chain of `system:masters`, Node and RBAC, whose default
+//! roles and bindings [`policy`] keeps).
 
 #![forbid(unsafe_code)]
 
 pub mod authn;
 pub mod authz;
 pub mod pki;
+pub mod policy;
 pub mod serviceaccount;
 
 use std::sync::Arc;
@@ -41,6 +43,16 @@ impl User {
             name: name.to_owned(),
             uid: String::new(),
             groups,
+        }
+    }
+
+    /// Whoever presented no credentials (upstream's anonymous user): not
+    /// in `system:authenticated`.
+    pub fn anonymous() -> Self {
+        Self {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
         }
     }
 

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -33,6 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::api::catalog::Resource;
 pub use crate::api::meta::{controller_of, is_deleting, meta_str};
+use crate::api::rbac::GROUP as RBAC;
 use crate::api::status::ApiError;
 use crate::server::events::Recorder;
 use crate::server::informer::{Change, Informer, Queue, object_key};
@@ -55,6 +57,10 @@ pub struct Informers {
     pub jobs: Arc<Informer>,
     pub cronjobs: Arc<Informer>,
     pub leases: Arc<Informer>,
+    pub roles: Arc<Informer>,
+    pub clusterroles: Arc<Informer>,
+    pub rolebindings: Arc<Informer>,
+    pub clusterrolebindings: Arc<Informer>,
 }
 
 impl Informers {
@@ -86,10 +92,17 @@ impl Informers {
             jobs: Informer::start(registry.clone(), res("batch", "jobs")),
             cronjobs: Informer::start(registry.clone(), res("batch", "cronjobs")),
             leases: Informer::start(registry.clone(), res("coordination.k8s.io", "leases")),
+            roles: Informer::start(registry.clone(), res(RBAC, "roles")),
+            clusterroles: Informer::start(registry.clone(), res(RBAC, "clusterroles")),
+            rolebindings: Informer::start(registry.clone(), res(RBAC, "rolebindings")),
+            clusterrolebindings: Informer::start(
+                registry.clone(),
+                res(RBAC, "clusterrolebindings"),
+            ),
         }
     }
 
-    fn all(&self) -> [&Arc<Informer>; 14] {
+    fn all(&self) -> [&Arc<Informer>; 18] {
         [
             &self.pods,
             &self.nodes,
@@ -105,6 +118,10 @@ impl Informers {
             &self.jobs,
             &self.cronjobs,
             &self.leases,
+            &self.roles,
+            &self.clusterroles,
+            &self.rolebindings,
+            &self.clusterrolebindings,
         ]
     }
 
@@ -196,6 +213,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     gc::start(ctx.clone(), &mut tasks);
     namespace::start(ctx.clone(), &mut tasks);
     serviceaccount::start(ctx.clone(), &mut tasks);
+    clusterroleaggregation::start(ctx.clone(), &mut tasks);
     (ctx, tasks)
 }
 

@@ -25,7 +25,7 @@ impl Authorizer for NodeCertificates {
     fn authorize<'a>(&'a self, attrs: &'a Attributes) -> BoxFuture<'a, Decision> {
         let decision =
             if attrs.user.is_bootstrapper() && !attrs.resource_request && attrs.path == self.path {
-                Decision::Allow
+                Decision::allow()
             } else {
                 Decision::NoOpinion(String::new())
             };
@@ -59,7 +59,7 @@ mod tests {
         let app = User::service_account("default", "app");
         let no = Decision::NoOpinion(String::new());
         let cases = [
-            (non_resource(&token, "post", path), Decision::Allow),
+            (non_resource(&token, "post", path), Decision::allow()),
             (non_resource(&token, "get", "/api"), no.clone()),
             (resource(&token, "list", "", "pods", "", ""), no.clone()),
             (non_resource(&app, "post", path), no.clone()),

@@ -1,12 +1,12 @@
 //! The `system:masters` authorizer: members of that group may do
 //! everything (upstream's privileged-group short cut ahead of the chain).
-//! Upstream lists their rules through RBAC's `cluster-admin` binding to
-//! the group; with no RBAC yet, this authorizer lists that role's rules.
+//! It lists no rules: as upstream, RBAC lists theirs, through the
+//! bootstrap `cluster-admin` binding to the group.
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{Attributes, Authorizer, Decision, NonResourceRule, ResourceRule, Rules};
+use super::{Attributes, Authorizer, Decision};
 use crate::server::auth::User;
 
 /// The group whose members are allowed everything.
@@ -23,32 +23,11 @@ pub struct Masters;
 impl Authorizer for Masters {
     fn authorize<'a>(&'a self, attrs: &'a Attributes) -> BoxFuture<'a, Decision> {
         let decision = if is_master(&attrs.user) {
-            Decision::Allow
+            Decision::allow()
         } else {
             Decision::NoOpinion(String::new())
         };
         async move { decision }.boxed()
-    }
-
-    /// `cluster-admin`'s: every verb on every resource and every path.
-    fn rules_for(&self, user: &User, _namespace: &str) -> Rules {
-        if !is_master(user) {
-            return Rules::default();
-        }
-        let all = || vec!["*".to_owned()];
-        Rules {
-            resource: vec![ResourceRule {
-                verbs: all(),
-                api_groups: all(),
-                resources: all(),
-                resource_names: Vec::new(),
-            }],
-            non_resource: vec![NonResourceRule {
-                verbs: all(),
-                non_resource_urls: all(),
-            }],
-            ..Rules::default()
-        }
     }
 }
 
@@ -65,9 +44,9 @@ mod tests {
         let cases = [
             (
                 resource(&admin, "delete", "apps", "deployments", "default", "web"),
-                Decision::Allow,
+                Decision::allow(),
             ),
-            (non_resource(&admin, "post", "/anything"), Decision::Allow),
+            (non_resource(&admin, "post", "/anything"), Decision::allow()),
             (
                 resource(&app, "get", "", "pods", "default", "p"),
                 Decision::NoOpinion(String::new()),
@@ -80,9 +59,5 @@ mod tests {
         for (attrs, want) in cases {
             assert_eq!(Masters.authorize(&attrs).await, want, "{attrs:?}");
         }
-        let rules = Masters.rules_for(&admin, "default");
-        assert_eq!(rules.resource[0].verbs, ["*"]);
-        assert_eq!(rules.non_resource[0].non_resource_urls, ["*"]);
-        assert_eq!(Masters.rules_for(&app, "default"), Rules::default());
     }
 }

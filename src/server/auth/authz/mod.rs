@@ -4,11 +4,10 @@
 //! [`masters::Masters`] (`system:masters` may do everything), then
 //! [`node::Node`] (a node may touch only its own Node, Lease, pods and
 //! what those pods use), then [`bootstrap::NodeCertificates`] (a bootstrap
-//! token may only ask for a node certificate), then
-//! [`basic_user::BasicUser`] (what upstream's bootstrap policy lets every
-//! authenticated user do: discovery and the self reviews), then the slot
-//! where RBAC goes (a later issue). A request no authorizer allows is a
-//! 403 whose message is upstream's ([`forbidden`]).
+//! token may only ask for a node certificate), then [`rbac::Rbac`] (what
+//! Roles, ClusterRoles and their bindings grant, the bootstrap policy's
+//! included). A request no authorizer allows is a 403 whose message is
+//! upstream's ([`forbidden`]).
 //!
 //! Each authorizer can also list what it lets a user do ([`Rules`], upstream's
 //! `RuleResolver`), which answers SelfSubjectRulesReview (`kubectl auth can-i
@@ -16,10 +15,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod basic_user;
 pub mod bootstrap;
 pub mod masters;
 pub mod node;
+pub mod rbac;
 
 use futures::future::BoxFuture;
 
@@ -71,12 +70,20 @@ impl Attributes {
 /// reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allow,
+    /// Allowed; the reason (may be empty) says by what.
+    Allow(String),
     /// Refused, whatever later authorizers would say.
     Deny(String),
     /// Neither: the next authorizer is asked. The reason (may be empty)
     /// explains a refusal if no later authorizer allows.
     NoOpinion(String),
+}
+
+impl Decision {
+    /// Allowed, with no reason given.
+    pub fn allow() -> Self {
+        Self::Allow(String::new())
+    }
 }
 
 /// A rule on API objects, as upstream's `ResourceRuleInfo`: `verbs` on
@@ -287,9 +294,9 @@ pub(crate) mod tests {
         let attrs = resource(&user, "get", "", "pods", "default", "p");
         let no = |r: &str| says(Decision::NoOpinion(r.into()));
         let cases = [
-            (vec![no(""), says(Decision::Allow)], Decision::Allow),
+            (vec![no(""), says(Decision::allow())], Decision::allow()),
             (
-                vec![says(Decision::Deny("no".into())), says(Decision::Allow)],
+                vec![says(Decision::Deny("no".into())), says(Decision::allow())],
                 Decision::Deny("no".into()),
             ),
             (

@@ -47,7 +47,7 @@ impl Node {
     fn non_resource(&self, node: &str, attrs: &Attributes) -> Decision {
         if attrs.path == self.tunnel_path {
             return if attrs.name == node {
-                Decision::Allow
+                Decision::allow()
             } else {
                 Decision::NoOpinion(format!(
                     "node {node:?} may only open its own kubelet tunnel, not node {:?}'s",
@@ -57,7 +57,7 @@ impl Node {
         }
         let read = matches!(attrs.verb.as_str(), "get" | "head");
         if read && (attrs.path.starts_with("/openapi/") || is_discovery(&attrs.path)) {
-            Decision::Allow
+            Decision::allow()
         } else {
             Decision::NoOpinion(String::new())
         }
@@ -193,7 +193,7 @@ impl Authorizer for Node {
                 return self.non_resource(node, attrs);
             }
             match self.may(node, attrs).await {
-                Ok(true) => Decision::Allow,
+                Ok(true) => Decision::allow(),
                 Ok(false) => Decision::NoOpinion(String::new()),
                 Err(why) => Decision::NoOpinion(why),
             }
@@ -304,7 +304,7 @@ mod tests {
     async fn nodes_touch_only_their_own_objects_and_their_pods_dependencies() {
         let (_dir, authz) = node_authorizer().await;
         let a = User::new("system:node:node-a", &["system:nodes"]);
-        let allow = Decision::Allow;
+        let allow = Decision::allow();
         let no = Decision::NoOpinion(String::new());
         let unrelated = Decision::NoOpinion(no_relationship("node-a"));
         let other_lease = Decision::NoOpinion(
@@ -378,7 +378,7 @@ mod tests {
         let (_dir, authz) = node_authorizer().await;
         let a = User::new("system:node:node-a", &["system:nodes"]);
         let app = User::service_account("default", "app");
-        let allow = Decision::Allow;
+        let allow = Decision::allow();
         let no = Decision::NoOpinion(String::new());
         let tunnel = |node: &str| Attributes {
             name: node.into(),
