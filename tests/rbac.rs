@@ -1,13 +1,49 @@
-//! rbac.authorization.k8s.io/v1 as an API (issue #22, first part): Role,
-//! ClusterRole, RoleBinding and ClusterRoleBinding are served, listed in
-//! discovery and OpenAPI, validated as upstream validates them and shown
-//! with upstream's columns, so manifests and charts that carry them apply.
-//! (What they grant is the RBAC authorizer's business.)
+//! RBAC (issue #22): Role, ClusterRole, RoleBinding and ClusterRoleBinding
+//! are served, listed in discovery and OpenAPI, validated as upstream
+//! validates them and shown with upstream's columns, so manifests and
+//! charts that carry them apply; and what they grant is enforced, with
+//! upstream's bootstrap policy, aggregation and escalation checks.
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use support::Cluster;
+
+/// A token for service account `name` in `ns`, once it exists.
+fn token(server: &Cluster, ns: &str, name: &str) -> String {
+    server
+        .eventually(
+            &["create", "token", name, "-n", ns],
+            "a token for the service account",
+            |t| !t.trim().is_empty(),
+        )
+        .trim()
+        .to_owned()
+}
+
+/// kubectl as the holder of `token`, which must succeed: its stdout.
+fn as_ok(server: &Cluster, token: &str, args: &[&str]) -> String {
+    let out = server.kubectl_as(token, args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} should succeed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// kubectl as the holder of `token`, which must fail: its stderr.
+fn as_refused(server: &Cluster, token: &str, args: &[&str]) -> String {
+    let out = server.kubectl_as(token, args);
+    assert!(
+        !out.status.success(),
+        "kubectl {args:?} should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
 
 const CHART: &str = r#"
 apiVersion: v1
@@ -272,5 +308,311 @@ fn bad_roles_and_bindings_get_422_naming_every_field() {
             "roleRef: Invalid value: rbac.RoleRef{APIGroup:\"rbac.authorization.k8s.io\", Kind:\"ClusterRole\", Name:\"view\"}: cannot change roleRef"
         ),
         "{err}"
+    );
+}
+
+#[test]
+fn service_accounts_get_what_their_bindings_grant_and_nothing_else() {
+    let server = Cluster::start();
+    let chart = server.write("chart.yaml", CHART);
+    server.ok("1.33", &["apply", "-f", chart.to_str().unwrap()]);
+    server.ok("1.33", &["create", "namespace", "other"]);
+    let app = token(&server, "default", "app");
+
+    // The Role through its RoleBinding, in its namespace only.
+    as_ok(
+        &server,
+        &app,
+        &["create", "configmap", "c1", "--from-literal=a=1"],
+    );
+    let listed = as_ok(&server, &app, &["get", "configmaps", "-o", "name"]);
+    assert!(listed.contains("configmap/c1"), "{listed}");
+    let refused = as_refused(&server, &app, &["get", "configmaps", "-n", "other"]);
+    assert!(
+        refused.contains(
+            "Error from server (Forbidden): configmaps is forbidden: User \"system:serviceaccount:default:app\" \
+             cannot list resource \"configmaps\" in API group \"\" in the namespace \"other\""
+        ),
+        "{refused}"
+    );
+    // The ClusterRole through its ClusterRoleBinding, everywhere.
+    as_ok(&server, &app, &["get", "pods", "-A"]);
+    let refused = as_refused(&server, &app, &["get", "secrets"]);
+    assert!(
+        refused.contains(
+            "secrets is forbidden: User \"system:serviceaccount:default:app\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""
+        ),
+        "{refused}"
+    );
+    let refused = as_refused(&server, &app, &["delete", "pod", "nothing"]);
+    assert!(
+        refused.contains("pods \"nothing\" is forbidden: User \"system:serviceaccount:default:app\" cannot delete resource \"pods\""),
+        "{refused}"
+    );
+    // can-i agrees, and --list shows the grants.
+    assert_eq!(
+        as_ok(&server, &app, &["auth", "can-i", "delete", "configmaps"]).trim(),
+        "yes"
+    );
+    let out = server.kubectl_as(
+        &app,
+        &["auth", "can-i", "delete", "configmaps", "-n", "other"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    let list = as_ok(&server, &app, &["auth", "can-i", "--list"]);
+    let has = |resource: &str, verbs: &str| {
+        list.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.first() == Some(&resource) && l.trim_end().ends_with(verbs)
+        })
+    };
+    assert!(has("configmaps", "[*]"), "{list}");
+    assert!(has("pods", "[get list watch]"), "{list}");
+    assert!(has("pods/log", "[get list watch]"), "{list}");
+    assert!(list.contains("[/metrics]"), "{list}");
+    assert!(!list.contains("secrets"), "{list}");
+
+    // A binding to a role that does not exist is accepted and grants
+    // nothing; the 403 says why.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "ghost",
+            "--clusterrole=ghost",
+            "--serviceaccount=default:app",
+        ],
+    );
+    let refused = as_refused(&server, &app, &["get", "nodes"]);
+    assert!(
+        refused.contains("cannot list resource \"nodes\" in API group \"\" at the cluster scope: RBAC: clusterrole.rbac.authorization.k8s.io \"ghost\" not found"),
+        "{refused}"
+    );
+    // The role appears: the binding grants it.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrole",
+            "ghost",
+            "--verb=list",
+            "--resource=nodes",
+        ],
+    );
+    server.eventually(&["get", "clusterrole", "ghost"], "the role", |_| true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.kubectl_as(&app, &["get", "nodes"]).status.success() {
+        assert!(Instant::now() < deadline, "the new role grants within 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_cluster_role_labelled_for_view_joins_view_edit_and_admin() {
+    let server = Cluster::start();
+    let widgets = server.write(
+        "widgets.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n\
+         metadata: {name: widgets-view, labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}}\n\
+         rules: [{apiGroups: [example.com], resources: [widgets], verbs: [get, list, watch]}]\n",
+    );
+    let start = Instant::now();
+    server.ok("1.33", &["apply", "-f", widgets.to_str().unwrap()]);
+    let grants = |role: &str| {
+        let out = server.ok("1.33", &["get", "clusterrole", role, "-o", "json"]);
+        let role: Value = serde_json::from_str(&out).unwrap();
+        role["rules"].as_array().is_some_and(|rules| {
+            rules
+                .iter()
+                .any(|r| r["resources"] == serde_json::json!(["widgets"]))
+        })
+    };
+    while !grants("view") {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "view aggregates within a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(grants("edit") && grants("admin")) {
+        assert!(Instant::now() < deadline, "edit and admin aggregate view");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Removing the label takes it out again.
+    server.ok(
+        "1.33",
+        &[
+            "label",
+            "clusterrole",
+            "widgets-view",
+            "rbac.authorization.k8s.io/aggregate-to-view-",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while grants("view") || grants("admin") {
+        assert!(Instant::now() < deadline, "view and admin shrink again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn escalation_through_roles_and_bindings_is_refused() {
+    let server = Cluster::start();
+    let manager = server.write(
+        "manager.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: manager, namespace: default}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: manager, namespace: default}\n\
+         rules:\n- {apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], verbs: [create, update, get]}\n\
+         - {apiGroups: [\"\"], resources: [configmaps], verbs: [get, list]}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: manager, namespace: default}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: manager}\n\
+         subjects: [{kind: ServiceAccount, name: manager}]\n",
+    );
+    server.ok("1.33", &["apply", "-f", manager.to_str().unwrap()]);
+    let manager = token(&server, "default", "manager");
+    let who = "user \"system:serviceaccount:default:manager\" (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:default\" \"system:authenticated\"])";
+
+    // A role with what the manager holds: fine; with more: refused.
+    as_ok(
+        &server,
+        &manager,
+        &[
+            "create",
+            "role",
+            "reader",
+            "--verb=get",
+            "--resource=configmaps",
+        ],
+    );
+    let refused = as_refused(
+        &server,
+        &manager,
+        &[
+            "create",
+            "role",
+            "secrets",
+            "--verb=get,list",
+            "--resource=secrets,configmaps",
+        ],
+    );
+    assert!(
+        refused.contains(&format!(
+            "roles.rbac.authorization.k8s.io \"secrets\" is forbidden: {who} is attempting to grant RBAC permissions not currently held:\n\
+             {{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"list\"]}}"
+        )),
+        "{refused}"
+    );
+    // A binding to a role whose permissions the manager holds: fine; to
+    // edit: refused.
+    as_ok(
+        &server,
+        &manager,
+        &["create", "rolebinding", "r", "--role=reader", "--user=jane"],
+    );
+    let refused = as_refused(
+        &server,
+        &manager,
+        &[
+            "create",
+            "rolebinding",
+            "e",
+            "--clusterrole=edit",
+            "--user=jane",
+        ],
+    );
+    assert!(
+        refused.contains(&format!(
+            "rolebindings.rbac.authorization.k8s.io \"e\" is forbidden: {who} is attempting to grant RBAC permissions not currently held:"
+        )),
+        "{refused}"
+    );
+    // `bind` on edit, and `escalate` on roles, let them.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "role",
+            "delegate",
+            "--verb=bind",
+            "--resource=clusterroles.rbac.authorization.k8s.io",
+            "--resource-name=edit",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "role",
+            "escalator",
+            "--verb=escalate",
+            "--resource=roles.rbac.authorization.k8s.io",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "rolebinding",
+            "delegate",
+            "--role=delegate",
+            "--serviceaccount=default:manager",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "rolebinding",
+            "escalator",
+            "--role=escalator",
+            "--serviceaccount=default:manager",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .kubectl_as(
+            &manager,
+            &[
+                "create",
+                "rolebinding",
+                "e",
+                "--clusterrole=edit",
+                "--user=jane",
+            ],
+        )
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "bind lets the manager bind edit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    as_ok(
+        &server,
+        &manager,
+        &[
+            "create",
+            "role",
+            "secrets",
+            "--verb=get,list",
+            "--resource=secrets",
+        ],
+    );
+    // Still not another cluster role.
+    let refused = as_refused(
+        &server,
+        &manager,
+        &[
+            "create",
+            "rolebinding",
+            "a",
+            "--clusterrole=admin",
+            "--user=jane",
+        ],
+    );
+    assert!(
+        refused.contains("is attempting to grant RBAC permissions not currently held"),
+        "{refused}"
     );
 }

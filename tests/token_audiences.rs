@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
@@ -57,21 +56,6 @@ fn create_token(server: &Cluster, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// A kubeconfig for the server with no credentials of its own (the admin
-/// one presents a client certificate, which would win over `--token`).
-fn anonymous_kubeconfig(server: &Cluster) -> PathBuf {
-    let admin = std::fs::read_to_string(server.dir.path().join("kubeconfig.yaml"))
-        .expect("admin kubeconfig");
-    let bare: Vec<&str> = admin
-        .lines()
-        .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
-        .collect();
-    server.write(
-        "anonymous.kubeconfig",
-        &format!("{}\n    {{}}\n", bare.join("\n")),
-    )
-}
-
 /// Is this upstream's 401 Status?
 fn is_unauthorized(code: u16, body: &Value) -> bool {
     code == 401
@@ -113,7 +97,7 @@ fn tokens_for_another_audience_are_unauthorized() {
         "a token for vault and the API authenticates: {code} {body}"
     );
     // kubectl with the token: refused before it gets anywhere.
-    let kubeconfig = anonymous_kubeconfig(&server);
+    let kubeconfig = server.bare_kubeconfig();
     let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
     for v in ["1.27", "1.33"] {
         let err = server.fails(
@@ -173,7 +157,7 @@ fn api_audiences_name_what_tokens_are_accepted_for() {
 fn service_accounts_ask_who_they_are_and_what_they_may_do() {
     let server = Cluster::start();
     let token = create_token(&server, &[]);
-    let kubeconfig = anonymous_kubeconfig(&server);
+    let kubeconfig = server.bare_kubeconfig();
     let kubeconfig = kubeconfig.to_str().expect("utf-8 path");
     let as_sa = |v: &str, args: &[&str]| {
         let mut full = vec!["--kubeconfig", kubeconfig, "--token", token.as_str()];

@@ -375,7 +375,77 @@ pub fn uncovered(owner: &[Rule], servant: &[Rule]) -> Vec<Rule> {
         .collect()
 }
 
+/// Upstream's refusal of a grant beyond the granter's own rights
+/// (`ConfirmNoEscalation`): the rules not held, compacted (one rule per
+/// group, resource and name, with every verb), each as upstream's
+/// `CompactString`, sorted, one per line.
+pub fn escalation_message(
+    user: &str,
+    groups: &[String],
+    missing: &[Rule],
+    errors: &[String],
+) -> String {
+    let mut compact: Vec<Rule> = Vec::new();
+    let mut simple: Vec<Rule> = Vec::new();
+    for rule in missing {
+        let is_simple = rule.api_groups.len() == 1
+            && rule.resources.len() == 1
+            && rule.resource_names.len() <= 1
+            && rule.non_resource_urls.is_empty()
+            && !rule.verbs.is_empty();
+        if !is_simple {
+            compact.push(rule.clone());
+            continue;
+        }
+        match simple.iter_mut().find(|s| {
+            s.api_groups == rule.api_groups
+                && s.resources == rule.resources
+                && s.resource_names == rule.resource_names
+        }) {
+            Some(s) => s.verbs.extend(rule.verbs.iter().cloned()),
+            None => simple.push(rule.clone()),
+        }
+    }
+    compact.extend(simple);
+    let mut lines: Vec<String> = compact.iter().map(Rule::compact_string).collect();
+    lines.sort();
+    lines.dedup();
+    let mut message = format!(
+        "user {user:?} (groups={}) is attempting to grant RBAC permissions not currently held:\n{}",
+        go_quoted(groups),
+        lines.join("\n")
+    );
+    if !errors.is_empty() {
+        message.push_str(&format!("; resolution errors: [{}]", errors.join(" ")));
+    }
+    message
+}
+
+/// Go's `%q` of a `[]string`: `["a" "b"]`.
+fn go_quoted(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
 impl Rule {
+    /// Upstream's `CompactString`: `{APIGroups:["apps"],
+    /// Resources:["deployments"], Verbs:["get" "list"]}`, leaving out
+    /// empty lists.
+    pub fn compact_string(&self) -> String {
+        let parts: Vec<String> = [
+            ("APIGroups", &self.api_groups),
+            ("Resources", &self.resources),
+            ("NonResourceURLs", &self.non_resource_urls),
+            ("ResourceNames", &self.resource_names),
+            ("Verbs", &self.verbs),
+        ]
+        .into_iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(name, list)| format!("{name}:{}", go_quoted(list)))
+        .collect();
+        format!("{{{}}}", parts.join(", "))
+    }
+
     /// The rule as JSON, leaving out empty lists but `verbs`.
     pub fn to_value(&self) -> Value {
         let mut out = json!({"verbs": self.verbs});
@@ -685,5 +755,33 @@ mod tests {
             rule(json!({"verbs": ["*"], "nonResourceURLs": ["*"]})),
         ];
         assert!(uncovered(&star, &owner).is_empty());
+    }
+
+    #[test]
+    fn escalation_refusals_read_as_upstream_s() {
+        let owner = [rule(
+            json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}),
+        )];
+        let asked = [
+            rule(
+                json!({"verbs": ["get", "list", "delete"], "apiGroups": ["", "apps"], "resources": ["pods"]}),
+            ),
+            rule(json!({"verbs": ["get"], "nonResourceURLs": ["/metrics"]})),
+        ];
+        let missing = uncovered(&owner, &asked);
+        let groups = vec!["devs".to_owned(), "system:authenticated".to_owned()];
+        assert_eq!(
+            escalation_message("bob", &groups, &missing, &[]),
+            "user \"bob\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n\
+             {APIGroups:[\"\"], Resources:[\"pods\"], Verbs:[\"list\" \"delete\"]}\n\
+             {APIGroups:[\"apps\"], Resources:[\"pods\"], Verbs:[\"get\" \"list\" \"delete\"]}\n\
+             {NonResourceURLs:[\"/metrics\"], Verbs:[\"get\"]}"
+        );
+        let errors = ["clusterrole.rbac.authorization.k8s.io \"x\" not found".to_owned()];
+        assert!(
+            escalation_message("bob", &groups, &missing, &errors).ends_with(
+                "; resolution errors: [clusterrole.rbac.authorization.k8s.io \"x\" not found]"
+            )
+        );
     }
 }

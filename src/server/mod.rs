@@ -265,6 +265,13 @@ pub async fn run_with(
             registry.clone(),
         )),
     ]);
+    let rbac = auth::authz::rbac::Rbac::start(auth::authz::rbac::Sources {
+        roles: control.informers.roles.clone(),
+        cluster_roles: control.informers.clusterroles.clone(),
+        role_bindings: control.informers.rolebindings.clone(),
+        cluster_role_bindings: control.informers.clusterrolebindings.clone(),
+    });
+    registry.admission().use_rbac(rbac.clone());
     let authorizers = auth::authz::Chain::new(vec![
         Box::new(auth::authz::masters::Masters),
         Box::new(auth::authz::node::Node::new(
@@ -275,12 +282,7 @@ pub async fn run_with(
         Box::new(auth::authz::bootstrap::NodeCertificates::new(
             api::CERTIFICATE_PATH,
         )),
-        Box::new(auth::authz::rbac::Rbac::start(auth::authz::rbac::Sources {
-            roles: control.informers.roles.clone(),
-            cluster_roles: control.informers.clusterroles.clone(),
-            role_bindings: control.informers.rolebindings.clone(),
-            cluster_role_bindings: control.informers.clusterrolebindings.clone(),
-        })),
+        Box::new(rbac.clone()),
     ]);
     let api = Arc::new(api::ApiServer {
         registry,

@@ -573,6 +573,32 @@ impl Cluster {
             .expect("a server: line in the kubeconfig")
     }
 
+    /// A kubeconfig for the server with no credentials of its own (the
+    /// admin one presents a client certificate, which would win over
+    /// `--token`): requests through it are anonymous unless a `--token`
+    /// or certificate is given.
+    pub fn bare_kubeconfig(&self) -> PathBuf {
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("admin kubeconfig");
+        let bare: Vec<&str> = admin
+            .lines()
+            .filter(|l| !l.contains("client-certificate-data") && !l.contains("client-key-data"))
+            .collect();
+        self.write(
+            "bare.kubeconfig",
+            &format!("{}\n    {{}}\n", bare.join("\n")),
+        )
+    }
+
+    /// kubectl 1.33 as the holder of `token`. (Without any credential
+    /// kubectl asks for a user name, so anonymous requests are curl's.)
+    pub fn kubectl_as(&self, token: &str, args: &[&str]) -> Output {
+        let bare = self.bare_kubeconfig();
+        let flag = format!("--token={token}");
+        let mut full = vec!["--kubeconfig", bare.to_str().expect("utf-8 path"), &flag];
+        full.extend_from_slice(args);
+        self.kubectl("1.33", &full)
+    }
+
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).expect("write test file");

@@ -21,7 +21,8 @@
 //! ([`Chain::builtin`]): [`namespace_lifecycle`], [`service_account`],
 //! [`node_restriction`], [`priority`], [`default_toleration_seconds`],
 //! then the slots of the mutating and validating webhooks (a later
-//! issue). Like upstream's, these built-in plugins are all mutating.
+//! issue), then [`rbac_escalation`]. Like upstream's, the built-in plugins
+//! are mutating, but for the escalation check, which validates.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod default_toleration_seconds;
 pub mod namespace_lifecycle;
 pub mod node_restriction;
 pub mod priority;
+pub mod rbac_escalation;
 pub mod service_account;
 
 use std::sync::{Arc, OnceLock};
@@ -206,6 +208,8 @@ pub struct Chain {
     plugins: Vec<Box<dyn Plugin>>,
     /// The namespaces cache [`namespace_lifecycle`] reads, once given.
     namespaces: CacheSlot,
+    /// The RBAC authorizer [`rbac_escalation`] asks, once given.
+    rbac: rbac_escalation::RbacSlot,
 }
 
 impl Default for Chain {
@@ -220,7 +224,14 @@ impl Chain {
         Self {
             plugins,
             namespaces: CacheSlot::default(),
+            rbac: rbac_escalation::RbacSlot::default(),
         }
+    }
+
+    /// Give [`rbac_escalation`] the RBAC authorizer. Until then only
+    /// `system:masters` may write roles and bindings.
+    pub fn use_rbac(&self, rbac: crate::server::auth::authz::rbac::Rbac) {
+        let _ = self.rbac.set(rbac);
     }
 
     /// Give the plugins that read namespaces their cache (the
@@ -234,6 +245,7 @@ impl Chain {
     /// orch has no use for are named where they would run.
     pub fn builtin(settings: Settings) -> Self {
         let namespaces = CacheSlot::default();
+        let rbac = rbac_escalation::RbacSlot::default();
         let mut chain = Self::new(vec![
             Box::new(namespace_lifecycle::NamespaceLifecycle::new(
                 namespaces.clone(),
@@ -256,8 +268,13 @@ impl Chain {
             // ---- ValidatingAdmissionWebhook goes here (issue #24).
             //
             // ResourceQuota: ResourceQuotas are not served.
+            //
+            // Upstream's RBAC storage refuses escalations before
+            // admission; here they are refused last.
+            Box::new(rbac_escalation::RbacEscalation::new(rbac.clone())),
         ]);
         chain.namespaces = namespaces;
+        chain.rbac = rbac;
         chain
     }
 
@@ -645,6 +662,7 @@ pub(crate) mod tests {
                 "NodeRestriction",
                 "Priority",
                 "DefaultTolerationSeconds",
+                "RBACEscalation",
             ]
         );
     }

@@ -317,9 +317,14 @@ impl Index {
         (rules, errors)
     }
 
-    /// The rules of ClusterRole `name`, if there is one.
-    pub fn cluster_role(&self, name: &str) -> Option<Arc<[Rule]>> {
-        self.cluster_roles.get(name).cloned()
+    /// The rules of the role a binding in `namespace` (empty for a
+    /// ClusterRoleBinding) refers to as `kind` `name`, if it exists.
+    pub fn role_ref_rules(&self, kind: &str, name: &str, namespace: &str) -> Option<Arc<[Rule]>> {
+        match kind {
+            "ClusterRole" => self.cluster_roles.get(name).cloned(),
+            "Role" => self.roles.get(&format!("{namespace}/{name}")).cloned(),
+            _ => None,
+        }
     }
 }
 
