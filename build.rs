@@ -54,6 +54,9 @@ fn openapi_schemas() {
             ("authentication.k8s.io", "SelfSubjectReview", authentication::v1::SelfSubjectReview),
             ("authorization.k8s.io", "SelfSubjectAccessReview", authorization::v1::SelfSubjectAccessReview),
             ("authorization.k8s.io", "SelfSubjectRulesReview", authorization::v1::SelfSubjectRulesReview),
+            ("authentication.k8s.io", "TokenReview", authentication::v1::TokenReview),
+            ("authorization.k8s.io", "SubjectAccessReview", authorization::v1::SubjectAccessReview),
+            ("authorization.k8s.io", "LocalSubjectAccessReview", authorization::v1::LocalSubjectAccessReview),
         }
     }
     let mut schemas = generator.take_definitions(true);

@@ -117,3 +117,85 @@ async fn kube_rs_creates_lists_watches_patches_and_deletes() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn kube_rs_asks_subject_access_and_token_reviews() {
+    use k8s_openapi::api::authentication::v1::TokenReview;
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let server = Cluster::start();
+    let client = client(&server).await;
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let ask = |user: &str, verb: &str, resource: &str| -> SubjectAccessReview {
+        serde_json::from_value(json!({"spec": {"user": user,
+            "resourceAttributes": {"verb": verb, "resource": resource, "namespace": "default"}}}))
+        .unwrap()
+    };
+    // Every authenticated user may create self reviews (system:basic-user);
+    // a stranger may not list pods.
+    let answer = reviews
+        .create(&PostParams::default(), &ask("stranger", "list", "pods"))
+        .await
+        .expect("create SubjectAccessReview");
+    assert!(!answer.status.expect("status").allowed);
+    let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {"user": "x", "groups": ["system:authenticated"],
+        "resourceAttributes": {"verb": "create", "group": "authorization.k8s.io", "resource": "selfsubjectaccessreviews"}}}))
+    .unwrap();
+    let answer = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("create");
+    let status = answer.status.expect("status");
+    assert!(status.allowed, "{status:?}");
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(
+            "RBAC: allowed by ClusterRoleBinding \"system:basic-user\" of ClusterRole \"system:basic-user\" to Group \"system:authenticated\""
+        )
+    );
+
+    // A TokenReview names the token's service account; a made-up token
+    // is not authenticated.
+    let sa = server.eventually(&["create", "token", "default"], "a token", |t| {
+        !t.trim().is_empty()
+    });
+    let tokens: Api<TokenReview> = Api::all(client.clone());
+    let review: TokenReview =
+        serde_json::from_value(json!({"spec": {"token": sa.trim()}})).unwrap();
+    let status = tokens
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("create")
+        .status
+        .expect("status");
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    let user = status.user.expect("user");
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+    assert!(
+        user.groups
+            .unwrap_or_default()
+            .contains(&"system:serviceaccounts:default".to_owned())
+    );
+    let review: TokenReview = serde_json::from_value(json!({"spec": {"token": "nope"}})).unwrap();
+    let status = tokens
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("create")
+        .status
+        .expect("status");
+    assert_ne!(status.authenticated, Some(true));
+    assert_eq!(status.error.as_deref(), Some("invalid bearer token"));
+    // For another audience than the token's: not authenticated.
+    let review: TokenReview =
+        serde_json::from_value(json!({"spec": {"token": sa.trim(), "audiences": ["vault"]}}))
+            .unwrap();
+    let status = tokens
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("create")
+        .status
+        .expect("status");
+    assert_ne!(status.authenticated, Some(true), "{status:?}");
+}

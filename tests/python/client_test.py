@@ -1,6 +1,8 @@
 """The official Python client against orch: create, list, watch, patch,
 delete. Run by tests/python_client.rs with the server's kubeconfig."""
+import json
 import sys
+import time
 import threading
 
 from kubernetes import client, config, watch
@@ -83,6 +85,69 @@ def main(kubeconfig):
         if c.metadata.name != "kube-root-ca.crt"
     ]
     assert remaining == [], remaining
+    # RBAC through the review APIs: what a webhook or aggregated API
+    # server asks (issue #22).
+    authz = client.AuthorizationV1Api()
+    rbac = client.RbacAuthorizationV1Api()
+    rbac.create_namespaced_role_binding(
+        "py",
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="jane-view"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+            subjects=[client.RbacV1Subject(kind="User", name="jane", api_group="rbac.authorization.k8s.io")],
+        ),
+    )
+
+    def may(user, verb, resource, ns, groups=None):
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=groups,
+                resource_attributes=client.V1ResourceAttributes(verb=verb, resource=resource, namespace=ns),
+            )
+        )
+        return authz.create_subject_access_review(review).status
+
+    deadline = time.time() + 5
+    while not may("jane", "list", "pods", "py").allowed:
+        assert time.time() < deadline, "the binding grants jane view in py"
+        time.sleep(0.05)
+    allowed = may("jane", "list", "pods", "py")
+    assert "RoleBinding \"jane-view/py\" of ClusterRole \"view\"" in allowed.reason, allowed
+    assert not may("jane", "list", "pods", "default").allowed
+    assert not may("jane", "delete", "pods", "py").allowed
+    assert not may("jane", "get", "secrets", "py").allowed
+    assert may("root", "delete", "nodes", "", groups=["system:masters"]).allowed
+    local = authz.create_namespaced_local_subject_access_review(
+        "py",
+        client.V1LocalSubjectAccessReview(
+            metadata=client.V1ObjectMeta(namespace="py"),
+            spec=client.V1SubjectAccessReviewSpec(
+                user="jane",
+                resource_attributes=client.V1ResourceAttributes(verb="watch", resource="configmaps", namespace="py"),
+            ),
+        ),
+    )
+    assert local.status.allowed, local
+    try:
+        authz.create_subject_access_review(
+            client.V1SubjectAccessReview(
+                spec=client.V1SubjectAccessReviewSpec(
+                    resource_attributes=client.V1ResourceAttributes(verb="get", resource="pods")
+                )
+            )
+        )
+        raise AssertionError("expected 422")
+    except ApiException as e:
+        causes = json.loads(e.body)["details"]["causes"]
+        assert e.status == 422 and causes == [
+            {
+                "reason": "FieldValueInvalid",
+                "message": "Invalid value: \"\": at least one of user or group must be specified",
+                "field": "spec.user",
+            }
+        ], e.body
+    rbac.delete_namespaced_role_binding("jane-view", "py")
     print("python client: all checks passed")
 
 

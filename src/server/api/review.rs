@@ -4,7 +4,11 @@
 //! - SelfSubjectAccessReview, may I (`kubectl auth can-i`): the authorizer
 //!   chain's decision for the caller and the attributes asked about;
 //! - SelfSubjectRulesReview, what may I do in a namespace (`kubectl auth
-//!   can-i --list`): the rules every authorizer lists for the caller.
+//!   can-i --list`): the rules every authorizer lists for the caller;
+//! - SubjectAccessReview and LocalSubjectAccessReview, may this user
+//!   (what webhooks and aggregated API servers ask, with
+//!   system:auth-delegator's rights);
+//! - TokenReview, whose token is this (the same).
 //!
 //! Each is answered in the version it was asked in. Who may create them
 //! is the authorizer chain's business ([`crate::server::auth::authz`]).
@@ -26,6 +30,13 @@ pub(super) async fn answer(call: &Call<'_>, body: &Value) -> Option<Result<Value
             access(authorizers, user, body).await
         }
         ("authorization.k8s.io", "SelfSubjectRulesReview") => rules(authorizers, user, body),
+        ("authorization.k8s.io", "SubjectAccessReview") => {
+            subject_access(authorizers, body, None).await
+        }
+        ("authorization.k8s.io", "LocalSubjectAccessReview") => {
+            subject_access(authorizers, body, Some(call.ns().unwrap_or_default())).await
+        }
+        ("authentication.k8s.io", "TokenReview") => token(call, body).await,
         _ => return None,
     };
     Some(answer.map(|mut review| {
@@ -47,20 +58,173 @@ fn self_subject(user: &User) -> Value {
     })
 }
 
-/// The review as sent, with the chain's decision on the attributes its
-/// spec names, for the caller.
+/// The user a SubjectAccessReview's spec names (only the groups it lists:
+/// none is added).
+fn spec_user(spec: &Value) -> User {
+    let text = |k: &str| spec[k].as_str().unwrap_or_default().to_owned();
+    User {
+        name: text("user"),
+        uid: text("uid"),
+        groups: spec["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// A SubjectAccessReview (`local`: a LocalSubjectAccessReview posted in
+/// that namespace): the chain's decision for the user and attributes its
+/// spec names, as upstream's registry answers.
 ///
 /// # Errors
-/// 422 unless exactly one of `resourceAttributes` and
-/// `nonResourceAttributes` is given (upstream's validation).
-async fn access(authorizers: &authz::Chain, user: &User, body: &Value) -> Result<Value, ApiError> {
-    let attrs = access_attributes(user, &body["spec"])?;
-    let status = match authorizers.authorize(&attrs).await {
+/// 422 as upstream's validation (one kind of attributes; a user or a
+/// group; no non-resource attributes in a local review); 400 when a local
+/// review names another namespace than the one it was posted in.
+async fn subject_access(
+    authorizers: &authz::Chain,
+    body: &Value,
+    local: Option<&str>,
+) -> Result<Value, ApiError> {
+    let kind = if local.is_some() {
+        "LocalSubjectAccessReview"
+    } else {
+        "SubjectAccessReview"
+    };
+    let spec = &body["spec"];
+    let mut errors = Vec::new();
+    if local.is_some()
+        && let Some(nra) = spec.get("nonResourceAttributes").filter(|v| !v.is_null())
+    {
+        errors.push(FieldError::invalid(
+            "spec.nonResourceAttributes",
+            nra,
+            "disallowed on this kind of request",
+        ));
+    }
+    let user = spec_user(spec);
+    if user.name.is_empty() && user.groups.is_empty() {
+        errors.push(FieldError::invalid(
+            "spec.user",
+            &json!(""),
+            "at least one of user or group must be specified",
+        ));
+    }
+    let mut attrs = match access_attributes(&user, spec) {
+        Ok(attrs) => Some(attrs),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("authorization.k8s.io", kind, "", errors));
+    }
+    if let (Some(ns), Some(attrs)) = (local, attrs.as_mut()) {
+        if !attrs.namespace.is_empty() && attrs.namespace != ns {
+            return Err(ApiError::bad_request(format!(
+                "spec.resourceAttributes.namespace must match namespace: {ns}"
+            )));
+        }
+        attrs.namespace = ns.to_owned();
+    }
+    let attrs = attrs.expect("attributes when there are no errors");
+    let mut review = body.clone();
+    if !review["metadata"].is_object() {
+        review["metadata"] = json!({"creationTimestamp": null});
+    }
+    review["status"] = decision_status(authorizers.authorize(&attrs).await);
+    Ok(review)
+}
+
+/// A decision as a review's status.
+fn decision_status(decision: Decision) -> Value {
+    match decision {
         Decision::Allow(reason) if reason.is_empty() => json!({"allowed": true}),
         Decision::Allow(reason) => json!({"allowed": true, "reason": reason}),
         Decision::Deny(reason) => json!({"allowed": false, "denied": true, "reason": reason}),
         Decision::NoOpinion(reason) if reason.is_empty() => json!({"allowed": false}),
         Decision::NoOpinion(reason) => json!({"allowed": false, "reason": reason}),
+    }
+}
+
+/// A TokenReview: who `spec.token` authenticates as, for `spec.audiences`
+/// (the API's when none are named), as upstream's registry answers it. A
+/// service account token is checked against the audiences asked for;
+/// other tokens (bootstrap, static) are the API's own.
+///
+/// # Errors
+/// 400 without a token, as upstream.
+async fn token(call: &Call<'_>, body: &Value) -> Result<Value, ApiError> {
+    use crate::server::auth::authn::{self, Authenticator, Credentials, PeerCertificate};
+    use crate::server::auth::serviceaccount::Audiences;
+    let spec = &body["spec"];
+    let token = spec["token"].as_str().unwrap_or_default();
+    if token.is_empty() {
+        return Err(ApiError::bad_request(
+            "token is required for TokenReview in authentication",
+        ));
+    }
+    let asked: Vec<String> = spec["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let api = call.api;
+    let audiences = if asked.is_empty() {
+        api.api_audiences.clone()
+    } else {
+        Audiences::new(&asked).map_err(|e| {
+            ApiError::invalid(
+                "authentication.k8s.io",
+                "TokenReview",
+                "",
+                vec![FieldError::invalid(
+                    "spec.audiences",
+                    &spec["audiences"],
+                    e.to_string(),
+                )],
+            )
+        })?
+    };
+    let none = PeerCertificate::None;
+    let credentials = Credentials {
+        peer: &none,
+        bearer: Some(token),
+    };
+    let (outcome, accepted) = match api.service_accounts.verify(token) {
+        Some(claims) => {
+            let accepted = audiences.accepted(&claims.audiences);
+            let authenticator = authn::service_account::ServiceAccounts::new(
+                api.service_accounts.clone(),
+                api.registry.clone(),
+                audiences,
+            );
+            let outcome = match authenticator.authenticate(&credentials).await {
+                Ok(Some(user)) => Ok(user),
+                Ok(None) => Err(authn::Error::InvalidBearerToken),
+                Err(e) => Err(e),
+            };
+            (outcome, accepted)
+        }
+        None => (
+            api.authenticators.authenticate(&credentials).await,
+            audiences.as_slice().to_vec(),
+        ),
+    };
+    let status = match outcome {
+        Ok(user) => {
+            let mut info = json!({"username": user.name, "groups": user.groups});
+            if !user.uid.is_empty() {
+                info["uid"] = json!(user.uid);
+            }
+            json!({"authenticated": true, "user": info, "audiences": accepted})
+        }
+        Err(e) => json!({"user": {}, "error": e.to_string()}),
     };
     let mut review = body.clone();
     if !review["metadata"].is_object() {
@@ -70,19 +234,40 @@ async fn access(authorizers: &authz::Chain, user: &User, body: &Value) -> Result
     Ok(review)
 }
 
-/// What a SelfSubjectAccessReview asks about, as upstream's
-/// `ResourceAttributesFrom` / `NonResourceAttributesFrom`.
-fn access_attributes(user: &User, spec: &Value) -> Result<Attributes, ApiError> {
-    let given = |field: &str| spec.get(field).filter(|v| !v.is_null());
-    let text = |v: &Value, field: &str| v[field].as_str().unwrap_or_default().to_owned();
-    let invalid = |field: &str, value: &Value, detail: &str| {
+/// The review as sent, with the chain's decision on the attributes its
+/// spec names, for the caller.
+///
+/// # Errors
+/// 422 unless exactly one of `resourceAttributes` and
+/// `nonResourceAttributes` is given (upstream's validation).
+async fn access(authorizers: &authz::Chain, user: &User, body: &Value) -> Result<Value, ApiError> {
+    let attrs = access_attributes(user, &body["spec"]).map_err(|e| {
         ApiError::invalid(
             "authorization.k8s.io",
             "SelfSubjectAccessReview",
             "",
-            vec![FieldError::invalid(field, value, detail)],
+            vec![e],
         )
-    };
+    })?;
+    let status = decision_status(authorizers.authorize(&attrs).await);
+    let mut review = body.clone();
+    if !review["metadata"].is_object() {
+        review["metadata"] = json!({"creationTimestamp": null});
+    }
+    review["status"] = status;
+    Ok(review)
+}
+
+/// What an access review asks about, as upstream's
+/// `ResourceAttributesFrom` / `NonResourceAttributesFrom`.
+///
+/// # Errors
+/// Upstream's validation error unless exactly one of
+/// `resourceAttributes` and `nonResourceAttributes` is given.
+fn access_attributes(user: &User, spec: &Value) -> Result<Attributes, FieldError> {
+    let given = |field: &str| spec.get(field).filter(|v| !v.is_null());
+    let text = |v: &Value, field: &str| v[field].as_str().unwrap_or_default().to_owned();
+    let invalid = FieldError::invalid;
     match (given("resourceAttributes"), given("nonResourceAttributes")) {
         (Some(_), Some(other)) => Err(invalid(
             "spec.nonResourceAttributes",
