@@ -616,3 +616,140 @@ fn escalation_through_roles_and_bindings_is_refused() {
         "{refused}"
     );
 }
+
+#[test]
+fn kubectl_as_and_as_group_impersonate_when_allowed() {
+    let server = Cluster::start();
+    // system:masters may impersonate anyone; jane holds nothing yet.
+    let refused = server.fails("1.33", &["get", "pods", "--as=jane"]);
+    assert!(
+        refused.contains("pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{refused}"
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "rolebinding",
+            "devs-view",
+            "--clusterrole=view",
+            "--group=devs",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server
+        .kubectl("1.33", &["get", "pods", "--as=jane", "--as-group=devs"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "jane in devs may list pods");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let whoami = server.ok(
+        "1.33",
+        &[
+            "auth",
+            "whoami",
+            "--as=jane",
+            "--as-group=devs",
+            "-o",
+            "json",
+        ],
+    );
+    let whoami: Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(whoami["status"]["userInfo"]["username"], "jane");
+    assert_eq!(
+        whoami["status"]["userInfo"]["groups"],
+        serde_json::json!(["devs", "system:authenticated"])
+    );
+    let list = server.ok(
+        "1.33",
+        &["auth", "can-i", "--list", "--as=jane", "--as-group=devs"],
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("pods ") && l.contains("[get list watch]")),
+        "{list}"
+    );
+    let can = server.kubectl(
+        "1.33",
+        &[
+            "auth",
+            "can-i",
+            "delete",
+            "pods",
+            "--as=jane",
+            "--as-group=devs",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no");
+    // Impersonating a service account gives its groups.
+    let sa = server.ok(
+        "1.33",
+        &[
+            "auth",
+            "whoami",
+            "--as=system:serviceaccount:default:default",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(sa.contains("system:serviceaccounts:default"), "{sa}");
+
+    // A service account without the impersonate verb is refused...
+    server.ok("1.33", &["create", "serviceaccount", "ci"]);
+    let ci = token(&server, "default", "ci");
+    let out = server.kubectl_as(&ci, &["get", "pods", "--as=jane"]);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        refused.contains("users \"jane\" is forbidden: User \"system:serviceaccount:default:ci\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{refused}"
+    );
+    // ... until a role grants it, for jane only and not for her groups.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrole",
+            "as-jane",
+            "--verb=impersonate",
+            "--resource=users",
+            "--resource-name=jane",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "ci-as-jane",
+            "--clusterrole=as-jane",
+            "--serviceaccount=default:ci",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = server.kubectl_as(
+            &ci,
+            &[
+                "auth",
+                "whoami",
+                "--as=jane",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+        );
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "jane");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ci may act as jane");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = server.kubectl_as(&ci, &["get", "pods", "--as=jane", "--as-group=devs"]);
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        refused.contains("groups \"devs\" is forbidden"),
+        "{refused}"
+    );
+}

@@ -165,6 +165,16 @@ impl ApiServer {
                 return error_response(&ApiError::unauthorized());
             }
         };
+        // Acting as someone else (kubectl --as): allowed per thing asked.
+        let user = if auth::impersonation::requested(req.headers()) {
+            match auth::impersonation::impersonate(&self.authorizers, &user, req.headers()).await {
+                Ok(Some(as_user)) => as_user,
+                Ok(None) => user,
+                Err(err) => return error_response(&err),
+            }
+        } else {
+            user
+        };
         let span = tracing::debug_span!("request", method = %req.method(), path = %info.path, user = %user.name);
         async move {
             let attrs = info.attributes(&user);

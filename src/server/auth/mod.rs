@@ -8,6 +8,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod impersonation;
 pub mod pki;
 pub mod policy;
 pub mod serviceaccount;
