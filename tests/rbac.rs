@@ -753,3 +753,99 @@ fn kubectl_as_and_as_group_impersonate_when_allowed() {
         "{refused}"
     );
 }
+
+#[test]
+fn legacy_token_secrets_are_filled_and_revoked_as_upstream() {
+    let server = Cluster::start();
+    // The Secret before its service account, as a chart may apply them.
+    let manifest = server.write(
+        "legacy.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ci-token\n  annotations: {kubernetes.io/service-account.name: ci}\n\
+         type: kubernetes.io/service-account-token\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ci}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: ci-view}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: ServiceAccount, name: ci}]\n",
+    );
+    server.ok("1.33", &["apply", "-f", manifest.to_str().unwrap()]);
+    let secret = server.wait_json(
+        &["get", "secret", "ci-token"],
+        10,
+        "the token filled in",
+        |s| s["data"]["token"].is_string(),
+    );
+    let uid = server.ok(
+        "1.33",
+        &[
+            "get",
+            "serviceaccount",
+            "ci",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    );
+    assert_eq!(
+        secret["metadata"]["annotations"]["kubernetes.io/service-account.uid"],
+        uid.as_str()
+    );
+    let b64 = |k: &str| {
+        use base64::Engine;
+        let v = secret["data"][k].as_str().unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    assert_eq!(b64("namespace"), "default");
+    assert!(b64("ca.crt").contains("BEGIN CERTIFICATE"));
+    let token = b64("token");
+    // The token is the service account's, with what its bindings grant.
+    let who = as_ok(
+        &server,
+        &token,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(who, "system:serviceaccount:default:ci");
+    as_ok(&server, &token, &["get", "configmaps"]);
+    let refused = as_refused(&server, &token, &["get", "secrets"]);
+    assert!(
+        refused.contains("cannot list resource \"secrets\""),
+        "{refused}"
+    );
+    // Deleting the Secret revokes the token.
+    server.ok("1.33", &["delete", "secret", "ci-token"]);
+    let refused = as_refused(&server, &token, &["get", "configmaps"]);
+    assert!(refused.contains("Unauthorized"), "{refused}");
+    // A token Secret must name its service account.
+    let bad = server.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bad}\ntype: kubernetes.io/service-account-token\n",
+    );
+    let err = server.fails("1.33", &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("metadata.annotations[kubernetes.io/service-account.name]: Required value"),
+        "{err}"
+    );
+    // Deleting the service account deletes its token Secrets.
+    let again = server.write(
+        "again.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ci-token-2\n  annotations: {kubernetes.io/service-account.name: ci}\n\
+         type: kubernetes.io/service-account-token\n",
+    );
+    server.ok("1.33", &["apply", "-f", again.to_str().unwrap()]);
+    server.wait_json(
+        &["get", "secret", "ci-token-2"],
+        10,
+        "the token filled in",
+        |s| s["data"]["token"].is_string(),
+    );
+    server.ok("1.33", &["delete", "serviceaccount", "ci"]);
+    server.eventually(
+        &["get", "secrets", "-o", "name"],
+        "the token Secret deleted",
+        |out| !out.contains("ci-token-2"),
+    );
+}

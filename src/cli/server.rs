@@ -366,6 +366,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         event_ttl: std::time::Duration::from_secs(args.event_ttl.max(60)),
         root_ca: String::new(),
         cluster_cidr: Some(args.node.cluster_cidr),
+        service_accounts: None,
     };
     // Store reads run on the blocking pool, each on its own SQLite read
     // connection (with its own page cache): bounding the pool bounds both

@@ -172,10 +172,21 @@ pub async fn run_with(
     )
     .await
     .map_err(Error::Api)?;
+    let sa_key = config
+        .data_dir
+        .join("server")
+        .join("tls")
+        .join("service-account.key");
+    let service_accounts = Arc::new(
+        tokio::task::spawn_blocking(move || auth::serviceaccount::Signer::load_or_create(&sa_key))
+            .await
+            .map_err(|_| store::Error::Closed)??,
+    );
     let (control, mut control_tasks) = controllers::start(
         registry.clone(),
         controllers::Config {
             root_ca: pki.ca_cert.clone(),
+            service_accounts: Some(service_accounts.clone()),
             ..config.controllers.clone()
         },
     )
@@ -238,16 +249,6 @@ pub async fn run_with(
         auth::pki::write_kubeconfig(path, &kubeconfig)?;
     }
 
-    let sa_key = config
-        .data_dir
-        .join("server")
-        .join("tls")
-        .join("service-account.key");
-    let service_accounts = Arc::new(
-        tokio::task::spawn_blocking(move || auth::serviceaccount::Signer::load_or_create(&sa_key))
-            .await
-            .map_err(|_| store::Error::Closed)??,
-    );
     let token_path = config.data_dir.join("server").join("token");
     let join_token = auth::join_token(&token_path, &pki.ca_cert, config.token.as_deref())?;
     let x509 = Arc::new(auth::authn::x509::X509::new(auth::client_verifier(&pki)?));

@@ -90,6 +90,10 @@ impl Audiences {
 /// Leeway for clocks that disagree a little.
 const LEEWAY_SECONDS: i64 = 60;
 
+/// The issuer of legacy tokens, the ones the token controller writes into
+/// Secrets of type `kubernetes.io/service-account-token` (upstream's).
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+
 pub struct Signer {
     key: EcdsaKeyPair,
     kid: String,
@@ -115,6 +119,8 @@ pub struct Claims {
     /// The pod the token is bound to: (name, uid).
     pub pod: Option<(String, String)>,
     pub audiences: Vec<String>,
+    /// A legacy token's Secret (it is good while the Secret holds it).
+    pub secret: Option<String>,
 }
 
 impl Signer {
@@ -213,6 +219,21 @@ impl Signer {
             .verify(format!("{h}.{c}").as_bytes(), &unb64(s)?)
             .ok()?;
         let claims: Value = serde_json::from_slice(&unb64(c)?).ok()?;
+        if claims["iss"] == LEGACY_ISSUER {
+            let claim = |k: &str| {
+                claims[format!("kubernetes.io/serviceaccount/{k}")]
+                    .as_str()
+                    .map(str::to_owned)
+            };
+            return Some(Claims {
+                namespace: claim("namespace")?,
+                service_account: claim("service-account.name")?,
+                service_account_uid: claim("service-account.uid").unwrap_or_default(),
+                pod: None,
+                audiences: Vec::new(),
+                secret: Some(claim("secret.name")?),
+            });
+        }
         let now = jiff::Timestamp::now().as_second();
         let exp = claims["exp"].as_i64()?;
         let nbf = claims["nbf"].as_i64().unwrap_or(0);
@@ -242,7 +263,54 @@ impl Signer {
                 )
             }),
             audiences,
+            secret: None,
         })
+    }
+
+    /// A legacy token (no expiry, no audience) for service account `name`
+    /// (uid `sa_uid`) in `namespace`, held by Secret `secret`, with
+    /// upstream's claims.
+    ///
+    /// # Errors
+    /// Signing failed (it does not, with a valid key).
+    pub fn issue_legacy(
+        &self,
+        namespace: &str,
+        name: &str,
+        sa_uid: &str,
+        secret: &str,
+    ) -> Result<String, Error> {
+        let claims = json!({
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": namespace,
+            "kubernetes.io/serviceaccount/secret.name": secret,
+            "kubernetes.io/serviceaccount/service-account.name": name,
+            "kubernetes.io/serviceaccount/service-account.uid": sa_uid,
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        });
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Value) -> Result<String, Error> {
+        let header = json!({"alg": "ES256", "kid": self.kid});
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|e| Error::Pki(format!("signing a token: {e}")))?;
+        Ok(format!("{signing_input}.{}", b64(sig.as_ref())))
+    }
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -271,6 +339,7 @@ mod tests {
                 service_account_uid: "u-1".into(),
                 pod: Some(("web-0".into(), "p-1".into())),
                 audiences: aud.clone(),
+                secret: None,
             }
         );
         // The same key after a restart.
@@ -333,5 +402,26 @@ mod tests {
             let err = Audiences::new(bad).unwrap_err().to_string();
             assert!(err.contains("audience"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn legacy_tokens_name_their_secret_and_never_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("sa.key")).unwrap();
+        let token = signer.issue_legacy("ns1", "ci", "u-9", "ci-token").unwrap();
+        let claims = signer.verify(&token).unwrap();
+        assert_eq!(
+            claims,
+            Claims {
+                namespace: "ns1".into(),
+                service_account: "ci".into(),
+                service_account_uid: "u-9".into(),
+                pod: None,
+                audiences: Vec::new(),
+                secret: Some("ci-token".into()),
+            }
+        );
+        let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert!(other.verify(&token).is_none());
     }
 }

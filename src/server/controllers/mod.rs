@@ -23,6 +23,7 @@ pub mod replicaset;
 pub mod replicationcontroller;
 pub mod revisions;
 pub mod serviceaccount;
+pub mod serviceaccounttoken;
 pub mod servicelb;
 pub mod statefulset;
 
@@ -154,6 +155,9 @@ pub struct Config {
     pub root_ca: String,
     /// Pods' addresses: each node gets a /24 of it (`None`: no node IPAM).
     pub cluster_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    /// Signs the legacy tokens of `kubernetes.io/service-account-token`
+    /// Secrets (`None`: they are left unfilled).
+    pub service_accounts: Option<Arc<crate::server::auth::serviceaccount::Signer>>,
 }
 
 impl Default for Config {
@@ -165,6 +169,7 @@ impl Default for Config {
             event_ttl: Duration::from_secs(3600),
             root_ca: String::new(),
             cluster_cidr: Some((std::net::Ipv4Addr::new(10, 42, 0, 0), 16)),
+            service_accounts: None,
         }
     }
 }
@@ -214,6 +219,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     namespace::start(ctx.clone(), &mut tasks);
     serviceaccount::start(ctx.clone(), &mut tasks);
     clusterroleaggregation::start(ctx.clone(), &mut tasks);
+    serviceaccounttoken::start(ctx.clone(), &mut tasks);
     (ctx, tasks)
 }
 

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -45,13 +46,30 @@ impl ServiceAccounts {
                 api: self.audiences.as_slice().to_vec(),
             });
         }
-        Ok(self.user(&claims).await)
+        Ok(self.user(&claims, token).await)
     }
 
     /// The service account `claims` name, while it and the pod the token
     /// is bound to exist with the uids the token was issued for.
-    async fn user(&self, claims: &Claims) -> Option<User> {
+    async fn user(&self, claims: &Claims, token: &str) -> Option<User> {
         let ns = Some(claims.namespace.as_str());
+        // A legacy token is good while its Secret holds it (upstream's
+        // legacy validator): deleting the Secret revokes it.
+        if let Some(secret) = &claims.secret {
+            let res = self.registry.catalog.find("", "v1", "secrets")?;
+            let held = self.registry.get(res, ns, secret).await.ok()?;
+            let data = held.pointer("/data/token").and_then(Value::as_str)?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .ok()?;
+            if decoded != token.as_bytes()
+                || held
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some_and(|d| !d.is_null())
+            {
+                return None;
+            }
+        }
         let uid_of = |v: &Value| {
             v.pointer("/metadata/uid")
                 .and_then(Value::as_str)

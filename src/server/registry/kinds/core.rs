@@ -62,6 +62,18 @@ impl Strategy for Secret {
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validation::config_data(obj, errs);
         validation::secret_size(obj, errs);
+        // Upstream asks only the service account's name of a token Secret;
+        // the token controller fills the rest.
+        let annotation = "kubernetes.io/service-account.name";
+        if obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+            && obj["metadata"]["annotations"][annotation]
+                .as_str()
+                .is_none_or(str::is_empty)
+        {
+            errs.push(FieldError::required(format!(
+                "metadata.annotations[{annotation}]"
+            )));
+        }
     }
 
     fn validate_update(&self, old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
