@@ -16,7 +16,7 @@ import sys
 API_FILES = [
     "core/v1", "apps/v1", "batch/v1", "coordination/v1", "discovery/v1",
     "events/v1", "authentication/v1", "authorization/v1", "policy/v1",
-    "autoscaling/v1", "rbac/v1",
+    "autoscaling/v1", "rbac/v1", "certificates/v1",
 ]
 MACHINERY_FILES = [
     "pkg/apis/meta/v1", "pkg/runtime", "pkg/runtime/schema",

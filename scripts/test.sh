@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian/Ubuntu packages the tests use: gcc builds the bundled SQLite and
-# zstd; libseccomp-dev and pkg-config link the container runtime, libelf-dev and
+# zstd; openssl makes the keys and certificate requests of tests/rbac.rs;
+# libseccomp-dev and pkg-config link the container runtime, libelf-dev and
 # zlib1g-dev the libbpf it builds (cgroup v2 device rules); curl sends raw HTTP requests in tests/api_errors.rs; busybox-static,
 # umoci and skopeo build and write the test images (tests/images.rs);
 # docker-registry serves them to the pulls in tests/agent_images.rs, whose private
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86 boots the kernel tests/cgroup_v2.rs runs pods on (cgroup v2,
 # which this kind of machine's v1 controllers rule out), kmod's depmod indexes
 # that kernel's modules.
-packages=(gcc pkg-config libseccomp-dev libelf-dev zlib1g-dev make curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables procps qemu-system-x86 kmod)
+packages=(openssl gcc pkg-config libseccomp-dev libelf-dev zlib1g-dev make curl busybox-static umoci skopeo docker-registry apache2-utils shellcheck nftables procps qemu-system-x86 kmod)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -849,3 +849,408 @@ fn legacy_token_secrets_are_filled_and_revoked_as_upstream() {
         |out| !out.contains("ci-token-2"),
     );
 }
+
+#[test]
+fn a_person_given_a_kubeconfig_and_view_in_one_namespace_may_read_only_there() {
+    let server = Cluster::start();
+    server.ok("1.33", &["create", "namespace", "team"]);
+    let made = std::process::Command::new(support::ORCH)
+        .args([
+            "kubeconfig",
+            "create",
+            "--user",
+            "jane",
+            "--group",
+            "devs",
+            "--ttl",
+            "2h",
+            "--data-dir",
+        ])
+        .arg(server.dir.path())
+        .output()
+        .expect("run orch kubeconfig create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let jane = server.write("jane.kubeconfig", &String::from_utf8_lossy(&made.stdout));
+    let jane = jane.to_str().unwrap();
+    let as_jane = |args: &[&str]| {
+        let mut full = vec!["--kubeconfig", jane];
+        full.extend_from_slice(args);
+        server.kubectl("1.33", &full)
+    };
+    let whoami = as_jane(&["auth", "whoami", "-o", "json"]);
+    let whoami: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(
+        whoami["status"]["userInfo"],
+        serde_json::json!({"username": "jane", "groups": ["devs", "system:authenticated"]})
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "rolebinding",
+            "jane-view",
+            "--clusterrole=view",
+            "--user=jane",
+            "-n",
+            "team",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "configmap",
+            "settings",
+            "-n",
+            "team",
+            "--from-literal=a=1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !as_jane(&["get", "configmaps", "-n", "team"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "view lets jane read team");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for args in [
+        &["get", "pods", "-n", "team"][..],
+        &["get", "deployments", "-n", "team"],
+        &["get", "configmap", "settings", "-n", "team", "-o", "name"],
+    ] {
+        let out = as_jane(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A watch works too (it ends at its timeout).
+    let watch = as_jane(&[
+        "get",
+        "configmaps",
+        "-n",
+        "team",
+        "--watch",
+        "--request-timeout=1s",
+    ]);
+    assert!(String::from_utf8_lossy(&watch.stdout).contains("settings"));
+    // Nothing elsewhere, nothing written, no secrets.
+    let refused = |args: &[&str]| String::from_utf8_lossy(&as_jane(args).stderr).into_owned();
+    assert!(refused(&["get", "pods", "-n", "default"]).contains(
+        "pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    ));
+    assert!(
+        refused(&["get", "secrets", "-n", "team"]).contains("cannot list resource \"secrets\"")
+    );
+    assert!(
+        refused(&["get", "nodes"])
+            .contains("cannot list resource \"nodes\" in API group \"\" at the cluster scope")
+    );
+    let edit = refused(&["label", "configmap", "settings", "-n", "team", "x=y"]);
+    assert!(
+        edit.contains(
+            "Error from server (Forbidden): configmaps \"settings\" is forbidden: User \"jane\" cannot patch resource \"configmaps\" in API group \"\" in the namespace \"team\""
+        ),
+        "{edit}"
+    );
+    assert!(
+        refused(&["delete", "configmap", "settings", "-n", "team"])
+            .contains("cannot delete resource \"configmaps\"")
+    );
+    // can-i --list shows exactly view's rules (and the self reviews).
+    let list = as_jane(&["auth", "can-i", "--list", "-n", "team"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    for line in list.lines().skip(1) {
+        let verbs = line.rsplit('[').next().unwrap_or_default();
+        assert!(
+            verbs.is_empty()
+                || ["get", "list", "watch", "create"]
+                    .iter()
+                    .any(|v| verbs.contains(v)),
+            "{line}"
+        );
+        assert!(
+            !verbs.contains("delete") && !verbs.contains("update") && !verbs.contains("patch"),
+            "{line}"
+        );
+    }
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("configmaps ") && l.ends_with("[get list watch]")),
+        "{list}"
+    );
+    let elsewhere =
+        String::from_utf8_lossy(&as_jane(&["auth", "can-i", "--list", "-n", "default"]).stdout)
+            .into_owned();
+    assert!(!elsewhere.contains("configmaps"), "{elsewhere}");
+    // Bad input: a too short ttl, or no user, is one clear line.
+    let bad = std::process::Command::new(support::ORCH)
+        .args([
+            "kubeconfig",
+            "create",
+            "--user",
+            "x",
+            "--ttl",
+            "1m",
+            "--data-dir",
+        ])
+        .arg(server.dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--ttl must be at least 10m"));
+    let nowhere = std::process::Command::new(support::ORCH)
+        .args([
+            "kubeconfig",
+            "create",
+            "--user",
+            "x",
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("run this on the server machine"));
+}
+
+/// A key and a PEM certificate request for `subject` (`/CN=u/O=g`), made
+/// with openssl: (key path, request PEM).
+fn key_and_request(server: &Cluster, name: &str, subject: &str) -> (std::path::PathBuf, String) {
+    let key = server.dir.path().join(format!("{name}.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+        ])
+        .arg(&key)
+        .output()
+        .expect("run openssl (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (key, String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn a_certificate_from_an_approved_request_authenticates_its_subject() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let server = Cluster::start();
+    let (key, request) = key_and_request(&server, "carol", "/CN=carol/O=devs");
+    let csr = |name: &str, request: &str, extra: &str| {
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\n\
+             spec:\n  request: {}\n  signerName: kubernetes.io/kube-apiserver-client\n  expirationSeconds: 3600\n  usages: [client auth]\n{extra}",
+            b64.encode(request)
+        )
+    };
+    let file = server.write("carol.yaml", &csr("carol", &request, ""));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let listed = server.ok("1.33", &["get", "csr", "carol"]);
+    let lines: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME",
+            "AGE",
+            "SIGNERNAME",
+            "REQUESTOR",
+            "REQUESTEDDURATION",
+            "CONDITION"
+        ]
+    );
+    assert_eq!(
+        lines[1][2..],
+        [
+            "kubernetes.io/kube-apiserver-client",
+            "system:admin",
+            "60m",
+            "Pending"
+        ]
+    );
+    // The requester is who posted it, whatever the body said.
+    let spec = server.ok(
+        "1.33",
+        &[
+            "get",
+            "csr",
+            "carol",
+            "-o",
+            "jsonpath={.spec.username} {.spec.groups}",
+        ],
+    );
+    assert!(
+        spec.starts_with("system:admin [") && spec.contains("system:masters"),
+        "{spec}"
+    );
+
+    server.ok("1.33", &["certificate", "approve", "carol"]);
+    let issued = server.wait_json(&["get", "csr", "carol"], 10, "a certificate issued", |c| {
+        c["status"]["certificate"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    });
+    let condition = server.ok("1.33", &["get", "csr", "carol", "--no-headers"]);
+    assert!(
+        condition.trim_end().ends_with("Approved,Issued"),
+        "{condition}"
+    );
+    let cert = b64
+        .decode(issued["status"]["certificate"].as_str().unwrap())
+        .unwrap();
+    let cert_path = server.write("carol.crt", &String::from_utf8(cert).unwrap());
+    // It lasts what was asked (an hour), not a year.
+    let dates = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(&cert_path)
+        .output()
+        .unwrap();
+    let end = String::from_utf8_lossy(&dates.stdout);
+    let year = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .year()
+        .to_string();
+    assert!(end.contains(&year), "{end}");
+    let admin = std::fs::read_to_string(&server.kubeconfig).unwrap();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap();
+    let kubeconfig = server.write(
+        "carol.kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster: {{certificate-authority-data: {ca}, server: \"{}\"}}\n  name: c\n\
+             contexts:\n- context: {{cluster: c, user: carol}}\n  name: c\ncurrent-context: c\n\
+             users:\n- name: carol\n  user: {{client-certificate: {}, client-key: {}}}\n",
+            server.url(),
+            cert_path.display(),
+            key.display()
+        ),
+    );
+    let whoami = server.ok(
+        "1.33",
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ],
+    );
+    assert_eq!(whoami, "carol [\"devs\",\"system:authenticated\"]");
+
+    // Denied: never signed.
+    let (_, other) = key_and_request(&server, "dave", "/CN=dave");
+    let file = server.write("dave.yaml", &csr("dave", &other, ""));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok("1.33", &["certificate", "deny", "dave"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let row = server.ok("1.33", &["get", "csr", "dave", "--no-headers"]);
+    assert!(row.trim_end().ends_with("Denied"), "{row}");
+    // Usages a client certificate may not have: Failed, saying why.
+    let (_, third) = key_and_request(&server, "erin", "/CN=erin");
+    let file = server.write(
+        "erin.yaml",
+        &csr("erin", &third, "").replace(
+            "usages: [client auth]",
+            "usages: [client auth, server auth]",
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok("1.33", &["certificate", "approve", "erin"]);
+    let failed = server.wait_json(&["get", "csr", "erin"], 10, "the request failed", |c| {
+        c["status"]["conditions"].to_string().contains("Failed")
+    });
+    assert!(
+        failed["status"]["conditions"]
+            .to_string()
+            .contains("invalid usage for client certificate: server auth"),
+        "{}",
+        failed["status"]
+    );
+    // Bad input: 422 naming every field.
+    let bad = server.write(
+        "bad-csr.yaml",
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {name: bad}\n\
+         spec: {request: bm90IGEgcmVxdWVzdA==, expirationSeconds: 60, usages: [client auth]}\n",
+    );
+    let err = server.fails("1.33", &["create", "-f", bad.to_str().unwrap()]);
+    for want in [
+        "spec.request: Invalid value",
+        "PEM block type must be CERTIFICATE REQUEST",
+        "spec.signerName: Required value",
+        "spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 600 seconds (10 minutes)",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // Someone who may not approve for the signer is refused.
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrole",
+            "csr-approver",
+            "--verb=update",
+            "--resource=certificatesigningrequests/approval",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "ci-csr",
+            "--clusterrole=csr-approver",
+            "--user=ci",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrole",
+            "csr-reader",
+            "--verb=get,list",
+            "--resource=certificatesigningrequests",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "ci-csr-read",
+            "--clusterrole=csr-reader",
+            "--user=ci",
+        ],
+    );
+    let (_, fourth) = key_and_request(&server, "finn", "/CN=finn");
+    let file = server.write("finn.yaml", &csr("finn", &fourth, ""));
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = server.fails("1.33", &["certificate", "approve", "finn", "--as=ci"]);
+    assert!(
+        refused.contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
+        "{refused}"
+    );
+}

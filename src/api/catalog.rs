@@ -381,6 +381,16 @@ const ENTRIES: &[Entry] = &[
         subresources: &[],
     },
     Entry {
+        group: "certificates.k8s.io",
+        kind: "CertificateSigningRequest",
+        plural: "certificatesigningrequests",
+        namespaced: false,
+        short: &["csr"],
+        all: false,
+        verbs: CRUD,
+        subresources: &[("approval", "get,patch,update"), STATUS],
+    },
+    Entry {
         group: "authentication.k8s.io",
         kind: "SelfSubjectReview",
         plural: "selfsubjectreviews",

@@ -67,6 +67,7 @@ pub enum Printer {
     EndpointSlice,
     RoleBinding,
     ClusterRoleBinding,
+    CertificateSigningRequest,
     /// Name and creation time.
     Default,
 }
@@ -228,6 +229,14 @@ pub fn columns(printer: Printer) -> Vec<Column> {
                 described("ServiceAccounts", accounts, 1),
             ]
         }
+        Printer::CertificateSigningRequest => vec![
+            NAME,
+            AGE,
+            col("SignerName", 0),
+            col("Requestor", 0),
+            col("RequestedDuration", 0),
+            col("Condition", 0),
+        ],
         Printer::Default => vec![
             NAME,
             Column {
@@ -364,6 +373,45 @@ fn binding_cells(obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
         json!(users.join(", ")),
         json!(groups.join(", ")),
         json!(accounts.join(", ")),
+    ]
+}
+
+/// A CertificateSigningRequest's row, as upstream prints it: the
+/// condition is Denied, Approved or Pending, then `,Failed` and `,Issued`.
+fn csr_cells(obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+    let has = |ty: &str| {
+        obj.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == ty))
+    };
+    let mut condition = if has("Denied") {
+        "Denied"
+    } else if has("Approved") {
+        "Approved"
+    } else {
+        "Pending"
+    }
+    .to_owned();
+    if has("Failed") {
+        condition.push_str(",Failed");
+    }
+    if !s(obj, "/status/certificate").is_empty() {
+        condition.push_str(",Issued");
+    }
+    let duration = match obj
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+    {
+        Some(secs) => json!(human_duration(secs)),
+        None => json!("<none>"),
+    };
+    vec![
+        name(obj),
+        age(obj, now),
+        json!(s(obj, "/spec/signerName")),
+        json!(s(obj, "/spec/username")),
+        duration,
+        json!(condition),
     ]
 }
 
@@ -659,6 +707,7 @@ pub fn cells(printer: Printer, obj: &Value, now: jiff::Timestamp) -> Vec<Value> 
             ]
         }
         Printer::RoleBinding | Printer::ClusterRoleBinding => binding_cells(obj, now),
+        Printer::CertificateSigningRequest => csr_cells(obj, now),
         Printer::Default => vec![name(obj), json!(s(obj, "/metadata/creationTimestamp"))],
     }
 }
@@ -1098,6 +1147,7 @@ mod tests {
             Printer::EndpointSlice,
             Printer::RoleBinding,
             Printer::ClusterRoleBinding,
+            Printer::CertificateSigningRequest,
             Printer::Default,
         ] {
             assert_eq!(columns(p).len(), cells(p, &obj, now).len(), "{p:?}");

@@ -7,6 +7,7 @@
 mod agent;
 mod certificate;
 mod image;
+mod kubeconfig;
 mod server;
 mod shim;
 mod token;
@@ -44,6 +45,8 @@ pub enum Command {
     Certificate(certificate::Args),
     /// Manage extra join tokens for agents (create, list, delete).
     Token(token::Args),
+    /// Make kubeconfigs for people (create), on the server machine.
+    Kubeconfig(kubeconfig::Args),
     /// Print the version, git commit and target.
     Version(version::Args),
 }
@@ -384,6 +387,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shim(args) => shim::run(args),
         Command::Certificate(args) => certificate::run(args),
         Command::Token(args) => token::run(args),
+        Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Version(args) => version::run(args),
     }
 }

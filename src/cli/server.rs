@@ -367,6 +367,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         root_ca: String::new(),
         cluster_cidr: Some(args.node.cluster_cidr),
         service_accounts: None,
+        pki: None,
     };
     // Store reads run on the blocking pool, each on its own SQLite read
     // connection (with its own page cache): bounding the pool bounds both

@@ -187,6 +187,7 @@ pub async fn run_with(
         controllers::Config {
             root_ca: pki.ca_cert.clone(),
             service_accounts: Some(service_accounts.clone()),
+            pki: Some(Arc::new(pki.clone())),
             ..config.controllers.clone()
         },
     )

@@ -61,9 +61,19 @@ async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<B
         return Ok(json_response(StatusCode::CREATED, &review?));
     }
     let warnings = body.check_duplicates(&call.write)?;
+    let mut value = body.value;
+    if call.res.group == "certificates.k8s.io" && call.res.kind == "CertificateSigningRequest" {
+        let user = call.user;
+        crate::server::registry::kinds::certificates::record_requester(
+            &mut value,
+            &user.name,
+            &user.uid,
+            &user.groups,
+        );
+    }
     let mut written = call
         .registry()
-        .create(&call.res, call.ns(), body.value, &call.write)
+        .create(&call.res, call.ns(), value, &call.write)
         .await?;
     written.warnings.extend(warnings);
     Ok(written_response(

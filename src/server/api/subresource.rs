@@ -14,6 +14,57 @@ use crate::api::patch::PatchType;
 use crate::api::status::{self, ApiError};
 use crate::server::registry::{WriteOptions, strategy};
 
+/// May the caller approve or deny requests to the signer CSR `name`
+/// names? Upstream asks for verb `approve` on `signers` named the signer
+/// (or `<domain>/*`) in certificates.k8s.io.
+///
+/// # Errors
+/// Upstream's 403 when not; the request's own errors (404).
+async fn approver_of(call: &Call<'_>, name: &str) -> Result<(), ApiError> {
+    use crate::server::auth::authz::{Attributes, Decision};
+    let csr = call.registry().get(&call.res, None, name).await?;
+    let signer = csr
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut names = vec![signer.clone()];
+    if let Some((domain, _)) = signer.split_once('/') {
+        names.push(format!("{domain}/*"));
+    }
+    for signer_name in names {
+        let attrs = Attributes {
+            user: call.user.clone(),
+            verb: "approve".into(),
+            namespace: String::new(),
+            api_group: "certificates.k8s.io".into(),
+            api_version: "*".into(),
+            resource: "signers".into(),
+            subresource: String::new(),
+            name: signer_name,
+            path: String::new(),
+            resource_request: true,
+        };
+        if matches!(
+            call.api.authorizers.authorize(&attrs).await,
+            Decision::Allow(_)
+        ) {
+            return Ok(());
+        }
+    }
+    Err(ApiError {
+        details: Some(Box::new(status::Details {
+            name: name.to_owned(),
+            group: "certificates.k8s.io".into(),
+            kind: "certificatesigningrequests".into(),
+            ..status::Details::default()
+        })),
+        ..ApiError::forbidden(format!(
+            "certificatesigningrequests.certificates.k8s.io {name:?} is forbidden: user not permitted to approve requests with signerName {signer:?}"
+        ))
+    })
+}
+
 /// Serve a request on subresource `sub` of object `name`.
 pub(super) async fn serve(
     call: &Call<'_>,
@@ -25,6 +76,18 @@ pub(super) async fn serve(
     let (registry, ns) = (call.registry(), call.ns());
     match (&method, sub) {
         (&Method::PUT, "status") => object::update(call, req, name, Some("status")).await,
+        (&Method::PUT | &Method::PATCH, "approval") => {
+            approver_of(call, name).await?;
+            if method == Method::PUT {
+                object::update(call, req, name, Some("approval")).await
+            } else {
+                object::patch(call, req, name, Some("approval")).await
+            }
+        }
+        (&Method::GET, "approval") => {
+            let obj = registry.get(&call.res, ns, name).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
         // finalize writes spec.finalizers, which a plain update keeps.
         (&Method::PUT, "finalize") => object::update(call, req, name, None).await,
         (&Method::PATCH, "status") => object::patch(call, req, name, Some("status")).await,

@@ -18,6 +18,15 @@ use rcgen::{
 
 use super::Error;
 
+/// Shown without its secrets.
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Certificates and keys, PEM-encoded.
 #[derive(Clone)]
 pub struct Pki {
@@ -278,11 +287,149 @@ impl Pki {
         Ok(cert.pem())
     }
 
+    /// The cluster CA of an existing server's `dir`, to issue client
+    /// certificates with (`orch kubeconfig create`); nothing is created.
+    ///
+    /// # Errors
+    /// The CA certificate or key is missing or unreadable.
+    pub fn existing_ca(dir: &Path) -> Result<Self, Error> {
+        let ca_cert = read(&dir.join("ca.crt"))?.ok_or_else(|| {
+            Error::Pki(format!(
+                "no cluster CA in {}; run this on the server machine, with the --data-dir orch server uses",
+                dir.display()
+            ))
+        })?;
+        let pki = Self {
+            dir: dir.to_owned(),
+            ca_cert,
+            serving_cert: String::new(),
+            serving_key: String::new(),
+            admin_cert: String::new(),
+            admin_key: String::new(),
+            admin_token: String::new(),
+        };
+        pki.issuer()?;
+        Ok(pki)
+    }
+
+    /// The CA, to issue with.
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, Error> {
+        let key = read(&self.dir.join("ca.key"))?
+            .ok_or_else(|| Error::Pki(format!("{}/ca.key is missing", self.dir.display())))?;
+        let key = KeyPair::from_pem(&key).map_err(rcgen_err("read the CA key"))?;
+        Issuer::from_ca_cert_pem(&self.ca_cert, key).map_err(rcgen_err("read the CA certificate"))
+    }
+
+    /// A client certificate for `user` in `groups`, valid for `seconds`
+    /// from now, with a new key: (certificate PEM, key PEM).
+    ///
+    /// # Errors
+    /// An unreadable CA key.
+    pub fn issue_client(
+        &self,
+        user: &str,
+        groups: &[String],
+        seconds: i64,
+    ) -> Result<(String, String), Error> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(rcgen_err("make a key"))?;
+        let cert = client_params_for(user, groups, seconds)
+            .signed_by(&key, &self.issuer()?)
+            .map_err(rcgen_err("sign the client certificate"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A client certificate for the key and subject of `csr_pem` (a PEM
+    /// CERTIFICATE REQUEST): CN the user, each O a group, client auth,
+    /// valid for `seconds` from now (upstream's kube-apiserver-client
+    /// signer).
+    ///
+    /// # Errors
+    /// A request that cannot be parsed, or an unreadable CA key.
+    pub fn sign_client_request(&self, csr_pem: &str, seconds: i64) -> Result<String, Error> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            Error::Pki(format!("the request is not a PEM CERTIFICATE REQUEST: {e}"))
+        })?;
+        let mut cn = String::new();
+        let mut groups = Vec::new();
+        for (ty, value) in csr.params.distinguished_name.iter() {
+            let text = dn_text(value);
+            match ty {
+                DnType::CommonName => cn = text,
+                DnType::OrganizationName => groups.push(text),
+                _ => {}
+            }
+        }
+        if cn.is_empty() {
+            return Err(Error::Pki("the request names no user (subject CN)".into()));
+        }
+        csr.params = client_params_for(&cn, &groups, seconds);
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .map_err(rcgen_err("sign the client certificate"))?;
+        Ok(cert.pem())
+    }
+
     /// A kubeconfig for the admin, pointing at `server`.
     pub fn admin_kubeconfig(&self, server: &str) -> String {
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        format!(
-            "apiVersion: v1
+        kubeconfig(
+            server,
+            &self.ca_cert,
+            "default",
+            &self.admin_cert,
+            &self.admin_key,
+        )
+    }
+}
+
+/// The text of a subject field.
+fn dn_text(value: &rcgen::DnValue) -> String {
+    match value {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_owned(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_owned(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_owned(),
+        rcgen::DnValue::BmpString(s) => String::from_utf16_lossy(
+            &s.as_bytes()
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+                .collect::<Vec<_>>(),
+        ),
+        rcgen::DnValue::UniversalString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Client certificate parameters: CN `user`, an O per group, client auth,
+/// valid from a minute ago (clock skew) for `seconds` from now.
+fn client_params_for(user: &str, groups: &[String], seconds: i64) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, user);
+    for g in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, g.as_str());
+    }
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = jiff::Timestamp::now().as_second();
+    let at = |s: i64| {
+        time::OffsetDateTime::from_unix_timestamp(s).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    params.not_before = at(now - 60);
+    params.not_after = at(now + seconds);
+    params
+}
+
+/// A kubeconfig for `server` (trusting `ca`) as `user` with a client
+/// certificate and key (PEM).
+pub fn kubeconfig(server: &str, ca: &str, user: &str, cert: &str, key: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1
 kind: Config
 clusters:
 - cluster:
@@ -292,21 +439,21 @@ clusters:
 contexts:
 - context:
     cluster: default
-    user: default
+    user: {user}
   name: default
 current-context: default
 preferences: {{}}
 users:
-- name: default
+- name: {user}
   user:
     client-certificate-data: {cert}
     client-key-data: {key}
 ",
-            ca = b64(&self.ca_cert),
-            cert = b64(&self.admin_cert),
-            key = b64(&self.admin_key),
-        )
-    }
+        ca = b64(ca),
+        user = serde_json::to_string(user).unwrap_or_default(),
+        cert = b64(cert),
+        key = b64(key),
+    )
 }
 
 /// Write a kubeconfig with mode 0600, creating its directory.

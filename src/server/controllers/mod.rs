@@ -10,6 +10,7 @@
 
 pub mod clusterroleaggregation;
 pub mod cronjob;
+pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -62,6 +63,7 @@ pub struct Informers {
     pub clusterroles: Arc<Informer>,
     pub rolebindings: Arc<Informer>,
     pub clusterrolebindings: Arc<Informer>,
+    pub certificatesigningrequests: Arc<Informer>,
 }
 
 impl Informers {
@@ -100,10 +102,14 @@ impl Informers {
                 registry.clone(),
                 res(RBAC, "clusterrolebindings"),
             ),
+            certificatesigningrequests: Informer::start(
+                registry.clone(),
+                res("certificates.k8s.io", "certificatesigningrequests"),
+            ),
         }
     }
 
-    fn all(&self) -> [&Arc<Informer>; 18] {
+    fn all(&self) -> [&Arc<Informer>; 19] {
         [
             &self.pods,
             &self.nodes,
@@ -123,6 +129,7 @@ impl Informers {
             &self.clusterroles,
             &self.rolebindings,
             &self.clusterrolebindings,
+            &self.certificatesigningrequests,
         ]
     }
 
@@ -158,6 +165,9 @@ pub struct Config {
     /// Signs the legacy tokens of `kubernetes.io/service-account-token`
     /// Secrets (`None`: they are left unfilled).
     pub service_accounts: Option<Arc<crate::server::auth::serviceaccount::Signer>>,
+    /// The cluster CA, which signs approved CertificateSigningRequests
+    /// (`None`: they are left unsigned).
+    pub pki: Option<Arc<crate::server::auth::Pki>>,
 }
 
 impl Default for Config {
@@ -170,6 +180,7 @@ impl Default for Config {
             root_ca: String::new(),
             cluster_cidr: Some((std::net::Ipv4Addr::new(10, 42, 0, 0), 16)),
             service_accounts: None,
+            pki: None,
         }
     }
 }
@@ -220,6 +231,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     serviceaccount::start(ctx.clone(), &mut tasks);
     clusterroleaggregation::start(ctx.clone(), &mut tasks);
     serviceaccounttoken::start(ctx.clone(), &mut tasks);
+    csrsigning::start(ctx.clone(), &mut tasks);
     (ctx, tasks)
 }
 

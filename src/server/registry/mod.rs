@@ -16,7 +16,7 @@
 
 #![forbid(unsafe_code)]
 
-mod kinds;
+pub mod kinds;
 mod services;
 pub mod strategy;
 mod typed;
@@ -918,6 +918,8 @@ impl Registry {
         match subresource {
             // /status changes status only.
             Some("status") => obj = strategy.status_update(&old, obj),
+            // A CertificateSigningRequest's /approval: its conditions only.
+            Some("approval") => obj = kinds::certificates::approval_update(&old, &obj),
             _ => strategy.reset_status(res, &old, &mut obj),
         }
         if strategy.tracks_generation() && spec_part(&old) != spec_part(&obj) {

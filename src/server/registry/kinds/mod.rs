@@ -5,6 +5,7 @@
 
 mod apps;
 mod batch;
+pub mod certificates;
 mod core;
 mod namespace;
 mod pod;
@@ -62,6 +63,11 @@ pub fn builtin() -> Vec<(&'static str, &'static str, Arc<dyn Strategy>)> {
         ),
         ("", "ConfigMap", Arc::new(core::ConfigMap)),
         ("", "Secret", Arc::new(core::Secret)),
+        (
+            "certificates.k8s.io",
+            "CertificateSigningRequest",
+            Arc::new(certificates::CertificateSigningRequest),
+        ),
         (
             "",
             "ServiceAccount",
