@@ -382,6 +382,97 @@ fn pods_services_and_names_work_across_nodes() {
         "{hosts}"
     );
 
+    // The API from a pod: its service account, bound to a Role, lists
+    // ConfigMaps through the `kubernetes` Service with the token and
+    // ca.crt mounted in its container, and gets a 403 for Secrets. The
+    // client is curl in the pod's network namespace: busybox's wget
+    // cannot verify a server against a CA file (nor handshake with an
+    // ECDSA serving certificate, k3s's kind too).
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "role",
+            "cm-reader",
+            "--verb=get,list",
+            "--resource=configmaps",
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "rolebinding",
+            "cm-reader",
+            "--role=cm-reader",
+            "--serviceaccount=default:default",
+        ],
+    );
+    let mounted = |file: &str| {
+        server.ok(
+            "1.33",
+            &[
+                "exec",
+                "client",
+                "--",
+                "cat",
+                &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
+            ],
+        )
+    };
+    let (token, ca, ns) = (mounted("token"), mounted("ca.crt"), mounted("namespace"));
+    let ca_file = server.write("pod-ca.crt", &ca);
+    let uid = server.ok(
+        "1.33",
+        &["get", "pod", "client", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let pod_netns = server.node_dirs("n1").1.join("netns").join(&uid);
+    let api = |what: &str| -> (String, String) {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", pod_netns.display()))
+            .args([
+                "curl",
+                "-s",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(&ca_file)
+            .args(["--resolve", "kubernetes.default.svc:443:10.43.0.1", "-H"])
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(format!(
+                "https://kubernetes.default.svc/api/v1/namespaces/{ns}/{what}"
+            ))
+            .output()
+            .expect("run curl in the pod's network namespace");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (
+            code.to_owned(),
+            format!("{body}{}", String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let listed = wait::until_ok(wait::secs(20), "the pod lists configmaps", || {
+        match api("configmaps") {
+            (code, body) if code == "200" => Ok(body),
+            (code, body) => Err(format!("{code} {body}")),
+        }
+    });
+    assert!(
+        listed.contains("\"kind\":\"ConfigMapList\"") && listed.contains("kube-root-ca.crt"),
+        "{listed}"
+    );
+    let (code, body) = api("secrets");
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains(
+            "User \"system:serviceaccount:default:default\" cannot list resource \"secrets\""
+        ),
+        "{body}"
+    );
+
     // A Service in front of both (NodePort), and a headless one.
     let services = server.write("services.yaml", SERVICES);
     server.ok("1.33", &["apply", "-f", services.to_str().unwrap()]);
