@@ -466,11 +466,10 @@ fn pods_services_and_names_work_across_nodes() {
     );
     let (code, body) = api("secrets");
     assert_eq!(code, "403", "{body}");
-    assert!(
-        body.contains(
-            "User \"system:serviceaccount:default:default\" cannot list resource \"secrets\""
-        ),
-        "{body}"
+    let refusal: serde_json::Value = serde_json::from_str(&body).expect("a Status");
+    assert_eq!(
+        refusal["message"],
+        "secrets is forbidden: User \"system:serviceaccount:default:default\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""
     );
 
     // A Service in front of both (NodePort), and a headless one.

@@ -401,11 +401,11 @@ fn service_accounts_get_what_their_bindings_grant_and_nothing_else() {
         ],
     );
     server.eventually(&["get", "clusterrole", "ghost"], "the role", |_| true);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.kubectl_as(&app, &["get", "nodes"]).status.success() {
-        assert!(Instant::now() < deadline, "the new role grants within 5 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait::until_true(
+        Duration::from_secs(5),
+        "the new role grants within 5 s",
+        || server.kubectl_as(&app, &["get", "nodes"]).status.success(),
+    );
 }
 
 #[test]
@@ -435,11 +435,11 @@ fn a_cluster_role_labelled_for_view_joins_view_edit_and_admin() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !(grants("edit") && grants("admin")) {
-        assert!(Instant::now() < deadline, "edit and admin aggregate view");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait::until_true(
+        Duration::from_secs(5),
+        "edit and admin aggregate view",
+        || grants("edit") && grants("admin"),
+    );
     // Removing the label takes it out again.
     server.ok(
         "1.33",
@@ -450,11 +450,11 @@ fn a_cluster_role_labelled_for_view_joins_view_edit_and_admin() {
             "rbac.authorization.k8s.io/aggregate-to-view-",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while grants("view") || grants("admin") {
-        assert!(Instant::now() < deadline, "view and admin shrink again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait::until_true(
+        Duration::from_secs(5),
+        "view and admin shrink again",
+        || !(grants("view") || grants("admin")),
+    );
 }
 
 #[test]
@@ -570,24 +570,25 @@ fn escalation_through_roles_and_bindings_is_refused() {
             "--serviceaccount=default:manager",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .kubectl_as(
-            &manager,
-            &[
-                "create",
-                "rolebinding",
-                "e",
-                "--clusterrole=edit",
-                "--user=jane",
-            ],
-        )
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "bind lets the manager bind edit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait::until_true(
+        Duration::from_secs(5),
+        "bind lets the manager bind edit",
+        || {
+            server
+                .kubectl_as(
+                    &manager,
+                    &[
+                        "create",
+                        "rolebinding",
+                        "e",
+                        "--clusterrole=edit",
+                        "--user=jane",
+                    ],
+                )
+                .status
+                .success()
+        },
+    );
     as_ok(
         &server,
         &manager,
@@ -636,15 +637,12 @@ fn kubectl_as_and_as_group_impersonate_when_allowed() {
             "--group=devs",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server
-        .kubectl("1.33", &["get", "pods", "--as=jane", "--as-group=devs"])
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "jane in devs may list pods");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait::until_true(Duration::from_secs(5), "jane in devs may list pods", || {
+        server
+            .kubectl("1.33", &["get", "pods", "--as=jane", "--as-group=devs"])
+            .status
+            .success()
+    });
     let whoami = server.ok(
         "1.33",
         &[
@@ -910,14 +908,11 @@ fn a_person_given_a_kubeconfig_and_view_in_one_namespace_may_read_only_there() {
             "--from-literal=a=1",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !as_jane(&["get", "configmaps", "-n", "team"])
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "view lets jane read team");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait::until_true(Duration::from_secs(5), "view lets jane read team", || {
+        as_jane(&["get", "configmaps", "-n", "team"])
+            .status
+            .success()
+    });
     for args in [
         &["get", "pods", "-n", "team"][..],
         &["get", "deployments", "-n", "team"],

@@ -427,6 +427,16 @@ fn go_quoted(items: &[String]) -> String {
     format!("[{}]", quoted.join(" "))
 }
 
+/// The rules of a Role or ClusterRole (its `rules`, none when absent).
+pub fn rules_of(obj: &Value) -> Vec<Rule> {
+    obj.get("rules")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(Rule::from_value)
+        .collect()
+}
+
 impl Rule {
     /// Upstream's `CompactString`: `{APIGroups:["apps"],
     /// Resources:["deployments"], Verbs:["get" "list"]}`, leaving out

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Attributes, Objects, Operation, Plugin, Validating, forbidden, ready};
-use crate::api::rbac::{GROUP, Rule, escalation_message, uncovered};
+use crate::api::rbac::{GROUP, Rule, escalation_message, rules_of, uncovered};
 use crate::api::status::{ApiError, Target};
 use crate::server::auth::authz::masters::is_master;
 use crate::server::auth::authz::rbac::Rbac;
@@ -150,14 +150,7 @@ impl RbacEscalation {
             if allowed("escalate", &res.plural, attrs.name, GROUP) {
                 return Ok(());
             }
-            let rules: Vec<Rule> = object
-                .get("rules")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(Rule::from_value)
-                .collect();
-            refuse(&rules)?;
+            refuse(&rules_of(object))?;
             if object.get("aggregationRule").is_some_and(|a| !a.is_null())
                 && !uncovered(&owner, &full_authority()).is_empty()
             {

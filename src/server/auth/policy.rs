@@ -17,7 +17,7 @@ use futures::future::join_all;
 use serde_json::{Map, Value, json};
 
 use crate::api::meta::meta_str;
-use crate::api::rbac::{GROUP, Rule, uncovered};
+use crate::api::rbac::{GROUP, Rule, rules_of, uncovered};
 use crate::api::status::ApiError;
 use crate::server::registry::{DeleteOptions, ListQuery, Registry, WriteOptions};
 
@@ -152,15 +152,7 @@ fn reconcile_one(expected: &Value, existing: Option<&Value>) -> Option<Step> {
         union(&mut subjects, as_vec(expected.get("subjects")));
         want["subjects"] = json!(subjects);
     } else {
-        let rules: Vec<Rule> = as_vec(existing.get("rules"))
-            .iter()
-            .map(Rule::from_value)
-            .collect();
-        let wanted: Vec<Rule> = as_vec(expected.get("rules"))
-            .iter()
-            .map(Rule::from_value)
-            .collect();
-        let missing = uncovered(&rules, &wanted);
+        let missing = uncovered(&rules_of(existing), &rules_of(expected));
         if !missing.is_empty() {
             let mut all = as_vec(existing.get("rules"));
             all.extend(missing.iter().map(Rule::to_value));
@@ -381,15 +373,7 @@ mod tests {
             panic!("an update");
         };
         assert_eq!(fixed["rules"][0], mine["rules"][0]);
-        let rules: Vec<Rule> = as_vec(fixed.get("rules"))
-            .iter()
-            .map(Rule::from_value)
-            .collect();
-        let wanted: Vec<Rule> = as_vec(expected.get("rules"))
-            .iter()
-            .map(Rule::from_value)
-            .collect();
-        assert!(uncovered(&rules, &wanted).is_empty());
+        assert!(uncovered(&rules_of(&fixed), &rules_of(expected)).is_empty());
         assert_eq!(fixed["metadata"]["labels"]["team"], "a");
         assert_eq!(fixed["metadata"]["annotations"][AUTOUPDATE], "true");
         assert!(reconcile_one(expected, Some(&fixed)).is_none());

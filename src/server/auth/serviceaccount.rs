@@ -188,19 +188,9 @@ impl Signer {
             "jti": uuid::Uuid::new_v4().to_string(),
             "kubernetes.io": k8s,
         });
-        let header = json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
-        let signing_input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let sig = self
-            .key
-            .sign(&self.rng, signing_input.as_bytes())
-            .map_err(|e| Error::Pki(format!("signing a token: {e}")))?;
         let expires = jiff::Timestamp::from_second(exp)
             .map_err(|e| Error::Pki(format!("token expiry: {e}")))?;
-        Ok((format!("{signing_input}.{}", b64(sig.as_ref())), expires))
+        Ok((self.sign(&claims)?, expires))
     }
 
     /// The claims of a token this server signed that is valid now, or
@@ -291,8 +281,9 @@ impl Signer {
         self.sign(&claims)
     }
 
+    /// `claims` as a signed JWT (ES256, with our key's id).
     fn sign(&self, claims: &Value) -> Result<String, Error> {
-        let header = json!({"alg": "ES256", "kid": self.kid});
+        let header = json!({"alg": "ES256", "kid": self.kid, "typ": "JWT"});
         let signing_input = format!(
             "{}.{}",
             b64(header.to_string().as_bytes()),

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{Attributes, Authorizer, Decision, NonResourceRule, ResourceRule, Rules};
 use crate::api::meta::meta_str;
-use crate::api::rbac::Rule;
+use crate::api::rbac::{Rule, rules_of};
 use crate::server::auth::User;
 use crate::server::informer::{Change, Informer, object_key};
 
@@ -152,14 +152,7 @@ impl Index {
                 };
                 match obj {
                     Some(obj) => {
-                        let rules: Vec<Rule> = obj
-                            .get("rules")
-                            .and_then(Value::as_array)
-                            .into_iter()
-                            .flatten()
-                            .map(Rule::from_value)
-                            .collect();
-                        roles.insert(key.to_owned(), rules.into());
+                        roles.insert(key.to_owned(), rules_of(obj).into());
                     }
                     None => {
                         roles.remove(key);
