@@ -34,9 +34,11 @@ fn curl(
         "\n%{http_code}",
         "--cacert",
     ])
-    .arg(server.dir.path().join("server/tls/ca.crt"))
-    .arg("--data-binary")
-    .arg(format!("@{}", body_file.display()));
+    .arg(server.dir.path().join("server/tls/ca.crt"));
+    if !body.is_empty() {
+        cmd.arg("--data-binary")
+            .arg(format!("@{}", body_file.display()));
+    }
     for h in headers {
         cmd.args(["-H", h]);
     }
@@ -66,33 +68,79 @@ fn post(server: &Cluster, path: &str, body: &Value) -> (u16, Value) {
     (code, status)
 }
 
-/// Ask for a node certificate for `name` (a fresh key), presenting
-/// `token` and the node password `password`: the status code, and the
-/// certificate or the Status, and the key.
+/// Ask for node `name`'s client certificate (a fresh key) as an agent
+/// does: a CertificateSigningRequest to the kubelet client signer,
+/// presenting `token` and the node password `password`. The status code
+/// of the create and, when it was created, the signed certificate (PEM,
+/// once auto-approved and signed) or else the Status; and the key.
 fn ask_node_certificate(
     server: &Cluster,
     token: &str,
     name: &str,
     password: &str,
 ) -> (u16, String, rcgen::KeyPair) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
     let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .and_then(|r| r.pem())
-        .unwrap();
-    let (code, body) = curl(
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{name}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let body = json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "node-csr-"},
+        "spec": {
+            "request": b64.encode(csr),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+        },
+    });
+    let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let (code, text) = curl(
         server,
         "POST",
-        "/v1-orch/node-certificate",
+        path,
         &[
-            format!("Authorization: Bearer {}", token.trim()),
-            format!("orch-node-name: {name}"),
+            auth.clone(),
             format!("orch-node-password: {password}"),
-            "Content-Type: application/pkcs10".into(),
+            "Content-Type: application/json".into(),
         ],
-        csr.as_bytes(),
+        body.to_string().as_bytes(),
     );
-    (code, body, key)
+    if code != 201 {
+        return (code, text, key);
+    }
+    let created: Value = serde_json::from_str(&text).unwrap();
+    let csr_name = created["metadata"]["name"].as_str().unwrap().to_owned();
+    let cert = wait::until_ok(
+        Duration::from_secs(10),
+        "the node's request is approved and signed",
+        || {
+            let (_, text) = curl(
+                server,
+                "GET",
+                &format!("{path}/{csr_name}"),
+                std::slice::from_ref(&auth),
+                b"",
+            );
+            let csr: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+            let signed = csr["status"]["certificate"].as_str().unwrap_or_default();
+            let pem = b64.decode(signed).unwrap_or_default();
+            if pem.is_empty() {
+                Err(csr.to_string())
+            } else {
+                Ok(String::from_utf8(pem).unwrap())
+            }
+        },
+    );
+    (code, cert, key)
 }
 
 /// A kubeconfig for node `name`, with the certificate the server issues
@@ -102,7 +150,7 @@ fn node_kubeconfig(server: &Cluster, name: &str) -> PathBuf {
     let token = std::fs::read_to_string(server.dir.path().join("server/token")).unwrap();
     let (code, cert, key) =
         ask_node_certificate(server, &token, name, "admission-test-node-password");
-    assert_eq!(code, 200, "a node certificate: {cert}");
+    assert_eq!(code, 201, "a node certificate: {cert}");
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let ca = std::fs::read_to_string(server.dir.path().join("server/tls/ca.crt")).unwrap();
     let user = format!("system:node:{name}");
@@ -781,7 +829,8 @@ fn nobody_else_gets_the_name_of_a_simulated_node() {
         "fresh-node",
         "a-password-of-fresh-node",
     );
-    assert_eq!(code, 200, "{body}");
+    assert_eq!(code, 201, "{body}");
+    assert!(body.starts_with("-----BEGIN CERTIFICATE-----"), "{body}");
 
     // The simulated node itself rejoins after a restart: it serves the
     // pods bound to it again.

@@ -40,6 +40,29 @@ fn nodes_join_with_their_own_certificate_and_are_confined_to_their_pods() {
     let who: serde_json::Value = serde_json::from_slice(&who.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&who.stderr)));
     assert_eq!(who["status"]["userInfo"]["username"], "system:node:node-a");
+    // It asked through the CertificateSigningRequest API, as a kubelet
+    // does; the join token's request was approved at once.
+    let csr = issued_to(&server, "system:orch-agent");
+    assert!(
+        csr["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-csr-")
+    );
+    assert_eq!(
+        csr["status"]["conditions"][0]["message"],
+        "Auto approving kubelet client certificate after SubjectAccessReview."
+    );
+    let table = server.ok("1.33", &["get", "csr"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains("system:orch-agent"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("kubernetes.io/kube-apiserver-client-kubelet")
+            && row.ends_with("Approved,Issued"),
+        "{table}"
+    );
 
     // Another node and what its pods use; and what node-a's pod uses.
     let file = server.write(
@@ -270,7 +293,7 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
     let (data, run_dir, logs) = agent_dirs(dir.path());
-    let _agent = Agent::start_as(
+    let mut agent = Agent::start_as(
         &server,
         &netns,
         &data,
@@ -283,25 +306,54 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
     );
     server.wait_json(&["get", "node", "node-t"], 30, "node-t Ready", is_ready);
     assert!(data.join("agent/client-kubelet.crt").exists());
+    let csr = issued_to(&server, &format!("system:bootstrap:{id}"));
+    assert_eq!(csr["status"]["conditions"][0]["reason"], "AutoApproved");
 
     // The token itself may do nothing but that.
     let url = server.url();
-    let with_token = |token: &str| {
+    let with_token = |token: &str, args: &[&str]| {
         in_netns(Some(&netns.0), support::kubectl_path("1.33"))
             .args(["--kubeconfig", "/dev/null", "--server", &url])
-            .args([
-                "--insecure-skip-tls-verify",
-                "--token",
-                token,
-                "get",
-                "pods",
-            ])
+            .args(["--insecure-skip-tls-verify", "--token", token])
+            .args(args)
             .output()
             .unwrap()
     };
-    let out = with_token(&token);
+    let out = with_token(&token, &["get", "pods"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("Forbidden"), "{err}");
+    // It may ask for certificates, but only nodes' are approved: a
+    // person's waits for an admin, while a node's asked for after it is
+    // approved at once. And it must prove a node's password to ask for a
+    // node's (orch agent sends it; kubectl cannot).
+    let (jane, _) = csr_manifest("jane", "", "kubernetes.io/kube-apiserver-client", None);
+    let jane_file = server.write("jane-csr.yaml", &jane);
+    let out = with_token(&token, &["create", "-f", jane_file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (node_v, _) = csr_manifest(
+        "system:node:node-v",
+        "system:nodes",
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        None,
+    );
+    let node_v_file = server.write("node-v-csr.yaml", &node_v);
+    let out = with_token(&token, &["create", "-f", node_v_file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "a bootstrap token may ask for node \"node-v\"'s certificate only with that node's password in header orch-node-password"
+            ),
+        "{err}"
+    );
+    let (short_cert, short_key) = node_certificate(&server, "node-t", 30 * 24 * 3600);
+    let jane: serde_json::Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "csr", "jane", "-o", "json"])).unwrap();
+    assert!(jane["status"]["conditions"].is_null(), "{jane}");
 
     // Deleted or expired, it no longer authenticates, and a new agent is
     // told what to do.
@@ -311,7 +363,7 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let err = String::from_utf8_lossy(&with_token(&token).stderr).into_owned();
+    let err = String::from_utf8_lossy(&with_token(&token, &["get", "pods"]).stderr).into_owned();
     assert!(unauthorized(&err), "{err}");
     let missing = orch(&["delete", id]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no token with ID"));
@@ -319,7 +371,8 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
     let short = String::from_utf8(short.stdout).unwrap().trim().to_owned();
     // Until the server no longer takes it (401, not the 403 of a live one).
     wait::until_ok(secs(10), "the 1 s token expires", || {
-        let err = String::from_utf8_lossy(&with_token(&short).stderr).into_owned();
+        let err =
+            String::from_utf8_lossy(&with_token(&short, &["get", "pods"]).stderr).into_owned();
         if unauthorized(&err) { Ok(()) } else { Err(err) }
     });
     for refused in [&token, &short] {
@@ -343,6 +396,117 @@ fn extra_join_tokens_expire_and_only_get_node_certificates() {
         .status
         .success()
     );
+    // One whose certificate nears its end renews it at start as itself,
+    // with its token long gone: approved as its own (selfnodeclient).
+    agent.kill_and_restart_after(|| {
+        std::fs::write(data.join("agent/client-kubelet.crt"), &short_cert).unwrap();
+        std::fs::write(data.join("agent/client-kubelet.key"), &short_key).unwrap();
+    });
+    let csr = issued_to(&server, "system:node:node-t");
+    assert_eq!(
+        csr["status"]["conditions"][0]["message"],
+        "Auto approving self kubelet client certificate after SubjectAccessReview."
+    );
+    let days_left = |pem: &str| {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        (cert.validity().not_after.timestamp() - jiff::Timestamp::now().as_second()) / 86400
+    };
+    assert!(days_left(&short_cert) < 31);
+    wait::until_true(secs(30), "node-t's new certificate is written", || {
+        std::fs::read_to_string(data.join("agent/client-kubelet.crt"))
+            .is_ok_and(|c| c != short_cert && days_left(&c) > 360)
+    });
+    server.wait_json(&["get", "node", "node-t"], 30, "node-t Ready", is_ready);
+}
+
+/// A CertificateSigningRequest named after `cn` (`:` made `-`) for a
+/// fresh key, asking `signer` for CN `cn` in `org` (none if empty): the
+/// manifest and the key (PEM).
+fn csr_manifest(cn: &str, org: &str, signer: &str, seconds: Option<u32>) -> (String, String) {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    if !org.is_empty() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, org);
+    }
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let expiration = seconds
+        .map(|s| format!("\n  expirationSeconds: {s}"))
+        .unwrap_or_default();
+    let manifest = format!(
+        "apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata: {{name: {name}}}
+spec:
+  request: {request}
+  signerName: {signer}
+  usages: [digital signature, client auth]{expiration}
+",
+        name = cn.replace(':', "-"),
+        request = base64::engine::general_purpose::STANDARD.encode(pem),
+    );
+    (manifest, key.serialize_pem())
+}
+
+/// A client certificate for node `node` valid for `seconds`, asked for by
+/// the admin (approved at once, as the admin may approve nodes'): the
+/// certificate and its key (PEM).
+fn node_certificate(server: &Cluster, node: &str, seconds: u32) -> (String, String) {
+    use base64::Engine;
+    let cn = format!("system:node:{node}");
+    let (manifest, key) = csr_manifest(
+        &cn,
+        "system:nodes",
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        Some(seconds),
+    );
+    let file = server.write(&format!("{node}-csr.yaml"), &manifest);
+    server.ok("1.33", &["create", "-f", file.to_str().unwrap()]);
+    let name = cn.replace(':', "-");
+    let signed = server.wait_json(&["get", "csr", &name], 10, "the request signed", |c| {
+        c["status"]["certificate"].is_string()
+    });
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(signed["status"]["certificate"].as_str().unwrap())
+        .unwrap();
+    (String::from_utf8(pem).unwrap(), key)
+}
+
+/// The node-client CertificateSigningRequest `requester` made, once it is
+/// approved and signed.
+fn issued_to(server: &Cluster, requester: &str) -> serde_json::Value {
+    let list = server.wait_json(
+        &["get", "csr"],
+        30,
+        &format!("a signed request by {requester}"),
+        |l| {
+            l["items"].as_array().is_some_and(|items| {
+                items.iter().any(|c| {
+                    c["spec"]["username"] == requester && c["status"]["certificate"].is_string()
+                })
+            })
+        },
+    );
+    let csr = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["spec"]["username"] == requester && c["status"]["certificate"].is_string())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        csr["spec"]["signerName"],
+        "kubernetes.io/kube-apiserver-client-kubelet"
+    );
+    assert_eq!(csr["status"]["conditions"][0]["type"], "Approved");
+    csr
 }
 
 /// kubectl's words for a 401: on discovery (which tokens may read, as

@@ -346,9 +346,10 @@ const RENEW_DAYS: i64 = 90;
 /// (`node-password`, made once; the server keeps its hash, so a second
 /// machine cannot take this node's name) and a kubeconfig for that
 /// identity (`kubeconfig.yaml`, handy for seeing what a node may do). A
-/// certificate is asked for (presenting the join token, with `joined`)
-/// when there is none, the CA changed, the node name changed, or fewer
-/// than 90 days remain. The client returned authenticates with it.
+/// certificate is asked for ([`request_certificate`]) when there is none,
+/// the CA changed, the node name changed, or fewer than 90 days remain:
+/// by the node itself while its certificate holds, otherwise with the
+/// join token (`joined`). The client returned authenticates with it.
 ///
 /// # Errors
 /// Files that cannot be read or written, or the server refusing (a node
@@ -389,27 +390,21 @@ pub async fn node_identity(
     let (cert, key) = match reuse {
         Some(pair) => pair,
         None => {
+            // A node whose certificate still holds renews as itself (its
+            // request is approved as `selfnodeclient`); otherwise the token
+            // asks (`nodeclient`), with the node password.
+            let own = match &current {
+                (Ok(cert), Ok(key), Ok(ca))
+                    if *ca == creds.ca_pem && cert_days_left(cert, node).is_some_and(|d| d > 0) =>
+                {
+                    Some(identity_client(creds, &kubeconfig(creds, node, cert, key)).await?)
+                }
+                _ => None,
+            };
             let key = rcgen::KeyPair::generate()
                 .map_err(|e| Error::Runtime(format!("generating the node key: {e}")))?;
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(&key)
-                .and_then(|r| r.pem())
-                .map_err(|e| Error::Runtime(format!("making the certificate request: {e}")))?;
-            let req = http::Request::post("/v1-orch/node-certificate")
-                .header("orch-node-name", node)
-                .header("orch-node-password", &password)
-                .header(http::header::CONTENT_TYPE, "application/pkcs10")
-                .body(csr.into_bytes())
-                .map_err(|e| Error::Runtime(e.to_string()))?;
-            let cert = joined.request_text(req).await.map_err(|source| match source {
-                kube::Error::Api(s) if s.code == 401 => Error::Token(
-                    "the server refused the join token (wrong, expired or deleted); use <data-dir>/server/token from the server, or make a new one there with `orch token create`".into(),
-                ),
-                source => Error::Api {
-                    what: format!("a certificate for node {node:?}"),
-                    source,
-                },
-            })?;
+            let cert =
+                request_certificate(own.as_ref().unwrap_or(joined), node, &password, &key).await?;
             let key = key.serialize_pem();
             write_private(&file("client-kubelet.key"), &key)
                 .map_err(|e| io(&file("client-kubelet.key"), e))?;
@@ -421,12 +416,23 @@ pub async fn node_identity(
             (cert, key)
         }
     };
+    let kubeconfig = kubeconfig(creds, node, &cert, &key);
+    write_private(&file("kubeconfig.yaml"), &kubeconfig)
+        .map_err(|e| io(&file("kubeconfig.yaml"), e))?;
+    let client = identity_client(creds, &kubeconfig).await?;
+    let mut creds = creds.clone();
+    creds.identity = Some((cert, key));
+    Ok((client, creds))
+}
+
+/// A kubeconfig for node `node`'s identity.
+fn kubeconfig(creds: &Credentials, node: &str, cert: &str, key: &str) -> String {
     let b64 = |s: &str| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(s)
     };
     let user = format!("system:node:{node}");
-    let kubeconfig = format!(
+    format!(
         "apiVersion: v1
 kind: Config
 clusters:
@@ -448,23 +454,150 @@ users:
 ",
         ca = b64(&creds.ca_pem),
         url = creds.url,
-        cert = b64(&cert),
-        key = b64(&key),
-    );
-    write_private(&file("kubeconfig.yaml"), &kubeconfig)
-        .map_err(|e| io(&file("kubeconfig.yaml"), e))?;
-    let parsed = kube::config::Kubeconfig::from_yaml(&kubeconfig)
+        cert = b64(cert),
+        key = b64(key),
+    )
+}
+
+/// An API client for the identity in `kubeconfig`.
+async fn identity_client(creds: &Credentials, kubeconfig: &str) -> Result<Client, Error> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
         .map_err(|e| Error::Runtime(format!("the node kubeconfig: {e}")))?;
     let config = Config::from_custom_kubeconfig(parsed, &Default::default())
         .await
         .map_err(|e| Error::Runtime(format!("the node kubeconfig: {e}")))?;
-    let client = Client::try_from(config).map_err(|source| Error::Connect {
+    Client::try_from(config).map_err(|source| Error::Connect {
         url: creds.url.clone(),
         source,
+    })
+}
+
+/// Ask for node `node`'s client certificate for `key` as upstream's
+/// kubelet does: a CertificateSigningRequest to
+/// `kubernetes.io/kube-apiserver-client-kubelet` (CN `system:node:<node>`,
+/// O `system:nodes`), sent with the node password, then wait until it is
+/// signed. The server approves it at once for the join token, a bootstrap
+/// token or the node itself; anything else waits for `kubectl certificate
+/// approve`, and says so.
+async fn request_certificate(
+    client: &Client,
+    node: &str,
+    password: &str,
+    key: &rcgen::KeyPair,
+) -> Result<String, Error> {
+    use base64::Engine;
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    use kube::api::{Api, WatchEvent, WatchParams};
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let pem = params
+        .serialize_request(key)
+        .and_then(|r| r.pem())
+        .map_err(|e| Error::Runtime(format!("making the certificate request: {e}")))?;
+    let body = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"generateName": "node-csr-"},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
+            "usages": ["digital signature", "client auth"],
+        },
+    });
+    let req = http::Request::post("/apis/certificates.k8s.io/v1/certificatesigningrequests")
+        .header("orch-node-password", password)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string().into_bytes())
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    let api_error = |source| Error::Api {
+        what: format!("a certificate for node {node:?}"),
+        source,
+    };
+    let mut csr: CertificateSigningRequest = client.request(req).await.map_err(|source| match source {
+        kube::Error::Api(s) if s.code == 401 => Error::Token(
+            "the server refused the join token (wrong, expired or deleted); use <data-dir>/server/token from the server, or make a new one there with `orch token create`".into(),
+        ),
+        source => api_error(source),
     })?;
-    let mut creds = creds.clone();
-    creds.identity = Some((cert, key));
-    Ok((client, creds))
+    let name = csr.metadata.name.clone().unwrap_or_default();
+    tracing::info!(node, csr = %name, "asked for a node certificate");
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let asked = std::time::Instant::now();
+    let mut hinted = false;
+    loop {
+        if let Some(cert) = signed(&csr, &name)? {
+            return Ok(cert);
+        }
+        if !hinted && asked.elapsed() > std::time::Duration::from_secs(10) {
+            tracing::warn!(
+                csr = %name,
+                "the node's certificate request is not approved yet; approve it on the server: kubectl certificate approve {name}"
+            );
+            hinted = true;
+        }
+        let rv = csr.metadata.resource_version.clone().unwrap_or_default();
+        let watch = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(10);
+        let mut events = api.watch(&watch, &rv).await.map_err(api_error)?.boxed();
+        while let Some(event) = events.try_next().await.map_err(api_error)? {
+            match event {
+                WatchEvent::Added(o) | WatchEvent::Modified(o) => {
+                    csr = o;
+                    if signed(&csr, &name)?.is_some() {
+                        break;
+                    }
+                }
+                WatchEvent::Deleted(_) => {
+                    return Err(Error::Runtime(format!(
+                        "certificate request {name} for node {node:?} was deleted before it was signed; restart the agent to ask again"
+                    )));
+                }
+                WatchEvent::Error(_) => {
+                    // Too old a resourceVersion: look again.
+                    csr = api.get(&name).await.map_err(api_error)?;
+                    break;
+                }
+                WatchEvent::Bookmark(_) => {}
+            }
+        }
+    }
+}
+
+/// The certificate (PEM) `csr` was signed with, `None` while it waits, or
+/// why it never will be (Denied or Failed).
+fn signed(
+    csr: &k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+    name: &str,
+) -> Result<Option<String>, Error> {
+    let Some(status) = &csr.status else {
+        return Ok(None);
+    };
+    if let Some(refused) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status != "False")
+    {
+        return Err(Error::Runtime(format!(
+            "the node's certificate request {name} was {} ({}): {}; ask a cluster admin, then restart the agent",
+            refused.type_.to_lowercase(),
+            refused.reason.as_deref().unwrap_or_default(),
+            refused.message.as_deref().unwrap_or_default(),
+        )));
+    }
+    Ok(status
+        .certificate
+        .as_ref()
+        .filter(|c| !c.0.is_empty())
+        .map(|c| String::from_utf8_lossy(&c.0).into_owned()))
 }
 
 /// Days left on `cert` if it is node `node`'s.

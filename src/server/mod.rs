@@ -274,18 +274,17 @@ pub async fn run_with(
         cluster_role_bindings: control.informers.clusterrolebindings.clone(),
     });
     registry.admission().use_rbac(rbac.clone());
-    let authorizers = auth::authz::Chain::new(vec![
+    let authorizers = Arc::new(auth::authz::Chain::new(vec![
         Box::new(auth::authz::masters::Masters),
         Box::new(auth::authz::node::Node::new(
             registry.clone(),
             control.informers.pods.clone(),
             api::route::TUNNEL_PATH,
         )),
-        Box::new(auth::authz::bootstrap::NodeCertificates::new(
-            api::CERTIFICATE_PATH,
-        )),
         Box::new(rbac.clone()),
-    ]);
+    ]));
+    // Approving nodes' certificates asks the same authorizers.
+    controllers::csrapproving::start(control.clone(), authorizers.clone(), &mut control_tasks);
     let api = Arc::new(api::ApiServer {
         registry,
         ca_pem: pki.ca_cert.clone(),

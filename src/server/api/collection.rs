@@ -53,6 +53,7 @@ pub(super) fn watch(
 }
 
 async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<Body>, ApiError> {
+    let node_password = super::nodes::password(req.headers());
     let body = request::read_body(req).await?;
     if !call.res.allows("create") {
         return Err(ApiError::method_not_allowed("create"));
@@ -70,6 +71,7 @@ async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<B
             &user.uid,
             &user.groups,
         );
+        super::nodes::check_node_request(call.registry(), user, node_password, &value).await?;
     }
     let mut written = call
         .registry()

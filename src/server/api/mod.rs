@@ -57,7 +57,6 @@ use crate::store::Revision;
 pub use body::{Body, RequestBody};
 pub use connection::Limits;
 use connection::Peer;
-pub use nodes::CERTIFICATE_PATH;
 pub use request::MAX_BODY;
 use request::Representation;
 pub(crate) use response::table_of_object;
@@ -89,7 +88,7 @@ pub struct ApiServer {
     /// a 401).
     pub anonymous_auth: bool,
     /// Whether they may make it.
-    pub authorizers: authz::Chain,
+    pub authorizers: Arc<authz::Chain>,
 }
 
 type Query = std::collections::HashMap<String, Vec<String>>;
@@ -233,10 +232,6 @@ impl ApiServer {
         match &info.target {
             // Only the node itself gets here (authorized above).
             Target::NonResource if info.path == TUNNEL_PATH => Ok(self.tunnels.accept(req)),
-            // Only the join token's holder gets here (authorized above).
-            Target::NonResource if info.path == CERTIFICATE_PATH => {
-                self.node_certificate(req).await
-            }
             Target::NonResource if info.path == "/openapi/v2" => {
                 openapi::v2::respond(&self.registry.catalog, req.headers()).await
             }

@@ -69,7 +69,8 @@ impl User {
         )
     }
 
-    /// A bootstrap token's user, which may only ask for a node certificate.
+    /// A bootstrap token's user, which may only ask for nodes'
+    /// certificates.
     pub fn bootstrap(id: &str) -> Self {
         Self::new(&format!("system:bootstrap:{id}"), &["system:bootstrappers"])
     }

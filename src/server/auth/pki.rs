@@ -262,31 +262,6 @@ impl Pki {
         })
     }
 
-    /// A node's client certificate for the public key in `csr_pem` (a PEM
-    /// certificate request the agent made for a key it keeps): CN
-    /// `system:node:<node>`, O `system:nodes`, client auth, 1 year. The
-    /// request's own subject and extensions are ignored.
-    ///
-    /// # Errors
-    /// A request that cannot be parsed, or an unreadable CA key.
-    pub fn sign_node_certificate(&self, csr_pem: &str, node: &str) -> Result<String, Error> {
-        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            Error::Pki(format!(
-                "the certificate request is not a PEM CERTIFICATE REQUEST: {e}"
-            ))
-        })?;
-        let key = read(&self.dir.join("ca.key"))?
-            .ok_or_else(|| Error::Pki(format!("{}/ca.key is missing", self.dir.display())))?;
-        let key = KeyPair::from_pem(&key).map_err(rcgen_err("read the CA key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_cert, &key)
-            .map_err(rcgen_err("read the CA certificate"))?;
-        csr.params = client_params(&format!("system:node:{node}"), "system:nodes");
-        let cert = csr
-            .signed_by(&issuer)
-            .map_err(rcgen_err("sign the node certificate"))?;
-        Ok(cert.pem())
-    }
-
     /// The cluster CA of an existing server's `dir`, to issue client
     /// certificates with (`orch kubeconfig create`); nothing is created.
     ///

@@ -22,6 +22,9 @@ use crate::api::status::ApiError;
 use crate::server::registry::{DeleteOptions, ListQuery, Registry, WriteOptions};
 
 const POLICY: &str = include_str!("policy.yaml");
+/// orch's own bindings (for nodes' certificates), kept apart from
+/// upstream's generated policy.
+const ORCH_POLICY: &str = include_str!("policy-orch.yaml");
 
 /// The annotation that lets an administrator keep a default as they made it.
 pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
@@ -40,11 +43,13 @@ pub struct Policy {
 /// # Panics
 /// If `policy.yaml` is malformed (a build-time file; unit tests parse it).
 pub fn policy() -> Policy {
-    let doc: Value = serde_yaml_ng::from_str(POLICY).expect("policy.yaml parses");
+    let docs: Vec<Value> = [POLICY, ORCH_POLICY]
+        .iter()
+        .map(|text| serde_yaml_ng::from_str(text).expect("the policy files parse"))
+        .collect();
     let expand = |section: &str, kind: &str| -> Vec<Value> {
-        doc[section]
-            .as_array()
-            .into_iter()
+        docs.iter()
+            .filter_map(|doc| doc[section].as_array())
             .flatten()
             .map(|item| expand(item, kind))
             .collect()
@@ -279,6 +284,24 @@ mod tests {
         objs.iter()
             .find(|o| meta_str(o, "name") == name)
             .unwrap_or_else(|| panic!("{name} is in the policy"))
+    }
+
+    #[test]
+    fn every_binding_names_a_role_of_the_policy_and_orch_s_are_there() {
+        let p = policy();
+        for b in &p.cluster_role_bindings {
+            named(&p.cluster_roles, b["roleRef"]["name"].as_str().unwrap());
+        }
+        let bootstrap = named(&p.cluster_role_bindings, "orch:node-autoapprove-bootstrap");
+        assert_eq!(
+            bootstrap["subjects"],
+            json!([{"apiGroup": GROUP, "kind": "Group", "name": "system:bootstrappers"}])
+        );
+        named(&p.cluster_role_bindings, "orch:kubelet-bootstrap");
+        named(
+            &p.cluster_role_bindings,
+            "orch:node-autoapprove-certificate-rotation",
+        );
     }
 
     #[test]

@@ -18,9 +18,10 @@ use super::{Action, Context, all_keys, feed, run_workers};
 use crate::api::status::ApiError;
 use crate::server::informer::{Change, Queue};
 use crate::server::registry::WriteOptions;
+use crate::server::registry::kinds::certificates::{self, Requested};
 
 pub const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
-pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub use certificates::KUBELET_CLIENT_SIGNER as KUBELET_CLIENT;
 /// Upstream's `--cluster-signing-duration` default.
 const MAX_SECONDS: i64 = 365 * 24 * 3600;
 
@@ -42,28 +43,25 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     });
 }
 
-fn has(csr: &Value, ty: &str) -> bool {
+/// Does `csr` have a condition of type `ty` (not False)?
+pub(super) fn has(csr: &Value, ty: &str) -> bool {
     csr.pointer("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == ty && c["status"] != "False"))
 }
 
-/// Why `signer` may not sign a request with these `usages` for this
-/// subject (upstream's checks), or `None`.
-fn refusal(signer: &str, usages: &[&str], cn: &str, groups: &[String]) -> Option<String> {
+/// Why `signer` may not sign a request with these `usages` for `req`
+/// (upstream's checks), or `None`.
+fn refusal(signer: &str, usages: &[&str], req: &Requested) -> Option<String> {
+    if signer == KUBELET_CLIENT {
+        return certificates::kubelet_client_problem(req, usages);
+    }
     const ALLOWED: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
     if let Some(bad) = usages.iter().find(|u| !ALLOWED.contains(u)) {
         return Some(format!("invalid usage for client certificate: {bad}"));
     }
     if !usages.contains(&"client auth") {
         return Some("missing required usages: [client auth]".into());
-    }
-    if signer == KUBELET_CLIENT
-        && (!cn.starts_with("system:node:") || groups != ["system:nodes".to_owned()])
-    {
-        return Some(format!(
-            "subject {cn:?} (organization {groups:?}) is not a node's: CN must be system:node:<name> and O system:nodes"
-        ));
     }
     None
 }
@@ -92,12 +90,7 @@ async fn reconcile(
         return Ok(Action::AwaitChange);
     }
     let b64 = base64::engine::general_purpose::STANDARD;
-    let pem = csr
-        .pointer("/spec/request")
-        .and_then(Value::as_str)
-        .and_then(|r| b64.decode(r).ok())
-        .and_then(|p| String::from_utf8(p).ok())
-        .unwrap_or_default();
+    let pem = certificates::request_pem(&csr).unwrap_or_default();
     let usages: Vec<&str> = csr
         .pointer("/spec/usages")
         .and_then(Value::as_array)
@@ -105,7 +98,7 @@ async fn reconcile(
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    let subject = subject_of(&pem);
+    let requested = certificates::requested(&pem);
     let seconds = csr
         .pointer("/spec/expirationSeconds")
         .and_then(Value::as_i64)
@@ -117,9 +110,9 @@ async fn reconcile(
         json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure",
                "message": message, "lastUpdateTime": now, "lastTransitionTime": now})
     };
-    let outcome = match &subject {
+    let outcome = match &requested {
         None => Err("the request is not a PEM CERTIFICATE REQUEST".to_owned()),
-        Some((cn, groups)) => match refusal(signer, &usages, cn, groups) {
+        Some(req) => match refusal(signer, &usages, req) {
             Some(why) => Err(why),
             None => pki
                 .sign_client_request(&pem, seconds)
@@ -156,44 +149,57 @@ async fn reconcile(
     }
 }
 
-/// The CN and Os of a PEM certificate request.
-fn subject_of(pem: &str) -> Option<(String, Vec<String>)> {
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
-        .ok()
-        .map(|d: rustls::pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())?;
-    use x509_parser::prelude::FromDer;
-    let (_, req) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&der).ok()?;
-    let subject = &req.certification_request_info.subject;
-    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_owned))
-        .collect();
-    Some((cn, groups))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn signers_check_usages_and_node_subjects() {
+        let jane = Requested {
+            common_name: "jane".into(),
+            ..Requested::default()
+        };
         let client = ["digital signature", "key encipherment", "client auth"];
-        assert_eq!(refusal(CLIENT, &client, "jane", &[]), None);
+        assert_eq!(refusal(CLIENT, &client, &jane), None);
         assert_eq!(
-            refusal(CLIENT, &["client auth", "server auth"], "jane", &[]).as_deref(),
+            refusal(CLIENT, &["client auth", "server auth"], &jane).as_deref(),
             Some("invalid usage for client certificate: server auth")
         );
         assert_eq!(
-            refusal(CLIENT, &["digital signature"], "jane", &[]).as_deref(),
+            refusal(CLIENT, &["digital signature"], &jane).as_deref(),
             Some("missing required usages: [client auth]")
         );
-        let nodes = vec!["system:nodes".to_owned()];
+        let node = Requested {
+            common_name: "system:node:a".into(),
+            organizations: vec!["system:nodes".into()],
+            ..Requested::default()
+        };
+        assert_eq!(refusal(KUBELET_CLIENT, &client, &node), None);
         assert_eq!(
-            refusal(KUBELET_CLIENT, &client, "system:node:a", &nodes),
+            refusal(KUBELET_CLIENT, &["digital signature", "client auth"], &node),
             None
         );
-        assert!(refusal(KUBELET_CLIENT, &client, "jane", &nodes).is_some());
+        let no = |req: &Requested, usages: &[&str]| refusal(KUBELET_CLIENT, usages, req).unwrap();
+        assert_eq!(
+            no(&jane, &client),
+            "subject organization is not system:nodes"
+        );
+        let named = Requested {
+            common_name: "jane".into(),
+            ..node.clone()
+        };
+        assert_eq!(
+            no(&named, &client),
+            "subject common name does not begin with system:node:"
+        );
+        let with_ip = Requested {
+            ips: 1,
+            ..node.clone()
+        };
+        assert_eq!(no(&with_ip, &client), "IP subjectAltNames are not allowed");
+        assert_eq!(
+            no(&node, &["client auth"]),
+            "usages did not match [client auth digital signature key encipherment]"
+        );
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod clusterroleaggregation;
 pub mod cronjob;
+pub mod csrapproving;
 pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;

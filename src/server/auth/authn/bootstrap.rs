@@ -4,7 +4,7 @@
 //! `kube-system/bootstrap-token-<id>` exists, matches, allows
 //! authentication and has not expired (upstream's bootstrap token
 //! authenticator over kubeadm's Secret layout). Such a user may only ask
-//! for a node certificate (see the authorizers).
+//! for nodes' certificates (the bootstrap policy's `orch:` bindings).
 
 use std::sync::Arc;
 

@@ -97,12 +97,16 @@ pub(crate) mod tests {
         assert_eq!(admin.groups, ["system:masters", "system:authenticated"]);
 
         let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let node = pki.sign_node_certificate(&csr, "node-a").unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "system:node:node-a");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:nodes");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let node = pki.sign_client_request(&csr, 3600).unwrap();
         let PeerCertificate::Valid(user) = x509.verify_peer(Some(&der(&node))) else {
             panic!("a node certificate is valid");
         };

@@ -3,10 +3,9 @@
 //! until one allows or denies (upstream's union authorizer):
 //! [`masters::Masters`] (`system:masters` may do everything), then
 //! [`node::Node`] (a node may touch only its own Node, Lease, pods and
-//! what those pods use), then [`bootstrap::NodeCertificates`] (a bootstrap
-//! token may only ask for a node certificate), then [`rbac::Rbac`] (what
-//! Roles, ClusterRoles and their bindings grant, the bootstrap policy's
-//! included). A request no authorizer allows is a 403 whose message is
+//! what those pods use), then [`rbac::Rbac`] (what Roles, ClusterRoles and
+//! their bindings grant, the bootstrap policy's included: a bootstrap token
+//! may ask for a node's certificate, and nothing more). A request no authorizer allows is a 403 whose message is
 //! upstream's ([`forbidden`]).
 //!
 //! Each authorizer can also list what it lets a user do ([`Rules`], upstream's
@@ -15,7 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod bootstrap;
 pub mod masters;
 pub mod node;
 pub mod rbac;
@@ -394,11 +392,9 @@ pub(crate) mod tests {
                 json!({"name": "n", "kind": "nodes"}),
             ),
             (
-                non_resource(&user, "post", "/v1-orch/node-certificate"),
+                non_resource(&user, "post", "/metrics"),
                 "",
-                format!(
-                    "forbidden: User \"{name}\" cannot post path \"/v1-orch/node-certificate\""
-                ),
+                format!("forbidden: User \"{name}\" cannot post path \"/metrics\""),
                 json!({}),
             ),
         ];

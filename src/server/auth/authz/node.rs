@@ -4,7 +4,8 @@
 //! NodeRestriction narrows), the pods bound to it, and the
 //! Secrets, ConfigMaps and service accounts those pods use; it may read
 //! discovery, the OpenAPI documents, Services and endpoints, write Events,
-//! and open its own kubelet tunnel. As upstream, it lets a node write
+//! ask for certificates (CertificateSigningRequests) and open its own
+//! kubelet tunnel. As upstream, it lets a node write
 //! Nodes, and the NodeRestriction admission plugin
 //! ([`crate::server::admission::node_restriction`]) narrows that to its
 //! own. As upstream's Node authorizer it never denies outright: what it
@@ -101,6 +102,11 @@ impl Node {
                 }
                 ("", "serviceaccounts", Some("token")) if verb == "create" => {
                     self.used_on_node(ns, "serviceaccounts", name, node).await?
+                }
+                // Renewing its own certificate (which CN it may get is
+                // the approver's business, as upstream).
+                ("certificates.k8s.io", "certificatesigningrequests", None) => {
+                    reads || verb == "create"
                 }
                 _ => false,
             },
@@ -391,10 +397,7 @@ mod tests {
             (non_resource(&a, "get", "/openapi/v3"), allow.clone()),
             (non_resource(&a, "post", "/apis"), no.clone()),
             (non_resource(&a, "get", "/api/v1/a/b/c/d"), no.clone()),
-            (
-                non_resource(&a, "post", "/v1-orch/node-certificate"),
-                no.clone(),
-            ),
+            (non_resource(&a, "post", "/v1-orch/anything"), no.clone()),
             (tunnel("node-a"), allow.clone()),
             (
                 tunnel("node-b"),

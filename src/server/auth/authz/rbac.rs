@@ -755,7 +755,7 @@ mod tests {
             (non_resource(&app, "post", "/api"), false),
             (non_resource(&app, "get", "/healthz/etcd"), false),
             (non_resource(&app, "get", "/metrics"), false),
-            (non_resource(&app, "post", "/v1-orch/node-certificate"), false),
+            (non_resource(&app, "post", "/v1-orch/anything"), false),
             // Service accounts may read the issuer's discovery documents.
             (non_resource(&app, "get", "/.well-known/openid-configuration"), true),
             (non_resource(&app, "get", "/openid/v1/jwks"), true),

@@ -120,3 +120,100 @@ pub fn record_requester(obj: &mut Value, name: &str, uid: &str, groups: &[String
         m.remove("extra");
     }
 }
+
+/// The signer of nodes' client certificates (upstream's).
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+
+/// What a certificate request asks for: its subject and how many
+/// subjectAltNames of each kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Requested {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub dns_names: usize,
+    pub emails: usize,
+    pub ips: usize,
+    pub uris: usize,
+}
+
+/// The PEM of a request's `spec.request` (base64 of PEM in the API).
+pub fn request_pem(csr: &Value) -> Option<String> {
+    use base64::Engine;
+    let b64 = csr.pointer("/spec/request").and_then(Value::as_str)?;
+    let pem = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(pem).ok()
+}
+
+/// What the PEM certificate request `pem` asks for; `None` if it is not
+/// one.
+pub fn requested(pem: &str) -> Option<Requested> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|d: rustls::pki_types::CertificateSigningRequestDer<'_>| d.as_ref().to_vec())?;
+    let (_, req) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&der).ok()?;
+    let subject = &req.certification_request_info.subject;
+    let mut out = Requested {
+        common_name: subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        organizations: subject
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok().map(str::to_owned))
+            .collect(),
+        ..Requested::default()
+    };
+    for ext in req.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(_) => out.dns_names += 1,
+                    GeneralName::RFC822Name(_) => out.emails += 1,
+                    GeneralName::IPAddress(_) => out.ips += 1,
+                    GeneralName::URI(_) => out.uris += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Why a request is not one for a node's client certificate, in
+/// upstream's words (`ValidateKubeletClientCSR`), or `None` when it is:
+/// O exactly `system:nodes`, no subjectAltNames, CN `system:node:<name>`,
+/// and usages digital signature and client auth (with key encipherment
+/// for RSA keys).
+pub fn kubelet_client_problem(req: &Requested, usages: &[&str]) -> Option<String> {
+    if req.organizations != ["system:nodes"] {
+        return Some("subject organization is not system:nodes".into());
+    }
+    for (count, kind) in [
+        (req.dns_names, "DNS"),
+        (req.emails, "Email"),
+        (req.ips, "IP"),
+        (req.uris, "URI"),
+    ] {
+        if count > 0 {
+            return Some(format!("{kind} subjectAltNames are not allowed"));
+        }
+    }
+    if !req.common_name.starts_with("system:node:") {
+        return Some("subject common name does not begin with system:node:".into());
+    }
+    let mut set: Vec<&str> = usages.to_vec();
+    set.sort_unstable();
+    set.dedup();
+    let with_rsa = ["client auth", "digital signature", "key encipherment"];
+    if set != with_rsa && set != ["client auth", "digital signature"] {
+        return Some(
+            "usages did not match [client auth digital signature key encipherment]".into(),
+        );
+    }
+    None
+}
