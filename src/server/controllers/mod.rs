@@ -11,6 +11,7 @@
 pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod csrapproving;
+pub mod csrcleaner;
 pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
@@ -233,6 +234,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     clusterroleaggregation::start(ctx.clone(), &mut tasks);
     serviceaccounttoken::start(ctx.clone(), &mut tasks);
     csrsigning::start(ctx.clone(), &mut tasks);
+    csrcleaner::start(ctx.clone(), &mut tasks);
     (ctx, tasks)
 }
 
