@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """Write src/server/auth/policy.yaml, orch's bootstrap RBAC policy, from
 upstream's bootstrap policy as its tests print it
-(plugin/pkg/auth/authorizer/rbac/bootstrappolicy/testdata/*.yaml in
-kubernetes/kubernetes).
+(plugin/pkg/auth/authorizer/rbac/bootstrappolicy/testdata/*.yaml).
 
 Usage: scripts/gen-bootstrap-policy.py TESTDATA_DIR > src/server/auth/policy.yaml
+
+The v1.33 data came from openshift/microshift branch release-4.20, which
+vendors openshift/kubernetes at v1.33.13 (deps/github.com/openshift/
+kubernetes/.../bootstrappolicy/testdata; kubernetes/kubernetes itself
+could not be fetched here). OpenShift's carries are dropped below, so
+what remains is upstream's.
 
 The output keeps only what differs between the objects: every object
 gets label kubernetes.io/bootstrapping=rbac-defaults and annotation
 rbac.authorization.kubernetes.io/autoupdate=true when orch creates it
 (src/server/auth/policy.rs), so those are left out. Subjects are written
-`Kind:name` (`ServiceAccount:namespace/name`).
+`Kind:name` (`ServiceAccount:namespace/name`). orch's own bindings are
+in src/server/auth/policy-orch.yaml, not here.
 """
 import json
 import sys
@@ -27,35 +33,27 @@ def load(d, name):
         return fixup(name, yaml.safe_load(f)["items"])
 
 
-# The copies of upstream's testdata this was generated from did not all
-# come from one v1.33 commit (see the commit that added this script); these
-# bring them to v1.33's policy.
-def fixup(name, items):
-    def named(n):
-        return next(i for i in items if i["metadata"]["name"] == n)
+# OpenShift's carries in openshift/kubernetes, not upstream's.
+OPENSHIFT_ONLY = {
+    "system:openshift:public-info-viewer",
+    "system:controller:service-ca-cert-publisher",
+}
 
-    if name == "cluster-roles":
-        # OpenShift's carries, not upstream's.
-        items = [i for i in items if not i["metadata"]["name"].startswith("system:openshift:")]
-        for rule in named("system:aggregate-to-edit")["rules"]:
-            if "create" in rule["verbs"] and "endpoints" in rule.get("resources", []):
-                rule["resources"].remove("endpoints")
-    if name == "cluster-role-bindings":
-        have = {i["metadata"]["name"] for i in items}
-        for role, group in [
-            ("system:monitoring", "system:monitoring"),
-            ("system:service-account-issuer-discovery", "system:serviceaccounts"),
-        ]:
-            if role not in have:
-                items.append({
-                    "metadata": {"name": role},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
-                })
-        items.sort(key=lambda i: i["metadata"]["name"])
-    if name == "controller-role-bindings":
-        # Newer than v1.33.
-        items = [i for i in items if i["metadata"]["name"] != "system:controller:podcheckpoint-controller"]
+
+def fixup(name, items):
+    items = [i for i in items if i["metadata"]["name"] not in OPENSHIFT_ONLY]
+    for item in items:
+        if not item.get("rules"):
+            continue
+        if item["metadata"]["name"] == "system:aggregate-to-edit":
+            # openshift/kubernetes#908: endpoints writable by edit.
+            for rule in item["rules"]:
+                if "create" in rule["verbs"] and "endpoints" in rule.get("resources", []):
+                    rule["resources"].remove("endpoints")
+        # openshift/kubernetes#899: endpointslices/restricted.
+        item["rules"] = [
+            r for r in item["rules"] if r.get("resources") != ["endpointslices/restricted"]
+        ]
     return items
 
 
