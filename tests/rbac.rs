@@ -208,6 +208,93 @@ fn a_chart_with_roles_and_bindings_applies_and_lists_as_upstream() {
         explain.contains("RoleRef can reference a Role"),
         "{explain}"
     );
+
+    // kubectl auth reconcile: missing rules and subjects are added, extra
+    // ones removed when asked, and a changed roleRef recreates the
+    // binding.
+    let reconciled = server.write(
+        "reconcile.yaml",
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: config, namespace: default}
+rules:
+- {apiGroups: [""], resources: [secrets], verbs: [get]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: config, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects:
+- {kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    let path = reconciled.to_str().unwrap();
+    let out = server.ok("1.33", &["auth", "reconcile", "-f", path]);
+    assert!(
+        out.contains("role.rbac.authorization.k8s.io/config reconciled")
+            && out.contains("rolebinding.rbac.authorization.k8s.io/config reconciled"),
+        "{out}"
+    );
+    let role: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "role", "config", "-o", "json"])).unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        ])
+    );
+    let binding: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "rolebinding", "config", "-o", "json"]))
+            .unwrap();
+    // A changed roleRef makes the binding anew, as the file has it.
+    assert_eq!(binding["roleRef"]["name"], "view");
+    assert_eq!(subject_names(&binding), ["bob"]);
+    server.ok(
+        "1.33",
+        &[
+            "auth",
+            "reconcile",
+            "-f",
+            path,
+            "--remove-extra-permissions",
+        ],
+    );
+    let role: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "role", "config", "-o", "json"])).unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+    );
+    // Subjects: added to what is there, or (asked) replacing it.
+    let carol = server.write(
+        "reconcile-carol.yaml",
+        &std::fs::read_to_string(&reconciled)
+            .unwrap()
+            .replace("name: bob", "name: carol"),
+    );
+    let carol = carol.to_str().unwrap();
+    server.ok("1.33", &["auth", "reconcile", "-f", carol]);
+    let binding = |server: &Cluster| -> Value {
+        serde_json::from_str(&server.ok("1.33", &["get", "rolebinding", "config", "-o", "json"]))
+            .unwrap()
+    };
+    assert_eq!(subject_names(&binding(&server)), ["bob", "carol"]);
+    server.ok(
+        "1.33",
+        &["auth", "reconcile", "-f", carol, "--remove-extra-subjects"],
+    );
+    assert_eq!(subject_names(&binding(&server)), ["carol"]);
+}
+
+/// The names of a binding's subjects.
+fn subject_names(binding: &Value) -> Vec<&str> {
+    binding["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str())
+        .collect()
 }
 
 #[test]
