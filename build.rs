@@ -57,6 +57,11 @@ fn openapi_schemas() {
             ("authentication.k8s.io", "TokenReview", authentication::v1::TokenReview),
             ("authorization.k8s.io", "SubjectAccessReview", authorization::v1::SubjectAccessReview),
             ("authorization.k8s.io", "LocalSubjectAccessReview", authorization::v1::LocalSubjectAccessReview),
+            (
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+            ),
         }
     }
     let mut schemas = generator.take_definitions(true);

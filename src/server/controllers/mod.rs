@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clusterroleaggregation;
+pub mod crdnaming;
 pub mod cronjob;
 pub mod csrapproving;
 pub mod csrcleaner;
@@ -66,6 +67,7 @@ pub struct Informers {
     pub rolebindings: Arc<Informer>,
     pub clusterrolebindings: Arc<Informer>,
     pub certificatesigningrequests: Arc<Informer>,
+    pub customresourcedefinitions: Arc<Informer>,
 }
 
 impl Informers {
@@ -108,10 +110,14 @@ impl Informers {
                 registry.clone(),
                 res("certificates.k8s.io", "certificatesigningrequests"),
             ),
+            customresourcedefinitions: Informer::start(
+                registry.clone(),
+                res("apiextensions.k8s.io", "customresourcedefinitions"),
+            ),
         }
     }
 
-    fn all(&self) -> [&Arc<Informer>; 19] {
+    fn all(&self) -> [&Arc<Informer>; 20] {
         [
             &self.pods,
             &self.nodes,
@@ -132,6 +138,7 @@ impl Informers {
             &self.rolebindings,
             &self.clusterrolebindings,
             &self.certificatesigningrequests,
+            &self.customresourcedefinitions,
         ]
     }
 
@@ -235,6 +242,7 @@ pub async fn start(registry: Arc<Registry>, config: Config) -> (Arc<Context>, Jo
     serviceaccounttoken::start(ctx.clone(), &mut tasks);
     csrsigning::start(ctx.clone(), &mut tasks);
     csrcleaner::start(ctx.clone(), &mut tasks);
+    crdnaming::start(ctx.clone(), &mut tasks);
     (ctx, tasks)
 }
 

@@ -3,6 +3,7 @@
 //! group and kind to its strategy. Adding a kind is adding a strategy here
 //! and an entry in `api::catalog`.
 
+mod apiextensions;
 mod apps;
 mod batch;
 pub mod certificates;
@@ -67,6 +68,11 @@ pub fn builtin() -> Vec<(&'static str, &'static str, Arc<dyn Strategy>)> {
             "certificates.k8s.io",
             "CertificateSigningRequest",
             Arc::new(certificates::CertificateSigningRequest),
+        ),
+        (
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            Arc::new(apiextensions::CustomResourceDefinition),
         ),
         (
             "",

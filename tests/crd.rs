@@ -1,0 +1,224 @@
+//! CustomResourceDefinitions (issue #23), as far as they go today: the
+//! definitions themselves are served, defaulted and validated as upstream
+//! does, and their names accepted or refused by the naming controller.
+//! Serving their objects comes next.
+
+mod support;
+
+use serde_json::Value;
+use support::Cluster;
+
+/// The CronTab example of the Kubernetes documentation, unchanged.
+const CRONTAB: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  # name must match the spec fields below, and be in the form: <plural>.<group>
+  name: crontabs.stable.example.com
+spec:
+  # group name to use for REST API: /apis/<group>/<version>
+  group: stable.example.com
+  # list of versions supported by this CustomResourceDefinition
+  versions:
+    - name: v1
+      # Each version can be enabled/disabled by Served flag.
+      served: true
+      # One and only one version must be marked as the storage version.
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                cronSpec:
+                  type: string
+                image:
+                  type: string
+                replicas:
+                  type: integer
+  # either Namespaced or Cluster
+  scope: Namespaced
+  names:
+    # plural name to be used in the URL: /apis/<group>/<version>/<plural>
+    plural: crontabs
+    # singular name to be used as an alias on the CLI and for display
+    singular: crontab
+    # kind is normally the CamelCased singular type. Your resource manifests use this.
+    kind: CronTab
+    # shortNames allow shorter string to match your resource on the CLI
+    shortNames:
+    - ct
+"#;
+
+fn crd(server: &Cluster, name: &str) -> Value {
+    serde_json::from_str(&server.ok("1.33", &["get", "crd", name, "-o", "json"])).unwrap()
+}
+
+fn condition<'a>(crd: &'a Value, ty: &str) -> &'a Value {
+    crd["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == ty))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn definitions_are_defaulted_validated_and_their_names_accepted() {
+    let server = Cluster::start();
+    let resources = server.ok(
+        "1.33",
+        &["api-resources", "--api-group=apiextensions.k8s.io"],
+    );
+    assert!(
+        resources.contains("customresourcedefinitions   crd,crds     apiextensions.k8s.io/v1   false        CustomResourceDefinition"),
+        "{resources}"
+    );
+    let file = server.write("crontab.yaml", CRONTAB);
+    let out = server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(
+        out.trim(),
+        "customresourcedefinition.apiextensions.k8s.io/crontabs.stable.example.com created"
+    );
+    let table = server.ok("1.33", &["get", "crds"]);
+    assert!(
+        table.starts_with(
+            "NAME                          CREATED AT\ncrontabs.stable.example.com   20"
+        ),
+        "{table}"
+    );
+
+    // v1's defaults, and what the server keeps.
+    let name = "crontabs.stable.example.com";
+    let got = server.wait_json(&["get", "crd", name], 10, "names accepted", |c| {
+        condition(c, "NamesAccepted")["status"] == "True"
+    });
+    assert_eq!(got["spec"]["names"]["listKind"], "CronTabList");
+    assert_eq!(got["spec"]["conversion"]["strategy"], "None");
+    assert_eq!(got["metadata"]["generation"], 1);
+    assert_eq!(got["status"]["storedVersions"], serde_json::json!(["v1"]));
+    assert_eq!(
+        got["status"]["acceptedNames"]["shortNames"],
+        serde_json::json!(["ct"])
+    );
+    assert_eq!(got["status"]["acceptedNames"]["kind"], "CronTab");
+    let accepted = condition(&got, "NamesAccepted");
+    assert_eq!(
+        (&accepted["reason"], &accepted["message"]),
+        (&"NoConflicts".into(), &"no conflicts found".into())
+    );
+    let established = condition(&got, "Established");
+    assert_eq!(established["reason"], "Installing", "{got}");
+
+    // A second definition of the group asking for taken names keeps what
+    // it could get, and gets the rest once they are freed.
+    let other = server.write(
+        "other.yaml",
+        &CRONTAB
+            .replace("name: crontabs.stable", "name: others.stable")
+            .replace("plural: crontabs", "plural: others")
+            .replace("singular: crontab", "singular: other")
+            .replace("kind: CronTab", "kind: CronTab\n    listKind: OtherList")
+            .replace("- ct", "- ot"),
+    );
+    server.ok("1.33", &["apply", "-f", other.to_str().unwrap()]);
+    let other_name = "others.stable.example.com";
+    let refused = server.wait_json(&["get", "crd", other_name], 10, "a conflict", |c| {
+        condition(c, "NamesAccepted")["status"] == "False"
+    });
+    let names = condition(&refused, "NamesAccepted");
+    assert_eq!(names["reason"], "KindConflict");
+    assert_eq!(names["message"], "\"CronTab\" is already in use");
+    assert_eq!(refused["status"]["acceptedNames"]["plural"], "others");
+    assert_eq!(refused["status"]["acceptedNames"]["kind"], "");
+    assert_eq!(condition(&refused, "Established")["reason"], "NotAccepted");
+    server.ok("1.33", &["delete", "crd", name]);
+    let freed = server.wait_json(&["get", "crd", other_name], 10, "names freed", |c| {
+        condition(c, "NamesAccepted")["status"] == "True"
+    });
+    assert_eq!(freed["status"]["acceptedNames"]["kind"], "CronTab");
+
+    // Group and plural never change.
+    let err = server.fails(
+        "1.33",
+        &[
+            "patch",
+            "crd",
+            other_name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"group":"other.example.com"}}"#,
+        ],
+    );
+    assert!(
+        err.contains("spec.group: Invalid value: \"other.example.com\": field is immutable"),
+        "{err}"
+    );
+    assert_eq!(
+        crd(&server, other_name)["spec"]["group"],
+        "stable.example.com"
+    );
+    // A new storage version is added to storedVersions.
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "crd",
+            other_name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/versions/0/storage","value":false},
+                {"op":"add","path":"/spec/versions/-","value":{"name":"v2","served":true,"storage":true,
+                 "schema":{"openAPIV3Schema":{"type":"object"}}}}]"#,
+        ],
+    );
+    let two = crd(&server, other_name);
+    assert_eq!(
+        two["status"]["storedVersions"],
+        serde_json::json!(["v1", "v2"])
+    );
+    assert_eq!(two["metadata"]["generation"], 2);
+}
+
+#[test]
+fn a_bad_definition_gets_422_naming_every_field() {
+    let server = Cluster::start();
+    let file = server.write(
+        "bad.yaml",
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example}
+spec:
+  group: example
+  scope: Global
+  names: {plural: widgets, kind: Widget, listKind: Widget}
+  versions:
+  - {name: V1, served: true, storage: false}
+  - name: v2
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object}}
+    additionalPrinterColumns: [{name: Age, type: time, jsonPath: .metadata.creationTimestamp}]
+",
+    );
+    let err = server.fails("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    let dns1035 = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+    for line in [
+        "The CustomResourceDefinition \"widgets.example\" is invalid: ".to_owned(),
+        "* spec.group: Invalid value: \"example\": should be a domain with at least one dot".to_owned(),
+        "* spec.scope: Unsupported value: \"Global\": supported values: \"Cluster\", \"Namespaced\"".to_owned(),
+        "* spec.versions[0].schema.openAPIV3Schema: Required value: schemas are required".to_owned(),
+        format!("* spec.versions[0].name: Invalid value: \"V1\": {dns1035}"),
+        "must have exactly one version marked as storage version".to_owned(),
+        format!("* spec.version: Invalid value: \"V1\": {dns1035}"),
+        "* spec.names.listKind: Invalid value: \"Widget\": kind and listKind may not be the same".to_owned(),
+        "* spec.versions[1].additionalPrinterColumns[0].type: Invalid value: \"time\": must be one of boolean,date,integer,number,string".to_owned(),
+    ] {
+        assert!(err.contains(&line), "missing {line:?} in\n{err}");
+    }
+    assert!(
+        !server
+            .kubectl("1.33", &["get", "crd", "widgets.example"])
+            .status
+            .success()
+    );
+}
