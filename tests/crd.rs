@@ -1,7 +1,8 @@
 //! CustomResourceDefinitions (issue #23), as far as they go today: the
-//! definitions themselves are served, defaulted and validated as upstream
-//! does, and their names accepted or refused by the naming controller.
-//! Serving their objects comes next.
+//! definitions are defaulted and validated as upstream does, their names
+//! accepted or refused, and their objects served (create, get, list,
+//! watch, patch, delete, printer columns, status) until the definition
+//! goes, taking its objects with it.
 
 mod support;
 
@@ -106,8 +107,13 @@ fn definitions_are_defaulted_validated_and_their_names_accepted() {
         (&accepted["reason"], &accepted["message"]),
         (&"NoConflicts".into(), &"no conflicts found".into())
     );
-    let established = condition(&got, "Established");
-    assert_eq!(established["reason"], "Installing", "{got}");
+    let established = server.wait_json(&["get", "crd", name], 10, "established", |c| {
+        condition(c, "Established")["status"] == "True"
+    });
+    assert_eq!(
+        condition(&established, "Established")["reason"],
+        "InitialNamesAccepted"
+    );
 
     // A second definition of the group asking for taken names keeps what
     // it could get, and gets the rest once they are freed.
@@ -221,4 +227,177 @@ spec:
             .status
             .success()
     );
+}
+
+const WIDGETS: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd], categories: [all]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    - {name: Color, type: string, jsonPath: .spec.color, priority: 1}
+    - {name: Ready, type: boolean, jsonPath: .status.ready}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+"#;
+
+#[test]
+fn custom_objects_are_served_until_their_definition_goes() {
+    let server = Cluster::start();
+    let file = server.write("widgets.yaml", WIDGETS);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=10s",
+            "crd/widgets.example.com",
+        ],
+    );
+    let resources = server.ok("1.33", &["api-resources", "--api-group=example.com"]);
+    assert!(
+        resources.contains("widgets   wd           example.com/v1   true         Widget"),
+        "{resources}"
+    );
+    let objects = server.write(
+        "w.yaml",
+        "apiVersion: example.com/v1
+kind: Widget
+metadata: {name: one}
+spec: {size: 3, color: blue}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: two, labels: {tier: b}}
+spec: {size: 5}
+",
+    );
+    let out = server.ok("1.33", &["apply", "-f", objects.to_str().unwrap()]);
+    assert!(out.contains("widget.example.com/one created"), "{out}");
+    // Printer columns (priority 1 only with -o wide), short names and the
+    // `all` category.
+    let table = server.ok("1.33", &["get", "wd"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAME", "SIZE", "READY", "AGE"], "{table}");
+    // No status yet: READY is empty (a null cell), as upstream's.
+    assert_eq!(rows[1].len(), 3, "{table}");
+    assert_eq!(rows[1][..2], ["one", "3"], "{table}");
+    let wide = server.ok("1.33", &["get", "widgets", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("COLOR"), "{wide}");
+    assert!(wide.contains("blue"), "{wide}");
+    let all = server.ok("1.33", &["get", "all"]);
+    assert!(all.contains("widget.example.com/one"), "{all}");
+    // Label selectors, merge and JSON patches; a strategic merge patch is
+    // refused as upstream refuses it.
+    let selected = server.ok("1.33", &["get", "widgets", "-l", "tier=b", "-o", "name"]);
+    assert_eq!(selected.trim(), "widget.example.com/two");
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "widget",
+            "one",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"size":4}}"#,
+        ],
+    );
+    let err = server.fails(
+        "1.33",
+        &["patch", "widget", "one", "-p", r#"{"spec":{"size":5}}"#],
+    );
+    assert!(
+        err.contains("accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"),
+        "{err}"
+    );
+    // The status subresource: the main resource ignores status, /status
+    // changes only it, and only spec changes move the generation.
+    let one: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "widget", "one", "-o", "json"])).unwrap();
+    assert_eq!(one["spec"]["size"], 4);
+    assert_eq!(one["metadata"]["generation"], 2);
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "widget",
+            "one",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"ready":true},"spec":{"size":9}}"#,
+        ],
+    );
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "widget",
+            "one",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"ready":false}}"#,
+        ],
+    );
+    let one: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "widget", "one", "-o", "json"])).unwrap();
+    assert_eq!(one["status"]["ready"], true);
+    assert_eq!(one["spec"]["size"], 4);
+    assert_eq!(one["metadata"]["generation"], 2);
+    let table = server.ok("1.33", &["get", "widget", "one", "--no-headers"]);
+    assert!(table.contains("true"), "{table}");
+
+    // Deleting the definition deletes its objects first, and it is no
+    // longer served; made again, it starts empty.
+    server.ok(
+        "1.33",
+        &["delete", "crd", "widgets.example.com", "--wait=true"],
+    );
+    let gone = server.kubectl(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/apis/example.com/v1/namespaces/default/widgets",
+        ],
+    );
+    assert!(!gone.status.success());
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=10s",
+            "crd/widgets.example.com",
+        ],
+    );
+    let list = server.ok(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/apis/example.com/v1/namespaces/default/widgets",
+        ],
+    );
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["kind"], "WidgetList");
+    assert_eq!(list["items"], serde_json::json!([]));
 }

@@ -42,6 +42,8 @@ pub struct Resource {
     pub categories: Vec<String>,
     pub verbs: Vec<String>,
     pub subresources: Vec<Subresource>,
+    /// For a custom resource: what its definition says of this version.
+    pub custom: Option<std::sync::Arc<super::custom::Custom>>,
 }
 
 impl Resource {
@@ -505,6 +507,7 @@ impl Catalog {
                     .iter()
                     .map(|(name, verbs)| subresource(e.group, e.kind, name, verbs))
                     .collect(),
+                custom: None,
             })
             .collect::<Vec<Resource>>();
         let unlisted = UNLISTED
@@ -522,6 +525,18 @@ impl Catalog {
         Self {
             resources,
             unlisted,
+        }
+    }
+
+    /// This catalog and `custom` resources (served after the built-in
+    /// kinds, in the order given).
+    #[must_use]
+    pub fn with_custom(&self, custom: impl IntoIterator<Item = Resource>) -> Self {
+        let mut resources = self.resources.clone();
+        resources.extend(custom);
+        Self {
+            resources,
+            unlisted: self.unlisted.clone(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod cron;
+pub mod custom;
 pub mod defaults;
 pub mod duplicates;
 pub mod join;

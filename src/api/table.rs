@@ -19,24 +19,30 @@ const fn col(name: &'static str, priority: u8) -> Column {
         name,
         kind: "string",
         format: "",
-        description: "",
+        description: NAME_DESCRIPTION,
         priority,
     }
 }
+
+/// The Name column's description (ObjectMeta's `name`).
+pub const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
 
 const NAME: Column = Column {
     name: "Name",
     kind: "string",
     format: "name",
-    description: "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
+    description: NAME_DESCRIPTION,
     priority: 0,
 };
+
+/// The Age column's description (ObjectMeta's `creationTimestamp`).
+pub const AGE_DESCRIPTION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 
 const AGE: Column = Column {
     name: "Age",
     kind: "string",
     format: "",
-    description: "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+    description: AGE_DESCRIPTION,
     priority: 0,
 };
 

@@ -148,7 +148,7 @@ impl ApiServer {
                 .body(Body::full(self.ca_pem.clone()))
                 .expect("static response parts are valid");
         }
-        let info = route::parse(req.method(), req.uri(), &self.registry.catalog);
+        let info = route::parse(req.method(), req.uri(), &self.registry.catalog());
         let credentials = Credentials::new(&peer.certificate, req.headers());
         let user = match self.authenticators.authenticate(&credentials).await {
             Ok(user) => {
@@ -233,7 +233,7 @@ impl ApiServer {
             // Only the node itself gets here (authorized above).
             Target::NonResource if info.path == TUNNEL_PATH => Ok(self.tunnels.accept(req)),
             Target::NonResource if info.path == "/openapi/v2" => {
-                openapi::v2::respond(&self.registry.catalog, req.headers()).await
+                openapi::v2::respond(&self.registry.catalog(), req.headers()).await
             }
             Target::NonResource => self.openapi(&info.path),
             Target::Discovery {
@@ -319,7 +319,7 @@ impl ApiServer {
         let Some(rest) = path.strip_prefix("/openapi/v3") else {
             return Err(ApiError::not_found_path());
         };
-        let catalog = &self.registry.catalog;
+        let catalog = &self.registry.catalog();
         let doc = match rest.trim_matches('/') {
             "" => Some(openapi::index(catalog, self.git_commit)),
             gv => {
@@ -342,7 +342,7 @@ impl ApiServer {
         version: Option<&str>,
         accept: Option<&str>,
     ) -> Result<Response<Body>, ApiError> {
-        let catalog = &self.registry.catalog;
+        let catalog = &self.registry.catalog();
         let doc = match (group, version) {
             (None, _) if discovery::wants_aggregated(accept) => {
                 let bytes =
@@ -373,7 +373,7 @@ impl ApiServer {
     ) -> Result<Call<'a>, ApiError> {
         let res = self
             .registry
-            .catalog
+            .catalog()
             .find(&rp.group, &rp.version, &rp.plural)
             .cloned()
             .ok_or_else(ApiError::not_found_path)?;

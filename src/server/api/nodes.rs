@@ -88,7 +88,7 @@ async fn check_node_password(
     password: &str,
 ) -> Result<(), ApiError> {
     let res = registry
-        .catalog
+        .catalog()
         .find("", "v1", "secrets")
         .cloned()
         .ok_or_else(|| ApiError::internal("no secrets resource"))?;

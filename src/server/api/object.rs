@@ -74,6 +74,14 @@ pub(super) async fn patch(
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let (patch_type, body) = request::read_patch(req).await?;
+    if call.res.custom.is_some() && patch_type == crate::api::patch::PatchType::Strategic {
+        // Custom resources have no patch strategy (upstream's answer).
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
     let written = call
         .registry()
         .patch(

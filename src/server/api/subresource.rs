@@ -332,7 +332,7 @@ impl ApiServer {
                 let pod_name = bound["name"].as_str().unwrap_or_default();
                 let pod_res = self
                     .registry
-                    .catalog
+                    .catalog()
                     .find("", "v1", "pods")
                     .cloned()
                     .ok_or_else(ApiError::not_found_path)?;

@@ -8,9 +8,11 @@
 //! when the name is freed (its group's definitions are looked at again
 //! whenever one changes or goes).
 //!
-//! Once its names are accepted a definition is Installing (condition
-//! Established False, as upstream's naming controller leaves it); it
-//! becomes Established when its objects are served.
+//! Once its names are accepted the definition's served versions are
+//! installed in the registry's catalog (discovery, routing and storage
+//! follow) and it is Established (upstream's establishing controller).
+//! A definition being deleted is no longer served; its objects are
+//! deleted, then its cleanup finalizer dropped (upstream's CRD finalizer).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use super::{Action, Context, feed, meta_str, run_workers};
 use crate::api::status::ApiError;
 use crate::server::informer::{Change, Informer, Queue};
 use crate::server::registry::WriteOptions;
+use crate::server::registry::kinds::apiextensions::set_condition;
 
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let queue = Queue::new();
@@ -181,31 +184,6 @@ fn accept(crd: &Value, group_crds: &[Arc<Value>]) -> (Value, (&'static str, &'st
     (accepted, condition)
 }
 
-/// `conditions` with `ty` set as upstream's `SetCRDCondition` sets it:
-/// appended if new, else changed in place, its transition time moved
-/// only when its status changes.
-pub fn set_condition(status: &mut Value, ty: &str, state: &str, reason: &str, message: &str) {
-    let now = jiff::Timestamp::now().to_string();
-    if !status["conditions"].is_array() {
-        status["conditions"] = json!([]);
-    }
-    let conditions = status["conditions"].as_array_mut().expect("an array");
-    match conditions.iter_mut().find(|c| c["type"] == ty) {
-        Some(c) => {
-            if c["status"] != state {
-                c["lastTransitionTime"] = json!(now);
-            }
-            c["status"] = json!(state);
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-        }
-        None => conditions.push(
-            json!({"type": ty, "status": state, "lastTransitionTime": now,
-                                       "reason": reason, "message": message}),
-        ),
-    }
-}
-
 fn condition<'a>(status: &'a Value, ty: &str) -> Option<&'a Value> {
     status["conditions"]
         .as_array()?
@@ -216,10 +194,12 @@ fn condition<'a>(status: &'a Value, ty: &str) -> Option<&'a Value> {
 async fn reconcile(ctx: Arc<Context>, name: String) -> Result<Action, ApiError> {
     let informer = &ctx.informers.customresourcedefinitions;
     let Some(crd) = informer.get(&name) else {
+        install(&ctx);
         return Ok(Action::AwaitChange);
     };
     if crd.pointer("/metadata/deletionTimestamp").is_some() {
-        return Ok(Action::AwaitChange);
+        install(&ctx);
+        return clean_up(&ctx, &crd).await;
     }
     let group = crd
         .pointer("/spec/group")
@@ -259,17 +239,34 @@ async fn reconcile(ctx: Arc<Context>, name: String) -> Result<Action, ApiError> 
         }
     }
     if status == crd["status"] {
-        return Ok(Action::AwaitChange);
+        // Names settled: serve them (the upstream establishing
+        // controller's step), then say so.
+        install(&ctx);
+        if established || state != "True" {
+            return Ok(Action::AwaitChange);
+        }
+        set_condition(
+            &mut status,
+            "Established",
+            "True",
+            "InitialNamesAccepted",
+            "the initial names have been accepted",
+        );
     }
-    let mut updated = (*crd).clone();
+    write_status(&ctx, &crd, status).await
+}
+
+async fn write_status(ctx: &Context, crd: &Value, status: Value) -> Result<Action, ApiError> {
+    let mut updated = crd.clone();
     updated["status"] = status;
     let res = ctx.res("apiextensions.k8s.io", "customresourcedefinitions");
+    let name = meta_str(crd, "name");
     match ctx
         .registry
         .update(
             &res,
             None,
-            &name,
+            name,
             updated,
             Some("status"),
             &WriteOptions::default(),
@@ -280,6 +277,146 @@ async fn reconcile(ctx: Arc<Context>, name: String) -> Result<Action, ApiError> 
         Err(e) if e.code == 404 || e.code == 409 => Ok(Action::AwaitChange),
         Err(e) => Err(e),
     }
+}
+
+/// Serve every definition whose names are accepted and that is not being
+/// deleted, and nothing else.
+fn install(ctx: &Context) {
+    let mut crds = ctx.informers.customresourcedefinitions.list(None);
+    crds.sort_by(|a, b| meta_str(a, "name").cmp(meta_str(b, "name")));
+    let resources = crds
+        .iter()
+        .filter(|c| c.pointer("/metadata/deletionTimestamp").is_none())
+        .flat_map(|c| crate::api::custom::resources(c))
+        .collect();
+    ctx.registry.install_custom(resources);
+}
+
+/// A definition being deleted: delete its objects, then let it go
+/// (upstream's CRD finalizer), saying how far it got in condition
+/// Terminating.
+async fn clean_up(ctx: &Context, crd: &Value) -> Result<Action, ApiError> {
+    use crate::server::registry::kinds::apiextensions::CLEANUP_FINALIZER;
+    let finalizers = crd["metadata"]["finalizers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !finalizers.iter().any(|f| f == CLEANUP_FINALIZER) {
+        return Ok(Action::AwaitChange);
+    }
+    let terminating = condition(&crd["status"], "Terminating");
+    if terminating.is_none_or(|c| c["reason"] == "InstanceDeletionPending") {
+        let mut status = crd["status"].clone();
+        set_condition(
+            &mut status,
+            "Terminating",
+            "True",
+            "InstanceDeletionInProgress",
+            "CustomResource deletion is in progress",
+        );
+        return write_status(ctx, crd, status).await;
+    }
+    let mut status = crd["status"].clone();
+    let established = condition(&status, "Established").is_some_and(|c| c["status"] == "True");
+    match crate::api::custom::resources(crd).first() {
+        Some(res) if established => {
+            let left = delete_instances(ctx, res).await;
+            match left {
+                Ok(0) => set_condition(
+                    &mut status,
+                    "Terminating",
+                    "False",
+                    "InstanceDeletionCompleted",
+                    "removed all instances",
+                ),
+                Ok(n) => {
+                    tracing::debug!(crd = %meta_str(crd, "name"), left = n, "waiting for custom objects to go");
+                    return Ok(Action::RequeueAfter(std::time::Duration::from_secs(1)));
+                }
+                Err(e) => {
+                    set_condition(
+                        &mut status,
+                        "Terminating",
+                        "True",
+                        "InstanceDeletionFailed",
+                        &format!("could not issue all deletes: {}", e.message),
+                    );
+                    write_status(ctx, crd, status).await?;
+                    return Ok(Action::RequeueAfter(std::time::Duration::from_secs(5)));
+                }
+            }
+        }
+        _ => set_condition(
+            &mut status,
+            "Terminating",
+            "False",
+            "NeverEstablished",
+            "resource was never established",
+        ),
+    }
+    // Drop the finalizer: the definition goes once none is left.
+    let mut updated = crd.clone();
+    updated["status"] = status;
+    updated["metadata"]["finalizers"] = json!(
+        finalizers
+            .into_iter()
+            .filter(|f| f != CLEANUP_FINALIZER)
+            .collect::<Vec<_>>()
+    );
+    let res = ctx.res("apiextensions.k8s.io", "customresourcedefinitions");
+    match ctx
+        .registry
+        .update(
+            &res,
+            None,
+            meta_str(crd, "name"),
+            updated,
+            None,
+            &WriteOptions::default(),
+        )
+        .await
+    {
+        Ok(_) => Ok(Action::AwaitChange),
+        Err(e) if e.code == 404 || e.code == 409 => Ok(Action::AwaitChange),
+        Err(e) => Err(e),
+    }
+}
+
+/// Delete every object of `res` (all namespaces); how many are left
+/// (objects with finalizers of their own stay until those go).
+async fn delete_instances(
+    ctx: &Context,
+    res: &crate::api::catalog::Resource,
+) -> Result<usize, ApiError> {
+    let items = ctx
+        .registry
+        .list(res, None, &crate::server::registry::ListQuery::default())
+        .await?
+        .decoded()?;
+    let mut left = 0;
+    for obj in &items {
+        let ns = obj["metadata"]["namespace"].as_str();
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            left += 1;
+            continue;
+        }
+        match ctx
+            .registry
+            .delete(
+                res,
+                ns,
+                meta_str(obj, "name"),
+                &crate::server::registry::DeleteOptions::default(),
+            )
+            .await
+        {
+            Ok(gone) if gone.pointer("/metadata/deletionTimestamp").is_some() => left += 1,
+            Ok(_) => {}
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(left)
 }
 
 #[cfg(test)]

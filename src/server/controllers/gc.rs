@@ -173,7 +173,7 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 async fn finish_orphaning(ctx: &Context) {
     let resources: Vec<Resource> = ctx
         .registry
-        .catalog
+        .catalog()
         .resources()
         .iter()
         .filter(|r| r.allows("list") && r.allows("patch"))
@@ -214,7 +214,7 @@ fn res_of(ctx: &Context, obj: &Value) -> Option<Resource> {
         .rsplit_once('/')
         .unwrap_or(("", obj["apiVersion"].as_str()?));
     ctx.registry
-        .catalog
+        .catalog()
         .find_kind(group, version, obj["kind"].as_str()?)
         .cloned()
 }

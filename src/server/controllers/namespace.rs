@@ -54,7 +54,7 @@ async fn reconcile(ctx: Arc<Context>, name: String) -> Result<Action, ApiError> 
     let mut remaining = 0;
     let resources: Vec<_> = ctx
         .registry
-        .catalog
+        .catalog()
         .resources()
         .iter()
         .filter(|r| r.namespaced && r.allows("list") && r.allows("delete"))

@@ -21,7 +21,7 @@ mod services;
 pub mod strategy;
 mod typed;
 
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -203,7 +203,9 @@ pub struct ListQuery {
 
 pub struct Registry {
     pub store: Store,
-    pub catalog: Catalog,
+    /// What is served: the built-in kinds and the custom resources
+    /// installed so far ([`Registry::install_custom`]), swapped whole.
+    served: RwLock<Arc<Catalog>>,
     allocator: Mutex<Allocator>,
     /// The admission plugins every write passes.
     admission: admission::Chain,
@@ -438,14 +440,13 @@ impl Registry {
         ranges: ServiceRanges,
         admission: admission::Chain,
     ) -> Result<Arc<Self>, ApiError> {
-        let catalog = Catalog::builtin();
         let registry = Self {
             store,
-            catalog,
+            served: RwLock::new(Arc::new(Catalog::builtin())),
             allocator: Mutex::new(Allocator::new(ranges)),
             admission,
         };
-        for res in registry.catalog.resources() {
+        for res in registry.catalog().resources() {
             let strategy = strategy::of(res);
             if !strategy.holds_allocations() {
                 continue;
@@ -469,9 +470,23 @@ impl Registry {
         }
     }
 
-    /// The strategy of a resource (its kind's, or the generic one).
+    /// The strategy of a resource: its kind's, a custom resource's
+    /// (built from its definition), or the generic one.
     pub fn strategy(&self, res: &Resource) -> Arc<dyn Strategy> {
         strategy::of(res)
+    }
+
+    /// What is served now: the catalog of built-in kinds and installed
+    /// custom resources.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.served.read().expect("served lock").clone()
+    }
+
+    /// Serve these custom resources instead of those served before (the
+    /// built-in kinds stay).
+    pub fn install_custom(&self, custom: Vec<Resource>) {
+        let catalog = Catalog::builtin().with_custom(custom);
+        *self.served.write().expect("served lock") = Arc::new(catalog);
     }
 
     pub fn service_ranges(&self) -> ServiceRanges {
@@ -484,8 +499,8 @@ impl Registry {
         &self.admission
     }
 
-    pub fn resource(&self, group: &str, plural: &str) -> Option<&Resource> {
-        self.catalog.find(group, "v1", plural)
+    pub fn resource(&self, group: &str, plural: &str) -> Option<Resource> {
+        self.catalog().find(group, "v1", plural).cloned()
     }
 
     /// Read one object.
@@ -1253,7 +1268,7 @@ impl Registry {
         let uid = meta_str(owner, "uid").to_owned();
         let ns = meta_str(owner, "namespace").to_owned();
         let resources: Vec<Resource> = self
-            .catalog
+            .catalog()
             .resources()
             .iter()
             .filter(|r| r.allows("list"))
@@ -1391,12 +1406,13 @@ impl admission::Objects for Registry {
     ) -> BoxFuture<'a, Result<Value, ApiError>> {
         async move {
             let res = self
-                .catalog
+                .catalog()
                 .resources()
                 .iter()
                 .find(|r| r.group == group && r.plural == plural)
+                .cloned()
                 .ok_or_else(ApiError::not_found_path)?;
-            Registry::get(self, res, namespace, name).await
+            Registry::get(self, &res, namespace, name).await
         }
         .boxed()
     }

@@ -239,8 +239,35 @@ static BUILTIN: LazyLock<Table> = LazyLock::new(|| {
 static GENERIC: LazyLock<Arc<dyn Strategy>> =
     LazyLock::new(|| Arc::new(GenericStrategy::default()));
 
-/// The strategy of a catalog entry: its kind's, or the generic one.
+/// A custom resource's strategy, from what its definition says
+/// ([`crate::api::custom`]): its printer columns and scale paths. Its
+/// schema (validation, pruning, defaults) is not applied yet.
+pub struct CustomStrategy(Arc<crate::api::custom::Custom>);
+
+impl Strategy for CustomStrategy {
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
+    fn scale_selector(&self, obj: &Value) -> String {
+        self.0.scale_selector(obj)
+    }
+
+    fn column_definitions(&self) -> Value {
+        self.0.column_definitions()
+    }
+
+    fn cells(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+        self.0.cells(obj, now)
+    }
+}
+
+/// The strategy of a catalog entry: a custom resource's, its kind's, or
+/// the generic one.
 pub fn of(res: &Resource) -> Arc<dyn Strategy> {
+    if let Some(custom) = &res.custom {
+        return Arc::new(CustomStrategy(custom.clone()));
+    }
     BUILTIN
         .get(&(res.group.clone(), res.kind.clone()))
         .cloned()

@@ -29,10 +29,10 @@ impl BootstrapTokens {
 
     async fn user(&self, token: &str) -> Option<User> {
         let (id, secret) = join::parse_bootstrap(token)?;
-        let res = self.registry.catalog.find("", "v1", "secrets")?;
+        let res = self.registry.catalog().find("", "v1", "secrets").cloned()?;
         let stored = self
             .registry
-            .get(res, Some("kube-system"), &join::bootstrap_secret_name(id))
+            .get(&res, Some("kube-system"), &join::bootstrap_secret_name(id))
             .await
             .ok()?;
         if stored["type"] != join::BOOTSTRAP_TYPE {
@@ -94,14 +94,18 @@ mod tests {
             data["expiration"] = json!(b64(e));
         }
         let ns = registry
-            .catalog
+            .catalog()
             .find("", "v1", "namespaces")
             .unwrap()
             .clone();
         let _ = registry
             .create(&ns, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}), &WriteOptions::default())
             .await;
-        let res = registry.catalog.find("", "v1", "secrets").unwrap().clone();
+        let res = registry
+            .catalog()
+            .find("", "v1", "secrets")
+            .unwrap()
+            .clone();
         registry
             .create(
                 &res,

@@ -56,8 +56,8 @@ impl ServiceAccounts {
         // A legacy token is good while its Secret holds it (upstream's
         // legacy validator): deleting the Secret revokes it.
         if let Some(secret) = &claims.secret {
-            let res = self.registry.catalog.find("", "v1", "secrets")?;
-            let held = self.registry.get(res, ns, secret).await.ok()?;
+            let res = self.registry.catalog().find("", "v1", "secrets").cloned()?;
+            let held = self.registry.get(&res, ns, secret).await.ok()?;
             let data = held.pointer("/data/token").and_then(Value::as_str)?;
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(data)
@@ -75,10 +75,14 @@ impl ServiceAccounts {
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         };
-        let sa_res = self.registry.catalog.find("", "v1", "serviceaccounts")?;
+        let sa_res = self
+            .registry
+            .catalog()
+            .find("", "v1", "serviceaccounts")
+            .cloned()?;
         let sa = self
             .registry
-            .get(sa_res, ns, &claims.service_account)
+            .get(&sa_res, ns, &claims.service_account)
             .await
             .ok()?;
         if !claims.service_account_uid.is_empty()
@@ -87,8 +91,8 @@ impl ServiceAccounts {
             return None;
         }
         if let Some((pod, uid)) = &claims.pod {
-            let pod_res = self.registry.catalog.find("", "v1", "pods")?;
-            let p = self.registry.get(pod_res, ns, pod).await.ok()?;
+            let pod_res = self.registry.catalog().find("", "v1", "pods").cloned()?;
+            let p = self.registry.get(&pod_res, ns, pod).await.ok()?;
             if uid_of(&p).as_deref() != Some(uid.as_str()) {
                 return None;
             }
@@ -137,7 +141,7 @@ pub(crate) mod tests {
         .await
         .unwrap();
         let ns = registry
-            .catalog
+            .catalog()
             .find("", "v1", "namespaces")
             .unwrap()
             .clone();
@@ -154,7 +158,7 @@ pub(crate) mod tests {
     }
 
     async fn create(registry: &Registry, plural: &str, obj: Value) -> Value {
-        let res = registry.catalog.find("", "v1", plural).unwrap().clone();
+        let res = registry.catalog().find("", "v1", plural).unwrap().clone();
         registry
             .create(&res, Some("default"), obj, &WriteOptions::default())
             .await

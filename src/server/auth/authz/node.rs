@@ -181,7 +181,7 @@ impl Node {
         name: Option<&'a str>,
         node: &str,
     ) -> Result<(&'a str, &'a str, Resource), String> {
-        let pods = self.registry.catalog.find("", "v1", "pods").cloned();
+        let pods = self.registry.catalog().find("", "v1", "pods").cloned();
         match (ns, name, pods) {
             (Some(ns), Some(name), Some(pods)) => Ok((ns, name, pods)),
             _ => Err(no_relationship(node)),
@@ -289,7 +289,7 @@ mod tests {
 
     async fn node_authorizer() -> (tempfile::TempDir, Node) {
         let (dir, registry) = crate::server::auth::authn::service_account::tests::registry().await;
-        let pods = registry.catalog.find("", "v1", "pods").unwrap().clone();
+        let pods = registry.catalog().find("", "v1", "pods").unwrap().clone();
         for (name, node) in [("near", "node-a"), ("far", "node-b")] {
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                 "spec": {"nodeName": node, "serviceAccountName": format!("sa-{name}"),

@@ -24,6 +24,9 @@ use crate::server::registry::typed::through;
 
 pub struct CustomResourceDefinition;
 
+/// Held by a definition being deleted until its objects are gone.
+pub const CLEANUP_FINALIZER: &str = "customresourcecleanup.apiextensions.k8s.io";
+
 impl Strategy for CustomResourceDefinition {
     fn round_trip(&self, obj: &Value) -> Option<Result<Value, String>> {
         // The schema requires these; a body without them gets the 422
@@ -97,6 +100,34 @@ impl Strategy for CustomResourceDefinition {
         obj: &mut Value,
     ) {
         initial_status(obj);
+    }
+
+    /// Deleting a definition first deletes its objects: the first delete
+    /// marks it (the cleanup finalizer, condition Terminating) and the
+    /// naming controller finishes the job.
+    fn deletion_pending(&self, obj: &Value) -> bool {
+        obj.pointer("/metadata/deletionTimestamp").is_none()
+    }
+
+    fn mark_deleting(&self, obj: &mut Value) {
+        if !obj["metadata"]["finalizers"].is_array() {
+            obj["metadata"]["finalizers"] = json!([]);
+        }
+        if let Some(f) = obj["metadata"]["finalizers"].as_array_mut()
+            && !f.iter().any(|x| x == CLEANUP_FINALIZER)
+        {
+            f.push(json!(CLEANUP_FINALIZER));
+        }
+        if !obj["status"].is_object() {
+            obj["status"] = json!({});
+        }
+        set_condition(
+            &mut obj["status"],
+            "Terminating",
+            "True",
+            "InstanceDeletionPending",
+            "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon",
+        );
     }
 
     /// A new storage version joins `status.storedVersions` (the old ones
@@ -608,6 +639,31 @@ fn validate_stored_versions(crd: &Value, errs: &mut Vec<FieldError>) {
                 ),
             ));
         }
+    }
+}
+
+/// `conditions` with `ty` set as upstream's `SetCRDCondition` sets it:
+/// appended if new, else changed in place, its transition time moved
+/// only when its status changes.
+pub fn set_condition(status: &mut Value, ty: &str, state: &str, reason: &str, message: &str) {
+    let now = jiff::Timestamp::now().to_string();
+    if !status["conditions"].is_array() {
+        status["conditions"] = json!([]);
+    }
+    let conditions = status["conditions"].as_array_mut().expect("an array");
+    match conditions.iter_mut().find(|c| c["type"] == ty) {
+        Some(c) => {
+            if c["status"] != state {
+                c["lastTransitionTime"] = json!(now);
+            }
+            c["status"] = json!(state);
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+        }
+        None => conditions.push(
+            json!({"type": ty, "status": state, "lastTransitionTime": now,
+                                       "reason": reason, "message": message}),
+        ),
     }
 }
 

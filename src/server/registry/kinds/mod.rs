@@ -3,7 +3,7 @@
 //! group and kind to its strategy. Adding a kind is adding a strategy here
 //! and an entry in `api::catalog`.
 
-mod apiextensions;
+pub mod apiextensions;
 mod apps;
 mod batch;
 pub mod certificates;
