@@ -244,12 +244,22 @@ spec:
       openAPIV3Schema:
         type: object
         x-kubernetes-preserve-unknown-fields: true
-    subresources: {status: {}}
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.count, statusReplicasPath: .status.count}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
     - {name: Color, type: string, jsonPath: .spec.color, priority: 1}
     - {name: Ready, type: boolean, jsonPath: .status.ready}
     - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+  - name: v1beta1
+    served: true
+    storage: false
+    deprecated: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
 "#;
 
 #[test]
@@ -362,6 +372,30 @@ spec: {size: 5}
     assert_eq!(one["metadata"]["generation"], 2);
     let table = server.ok("1.33", &["get", "widget", "one", "--no-headers"]);
     assert!(table.contains("true"), "{table}");
+    // Scale through the definition's paths.
+    server.ok("1.33", &["scale", "widget", "one", "--replicas=7"]);
+    let one: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "widget", "one", "-o", "json"])).unwrap();
+    assert_eq!(one["spec"]["count"], 7);
+    let scale = server.ok(
+        "1.33",
+        &[
+            "get",
+            "--raw",
+            "/apis/example.com/v1/namespaces/default/widgets/one/scale",
+        ],
+    );
+    let scale: Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(scale["spec"]["replicas"], 7);
+    assert_eq!(scale["status"]["replicas"], 0);
+    // A deprecated version is served too, and says so.
+    let beta = server.kubectl("1.33", &["get", "widgets.v1beta1.example.com", "one"]);
+    assert!(beta.status.success());
+    let warned = String::from_utf8_lossy(&beta.stderr);
+    assert!(
+        warned.contains("Warning: example.com/v1beta1 Widget is deprecated"),
+        "{warned}"
+    );
 
     // Deleting the definition deletes its objects first, and it is no
     // longer served; made again, it starts empty.

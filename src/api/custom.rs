@@ -234,6 +234,36 @@ impl Custom {
     }
 }
 
+impl Scale {
+    /// The Scale's `spec.replicas` and `status.replicas` in `obj` (0 when
+    /// absent).
+    pub fn replicas(&self, obj: &Value) -> (Value, Value) {
+        let at = |path: &str| find(obj, path).cloned().unwrap_or(json!(0));
+        (at(&self.spec_replicas), at(&self.status_replicas))
+    }
+}
+
+/// Set `value` at the simple dotted path `path` (`.spec.replicas`),
+/// making the objects on the way; false for a path that is not one.
+pub fn set(obj: &mut Value, path: &str, value: Value) -> bool {
+    let keys: Vec<&str> = path.trim_start_matches('.').split('.').collect();
+    if keys.iter().any(|k| k.is_empty() || k.contains(['[', ']'])) {
+        return false;
+    }
+    let mut at = obj;
+    for key in &keys[..keys.len() - 1] {
+        if !at[*key].is_object() {
+            at[*key] = json!({});
+        }
+        at = &mut at[*key];
+    }
+    if !at.is_object() {
+        return false;
+    }
+    at[keys[keys.len() - 1]] = value;
+    true
+}
+
 /// What a simple JSONPath (`.a.b`, `.a[0].b`, `.a['x.y']`, optionally in
 /// `{}`) finds in `obj`.
 pub fn find<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
@@ -342,6 +372,21 @@ mod tests {
         let defs = custom.column_definitions();
         assert_eq!(defs[0]["name"], "Name");
         assert_eq!(defs[2]["type"], "integer");
+    }
+
+    #[test]
+    fn scale_paths_read_and_write_replicas() {
+        let scale = Scale {
+            spec_replicas: ".spec.count".into(),
+            status_replicas: ".status.count".into(),
+            label_selector: None,
+        };
+        let mut obj = json!({"spec": {"count": 2}});
+        assert_eq!(scale.replicas(&obj), (json!(2), json!(0)));
+        assert!(set(&mut obj, ".spec.count", json!(5)));
+        assert!(set(&mut obj, ".spec.deep.er", json!(1)));
+        assert_eq!(obj, json!({"spec": {"count": 5, "deep": {"er": 1}}}));
+        assert!(!set(&mut obj, ".spec.list[0]", json!(1)));
     }
 
     #[test]

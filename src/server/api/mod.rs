@@ -258,10 +258,17 @@ impl ApiServer {
                 {
                     self.wait_for_revision(rv).await?;
                 }
-                match (&rp.name, &rp.subresource) {
+                // A deprecated custom resource version says so on every
+                // answer, as upstream does.
+                let deprecation = call.res.custom.as_ref().and_then(|c| c.deprecation.clone());
+                let served = match (&rp.name, &rp.subresource) {
                     (None, _) => collection::serve(&call, req).await,
                     (Some(name), None) => object::serve(&call, req, name).await,
                     (Some(name), Some(sub)) => subresource::serve(&call, req, name, sub).await,
+                };
+                match deprecation {
+                    Some(warning) => served.map(|r| response::with_warnings(r, &[warning])),
+                    None => served,
                 }
             }
         }

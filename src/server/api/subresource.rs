@@ -259,7 +259,17 @@ impl ApiServer {
             ));
         }
         let mut updated = obj.clone();
-        updated["spec"]["replicas"] = json!(replicas);
+        match res.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+            Some(scale) => {
+                if !crate::api::custom::set(&mut updated, &scale.spec_replicas, json!(replicas)) {
+                    return Err(ApiError::internal(format!(
+                        "specReplicasPath {:?} is not a simple path",
+                        scale.spec_replicas
+                    )));
+                }
+            }
+            None => updated["spec"]["replicas"] = json!(replicas),
+        }
         if let Some(rv) = wanted
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
@@ -277,6 +287,14 @@ impl ApiServer {
 
 fn scale_of(res: &Resource, obj: &Value) -> Value {
     let selector = strategy::of(res).scale_selector(obj);
+    let (spec_replicas, status_replicas) = match res.custom.as_ref().and_then(|c| c.scale.as_ref())
+    {
+        Some(scale) => scale.replicas(obj),
+        None => (
+            obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0)),
+            obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+        ),
+    };
     let meta = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -285,8 +303,8 @@ fn scale_of(res: &Resource, obj: &Value) -> Value {
             "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+        "spec": {"replicas": spec_replicas},
+        "status": {"replicas": status_replicas, "selector": selector},
     })
 }
 
