@@ -435,3 +435,102 @@ spec: {size: 5}
     assert_eq!(list["kind"], "WidgetList");
     assert_eq!(list["items"], serde_json::json!([]));
 }
+
+#[test]
+fn custom_objects_are_pruned_defaulted_and_validated_by_their_schema() {
+    let server = Cluster::start();
+    let file = server.write(
+        "db.yaml",
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: databases.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: databases, singular: database, kind: Database}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [engine]
+            properties:
+              engine: {type: string, enum: [postgres, mysql]}
+              replicas: {type: integer, minimum: 1, maximum: 5, default: 1}
+              size: {type: string, pattern: '^[0-9]+Gi$'}
+"#,
+    );
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=10s",
+            "crd/databases.example.com",
+        ],
+    );
+    let bad = server.write(
+        "bad-db.yaml",
+        "apiVersion: example.com/v1
+kind: Database
+metadata: {name: bad}
+spec: {engine: oracle, replicas: 9, size: big}
+",
+    );
+    let err = server.fails("1.33", &["apply", "-f", bad.to_str().unwrap()]);
+    for line in [
+        "The Database \"bad\" is invalid: ",
+        "* spec.engine: Unsupported value: \"oracle\": supported values: \"postgres\", \"mysql\"",
+        "* spec.replicas: Invalid value: 9: spec.replicas in body should be less than or equal to 5",
+        "* spec.size: Invalid value: \"big\": spec.size in body should match '^[0-9]+Gi$'",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in\n{err}");
+    }
+    let missing = server.write(
+        "missing-db.yaml",
+        "apiVersion: example.com/v1
+kind: Database
+metadata: {name: missing}
+spec: {replicas: 2}
+",
+    );
+    let err = server.fails("1.33", &["apply", "-f", missing.to_str().unwrap()]);
+    assert!(
+        err.contains("The Database \"missing\" is invalid: spec.engine: Required value"),
+        "{err}"
+    );
+    // Unknown fields: refused under kubectl's default Strict, dropped
+    // without it.
+    let extra = server.write(
+        "extra-db.yaml",
+        "apiVersion: example.com/v1
+kind: Database
+metadata: {name: good}
+spec: {engine: postgres, color: red}
+",
+    );
+    let err = server.fails("1.33", &["create", "-f", extra.to_str().unwrap()]);
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.color\""),
+        "{err}"
+    );
+    server.ok(
+        "1.33",
+        &["create", "--validate=false", "-f", extra.to_str().unwrap()],
+    );
+    let good: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "database", "good", "-o", "json"]))
+            .unwrap();
+    assert_eq!(
+        good["spec"],
+        serde_json::json!({"engine": "postgres", "replicas": 1}),
+        "pruned and defaulted"
+    );
+}

@@ -21,6 +21,7 @@ pub mod quantity;
 pub mod query;
 pub mod rbac;
 pub mod remotecommand;
+pub mod schema;
 pub mod selector;
 pub mod spdy;
 pub mod status;

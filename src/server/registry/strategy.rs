@@ -240,11 +240,37 @@ static GENERIC: LazyLock<Arc<dyn Strategy>> =
     LazyLock::new(|| Arc::new(GenericStrategy::default()));
 
 /// A custom resource's strategy, from what its definition says
-/// ([`crate::api::custom`]): its printer columns and scale paths. Its
-/// schema (validation, pruning, defaults) is not applied yet.
+/// ([`crate::api::custom`]): its schema prunes unknown fields (which
+/// `fieldValidation` reports), fills defaults and validates
+/// ([`crate::api::schema`]); its printer columns and scale paths.
 pub struct CustomStrategy(Arc<crate::api::custom::Custom>);
 
+impl CustomStrategy {
+    fn schema(&self) -> Option<&Value> {
+        Some(&self.0.schema).filter(|s| s.is_object())
+    }
+}
+
 impl Strategy for CustomStrategy {
+    fn round_trip(&self, obj: &Value) -> Option<Result<Value, String>> {
+        let schema = self.schema()?;
+        let mut pruned = obj.clone();
+        crate::api::schema::prune(schema, &mut pruned);
+        Some(Ok(pruned))
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        if let Some(schema) = self.schema() {
+            crate::api::schema::default(schema, obj);
+        }
+    }
+
+    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        if let Some(schema) = self.schema() {
+            errs.extend(crate::api::schema::validate(schema, obj));
+        }
+    }
+
     fn tracks_generation(&self) -> bool {
         true
     }

@@ -1,0 +1,550 @@
+//! A custom resource's structural schema applied to its objects, as
+//! upstream's apiextensions server applies it: [`prune`] drops the fields
+//! the schema does not know (what `fieldValidation` reports), [`default`]
+//! fills `default`s, and [`validate`] checks every value against the
+//! schema, reporting as kube-openapi's validator does through
+//! apiextensions (`<path> in body must be of type integer: "string"`).
+//!
+//! Errors follow the schema walk; sibling properties come in name order
+//! (upstream's order among siblings is not stable).
+
+use serde_json::{Map, Value};
+
+use super::status::FieldError;
+
+/// The JSON type name of a value, as kube-openapi names it.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn child(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn flag(schema: &Value, key: &str) -> bool {
+    schema.get(key) == Some(&Value::Bool(true))
+}
+
+/// Drop what `schema` does not know from `obj` (the root keeps
+/// apiVersion, kind and metadata; `x-kubernetes-preserve-unknown-fields`
+/// keeps everything below it). The paths dropped, for Strict and Warn
+/// field validation.
+pub fn prune(schema: &Value, obj: &mut Value) -> Vec<String> {
+    let mut dropped = Vec::new();
+    prune_at(schema, obj, "", true, &mut dropped);
+    dropped
+}
+
+fn prune_at(schema: &Value, v: &mut Value, path: &str, root: bool, dropped: &mut Vec<String>) {
+    let embedded = flag(schema, "x-kubernetes-embedded-resource");
+    match v {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let here = child(path, &key);
+                if (root || embedded) && matches!(key.as_str(), "apiVersion" | "kind" | "metadata")
+                {
+                    continue;
+                }
+                if let Some(s) = props.and_then(|p| p.get(&key)) {
+                    prune_at(
+                        s,
+                        map.get_mut(&key).expect("listed key"),
+                        &here,
+                        false,
+                        dropped,
+                    );
+                } else if let Some(s) = additional {
+                    prune_at(
+                        s,
+                        map.get_mut(&key).expect("listed key"),
+                        &here,
+                        false,
+                        dropped,
+                    );
+                } else if !preserve && !flag(schema, "x-kubernetes-int-or-string") {
+                    map.remove(&key);
+                    dropped.push(here);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_at(s, item, &format!("{path}[{i}]"), false, dropped);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fill the `default`s of `schema` into `obj` where a field is missing
+/// (or null and not nullable); nested defaults only where their parent
+/// exists. A null that is neither nullable nor defaulted is dropped.
+pub fn default(schema: &Value, obj: &mut Value) {
+    match obj {
+        Value::Object(map) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (key, s) in props {
+                    let missing = match map.get(key) {
+                        None => true,
+                        Some(Value::Null) => !flag(s, "nullable"),
+                        Some(_) => false,
+                    };
+                    if missing {
+                        match s.get("default") {
+                            Some(d) => {
+                                map.insert(key.clone(), d.clone());
+                            }
+                            None => {
+                                if map.get(key) == Some(&Value::Null) {
+                                    map.remove(key);
+                                }
+                            }
+                        }
+                    }
+                    if let Some(v) = map.get_mut(key) {
+                        default(s, v);
+                    }
+                }
+            }
+            if let Some(s) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for v in map.values_mut() {
+                    default(s, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for item in items {
+                    default(s, item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Check `obj` against `schema`: every failing field, as upstream
+/// reports it.
+pub fn validate(schema: &Value, obj: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    check(schema, obj, "", true, &mut errs);
+    errs
+}
+
+fn field(path: &str) -> String {
+    if path.is_empty() {
+        "<nil>".into()
+    } else {
+        path.to_owned()
+    }
+}
+
+fn invalid(path: &str, value: &Value, detail: String) -> FieldError {
+    FieldError::invalid(field(path), value, detail)
+}
+
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+/// `%v` of a bound: integers bare, fractions as Go prints them.
+fn show(n: &Value) -> String {
+    n.to_string()
+}
+
+fn check(schema: &Value, v: &Value, path: &str, root: bool, errs: &mut Vec<FieldError>) {
+    if v.is_null() && flag(schema, "nullable") {
+        return;
+    }
+    let at = if path.is_empty() { "" } else { path };
+    // type
+    let int_or_string = flag(schema, "x-kubernetes-int-or-string");
+    let actual = type_name(v);
+    if let Some(want) = schema.get("type").and_then(Value::as_str) {
+        let ok = actual == want || (want == "number" && actual == "integer");
+        if !ok {
+            errs.push(invalid(
+                path,
+                &Value::String(actual.into()),
+                format!("{at} in body must be of type {want}: {actual:?}"),
+            ));
+        }
+    } else if int_or_string && !matches!(actual, "integer" | "string") {
+        errs.push(invalid(
+            path,
+            &Value::String(actual.into()),
+            format!("{at} in body must be of type integer,string: {actual:?}"),
+        ));
+    }
+    // format
+    if let (Some(format), Value::String(s)) = (schema.get("format").and_then(Value::as_str), v)
+        && !format_ok(format, s)
+    {
+        errs.push(invalid(
+            path,
+            v,
+            format!("{at} in body must be of type {format}: {s:?}"),
+        ));
+    }
+    // enum
+    if let Some(values) = schema.get("enum").and_then(Value::as_array)
+        && !values.contains(v)
+    {
+        let shown: Vec<String> = values
+            .iter()
+            .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
+            .collect();
+        let refs: Vec<&str> = shown.iter().map(String::as_str).collect();
+        errs.push(FieldError::not_supported(field(path), v, &refs));
+    }
+    match v {
+        Value::String(s) => check_string(schema, s, v, path, errs),
+        Value::Number(_) => check_number(schema, v, path, errs),
+        Value::Array(items) => {
+            let n = items.len();
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+                && n as u64 > max
+            {
+                errs.push(too_many(path, n, max));
+            }
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+                && (n as u64) < min
+            {
+                errs.push(invalid(
+                    path,
+                    &Value::from(n),
+                    format!("{at} in body should have at least {min} items"),
+                ));
+            }
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    check(s, item, &format!("{path}[{i}]"), false, errs);
+                }
+            }
+        }
+        Value::Object(map) => check_object(schema, map, path, root, errs),
+        _ => {}
+    }
+    check_composites(schema, v, path, errs);
+}
+
+fn too_many(path: &str, n: usize, max: u64) -> FieldError {
+    FieldError {
+        reason: "FieldValueTooMany",
+        field: field(path),
+        message: format!("Too many: {n}: must have at most {max} items"),
+    }
+}
+
+fn check_string(schema: &Value, s: &str, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let chars = s.chars().count() as u64;
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && chars > max
+    {
+        errs.push(FieldError::too_long(field(path), max as usize));
+        return;
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && chars < min
+    {
+        errs.push(invalid(
+            path,
+            v,
+            format!("{path} in body should be at least {min} chars long"),
+        ));
+        return;
+    }
+    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+        && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s))
+    {
+        errs.push(invalid(
+            path,
+            v,
+            format!("{path} in body should match '{pattern}'"),
+        ));
+    }
+}
+
+fn check_number(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let Some(x) = number(v) else {
+        return;
+    };
+    if let Some(max) = schema.get("maximum") {
+        let m = number(max).unwrap_or(f64::INFINITY);
+        let exclusive = flag(schema, "exclusiveMaximum");
+        if (exclusive && x >= m) || (!exclusive && x > m) {
+            let words = if exclusive {
+                "less than"
+            } else {
+                "less than or equal to"
+            };
+            errs.push(invalid(
+                path,
+                v,
+                format!("{path} in body should be {words} {}", show(max)),
+            ));
+        }
+    }
+    if let Some(min) = schema.get("minimum") {
+        let m = number(min).unwrap_or(f64::NEG_INFINITY);
+        let exclusive = flag(schema, "exclusiveMinimum");
+        if (exclusive && x <= m) || (!exclusive && x < m) {
+            let words = if exclusive {
+                "greater than"
+            } else {
+                "greater than or equal to"
+            };
+            errs.push(invalid(
+                path,
+                v,
+                format!("{path} in body should be {words} {}", show(min)),
+            ));
+        }
+    }
+    if let Some(factor) = schema.get("multipleOf").and_then(number)
+        && factor > 0.0
+        && (x / factor).fract().abs() > 1e-9
+    {
+        errs.push(invalid(
+            path,
+            v,
+            format!(
+                "{path} in body should be a multiple of {}",
+                show(&schema["multipleOf"])
+            ),
+        ));
+    }
+}
+
+fn check_object(
+    schema: &Value,
+    map: &Map<String, Value>,
+    path: &str,
+    root: bool,
+    errs: &mut Vec<FieldError>,
+) {
+    let n = map.len();
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+        && n as u64 > max
+    {
+        errs.push(too_many(path, n, max));
+    }
+    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
+        && (n as u64) < min
+    {
+        errs.push(invalid(
+            path,
+            &Value::from(n),
+            format!("{path} in body should have at least {min} properties"),
+        ));
+    }
+    for key in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if !map.contains_key(key) {
+            errs.push(FieldError::required(child(path, key)));
+        }
+    }
+    let props = schema.get("properties").and_then(Value::as_object);
+    let additional = schema.get("additionalProperties");
+    for (key, value) in map {
+        if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        if let Some(s) = props.and_then(|p| p.get(key)) {
+            check(s, value, &child(path, key), false, errs);
+        } else if let Some(s) = additional.filter(|a| a.is_object()) {
+            check(s, value, &child(path, key), false, errs);
+        } else if additional == Some(&Value::Bool(false)) {
+            errs.push(invalid(
+                path,
+                &Value::String(key.clone()),
+                format!("{} in body is a forbidden property", child(path, key)),
+            ));
+        }
+    }
+}
+
+/// allOf, anyOf, oneOf and not: reported at no field, as upstream.
+fn check_composites(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let passes = |s: &Value| {
+        let mut e = Vec::new();
+        check(s, v, path, false, &mut e);
+        e.is_empty()
+    };
+    let branches = |key: &str| {
+        schema
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let nil = |detail: String| FieldError::invalid("<nil>", &Value::String(String::new()), detail);
+    let any = branches("anyOf");
+    if !any.is_empty() && !any.iter().any(passes) {
+        errs.push(nil(format!(
+            "{path:?} must validate at least one schema (anyOf)"
+        )));
+    }
+    let one = branches("oneOf");
+    if !one.is_empty() {
+        let valid = one.iter().filter(|s| passes(s)).count();
+        if valid != 1 {
+            let found = if valid == 0 {
+                "Found none valid".to_owned()
+            } else {
+                format!("Found {valid} valid alternatives")
+            };
+            errs.push(nil(format!(
+                "{path:?} must validate one and only one schema (oneOf). {found}"
+            )));
+        }
+    }
+    let all = branches("allOf");
+    if !all.is_empty() && !all.iter().all(passes) {
+        errs.push(nil(format!(
+            "{path:?} must validate all the schemas (allOf)"
+        )));
+    }
+    if let Some(not) = schema.get("not")
+        && passes(not)
+    {
+        errs.push(nil(format!("{path:?} must not validate the schema (not)")));
+    }
+}
+
+/// Does `s` have `format`? Formats upstream does not check (int32,
+/// int64, float, double, password, unknown ones) always do.
+fn format_ok(format: &str, s: &str) -> bool {
+    use base64::Engine;
+    match format {
+        "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
+        "date" => s.parse::<jiff::civil::Date>().is_ok() && s.len() == 10,
+        "byte" => base64::engine::general_purpose::STANDARD.decode(s).is_ok(),
+        "uuid" => uuid::Uuid::try_parse(s).is_ok(),
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
+        "cidr" => s.split_once('/').is_some_and(|(ip, bits)| {
+            let bits: Option<u8> = bits.parse().ok();
+            match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
+                Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
+                Err(_) => false,
+            }
+        }),
+        "email" => s
+            .split_once('@')
+            .is_some_and(|(a, b)| !a.is_empty() && b.contains('.')),
+        "hostname" => super::names::is_dns1123_subdomain(&s.to_lowercase()),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {
+            "spec": {"type": "object", "required": ["cronSpec"], "properties": {
+                "cronSpec": {"type": "string", "pattern": "^\\d+$"},
+                "replicas": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1},
+                "mode": {"type": "string", "enum": ["a", "b"]},
+                "name": {"type": "string", "maxLength": 3},
+                "items": {"type": "array", "maxItems": 2, "items": {"type": "string"}},
+                "port": {"x-kubernetes-int-or-string": true},
+                "when": {"type": "string", "format": "date-time"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "maybe": {"type": "string", "nullable": true},
+            }},
+        }})
+    }
+
+    fn lines(errs: &[FieldError]) -> Vec<String> {
+        errs.iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn values_are_checked_as_upstream_reports_them() {
+        let obj = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a"}, "spec": {
+            "replicas": "three", "mode": "c", "name": "long", "items": ["a", "b", 3],
+            "port": true, "when": "yesterday", "labels": {"a": 1}, "maybe": null,
+        }});
+        assert_eq!(
+            lines(&validate(&schema(), &obj)),
+            [
+                "spec.cronSpec: Required value",
+                "spec.items: Too many: 3: must have at most 2 items",
+                "spec.items[2]: Invalid value: \"integer\": spec.items[2] in body must be of type string: \"integer\"",
+                "spec.labels.a: Invalid value: \"integer\": spec.labels.a in body must be of type string: \"integer\"",
+                "spec.mode: Unsupported value: \"c\": supported values: \"a\", \"b\"",
+                "spec.name: Too long: may not be more than 3 bytes",
+                "spec.port: Invalid value: \"boolean\": spec.port in body must be of type integer,string: \"boolean\"",
+                "spec.replicas: Invalid value: \"string\": spec.replicas in body must be of type integer: \"string\"",
+                "spec.when: Invalid value: \"yesterday\": spec.when in body must be of type date-time: \"yesterday\"",
+            ]
+        );
+        let numbers = json!({"spec": {"cronSpec": "x", "replicas": 11}});
+        assert_eq!(
+            lines(&validate(&schema(), &numbers)),
+            [
+                "spec.cronSpec: Invalid value: \"x\": spec.cronSpec in body should match '^\\d+$'",
+                "spec.replicas: Invalid value: 11: spec.replicas in body should be less than or equal to 10",
+            ]
+        );
+        let good = json!({"spec": {"cronSpec": "5", "replicas": 3, "port": "http", "when": "2026-01-01T00:00:00Z"}});
+        assert!(validate(&schema(), &good).is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_pruned_and_defaults_filled() {
+        let mut obj = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a", "labels": {"k": "v"}},
+            "spec": {"cronSpec": "5", "extra": 1, "free": {"any": {"thing": 1}}, "labels": {"a": "b"}, "replicas": null},
+            "top": true});
+        let dropped = prune(&schema(), &mut obj);
+        assert_eq!(dropped, ["spec.extra", "top"]);
+        default(&schema(), &mut obj);
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a", "labels": {"k": "v"}},
+                   "spec": {"cronSpec": "5", "free": {"any": {"thing": 1}}, "labels": {"a": "b"}, "replicas": 1}})
+        );
+    }
+
+    #[test]
+    fn composites_report_at_no_field() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "x": {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 1}]}}}}});
+        let errs = validate(&schema, &json!({"spec": {"x": "long"}}));
+        assert_eq!(
+            lines(&errs),
+            ["<nil>: Invalid value: \"\": \"spec.x\" must validate at least one schema (anyOf)"]
+        );
+    }
+}
