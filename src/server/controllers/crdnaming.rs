@@ -23,7 +23,6 @@ use tokio::task::JoinSet;
 use super::{Action, Context, feed, meta_str, run_workers};
 use crate::api::status::ApiError;
 use crate::server::informer::{Change, Informer, Queue};
-use crate::server::registry::WriteOptions;
 use crate::server::registry::kinds::apiextensions::set_condition;
 
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
@@ -261,22 +260,7 @@ async fn write_status(ctx: &Context, crd: &Value, status: Value) -> Result<Actio
     updated["status"] = status;
     let res = ctx.res("apiextensions.k8s.io", "customresourcedefinitions");
     let name = meta_str(crd, "name");
-    match ctx
-        .registry
-        .update(
-            &res,
-            None,
-            name,
-            updated,
-            Some("status"),
-            &WriteOptions::default(),
-        )
-        .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        Err(e) if e.code == 404 || e.code == 409 => Ok(Action::AwaitChange),
-        Err(e) => Err(e),
-    }
+    ctx.write(&res, None, name, updated, Some("status")).await
 }
 
 /// Serve every definition whose names are accepted and that is not being
@@ -364,22 +348,8 @@ async fn clean_up(ctx: &Context, crd: &Value) -> Result<Action, ApiError> {
             .collect::<Vec<_>>()
     );
     let res = ctx.res("apiextensions.k8s.io", "customresourcedefinitions");
-    match ctx
-        .registry
-        .update(
-            &res,
-            None,
-            meta_str(crd, "name"),
-            updated,
-            None,
-            &WriteOptions::default(),
-        )
+    ctx.write(&res, None, meta_str(crd, "name"), updated, None)
         .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        Err(e) if e.code == 404 || e.code == 409 => Ok(Action::AwaitChange),
-        Err(e) => Err(e),
-    }
 }
 
 /// Delete every object of `res` (all namespaces); how many are left

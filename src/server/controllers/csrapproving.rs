@@ -25,7 +25,6 @@ use crate::api::status::ApiError;
 use crate::server::auth::User;
 use crate::server::auth::authz::{Attributes, Chain, Decision};
 use crate::server::informer::{Change, Queue};
-use crate::server::registry::WriteOptions;
 use crate::server::registry::kinds::certificates::{self, KUBELET_CLIENT_SIGNER};
 
 pub fn start(ctx: Arc<Context>, authorizer: Arc<Chain>, tasks: &mut JoinSet<()>) {
@@ -140,22 +139,8 @@ async fn reconcile(
         );
     }
     let res = ctx.res("certificates.k8s.io", "certificatesigningrequests");
-    match ctx
-        .registry
-        .update(
-            &res,
-            None,
-            &name,
-            approved,
-            Some("approval"),
-            &WriteOptions::default(),
-        )
+    ctx.write(&res, None, &name, approved, Some("approval"))
         .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        Err(e) if e.code == 404 => Ok(Action::AwaitChange),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

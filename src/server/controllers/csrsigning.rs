@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 use super::{Action, Context, all_keys, feed, run_workers};
 use crate::api::status::ApiError;
 use crate::server::informer::{Change, Queue};
-use crate::server::registry::WriteOptions;
 use crate::server::registry::kinds::certificates::{self, Requested};
 
 pub const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
@@ -131,22 +130,7 @@ async fn reconcile(
         }
     }
     let res = ctx.res("certificates.k8s.io", "certificatesigningrequests");
-    match ctx
-        .registry
-        .update(
-            &res,
-            None,
-            &name,
-            updated,
-            Some("status"),
-            &WriteOptions::default(),
-        )
-        .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        Err(e) if e.code == 404 => Ok(Action::AwaitChange),
-        Err(e) => Err(e),
-    }
+    ctx.write(&res, None, &name, updated, Some("status")).await
 }
 
 #[cfg(test)]

@@ -204,6 +204,29 @@ pub struct Context {
 }
 
 impl Context {
+    /// Write `obj` as the new `name` (its `sub`resource, if given). An
+    /// object gone meanwhile, or changed since it was read (a conflict),
+    /// is no error: that change comes back through the informer, and the
+    /// object is looked at again then.
+    pub async fn write(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        obj: serde_json::Value,
+        sub: Option<&str>,
+    ) -> Result<Action, ApiError> {
+        match self
+            .registry
+            .update(res, ns, name, obj, sub, &WriteOptions::default())
+            .await
+        {
+            Ok(_) => Ok(Action::AwaitChange),
+            Err(e) if e.code == 404 || e.code == 409 => Ok(Action::AwaitChange),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn res(&self, group: &str, plural: &str) -> Resource {
         self.registry
             .resource(group, plural)

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use super::{Action, Context, is_deleting, meta_str, run_workers};
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, object_key};
-use crate::server::registry::{DeleteOptions, ListQuery, WriteOptions};
+use crate::server::registry::{DeleteOptions, ListQuery};
 
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let queue = Queue::new();
@@ -94,13 +94,5 @@ async fn reconcile(ctx: Arc<Context>, name: String) -> Result<Action, ApiError> 
     let mut done: Value = (*ns).clone();
     done["spec"]["finalizers"] = json!([]);
     let res = ctx.res("", "namespaces");
-    match ctx
-        .registry
-        .update(&res, None, &name, done, None, &WriteOptions::default())
-        .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        Err(e) if e.code == 404 => Ok(Action::AwaitChange),
-        Err(e) => Err(e),
-    }
+    ctx.write(&res, None, &name, done, None).await
 }

@@ -11,7 +11,6 @@ use tokio::task::JoinSet;
 use super::{Action, Context, feed, meta_str, run_workers};
 use crate::api::status::ApiError;
 use crate::server::informer::{Queue, object_key, split_key};
-use crate::server::registry::WriteOptions;
 
 /// The `InternalIP`s of the Ready nodes, sorted.
 pub fn ingress_ips(nodes: &[Arc<Value>]) -> Vec<String> {
@@ -111,22 +110,8 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
     }
     let mut updated = (*svc).clone();
     updated["status"]["loadBalancer"] = want;
-    match ctx
-        .registry
-        .update(
-            &ctx.res("", "services"),
-            ns,
-            name,
-            updated,
-            Some("status"),
-            &WriteOptions::default(),
-        )
+    ctx.write(&ctx.res("", "services"), ns, name, updated, Some("status"))
         .await
-    {
-        Ok(_) => Ok(Action::AwaitChange),
-        Err(e) if e.code == 404 => Ok(Action::AwaitChange),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
