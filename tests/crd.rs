@@ -204,6 +204,10 @@ spec:
     storage: false
     schema: {openAPIV3Schema: {type: object}}
     additionalPrinterColumns: [{name: Age, type: time, jsonPath: .metadata.creationTimestamp}]
+  - name: v3
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {properties: {size: {type: integer}}}}}}
 ",
     );
     let err = server.fails("1.33", &["apply", "-f", file.to_str().unwrap()]);
@@ -218,6 +222,7 @@ spec:
         format!("* spec.version: Invalid value: \"V1\": {dns1035}"),
         "* spec.names.listKind: Invalid value: \"Widget\": kind and listKind may not be the same".to_owned(),
         "* spec.versions[1].additionalPrinterColumns[0].type: Invalid value: \"time\": must be one of boolean,date,integer,number,string".to_owned(),
+        "* spec.versions[2].schema.openAPIV3Schema.properties[spec].type: Required value: must not be empty for specified object fields".to_owned(),
     ] {
         assert!(err.contains(&line), "missing {line:?} in\n{err}");
     }

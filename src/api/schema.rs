@@ -462,6 +462,262 @@ fn format_ok(format: &str, s: &str) -> bool {
     }
 }
 
+/// Where a node sits, for the "must not be empty" wording.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Root,
+    Items,
+    Field,
+}
+
+/// Why `schema` (a definition's `openAPIV3Schema`, reported at `path`)
+/// is not structural or uses what upstream does not support, in
+/// upstream's words (`ValidateStructural` and the standard validator),
+/// sorted by their text as upstream sorts them.
+pub fn structural_problems(schema: &Value, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    structural_at(schema, path, Level::Root, false, &mut errs);
+    errs.sort_by_key(|e| format!("{}: {}", e.field, e.message));
+    errs
+}
+
+fn required_with(field: String, detail: &str) -> FieldError {
+    FieldError {
+        reason: "FieldValueRequired",
+        field,
+        message: format!("Required value: {detail}"),
+    }
+}
+
+fn structural_at(
+    schema: &Value,
+    path: &str,
+    level: Level,
+    embedded_parent: bool,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(node) = schema.as_object() else {
+        return;
+    };
+    let _ = embedded_parent;
+    for (key, what) in [
+        ("id", "id"),
+        ("$ref", "$ref"),
+        ("patternProperties", "patternProperties"),
+        ("dependencies", "dependencies"),
+        ("additionalItems", "additionalItems"),
+        ("definitions", "definitions"),
+    ] {
+        if node.contains_key(key) {
+            errs.push(FieldError::forbidden(
+                format!("{path}.{key}"),
+                format!("{what} is not supported"),
+            ));
+        }
+    }
+    if node.get("items").is_some_and(Value::is_array) {
+        errs.push(FieldError::forbidden(
+            format!("{path}.items"),
+            "items must be a schema object and not an array",
+        ));
+    }
+    if flag(schema, "uniqueItems") {
+        errs.push(FieldError::forbidden(
+            format!("{path}.uniqueItems"),
+            "uniqueItems cannot be set to true since the runtime complexity becomes quadratic",
+        ));
+    }
+    let ty = node.get("type").and_then(Value::as_str).unwrap_or_default();
+    let int_or_string = flag(schema, "x-kubernetes-int-or-string");
+    let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
+    let embedded = flag(schema, "x-kubernetes-embedded-resource");
+    if ty.is_empty() && !int_or_string && !preserve {
+        let detail = match level {
+            Level::Root => "must not be empty at the root",
+            Level::Items => "must not be empty for specified array items",
+            Level::Field => "must not be empty for specified object fields",
+        };
+        errs.push(required_with(format!("{path}.type"), detail));
+    }
+    if level == Level::Root {
+        if !ty.is_empty() && ty != "object" {
+            errs.push(FieldError::invalid(
+                format!("{path}.type"),
+                &Value::String(ty.into()),
+                "must be object at the root",
+            ));
+        }
+        if node.contains_key("additionalProperties") {
+            errs.push(FieldError::forbidden(
+                format!("{path}.additionalProperties"),
+                "must not be used at the root",
+            ));
+        }
+        if flag(schema, "nullable") {
+            errs.push(FieldError::forbidden(
+                format!("{path}.nullable"),
+                "nullable cannot be true at the root",
+            ));
+        }
+        if let Some(meta) = node.get("properties").and_then(|p| p.get("metadata")) {
+            let extra = meta
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|p| p.keys().any(|k| k != "name" && k != "generateName"));
+            let other = meta.as_object().is_some_and(|m| {
+                m.keys()
+                    .any(|k| !matches!(k.as_str(), "type" | "properties" | "description"))
+            });
+            if extra || other {
+                errs.push(FieldError::forbidden(
+                    format!("{path}.properties[metadata]"),
+                    "must not specify anything other than name and generateName, but metadata is implicitly specified",
+                ));
+            }
+        }
+    }
+    if ty == "array" && !node.contains_key("items") {
+        errs.push(required_with(format!("{path}.items"), "must be specified"));
+    }
+    if int_or_string {
+        for key in [
+            "x-kubernetes-preserve-unknown-fields",
+            "x-kubernetes-embedded-resource",
+        ] {
+            if flag(schema, key) {
+                errs.push(FieldError::invalid(
+                    format!("{path}.{key}"),
+                    &Value::Bool(true),
+                    "must be false if x-kubernetes-int-or-string is true",
+                ));
+            }
+        }
+    }
+    if embedded && !ty.is_empty() && ty != "object" {
+        errs.push(FieldError::invalid(
+            format!("{path}.type"),
+            &Value::String(ty.into()),
+            "must be object if x-kubernetes-embedded-resource is true",
+        ));
+    }
+    if let Some(pattern) = node.get("pattern").and_then(Value::as_str)
+        && let Err(e) = regex::Regex::new(pattern)
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.pattern"),
+            &Value::String(pattern.into()),
+            format!("must be a valid regular expression, but isn't: {e}"),
+        ));
+    }
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (key, s) in props {
+            structural_at(
+                s,
+                &format!("{path}.properties[{key}]"),
+                Level::Field,
+                embedded,
+                errs,
+            );
+        }
+    }
+    if let Some(s) = node.get("additionalProperties").filter(|a| a.is_object()) {
+        structural_at(
+            s,
+            &format!("{path}.additionalProperties"),
+            Level::Field,
+            false,
+            errs,
+        );
+    }
+    if let Some(s) = node.get("items").filter(|i| i.is_object()) {
+        structural_at(s, &format!("{path}.items"), Level::Items, false, errs);
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for (i, s) in node
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            value_validation(s, &format!("{path}.{key}[{i}]"), int_or_string, errs);
+        }
+    }
+    if let Some(s) = node.get("not") {
+        value_validation(s, &format!("{path}.not"), false, errs);
+    }
+}
+
+/// Inside allOf/anyOf/oneOf/not only value checks may stand.
+fn value_validation(schema: &Value, path: &str, int_or_string: bool, errs: &mut Vec<FieldError>) {
+    let Some(node) = schema.as_object() else {
+        return;
+    };
+    let exempt = int_or_string
+        && node.len() == 1
+        && matches!(
+            node.get("type").and_then(Value::as_str),
+            Some("integer" | "string")
+        );
+    if exempt {
+        return;
+    }
+    for key in [
+        "type",
+        "title",
+        "description",
+        "x-kubernetes-list-map-keys",
+        "x-kubernetes-validations",
+    ] {
+        if node.contains_key(key) {
+            errs.push(FieldError::forbidden(
+                format!("{path}.{key}"),
+                "must be empty to be structural",
+            ));
+        }
+    }
+    for key in [
+        "additionalProperties",
+        "default",
+        "x-kubernetes-list-type",
+        "x-kubernetes-map-type",
+    ] {
+        if node.contains_key(key) {
+            errs.push(FieldError::forbidden(
+                format!("{path}.{key}"),
+                "must be undefined to be structural",
+            ));
+        }
+    }
+    for key in [
+        "nullable",
+        "x-kubernetes-preserve-unknown-fields",
+        "x-kubernetes-embedded-resource",
+        "x-kubernetes-int-or-string",
+    ] {
+        if flag(schema, key) {
+            errs.push(FieldError::forbidden(
+                format!("{path}.{key}"),
+                "must be false to be structural",
+            ));
+        }
+    }
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        if props.contains_key("metadata") {
+            errs.push(FieldError::forbidden(
+                format!("{path}.properties[metadata]"),
+                "must not be specified in a nested context",
+            ));
+        }
+        for (key, s) in props {
+            value_validation(s, &format!("{path}.properties[{key}]"), false, errs);
+        }
+    }
+    if let Some(s) = node.get("items").filter(|i| i.is_object()) {
+        value_validation(s, &format!("{path}.items"), false, errs);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,6 +790,53 @@ mod tests {
             obj,
             json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a", "labels": {"k": "v"}},
                    "spec": {"cronSpec": "5", "free": {"any": {"thing": 1}}, "labels": {"a": "b"}, "replicas": 1}})
+        );
+    }
+
+    #[test]
+    fn schemas_that_are_not_structural_are_named_as_upstream_names_them() {
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"properties": {"list": {"type": "array"}, "bad": {"type": "string", "pattern": "("}}},
+            "metadata": {"type": "object", "properties": {"labels": {"type": "object"}}},
+            "port": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "odd": {"type": "string", "anyOf": [{"type": "string", "default": "x"}], "$ref": "#/x"},
+        }});
+        let p = "spec.validation.openAPIV3Schema";
+        let got = lines(&structural_problems(&schema, p));
+        let want = [
+            format!(
+                "{p}.properties[metadata]: Forbidden: must not specify anything other than name and generateName, but metadata is implicitly specified"
+            ),
+            format!("{p}.properties[odd].$ref: Forbidden: $ref is not supported"),
+            format!(
+                "{p}.properties[odd].anyOf[0].default: Forbidden: must be undefined to be structural"
+            ),
+            format!("{p}.properties[odd].anyOf[0].type: Forbidden: must be empty to be structural"),
+            format!(
+                "{p}.properties[spec].properties[list].items: Required value: must be specified"
+            ),
+            format!(
+                "{p}.properties[spec].type: Required value: must not be empty for specified object fields"
+            ),
+        ];
+        for w in &want {
+            assert!(got.contains(w), "missing {w}\ngot {got:#?}");
+        }
+        assert!(
+            got.iter().any(|l| l.starts_with(&format!("{p}.properties[spec].properties[bad].pattern: Invalid value: \"(\": must be a valid regular expression, but isn't:"))),
+            "{got:#?}"
+        );
+        assert_eq!(got.len(), want.len() + 1, "{got:#?}");
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted);
+        assert_eq!(
+            lines(&structural_problems(&json!({"type": "string"}), "P")),
+            ["P.type: Invalid value: \"string\": must be object at the root"]
+        );
+        assert_eq!(
+            lines(&structural_problems(&json!({"properties": {}}), "P")),
+            ["P.type: Required value: must not be empty at the root"]
         );
     }
 

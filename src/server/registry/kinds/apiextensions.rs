@@ -325,6 +325,15 @@ fn validate(crd: &Value, errs: &mut Vec<FieldError>) {
         }
     }
     validate_names(&spec["names"], "spec.names", errs);
+    // schemas: structural, and nothing upstream does not support
+    for (path, schema) in per_version_paths(crd, "schema", "spec.validation") {
+        if let Some(s) = schema.get("openAPIV3Schema").filter(|s| !s.is_null()) {
+            errs.extend(crate::api::schema::structural_problems(
+                s,
+                &format!("{path}.openAPIV3Schema"),
+            ));
+        }
+    }
     // subresources, printer columns
     for (path, sub) in per_version_paths(crd, "subresources", "spec.subresources") {
         validate_subresources(&sub, &path, errs);
