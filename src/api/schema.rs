@@ -476,7 +476,7 @@ enum Level {
 /// sorted by their text as upstream sorts them.
 pub fn structural_problems(schema: &Value, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    structural_at(schema, path, Level::Root, false, &mut errs);
+    structural_at(schema, path, Level::Root, &mut errs);
     errs.sort_by_key(|e| format!("{}: {}", e.field, e.message));
     errs
 }
@@ -489,17 +489,10 @@ fn required_with(field: String, detail: &str) -> FieldError {
     }
 }
 
-fn structural_at(
-    schema: &Value,
-    path: &str,
-    level: Level,
-    embedded_parent: bool,
-    errs: &mut Vec<FieldError>,
-) {
+fn structural_at(schema: &Value, path: &str, level: Level, errs: &mut Vec<FieldError>) {
     let Some(node) = schema.as_object() else {
         return;
     };
-    let _ = embedded_parent;
     for (key, what) in [
         ("id", "id"),
         ("$ref", "$ref"),
@@ -611,13 +604,7 @@ fn structural_at(
     }
     if let Some(props) = node.get("properties").and_then(Value::as_object) {
         for (key, s) in props {
-            structural_at(
-                s,
-                &format!("{path}.properties[{key}]"),
-                Level::Field,
-                embedded,
-                errs,
-            );
+            structural_at(s, &format!("{path}.properties[{key}]"), Level::Field, errs);
         }
     }
     if let Some(s) = node.get("additionalProperties").filter(|a| a.is_object()) {
@@ -625,12 +612,11 @@ fn structural_at(
             s,
             &format!("{path}.additionalProperties"),
             Level::Field,
-            false,
             errs,
         );
     }
     if let Some(s) = node.get("items").filter(|i| i.is_object()) {
-        structural_at(s, &format!("{path}.items"), Level::Items, false, errs);
+        structural_at(s, &format!("{path}.items"), Level::Items, errs);
     }
     for key in ["allOf", "anyOf", "oneOf"] {
         for (i, s) in node
