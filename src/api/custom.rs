@@ -59,14 +59,6 @@ pub fn resources(crd: &Value) -> Vec<Resource> {
     if group.is_empty() || kind.is_empty() || plural.is_empty() {
         return Vec::new();
     }
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect()
-    };
     let versions = spec["versions"].as_array().map_or(&[][..], Vec::as_slice);
     let storage_version = versions
         .iter()
@@ -149,6 +141,16 @@ pub fn resources(crd: &Value) -> Vec<Resource> {
                 })),
             })
         })
+        .collect()
+}
+
+/// The strings of a JSON array (none for anything else).
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
         .collect()
 }
 

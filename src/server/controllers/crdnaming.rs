@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use super::{Action, Context, feed, meta_str, run_workers};
+use crate::api::custom::strings;
 use crate::api::status::ApiError;
 use crate::server::informer::{Change, Informer, Queue};
 use crate::server::registry::kinds::apiextensions::set_condition;
@@ -65,15 +66,6 @@ fn names_of(informer: &Informer, group: Option<&str>) -> Vec<String> {
             group.is_none_or(|g| c.pointer("/spec/group").and_then(Value::as_str) == Some(g))
         })
         .map(|c| meta_str(c, "name").to_owned())
-        .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
         .collect()
 }
 
