@@ -234,6 +234,7 @@ fn openapi_schemas() {
             prop.insert("x-kubernetes-patch-merge-key".into(), (*key).into());
         }
     }
+    merge_facts(&mut schemas);
     let json = serde_json::to_vec(&schemas).expect("schemas serialise");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"))
         .join("openapi-schemas.json.gz");
@@ -242,9 +243,58 @@ fn openapi_schemas() {
     std::fs::write(out, gz.finish().expect("compress")).expect("write schemas");
 }
 
+/// Mark the component schemas with how server-side apply merges their
+/// fields (src/api/merge-facts.txt, from upstream's schema), the way
+/// upstream's OpenAPI marks them: `x-kubernetes-list-type` and
+/// `x-kubernetes-list-map-keys` on every list, `x-kubernetes-map-type` on
+/// maps and structs replaced whole, and the defaults of list keys.
+fn merge_facts(schemas: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    let facts =
+        std::fs::read_to_string("src/api/merge-facts.txt").expect("src/api/merge-facts.txt");
+    for line in facts
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let words: Vec<&str> = line.splitn(5, ' ').collect();
+        let Some(schema) = schemas.get_mut(words[1]).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        if words[0] == "type" {
+            schema.insert("x-kubernetes-map-type".into(), "atomic".into());
+            continue;
+        }
+        let Some(prop) = schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut(words[2]))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        match (words[0], words.get(3).copied()) {
+            ("list", Some(kind)) => {
+                prop.insert("x-kubernetes-list-type".into(), kind.into());
+                if let Some(keys) = words.get(4) {
+                    let keys: Vec<Value> = keys.split(',').map(Value::from).collect();
+                    prop.insert("x-kubernetes-list-map-keys".into(), keys.into());
+                }
+            }
+            ("map", Some(kind)) => {
+                prop.insert("x-kubernetes-map-type".into(), kind.into());
+            }
+            ("default", Some(json)) => {
+                let value: Value = serde_json::from_str(json).expect("a default is JSON");
+                prop.insert("default".into(), value);
+            }
+            _ => {}
+        }
+    }
+}
+
 fn main() {
     openapi_schemas();
     println!("cargo:rerun-if-changed=src/api/kinds.in");
+    println!("cargo:rerun-if-changed=src/api/merge-facts.txt");
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

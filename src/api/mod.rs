@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod components;
 pub mod cron;
 pub mod custom;
 pub mod defaults;
 pub mod duplicates;
 pub mod join;
+pub mod managed;
 pub mod meta;
 pub mod names;
 pub mod node_labels;

@@ -3,37 +3,17 @@
 //! how kubectl learns that the server validates fields itself (so
 //! `kubectl apply` works with its default `--validate=strict`).
 //!
-//! The component schemas (what `kubectl explain` reads) are generated at
-//! build time from the k8s-openapi types (see build.rs) and embedded
-//! gzip-compressed; they are decompressed on the first request.
+//! The component schemas (what `kubectl explain` reads) are
+//! [`crate::api::components`].
 
 mod gnostic;
 mod schema;
 pub mod v2;
 
-use std::io::Read;
-use std::sync::OnceLock;
-
 use serde_json::{Map, Value, json};
 
-static SCHEMAS_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi-schemas.json.gz"));
-
-/// The embedded component schemas, decompressed and parsed (not cached).
-fn parse_schemas() -> Map<String, Value> {
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(SCHEMAS_GZ)
-        .read_to_end(&mut json)
-        .expect("the embedded schemas were compressed by build.rs");
-    serde_json::from_slice(&json).expect("the embedded schemas are a JSON object")
-}
-
-/// The component schemas, keyed by their OpenAPI names.
-fn schemas() -> &'static Value {
-    static SCHEMAS: OnceLock<Value> = OnceLock::new();
-    SCHEMAS.get_or_init(|| Value::Object(parse_schemas()))
-}
-
 use crate::api::catalog::{Catalog, Resource};
+use crate::api::components::{all as schemas, parse as parse_schemas};
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
