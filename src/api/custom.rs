@@ -46,6 +46,31 @@ pub struct Custom {
     pub deprecation: Option<String>,
     /// The version's `openAPIV3Schema`.
     pub schema: Value,
+    /// The schema as the field manager reads it: `metadata` is an
+    /// ObjectMeta (component schema), whatever the definition says of it.
+    pub merge_schema: Value,
+}
+
+/// The schema the field manager walks for a version's `openAPIV3Schema`.
+fn merge_schema(schema: &Value) -> Value {
+    let mut out = match schema {
+        Value::Object(_) => schema.clone(),
+        _ => serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+    };
+    if let Some(object) = out.as_object_mut() {
+        let props = object
+            .entry("properties")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(props) = props.as_object_mut() {
+            props.insert(
+                "metadata".into(),
+                serde_json::json!({"$ref": format!("{}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", crate::api::components::REF_PREFIX)}),
+            );
+            props.insert("apiVersion".into(), serde_json::json!({"type": "string"}));
+            props.insert("kind".into(), serde_json::json!({"type": "string"}));
+        }
+    }
+    out
 }
 
 /// The catalog entries of a definition whose names are accepted: one per
@@ -138,6 +163,9 @@ pub fn resources(crd: &Value) -> Vec<Resource> {
                         .pointer("/schema/openAPIV3Schema")
                         .cloned()
                         .unwrap_or(Value::Null),
+                    merge_schema: merge_schema(
+                        v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null),
+                    ),
                 })),
             })
         })

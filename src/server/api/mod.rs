@@ -400,6 +400,7 @@ impl ApiServer {
             user: Some(user.clone()),
             ..request::write_options(&info.query)?
         };
+        let write = request::field_manager_options(req, &info.query, write)?;
         // Reads take no resourceVersion that does not parse (upstream
         // answers those 500; the store would otherwise ignore them).
         if req.method() == Method::GET {

@@ -93,8 +93,13 @@ pub(super) async fn patch(
             &call.write,
         )
         .await?;
+    let code = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(written_response(
-        StatusCode::OK,
+        code,
         &call.res,
         written,
         call.representation,

@@ -95,7 +95,92 @@ pub(super) fn write_options(query: &Query) -> Result<WriteOptions, ApiError> {
         dry_run,
         field_validation,
         user: None,
+        field_manager: q(query, "fieldManager")
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned),
+        force: false,
     })
+}
+
+/// `fieldManager` and `force`, checked as upstream checks its
+/// Create/Update/PatchOptions: apply patches need a manager and may force;
+/// other writes may not force, and default the manager to the client's
+/// user agent up to its first `/`.
+pub(super) fn field_manager_options(
+    req: &Request<RequestBody>,
+    query: &Query,
+    mut write: WriteOptions,
+) -> Result<WriteOptions, ApiError> {
+    use crate::api::managed;
+    use crate::api::status::FieldError;
+    let options_kind = match *req.method() {
+        http::Method::POST => "CreateOptions",
+        http::Method::PUT => "UpdateOptions",
+        http::Method::PATCH => "PatchOptions",
+        _ => return Ok(write),
+    };
+    let apply = options_kind == "PatchOptions"
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(PatchType::from_content_type)
+            == Some(PatchType::Apply);
+    let mut errors = Vec::new();
+    match q(query, "force") {
+        None => {}
+        Some(_) if !apply => errors.push(FieldError::forbidden(
+            "force",
+            "may not be specified for non-apply patch",
+        )),
+        Some("true") => write.force = true,
+        Some("false" | "") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "force must be true or false, not {other:?}"
+            )));
+        }
+    }
+    let manager = write.field_manager.clone().unwrap_or_default();
+    if manager.is_empty() && apply {
+        errors.push(FieldError {
+            reason: "FieldValueRequired",
+            field: "fieldManager".into(),
+            message: "Required value: is required for apply patch".into(),
+        });
+    }
+    if manager.len() > managed::MAX_MANAGER_LENGTH {
+        errors.push(FieldError::too_long(
+            "fieldManager",
+            managed::MAX_MANAGER_LENGTH,
+        ));
+    }
+    for (i, c) in manager.chars().enumerate() {
+        if c.is_control() {
+            errors.push(FieldError::invalid(
+                "fieldManager",
+                &json!(manager),
+                format!("invalid character U+{:04X} (at position {i})", u32::from(c)),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid("meta.k8s.io", options_kind, "", errors));
+    }
+    if manager.is_empty() {
+        let agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let from_agent = managed::manager_from_user_agent(agent);
+        write.field_manager = Some(if from_agent.is_empty() {
+            "unknown".into()
+        } else {
+            from_agent
+        });
+    }
+    Ok(write)
 }
 
 pub(super) fn list_query(res: &Resource, query: &Query) -> Result<ListQuery, ApiError> {

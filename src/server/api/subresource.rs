@@ -220,15 +220,10 @@ impl ApiServer {
                 let (patch_type, body) = request::read_patch(req).await?;
                 match patch_type {
                     PatchType::Json => crate::api::patch::json_patch(&scale, &body),
-                    PatchType::Merge | PatchType::Strategic => {
+                    // An applied Scale sets the replicas it names; the
+                    // write is tracked as the manager's, on /scale.
+                    PatchType::Merge | PatchType::Strategic | PatchType::Apply => {
                         crate::api::patch::merge_patch(&scale, &body)
-                    }
-                    PatchType::Apply => {
-                        return Err(ApiError::new(
-                            415,
-                            "UnsupportedMediaType",
-                            "server-side apply is not supported yet",
-                        ));
                     }
                 }
                 .map_err(|e| ApiError::bad_request(e.to_string()))?
@@ -277,7 +272,9 @@ impl ApiServer {
         {
             updated["metadata"]["resourceVersion"] = json!(rv);
         }
-        let written = registry.update(res, ns, name, updated, None, write).await?;
+        let written = registry
+            .update(res, ns, name, updated, Some("scale"), write)
+            .await?;
         Ok(json_response(
             StatusCode::OK,
             &scale_of(res, &written.object),

@@ -28,6 +28,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use crate::api::catalog::{Catalog, Resource};
+use crate::api::managed;
 use crate::api::patch::{self, PatchType};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::status::{ApiError, FieldError, Target};
@@ -55,6 +56,11 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     /// Who writes, for admission; `None` for the server's own writers.
     pub user: Option<User>,
+    /// The manager the write's fields are tracked under (`fieldManager`,
+    /// or the client's user agent); `None` for the server's own writers.
+    pub field_manager: Option<String>,
+    /// `force` of an apply patch: take fields other managers own.
+    pub force: bool,
 }
 
 impl WriteOptions {
@@ -62,6 +68,22 @@ impl WriteOptions {
     pub fn user(&self) -> &User {
         self.user.as_ref().unwrap_or(&LOOPBACK)
     }
+
+    /// Who the write's fields are tracked under. The server's own writers
+    /// are its controllers, upstream's `kube-controller-manager`.
+    pub fn manager(&self) -> &str {
+        self.field_manager
+            .as_deref()
+            .unwrap_or("kube-controller-manager")
+    }
+}
+
+/// How a write's managed fields are kept.
+enum Track {
+    /// An update by `WriteOptions::manager`: computed from the change.
+    Update,
+    /// Already computed (an apply): stored as they are.
+    Applied,
 }
 
 /// Who the server's own writes (controllers, the scheduler, bootstrap)
@@ -74,6 +96,8 @@ pub static LOOPBACK: LazyLock<User> =
 pub struct Written {
     pub object: Value,
     pub warnings: Vec<String>,
+    /// The write created the object (an apply to a missing object).
+    pub created: bool,
 }
 
 /// `DeleteOptions` fields the registry honours.
@@ -215,6 +239,127 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+/// How the field manager reads objects of `res`, written through
+/// `subresource`.
+fn typer<'a>(res: &'a Resource, subresource: Option<&str>) -> managed::Typer<'a> {
+    let components = crate::api::components::structure();
+    let shape = match &res.custom {
+        Some(custom) => managed::Shape::new(&custom.merge_schema, Some(components)),
+        None => match crate::api::components::of_kind(&res.group, &res.version, &res.kind) {
+            Some(name) => managed::Shape::component(name, components),
+            None => managed::Shape::deduced(),
+        },
+    };
+    let scope = match subresource {
+        Some("status") => managed::Scope::Status,
+        _ if res.has_status() => managed::Scope::NotStatus,
+        _ => managed::Scope::Whole,
+    };
+    managed::Typer { shape, scope }
+}
+
+fn writer<'a>(
+    api_version: &'a str,
+    subresource: Option<&'a str>,
+    opts: &'a WriteOptions,
+    now: &'a str,
+) -> managed::Writer<'a> {
+    managed::Writer {
+        manager: opts.manager(),
+        api_version,
+        subresource: subresource.unwrap_or_default(),
+        now,
+    }
+}
+
+/// `apps/v1` as Go prints a GroupVersion (`/v1` for the core group).
+fn gv_string(res: &Resource) -> String {
+    format!("{}/{}", res.group, res.version)
+}
+
+/// What upstream checks of an apply configuration before merging it.
+fn check_apply_config(
+    res: &Resource,
+    api_version: &str,
+    name: &str,
+    config: &Value,
+) -> Result<(), ApiError> {
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the apply configuration must be an object",
+        ));
+    }
+    let sent_version = config
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let sent_kind = config
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if sent_version != api_version || sent_kind != res.kind {
+        let (group, version) = match sent_version.rsplit_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", sent_version),
+        };
+        return Err(ApiError::bad_request(format!(
+            "invalid object type: {group}/{version}, Kind={sent_kind}"
+        )));
+    }
+    if config
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    let sent_name = config
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !sent_name.is_empty() && sent_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({sent_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(())
+}
+
+/// An apply's failure as the API answers it: a 409 listing each
+/// conflicting field and its manager, or upstream's 500 for a
+/// configuration that does not fit the schema.
+fn apply_error(e: managed::ApplyError, typed: &dyn Fn(String) -> ApiError) -> ApiError {
+    match e {
+        managed::ApplyError::Conflicts(conflicts) => {
+            let mut err = ApiError::new(409, "Conflict", managed::conflict_message(&conflicts));
+            err.details = Some(Box::new(crate::api::status::Details {
+                causes: conflicts
+                    .iter()
+                    .map(|c| crate::api::status::Cause {
+                        reason: "FieldManagerConflict".into(),
+                        message: format!("conflict with {}", c.manager),
+                        field: managed::path::display(&c.path),
+                    })
+                    .collect(),
+                ..Default::default()
+            }));
+            err
+        }
+        managed::ApplyError::Typed(msg) => typed(msg),
+    }
+}
+
+/// Store `tracked` as the object's `metadata.managedFields`.
+fn set_managed(obj: &mut Value, tracked: &managed::Managed) {
+    match tracked.encode() {
+        Some(list) => {
+            meta_mut(obj).insert("managedFields".into(), list);
+        }
+        None => {
+            meta_mut(obj).remove("managedFields");
+        }
+    }
 }
 
 fn target<'a>(res: &'a Resource, name: &'a str) -> Target<'a> {
@@ -723,11 +868,24 @@ impl Registry {
         &self,
         res: &Resource,
         namespace: Option<&str>,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        self.create_with(res, namespace, obj, opts, Track::Update)
+            .await
+    }
+
+    async fn create_with(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
         mut obj: Value,
         opts: &WriteOptions,
+        track: Track,
     ) -> Result<Written, ApiError> {
         Self::check_type(res, &mut obj)?;
         let mut warnings = Vec::new();
+        let sent_managed = meta(&obj).get("managedFields").cloned();
         {
             let m = meta_mut(&mut obj);
             if res.namespaced {
@@ -800,6 +958,24 @@ impl Registry {
         strategy.prepare_create(&self.ctx(), res, &mut obj);
         self.validate(res, &obj, None)?;
         self.admission.validate(&attrs, &obj, self).await?;
+        match (track, sent_managed) {
+            (Track::Update, sent) => {
+                let typer = typer(res, None);
+                let mut sent_obj = json!({"metadata": {}});
+                if let Some(sent) = sent {
+                    sent_obj["metadata"]["managedFields"] = sent;
+                }
+                let start = managed::incoming(&Value::Null, &sent_obj, false);
+                let (now, api_version) = (now_rfc3339(), res.api_version());
+                let w = writer(&api_version, None, opts, &now);
+                let tracked = typer.update(&typer.zero(), &obj, start, &w);
+                set_managed(&mut obj, &tracked);
+            }
+            (Track::Applied, Some(sent)) => {
+                meta_mut(&mut obj).insert("managedFields".into(), sent);
+            }
+            (Track::Applied, None) => {}
+        }
         let undo = strategy
             .allocate(&self.ctx(), &mut obj, None)
             .map_err(|errs| ApiError::invalid(&res.group, &res.kind, &name, errs))?;
@@ -813,6 +989,7 @@ impl Registry {
             return Ok(Written {
                 object: obj,
                 warnings,
+                created: false,
             });
         }
         let key = res.key(Some(&ns), &name);
@@ -832,6 +1009,7 @@ impl Registry {
                 Ok(Written {
                     object: obj,
                     warnings,
+                    created: false,
                 })
             }
             Err(e) => {
@@ -856,10 +1034,11 @@ impl Registry {
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
         let (kv, old) = self.get_kv(res, namespace, name).await?;
-        self.update_from(res, &kv, old, obj, subresource, opts)
+        self.update_from(res, &kv, old, obj, subresource, opts, Track::Update)
             .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn update_from(
         &self,
         res: &Resource,
@@ -868,9 +1047,11 @@ impl Registry {
         mut obj: Value,
         subresource: Option<&str>,
         opts: &WriteOptions,
+        track: Track,
     ) -> Result<Written, ApiError> {
         let name = meta_str(&old, "name").to_owned();
         Self::check_type(res, &mut obj)?;
+        let sent_managed = json!({"metadata": {"managedFields": meta(&obj).get("managedFields").cloned().unwrap_or(Value::Null)}});
         let body_name = meta_str(&obj, "name");
         if !body_name.is_empty() && body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -949,11 +1130,28 @@ impl Registry {
         meta_mut(&mut obj).remove("resourceVersion");
         self.validate(res, &obj, Some(&old))?;
         self.admission.validate(&attrs, &obj, self).await?;
+        match track {
+            Track::Update => {
+                let typer = typer(res, subresource);
+                let start = managed::incoming(&old, &sent_managed, subresource.is_some());
+                let (now, api_version) = (now_rfc3339(), res.api_version());
+                let w = writer(&api_version, subresource, opts, &now);
+                let tracked = typer.update(&old, &obj, start, &w);
+                set_managed(&mut obj, &tracked);
+            }
+            // A status write keeps the managed fields the apply computed.
+            Track::Applied => {
+                if let Some(m) = sent_managed.pointer("/metadata/managedFields") {
+                    meta_mut(&mut obj).insert("managedFields".into(), m.clone());
+                }
+            }
+        }
         if same_but_resource_version(&obj, &old) {
             // A no-op write changes nothing, not even the resourceVersion.
             return Ok(Written {
                 object: old,
                 warnings,
+                created: false,
             });
         }
         let undo = strategy
@@ -963,6 +1161,7 @@ impl Registry {
             return Ok(Written {
                 object: obj,
                 warnings,
+                created: false,
             });
         }
         // The last finalizer gone from an object being deleted: remove it.
@@ -975,13 +1174,21 @@ impl Registry {
             let object = self
                 .store_remove(res, &name, &kv.key, &old, obj, kv.mod_revision)
                 .await?;
-            return Ok(Written { object, warnings });
+            return Ok(Written {
+                object,
+                warnings,
+                created: false,
+            });
         }
         match self
             .store_replace(res, &name, &kv.key, obj, kv.mod_revision)
             .await
         {
-            Ok(object) => Ok(Written { object, warnings }),
+            Ok(object) => Ok(Written {
+                object,
+                warnings,
+                created: false,
+            }),
             Err(e) => {
                 if let Some(undo) = undo {
                     undo.run(&self.ctx());
@@ -1005,6 +1212,11 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Written, ApiError> {
+        if patch_type == PatchType::Apply {
+            return self
+                .apply(res, namespace, name, patch_body, subresource, opts)
+                .await;
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -1012,16 +1224,8 @@ impl Registry {
             let patched = match patch_type {
                 PatchType::Json => patch::json_patch(&old, patch_body),
                 PatchType::Merge => patch::merge_patch(&old, patch_body),
-                PatchType::Strategic => {
-                    self.strategy(res).strategic_merge(res, &old, patch_body)
-                }
-                PatchType::Apply => {
-                    return Err(ApiError::new(
-                        415,
-                        "UnsupportedMediaType",
-                        "server-side apply is not supported yet; use client-side apply (kubectl apply without --server-side)",
-                    ));
-                }
+                PatchType::Strategic => self.strategy(res).strategic_merge(res, &old, patch_body),
+                PatchType::Apply => unreachable!("applied above"),
             }
             .map_err(|e| match e {
                 patch::Error::BadRequest(m) => ApiError::bad_request(m),
@@ -1036,7 +1240,85 @@ impl Registry {
                 meta_mut(&mut patched).remove("resourceVersion");
             }
             match self
-                .update_from(res, &kv, old, patched, subresource, opts)
+                .update_from(res, &kv, old, patched, subresource, opts, Track::Update)
+                .await
+            {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && !explicit && attempts < 5 => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Server-side apply: merge `config` into the object as
+    /// `opts.manager()` owns it, creating the object if it is missing.
+    ///
+    /// # Errors
+    /// 400 for a configuration of another kind or with managedFields, 409
+    /// when it changes fields other managers own (without `force`), and
+    /// what a create or update of the result gets.
+    async fn apply(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        config: &Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let api_version = res.api_version();
+        check_apply_config(res, &api_version, name, config)?;
+        let typer = typer(res, subresource);
+        let now = now_rfc3339();
+        let w = writer(&api_version, subresource, opts, &now);
+        let typed_error = |msg: String| {
+            let ns = namespace.unwrap_or_default();
+            let gvk = format!("{}, Kind={}", gv_string(res), res.kind);
+            ApiError::internal_occurred(&format!(
+                "failed to create typed patch object ({ns}/{name}; {gvk}): {msg}"
+            ))
+        };
+        let explicit = config.pointer("/metadata/resourceVersion").is_some();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (kv, old) = match self.get_kv(res, namespace, name).await {
+                Ok(found) => found,
+                Err(e) if e.code == 404 && subresource.is_none() => {
+                    let (mut obj, tracked) = typer
+                        .apply(
+                            &json!({}),
+                            config,
+                            managed::Managed::default(),
+                            &w,
+                            opts.force,
+                        )
+                        .map_err(|e| apply_error(e, &typed_error))?;
+                    if meta_str(&obj, "name").is_empty() {
+                        meta_mut(&mut obj).insert("name".into(), json!(name));
+                    }
+                    set_managed(&mut obj, &tracked);
+                    let mut written = self
+                        .create_with(res, namespace, obj, opts, Track::Applied)
+                        .await?;
+                    written.created = true;
+                    return Ok(written);
+                }
+                Err(e) => return Err(e),
+            };
+            let live_managed =
+                managed::Managed::decode(meta(&old).get("managedFields").unwrap_or(&Value::Null))
+                    .unwrap_or_default();
+            let (mut obj, tracked) = typer
+                .apply(&old, config, live_managed, &w, opts.force)
+                .map_err(|e| apply_error(e, &typed_error))?;
+            set_managed(&mut obj, &tracked);
+            if !explicit {
+                meta_mut(&mut obj).remove("resourceVersion");
+            }
+            match self
+                .update_from(res, &kv, old, obj, subresource, opts, Track::Applied)
                 .await
             {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && !explicit && attempts < 5 => {
