@@ -539,3 +539,102 @@ spec: {engine: postgres, color: red}
         "pruned and defaulted"
     );
 }
+
+const TWO_VERSIONS: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget, listKind: GadgetCollection}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+#[test]
+fn every_served_version_serves_the_same_objects() {
+    let server = Cluster::start();
+    let file = server.write("gadgets.yaml", TWO_VERSIONS);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/gadgets.example.com",
+        ],
+    );
+    // Written through v1beta1, stored as v1 and served as either.
+    let objects = server.write(
+        "g.yaml",
+        "apiVersion: example.com/v1beta1\nkind: Gadget\nmetadata: {name: g}\nspec: {size: 1}\n",
+    );
+    server.ok("1.33", &["apply", "-f", objects.to_str().unwrap()]);
+    let raw = |path: &str| -> Value {
+        serde_json::from_str(&server.ok("1.33", &["get", "--raw", path])).unwrap()
+    };
+    let v1 = raw("/apis/example.com/v1/namespaces/default/gadgets/g");
+    assert_eq!(v1["apiVersion"], "example.com/v1");
+    assert_eq!(v1["spec"]["size"], 1);
+    let beta = raw("/apis/example.com/v1beta1/namespaces/default/gadgets/g");
+    assert_eq!(beta["apiVersion"], "example.com/v1beta1");
+    let list = raw("/apis/example.com/v1beta1/namespaces/default/gadgets");
+    assert_eq!(list["kind"], "GadgetCollection");
+    assert_eq!(list["apiVersion"], "example.com/v1beta1");
+    assert_eq!(list["items"][0]["apiVersion"], "example.com/v1beta1");
+    let list = raw("/apis/example.com/v1/gadgets");
+    assert_eq!(list["items"][0]["apiVersion"], "example.com/v1");
+    // Updates through either version keep one object.
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "gadgets.v1.example.com",
+            "g",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"size":2}}"#,
+        ],
+    );
+    let beta = raw("/apis/example.com/v1beta1/namespaces/default/gadgets/g");
+    assert_eq!(beta["spec"]["size"], 2);
+    assert_eq!(beta["apiVersion"], "example.com/v1beta1");
+    let crd = crd(&server, "gadgets.example.com");
+    assert_eq!(crd["status"]["storedVersions"], serde_json::json!(["v1"]));
+
+    // A definition converting by webhook is accepted; its storage version
+    // is served, the others say why they are not.
+    let webhook = TWO_VERSIONS
+        .replace("gadgets", "gizmos")
+        .replace("gadget", "gizmo")
+        .replace("Gadget", "Gizmo")
+        .replace(
+            "  versions:\n",
+            "  conversion:\n    strategy: Webhook\n    webhook:\n      conversionReviewVersions: [v1]\n      clientConfig: {url: \"https://convert.example.com/\"}\n  versions:\n",
+        );
+    let file = server.write("gizmos.yaml", &webhook);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/gizmos.example.com",
+        ],
+    );
+    server.ok("1.33", &["get", "gizmos.v1.example.com"]);
+    let err = server.fails("1.33", &["get", "gizmos.v1beta1.example.com"]);
+    assert!(
+        err.contains("conversion webhook for example.com/v1beta1, Kind=Gizmo failed: this server does not call conversion webhooks yet"),
+        "{err}"
+    );
+}

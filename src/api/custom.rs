@@ -46,6 +46,9 @@ pub struct Custom {
     pub deprecation: Option<String>,
     /// The version's `openAPIV3Schema`.
     pub schema: Value,
+    /// The definition converts between versions with a webhook (which this
+    /// server cannot call yet: its other versions are refused).
+    pub conversion_webhook: bool,
     /// The schema as the field manager reads it: `metadata` is an
     /// ObjectMeta (component schema), whatever the definition says of it.
     pub merge_schema: Value,
@@ -163,6 +166,7 @@ pub fn resources(crd: &Value) -> Vec<Resource> {
                         .pointer("/schema/openAPIV3Schema")
                         .cloned()
                         .unwrap_or(Value::Null),
+                    conversion_webhook: spec["conversion"]["strategy"] == "Webhook",
                     merge_schema: merge_schema(
                         v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null),
                     ),

@@ -394,6 +394,15 @@ impl ApiServer {
         {
             return Err(ApiError::not_found_path());
         }
+        if let Some(custom) = &res.custom
+            && custom.conversion_webhook
+            && custom.storage_version != res.version
+        {
+            return Err(ApiError::internal_occurred(&format!(
+                "conversion webhook for {}/{}, Kind={} failed: this server does not call conversion webhooks yet; use version {} (the storage version), or conversion strategy None",
+                res.group, res.version, res.kind, custom.storage_version
+            )));
+        }
         let representation = request::negotiate(accept)
             .ok_or_else(|| ApiError::not_acceptable(accept.unwrap_or_default()))?;
         let write = WriteOptions {

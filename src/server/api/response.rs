@@ -134,6 +134,14 @@ pub(super) fn render_object(
     }
 }
 
+/// The kind of a list of `res`: a definition's `listKind`, else `<Kind>List`.
+fn list_kind(res: &Resource) -> String {
+    match &res.custom {
+        Some(custom) => custom.list_kind.clone(),
+        None => format!("{}List", res.kind),
+    }
+}
+
 /// A list response. Plain JSON is written straight from the stored bytes;
 /// Tables and metadata-only lists decode one object at a time.
 pub(super) fn list_response(
@@ -188,7 +196,7 @@ pub(super) fn list_response(
     }
     out.extend_from_slice(b"],\"kind\":");
     out.extend_from_slice(
-        serde_json::to_string(&format!("{}List", res.kind))
+        serde_json::to_string(&list_kind(res))
             .expect("JSON")
             .as_bytes(),
     );
@@ -237,7 +245,7 @@ pub(super) fn render_list(
             if let Some(c) = continue_token {
                 metadata["continue"] = json!(c);
             }
-            json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": metadata, "items": items})
+            json!({"kind": list_kind(res), "apiVersion": res.api_version(), "metadata": metadata, "items": items})
         }
     }
 }

@@ -114,7 +114,10 @@ struct Stream {
 struct Gone;
 
 impl Stream {
-    async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
+    async fn send(&self, kind: &str, mut object: Value) -> Result<(), Gone> {
+        if kind != "BOOKMARK" && kind != "ERROR" {
+            crate::server::registry::served_version(&self.res, &mut object);
+        }
         let object = match (self.representation, kind) {
             (Representation::Table, "ADDED" | "MODIFIED" | "DELETED") => {
                 table_of_object(&self.res, &object, &self.include_object)

@@ -456,6 +456,50 @@ fn store_error(res: &Resource, name: &str, err: store::Error) -> ApiError {
 }
 
 /// The object as clients see it: stored JSON plus resourceVersion.
+/// A custom object as the version it is served at: conversion `None`
+/// rewrites the apiVersion and nothing else.
+pub fn served_version(res: &Resource, obj: &mut Value) {
+    if res.custom.is_some()
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.insert("apiVersion".into(), Value::String(res.api_version()));
+    }
+}
+
+/// A custom object as its definition's storage version.
+fn stored_version(res: &Resource, obj: &mut Value) {
+    if let Some(custom) = &res.custom
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.insert(
+            "apiVersion".into(),
+            Value::String(format!("{}/{}", res.group, custom.storage_version)),
+        );
+    }
+}
+
+/// [`served_version`] for stored bytes: those of another version are
+/// decoded, rewritten and encoded again; the rest pass untouched.
+fn served_version_raw(res: &Resource, json: Vec<u8>) -> Vec<u8> {
+    if res.custom.is_none() {
+        return json;
+    }
+    // Stored objects are written with sorted keys, so the top-level
+    // apiVersion leads (one nested in managedFields must not be mistaken
+    // for it); anything else is decoded to be sure.
+    let wanted = format!("{{\"apiVersion\":{}", Value::String(res.api_version()));
+    if json.starts_with(wanted.as_bytes()) {
+        return json;
+    }
+    match serde_json::from_slice::<Value>(&json) {
+        Ok(mut obj) => {
+            served_version(res, &mut obj);
+            serde_json::to_vec(&obj).unwrap_or(json)
+        }
+        Err(_) => json,
+    }
+}
+
 fn decode_kv(kv: &KeyValue) -> Result<Value, ApiError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("corrupt object at {}: {e}", kv.key)))?;
@@ -674,7 +718,8 @@ impl Registry {
             .await
             .map_err(|e| store_error(res, name, e))?
             .ok_or_else(|| ApiError::not_found(target(res, name)))?;
-        let obj = decode_kv(&kv)?;
+        let mut obj = decode_kv(&kv)?;
+        served_version(res, &mut obj);
         Ok((kv, obj))
     }
 
@@ -730,7 +775,7 @@ impl Registry {
             let count = page.items.len();
             for (n, kv) in page.items.into_iter().enumerate() {
                 let raw = RawObject {
-                    json: kv.value,
+                    json: served_version_raw(res, kv.value),
                     revision: kv.mod_revision,
                 };
                 if filtered {
@@ -993,7 +1038,10 @@ impl Registry {
             });
         }
         let key = res.key(Some(&ns), &name);
-        let bytes = match fit_for_store(&key, &mut obj) {
+        stored_version(res, &mut obj);
+        let fitted = fit_for_store(&key, &mut obj);
+        served_version(res, &mut obj);
+        let bytes = match fitted {
             Ok(bytes) => bytes,
             Err(e) => {
                 release(undo);
@@ -1609,7 +1657,9 @@ impl Registry {
         mut obj: Value,
         expected: Revision,
     ) -> Result<Value, ApiError> {
+        stored_version(res, &mut obj);
         let bytes = fit_for_store(key, &mut obj)?;
+        served_version(res, &mut obj);
         let kv = self
             .store
             .update(key, bytes, Some(expected))
