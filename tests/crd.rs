@@ -638,3 +638,76 @@ fn every_served_version_serves_the_same_objects() {
         "{err}"
     );
 }
+
+#[test]
+fn custom_kinds_are_in_openapi_v2_and_v3_for_explain() {
+    let server = Cluster::start();
+    let file = server.write("crontab.yaml", CRONTAB);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/crontabs.stable.example.com",
+        ],
+    );
+    // kubectl explain reads OpenAPI v3.
+    let explained = server.ok("1.33", &["explain", "crontab.spec"]);
+    assert!(explained.contains("KIND:       CronTab"), "{explained}");
+    assert!(explained.contains("cronSpec\t<string>"), "{explained}");
+    assert!(explained.contains("replicas\t<integer>"), "{explained}");
+    let top = server.ok("1.33", &["explain", "ct"]);
+    assert!(top.contains("metadata\t<ObjectMeta>"), "{top}");
+    // The v3 document of the group names the kind as upstream does.
+    let index: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "--raw", "/openapi/v3"])).unwrap();
+    let url = index["paths"]["apis/stable.example.com/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doc: Value = serde_json::from_str(&server.ok("1.33", &["get", "--raw", &url])).unwrap();
+    let schema = &doc["components"]["schemas"]["com.example.stable.v1.CronTab"];
+    assert_eq!(
+        schema["x-kubernetes-group-version-kind"],
+        serde_json::json!([{"group": "stable.example.com", "kind": "CronTab", "version": "v1"}])
+    );
+    assert_eq!(
+        schema["properties"]["spec"]["properties"]["image"]["type"],
+        "string"
+    );
+    assert!(
+        doc["paths"]["/apis/stable.example.com/v1/namespaces/{namespace}/crontabs/{name}"]
+            .is_object()
+    );
+    // And the v2 document (kubectl 1.27's validation, older clients).
+    let v2: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "--raw", "/openapi/v2"])).unwrap();
+    let def = &v2["definitions"]["com.example.stable.v1.CronTab"];
+    assert_eq!(
+        def["properties"]["metadata"]["$ref"],
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
+    assert_eq!(
+        v2["definitions"]["com.example.stable.v1.CronTabList"]["x-kubernetes-group-version-kind"]
+            [0]["kind"],
+        "CronTabList"
+    );
+    // A changed schema changes the v3 document's hash (clients re-fetch).
+    server.ok(
+        "1.33",
+        &["patch", "crd", "crontabs.stable.example.com", "--type=json", "-p",
+          r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/owner","value":{"type":"string"}}]"#],
+    );
+    let index: Value =
+        serde_json::from_str(&server.ok("1.33", &["get", "--raw", "/openapi/v3"])).unwrap();
+    assert_ne!(
+        index["paths"]["apis/stable.example.com/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap(),
+        url
+    );
+    let explained = server.ok("1.33", &["explain", "crontab.spec.owner"]);
+    assert!(explained.contains("FIELD: owner <string>"), "{explained}");
+}

@@ -54,6 +54,81 @@ pub struct Custom {
     pub merge_schema: Value,
 }
 
+const API_VERSION_DOC: &str = "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources";
+const KIND_DOC: &str = "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds";
+
+/// The OpenAPI name upstream gives a custom kind: the group reversed, then
+/// version and kind (`com.example.stable.v1.CronTab`).
+pub fn definition_name(group: &str, version: &str, kind: &str) -> String {
+    let reversed: Vec<&str> = group.split('.').rev().collect();
+    format!("{}.{version}.{kind}", reversed.join("."))
+}
+
+/// The OpenAPI v3 component schemas of a custom resource's version, as
+/// upstream's CRD OpenAPI builder writes them: the definition's schema
+/// with apiVersion, kind and an ObjectMeta metadata, marked with its
+/// group/version/kind; and its list. Empty for a built-in resource.
+pub fn openapi_schemas(res: &Resource) -> Vec<(String, Value)> {
+    use serde_json::json;
+    let Some(custom) = &res.custom else {
+        return Vec::new();
+    };
+    let reference =
+        |name: &str| json!({"$ref": format!("{}{name}", crate::api::components::REF_PREFIX)});
+    let name = definition_name(&res.group, &res.version, &res.kind);
+    let mut item = match &custom.schema {
+        Value::Object(_) => custom.schema.clone(),
+        _ => json!({"type": "object"}),
+    };
+    if let Some(object) = item.as_object_mut() {
+        object.insert("type".into(), json!("object"));
+        let props = object
+            .entry("properties")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(props) = props.as_object_mut() {
+            props.insert(
+                "apiVersion".into(),
+                json!({"description": API_VERSION_DOC, "type": "string"}),
+            );
+            props.insert(
+                "kind".into(),
+                json!({"description": KIND_DOC, "type": "string"}),
+            );
+            props.insert(
+                "metadata".into(),
+                json!({
+                    "allOf": [reference("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")],
+                    "description": "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+                }),
+            );
+        }
+        object.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": res.group, "kind": res.kind, "version": res.version}]),
+        );
+    }
+    let list = json!({
+        "description": format!("{} is a list of {}", custom.list_kind, res.kind),
+        "required": ["items"],
+        "type": "object",
+        "properties": {
+            "apiVersion": {"description": API_VERSION_DOC, "type": "string"},
+            "items": {
+                "description": format!("List of {}. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md", res.plural),
+                "type": "array",
+                "items": reference(&name),
+            },
+            "kind": {"description": KIND_DOC, "type": "string"},
+            "metadata": {
+                "allOf": [reference("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta")],
+                "description": "Standard list metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds",
+            },
+        },
+        "x-kubernetes-group-version-kind": [{"group": res.group, "kind": custom.list_kind, "version": res.version}],
+    });
+    vec![(format!("{name}List"), list), (name, item)]
+}
+
 /// The schema the field manager walks for a version's `openAPIV3Schema`.
 fn merge_schema(schema: &Value) -> Value {
     let mut out = match schema {

@@ -23,12 +23,32 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
+/// A digest of the custom kinds of a group version, if it has any.
+fn custom_hash(catalog: &Catalog, group: &str, version: &str) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut any = false;
+    for r in catalog.group_version(group, version) {
+        if let Some(c) = &r.custom {
+            any = true;
+            (&r.kind, &r.plural, c.schema.to_string()).hash(&mut h);
+        }
+    }
+    any.then(|| h.finish())
+}
+
 /// `/openapi/v3`: one entry per group version.
 pub fn index(catalog: &Catalog, hash: &str) -> Value {
     let mut paths = Map::new();
     for (group, versions) in catalog.groups() {
         for v in versions {
             let p = gv_path(&group, &v);
+            // Clients cache a document by its hash: one with custom kinds
+            // changes whenever their definitions do.
+            let hash = match custom_hash(catalog, &group, &v) {
+                Some(custom) => format!("{hash}-{custom:016X}"),
+                None => hash.to_owned(),
+            };
             paths.insert(
                 p.clone(),
                 json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
@@ -99,10 +119,21 @@ pub fn group_version(catalog: &Catalog, group: &str, version: &str) -> Option<Va
     if paths.is_empty() {
         return None;
     }
+    let custom: Vec<(String, Value)> = catalog
+        .group_version(group, version)
+        .flat_map(crate::api::custom::openapi_schemas)
+        .collect();
+    let components = if custom.is_empty() {
+        schemas().clone()
+    } else {
+        let mut all = schemas().as_object().cloned().unwrap_or_default();
+        all.extend(custom);
+        Value::Object(all)
+    };
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": crate::server::KUBERNETES_VERSION},
         "paths": paths,
-        "components": {"schemas": schemas()},
+        "components": {"schemas": components},
     }))
 }

@@ -146,6 +146,9 @@ fn fingerprint(catalog: &Catalog) -> u64 {
         for s in &r.subresources {
             (&s.name, &s.group, &s.version, &s.kind, &s.verbs).hash(&mut h);
         }
+        if let Some(c) = &r.custom {
+            c.schema.to_string().hash(&mut h);
+        }
     }
     h.finish()
 }
@@ -243,7 +246,11 @@ fn accepts_gzip(accept_encoding: &str) -> bool {
 
 /// The Swagger 2.0 document of `catalog`.
 pub fn document(catalog: &Catalog) -> Value {
-    let mut definitions = schema::definitions(&parse_schemas());
+    let mut v3 = parse_schemas();
+    for r in catalog.resources() {
+        v3.extend(crate::api::custom::openapi_schemas(r));
+    }
+    let mut definitions = schema::definitions(&v3);
     add_lists(catalog, &mut definitions);
     mark_per_group_version(catalog, &mut definitions);
     let mut paths = Map::new();
