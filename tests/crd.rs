@@ -711,3 +711,130 @@ fn custom_kinds_are_in_openapi_v2_and_v3_for_explain() {
     let explained = server.ok("1.33", &["explain", "crontab.spec.owner"]);
     assert!(explained.contains("FIELD: owner <string>"), "{explained}");
 }
+
+const RULED: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: scalers.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: scalers, singular: scaler, kind: Scaler}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-validations:
+            - rule: "self.minReplicas <= self.replicas"
+              message: "replicas should be greater than or equal to minReplicas"
+            - rule: "self.replicas <= self.maxReplicas"
+              messageExpression: "'replicas ' + string(self.replicas) + ' is over the maximum of ' + string(self.maxReplicas)"
+              reason: FieldValueForbidden
+              fieldPath: .replicas
+            - rule: "self.mode == oldSelf.mode"
+              message: mode is immutable
+            properties:
+              replicas: {type: integer}
+              minReplicas: {type: integer}
+              maxReplicas: {type: integer, default: 10}
+              mode: {type: string, default: fast}
+              tags:
+                type: array
+                maxItems: 8
+                items: {type: string, maxLength: 32}
+                x-kubernetes-validations:
+                - rule: "self.all(t, t.matches('^[a-z]+$'))"
+                  message: tags are lowercase words
+"#;
+
+#[test]
+fn cel_rules_validate_custom_objects_as_upstream() {
+    let server = Cluster::start();
+    let file = server.write("scalers.yaml", RULED);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/scalers.example.com",
+        ],
+    );
+    let obj = |spec: &str| {
+        server.write(
+            "s.yaml",
+            &format!(
+                "apiVersion: example.com/v1\nkind: Scaler\nmetadata: {{name: s}}\nspec: {spec}\n"
+            ),
+        )
+    };
+    let bad = obj("{replicas: 12, minReplicas: 13, tags: [ok, Not]}");
+    let err = server.fails("1.33", &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains(r#"The Scaler "s" is invalid: "#), "{err}");
+    for expected in [
+        r#"spec: Invalid value: "object": replicas should be greater than or equal to minReplicas"#,
+        "spec.replicas: Forbidden: replicas 12 is over the maximum of 10",
+        r#"spec.tags: Invalid value: "array": tags are lowercase words"#,
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in {err}");
+    }
+    let good = obj("{replicas: 2, minReplicas: 1, tags: [a, b]}");
+    server.ok("1.33", &["apply", "-f", good.to_str().unwrap()]);
+    // A transition rule: mode may not change.
+    let err = server.fails(
+        "1.33",
+        &[
+            "patch",
+            "scaler",
+            "s",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"mode":"slow"}}"#,
+        ],
+    );
+    assert!(
+        err.contains(r#"spec: Invalid value: "object": mode is immutable"#),
+        "{err}"
+    );
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "scaler",
+            "s",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":3}}"#,
+        ],
+    );
+
+    // Rules that do not compile, or cost too much, refuse the definition.
+    let broken = RULED
+        .replace("scalers", "brokens")
+        .replace("scaler", "broken")
+        .replace("Scaler", "Broken")
+        .replace("self.minReplicas <= self.replicas", "self.minReplicas <=")
+        .replace("                maxItems: 8\n", "")
+        .replace(", maxLength: 32", "");
+    let file = server.write("broken.yaml", &broken);
+    let err = server.fails("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.minReplicas <=\""),
+        "{err}"
+    );
+    assert!(err.contains("compilation failed"), "{err}");
+    assert!(
+        err.contains("spec.validation.openAPIV3Schema.properties[spec].properties[tags].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared"),
+        "{err}"
+    );
+}

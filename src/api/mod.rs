@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalog;
+pub mod cel;
 pub mod components;
 pub mod cron;
 pub mod custom;
@@ -23,6 +24,7 @@ pub mod quantity;
 pub mod query;
 pub mod rbac;
 pub mod remotecommand;
+pub mod rules;
 pub mod schema;
 pub mod selector;
 pub mod spdy;

@@ -149,6 +149,29 @@ pub fn validate(schema: &Value, obj: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// The value at a field path as validation errors name it
+/// (`spec.ports[0].name`), if there is one.
+pub fn value_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut v = obj;
+    for part in path.split('.') {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            v = v.get(name)?;
+        }
+        for index in indexes.split(']').filter(|s| !s.is_empty()) {
+            let index = index.trim_start_matches('[');
+            v = match index.parse::<usize>() {
+                Ok(i) => v.get(i)?,
+                Err(_) => v.get(index)?,
+            };
+        }
+    }
+    Some(v)
+}
+
 fn field(path: &str) -> String {
     if path.is_empty() {
         "<nil>".into()

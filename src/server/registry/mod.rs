@@ -887,10 +887,7 @@ impl Registry {
         let strategy = self.strategy(res);
         let mut errs = Vec::new();
         validation::validate_meta(obj, strategy.name_rule(), res.namespaced, &mut errs);
-        strategy.validate(obj, &mut errs);
-        if let Some(old) = old {
-            strategy.validate_update(old, obj, &mut errs);
-        }
+        strategy.validate_object(obj, old, &mut errs);
         if errs.is_empty() {
             Ok(())
         } else {

@@ -73,6 +73,15 @@ pub trait Strategy: Send + Sync {
     /// Checks that compare an update with the stored object.
     fn validate_update(&self, _old: &Value, _new: &Value, _errs: &mut Vec<FieldError>) {}
 
+    /// Every check of a new object (`old` is the stored one on an update):
+    /// [`Strategy::validate`], then [`Strategy::validate_update`].
+    fn validate_object(&self, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
+        self.validate(obj, errs);
+        if let Some(old) = old {
+            self.validate_update(old, obj, errs);
+        }
+    }
+
     /// Changes on create before validation (after mutating admission):
     /// initial status and the like. By default a kind with a status
     /// subresource starts without status (only its controller writes it).
@@ -265,10 +274,21 @@ impl Strategy for CustomStrategy {
         }
     }
 
-    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
-        if let Some(schema) = self.schema() {
-            errs.extend(crate::api::schema::validate(schema, obj));
+    fn validate_object(&self, obj: &Value, old: Option<&Value>, errs: &mut Vec<FieldError>) {
+        let Some(schema) = self.schema() else {
+            return;
+        };
+        let mut found = crate::api::schema::validate(schema, obj);
+        // Ratcheting: a value an update leaves as it was is not refused
+        // for failing a schema that changed since it was written.
+        if let Some(old) = old {
+            found.retain(|e| {
+                let now = crate::api::schema::value_at(obj, &e.field);
+                now.is_none() || now != crate::api::schema::value_at(old, &e.field)
+            });
         }
+        errs.extend(found);
+        errs.extend(crate::api::rules::validate(schema, obj, old));
     }
 
     fn tracks_generation(&self) -> bool {

@@ -332,6 +332,10 @@ fn validate(crd: &Value, errs: &mut Vec<FieldError>) {
                 s,
                 &format!("{path}.openAPIV3Schema"),
             ));
+            errs.extend(crate::api::rules::definition_problems(
+                s,
+                &format!("{path}.openAPIV3Schema"),
+            ));
         }
     }
     // subresources, printer columns
