@@ -838,3 +838,50 @@ fn cel_rules_validate_custom_objects_as_upstream() {
         "{err}"
     );
 }
+
+#[test]
+fn custom_objects_are_collected_with_their_built_in_owners() {
+    let server = Cluster::start();
+    let file = server.write("gadgets.yaml", TWO_VERSIONS);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/gadgets.example.com",
+        ],
+    );
+    server.ok("1.33", &["create", "configmap", "owner"]);
+    let uid = server.ok(
+        "1.33",
+        &[
+            "get",
+            "configmap",
+            "owner",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    );
+    let owned = server.write(
+        "owned.yaml",
+        &format!(
+            "apiVersion: example.com/v1\nkind: Gadget\nmetadata:\n  name: owned\n  ownerReferences:\n  - {{apiVersion: v1, kind: ConfigMap, name: owner, uid: {uid}}}\n"
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", owned.to_str().unwrap()]);
+    server.ok("1.33", &["delete", "configmap", "owner"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = server.kubectl("1.33", &["get", "gadget", "owned"]);
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owned gadget was not collected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

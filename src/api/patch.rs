@@ -51,8 +51,29 @@ impl PatchType {
 pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, Error> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| Error::BadRequest(format!("invalid JSON Patch: {e}")))?;
+    // Upstream's JSON patch (evanphx/json-patch) finds a missing value
+    // equal to null in a `test`; clients rely on it to test that a field
+    // is unset before adding it (kube-rs's finalizer helper does). The
+    // operations run one by one on a copy, so a failure changes nothing.
     let mut out = doc.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| Error::Invalid(e.to_string()))?;
+    for (i, op) in ops.0.into_iter().enumerate() {
+        if let json_patch::PatchOperation::Test(t) = &op
+            && t.value.is_null()
+        {
+            match out.pointer(t.path.as_str()) {
+                None | Some(Value::Null) => continue,
+                Some(_) => {}
+            }
+        }
+        json_patch::patch(&mut out, std::slice::from_ref(&op)).map_err(|e| {
+            // The crate numbers operations within what it was given.
+            Error::Invalid(e.to_string().replacen(
+                "operation '/0'",
+                &format!("operation '/{i}'"),
+                1,
+            ))
+        })?;
+    }
     Ok(out)
 }
 

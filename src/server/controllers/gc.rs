@@ -163,9 +163,262 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
             }
         });
     }
+    {
+        let ctx = ctx.clone();
+        tasks.spawn(async move { any_owner::run(ctx).await });
+    }
     run_workers(tasks, "garbage-collector", queue, 2, move |key| {
         reconcile(ctx.clone(), key)
     });
+}
+
+/// The kinds whose dependents the informer-driven collector above finds.
+const DEPENDENT_KINDS: [&str; 4] = ["ReplicaSet", "Job", "ControllerRevision", "Pod"];
+
+/// Background collection for every other owner and dependent, custom
+/// resources included (a Deployment owned by a custom object, a ConfigMap
+/// owned by a Deployment): an index from owner uid to dependents, built
+/// from a list of every resource at start and kept from a watch on the
+/// whole store. When an owner is deleted, its indexed dependents with no
+/// other live owner are deleted; dependents whose owners vanished while
+/// the server was down are collected at start. Owners whose kind is not
+/// served (a custom resource whose definition is not installed yet) count
+/// as alive.
+mod any_owner {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::{Context, DEPENDENT_KINDS, OWNER_KINDS, delete_dependent, meta_str};
+    use crate::server::registry::ListQuery;
+    use crate::store::{self, EventKind, Revision};
+
+    /// One owner reference of a dependent.
+    #[derive(Clone, Debug)]
+    struct OwnerRef {
+        api_version: String,
+        kind: String,
+        name: String,
+        uid: String,
+    }
+
+    /// A dependent, as much of it as deleting it takes.
+    #[derive(Clone, Debug)]
+    struct Dependent {
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+        uid: String,
+        owners: Vec<OwnerRef>,
+    }
+
+    impl Dependent {
+        fn of(obj: &Value) -> Option<Dependent> {
+            let owners: Vec<OwnerRef> = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)?
+                .iter()
+                .map(|r| OwnerRef {
+                    api_version: r["apiVersion"].as_str().unwrap_or_default().into(),
+                    kind: r["kind"].as_str().unwrap_or_default().into(),
+                    name: r["name"].as_str().unwrap_or_default().into(),
+                    uid: r["uid"].as_str().unwrap_or_default().into(),
+                })
+                .collect();
+            let kind = obj["kind"].as_str().unwrap_or_default();
+            // Pairs the informer-driven collector handles are left to it.
+            let mine = owners.iter().any(|o| {
+                !OWNER_KINDS.contains(&o.kind.as_str()) || !DEPENDENT_KINDS.contains(&kind)
+            });
+            (!owners.is_empty() && mine).then(|| Dependent {
+                api_version: obj["apiVersion"].as_str().unwrap_or_default().into(),
+                kind: kind.into(),
+                namespace: meta_str(obj, "namespace").into(),
+                name: meta_str(obj, "name").into(),
+                uid: meta_str(obj, "uid").into(),
+                owners,
+            })
+        }
+
+        fn as_object(&self) -> Value {
+            json!({"apiVersion": self.api_version, "kind": self.kind,
+                "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid}})
+        }
+    }
+
+    #[derive(Default)]
+    struct Index {
+        /// owner uid -> dependent uid -> dependent
+        by_owner: HashMap<String, HashMap<String, Dependent>>,
+        /// dependent uid -> its owners' uids
+        owners_of: HashMap<String, Vec<String>>,
+    }
+
+    impl Index {
+        fn add(&mut self, dep: Dependent) {
+            let owners: Vec<String> = dep.owners.iter().map(|o| o.uid.clone()).collect();
+            for o in &owners {
+                self.by_owner
+                    .entry(o.clone())
+                    .or_default()
+                    .insert(dep.uid.clone(), dep.clone());
+            }
+            self.owners_of.insert(dep.uid.clone(), owners);
+        }
+
+        /// Forget `uid` as a dependent.
+        fn remove(&mut self, uid: &str) {
+            for owner in self.owners_of.remove(uid).unwrap_or_default() {
+                if let Some(deps) = self.by_owner.get_mut(&owner) {
+                    deps.remove(uid);
+                    if deps.is_empty() {
+                        self.by_owner.remove(&owner);
+                    }
+                }
+            }
+        }
+
+        /// Take the dependents of `owner`.
+        fn take(&mut self, owner: &str) -> Vec<Dependent> {
+            let deps: Vec<Dependent> = self
+                .by_owner
+                .remove(owner)
+                .map(|d| d.into_values().collect())
+                .unwrap_or_default();
+            for d in &deps {
+                if let Some(owners) = self.owners_of.get_mut(&d.uid) {
+                    owners.retain(|o| o != owner);
+                }
+            }
+            deps
+        }
+    }
+
+    /// Whether the owner `r` of `dep` exists (kinds not served count).
+    async fn alive(ctx: &Context, dep: &Dependent, r: &OwnerRef) -> bool {
+        let owner = json!({"apiVersion": r.api_version, "kind": r.kind});
+        let Some(res) = super::res_of(ctx, &owner) else {
+            return true;
+        };
+        let ns = (res.namespaced && !dep.namespace.is_empty()).then_some(dep.namespace.as_str());
+        match ctx.registry.get(&res, ns, &r.name).await {
+            Ok(obj) => meta_str(&obj, "uid") == r.uid,
+            Err(e) => e.code != 404,
+        }
+    }
+
+    /// Delete the dependents of `owner_uid` that have no other live owner.
+    async fn collect(ctx: &Context, owner_uid: &str, deps: Vec<Dependent>) {
+        for dep in deps {
+            let mut others_alive = false;
+            for r in dep.owners.iter().filter(|r| r.uid != owner_uid) {
+                if alive(ctx, &dep, r).await {
+                    others_alive = true;
+                    break;
+                }
+            }
+            if !others_alive {
+                delete_dependent(ctx, &dep.as_object(), Some("Background"), Some(owner_uid)).await;
+            }
+        }
+    }
+
+    /// List everything: the index, and the revision to watch from.
+    async fn build(ctx: &Context) -> Option<(Index, Revision)> {
+        let mut index = Index::default();
+        let mut start: Option<Revision> = None;
+        let resources: Vec<_> = ctx
+            .registry
+            .catalog()
+            .resources()
+            .iter()
+            .filter(|r| r.allows("list"))
+            .cloned()
+            .collect();
+        for res in resources {
+            let list = ctx
+                .registry
+                .list(&res, None, &ListQuery::default())
+                .await
+                .ok()?;
+            start = Some(start.map_or(list.revision, |s: Revision| s.min(list.revision)));
+            for obj in list.decoded().ok()? {
+                if let Some(dep) = Dependent::of(&obj) {
+                    index.add(dep);
+                }
+            }
+        }
+        Some((index, start.unwrap_or(Revision(0))))
+    }
+
+    pub(super) async fn run(ctx: Arc<Context>) {
+        loop {
+            let Some((mut index, start)) = build(&ctx).await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            // Owners that went while the server was down.
+            let owners: Vec<(String, Dependent)> = index
+                .by_owner
+                .iter()
+                .filter_map(|(uid, deps)| deps.values().next().map(|d| (uid.clone(), d.clone())))
+                .collect();
+            for (uid, dep) in owners {
+                let Some(r) = dep.owners.iter().find(|r| r.uid == uid) else {
+                    continue;
+                };
+                if !alive(&ctx, &dep, r).await {
+                    let deps = index.take(&uid);
+                    collect(&ctx, &uid, deps).await;
+                }
+            }
+            let mut watcher = match ctx.registry.store.watch("/registry/", start).await {
+                Ok(w) => w,
+                Err(store::Error::Closed) => return,
+                Err(err) => {
+                    tracing::debug!(%err, "garbage collector watch failed, relisting");
+                    continue;
+                }
+            };
+            while let Some(event) = watcher.next().await {
+                let Ok(event) = event else { break };
+                match event.kind {
+                    EventKind::Put => {
+                        let has_refs =
+                            |b: &[u8]| b.windows(17).any(|w| w == b"\"ownerReferences\"");
+                        let before = event.prev.as_ref().is_some_and(|p| has_refs(&p.value));
+                        if !has_refs(&event.kv.value) && !before {
+                            continue;
+                        }
+                        let Ok(obj) = serde_json::from_slice::<Value>(&event.kv.value) else {
+                            continue;
+                        };
+                        index.remove(meta_str(&obj, "uid"));
+                        if let Some(dep) = Dependent::of(&obj) {
+                            index.add(dep);
+                        }
+                    }
+                    EventKind::Delete => {
+                        let Some(prev) = event.prev.as_ref() else {
+                            continue;
+                        };
+                        let Ok(obj) = serde_json::from_slice::<Value>(&prev.value) else {
+                            continue;
+                        };
+                        let uid = meta_str(&obj, "uid").to_owned();
+                        index.remove(&uid);
+                        let deps = index.take(&uid);
+                        if !deps.is_empty() {
+                            collect(&ctx, &uid, deps).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Finish orphaning deletes a crash interrupted: objects being deleted
