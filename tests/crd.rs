@@ -885,3 +885,124 @@ fn custom_objects_are_collected_with_their_built_in_owners() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn selectable_fields_select_custom_objects() {
+    let server = Cluster::start();
+    let crd = TWO_VERSIONS
+        .replace("gadgets", "shapes")
+        .replace("gadget", "shape")
+        .replace("Gadget", "Shape")
+        .replace(
+            "  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+            "  - name: v1\n    served: true\n    storage: true\n    selectableFields: [{jsonPath: .spec.color}, {jsonPath: .spec.sides}]\n    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {color: {type: string}, sides: {type: integer}}}}}}\n",
+        );
+    let file = server.write("shapes.yaml", &crd);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/shapes.example.com",
+        ],
+    );
+    let objects = server.write(
+        "s.yaml",
+        "apiVersion: example.com/v1\nkind: Shape\nmetadata: {name: red-square}\nspec: {color: red, sides: 4}\n---\napiVersion: example.com/v1\nkind: Shape\nmetadata: {name: blue-triangle}\nspec: {color: blue, sides: 3}\n",
+    );
+    server.ok("1.33", &["apply", "-f", objects.to_str().unwrap()]);
+    let names = |selector: &str| {
+        server.ok(
+            "1.33",
+            &[
+                "get",
+                "shapes.v1.example.com",
+                "--field-selector",
+                selector,
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+        )
+    };
+    assert_eq!(names("spec.color=blue"), "blue-triangle");
+    assert_eq!(names("spec.sides!=3"), "red-square");
+    let err = server.fails(
+        "1.33",
+        &[
+            "get",
+            "shapes.v1.example.com",
+            "--field-selector",
+            "spec.size=1",
+        ],
+    );
+    assert!(
+        err.contains("field label not supported: spec.size"),
+        "{err}"
+    );
+    // A selectable field must name a scalar field of the schema.
+    let bad = crd
+        .replace("shapes", "blobs")
+        .replace("shape", "blob")
+        .replace("Shape", "Blob")
+        .replace("{jsonPath: .spec.sides}", "{jsonPath: .spec.missing}");
+    let file = server.write("blobs.yaml", &bad);
+    let err = server.fails("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains(
+            "spec.versions[1].selectableFields[1].jsonPath: Invalid value: \".spec.missing\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn defaults_added_to_a_schema_show_on_stored_objects() {
+    let server = Cluster::start();
+    let file = server.write("crontab.yaml", CRONTAB);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/crontabs.stable.example.com",
+        ],
+    );
+    let obj = server.write(
+        "ct.yaml",
+        "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: old}\nspec: {cronSpec: '* * * * */5'}\n",
+    );
+    server.ok("1.33", &["apply", "-f", obj.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &["patch", "crd", "crontabs.stable.example.com", "--type=json", "-p",
+          r#"[{"op":"add","path":"/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/replicas/default","value":2}]"#],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = server.ok(
+            "1.33",
+            &["get", "crontab", "old", "-o", "jsonpath={.spec.replicas}"],
+        );
+        let listed = server.ok(
+            "1.33",
+            &[
+                "get",
+                "crontabs",
+                "-o",
+                "jsonpath={.items[0].spec.replicas}",
+            ],
+        );
+        if got == "2" && listed == "2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no default on read: {got:?} {listed:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

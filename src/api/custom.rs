@@ -46,6 +46,11 @@ pub struct Custom {
     pub deprecation: Option<String>,
     /// The version's `openAPIV3Schema`.
     pub schema: Value,
+    /// The schema has defaults: stored objects get them as they are read.
+    pub has_defaults: bool,
+    /// The fields field selectors may name beyond metadata.name and
+    /// metadata.namespace (`selectableFields`, without the leading dot).
+    pub selectable_fields: Vec<String>,
     /// The definition converts between versions with a webhook (which this
     /// server cannot call yet: its other versions are refused).
     pub conversion_webhook: bool,
@@ -127,6 +132,29 @@ pub fn openapi_schemas(res: &Resource) -> Vec<(String, Value)> {
         "x-kubernetes-group-version-kind": [{"group": res.group, "kind": custom.list_kind, "version": res.version}],
     });
     vec![(format!("{name}List"), list), (name, item)]
+}
+
+/// Whether a schema declares a `default` anywhere.
+fn has_defaults(schema: &Value) -> bool {
+    let Some(object) = schema.as_object() else {
+        return false;
+    };
+    object.contains_key("default")
+        || ["properties", "patternProperties"].iter().any(|k| {
+            object
+                .get(*k)
+                .and_then(Value::as_object)
+                .is_some_and(|p| p.values().any(has_defaults))
+        })
+        || ["items", "additionalProperties", "not"]
+            .iter()
+            .any(|k| object.get(*k).is_some_and(has_defaults))
+        || ["allOf", "anyOf", "oneOf"].iter().any(|k| {
+            object
+                .get(*k)
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(has_defaults))
+        })
 }
 
 /// The schema the field manager walks for a version's `openAPIV3Schema`.
@@ -242,6 +270,16 @@ pub fn resources(crd: &Value) -> Vec<Resource> {
                         .cloned()
                         .unwrap_or(Value::Null),
                     conversion_webhook: spec["conversion"]["strategy"] == "Webhook",
+                    has_defaults: has_defaults(
+                        v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null),
+                    ),
+                    selectable_fields: v["selectableFields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f["jsonPath"].as_str())
+                        .map(|p| p.trim_start_matches('.').to_owned())
+                        .collect(),
                     merge_schema: merge_schema(
                         v.pointer("/schema/openAPIV3Schema").unwrap_or(&Value::Null),
                     ),

@@ -262,11 +262,64 @@ fn check(schema: &Value, v: &Value, path: &str, root: bool, errs: &mut Vec<Field
                     check(s, item, &format!("{path}[{i}]"), false, errs);
                 }
             }
+            check_list_type(schema, items, path, errs);
         }
         Value::Object(map) => check_object(schema, map, path, root, errs),
         _ => {}
     }
     check_composites(schema, v, path, errs);
+}
+
+/// Sets hold each value once, map lists each key once (upstream's
+/// `Duplicate value` errors, the value as Go's `%#v` prints it).
+fn check_list_type(schema: &Value, items: &[Value], path: &str, errs: &mut Vec<FieldError>) {
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            for (i, item) in items.iter().enumerate() {
+                if items[..i].contains(item) {
+                    errs.push(FieldError::duplicate(format!("{path}[{i}]"), item));
+                }
+            }
+        }
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|k| k.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let key_of = |item: &Value| -> Vec<(String, Value)> {
+                keys.iter()
+                    .filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+                    .collect()
+            };
+            for (i, item) in items.iter().enumerate() {
+                let key = key_of(item);
+                if items[..i].iter().any(|earlier| key_of(earlier) == key) {
+                    let shown: Vec<String> = key
+                        .iter()
+                        .map(|(k, v)| format!("{k:?}:{}", go_value(v)))
+                        .collect();
+                    errs.push(FieldError {
+                        reason: "FieldValueDuplicate",
+                        field: format!("{path}[{i}]"),
+                        message: format!(
+                            "Duplicate value: map[string]interface {{}}{{{}}}",
+                            shown.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A JSON scalar as Go's `%#v` prints it inside an `interface{}` map.
+fn go_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
 }
 
 fn too_many(path: &str, n: usize, max: u64) -> FieldError {
@@ -753,6 +806,25 @@ mod tests {
         errs.iter()
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect()
+    }
+
+    #[test]
+    fn sets_and_map_lists_hold_each_value_and_key_once() {
+        let schema = json!({"type": "object", "properties": {
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map",
+                      "x-kubernetes-list-map-keys": ["name", "port"],
+                      "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}},
+        }});
+        let obj = json!({"tags": ["a", "b", "a"],
+            "ports": [{"name": "http", "port": 80}, {"name": "http", "port": 81}, {"name": "http", "port": 80}]});
+        assert_eq!(
+            lines(&validate(&schema, &obj)),
+            [
+                "ports[2]: Duplicate value: map[string]interface {}{\"name\":\"http\", \"port\":80}",
+                "tags[2]: Duplicate value: \"a\"",
+            ]
+        );
     }
 
     #[test]

@@ -189,10 +189,15 @@ pub(super) fn list_query(res: &Resource, query: &Query) -> Result<ListQuery, Api
     let fields = FieldSelector::parse(q(query, "fieldSelector").unwrap_or_default())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let allowed = selectable_fields(&res.group, &res.plural);
+    let custom: &[String] = res
+        .custom
+        .as_ref()
+        .map_or(&[], |c| c.selectable_fields.as_slice());
     for t in &fields.terms {
         if t.field != "metadata.name"
             && t.field != "metadata.namespace"
             && !allowed.contains(&t.field.as_str())
+            && !custom.contains(&t.field)
         {
             return Err(ApiError::bad_request(format!(
                 "field label not supported: {}",

@@ -457,12 +457,19 @@ fn store_error(res: &Resource, name: &str, err: store::Error) -> ApiError {
 
 /// The object as clients see it: stored JSON plus resourceVersion.
 /// A custom object as the version it is served at: conversion `None`
-/// rewrites the apiVersion and nothing else.
+/// rewrites the apiVersion and nothing else; and the version's schema
+/// defaults are filled in as it is read, as upstream fills them when it
+/// decodes from storage (so a default added to the schema shows on old
+/// objects).
 pub fn served_version(res: &Resource, obj: &mut Value) {
-    if res.custom.is_some()
-        && let Some(o) = obj.as_object_mut()
-    {
+    let Some(custom) = &res.custom else {
+        return;
+    };
+    if let Some(o) = obj.as_object_mut() {
         o.insert("apiVersion".into(), Value::String(res.api_version()));
+    }
+    if custom.has_defaults {
+        crate::api::schema::default(&custom.schema, obj);
     }
 }
 
@@ -481,14 +488,14 @@ fn stored_version(res: &Resource, obj: &mut Value) {
 /// [`served_version`] for stored bytes: those of another version are
 /// decoded, rewritten and encoded again; the rest pass untouched.
 fn served_version_raw(res: &Resource, json: Vec<u8>) -> Vec<u8> {
-    if res.custom.is_none() {
+    let Some(custom) = &res.custom else {
         return json;
-    }
+    };
     // Stored objects are written with sorted keys, so the top-level
     // apiVersion leads (one nested in managedFields must not be mistaken
     // for it); anything else is decoded to be sure.
     let wanted = format!("{{\"apiVersion\":{}", Value::String(res.api_version()));
-    if json.starts_with(wanted.as_bytes()) {
+    if json.starts_with(wanted.as_bytes()) && !custom.has_defaults {
         return json;
     }
     match serde_json::from_slice::<Value>(&json) {

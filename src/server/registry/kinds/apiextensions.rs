@@ -351,6 +351,14 @@ fn validate(crd: &Value, errs: &mut Vec<FieldError>) {
             validate_column(c, &format!("{path}[{j}]"), errs);
         }
     }
+    for (i, v) in spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        validate_selectable_fields(v, &format!("spec.versions[{i}].selectableFields"), errs);
+    }
     validate_conversion(crd, errs);
     validate_stored_versions(crd, errs);
     if spec["preserveUnknownFields"] == true {
@@ -359,6 +367,69 @@ fn validate(crd: &Value, errs: &mut Vec<FieldError>) {
             &json!(true),
             "cannot set to true, set x-kubernetes-preserve-unknown-fields to true in spec.versions[*].schema instead",
         ));
+    }
+}
+
+/// Upstream's limit on a version's selectable fields.
+const MAX_SELECTABLE_FIELDS: usize = 8;
+
+/// `selectableFields`: simple paths to string, integer or boolean fields
+/// of the version's schema, each once, at most eight.
+fn validate_selectable_fields(version: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    let Some(fields) = version["selectableFields"].as_array() else {
+        return;
+    };
+    if fields.len() > MAX_SELECTABLE_FIELDS {
+        errs.push(FieldError {
+            reason: "FieldValueTooMany",
+            field: path.to_owned(),
+            message: format!(
+                "Too many: {}: must have at most {MAX_SELECTABLE_FIELDS} items",
+                fields.len()
+            ),
+        });
+    }
+    let schema = version.pointer("/schema/openAPIV3Schema");
+    let mut seen = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let at = format!("{path}[{i}].jsonPath");
+        let json_path = f["jsonPath"].as_str().unwrap_or_default();
+        if json_path.is_empty() {
+            errs.push(FieldError::required(at));
+            continue;
+        }
+        let Some(rest) = json_path.strip_prefix('.') else {
+            errs.push(FieldError::invalid(
+                at,
+                &json!(json_path),
+                "must be a simple json path starting with .",
+            ));
+            continue;
+        };
+        if seen.contains(&json_path) {
+            errs.push(FieldError::duplicate(at, &json!(json_path)));
+            continue;
+        }
+        seen.push(json_path);
+        let mut node = schema;
+        for part in rest.split('.') {
+            node = node
+                .and_then(|n| n.get("properties"))
+                .and_then(|p| p.get(part));
+        }
+        match node.and_then(|n| n["type"].as_str()) {
+            Some("string" | "integer" | "boolean") => {}
+            Some(_) => errs.push(FieldError::invalid(
+                at,
+                &json!(json_path),
+                "selectable field type must be one of: string, integer, boolean",
+            )),
+            None => errs.push(FieldError::invalid(
+                at,
+                &json!(json_path),
+                "is an invalid path: no such field in the schema",
+            )),
+        }
     }
 }
 
