@@ -121,8 +121,25 @@ fn optional(v: Option<Cel>) -> Cel {
 /// # Errors
 /// The evaluation error's message.
 pub fn evaluate(program: &Program, this: &Value, old: &OldSelf) -> Result<Cel, String> {
-    let mut ctx = Context::with_env(ENV.clone());
-    add_kubernetes_functions(&mut ctx);
+    // The functions are registered once per thread; each evaluation binds
+    // its variables in a scope of its own.
+    thread_local! {
+        static BASE: Context<'static, 'static> = {
+            let mut ctx = Context::with_env(ENV.clone());
+            add_kubernetes_functions(&mut ctx);
+            ctx
+        };
+    }
+    BASE.with(|base| evaluate_in(base, program, this, old))
+}
+
+fn evaluate_in(
+    base: &Context,
+    program: &Program,
+    this: &Value,
+    old: &OldSelf,
+) -> Result<Cel, String> {
+    let mut ctx = base.new_inner_scope();
     ctx.add_variable_from_value("self", to_cel(this));
     match old {
         OldSelf::None => {}
