@@ -50,7 +50,8 @@ pub fn validate(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<FieldEr
 
 fn walk(schema: &Value, v: &Value, old: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
     // Ratcheting: what an update leaves as it was is not checked again.
-    if old == Some(v) {
+    // Rules do not run on null values (upstream's validator returns).
+    if old == Some(v) || v.is_null() {
         return;
     }
     if let Some(rules) = schema

@@ -328,7 +328,12 @@ impl Typer<'_> {
             }
         }
         let mine = strip_meta(&self.filter(&changed));
-        if !mine.is_empty() {
+        if mine.is_empty() {
+            // Nothing new is the writer's; what it removed is no longer.
+            if let Some(entry) = managed.entries.get_mut(&id) {
+                entry.fields = entry.fields.difference(&cmp.removed);
+            }
+        } else {
             let previous = managed
                 .entries
                 .remove(&id)
@@ -342,7 +347,7 @@ impl Typer<'_> {
                     api_version: w.api_version.to_owned(),
                     subresource: w.subresource.to_owned(),
                     time: Some(w.now.to_owned()),
-                    fields: mine.union(&previous),
+                    fields: mine.union(&previous.difference(&cmp.removed)),
                 },
             );
         }

@@ -396,3 +396,20 @@ fn managers_come_from_user_agents() {
     );
     assert_eq!(manager_from_user_agent(&"x".repeat(300)).len(), 128);
 }
+
+#[test]
+fn a_writer_stops_owning_what_it_removes() {
+    let t = typer("io.k8s.api.core.v1.ConfigMap", Scope::Whole);
+    let mut managed = Managed::default();
+    let a = json!({"metadata": {"labels": {"a": "1"}}, "data": {"x": "1"}});
+    t.update_tracked(&json!({}), &a, &mut managed, &writer("editor", "v1"));
+    let b = json!({"metadata": {}, "data": {"x": "1"}});
+    t.update_tracked(&a, &b, &mut managed, &writer("editor", "v1"));
+    let fields = &fields_of(&managed, "editor").fields;
+    assert!(!fields.has(&[
+        Element::Field("metadata".into()),
+        Element::Field("labels".into()),
+        Element::Field("a".into())
+    ]));
+    assert!(fields.has(&[Element::Field("data".into()), Element::Field("x".into())]));
+}

@@ -1192,11 +1192,14 @@ impl Registry {
                 set_managed(&mut obj, &tracked);
             }
             // A status write keeps the managed fields the apply computed.
-            Track::Applied => {
-                if let Some(m) = sent_managed.pointer("/metadata/managedFields") {
+            Track::Applied => match sent_managed.pointer("/metadata/managedFields") {
+                Some(m) if !m.is_null() => {
                     meta_mut(&mut obj).insert("managedFields".into(), m.clone());
                 }
-            }
+                _ => {
+                    meta_mut(&mut obj).remove("managedFields");
+                }
+            },
         }
         if same_but_resource_version(&obj, &old) {
             // A no-op write changes nothing, not even the resourceVersion.
@@ -1351,11 +1354,18 @@ impl Registry {
                         meta_mut(&mut obj).insert("name".into(), json!(name));
                     }
                     set_managed(&mut obj, &tracked);
-                    let mut written = self
+                    match self
                         .create_with(res, namespace, obj, opts, Track::Applied)
-                        .await?;
-                    written.created = true;
-                    return Ok(written);
+                        .await
+                    {
+                        Ok(mut written) => {
+                            written.created = true;
+                            return Ok(written);
+                        }
+                        // Created meanwhile by someone else: apply to it.
+                        Err(e) if e.reason == "AlreadyExists" && attempts < 5 => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => return Err(e),
             };
