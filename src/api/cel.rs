@@ -264,14 +264,7 @@ fn add_kubernetes_functions(ctx: &mut Context) {
         !s.contains('%') && s.parse::<std::net::IpAddr>().is_ok()
     });
     let _ = ctx.add_function("isCIDR", |s: Arc<String>| -> bool {
-        s.split_once('/').is_some_and(|(ip, bits)| {
-            let bits: Option<u8> = bits.parse().ok();
-            match ip.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(_)) => bits.is_some_and(|b| b <= 32),
-                Ok(std::net::IpAddr::V6(_)) => bits.is_some_and(|b| b <= 128),
-                Err(_) => false,
-            }
-        })
+        crate::api::schema::format_ok("cidr", &s)
     });
     let _ = ctx.add_function("isQuantity", |s: Arc<String>| -> bool {
         crate::api::quantity::parse_quantity(&s, 1.0).is_some()

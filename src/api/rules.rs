@@ -16,6 +16,7 @@
 use serde_json::Value;
 
 use super::cel::{self, OldSelf};
+use super::schema::{child, field as shown};
 use super::status::FieldError;
 
 const REASONS: &[&str] = &[
@@ -24,22 +25,6 @@ const REASONS: &[&str] = &[
     "FieldValueRequired",
     "FieldValueDuplicate",
 ];
-
-fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-fn shown(path: &str) -> String {
-    if path.is_empty() {
-        "<nil>".into()
-    } else {
-        path.to_owned()
-    }
-}
 
 /// Run every rule of `schema` on `obj` (`old` on an update).
 pub fn validate(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {

@@ -25,7 +25,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn child(path: &str, key: &str) -> String {
+pub(crate) fn child(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
@@ -172,7 +172,8 @@ pub fn value_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     Some(v)
 }
 
-fn field(path: &str) -> String {
+/// A field path as errors show it (`<nil>` for the object itself).
+pub(crate) fn field(path: &str) -> String {
     if path.is_empty() {
         "<nil>".into()
     } else {
@@ -513,7 +514,7 @@ fn check_composites(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldE
 
 /// Does `s` have `format`? Formats upstream does not check (int32,
 /// int64, float, double, password, unknown ones) always do.
-fn format_ok(format: &str, s: &str) -> bool {
+pub(crate) fn format_ok(format: &str, s: &str) -> bool {
     use base64::Engine;
     match format {
         "date-time" | "datetime" => s.parse::<jiff::Timestamp>().is_ok(),
