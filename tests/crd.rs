@@ -743,6 +743,18 @@ spec:
               minReplicas: {type: integer}
               maxReplicas: {type: integer, default: 10}
               mode: {type: string, default: fast}
+              memory:
+                type: string
+                maxLength: 16
+                x-kubernetes-validations:
+                - rule: "quantity(self).isLessThan(quantity('1Gi'))"
+                  message: memory must be under 1Gi
+              network:
+                type: string
+                maxLength: 64
+                x-kubernetes-validations:
+                - rule: "isCIDR(self) && cidr(self).prefixLength() >= 16 && cidr(self) == cidr(self).masked()"
+                  messageExpression: "'network ' + self + ' must be a /16 or smaller network address'"
               tags:
                 type: array
                 maxItems: 8
@@ -774,17 +786,21 @@ fn cel_rules_validate_custom_objects_as_upstream() {
             ),
         )
     };
-    let bad = obj("{replicas: 12, minReplicas: 13, tags: [ok, Not]}");
+    let bad =
+        obj("{replicas: 12, minReplicas: 13, tags: [ok, Not], memory: 2Gi, network: 10.1.2.3/16}");
     let err = server.fails("1.33", &["apply", "-f", bad.to_str().unwrap()]);
     assert!(err.contains(r#"The Scaler "s" is invalid: "#), "{err}");
     for expected in [
         r#"spec: Invalid value: "object": replicas should be greater than or equal to minReplicas"#,
         "spec.replicas: Forbidden: replicas 12 is over the maximum of 10",
         r#"spec.tags: Invalid value: "array": tags are lowercase words"#,
+        r#"spec.memory: Invalid value: "string": memory must be under 1Gi"#,
+        r#"spec.network: Invalid value: "string": network 10.1.2.3/16 must be a /16 or smaller network address"#,
     ] {
         assert!(err.contains(expected), "missing {expected:?} in {err}");
     }
-    let good = obj("{replicas: 2, minReplicas: 1, tags: [a, b]}");
+    let good =
+        obj("{replicas: 2, minReplicas: 1, tags: [a, b], memory: 512Mi, network: 10.1.0.0/16}");
     server.ok("1.33", &["apply", "-f", good.to_str().unwrap()]);
     // A transition rule: mode may not change.
     let err = server.fails(

@@ -4,8 +4,9 @@
 //! each rule sees its node as `self`; transition rules (those reading
 //! `oldSelf`) run only on updates where the node existed before, unless
 //! `optionalOldSelf` makes `oldSelf` an optional; and a node unchanged by
-//! an update is not checked again (ratcheting), so an object that no longer
-//! passes a tightened rule can still be updated elsewhere. Failures are
+//! an update is not held to its rules again (ratcheting), so an object that
+//! no longer passes a tightened rule can still be updated elsewhere.
+//! Transition rules are not ratcheted. Failures are
 //! 422 causes in upstream's words: `message`, `messageExpression`, or
 //! "failed rule: <rule>", with `reason` and `fieldPath`.
 //!
@@ -29,22 +30,32 @@ const REASONS: &[&str] = &[
 /// Run every rule of `schema` on `obj` (`old` on an update).
 pub fn validate(schema: &Value, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    walk(schema, obj, old, "", &mut errs);
+    walk(schema, obj, old, "", false, &mut errs);
     errs
 }
 
-fn walk(schema: &Value, v: &Value, old: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
-    // Ratcheting: what an update leaves as it was is not checked again.
+/// Walk `v` with its `schema`; `unchanged` when an ancestor is as it was.
+fn walk(
+    schema: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    unchanged: bool,
+    errs: &mut Vec<FieldError>,
+) {
     // Rules do not run on null values (upstream's validator returns).
-    if old == Some(v) || v.is_null() {
+    if v.is_null() {
         return;
     }
+    // Ratcheting: what an update leaves as it was is not held to rules
+    // again, except transition rules, which upstream never ratchets.
+    let unchanged = unchanged || old == Some(v);
     if let Some(rules) = schema
         .get("x-kubernetes-validations")
         .and_then(Value::as_array)
     {
         for rule in rules {
-            check_rule(schema, rule, v, old, path, errs);
+            check_rule(schema, rule, v, old, path, unchanged, errs);
         }
     }
     match v {
@@ -55,7 +66,14 @@ fn walk(schema: &Value, v: &Value, old: Option<&Value>, path: &str, errs: &mut V
                 let child_schema = props.and_then(|p| p.get(key)).or(extra);
                 if let Some(s) = child_schema {
                     let old_child = old.and_then(|o| o.get(key));
-                    walk(s, child_value, old_child, &child(path, key), errs);
+                    walk(
+                        s,
+                        child_value,
+                        old_child,
+                        &child(path, key),
+                        unchanged,
+                        errs,
+                    );
                 }
             }
         }
@@ -80,7 +98,14 @@ fn walk(schema: &Value, v: &Value, old: Option<&Value>, path: &str, errs: &mut V
                     (Some("set"), Some(olds)) => olds.iter().find(|o| *o == item),
                     _ => None,
                 };
-                walk(item_schema, item, old_item, &format!("{path}[{i}]"), errs);
+                walk(
+                    item_schema,
+                    item,
+                    old_item,
+                    &format!("{path}[{i}]"),
+                    unchanged,
+                    errs,
+                );
             }
         }
         _ => {}
@@ -93,6 +118,7 @@ fn check_rule(
     v: &Value,
     old: Option<&Value>,
     path: &str,
+    unchanged: bool,
     errs: &mut Vec<FieldError>,
 ) {
     let source = rule.get("rule").and_then(Value::as_str).unwrap_or_default();
@@ -101,6 +127,9 @@ fn check_rule(
         // stored before cannot fail every object.
         return;
     };
+    if unchanged && !cel::uses_old_self(&program) {
+        return;
+    }
     let optional_old = rule.get("optionalOldSelf") == Some(&Value::Bool(true));
     let binding = if cel::uses_old_self(&program) {
         match (old, optional_old) {
@@ -122,9 +151,9 @@ fn check_rule(
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or("object");
-    let message = match cel::evaluate(&program, v, &binding) {
+    let message = match cel::evaluate_typed(&program, v, &binding, Some(schema)) {
         Ok(cel::Cel::Bool(true)) => return,
-        Ok(cel::Cel::Bool(false)) => failure_message(rule, source, v, &binding),
+        Ok(cel::Cel::Bool(false)) => failure_message(rule, source, schema, v, &binding),
         Ok(_) => format!("rule did not evaluate to a bool: {source}"),
         Err(e) => {
             errs.push(FieldError::invalid(
@@ -151,10 +180,16 @@ fn check_rule(
     });
 }
 
-fn failure_message(rule: &Value, source: &str, v: &Value, binding: &OldSelf) -> String {
+fn failure_message(
+    rule: &Value,
+    source: &str,
+    schema: &Value,
+    v: &Value,
+    binding: &OldSelf,
+) -> String {
     if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
         && let Ok(program) = cel::compile(expr)
-        && let Ok(cel::Cel::String(s)) = cel::evaluate(&program, v, binding)
+        && let Ok(cel::Cel::String(s)) = cel::evaluate_typed(&program, v, binding, Some(schema))
         && !s.trim().is_empty()
     {
         return s.to_string();
@@ -355,6 +390,23 @@ mod tests {
         // An unchanged object passes even if a rule would fail it now.
         let bad = json!({"spec": {"replicas": 1, "minReplicas": 5, "name": "a"}});
         assert!(validate(&schema(), &bad, Some(&bad)).is_empty());
+        // Transition rules are never ratcheted: they run on unchanged
+        // nodes too, and a rule that fails on equal values fails.
+        let growing = json!({"type": "object", "properties": {"size": {"type": "integer",
+            "x-kubernetes-validations": [{"rule": "self > oldSelf", "message": "must grow"}]}}});
+        let same = json!({"size": 3});
+        let errs: Vec<String> = validate(&growing, &same, Some(&same))
+            .iter()
+            .map(FieldError::display)
+            .collect();
+        assert_eq!(errs, ["size: Invalid value: \"integer\": must grow"]);
+    }
+
+    #[test]
+    fn numbers_are_doubles_where_the_schema_says_number() {
+        let ratio = json!({"type": "object", "properties": {"ratio": {"type": "number",
+            "x-kubernetes-validations": [{"rule": "self == 1.0 && type(self) == double && self > 0 && self == 1"}]}}});
+        assert!(validate(&ratio, &json!({"ratio": 1}), None).is_empty());
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! CEL for CustomResourceDefinitions' `x-kubernetes-validations`, on the
 //! `cel` crate: the standard library and macros, the strings, lists and math
-//! extensions, and the Kubernetes functions rules reach for most (lists'
-//! `isSorted`/`sum`/`min`/`max`, regex `find`/`findAll`, `isURL`, `isIP`,
-//! `isCIDR`, `isQuantity`).
+//! extensions, and the Kubernetes libraries ([`library`]: lists, regex,
+//! URLs, quantities, IPs and CIDRs, named formats).
 //!
 //! Upstream's cost limits are estimated before a definition is accepted
 //! ([`estimated_cost`]): a rule's worst case grows with the sizes of the
 //! lists, maps and strings it walks, so a rule over unbounded ones exceeds
 //! the budget and is refused, with upstream's advice (add maxItems,
 //! maxProperties, maxLength).
+
+mod library;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -37,6 +38,7 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
         env.add_extension(extension)
             .expect("CEL extensions declare distinct names");
     }
+    library::declare(&mut env).expect("the Kubernetes list overloads are distinct");
     Arc::new(env)
 });
 
@@ -71,20 +73,52 @@ pub fn uses_old_self(program: &Program) -> bool {
 
 /// A JSON value as CEL sees it: integers are `int`, objects maps.
 pub fn to_cel(v: &Value) -> Cel {
+    typed(v, None)
+}
+
+/// A JSON value as CEL sees it under `schema`, as upstream types it:
+/// `type: number` is a `double` even when written without a fraction, and
+/// `format: byte` strings are `bytes`. Without a schema (or under
+/// `x-kubernetes-preserve-unknown-fields`), integers are `int`.
+pub fn typed(v: &Value, schema: Option<&Value>) -> Cel {
+    let ty = schema.and_then(|s| s.get("type")).and_then(Value::as_str);
     match v {
         Value::Null => Cel::Null,
         Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) if ty == Some("number") => Cel::Float(n.as_f64().unwrap_or(0.0)),
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Cel::Int(i),
             (None, Some(u)) => Cel::UInt(u),
             _ => Cel::Float(n.as_f64().unwrap_or(0.0)),
         },
+        Value::String(s)
+            if ty == Some("string")
+                && schema.and_then(|s| s.get("format")) == Some(&Value::from("byte")) =>
+        {
+            use base64::Engine;
+            match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(bytes) => Cel::Bytes(Arc::new(bytes)),
+                Err(_) => Cel::String(Arc::new(s.clone())),
+            }
+        }
         Value::String(s) => Cel::String(Arc::new(s.clone())),
-        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Array(items) => {
+            let items_schema = schema.and_then(|s| s.get("items"));
+            Cel::List(Arc::new(
+                items.iter().map(|i| typed(i, items_schema)).collect(),
+            ))
+        }
         Value::Object(m) => {
             let map: HashMap<Key, Cel> = m
                 .iter()
-                .map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v)))
+                .map(|(k, v)| {
+                    let child = schema.and_then(|s| {
+                        s.get("properties")
+                            .and_then(|p| p.get(k))
+                            .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+                    });
+                    (Key::String(Arc::new(k.clone())), typed(v, child))
+                })
                 .collect();
             Cel::Map(CelMap { map: Arc::new(map) })
         }
@@ -121,16 +155,30 @@ fn optional(v: Option<Cel>) -> Cel {
 /// # Errors
 /// The evaluation error's message.
 pub fn evaluate(program: &Program, this: &Value, old: &OldSelf) -> Result<Cel, String> {
+    evaluate_typed(program, this, old, None)
+}
+
+/// Evaluate `program` with `self` (and `oldSelf`) bound, typed by the
+/// node's `schema` ([`typed`]).
+///
+/// # Errors
+/// The evaluation error's message.
+pub fn evaluate_typed(
+    program: &Program,
+    this: &Value,
+    old: &OldSelf,
+    schema: Option<&Value>,
+) -> Result<Cel, String> {
     // The functions are registered once per thread; each evaluation binds
     // its variables in a scope of its own.
     thread_local! {
         static BASE: Context<'static, 'static> = {
             let mut ctx = Context::with_env(ENV.clone());
-            add_kubernetes_functions(&mut ctx);
+            library::register(&mut ctx);
             ctx
         };
     }
-    BASE.with(|base| evaluate_in(base, program, this, old))
+    BASE.with(|base| evaluate_in(base, program, this, old, schema))
 }
 
 fn evaluate_in(
@@ -138,159 +186,18 @@ fn evaluate_in(
     program: &Program,
     this: &Value,
     old: &OldSelf,
+    schema: Option<&Value>,
 ) -> Result<Cel, String> {
     let mut ctx = base.new_inner_scope();
-    ctx.add_variable_from_value("self", to_cel(this));
+    ctx.add_variable_from_value("self", typed(this, schema));
     match old {
         OldSelf::None => {}
-        OldSelf::Some(v) => ctx.add_variable_from_value("oldSelf", to_cel(v)),
-        OldSelf::Optional(v) => ctx.add_variable_from_value("oldSelf", optional(v.map(to_cel))),
+        OldSelf::Some(v) => ctx.add_variable_from_value("oldSelf", typed(v, schema)),
+        OldSelf::Optional(v) => {
+            ctx.add_variable_from_value("oldSelf", optional(v.map(|v| typed(v, schema))));
+        }
     }
     program.execute(&ctx).map_err(|e| e.to_string())
-}
-
-fn list_of(this: &Cel) -> Result<&[Cel], cel::ExecutionError> {
-    match this {
-        Cel::List(l) => Ok(l),
-        other => Err(cel::ExecutionError::function_error(
-            "list",
-            format!("expected a list, got {other:?}"),
-        )),
-    }
-}
-
-fn compare(a: &Cel, b: &Cel) -> Option<std::cmp::Ordering> {
-    match (a, b) {
-        (Cel::Int(x), Cel::Int(y)) => Some(x.cmp(y)),
-        (Cel::UInt(x), Cel::UInt(y)) => Some(x.cmp(y)),
-        (Cel::Float(x), Cel::Float(y)) => x.partial_cmp(y),
-        (Cel::String(x), Cel::String(y)) => Some(x.cmp(y)),
-        (Cel::Bool(x), Cel::Bool(y)) => Some(x.cmp(y)),
-        _ => None,
-    }
-}
-
-/// The Kubernetes CEL libraries' functions, as far as orch has them.
-fn add_kubernetes_functions(ctx: &mut Context) {
-    use cel::extractors::This;
-    // Functions with names the environment already declares are skipped:
-    // the environment's own win.
-    let _ = ctx.add_function(
-        "isSorted",
-        |This(this): This<Cel>| -> Result<bool, cel::ExecutionError> {
-            let items = list_of(&this)?;
-            Ok(items
-                .windows(2)
-                .all(|w| compare(&w[0], &w[1]).is_some_and(|o| o != std::cmp::Ordering::Greater)))
-        },
-    );
-    let _ = ctx.add_function(
-        "sum",
-        |This(this): This<Cel>| -> Result<Cel, cel::ExecutionError> {
-            let items = list_of(&this)?;
-            let mut int = 0i64;
-            let mut float = 0f64;
-            let mut floats = false;
-            for i in items {
-                match i {
-                    Cel::Int(n) => int = int.saturating_add(*n),
-                    Cel::UInt(n) => int = int.saturating_add(i64::try_from(*n).unwrap_or(i64::MAX)),
-                    Cel::Float(f) => {
-                        floats = true;
-                        float += f;
-                    }
-                    other => {
-                        return Err(cel::ExecutionError::function_error(
-                            "sum",
-                            format!("cannot add {other:?}"),
-                        ));
-                    }
-                }
-            }
-            Ok(if floats {
-                #[allow(clippy::cast_precision_loss)]
-                Cel::Float(float + int as f64)
-            } else {
-                Cel::Int(int)
-            })
-        },
-    );
-    for (name, want) in [
-        ("min", std::cmp::Ordering::Less),
-        ("max", std::cmp::Ordering::Greater),
-    ] {
-        let _ = ctx.add_function(
-            name,
-            move |This(this): This<Cel>| -> Result<Cel, cel::ExecutionError> {
-                let items = list_of(&this)?;
-                let mut best: Option<&Cel> = None;
-                for i in items {
-                    best = match best {
-                        Some(b) if compare(i, b) != Some(want) => Some(b),
-                        _ => Some(i),
-                    };
-                }
-                best.cloned()
-                    .ok_or_else(|| cel::ExecutionError::function_error(name, "the list is empty"))
-            },
-        );
-    }
-    let _ = ctx.add_function(
-        "find",
-        |This(this): This<Arc<String>>, pattern: Arc<String>| -> Result<Cel, cel::ExecutionError> {
-            let re = regex::Regex::new(&pattern)
-                .map_err(|e| cel::ExecutionError::function_error("find", e.to_string()))?;
-            Ok(Cel::String(Arc::new(
-                re.find(&this)
-                    .map(|m| m.as_str().to_owned())
-                    .unwrap_or_default(),
-            )))
-        },
-    );
-    let _ = ctx.add_function(
-        "findAll",
-        |This(this): This<Arc<String>>, pattern: Arc<String>| -> Result<Cel, cel::ExecutionError> {
-            let re = regex::Regex::new(&pattern)
-                .map_err(|e| cel::ExecutionError::function_error("findAll", e.to_string()))?;
-            Ok(Cel::List(Arc::new(
-                re.find_iter(&this)
-                    .map(|m| Cel::String(Arc::new(m.as_str().to_owned())))
-                    .collect(),
-            )))
-        },
-    );
-    let _ = ctx.add_function("isURL", |s: Arc<String>| -> bool { is_url(&s) });
-    let _ = ctx.add_function("isIP", |s: Arc<String>| -> bool {
-        !s.contains('%') && s.parse::<std::net::IpAddr>().is_ok()
-    });
-    let _ = ctx.add_function("isCIDR", |s: Arc<String>| -> bool {
-        crate::api::schema::format_ok("cidr", &s)
-    });
-    let _ = ctx.add_function("isQuantity", |s: Arc<String>| -> bool {
-        crate::api::quantity::parse_quantity(&s, 1.0).is_some()
-    });
-}
-
-/// An absolute URI or an absolute path, as Go's `url.ParseRequestURI` takes.
-fn is_url(s: &str) -> bool {
-    if s.starts_with('/') {
-        return !s.contains(char::is_whitespace);
-    }
-    match s.split_once(':') {
-        Some((scheme, rest)) => {
-            !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-                && !rest.is_empty()
-                && !rest.contains(char::is_whitespace)
-        }
-        None => false,
-    }
 }
 
 // ---------------------------------------------------------------------------
