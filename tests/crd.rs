@@ -902,6 +902,113 @@ fn custom_objects_are_collected_with_their_built_in_owners() {
     }
 }
 
+/// Poll until `done` holds, for up to 15 s.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
+    let server = Cluster::start();
+    let file = server.write("gadgets.yaml", TWO_VERSIONS);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            "crd/gadgets.example.com",
+        ],
+    );
+    let parent = server.write(
+        "parent.yaml",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: parent}\n",
+    );
+    server.ok("1.33", &["apply", "-f", parent.to_str().unwrap()]);
+    let uid = server.ok(
+        "1.33",
+        &["get", "gadget", "parent", "-o", "jsonpath={.metadata.uid}"],
+    );
+    // A dependent that blocks its owner's deletion, held by a finalizer.
+    let child = server.write(
+        "child.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: child\n  finalizers: [example.com/hold]\n  ownerReferences:\n  - {{apiVersion: example.com/v1, kind: Gadget, name: parent, uid: {uid}, blockOwnerDeletion: true}}\n"
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", child.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "delete",
+            "gadget",
+            "parent",
+            "--cascade=foreground",
+            "--wait=false",
+        ],
+    );
+    let deleting = |what: &str| {
+        server
+            .kubectl(
+                "1.33",
+                &["get", what, "-o", "jsonpath={.metadata.deletionTimestamp}"],
+            )
+            .stdout
+    };
+    eventually("the dependent is being deleted", || {
+        !deleting("configmap/child").is_empty()
+    });
+    // The owner waits, with its finalizer, while the dependent is held.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let finalizers = server.ok(
+        "1.33",
+        &[
+            "get",
+            "gadget",
+            "parent",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
+    );
+    assert!(finalizers.contains("foregroundDeletion"), "{finalizers}");
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "configmap",
+            "child",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+    );
+    eventually("the owner is gone once its dependent is", || {
+        !server
+            .kubectl("1.33", &["get", "gadget", "parent"])
+            .status
+            .success()
+    });
+    // A dependent created after its owner was deleted is collected too.
+    let late = server.write(
+        "late.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: late\n  ownerReferences:\n  - {{apiVersion: example.com/v1, kind: Gadget, name: parent, uid: {uid}}}\n"
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", late.to_str().unwrap()]);
+    eventually("a dependent of a deleted owner is collected", || {
+        !server
+            .kubectl("1.33", &["get", "configmap", "late"])
+            .status
+            .success()
+    });
+}
+
 #[test]
 fn selectable_fields_select_custom_objects() {
     let server = Cluster::start();

@@ -181,9 +181,12 @@ const DEPENDENT_KINDS: [&str; 4] = ["ReplicaSet", "Job", "ControllerRevision", "
 /// from a list of every resource at start and kept from a watch on the
 /// whole store. When an owner is deleted, its indexed dependents with no
 /// other live owner are deleted; dependents whose owners vanished while
-/// the server was down are collected at start. Owners whose kind is not
+/// the server was down are collected at start, and so are dependents
+/// created after all their owners were gone. Owners whose kind is not
 /// served (a custom resource whose definition is not installed yet) count
-/// as alive.
+/// as alive. Owners of the other kinds (custom resources among them)
+/// deleted in the foreground wait here for their blocking dependents
+/// (`blockOwnerDeletion`), which are deleted in the foreground too.
 mod any_owner {
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -202,6 +205,9 @@ mod any_owner {
         kind: String,
         name: String,
         uid: String,
+        /// `blockOwnerDeletion`: a foreground deletion of the owner waits
+        /// for this dependent.
+        block: bool,
     }
 
     /// A dependent, as much of it as deleting it takes.
@@ -226,6 +232,7 @@ mod any_owner {
                     kind: r["kind"].as_str().unwrap_or_default().into(),
                     name: r["name"].as_str().unwrap_or_default().into(),
                     uid: r["uid"].as_str().unwrap_or_default().into(),
+                    block: r["blockOwnerDeletion"] == true,
                 })
                 .collect();
             let kind = obj["kind"].as_str().unwrap_or_default();
@@ -269,16 +276,26 @@ mod any_owner {
             self.owners_of.insert(dep.uid.clone(), owners);
         }
 
-        /// Forget `uid` as a dependent.
-        fn remove(&mut self, uid: &str) {
-            for owner in self.owners_of.remove(uid).unwrap_or_default() {
-                if let Some(deps) = self.by_owner.get_mut(&owner) {
+        /// Forget `uid` as a dependent; the uids of the owners it had.
+        fn remove(&mut self, uid: &str) -> Vec<String> {
+            let owners = self.owners_of.remove(uid).unwrap_or_default();
+            for owner in &owners {
+                if let Some(deps) = self.by_owner.get_mut(owner) {
                     deps.remove(uid);
                     if deps.is_empty() {
-                        self.by_owner.remove(&owner);
+                        self.by_owner.remove(owner);
                     }
                 }
             }
+            owners
+        }
+
+        /// Whether `owner` still has a dependent that blocks its deletion.
+        fn blocked(&self, owner: &str) -> bool {
+            self.by_owner.get(owner).is_some_and(|deps| {
+                deps.values()
+                    .any(|d| d.owners.iter().any(|r| r.uid == owner && r.block))
+            })
         }
 
         /// Take the dependents of `owner`.
@@ -310,6 +327,16 @@ mod any_owner {
         }
     }
 
+    /// Whether any owner of `dep` exists.
+    async fn any_alive(ctx: &Context, dep: &Dependent) -> bool {
+        for r in &dep.owners {
+            if alive(ctx, dep, r).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Delete the dependents of `owner_uid` that have no other live owner.
     async fn collect(ctx: &Context, owner_uid: &str, deps: Vec<Dependent>) {
         for dep in deps {
@@ -326,9 +353,49 @@ mod any_owner {
         }
     }
 
-    /// List everything: the index, and the revision to watch from.
-    async fn build(ctx: &Context) -> Option<(Index, Revision)> {
+    /// An owner being deleted in the foreground, as much of it as finishing
+    /// that takes.
+    type Foreground = HashMap<String, Value>;
+
+    /// Whether `obj` is an owner this collector deletes in the foreground:
+    /// one marked so, of a kind the informer-driven collector does not own.
+    fn foreground_owner(obj: &Value) -> Option<(String, Value)> {
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        (super::is_deleting(obj)
+            && super::has_finalizer(obj, super::FOREGROUND)
+            && !OWNER_KINDS.contains(&kind))
+        .then(|| {
+            let stub = json!({"apiVersion": obj["apiVersion"], "kind": kind,
+                "metadata": {"namespace": meta_str(obj, "namespace"), "name": meta_str(obj, "name"),
+                    "uid": meta_str(obj, "uid")}});
+            (meta_str(obj, "uid").to_owned(), stub)
+        })
+    }
+
+    /// Foreground deletion of `owner`: its dependents go first (in the
+    /// foreground themselves, as upstream deletes them), and once none that
+    /// blocks it is left, the `foregroundDeletion` finalizer is dropped.
+    /// Whether the owner is finished.
+    async fn drive_foreground(ctx: &Context, index: &Index, uid: &str, owner: &Value) -> bool {
+        if !index.blocked(uid) {
+            return super::drop_foreground(ctx, owner).await;
+        }
+        let deps: Vec<Dependent> = index
+            .by_owner
+            .get(uid)
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default();
+        for dep in deps {
+            delete_dependent(ctx, &dep.as_object(), Some("Foreground"), Some(uid)).await;
+        }
+        false
+    }
+
+    /// List everything: the index, the owners being deleted in the
+    /// foreground, and the revision to watch from.
+    async fn build(ctx: &Context) -> Option<(Index, Foreground, Revision)> {
         let mut index = Index::default();
+        let mut foreground = Foreground::new();
         let mut start: Option<Revision> = None;
         let resources: Vec<_> = ctx
             .registry
@@ -349,17 +416,27 @@ mod any_owner {
                 if let Some(dep) = Dependent::of(&obj) {
                     index.add(dep);
                 }
+                foreground.extend(foreground_owner(&obj));
             }
         }
-        Some((index, start.unwrap_or(Revision(0))))
+        Some((index, foreground, start.unwrap_or(Revision(0))))
     }
 
     pub(super) async fn run(ctx: Arc<Context>) {
         loop {
-            let Some((mut index, start)) = build(&ctx).await else {
+            let Some((mut index, mut foreground, start)) = build(&ctx).await else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
+            let mut finished = Vec::new();
+            for (uid, owner) in &foreground {
+                if drive_foreground(&ctx, &index, uid, owner).await {
+                    finished.push(uid.clone());
+                }
+            }
+            for uid in finished {
+                foreground.remove(&uid);
+            }
             // Owners that went while the server was down.
             let owners: Vec<(String, Dependent)> = index
                 .by_owner
@@ -387,10 +464,13 @@ mod any_owner {
                 let Ok(event) = event else { break };
                 match event.kind {
                     EventKind::Put => {
-                        let has_refs =
-                            |b: &[u8]| b.windows(17).any(|w| w == b"\"ownerReferences\"");
+                        let has = |b: &[u8], what: &[u8]| b.windows(what.len()).any(|w| w == what);
+                        let has_refs = |b: &[u8]| has(b, b"\"ownerReferences\"");
                         let before = event.prev.as_ref().is_some_and(|p| has_refs(&p.value));
-                        if !has_refs(&event.kv.value) && !before {
+                        if !has_refs(&event.kv.value)
+                            && !before
+                            && !has(&event.kv.value, b"\"foregroundDeletion\"")
+                        {
                             continue;
                         }
                         let Ok(obj) = serde_json::from_slice::<Value>(&event.kv.value) else {
@@ -398,7 +478,21 @@ mod any_owner {
                         };
                         index.remove(meta_str(&obj, "uid"));
                         if let Some(dep) = Dependent::of(&obj) {
-                            index.add(dep);
+                            // A dependent created after its owners were
+                            // deleted has nobody to collect it later.
+                            if event.prev.is_none() && !any_alive(&ctx, &dep).await {
+                                let owner = dep.owners[0].uid.clone();
+                                collect(&ctx, &owner, vec![dep]).await;
+                            } else {
+                                index.add(dep);
+                            }
+                        }
+                        if let Some((uid, owner)) = foreground_owner(&obj) {
+                            if drive_foreground(&ctx, &index, &uid, &owner).await {
+                                foreground.remove(&uid);
+                            } else {
+                                foreground.insert(uid, owner);
+                            }
                         }
                     }
                     EventKind::Delete => {
@@ -409,10 +503,20 @@ mod any_owner {
                             continue;
                         };
                         let uid = meta_str(&obj, "uid").to_owned();
-                        index.remove(&uid);
+                        let owners = index.remove(&uid);
+                        foreground.remove(&uid);
                         let deps = index.take(&uid);
                         if !deps.is_empty() {
                             collect(&ctx, &uid, deps).await;
+                        }
+                        // A dependent gone may let an owner finish.
+                        for owner in owners {
+                            if let Some(stub) = foreground.get(&owner).cloned()
+                                && !index.blocked(&owner)
+                                && super::drop_foreground(&ctx, &stub).await
+                            {
+                                foreground.remove(&owner);
+                            }
                         }
                     }
                 }
@@ -521,6 +625,58 @@ async fn delete_dependent(
     }
 }
 
+/// Drop the `foregroundDeletion` finalizer of `owner` (as stored now, so
+/// a stale copy cannot undo another writer's change). Whether it is done:
+/// dropped, or the owner is gone or no longer the same object.
+async fn drop_foreground(ctx: &Context, owner: &Value) -> bool {
+    let Some(res) = res_of(ctx, owner) else {
+        return true;
+    };
+    let ns = meta_str(owner, "namespace");
+    let ns = (!ns.is_empty()).then_some(ns);
+    let name = meta_str(owner, "name");
+    for _ in 0..3 {
+        let current = match ctx.registry.get(&res, ns, name).await {
+            Ok(current) => current,
+            Err(e) => return e.code == 404,
+        };
+        if current["metadata"]["uid"] != owner["metadata"]["uid"]
+            || !has_finalizer(&current, FOREGROUND)
+        {
+            return true;
+        }
+        let finalizers: Vec<&Value> = current["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| *f != FOREGROUND)
+            .collect();
+        let patch = json!({"metadata": {"finalizers": finalizers,
+            "resourceVersion": current["metadata"]["resourceVersion"]}});
+        match ctx
+            .registry
+            .patch(
+                &res,
+                ns,
+                name,
+                (PatchType::Merge, &patch),
+                None,
+                &WriteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => return true,
+            Err(e) if e.code == 404 => return true,
+            Err(e) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(%e, owner = %object_key(owner), "cannot finish a foreground deletion");
+                return false;
+            }
+        }
+    }
+    false
+}
+
 /// Dependents of `uid` in the tracked informers.
 fn dependents(ctx: &Context, uid: &str) -> Vec<Arc<Value>> {
     dependent_informers(ctx)
@@ -590,33 +746,10 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                 delete_dependent(&ctx, dep, Some(policy), Some(uid)).await;
             }
             if deps.is_empty() {
-                let Some(res) = res_of(&ctx, &owner) else {
-                    return Ok(Action::AwaitChange);
-                };
-                let finalizers: Vec<Value> = owner["metadata"]["finalizers"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|f| f != FOREGROUND)
-                    .collect();
-                let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": owner["metadata"]["resourceVersion"]}});
-                let ns = meta_str(&owner, "namespace");
-                match ctx
-                    .registry
-                    .patch(
-                        &res,
-                        (!ns.is_empty()).then_some(ns),
-                        meta_str(&owner, "name"),
-                        (PatchType::Merge, &patch),
-                        None,
-                        &WriteOptions::default(),
-                    )
-                    .await
-                {
-                    Ok(_) => Ok(Action::AwaitChange),
-                    Err(e) if e.code == 404 => Ok(Action::AwaitChange),
-                    Err(e) => Err(e),
+                if drop_foreground(&ctx, &owner).await {
+                    Ok(Action::AwaitChange)
+                } else {
+                    Ok(Action::RequeueAfter(Duration::from_secs(1)))
                 }
             } else {
                 // Dependents still terminating (e.g. pods in their grace period).
