@@ -51,18 +51,27 @@ impl PatchType {
 pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, Error> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| Error::BadRequest(format!("invalid JSON Patch: {e}")))?;
-    // Upstream's JSON patch (evanphx/json-patch) finds a missing value
-    // equal to null in a `test`; clients rely on it to test that a field
-    // is unset before adding it (kube-rs's finalizer helper does). The
+    // Upstream's JSON patch (evanphx/json-patch) finds a missing member of
+    // an existing object or array equal to null in a `test`; clients rely
+    // on it to test that a field is unset before adding it (kube-rs's
+    // finalizer helper does). A missing parent still fails the test. The
     // operations run one by one on a copy, so a failure changes nothing.
     let mut out = doc.clone();
     for (i, op) in ops.0.into_iter().enumerate() {
         if let json_patch::PatchOperation::Test(t) = &op
             && t.value.is_null()
         {
-            match out.pointer(t.path.as_str()) {
-                None | Some(Value::Null) => continue,
-                Some(_) => {}
+            let path = t.path.as_str();
+            let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+            match out.pointer(path) {
+                Some(Value::Null) => continue,
+                None if out
+                    .pointer(parent)
+                    .is_some_and(|p| p.is_object() || p.is_array()) =>
+                {
+                    continue;
+                }
+                _ => {}
             }
         }
         json_patch::patch(&mut out, std::slice::from_ref(&op)).map_err(|e| {
@@ -659,6 +668,21 @@ mod tests {
         assert!(matches!(
             json_patch(&doc, &json!({"op": "x"})),
             Err(Error::BadRequest(_))
+        ));
+        // `test` for null: a missing member of an existing object passes
+        // (as upstream's evanphx/json-patch), a missing parent fails.
+        let unset = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        assert_eq!(
+            json_patch(&doc, &unset).unwrap()["metadata"]["finalizers"],
+            json!(["f"])
+        );
+        assert!(matches!(
+            json_patch(
+                &doc,
+                &json!([{"op": "test", "path": "/status/ready", "value": null}])
+            ),
+            Err(Error::Invalid(_))
         ));
         let out = merge_patch(
             &doc,
