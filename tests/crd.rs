@@ -887,6 +887,18 @@ fn custom_objects_are_collected_with_their_built_in_owners() {
         ),
     );
     server.ok("1.33", &["apply", "-f", owned.to_str().unwrap()]);
+    // After a restart, the collector knows the gadget too, though its
+    // definition is served only once the server has started.
+    let server = server.restart(&[]);
+    eventually("the gadget is served again", || {
+        server
+            .kubectl("1.33", &["get", "gadget", "owned"])
+            .status
+            .success()
+    });
+    // Let the collector list the new resource (it waits out a burst of
+    // definitions first).
+    std::thread::sleep(std::time::Duration::from_secs(2));
     server.ok("1.33", &["delete", "configmap", "owner"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {

@@ -188,11 +188,13 @@ const DEPENDENT_KINDS: [&str; 4] = ["ReplicaSet", "Job", "ControllerRevision", "
 /// deleted in the foreground wait here for their blocking dependents
 /// (`blockOwnerDeletion`), which are deleted in the foreground too.
 mod any_owner {
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
     use std::sync::Arc;
     use std::time::Duration;
 
     use serde_json::{Value, json};
+
+    use crate::api::catalog::{Catalog, Resource};
 
     use super::{Context, DEPENDENT_KINDS, OWNER_KINDS, delete_dependent, meta_str};
     use crate::server::registry::ListQuery;
@@ -397,14 +399,7 @@ mod any_owner {
         let mut index = Index::default();
         let mut foreground = Foreground::new();
         let mut start: Option<Revision> = None;
-        let resources: Vec<_> = ctx
-            .registry
-            .catalog()
-            .resources()
-            .iter()
-            .filter(|r| r.allows("list"))
-            .cloned()
-            .collect();
+        let resources = listable(&ctx.registry.catalog());
         for res in resources {
             let list = ctx
                 .registry
@@ -422,8 +417,28 @@ mod any_owner {
         Some((index, foreground, start.unwrap_or(Revision(0))))
     }
 
+    /// What can be listed in `catalog`.
+    fn listable(catalog: &Catalog) -> Vec<Resource> {
+        catalog
+            .resources()
+            .iter()
+            .filter(|r| r.allows("list"))
+            .cloned()
+            .collect()
+    }
+
+    /// Names of what can be listed, to notice new resources by.
+    fn listable_names(catalog: &Catalog) -> BTreeSet<String> {
+        listable(catalog)
+            .iter()
+            .map(|r| format!("{}/{}/{}", r.group, r.version, r.plural))
+            .collect()
+    }
+
     pub(super) async fn run(ctx: Arc<Context>) {
-        loop {
+        'relist: loop {
+            let mut catalog = ctx.registry.catalog();
+            let served = listable_names(&catalog);
             let Some((mut index, mut foreground, start)) = build(&ctx).await else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -462,6 +477,18 @@ mod any_owner {
             };
             while let Some(event) = watcher.next().await {
                 let Ok(event) = event else { break };
+                // Resources served since the list (custom resources whose
+                // definitions were installed after start) may hold
+                // dependents from before: list again, once the burst of
+                // installs has settled.
+                let now = ctx.registry.catalog();
+                if !Arc::ptr_eq(&now, &catalog) {
+                    catalog = now;
+                    if !listable_names(&catalog).is_subset(&served) {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue 'relist;
+                    }
+                }
                 match event.kind {
                     EventKind::Put => {
                         let has = |b: &[u8], what: &[u8]| b.windows(what.len()).any(|w| w == what);
