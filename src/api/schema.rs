@@ -149,6 +149,51 @@ pub fn validate(schema: &Value, obj: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// What is wrong with the defaults of a definition's schema (at `path`),
+/// as upstream checks them at creation: a default must keep all its fields
+/// through pruning ("must not have unknown fields") and validate against
+/// its own node's schema. Defaults under the root's `metadata` are left
+/// alone.
+pub fn default_problems(schema: &Value, path: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    defaults_at(schema, path, true, &mut errs);
+    errs
+}
+
+fn defaults_at(node: &Value, path: &str, root: bool, errs: &mut Vec<FieldError>) {
+    if let Some(default) = node.get("default") {
+        let at = format!("{path}.default");
+        let mut pruned = default.clone();
+        let mut dropped = Vec::new();
+        prune_at(
+            node,
+            &mut pruned,
+            "",
+            flag(node, "x-kubernetes-embedded-resource"),
+            &mut dropped,
+        );
+        if &pruned == default {
+            check(node, default, &at, false, errs);
+        } else {
+            errs.push(invalid(&at, default, "must not have unknown fields".into()));
+        }
+    }
+    if let Some(props) = node.get("properties").and_then(Value::as_object) {
+        for (key, sub) in props {
+            if root && key == "metadata" {
+                continue;
+            }
+            defaults_at(sub, &format!("{path}.properties[{key}]"), false, errs);
+        }
+    }
+    if let Some(items) = node.get("items").filter(|i| i.is_object()) {
+        defaults_at(items, &format!("{path}.items"), false, errs);
+    }
+    if let Some(extra) = node.get("additionalProperties").filter(|a| a.is_object()) {
+        defaults_at(extra, &format!("{path}.additionalProperties"), false, errs);
+    }
+}
+
 /// The value at a field path as validation errors name it
 /// (`spec.ports[0].name`), if there is one.
 pub fn value_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
@@ -930,6 +975,41 @@ mod tests {
         assert_eq!(
             lines(&errs),
             ["<nil>: Invalid value: \"\": \"spec.x\" must validate at least one schema (anyOf)"]
+        );
+    }
+
+    #[test]
+    fn defaults_must_validate_and_survive_pruning() {
+        let schema = json!({"type": "object", "properties": {
+            "metadata": {"type": "object"},
+            "spec": {"type": "object", "properties": {
+                "replicas": {"type": "integer", "default": "three"},
+                "mode": {"type": "string", "enum": ["a", "b"], "default": "c"},
+                "limits": {"type": "object", "properties": {"cpu": {"type": "string"}},
+                    "default": {"cpu": "1", "memory": "1Gi"}},
+                "ports": {"type": "array", "items": {"type": "integer", "minimum": 1, "default": 0}},
+                "fine": {"type": "integer", "default": 3}}}}});
+        let errs: Vec<String> = default_problems(&schema, "spec.validation.openAPIV3Schema")
+            .iter()
+            .map(FieldError::display)
+            .collect();
+        let p = "spec.validation.openAPIV3Schema.properties[spec].properties";
+        assert_eq!(
+            errs,
+            [
+                format!(
+                    "{p}[limits].default: Invalid value: {{\"cpu\":\"1\",\"memory\":\"1Gi\"}}: must not have unknown fields"
+                ),
+                format!(
+                    "{p}[mode].default: Unsupported value: \"c\": supported values: \"a\", \"b\""
+                ),
+                format!(
+                    "{p}[ports].items.default: Invalid value: 0: {p}[ports].items.default in body should be greater than or equal to 1"
+                ),
+                format!(
+                    "{p}[replicas].default: Invalid value: \"string\": {p}[replicas].default in body must be of type integer: \"string\""
+                ),
+            ]
         );
     }
 }

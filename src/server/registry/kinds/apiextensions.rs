@@ -328,10 +328,16 @@ fn validate(crd: &Value, errs: &mut Vec<FieldError>) {
     // schemas: structural, and nothing upstream does not support
     for (path, schema) in per_version_paths(crd, "schema", "spec.validation") {
         if let Some(s) = schema.get("openAPIV3Schema").filter(|s| !s.is_null()) {
-            errs.extend(crate::api::schema::structural_problems(
-                s,
-                &format!("{path}.openAPIV3Schema"),
-            ));
+            let structural =
+                crate::api::schema::structural_problems(s, &format!("{path}.openAPIV3Schema"));
+            // Defaults are checked against a structural schema only.
+            if structural.is_empty() {
+                errs.extend(crate::api::schema::default_problems(
+                    s,
+                    &format!("{path}.openAPIV3Schema"),
+                ));
+            }
+            errs.extend(structural);
             errs.extend(crate::api::rules::definition_problems(
                 s,
                 &format!("{path}.openAPIV3Schema"),
