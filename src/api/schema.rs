@@ -146,7 +146,89 @@ pub fn default(schema: &Value, obj: &mut Value) {
 pub fn validate(schema: &Value, obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
     check(schema, obj, "", true, &mut errs);
+    embedded_at(schema, obj, "", true, &mut errs);
     errs
+}
+
+/// Upstream's checks of embedded resources (`x-kubernetes-embedded-resource`
+/// nodes below the root): apiVersion and kind are required and well
+/// formed, and the name, if any, is a valid path segment.
+fn embedded_at(schema: &Value, v: &Value, path: &str, root: bool, errs: &mut Vec<FieldError>) {
+    match v {
+        Value::Object(map) => {
+            if !root && flag(schema, "x-kubernetes-embedded-resource") {
+                embedded_resource(map, path, errs);
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, child_value) in map {
+                if let Some(s) = props.and_then(|p| p.get(key)).or(extra) {
+                    embedded_at(s, child_value, &child(path, key), false, errs);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    embedded_at(s, item, &format!("{path}[{i}]"), false, errs);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn embedded_resource(map: &serde_json::Map<String, Value>, path: &str, errs: &mut Vec<FieldError>) {
+    for key in ["apiVersion", "kind"] {
+        match map.get(key) {
+            None => errs.push(FieldError {
+                reason: "FieldValueRequired",
+                field: field(&child(path, key)),
+                message: "Required value: must not be empty".into(),
+            }),
+            Some(Value::String(s)) if s.is_empty() => {
+                errs.push(invalid(
+                    &child(path, key),
+                    &Value::from(""),
+                    "must not be empty".into(),
+                ));
+            }
+            Some(Value::String(s)) if key == "apiVersion" && s.matches('/').count() > 1 => {
+                errs.push(invalid(
+                    &child(path, key),
+                    &Value::from(s.as_str()),
+                    format!("unexpected GroupVersion string: {s}"),
+                ));
+            }
+            Some(Value::String(s))
+                if key == "kind" && !crate::api::names::is_dns1035_label(&s.to_lowercase()) =>
+            {
+                errs.push(invalid(
+                    &child(path, key),
+                    &Value::from(s.as_str()),
+                    format!(
+                        "may have mixed case, but should otherwise match: {}",
+                        crate::api::validation::DNS1035_LABEL_MSG
+                    ),
+                ));
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => errs.push(invalid(&child(path, key), other, "must be a string".into())),
+        }
+    }
+    if let Some(name) = map
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        && let Some(problem) =
+            crate::api::validation::check_name(crate::api::validation::NameRule::PathSegment, name)
+    {
+        errs.push(invalid(
+            &child(&child(path, "metadata"), "name"),
+            &Value::from(name),
+            problem,
+        ));
+    }
 }
 
 /// What is wrong with the defaults of a definition's schema (at `path`),
@@ -975,6 +1057,38 @@ mod tests {
         assert_eq!(
             lines(&errs),
             ["<nil>: Invalid value: \"\": \"spec.x\" must validate at least one schema (anyOf)"]
+        );
+    }
+
+    #[test]
+    fn embedded_resources_need_api_version_and_kind() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                "x-kubernetes-preserve-unknown-fields": true}}}}});
+        let errs = |obj: Value| -> Vec<String> {
+            validate(&schema, &obj)
+                .iter()
+                .map(FieldError::display)
+                .collect()
+        };
+        assert_eq!(
+            errs(json!({"spec": {"template": {"metadata": {"name": "a/b"}}}})),
+            [
+                "spec.template.apiVersion: Required value: must not be empty",
+                "spec.template.kind: Required value: must not be empty",
+                "spec.template.metadata.name: Invalid value: \"a/b\": may not contain '/'",
+            ]
+        );
+        assert_eq!(
+            errs(json!({"spec": {"template": {"apiVersion": "a/b/c", "kind": "Bad_Kind"}}})),
+            [
+                "spec.template.apiVersion: Invalid value: \"a/b/c\": unexpected GroupVersion string: a/b/c",
+                format!("spec.template.kind: Invalid value: \"Bad_Kind\": may have mixed case, but should otherwise match: {}", crate::api::validation::DNS1035_LABEL_MSG).as_str(),
+            ]
+        );
+        assert!(
+            errs(json!({"spec": {"template": {"apiVersion": "v1", "kind": "ConfigMap"}}}))
+                .is_empty()
         );
     }
 
