@@ -52,6 +52,22 @@ spec:
     - ct
 "#;
 
+/// Apply the definition `yaml` (written to `file`) and wait until `crd`
+/// is established.
+fn install(server: &Cluster, file: &str, yaml: &str, crd: &str) {
+    let file = server.write(file, yaml);
+    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
+    server.ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=10s",
+            &format!("crd/{crd}"),
+        ],
+    );
+}
+
 fn crd(server: &Cluster, name: &str) -> Value {
     serde_json::from_str(&server.ok("1.33", &["get", "crd", name, "-o", "json"])).unwrap()
 }
@@ -561,17 +577,7 @@ spec:
 #[test]
 fn every_served_version_serves_the_same_objects() {
     let server = Cluster::start();
-    let file = server.write("gadgets.yaml", TWO_VERSIONS);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/gadgets.example.com",
-        ],
-    );
+    install(&server, "gadgets.yaml", TWO_VERSIONS, "gadgets.example.com");
     // Written through v1beta1, stored as v1 and served as either.
     let objects = server.write(
         "g.yaml",
@@ -620,17 +626,7 @@ fn every_served_version_serves_the_same_objects() {
             "  versions:\n",
             "  conversion:\n    strategy: Webhook\n    webhook:\n      conversionReviewVersions: [v1]\n      clientConfig: {url: \"https://convert.example.com/\"}\n  versions:\n",
         );
-    let file = server.write("gizmos.yaml", &webhook);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/gizmos.example.com",
-        ],
-    );
+    install(&server, "gizmos.yaml", &webhook, "gizmos.example.com");
     server.ok("1.33", &["get", "gizmos.v1.example.com"]);
     let err = server.fails("1.33", &["get", "gizmos.v1beta1.example.com"]);
     assert!(
@@ -642,16 +638,11 @@ fn every_served_version_serves_the_same_objects() {
 #[test]
 fn custom_kinds_are_in_openapi_v2_and_v3_for_explain() {
     let server = Cluster::start();
-    let file = server.write("crontab.yaml", CRONTAB);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/crontabs.stable.example.com",
-        ],
+    install(
+        &server,
+        "crontab.yaml",
+        CRONTAB,
+        "crontabs.stable.example.com",
     );
     // kubectl explain reads OpenAPI v3.
     let explained = server.ok("1.33", &["explain", "crontab.spec"]);
@@ -767,17 +758,7 @@ spec:
 #[test]
 fn cel_rules_validate_custom_objects_as_upstream() {
     let server = Cluster::start();
-    let file = server.write("scalers.yaml", RULED);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/scalers.example.com",
-        ],
-    );
+    install(&server, "scalers.yaml", RULED, "scalers.example.com");
     let obj = |spec: &str| {
         server.write(
             "s.yaml",
@@ -858,17 +839,7 @@ fn cel_rules_validate_custom_objects_as_upstream() {
 #[test]
 fn custom_objects_are_collected_with_their_built_in_owners() {
     let server = Cluster::start();
-    let file = server.write("gadgets.yaml", TWO_VERSIONS);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/gadgets.example.com",
-        ],
-    );
+    install(&server, "gadgets.yaml", TWO_VERSIONS, "gadgets.example.com");
     server.ok("1.33", &["create", "configmap", "owner"]);
     let uid = server.ok(
         "1.33",
@@ -926,17 +897,7 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
     let server = Cluster::start();
-    let file = server.write("gadgets.yaml", TWO_VERSIONS);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/gadgets.example.com",
-        ],
-    );
+    install(&server, "gadgets.yaml", TWO_VERSIONS, "gadgets.example.com");
     let parent = server.write(
         "parent.yaml",
         "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: parent}\n",
@@ -1032,17 +993,7 @@ fn selectable_fields_select_custom_objects() {
             "  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
             "  - name: v1\n    served: true\n    storage: true\n    selectableFields: [{jsonPath: .spec.color}, {jsonPath: .spec.sides}]\n    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {color: {type: string}, sides: {type: integer}}}}}}\n",
         );
-    let file = server.write("shapes.yaml", &crd);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/shapes.example.com",
-        ],
-    );
+    install(&server, "shapes.yaml", &crd, "shapes.example.com");
     let objects = server.write(
         "s.yaml",
         "apiVersion: example.com/v1\nkind: Shape\nmetadata: {name: red-square}\nspec: {color: red, sides: 4}\n---\napiVersion: example.com/v1\nkind: Shape\nmetadata: {name: blue-triangle}\nspec: {color: blue, sides: 3}\n",
@@ -1095,16 +1046,11 @@ fn selectable_fields_select_custom_objects() {
 #[test]
 fn defaults_added_to_a_schema_show_on_stored_objects() {
     let server = Cluster::start();
-    let file = server.write("crontab.yaml", CRONTAB);
-    server.ok("1.33", &["apply", "-f", file.to_str().unwrap()]);
-    server.ok(
-        "1.33",
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=10s",
-            "crd/crontabs.stable.example.com",
-        ],
+    install(
+        &server,
+        "crontab.yaml",
+        CRONTAB,
+        "crontabs.stable.example.com",
     );
     let obj = server.write(
         "ct.yaml",
