@@ -427,18 +427,45 @@ mod any_owner {
             .collect()
     }
 
-    /// Names of what can be listed, to notice new resources by.
-    fn listable_names(catalog: &Catalog) -> BTreeSet<String> {
-        listable(catalog)
-            .iter()
-            .map(|r| format!("{}/{}/{}", r.group, r.version, r.plural))
-            .collect()
+    /// A resource's name, to notice new ones by.
+    fn name_of(res: &Resource) -> String {
+        format!("{}/{}/{}", res.group, res.version, res.plural)
+    }
+
+    /// Index the dependents of a resource served since the collector's
+    /// list, collect those whose owners are gone, and go on with the
+    /// foreground deletions among its objects.
+    async fn add_listed(
+        ctx: &Context,
+        res: &Resource,
+        index: &mut Index,
+        foreground: &mut Foreground,
+    ) {
+        let Ok(list) = ctx.registry.list(res, None, &ListQuery::default()).await else {
+            return;
+        };
+        for obj in list.decoded().unwrap_or_default() {
+            if let Some(dep) = Dependent::of(&obj) {
+                if any_alive(ctx, &dep).await {
+                    index.remove(&dep.uid);
+                    index.add(dep);
+                } else {
+                    let owner = dep.owners[0].uid.clone();
+                    collect(ctx, &owner, vec![dep]).await;
+                }
+            }
+            if let Some((uid, owner)) = foreground_owner(&obj)
+                && !drive_foreground(ctx, index, &uid, &owner).await
+            {
+                foreground.insert(uid, owner);
+            }
+        }
     }
 
     pub(super) async fn run(ctx: Arc<Context>) {
-        'relist: loop {
+        loop {
             let mut catalog = ctx.registry.catalog();
-            let served = listable_names(&catalog);
+            let mut served: BTreeSet<String> = listable(&catalog).iter().map(name_of).collect();
             let Some((mut index, mut foreground, start)) = build(&ctx).await else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -479,14 +506,15 @@ mod any_owner {
                 let Ok(event) = event else { break };
                 // Resources served since the list (custom resources whose
                 // definitions were installed after start) may hold
-                // dependents from before: list again, once the burst of
-                // installs has settled.
+                // dependents from before: list those (their later changes
+                // come through this watch).
                 let now = ctx.registry.catalog();
                 if !Arc::ptr_eq(&now, &catalog) {
                     catalog = now;
-                    if !listable_names(&catalog).is_subset(&served) {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue 'relist;
+                    for res in listable(&catalog) {
+                        if served.insert(name_of(&res)) {
+                            add_listed(&ctx, &res, &mut index, &mut foreground).await;
+                        }
                     }
                 }
                 match event.kind {
