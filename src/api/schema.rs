@@ -216,18 +216,33 @@ fn embedded_resource(map: &serde_json::Map<String, Value>, path: &str, errs: &mu
             Some(other) => errs.push(invalid(&child(path, key), other, "must be a string".into())),
         }
     }
-    if let Some(name) = map
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        && let Some(problem) =
-            crate::api::validation::check_name(crate::api::validation::NameRule::PathSegment, name)
-    {
-        errs.push(invalid(
-            &child(&child(path, "metadata"), "name"),
-            &Value::from(name),
-            problem,
-        ));
+    // Its metadata as an object's (upstream fills in a name if there is
+    // none, so only what is there is checked).
+    if let Some(meta) = map.get("metadata").filter(|m| m.is_object()) {
+        use crate::api::validation::{NameRule, validate_meta};
+        let mut meta = meta.clone();
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            meta["name"] = Value::from("fakename");
+        }
+        let namespaced = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let mut found = Vec::new();
+        validate_meta(
+            &serde_json::json!({ "metadata": meta }),
+            NameRule::PathSegment,
+            namespaced,
+            &mut found,
+        );
+        for mut e in found {
+            e.field = child(path, &e.field);
+            errs.push(e);
+        }
     }
 }
 
@@ -1089,6 +1104,15 @@ mod tests {
         assert!(
             errs(json!({"spec": {"template": {"apiVersion": "v1", "kind": "ConfigMap"}}}))
                 .is_empty()
+        );
+        // Its labels are checked as an object's are.
+        let bad_label = errs(
+            json!({"spec": {"template": {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"labels": {"app": "-x"}}}}}),
+        );
+        assert!(
+            bad_label.len() == 1 && bad_label[0].starts_with("spec.template.metadata.labels"),
+            "{bad_label:?}"
         );
     }
 
