@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 pub use super::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain};
-use super::selector::{LabelSelector, check_key, check_value};
+use super::selector::LabelSelector;
 use super::status::FieldError;
 
 pub(crate) const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -111,11 +111,11 @@ pub fn validate_meta(obj: &Value, rule: NameRule, namespaced: bool, errs: &mut V
     if let Some(ann) = meta.get("annotations").and_then(Value::as_object) {
         let mut total = 0;
         for (k, v) in ann {
-            if let Err(e) = check_key(k) {
+            for msg in super::names::qualified_name_problems(&k.to_lowercase()) {
                 errs.push(FieldError::invalid(
                     "metadata.annotations",
                     &Value::from(k.as_str()),
-                    e.0,
+                    msg,
                 ));
             }
             total += k.len() + v.as_str().map_or(0, str::len);
@@ -133,12 +133,14 @@ fn validate_labels(labels: Option<&Value>, field: &str, errs: &mut Vec<FieldErro
     let Some(labels) = labels.and_then(Value::as_object) else {
         return;
     };
+    // Upstream's ValidateLabels: every problem at the labels' path, in
+    // IsQualifiedName's and IsValidLabelValue's words.
     for (k, v) in labels {
-        if let Err(e) = check_key(k) {
-            errs.push(FieldError::invalid(field, &Value::from(k.as_str()), e.0));
+        for msg in super::names::qualified_name_problems(k) {
+            errs.push(FieldError::invalid(field, &Value::from(k.as_str()), msg));
         }
-        if let Err(e) = check_value(v.as_str().unwrap_or_default()) {
-            errs.push(FieldError::invalid(format!("{field}.{k}"), v, e.0));
+        for msg in super::names::label_value_problems(v.as_str().unwrap_or_default()) {
+            errs.push(FieldError::invalid(field, v, msg));
         }
     }
 }
@@ -764,6 +766,24 @@ pub fn pod_update(old: &Value, new: &Value, errs: &mut Vec<FieldError>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn label_and_annotation_errors_are_upstream_s() {
+        let obj = json!({"metadata": {"name": "a",
+            "labels": {"ok": "-x", "bad key/x/y": "v"},
+            "annotations": {"Good/Key": "fine", "-nope": "v"}}});
+        let mut errs = Vec::new();
+        validate_meta(&obj, NameRule::Subdomain, false, &mut errs);
+        let shown: Vec<String> = errs.iter().map(FieldError::display).collect();
+        assert_eq!(
+            shown,
+            [
+                "metadata.labels: Invalid value: \"bad key/x/y\": a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
+                "metadata.labels: Invalid value: \"-x\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')",
+                "metadata.annotations: Invalid value: \"-nope\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+            ]
+        );
+    }
 
     #[test]
     fn taints_parse_as_kubectl_writes_them() {

@@ -872,13 +872,6 @@ const FORMATS: [&str; 13] = [
     "datetime",
 ];
 
-const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
-const QUALIFIED_NAME_PART_MSG: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
-
-fn too_long(max: usize) -> String {
-    format!("must be no more than {max} characters")
-}
-
 /// Upstream's `NameIsDNS*` checks: a prefix (for `generateName`) may end
 /// in `-`.
 fn dns_name(s: &str, prefix: bool, max: usize, ok: fn(&str) -> bool, msg: &str) -> Vec<String> {
@@ -891,7 +884,7 @@ fn dns_name(s: &str, prefix: bool, max: usize, ok: fn(&str) -> bool, msg: &str) 
     };
     let mut errs = Vec::new();
     if s.len() > max {
-        errs.push(too_long(max));
+        errs.push(crate::api::names::too_long(max));
     }
     if !ok(s) {
         errs.push(msg.to_owned());
@@ -899,85 +892,19 @@ fn dns_name(s: &str, prefix: bool, max: usize, ok: fn(&str) -> bool, msg: &str) 
     errs
 }
 
-fn label_like(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-fn qualified_name(s: &str) -> Vec<String> {
-    use crate::api::validation::DNS1123_SUBDOMAIN_MSG;
-    let mut errs = Vec::new();
-    let parts: Vec<&str> = s.split('/').collect();
-    let name = match parts.as_slice() {
-        [name] => *name,
-        [prefix, name] => {
-            if prefix.is_empty() {
-                errs.push("prefix part must be non-empty".to_owned());
-            } else {
-                if prefix.len() > 253 {
-                    errs.push(format!("prefix part {}", too_long(253)));
-                }
-                if !subdomain_pattern(prefix) {
-                    errs.push(format!("prefix part {DNS1123_SUBDOMAIN_MSG}"));
-                }
-            }
-            name
-        }
-        _ => {
-            return vec![format!(
-                "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
-            )];
-        }
-    };
-    if name.is_empty() {
-        errs.push("name part must be non-empty".to_owned());
-    } else if name.len() > 63 {
-        errs.push(format!("name part {}", too_long(63)));
-    }
-    if !label_like(name) && !name.is_empty() {
-        errs.push(QUALIFIED_NAME_PART_MSG.to_owned());
-    }
-    errs
-}
-
-/// Upstream's label regex `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, whatever the
-/// length (the length is a separate error).
-fn label_pattern(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn subdomain_pattern(s: &str) -> bool {
-    s.split('.').all(label_pattern)
-}
-
-fn dns1035_pattern(s: &str) -> bool {
-    label_pattern(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
-}
-
 fn validate_format(format: &str, s: &str) -> Vec<String> {
+    use crate::api::names::{
+        dns1035_pattern, label_pattern, label_value_problems, qualified_name_problems,
+        subdomain_pattern,
+    };
     use crate::api::validation::{DNS1035_LABEL_MSG, DNS1123_LABEL_MSG, DNS1123_SUBDOMAIN_MSG};
     let prefix = format.ends_with("Prefix");
     match format.trim_end_matches("Prefix") {
         "dns1123Label" => dns_name(s, prefix, 63, label_pattern, DNS1123_LABEL_MSG),
         "dns1123Subdomain" => dns_name(s, prefix, 253, subdomain_pattern, DNS1123_SUBDOMAIN_MSG),
         "dns1035Label" => dns_name(s, prefix, 63, dns1035_pattern, DNS1035_LABEL_MSG),
-        "qualifiedName" => qualified_name(s),
-        "labelValue" => {
-            let mut errs = Vec::new();
-            if s.len() > 63 {
-                errs.push(too_long(63));
-            }
-            if !s.is_empty() && !label_like(s) {
-                errs.push(LABEL_VALUE_MSG.to_owned());
-            }
-            errs
-        }
+        "qualifiedName" => qualified_name_problems(s),
+        "labelValue" => label_value_problems(s),
         "uri" if Url::parse(s).is_none() => {
             vec![format!("parse {s:?}: invalid URI for request")]
         }
