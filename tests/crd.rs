@@ -8,6 +8,7 @@ mod support;
 
 use serde_json::Value;
 use support::Cluster;
+use support::wait::{secs, until_true};
 
 /// The CronTab example of the Kubernetes documentation, unchanged.
 const CRONTAB: &str = r#"apiVersion: apiextensions.k8s.io/v1
@@ -861,37 +862,21 @@ fn custom_objects_are_collected_with_their_built_in_owners() {
     // After a restart, the collector knows the gadget too, though its
     // definition is served only once the server has started.
     let server = server.restart(&[]);
-    eventually("the gadget is served again", || {
+    until_true(secs(15), "the gadget is served again", || {
         server
             .kubectl("1.33", &["get", "gadget", "owned"])
             .status
             .success()
     });
-    // Let the collector list the new resource (it waits out a burst of
-    // definitions first).
+    // Give the collector a moment to list the newly served resource.
     std::thread::sleep(std::time::Duration::from_secs(2));
     server.ok("1.33", &["delete", "configmap", "owner"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let out = server.kubectl("1.33", &["get", "gadget", "owned"]);
-        if !out.status.success() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the owned gadget was not collected"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
-/// Poll until `done` holds, for up to 15 s.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    until_true(secs(15), "the owned gadget is collected", || {
+        !server
+            .kubectl("1.33", &["get", "gadget", "owned"])
+            .status
+            .success()
+    });
 }
 
 #[test]
@@ -933,7 +918,7 @@ fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
             )
             .stdout
     };
-    eventually("the dependent is being deleted", || {
+    until_true(secs(15), "the dependent is being deleted", || {
         !deleting("configmap/child").is_empty()
     });
     // The owner waits, with its finalizer, while the dependent is held.
@@ -960,7 +945,7 @@ fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
             r#"{"metadata":{"finalizers":null}}"#,
         ],
     );
-    eventually("the owner is gone once its dependent is", || {
+    until_true(secs(15), "the owner is gone once its dependent is", || {
         !server
             .kubectl("1.33", &["get", "gadget", "parent"])
             .status
@@ -974,12 +959,16 @@ fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
         ),
     );
     server.ok("1.33", &["apply", "-f", late.to_str().unwrap()]);
-    eventually("a dependent of a deleted owner is collected", || {
-        !server
-            .kubectl("1.33", &["get", "configmap", "late"])
-            .status
-            .success()
-    });
+    until_true(
+        secs(15),
+        "a dependent of a deleted owner is collected",
+        || {
+            !server
+                .kubectl("1.33", &["get", "configmap", "late"])
+                .status
+                .success()
+        },
+    );
 }
 
 #[test]

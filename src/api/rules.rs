@@ -151,7 +151,7 @@ fn check_rule(
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or("object");
-    let message = match cel::evaluate_typed(&program, v, &binding, Some(schema)) {
+    let message = match cel::evaluate(&program, v, &binding, Some(schema)) {
         Ok(cel::Cel::Bool(true)) => return,
         Ok(cel::Cel::Bool(false)) => failure_message(rule, source, schema, v, &binding),
         Ok(_) => format!("rule did not evaluate to a bool: {source}"),
@@ -189,7 +189,7 @@ fn failure_message(
 ) -> String {
     if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
         && let Ok(program) = cel::compile(expr)
-        && let Ok(cel::Cel::String(s)) = cel::evaluate_typed(&program, v, binding, Some(schema))
+        && let Ok(cel::Cel::String(s)) = cel::evaluate(&program, v, binding, Some(schema))
         && !s.trim().is_empty()
     {
         return s.to_string();

@@ -954,7 +954,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn run(rule: &str, this: &Value) -> Result<Cel, String> {
-        evaluate(&*compile(rule)?, this, &OldSelf::None)
+        evaluate(&*compile(rule)?, this, &OldSelf::None, None)
     }
 
     /// Every rule holds (upstream's own examples, mostly).

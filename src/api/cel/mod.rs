@@ -71,11 +71,6 @@ pub fn uses_old_self(program: &Program) -> bool {
     program.references().has_variable("oldSelf")
 }
 
-/// A JSON value as CEL sees it: integers are `int`, objects maps.
-pub fn to_cel(v: &Value) -> Cel {
-    typed(v, None)
-}
-
 /// A JSON value as CEL sees it under `schema`, as upstream types it:
 /// `type: number` is a `double` even when written without a fraction, and
 /// `format: byte` strings are `bytes`. Without a schema (or under
@@ -112,11 +107,7 @@ pub fn typed(v: &Value, schema: Option<&Value>) -> Cel {
             let map: HashMap<Key, Cel> = m
                 .iter()
                 .map(|(k, v)| {
-                    let child = schema.and_then(|s| {
-                        s.get("properties")
-                            .and_then(|p| p.get(k))
-                            .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
-                    });
+                    let child = schema.and_then(|s| child_schema(s, k));
                     (Key::String(Arc::new(k.clone())), typed(v, child))
                 })
                 .collect();
@@ -150,20 +141,12 @@ fn optional(v: Option<Cel>) -> Cel {
     program.execute(&ctx).unwrap_or(Cel::Null)
 }
 
-/// Evaluate `program` with `self` (and `oldSelf`) bound.
-///
-/// # Errors
-/// The evaluation error's message.
-pub fn evaluate(program: &Program, this: &Value, old: &OldSelf) -> Result<Cel, String> {
-    evaluate_typed(program, this, old, None)
-}
-
 /// Evaluate `program` with `self` (and `oldSelf`) bound, typed by the
 /// node's `schema` ([`typed`]).
 ///
 /// # Errors
 /// The evaluation error's message.
-pub fn evaluate_typed(
+pub fn evaluate(
     program: &Program,
     this: &Value,
     old: &OldSelf,
@@ -293,7 +276,7 @@ mod tests {
     use serde_json::json;
 
     fn run(rule: &str, this: Value) -> Result<Cel, String> {
-        evaluate(&compile(rule).unwrap(), &this, &OldSelf::None)
+        evaluate(&compile(rule).unwrap(), &this, &OldSelf::None, None)
     }
 
     #[test]
@@ -347,20 +330,25 @@ mod tests {
         let program = compile("self >= oldSelf").unwrap();
         assert!(uses_old_self(&program));
         assert_eq!(
-            evaluate(&program, &json!(3), &OldSelf::Some(&json!(2))),
+            evaluate(&program, &json!(3), &OldSelf::Some(&json!(2)), None),
             Ok(Cel::Bool(true))
         );
         assert_eq!(
-            evaluate(&program, &json!(1), &OldSelf::Some(&json!(2))),
+            evaluate(&program, &json!(1), &OldSelf::Some(&json!(2)), None),
             Ok(Cel::Bool(false))
         );
         let optional = compile("!oldSelf.hasValue() || self >= oldSelf.value()").unwrap();
         assert_eq!(
-            evaluate(&optional, &json!(1), &OldSelf::Optional(None)),
+            evaluate(&optional, &json!(1), &OldSelf::Optional(None), None),
             Ok(Cel::Bool(true))
         );
         assert_eq!(
-            evaluate(&optional, &json!(1), &OldSelf::Optional(Some(&json!(2)))),
+            evaluate(
+                &optional,
+                &json!(1),
+                &OldSelf::Optional(Some(&json!(2))),
+                None
+            ),
             Ok(Cel::Bool(false))
         );
     }
