@@ -747,6 +747,13 @@ spec:
                 x-kubernetes-validations:
                 - rule: "isCIDR(self) && cidr(self).prefixLength() >= 16 && cidr(self) == cidr(self).masked()"
                   messageExpression: "'network ' + self + ' must be a /16 or smaller network address'"
+              window:
+                type: string
+                format: duration
+                maxLength: 16
+                x-kubernetes-validations:
+                - rule: "self <= duration('1h')"
+                  messageExpression: "'window ' + string(self) + ' is over an hour'"
               tags:
                 type: array
                 maxItems: 8
@@ -768,8 +775,9 @@ fn cel_rules_validate_custom_objects_as_upstream() {
             ),
         )
     };
-    let bad =
-        obj("{replicas: 12, minReplicas: 13, tags: [ok, Not], memory: 2Gi, network: 10.1.2.3/16}");
+    let bad = obj(
+        "{replicas: 12, minReplicas: 13, tags: [ok, Not], memory: 2Gi, network: 10.1.2.3/16, window: 1h30m}",
+    );
     let err = server.fails("1.33", &["apply", "-f", bad.to_str().unwrap()]);
     assert!(err.contains(r#"The Scaler "s" is invalid: "#), "{err}");
     for expected in [
@@ -778,11 +786,13 @@ fn cel_rules_validate_custom_objects_as_upstream() {
         r#"spec.tags: Invalid value: "array": tags are lowercase words"#,
         r#"spec.memory: Invalid value: "string": memory must be under 1Gi"#,
         r#"spec.network: Invalid value: "string": network 10.1.2.3/16 must be a /16 or smaller network address"#,
+        r#"spec.window: Invalid value: "string": window 5400s is over an hour"#,
     ] {
         assert!(err.contains(expected), "missing {expected:?} in {err}");
     }
-    let good =
-        obj("{replicas: 2, minReplicas: 1, tags: [a, b], memory: 512Mi, network: 10.1.0.0/16}");
+    let good = obj(
+        "{replicas: 2, minReplicas: 1, tags: [a, b], memory: 512Mi, network: 10.1.0.0/16, window: 45m}",
+    );
     server.ok("1.33", &["apply", "-f", good.to_str().unwrap()]);
     // A transition rule: mode may not change.
     let err = server.fails(
@@ -818,6 +828,7 @@ fn cel_rules_validate_custom_objects_as_upstream() {
         .replace("scaler", "broken")
         .replace("Scaler", "Broken")
         .replace("self.minReplicas <= self.replicas", "self.minReplicas <=")
+        .replace("self.mode == oldSelf.mode", "self.mode.bogus()")
         .replace("                maxItems: 8\n", "")
         .replace(", maxLength: 32", "");
     let file = server.write("broken.yaml", &broken);
@@ -826,7 +837,22 @@ fn cel_rules_validate_custom_objects_as_upstream() {
         err.contains("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.minReplicas <=\""),
         "{err}"
     );
-    assert!(err.contains("compilation failed"), "{err}");
+    assert!(
+        err.contains(
+            "compilation failed: ERROR: <input>:1:20: Syntax error: mismatched input '<EOF>'"
+        ),
+        "{err}"
+    );
+    // A call to a function nobody declares is refused when written, not
+    // when the first object is.
+    assert!(
+        err.contains("x-kubernetes-validations[2].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.mode.bogus()\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("compilation failed: ERROR: <input>:1:16: undeclared reference to 'bogus' (in container '')"),
+        "{err}"
+    );
     assert!(
         err.contains("spec.validation.openAPIV3Schema.properties[spec].properties[tags].x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of"),
         "{err}"

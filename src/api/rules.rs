@@ -14,6 +14,8 @@
 //! creation: rules that do not compile, bad reasons, and rules whose
 //! estimated cost is over upstream's budget.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::cel::{self, OldSelf};
@@ -219,6 +221,12 @@ pub fn definition_problems(schema: &Value, path: &str) -> Vec<FieldError> {
     errs
 }
 
+/// A compiled rule whose references are all declared ([`cel::check`]):
+/// `self` and `oldSelf` are, for rules and message expressions alike.
+fn checked(program: Arc<cel::Program>) -> Result<Arc<cel::Program>, String> {
+    cel::check(&program, &["self", "oldSelf"]).map(|()| program)
+}
+
 fn problems_at(
     schema: &Value,
     path: &str,
@@ -237,7 +245,7 @@ fn problems_at(
                 errs.push(FieldError::required(format!("{at}.rule")));
                 continue;
             }
-            match cel::compile(source) {
+            match cel::compile(source).and_then(checked) {
                 Err(e) => errs.push(FieldError {
                     reason: "FieldValueInvalid",
                     field: format!("{at}.rule"),
@@ -266,7 +274,7 @@ fn problems_at(
                 }
             }
             if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
-                && let Err(e) = cel::compile(expr)
+                && let Err(e) = cel::compile(expr).and_then(checked)
             {
                 errs.push(FieldError {
                     reason: "FieldValueInvalid",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use cel::common::types::{CelInt, DYN_TYPE, LIST_TYPE};
 use cel::common::value::CowVal;
-use cel::extractors::This;
+use cel::extractors::{IntoFunction, This};
 use cel::objects::{Key, Map as CelMap, Opaque};
 use cel::{Context, Env, ExecutionError};
 
@@ -94,15 +94,38 @@ fn downcast<'a, T: Opaque>(
     .ok_or_else(|| error(function, format!("expected {want}, got {v:?}")))
 }
 
-/// Registers the libraries' functions on a context. Names the environment
-/// already declares are skipped (the environment's own win).
-pub(super) fn register(ctx: &mut Context) {
-    lists(ctx);
-    regex(ctx);
-    urls(ctx);
-    quantities(ctx);
-    addresses(ctx);
-    formats(ctx);
+/// Registers the libraries' functions on a context, and returns their
+/// names (for [`super::check`]). Names the environment already declares are
+/// skipped (the environment's own win).
+pub(super) fn register(ctx: &mut Context) -> Vec<String> {
+    let mut functions = Functions {
+        ctx,
+        names: Vec::new(),
+    };
+    lists(&mut functions);
+    regex(&mut functions);
+    urls(&mut functions);
+    quantities(&mut functions);
+    addresses(&mut functions);
+    formats(&mut functions);
+    functions.names
+}
+
+/// A context being given functions, and the names given.
+struct Functions<'c, 'a, 'b> {
+    ctx: &'c mut Context<'a, 'b>,
+    names: Vec<String>,
+}
+
+impl Functions<'_, '_, '_> {
+    fn add<T: 'static, F>(&mut self, name: &str, function: F)
+    where
+        F: IntoFunction<T> + 'static + Send + Sync,
+    {
+        if self.ctx.add_function(name, function).is_ok() {
+            self.names.push(name.to_owned());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -133,8 +156,8 @@ fn compare(a: &Cel, b: &Cel) -> Option<Ordering> {
     }
 }
 
-fn lists(ctx: &mut Context) {
-    let _ = ctx.add_function(
+fn lists(ctx: &mut Functions) {
+    ctx.add(
         "isSorted",
         |This(this): This<Cel>| -> Result<bool, ExecutionError> {
             let items = list_of(&this)?;
@@ -143,7 +166,7 @@ fn lists(ctx: &mut Context) {
                 .all(|w| compare(&w[0], &w[1]).is_some_and(|o| o != Ordering::Greater)))
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "sum",
         |This(this): This<Cel>| -> Result<Cel, ExecutionError> {
             let items = list_of(&this)?;
@@ -170,7 +193,7 @@ fn lists(ctx: &mut Context) {
         },
     );
     for (name, want) in [("min", Ordering::Less), ("max", Ordering::Greater)] {
-        let _ = ctx.add_function(
+        ctx.add(
             name,
             move |This(this): This<Cel>| -> Result<Cel, ExecutionError> {
                 let items = list_of(&this)?;
@@ -188,15 +211,15 @@ fn lists(ctx: &mut Context) {
     }
 }
 
-fn regex(ctx: &mut Context) {
-    let _ = ctx.add_function(
+fn regex(ctx: &mut Functions) {
+    ctx.add(
         "find",
         |This(this): This<Arc<String>>, pattern: Arc<String>| -> Result<Cel, ExecutionError> {
             let re = regex::Regex::new(&pattern).map_err(|e| error("find", e.to_string()))?;
             Ok(text(re.find(&this).map(|m| m.as_str()).unwrap_or_default()))
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "findAll",
         |This(this): This<Arc<String>>, pattern: Arc<String>| -> Result<Cel, ExecutionError> {
             let re = regex::Regex::new(&pattern).map_err(|e| error("findAll", e.to_string()))?;
@@ -338,11 +361,11 @@ fn percent_decode(s: &str, plus_is_space: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn urls(ctx: &mut Context) {
-    let _ = ctx.add_function("isURL", |s: Arc<String>| -> bool {
+fn urls(ctx: &mut Functions) {
+    ctx.add("isURL", |s: Arc<String>| -> bool {
         Url::parse(&s).is_some()
     });
-    let _ = ctx.add_function("url", |s: Arc<String>| -> Result<Cel, ExecutionError> {
+    ctx.add("url", |s: Arc<String>| -> Result<Cel, ExecutionError> {
         Url::parse(&s)
             .map(opaque)
             .ok_or_else(|| error("url", format!("URL parse error during conversion from string: parse {s:?}: invalid URI for request")))
@@ -357,7 +380,7 @@ fn urls(ctx: &mut Context) {
         ("getQuery", Url::query),
     ];
     for (name, get) in getters {
-        let _ = ctx.add_function(
+        ctx.add(
             name,
             move |This(this): This<Cel>| -> Result<Cel, ExecutionError> {
                 Ok(get(downcast::<Url>(&this, name, "a URL")?))
@@ -537,11 +560,11 @@ fn quantity_arg(v: &Cel, function: &str) -> Result<Quantity, ExecutionError> {
     }
 }
 
-fn quantities(ctx: &mut Context) {
-    let _ = ctx.add_function("isQuantity", |s: Arc<String>| -> bool {
+fn quantities(ctx: &mut Functions) {
+    ctx.add("isQuantity", |s: Arc<String>| -> bool {
         Quantity::parse(&s).is_some()
     });
-    let _ = ctx.add_function("quantity", |s: Arc<String>| -> Result<Cel, ExecutionError> {
+    ctx.add("quantity", |s: Arc<String>| -> Result<Cel, ExecutionError> {
         Quantity::parse(&s).map(opaque).ok_or_else(|| {
             error(
                 "quantity",
@@ -549,7 +572,7 @@ fn quantities(ctx: &mut Context) {
             )
         })
     });
-    let _ = ctx.add_function(
+    ctx.add(
         "sign",
         |This(this): This<Cel>| -> Result<i64, ExecutionError> {
             let q = downcast::<Quantity>(&this, "sign", "a quantity")?;
@@ -560,7 +583,7 @@ fn quantities(ctx: &mut Context) {
             })
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "isInteger",
         |This(this): This<Cel>| -> Result<bool, ExecutionError> {
             Ok(downcast::<Quantity>(&this, "isInteger", "a quantity")?
@@ -568,7 +591,7 @@ fn quantities(ctx: &mut Context) {
                 .is_some())
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "asInteger",
         |This(this): This<Cel>| -> Result<i64, ExecutionError> {
             downcast::<Quantity>(&this, "asInteger", "a quantity")?
@@ -576,14 +599,14 @@ fn quantities(ctx: &mut Context) {
                 .ok_or_else(|| error("asInteger", "cannot convert value to integer"))
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "asApproximateFloat",
         |This(this): This<Cel>| -> Result<f64, ExecutionError> {
             Ok(downcast::<Quantity>(&this, "asApproximateFloat", "a quantity")?.as_f64())
         },
     );
     for (name, negate) in [("add", false), ("sub", true)] {
-        let _ = ctx.add_function(
+        ctx.add(
             name,
             move |This(this): This<Cel>, other: Cel| -> Result<Cel, ExecutionError> {
                 let q = downcast::<Quantity>(&this, name, "a quantity")?;
@@ -604,7 +627,7 @@ fn quantities(ctx: &mut Context) {
         ("compareTo", |o| Cel::Int(o as i64)),
     ];
     for (name, verdict) in comparisons {
-        let _ = ctx.add_function(
+        ctx.add(
             name,
             move |This(this): This<Cel>, other: Cel| -> Result<Cel, ExecutionError> {
                 let q = downcast::<Quantity>(&this, name, "a quantity")?;
@@ -733,12 +756,12 @@ fn cidr_error(s: &str) -> ExecutionError {
     )
 }
 
-fn addresses(ctx: &mut Context) {
-    let _ = ctx.add_function("isIP", |s: Arc<String>| -> bool { parse_ip(&s).is_some() });
-    let _ = ctx.add_function("isCIDR", |s: Arc<String>| -> bool {
+fn addresses(ctx: &mut Functions) {
+    ctx.add("isIP", |s: Arc<String>| -> bool { parse_ip(&s).is_some() });
+    ctx.add("isCIDR", |s: Arc<String>| -> bool {
         parse_cidr(&s).is_some()
     });
-    let _ = ctx.add_function(
+    ctx.add(
         "ip.isCanonical",
         |s: Arc<String>| -> Result<bool, ExecutionError> {
             let ip = parse_ip(&s).ok_or_else(|| ip_error(&s))?;
@@ -746,7 +769,7 @@ fn addresses(ctx: &mut Context) {
         },
     );
     // `ip('…')` parses; `cidr('…').ip()` is the CIDR's address.
-    let _ = ctx.add_function(
+    ctx.add(
         "ip",
         |This(this): This<Cel>| -> Result<Cel, ExecutionError> {
             match &this {
@@ -762,7 +785,7 @@ fn addresses(ctx: &mut Context) {
             }
         },
     );
-    let _ = ctx.add_function("cidr", |s: Arc<String>| -> Result<Cel, ExecutionError> {
+    ctx.add("cidr", |s: Arc<String>| -> Result<Cel, ExecutionError> {
         parse_cidr(&s).map(opaque).ok_or_else(|| cidr_error(&s))
     });
     type Test = fn(IpAddr) -> Cel;
@@ -796,21 +819,21 @@ fn addresses(ctx: &mut Context) {
         }),
     ];
     for (name, test) in tests {
-        let _ = ctx.add_function(
+        ctx.add(
             name,
             move |This(this): This<Cel>| -> Result<Cel, ExecutionError> {
                 Ok(test(downcast::<Ip>(&this, name, "an IP address")?.0))
             },
         );
     }
-    let _ = ctx.add_function(
+    ctx.add(
         "containsIP",
         |This(this): This<Cel>, other: Cel| -> Result<bool, ExecutionError> {
             let cidr = downcast::<Cidr>(&this, "containsIP", "a CIDR")?;
             Ok(cidr.contains(ip_arg(&other, "containsIP")?))
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "containsCIDR",
         |This(this): This<Cel>, other: Cel| -> Result<bool, ExecutionError> {
             let cidr = downcast::<Cidr>(&this, "containsCIDR", "a CIDR")?;
@@ -818,7 +841,7 @@ fn addresses(ctx: &mut Context) {
             Ok(prefix >= cidr.prefix && cidr.contains(addr))
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "masked",
         |This(this): This<Cel>| -> Result<Cel, ExecutionError> {
             Ok(opaque(
@@ -826,7 +849,7 @@ fn addresses(ctx: &mut Context) {
             ))
         },
     );
-    let _ = ctx.add_function(
+    ctx.add(
         "prefixLength",
         |This(this): This<Cel>| -> Result<i64, ExecutionError> {
             Ok(i64::from(
@@ -920,8 +943,8 @@ fn validate_format(format: &str, s: &str) -> Vec<String> {
     }
 }
 
-fn formats(ctx: &mut Context) {
-    let _ = ctx.add_function("format.named", |name: Arc<String>| -> Cel {
+fn formats(ctx: &mut Functions) {
+    ctx.add("format.named", |name: Arc<String>| -> Cel {
         optional(
             FORMATS
                 .iter()
@@ -930,11 +953,11 @@ fn formats(ctx: &mut Context) {
         )
     });
     for name in FORMATS {
-        let _ = ctx.add_function(&format!("format.{name}"), move || -> Cel {
+        ctx.add(&format!("format.{name}"), move || -> Cel {
             opaque(Format(name))
         });
     }
-    let _ = ctx.add_function(
+    ctx.add(
         "validate",
         |This(this): This<Cel>, s: Arc<String>| -> Result<Cel, ExecutionError> {
             let format = downcast::<Format>(&this, "validate", "a format")?;

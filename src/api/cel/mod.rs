@@ -1,7 +1,9 @@
 //! CEL for CustomResourceDefinitions' `x-kubernetes-validations`, on the
-//! `cel` crate: the standard library and macros, the strings, lists and math
+//! `cel` crate: the standard library and macros (timestamps and durations
+//! included, in UTC or fixed offsets), the strings, lists and math
 //! extensions, and the Kubernetes libraries ([`library`]: lists, regex,
-//! URLs, quantities, IPs and CIDRs, named formats).
+//! URLs, quantities, IPs and CIDRs, named formats). A definition's rules are
+//! checked for undeclared references when it is written ([`check`]).
 //!
 //! Upstream's cost limits are estimated before a definition is accepted
 //! ([`estimated_cost`]): a rule's worst case grows with the sizes of the
@@ -9,14 +11,18 @@
 //! the budget and is refused, with upstream's advice (add maxItems,
 //! maxProperties, maxLength).
 
+mod check;
 mod library;
+
+pub use check::check;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
+pub use cel::Program;
 pub use cel::Value as Cel;
 use cel::objects::{Key, Map as CelMap};
-use cel::{Context, Env, Program};
+use cel::{Context, Env};
 use serde_json::Value;
 
 /// Upstream's per-rule estimated cost limit (`StaticEstimatedCostLimit`).
@@ -58,12 +64,36 @@ pub fn compile(source: &str) -> Result<Arc<Program>, String> {
     if let Some(p) = cache.get(source) {
         return Ok(p.clone());
     }
-    let program = Arc::new(ENV.compile(source).map_err(|e| e.to_string())?);
+    let program = Arc::new(ENV.compile(source).map_err(|e| syntax_errors(source, &e))?);
     if cache.len() >= MAX_CACHED_PROGRAMS {
         cache.clear();
     }
     cache.insert(source.to_owned(), program.clone());
     Ok(program)
+}
+
+/// The parser's errors in cel-go's layout ([`check::located`]).
+fn syntax_errors(source: &str, errors: &cel::ParseErrors) -> String {
+    let lines: Vec<&str> = source.split_inclusive('\n').collect();
+    errors
+        .errors
+        .iter()
+        .map(|e| {
+            // `pos` is a 1-based line and column.
+            let (line, column) = (
+                usize::try_from(e.pos.0).unwrap_or(1).max(1),
+                usize::try_from(e.pos.1).unwrap_or(1).max(1),
+            );
+            let line_start: usize = lines.iter().take(line - 1).map(|l| l.len()).sum();
+            let text = lines.get(line - 1).copied().unwrap_or_default();
+            let offset = text
+                .char_indices()
+                .nth(column - 1)
+                .map_or(text.len(), |(i, _)| i);
+            check::located(source, line_start + offset, &e.msg)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Whether a program reads `oldSelf` (a transition rule).
@@ -86,15 +116,9 @@ pub fn typed(v: &Value, schema: Option<&Value>) -> Cel {
             (None, Some(u)) => Cel::UInt(u),
             _ => Cel::Float(n.as_f64().unwrap_or(0.0)),
         },
-        Value::String(s)
-            if ty == Some("string")
-                && schema.and_then(|s| s.get("format")) == Some(&Value::from("byte")) =>
-        {
-            use base64::Engine;
-            match base64::engine::general_purpose::STANDARD.decode(s) {
-                Ok(bytes) => Cel::Bytes(Arc::new(bytes)),
-                Err(_) => Cel::String(Arc::new(s.clone())),
-            }
+        Value::String(s) if ty == Some("string") => {
+            let format = schema.and_then(|s| s.get("format")).and_then(Value::as_str);
+            formatted(s, format).unwrap_or_else(|| Cel::String(Arc::new(s.clone())))
         }
         Value::String(s) => Cel::String(Arc::new(s.clone())),
         Value::Array(items) => {
@@ -114,6 +138,108 @@ pub fn typed(v: &Value, schema: Option<&Value>) -> Cel {
             Cel::Map(CelMap { map: Arc::new(map) })
         }
     }
+}
+
+/// A string of `format` as upstream's CEL sees it: `byte` is bytes,
+/// `date` and `date-time` are timestamps, `duration` is a duration. `None`
+/// for other formats, and for a value that does not parse (the schema's
+/// format check has refused it already).
+fn formatted(s: &str, format: Option<&str>) -> Option<Cel> {
+    match format? {
+        "byte" => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+            Some(Cel::Bytes(Arc::new(bytes)))
+        }
+        "date-time" => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(Cel::Timestamp),
+        "date" => {
+            let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+            let utc = chrono::FixedOffset::east_opt(0)?;
+            let midnight = day.and_hms_opt(0, 0, 0)?.and_local_timezone(utc);
+            midnight.single().map(Cel::Timestamp)
+        }
+        "duration" => parse_duration(s).map(Cel::Duration),
+        _ => None,
+    }
+}
+
+/// A duration as go-openapi's `strfmt.ParseDuration` reads it: Go's
+/// `time.ParseDuration` syntax (`1h30m`, `-1.5s`, `300ms`), or a count and a
+/// unit word (`3 days`, `2w`).
+pub fn parse_duration(s: &str) -> Option<chrono::Duration> {
+    go_duration(s).or_else(|| {
+        let s = s.trim();
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let count: i64 = s[..digits].parse().ok()?;
+        let unit = match s[digits..].trim() {
+            "ns" | "nanosecond" | "nanoseconds" => chrono::Duration::nanoseconds(1),
+            "us" | "microsecond" | "microseconds" => chrono::Duration::microseconds(1),
+            "ms" | "millisecond" | "milliseconds" => chrono::Duration::milliseconds(1),
+            "s" | "second" | "seconds" => chrono::Duration::seconds(1),
+            "m" | "minute" | "minutes" => chrono::Duration::minutes(1),
+            "h" | "hour" | "hours" => chrono::Duration::hours(1),
+            "d" | "day" | "days" => chrono::Duration::days(1),
+            "w" | "week" | "weeks" => chrono::Duration::weeks(1),
+            _ => return None,
+        };
+        unit.checked_mul(i32::try_from(count).ok()?)
+    })
+}
+
+/// Go's `time.ParseDuration`.
+fn go_duration(s: &str) -> Option<chrono::Duration> {
+    let (negative, mut rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if rest == "0" {
+        return Some(chrono::Duration::zero());
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut nanos: i128 = 0;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..number_end];
+        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+            return None;
+        }
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale: i128 = match &rest[..unit_end] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let whole: i128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        let mut part = whole.checked_mul(scale)?;
+        let mut place = scale;
+        for digit in fraction.bytes() {
+            place /= 10;
+            part += i128::from(digit - b'0') * place;
+        }
+        nanos = nanos.checked_add(part)?;
+    }
+    let nanos = i64::try_from(if negative { -nanos } else { nanos }).ok()?;
+    Some(chrono::Duration::nanoseconds(nanos))
 }
 
 /// What the old value is to a rule.
@@ -354,9 +480,74 @@ mod tests {
     }
 
     #[test]
+    fn dates_and_durations_are_typed_by_format() {
+        let schema = json!({"type": "object", "properties": {
+            "start": {"type": "string", "format": "date-time"},
+            "end": {"type": "string", "format": "date-time"},
+            "day": {"type": "string", "format": "date"},
+            "timeout": {"type": "string", "format": "duration"},
+            "grace": {"type": "string", "format": "duration"},
+            "plain": {"type": "string"},
+        }});
+        let obj = json!({
+            "start": "2024-02-29T23:30:00Z", "end": "2024-03-01T01:30:00+01:00",
+            "day": "2024-02-29", "timeout": "1m30s", "grace": "3 days",
+            "plain": "2024-02-29T23:30:00Z",
+        });
+        let run =
+            |rule: &str| evaluate(&compile(rule).unwrap(), &obj, &OldSelf::None, Some(&schema));
+        for rule in [
+            "self.end > self.start && self.end - self.start == duration('1h')",
+            "self.start + duration('1h') == self.end",
+            "self.start.getFullYear() == 2024 && self.start.getMonth() == 1",
+            "self.start.getDayOfMonth() == 28 && self.start.getHours() == 23",
+            "self.start.getHours('+02:00') == 1",
+            "self.day.getDate() == 29 && self.day < self.start",
+            "self.timeout == duration('90s') && self.timeout < duration('1h')",
+            "self.grace == duration('72h') && self.grace.getHours() == 72",
+            "type(self.plain) == string && timestamp(self.plain) == self.start",
+            "string(self.timeout) == '90s'",
+        ] {
+            assert_eq!(run(rule), Ok(Cel::Bool(true)), "{rule}");
+        }
+        // Only UTC is compiled in (see Cargo.toml); a zone name fails
+        // when the rule runs, with the name in the message.
+        let err = run("self.start.getHours('Europe/Paris') == 0").unwrap_err();
+        assert!(err.contains("Europe/Paris"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_as_go_and_strfmt_do() {
+        let ns = |s: &str| parse_duration(s).and_then(|d| d.num_nanoseconds());
+        assert_eq!(ns("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(ns("-1.5s"), Some(-1_500_000_000));
+        assert_eq!(ns("300ms"), Some(300_000_000));
+        assert_eq!(ns("1\u{b5}s"), Some(1_000));
+        assert_eq!(ns(".5m"), Some(30_000_000_000));
+        assert_eq!(ns("0"), Some(0));
+        assert_eq!(ns("2 weeks"), Some(1_209_600_000_000_000));
+        for bad in [
+            "",
+            "1",
+            "h",
+            "1.2.3s",
+            "1x",
+            "-",
+            "3 fortnights",
+            "99999999999h",
+        ] {
+            assert_eq!(ns(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn compile_errors_say_where() {
         let err = compile("self.a +").err().unwrap();
-        assert!(err.contains("Syntax error"), "{err}");
+        assert!(
+            err.starts_with("ERROR: <input>:1:9: Syntax error: mismatched input '<EOF>'"),
+            "{err}"
+        );
+        assert!(err.ends_with("\n | self.a +\n | ........^"), "{err}");
     }
 
     #[test]
