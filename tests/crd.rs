@@ -829,6 +829,10 @@ fn cel_rules_validate_custom_objects_as_upstream() {
         .replace("Scaler", "Broken")
         .replace("self.minReplicas <= self.replicas", "self.minReplicas <=")
         .replace("self.mode == oldSelf.mode", "self.mode.bogus()")
+        .replace(
+            "self.replicas <= self.maxReplicas",
+            "self.replicas <= self.maximum",
+        )
         .replace("                maxItems: 8\n", "")
         .replace(", maxLength: 32", "");
     let file = server.write("broken.yaml", &broken);
@@ -851,6 +855,16 @@ fn cel_rules_validate_custom_objects_as_upstream() {
     );
     assert!(
         err.contains("compilation failed: ERROR: <input>:1:16: undeclared reference to 'bogus' (in container '')"),
+        "{err}"
+    );
+    // So is one reading a field its schema does not declare (upstream's
+    // conformance test for validation rules checks this message).
+    assert!(
+        err.contains("x-kubernetes-validations[1].rule: Invalid value: apiextensions.ValidationRule{Rule:\"self.replicas <= self.maximum\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("compilation failed: ERROR: <input>:1:22: undefined field 'maximum'"),
         "{err}"
     );
     assert!(

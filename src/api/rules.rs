@@ -208,7 +208,7 @@ fn failure_message(
 pub fn definition_problems(schema: &Value, path: &str) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let mut total = 0.0;
-    problems_at(schema, path, 1.0, &mut total, &mut errs);
+    problems_at(schema, path, true, 1.0, &mut total, &mut errs);
     if total > cel::CRD_COST_LIMIT {
         errs.push(FieldError::forbidden(
             path.to_owned(),
@@ -222,14 +222,23 @@ pub fn definition_problems(schema: &Value, path: &str) -> Vec<FieldError> {
 }
 
 /// A compiled rule whose references are all declared ([`cel::check`]):
-/// `self` and `oldSelf` are, for rules and message expressions alike.
-fn checked(program: Arc<cel::Program>) -> Result<Arc<cel::Program>, String> {
-    cel::check(&program, &["self", "oldSelf"]).map(|()| program)
+/// `self` and `oldSelf`, of `schema`'s type, for rules and message
+/// expressions alike (`root` for the definition's top-level schema).
+fn checked(
+    program: Arc<cel::Program>,
+    schema: &Value,
+    root: bool,
+    optional_old_self: bool,
+) -> Result<Arc<cel::Program>, String> {
+    let ty = cel::rule_type(schema, root);
+    let old = if optional_old_self { cel::Ty::Dyn } else { ty };
+    cel::check(&program, &[("self", ty), ("oldSelf", old)]).map(|()| program)
 }
 
 fn problems_at(
     schema: &Value,
     path: &str,
+    root: bool,
     times: f64,
     total: &mut f64,
     errs: &mut Vec<FieldError>,
@@ -245,7 +254,8 @@ fn problems_at(
                 errs.push(FieldError::required(format!("{at}.rule")));
                 continue;
             }
-            match cel::compile(source).and_then(checked) {
+            let optional = rule.get("optionalOldSelf") == Some(&Value::Bool(true));
+            match cel::compile(source).and_then(|p| checked(p, schema, root, optional)) {
                 Err(e) => errs.push(FieldError {
                     reason: "FieldValueInvalid",
                     field: format!("{at}.rule"),
@@ -255,7 +265,6 @@ fn problems_at(
                     ),
                 }),
                 Ok(program) => {
-                    let optional = rule.get("optionalOldSelf") == Some(&Value::Bool(true));
                     if optional && !cel::uses_old_self(&program) {
                         errs.push(FieldError::invalid(
                             format!("{at}.optionalOldSelf"),
@@ -274,7 +283,7 @@ fn problems_at(
                 }
             }
             if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
-                && let Err(e) = cel::compile(expr).and_then(checked)
+                && let Err(e) = cel::compile(expr).and_then(|p| checked(p, schema, root, optional))
             {
                 errs.push(FieldError {
                     reason: "FieldValueInvalid",
@@ -298,7 +307,14 @@ fn problems_at(
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (key, s) in props {
-            problems_at(s, &format!("{path}.properties[{key}]"), times, total, errs);
+            problems_at(
+                s,
+                &format!("{path}.properties[{key}]"),
+                false,
+                times,
+                total,
+                errs,
+            );
         }
     }
     if let Some(s) = schema.get("additionalProperties").filter(|s| s.is_object()) {
@@ -309,6 +325,7 @@ fn problems_at(
         problems_at(
             s,
             &format!("{path}.additionalProperties"),
+            false,
             times * n,
             total,
             errs,
@@ -319,7 +336,7 @@ fn problems_at(
             .get("maxItems")
             .and_then(Value::as_f64)
             .unwrap_or(1.0);
-        problems_at(s, &format!("{path}.items"), times * n, total, errs);
+        problems_at(s, &format!("{path}.items"), false, times * n, total, errs);
     }
 }
 

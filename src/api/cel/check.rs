@@ -1,18 +1,22 @@
 //! The references a rule makes, checked when its definition is written, as
 //! cel-go's checker does: every identifier is a variable in scope (`self`,
-//! `oldSelf`, a comprehension's) or a type, and every function is one the
-//! environment or the Kubernetes libraries declare. A rule that calls
-//! `self.bogus()` is refused with upstream's "undeclared reference to
-//! 'bogus' (in container '')", not accepted to fail on every write.
+//! `oldSelf`, a comprehension's) or a type, every function is one the
+//! environment or the Kubernetes libraries declare, and every field
+//! selected on a schema's object is one it declares (under its escaped
+//! name, [`super::escape`]). A rule that calls `self.bogus()` is refused
+//! with upstream's "undeclared reference to 'bogus' (in container '')", and
+//! one that reads `self.z` of an object without `z` with "undefined field
+//! 'z'", instead of being accepted to fail on every write.
 //!
-//! Types are not checked: a function applied to the wrong type of value
+//! Only fields are typed: a function applied to the wrong type of value
 //! still fails when the rule runs.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use cel::Program;
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, MapExpr, StructExpr};
+use serde_json::Value;
 
 use super::{ENV, library};
 
@@ -49,25 +53,112 @@ fn declared(function: &str) -> bool {
     probe.add_function(function, || 0i64).is_err()
 }
 
-/// Check `program`'s references, with `variables` declared.
+/// What a rule's value is known to be: a schema node (`resource` when it
+/// is a resource's root: the object itself, or an embedded resource), or
+/// anything.
+#[derive(Clone, Copy)]
+pub enum Ty<'s> {
+    Schema(&'s Value, bool),
+    Dyn,
+}
+
+/// The metadata every resource root shows to rules, whatever its schema
+/// says (upstream's `WithTypeAndObjectMeta`).
+static ROOT_METADATA: LazyLock<Value> = LazyLock::new(|| {
+    serde_json::json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "generateName": {"type": "string"}}})
+});
+static STRING: LazyLock<Value> = LazyLock::new(|| serde_json::json!({"type": "string"}));
+
+impl<'s> Ty<'s> {
+    /// The node of `self.<field>`, or `Err` when the node is an object
+    /// that does not declare it (cel-go's "undefined field").
+    fn field(self, field: &str) -> Result<Ty<'s>, ()> {
+        let Ty::Schema(s, resource) = self else {
+            return Ok(Ty::Dyn);
+        };
+        if resource {
+            match field {
+                "apiVersion" | "kind" => return Ok(Ty::Schema(&STRING, false)),
+                "metadata" => return Ok(Ty::Schema(&ROOT_METADATA, false)),
+                _ => {}
+            }
+        }
+        if let Some(map) = s.get("additionalProperties").filter(|a| a.is_object()) {
+            return Ok(Ty::node(map));
+        }
+        match s.get("properties").and_then(Value::as_object) {
+            Some(props) => props
+                .iter()
+                .find(|(name, _)| super::escape(name).as_deref() == Some(field))
+                .map(|(_, node)| Ty::node(node))
+                .ok_or(()),
+            // An object with neither (under x-kubernetes-preserve-unknown-
+            // fields): not checked.
+            None => Ok(Ty::Dyn),
+        }
+    }
+
+    fn node(s: &'s Value) -> Ty<'s> {
+        if s.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+            return Ty::Dyn;
+        }
+        Ty::Schema(
+            s,
+            s.get("x-kubernetes-embedded-resource") == Some(&Value::Bool(true)),
+        )
+    }
+
+    /// The node of an element: a list's items or a map's values.
+    fn element(self) -> Ty<'s> {
+        match self {
+            Ty::Schema(s, _) => s
+                .get("items")
+                .or_else(|| s.get("additionalProperties"))
+                .filter(|n| n.is_object())
+                .map_or(Ty::Dyn, Ty::node),
+            Ty::Dyn => Ty::Dyn,
+        }
+    }
+
+    /// What a comprehension over a value of this type binds: a list's
+    /// items, a map's keys.
+    fn iterated(self) -> Ty<'s> {
+        match self {
+            Ty::Schema(s, _) if s.get("items").is_some() => self.element(),
+            _ => Ty::Dyn,
+        }
+    }
+}
+
+/// The type a rule at `schema` sees `self` (and `oldSelf`) as; `root` for
+/// the rules of a definition's top-level schema.
+pub fn rule_type(schema: &Value, root: bool) -> Ty<'_> {
+    match Ty::node(schema) {
+        Ty::Schema(s, embedded) => Ty::Schema(s, embedded || root),
+        Ty::Dyn => Ty::Dyn,
+    }
+}
+
+/// Check `program`'s references, with `variables` declared and typed.
 ///
 /// # Errors
-/// cel-go's message for the first undeclared one, with its position.
-pub fn check(program: &Program, variables: &[&str]) -> Result<(), String> {
-    let mut scope: Vec<String> = variables.iter().map(|v| (*v).to_owned()).collect();
+/// cel-go's message for the first undeclared variable or function, or
+/// undefined field, with its position.
+pub fn check(program: &Program, variables: &[(&str, Ty)]) -> Result<(), String> {
+    let mut scope: Vec<(String, Ty)> = variables
+        .iter()
+        .map(|(v, t)| ((*v).to_owned(), *t))
+        .collect();
     match walk(program.expression(), &mut scope) {
-        Ok(()) => Ok(()),
-        Err((id, name)) => {
+        Ok(_) => Ok(()),
+        Err((id, message)) => {
             let source = &program.source_info().source;
             let offset = program
                 .source_info()
                 .offset_for(id)
                 .map_or(0, |(start, _)| start as usize);
-            Err(located(
-                source,
-                offset,
-                &format!("undeclared reference to '{name}' (in container '')"),
-            ))
+            Err(located(source, offset, &message))
         }
     }
 }
@@ -89,58 +180,108 @@ pub fn located(source: &str, offset: usize, message: &str) -> String {
     )
 }
 
-type Undeclared = (u64, String);
+/// An expression's id and what is wrong with it.
+type Problem = (u64, String);
 
-fn walk(e: &IdedExpr, scope: &mut Vec<String>) -> Result<(), Undeclared> {
+fn undeclared(id: u64, name: &str) -> Problem {
+    (
+        id,
+        format!("undeclared reference to '{name}' (in container '')"),
+    )
+}
+
+fn walk<'s>(e: &IdedExpr, scope: &mut Vec<(String, Ty<'s>)>) -> Result<Ty<'s>, Problem> {
     match &e.expr {
         Expr::Ident(name) => {
-            if scope.iter().any(|v| v == name) || TYPES.contains(&name.as_str()) {
-                Ok(())
+            if let Some((_, ty)) = scope.iter().rev().find(|(v, _)| v == name) {
+                Ok(*ty)
+            } else if TYPES.contains(&name.as_str()) {
+                Ok(Ty::Dyn)
             } else {
-                Err((e.id, name.clone()))
+                Err(undeclared(e.id, name))
             }
         }
-        Expr::Select(select) => walk(&select.operand, scope),
+        Expr::Select(select) => walk(&select.operand, scope)?
+            .field(&select.field)
+            .map_err(|()| (e.id, format!("undefined field '{}'", select.field))),
         Expr::Call(call) => {
             if let Some(target) = &call.target {
                 // `math.greatest(…)`, `format.dns1123Label()`: a function
                 // in a namespace, not a member call on a variable.
                 if let Some(namespace) = qualified(&target.expr)
-                    && !scope.iter().any(|v| *v == namespace[0])
+                    && !scope.iter().any(|(v, _)| *v == namespace[0])
                     && declared(&format!("{}.{}", namespace.join("."), call.func_name))
                 {
-                    return call.args.iter().try_for_each(|a| walk(a, scope));
+                    for a in &call.args {
+                        walk(a, scope)?;
+                    }
+                    return Ok(Ty::Dyn);
                 }
                 walk(target, scope)?;
             }
             if !declared(&call.func_name) {
-                return Err((e.id, call.func_name.clone()));
+                return Err(undeclared(e.id, &call.func_name));
             }
-            call.args.iter().try_for_each(|a| walk(a, scope))
+            let mut args = Vec::with_capacity(call.args.len());
+            for a in &call.args {
+                args.push(walk(a, scope)?);
+            }
+            Ok(match (call.func_name.as_str(), args.as_slice()) {
+                ("_[_]", [of, _]) => of.element(),
+                // `self.?field`
+                ("_?._", [of, _]) => {
+                    if let Some(Expr::Literal(LiteralValue::String(field))) =
+                        call.args.get(1).map(|a| &a.expr)
+                    {
+                        of.field(field.inner())
+                            .map_err(|()| (e.id, format!("undefined field '{}'", field.inner())))?;
+                    }
+                    Ty::Dyn
+                }
+                _ => Ty::Dyn,
+            })
         }
         Expr::Comprehension(c) => {
-            walk(&c.iter_range, scope)?;
+            let range = walk(&c.iter_range, scope)?;
             walk(&c.accu_init, scope)?;
             let outer = scope.len();
-            scope.push(c.accu_var.clone());
-            scope.push(c.iter_var.clone());
-            scope.extend(c.iter_var2.clone());
-            let body = walk(&c.loop_cond, scope).and_then(|()| walk(&c.loop_step, scope));
+            scope.push((c.accu_var.clone(), Ty::Dyn));
+            match &c.iter_var2 {
+                // Two variables: a list's index and item, a map's key
+                // and value.
+                Some(second) => {
+                    scope.push((c.iter_var.clone(), Ty::Dyn));
+                    scope.push((second.clone(), range.element()));
+                }
+                None => scope.push((c.iter_var.clone(), range.iterated())),
+            }
+            let body = walk(&c.loop_cond, scope).and_then(|_| walk(&c.loop_step, scope));
             scope.truncate(outer + 1);
-            let result = body.and_then(|()| walk(&c.result, scope));
+            let result = body.and_then(|_| walk(&c.result, scope));
             scope.truncate(outer);
-            result
+            result.map(|_| Ty::Dyn)
         }
-        Expr::List(list) => list.elements.iter().try_for_each(|i| walk(i, scope)),
-        Expr::Map(map) => map.entries.iter().try_for_each(|entry| match &entry.expr {
-            EntryExpr::MapEntry(m) => walk(&m.key, scope).and_then(|()| walk(&m.value, scope)),
-            EntryExpr::StructField(f) => walk(&f.value, scope),
-        }),
-        Expr::Struct(s) => s.entries.iter().try_for_each(|entry| match &entry.expr {
-            EntryExpr::MapEntry(m) => walk(&m.key, scope).and_then(|()| walk(&m.value, scope)),
-            EntryExpr::StructField(f) => walk(&f.value, scope),
-        }),
-        Expr::Literal(_) | Expr::Unspecified => Ok(()),
+        Expr::List(list) => {
+            for i in &list.elements {
+                walk(i, scope)?;
+            }
+            Ok(Ty::Dyn)
+        }
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+            for entry in entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(m) => {
+                        walk(&m.key, scope)?;
+                        walk(&m.value, scope)?;
+                    }
+                    EntryExpr::StructField(f) => {
+                        walk(&f.value, scope)?;
+                    }
+                }
+            }
+            Ok(Ty::Dyn)
+        }
+        Expr::Literal(_) | Expr::Unspecified => Ok(Ty::Dyn),
     }
 }
 
@@ -162,7 +303,10 @@ mod tests {
     use super::*;
 
     fn checked(rule: &str) -> Result<(), String> {
-        check(&super::super::compile(rule).unwrap(), &["self", "oldSelf"])
+        check(
+            &super::super::compile(rule).unwrap(),
+            &[("self", Ty::Dyn), ("oldSelf", Ty::Dyn)],
+        )
     }
 
     #[test]
@@ -209,7 +353,69 @@ mod tests {
         assert!(err.contains("undeclared reference to 'x'"), "{err}");
         let err = checked("nosuch.func(1)").unwrap_err();
         assert!(err.contains("undeclared reference to 'nosuch'"), "{err}");
-        let err = check(&super::super::compile("oldSelf > 1").unwrap(), &["self"]).unwrap_err();
+        let err = check(
+            &super::super::compile("oldSelf > 1").unwrap(),
+            &[("self", Ty::Dyn)],
+        )
+        .unwrap_err();
         assert!(err.contains("'oldSelf'"), "{err}");
+    }
+
+    #[test]
+    fn fields_must_be_declared_by_the_schema() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "spec": {"type": "object", "properties": {
+                "x": {"type": "integer"},
+                "dashed-name": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}}}},
+                "labels": {"type": "object", "additionalProperties": {"type": "object",
+                    "properties": {"value": {"type": "string"}}}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "port": {"x-kubernetes-int-or-string": true},
+                "template": {"type": "object", "x-kubernetes-embedded-resource": true,
+                    "properties": {"spec": {"type": "object"}}},
+            }},
+        }});
+        let run = |rule: &str| {
+            let ty = rule_type(&schema, true);
+            check(
+                &super::super::compile(rule).unwrap(),
+                &[("self", ty), ("oldSelf", ty)],
+            )
+        };
+        for rule in [
+            "self.spec.x > 0 && has(self.spec.dashed__dash__name)",
+            "self.metadata.name.startsWith('a') && self.apiVersion != '' && self.kind != ''",
+            "self.spec.items.all(i, i.name != '') && self.spec.items[0].name != ''",
+            "self.spec.labels.all(k, self.spec.labels[k].value != '')",
+            "self.spec.labels.anything.value == '' && self.spec.free.whatever == 1",
+            "self.spec.template.metadata.name != '' && has(self.spec.template.spec)",
+            "self.spec.?x.orValue(0) == 0",
+        ] {
+            assert_eq!(run(rule), Ok(()), "{rule}");
+        }
+        assert_eq!(
+            run("self.spec.z == 100"),
+            Err(
+                "ERROR: <input>:1:10: undefined field 'z'\n | self.spec.z == 100\n | .........^"
+                    .into()
+            )
+        );
+        for (rule, field) in [
+            ("has(self.spec.z)", "z"),
+            ("self.metadata.labels.size() > 0", "labels"),
+            ("self.spec.items.all(i, i.nom != '')", "nom"),
+            ("self.spec.labels['a'].valeur == ''", "valeur"),
+            ("self.spec.template.metadata.labels == {}", "labels"),
+            ("self.spec.?y.hasValue()", "y"),
+            ("self.spec.dashed-name == ''", "dashed"),
+        ] {
+            let err = run(rule).unwrap_err();
+            assert!(
+                err.contains(&format!("undefined field '{field}'")),
+                "{rule}: {err}"
+            );
+        }
     }
 }

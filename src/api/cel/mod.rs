@@ -14,8 +14,9 @@
 mod check;
 mod library;
 
-pub use check::check;
+pub use check::{Ty, check, rule_type};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -101,6 +102,67 @@ pub fn uses_old_self(program: &Program) -> bool {
     program.references().has_variable("oldSelf")
 }
 
+/// Words a property may not be named in CEL as it is (upstream's
+/// `celReservedSymbols`).
+const RESERVED: [&str; 21] = [
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
+];
+
+/// The name a rule reads property `name` by, as upstream escapes it:
+/// `__{word}__` for a reserved word; `__` → `__underscores__`, `.` →
+/// `__dot__`, `-` → `__dash__`, `/` → `__slash__`. `None` when the name
+/// cannot be read from CEL at all (other characters, or a leading digit).
+pub fn escape(name: &str) -> Option<Cow<'_, str>> {
+    if RESERVED.contains(&name) {
+        return Some(Cow::Owned(format!("__{name}__")));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/');
+    if !name.chars().all(allowed) || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    if !name.contains(['.', '-', '/']) && !name.contains("__") {
+        return Some(Cow::Borrowed(name));
+    }
+    let mut out = String::with_capacity(name.len() + 16);
+    let mut rest = name;
+    while let Some(c) = rest.chars().next() {
+        let (replacement, len) = match c {
+            '_' if rest.starts_with("__") => ("__underscores__", 2),
+            '.' => ("__dot__", 1),
+            '-' => ("__dash__", 1),
+            '/' => ("__slash__", 1),
+            _ => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+                continue;
+            }
+        };
+        out.push_str(replacement);
+        rest = &rest[len..];
+    }
+    Some(Cow::Owned(out))
+}
+
 /// A JSON value as CEL sees it under `schema`, as upstream types it:
 /// `type: number` is a `double` even when written without a fraction, and
 /// `format: byte` strings are `bytes`. Without a schema (or under
@@ -128,11 +190,18 @@ pub fn typed(v: &Value, schema: Option<&Value>) -> Cel {
             ))
         }
         Value::Object(m) => {
+            let properties = schema.and_then(|s| s.get("properties"));
             let map: HashMap<Key, Cel> = m
                 .iter()
-                .map(|(k, v)| {
+                .filter_map(|(k, v)| {
                     let child = schema.and_then(|s| child_schema(s, k));
-                    (Key::String(Arc::new(k.clone())), typed(v, child))
+                    // A declared property is read by its escaped name; a
+                    // map's keys are as written.
+                    let key = match properties.and_then(|p| p.get(k)) {
+                        Some(_) => escape(k)?.into_owned(),
+                        None => k.clone(),
+                    };
+                    Some((Key::String(Arc::new(key)), typed(v, child)))
                 })
                 .collect();
             Cel::Map(CelMap { map: Arc::new(map) })
@@ -514,6 +583,27 @@ mod tests {
         // when the rule runs, with the name in the message.
         let err = run("self.start.getHours('Europe/Paris') == 0").unwrap_err();
         assert!(err.contains("Europe/Paris"), "{err}");
+    }
+
+    #[test]
+    fn properties_are_read_by_their_escaped_names() {
+        let schema = json!({"type": "object", "properties": {
+            "dashed-name": {"type": "string"}, "if": {"type": "integer"},
+            "a.b/c__d": {"type": "string"}, "plain": {"type": "string"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        }});
+        let obj = json!({"dashed-name": "x", "if": 1, "a.b/c__d": "y", "plain": "z",
+            "labels": {"app.kubernetes.io/name": "web"}});
+        let rule = "self.dashed__dash__name == 'x' && self.__if__ == 1 \
+            && self.a__dot__b__slash__c__underscores__d == 'y' && self.plain == 'z' \
+            && self.labels['app.kubernetes.io/name'] == 'web' && !has(self.labels.plain)";
+        assert_eq!(
+            evaluate(&compile(rule).unwrap(), &obj, &OldSelf::None, Some(&schema)),
+            Ok(Cel::Bool(true))
+        );
+        assert_eq!(escape("9lives"), None);
+        assert_eq!(escape("a b"), None);
+        assert_eq!(escape("___x").as_deref(), Some("__underscores___x"));
     }
 
     #[test]
