@@ -33,9 +33,10 @@ impl Reply {
                 self.code,
                 s["kind"].as_str(),
                 s["code"].as_u64(),
-                s["reason"].as_str()
+                // An empty reason is left out, as upstream leaves it.
+                s["reason"].as_str().unwrap_or_default()
             ),
-            (code, Some("Status"), Some(u64::from(code)), Some(reason)),
+            (code, Some("Status"), Some(u64::from(code)), reason),
             "{}",
             self.body
         );
@@ -457,5 +458,214 @@ fn not_found_body_is_byte_for_byte_upstreams() {
     assert_eq!(
         reply.body,
         "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"pods \\\"x\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"x\",\"kind\":\"pods\"},\"code\":404}\n"
+    );
+}
+
+/// A cluster-scoped definition `<plural>.fv.example.com` served at v1.
+fn field_validation_crd(plural: &str, kind: &str, schema: &Value) -> String {
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.fv.example.com")},
+        "spec": {"group": "fv.example.com", "scope": "Cluster",
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": schema}}]}
+    })
+    .to_string()
+}
+
+/// The cases of upstream's FieldValidation conformance tests
+/// (test/e2e/apimachinery/field_validation.go), with their bodies and the
+/// messages they look for.
+#[test]
+fn field_validation_answers_as_upstreams_conformance_tests_expect() {
+    let server = Cluster::start();
+    let api = Api::new(&server);
+    let deployments = "/apis/apps/v1/namespaces/default/deployments?fieldManager=field_validation_mgr&fieldValidation=Strict";
+    // Unknown and duplicate fields of a typed object: one strict error.
+    let typed = r#"{"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "my-dep", "labels": {"app": "nginx"}},
+        "spec": {"unknownField": "foo", "replicas": 2, "replicas": 3,
+            "selector": {"matchLabels": {"app": "nginx"}},
+            "template": {"metadata": {"labels": {"app": "nginx"}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:latest"}]}}}}"#;
+    let err = api.post(deployments, typed).status(400, "BadRequest");
+    assert!(
+        err["message"].as_str().unwrap().contains(
+            r#"strict decoding error: unknown field "spec.unknownField", duplicate field "spec.replicas""#
+        ),
+        "{err}"
+    );
+    let meta = typed
+        .replace(
+            r#""name": "my-dep","#,
+            r#""name": "my-dep", "unknownMeta": "foo","#,
+        )
+        .replace(r#""unknownField": "foo", "replicas": 2,"#, "");
+    let err = api.post(deployments, &meta).status(400, "BadRequest");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"strict decoding error: unknown field "metadata.unknownMeta""#),
+        "{err}"
+    );
+
+    // Custom resources, applied as YAML.
+    let ports = serde_json::json!({"type": "array", "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["containerPort", "protocol"],
+        "items": {"type": "object", "required": ["containerPort", "protocol"], "properties": {
+            "containerPort": {"type": "integer", "format": "int32"},
+            "name": {"type": "string"}, "protocol": {"type": "string"}}}});
+    let spec = |preserve: bool, template: bool| {
+        let mut spec = serde_json::json!({"type": "object", "properties": {
+            "foo": {"type": "string"}, "cronSpec": {"type": "string"}, "ports": ports}});
+        if preserve {
+            spec["x-kubernetes-preserve-unknown-fields"] = true.into();
+        }
+        if template {
+            spec["properties"]["template"] = serde_json::json!({"type": "object",
+                "x-kubernetes-embedded-resource": true, "properties": {
+                    "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
+                    "spec": {"type": "object"}}});
+        }
+        serde_json::json!({"type": "object", "properties": {"spec": spec}})
+    };
+    let free = serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    for (plural, kind, schema) in [
+        ("schemas", "Schema", spec(false, false)),
+        ("frees", "Free", free),
+        ("embeds", "Embed", spec(true, true)),
+        ("keeps", "Keep", spec(true, false)),
+    ] {
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        let created = api.post(crds, &field_validation_crd(plural, kind, &schema));
+        assert_eq!(created.code, 201, "{}", created.body);
+        wait::until_true(wait::secs(10), "the definition is served", || {
+            api.call(
+                "GET",
+                &format!("/apis/fv.example.com/v1/{plural}"),
+                "application/json",
+                None,
+                true,
+            )
+            .code
+                == 200
+        });
+    }
+    let apply = |plural: &str, name: &str, yaml: &str| {
+        api.call(
+            "PATCH",
+            &format!("/apis/fv.example.com/v1/{plural}/{name}?fieldManager=field_validation_mgr&fieldValidation=Strict"),
+            "application/apply-patch+yaml",
+            Some(yaml.as_bytes()),
+            true,
+        )
+    };
+    let body = |kind: &str, name: &str, extra_top: &str, spec: &str| {
+        format!(
+            "\napiVersion: fv.example.com/v1\nkind: {kind}\nmetadata:\n  name: {name}\n  finalizers:\n  - test-finalizer\n{extra_top}spec:\n{spec}  cronSpec: \"* * * * */5\"\n  ports:\n  - name: x\n    containerPort: 80\n    protocol: TCP"
+        )
+    };
+    let ok = apply(
+        "schemas",
+        "mytest",
+        &body("Schema", "mytest", "", "  foo: foo1\n"),
+    );
+    assert_eq!(ok.code, 201, "{}", ok.body);
+    let ok = apply(
+        "frees",
+        "mytest",
+        &body("Free", "mytest", "", "  unknown: uk1\n"),
+    );
+    assert_eq!(ok.code, 201, "{}", ok.body);
+
+    // Fields a schema does not declare: structured-merge-diff's 500.
+    let extra = apply(
+        "schemas",
+        "extra",
+        &body(
+            "Schema",
+            "extra",
+            "unknownField: unknown\n",
+            "  foo: foo1\n",
+        ),
+    );
+    let err = extra.status(500, "");
+    assert_eq!(
+        err["message"],
+        "failed to create typed patch object (/extra; fv.example.com/v1, Kind=Schema): .unknownField: field not declared in schema"
+    );
+    let embedded = body("Embed", "meta", "", "  template:\n    apiversion: foo/v1\n    kind: Sub\n    metadata:\n        unknownSubMeta: unknown\n        name: subobject\n        namespace: default\n  foo: foo1\n")
+        .replace("  name: meta\n", "  name: meta\n  unknownMeta: unknown\n");
+    let err = apply("embeds", "meta", &embedded).status(500, "");
+    let message = err["message"].as_str().unwrap();
+    for expected in [
+        ".metadata.unknownMeta: field not declared in schema",
+        ".spec.template.metadata.unknownSubMeta: field not declared in schema",
+        ".spec.template.apiversion: field not declared in schema",
+    ] {
+        assert!(message.contains(expected), "{expected} missing: {message}");
+    }
+    // Embedded metadata is ObjectMeta, whatever its schema lists.
+    assert!(!message.contains("namespace"), "{message}");
+
+    // A key repeated in the YAML, even where unknown fields are kept.
+    let repeated = body(
+        "Keep",
+        "dup",
+        "",
+        "  unknown: uk1\n  foo: foo1\n  foo: foo2\n",
+    );
+    let err = apply("keeps", "dup", &repeated).status(400, "BadRequest");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"line 11: key "foo" already set in map"#),
+        "{err}"
+    );
+
+    // Nothing was stored for the refused ones.
+    for (plural, name) in [("schemas", "extra"), ("embeds", "meta"), ("keeps", "dup")] {
+        let got = api.call(
+            "GET",
+            &format!("/apis/fv.example.com/v1/{plural}/{name}"),
+            "application/json",
+            None,
+            true,
+        );
+        assert_eq!(got.code, 404, "{plural}/{name}: {}", got.body);
+    }
+
+    // Built-in kinds too, whatever fieldValidation says, and items of a
+    // map list may not share a key in what is applied.
+    for validation in ["Strict", "Ignore"] {
+        let err = api
+            .call(
+                "PATCH",
+                &format!("/api/v1/namespaces/default/configmaps/sops?fieldManager=m&fieldValidation={validation}"),
+                "application/apply-patch+yaml",
+                Some(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sops\ndata:\n  a: b\nsops:\n  mac: x\n"),
+                true,
+            )
+            .status(500, "");
+        assert_eq!(
+            err["message"],
+            "failed to create typed patch object (default/sops; /v1, Kind=ConfigMap): .sops: field not declared in schema"
+        );
+    }
+    let err = api
+        .call(
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/env?fieldManager=m",
+            "application/apply-patch+yaml",
+            Some(b"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: env\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n      containers:\n      - name: c\n        image: x\n        env:\n        - {name: A, value: '1'}\n        - {name: A, value: '2'}\n"),
+            true,
+        )
+        .status(500, "");
+    assert_eq!(
+        err["message"],
+        r#"failed to create typed patch object (default/env; apps/v1, Kind=Deployment): .spec.template.spec.containers[name="c"].env: duplicate entries for key [name="A"]"#
     );
 }

@@ -37,6 +37,25 @@ fn flag(schema: &Value, key: &str) -> bool {
     schema.get(key) == Some(&Value::Bool(true))
 }
 
+/// The fields of ObjectMeta.
+pub const OBJECT_META_FIELDS: [&str; 15] = [
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
 /// Drop what `schema` does not know from `obj` (the root keeps
 /// apiVersion, kind and metadata; `x-kubernetes-preserve-unknown-fields`
 /// keeps everything below it). The paths dropped, for Strict and Warn
@@ -59,6 +78,19 @@ fn prune_at(schema: &Value, v: &mut Value, path: &str, root: bool, dropped: &mut
                 let here = child(path, &key);
                 if (root || embedded) && matches!(key.as_str(), "apiVersion" | "kind" | "metadata")
                 {
+                    // ObjectMeta drops what it does not have, whatever the
+                    // schema says of metadata.
+                    if key == "metadata"
+                        && let Some(Value::Object(meta)) = map.get_mut(&key)
+                    {
+                        meta.retain(|field, _| {
+                            let known = OBJECT_META_FIELDS.contains(&field.as_str());
+                            if !known {
+                                dropped.push(child(&here, field));
+                            }
+                            known
+                        });
+                    }
                     continue;
                 }
                 if let Some(s) = props.and_then(|p| p.get(&key)) {
@@ -1004,11 +1036,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_pruned_and_defaults_filled() {
-        let mut obj = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a", "labels": {"k": "v"}},
+        let mut obj = json!({"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "a", "labels": {"k": "v"}, "unknownMeta": 1},
             "spec": {"cronSpec": "5", "extra": 1, "free": {"any": {"thing": 1}}, "labels": {"a": "b"}, "replicas": null},
             "top": true});
         let dropped = prune(&schema(), &mut obj);
-        assert_eq!(dropped, ["spec.extra", "top"]);
+        assert_eq!(dropped, ["metadata.unknownMeta", "spec.extra", "top"]);
         default(&schema(), &mut obj);
         assert_eq!(
             obj,

@@ -429,6 +429,17 @@ impl Typer<'_> {
             };
             self.update_tracked(&self.zero(), live, &mut managed, &before);
         }
+        let problems = typed::config_problems(config, &self.shape, true);
+        match problems.as_slice() {
+            [] => {}
+            [one] => return Err(ApplyError::Typed(one.clone())),
+            many => {
+                return Err(ApplyError::Typed(format!(
+                    "errors:\n  {}",
+                    many.join("\n  ")
+                )));
+            }
+        }
         let id = identifier(w.manager, Operation::Apply, "", w.subresource);
         let merged = typed::merge(live, config, &self.shape);
         let last = managed.entries.get(&id).map(|e| e.fields.clone());

@@ -221,6 +221,37 @@ impl<'a> Shape<'a> {
         }
     }
 
+    /// Whether a value here may have field `name`: `false` only where
+    /// the schema lists an object's properties and `name` is not one (and
+    /// there are no `additionalProperties`, no
+    /// `x-kubernetes-preserve-unknown-fields`).
+    pub fn declares(&self, name: &str) -> bool {
+        let Some(schema) = self.resolved() else {
+            return true;
+        };
+        let flag = |key| self.extension(key) == Some(&Value::Bool(true));
+        if flag("x-kubernetes-preserve-unknown-fields")
+            || flag("x-kubernetes-int-or-string")
+            || schema
+                .get("additionalProperties")
+                .is_some_and(|a| a != &Value::Bool(false))
+        {
+            return true;
+        }
+        // An object schema without properties (RawExtension, say) is
+        // taken to hold anything.
+        schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .is_none_or(|props| props.contains_key(name))
+    }
+
+    /// Whether this node is a resource of its own
+    /// (`x-kubernetes-embedded-resource`).
+    pub fn embedded_resource(&self) -> bool {
+        self.extension("x-kubernetes-embedded-resource") == Some(&Value::Bool(true))
+    }
+
     /// Whether the schema names field `name`.
     pub fn names(&self, name: &str) -> bool {
         self.resolved()

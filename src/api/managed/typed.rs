@@ -106,6 +106,99 @@ fn index<'v>(
 }
 
 // ---------------------------------------------------------------------------
+// What an applied configuration may not hold.
+
+/// What structured-merge-diff refuses in an applied configuration, in
+/// its words: fields the schema does not declare (`.spec.x: field not
+/// declared in schema`) and list items that share a key (`.spec.ports:
+/// duplicate entries for key [containerPort=80,protocol="TCP"]`). A live
+/// object may hold duplicates; an applied configuration may not.
+/// `resource` for a resource's root, whose `apiVersion`, `kind` and
+/// `metadata` need no declaration.
+pub fn config_problems(value: &Value, shape: &Shape, resource: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    check_config(value, shape, resource, &mut Vec::new(), &mut problems);
+    problems
+}
+
+fn check_config(
+    value: &Value,
+    shape: &Shape,
+    resource: bool,
+    path: &mut Vec<Element>,
+    problems: &mut Vec<String>,
+) {
+    let resource = resource || shape.embedded_resource();
+    match (shape.kind(value), value) {
+        (Kind::Map { .. }, Value::Object(map)) => {
+            for (key, child) in map {
+                path.push(Element::Field(key.clone()));
+                // A custom resource's apiVersion, kind and metadata need no
+                // declaration, and its metadata is ObjectMeta whatever its
+                // schema says (which may only narrow name and generateName).
+                let implicit = resource
+                    && match key.as_str() {
+                        "apiVersion" | "kind" => !shape.names(key),
+                        "metadata" => shape.field(key).0.type_name().is_none(),
+                        _ => false,
+                    };
+                if implicit {
+                    let meta = child.as_object().filter(|_| key == "metadata");
+                    for field in meta.into_iter().flat_map(Map::keys) {
+                        if !crate::api::schema::OBJECT_META_FIELDS.contains(&field.as_str()) {
+                            path.push(Element::Field(field.clone()));
+                            problems.push(format!(
+                                "{}: field not declared in schema",
+                                super::path::display(path)
+                            ));
+                            path.pop();
+                        }
+                    }
+                } else if !shape.declares(key) {
+                    problems.push(format!(
+                        "{}: field not declared in schema",
+                        super::path::display(path)
+                    ));
+                } else {
+                    check_config(child, &shape.field(key).0, false, path, problems);
+                }
+                path.pop();
+            }
+        }
+        (Kind::List(keys @ (ListType::Map(_) | ListType::Set)), Value::Array(items)) => {
+            let items_shape = shape.items();
+            let mut seen: Vec<Element> = Vec::new();
+            for item in items {
+                // A missing key is field_set's error to report.
+                let Ok(e) = item_element(shape, &keys, item) else {
+                    continue;
+                };
+                if seen.contains(&e) {
+                    problems.push(format!(
+                        "{}: duplicate entries for key {e}",
+                        super::path::display(path)
+                    ));
+                    continue;
+                }
+                seen.push(e.clone());
+                path.push(e);
+                check_config(item, &items_shape, false, path, problems);
+                path.pop();
+            }
+        }
+        (Kind::List(ListType::Atomic), Value::Array(items)) => {
+            let items_shape = shape.items();
+            for (i, item) in items.iter().enumerate() {
+                path.push(Element::Index(i));
+                check_config(item, &items_shape, false, path, problems);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The set of fields a value sets.
 
 /// Every field `value` sets: scalars, atomic lists and maps, list items,

@@ -61,7 +61,7 @@ async fn create(call: &Call<'_>, req: Request<RequestBody>) -> Result<Response<B
     if let Some(review) = super::review::answer(call, &body.value).await {
         return Ok(json_response(StatusCode::CREATED, &review?));
     }
-    let warnings = body.check_duplicates(&call.write)?;
+    let warnings = body.check_duplicates(call.registry(), &call.res, &call.write)?;
     let mut value = body.value;
     if call.res.group == "certificates.k8s.io" && call.res.kind == "CertificateSigningRequest" {
         let user = call.user;

@@ -52,7 +52,7 @@ pub(super) async fn update(
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let body = request::read_body(req).await?;
-    let warnings = body.check_duplicates(&call.write)?;
+    let warnings = body.check_duplicates(call.registry(), &call.res, &call.write)?;
     let mut written = call
         .registry()
         .update(&call.res, call.ns(), name, body.value, sub, &call.write)
@@ -73,7 +73,9 @@ pub(super) async fn patch(
     name: &str,
     sub: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let (patch_type, body) = request::read_patch(req).await?;
+    let patch = request::read_patch(req).await?;
+    let warnings = patch.check_repeated_keys(&call.write)?;
+    let (patch_type, body) = (patch.patch_type, patch.value);
     if call.res.custom.is_some() && patch_type == crate::api::patch::PatchType::Strategic {
         // Custom resources have no patch strategy (upstream's answer).
         return Err(ApiError::new(
@@ -82,7 +84,7 @@ pub(super) async fn patch(
             "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
         ));
     }
-    let written = call
+    let mut written = call
         .registry()
         .patch(
             &call.res,
@@ -93,6 +95,7 @@ pub(super) async fn patch(
             &call.write,
         )
         .await?;
+    written.warnings.extend(warnings);
     let code = if written.created {
         StatusCode::CREATED
     } else {

@@ -13,7 +13,7 @@ use crate::api::catalog::Resource;
 use crate::api::patch::PatchType;
 use crate::api::selector::{FieldSelector, LabelSelector, selectable_fields};
 use crate::api::status::ApiError;
-use crate::server::registry::{DeleteOptions, FieldValidation, ListQuery, WriteOptions};
+use crate::server::registry::{DeleteOptions, FieldValidation, ListQuery, Registry, WriteOptions};
 use crate::store::Revision;
 
 /// Request bodies above this are refused with 413 (upstream's limit).
@@ -345,22 +345,25 @@ pub(super) struct Parsed {
 impl Parsed {
     /// Apply `fieldValidation` to duplicate fields: an error when Strict,
     /// warnings when Warn.
-    pub(super) fn check_duplicates(&self, write: &WriteOptions) -> Result<Vec<String>, ApiError> {
+    /// With Strict, the error lists the body's unknown fields too, as
+    /// upstream's one strict decoding error does.
+    pub(super) fn check_duplicates(
+        &self,
+        registry: &Registry,
+        res: &Resource,
+        write: &WriteOptions,
+    ) -> Result<Vec<String>, ApiError> {
         if self.duplicates.is_empty() || write.field_validation == FieldValidation::Ignore {
             return Ok(Vec::new());
         }
-        let msgs: Vec<String> = self
+        if write.field_validation == FieldValidation::Strict {
+            return Err(registry.strict_decoding_error(res, &self.value, &self.duplicates));
+        }
+        Ok(self
             .duplicates
             .iter()
             .map(|f| format!("duplicate field {f:?}"))
-            .collect();
-        if write.field_validation == FieldValidation::Strict {
-            return Err(ApiError::bad_request(format!(
-                "strict decoding error: {}",
-                msgs.join(", ")
-            )));
-        }
-        Ok(msgs)
+            .collect())
     }
 }
 
@@ -442,7 +445,75 @@ pub(super) async fn read_optional_body(
     parse_document(&ct, &bytes).map(Some)
 }
 
-pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<(PatchType, Value), ApiError> {
+/// A patch body, parsed.
+pub(super) struct Patch {
+    pub patch_type: PatchType,
+    pub value: Value,
+    /// For an apply body whose YAML repeats a key in a mapping: where, in
+    /// yaml.v2's words (`line 11: key "foo" already set in map`). The
+    /// parser keeps the last value.
+    repeated_key: Option<String>,
+}
+
+impl Patch {
+    /// Apply `fieldValidation` to a repeated YAML key, as upstream's apply
+    /// handler does: a 400 when Strict, a warning when Warn.
+    pub(super) fn check_repeated_keys(
+        &self,
+        write: &WriteOptions,
+    ) -> Result<Vec<String>, ApiError> {
+        let Some(at) = &self.repeated_key else {
+            return Ok(Vec::new());
+        };
+        let cause = format!("error converting YAML to JSON: yaml: unmarshal errors:\n  {at}");
+        match write.field_validation {
+            FieldValidation::Strict => Err(ApiError::bad_request(format!(
+                "error strict decoding YAML: {cause}"
+            ))),
+            FieldValidation::Warn => Ok(vec![cause]),
+            FieldValidation::Ignore => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Where the YAML in `bytes` repeats a key of a mapping, if it does:
+/// `line N: key "k" already set in map`, N the line of the repeat.
+fn repeated_yaml_key(bytes: &[u8]) -> Option<String> {
+    // Parsing into a YAML value (not JSON) refuses duplicate keys, naming
+    // the key and where its mapping starts.
+    let err = serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(bytes).err()?;
+    let message = err.to_string();
+    let rest = &message[message.find("duplicate entry with key ")? + 25..];
+    let key_text = rest.split(" at line ").next().unwrap_or(rest);
+    let key: String = serde_json::from_str(key_text).unwrap_or_else(|_| key_text.to_owned());
+    let start = err.location()?;
+    // The repeat: the second line at the mapping's indentation that
+    // starts with the key (block style); the mapping's line otherwise.
+    let text = String::from_utf8_lossy(bytes);
+    let indent = start.column().saturating_sub(1);
+    let starts_with_key = |line: &str| {
+        let Some(body) = line.get(indent..) else {
+            return false;
+        };
+        line[..indent].trim().is_empty()
+            && [key.clone(), format!("{key:?}"), format!("'{key}'")]
+                .iter()
+                .any(|k| {
+                    body.strip_prefix(k.as_str())
+                        .is_some_and(|r| r.trim_start().starts_with(':'))
+                })
+    };
+    let line = text
+        .lines()
+        .enumerate()
+        .skip(start.line().saturating_sub(1))
+        .filter(|(_, l)| starts_with_key(l))
+        .nth(1)
+        .map_or(start.line(), |(i, _)| i + 1);
+    Some(format!("line {line}: key {key:?} already set in map"))
+}
+
+pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<Patch, ApiError> {
     let (ct, bytes) = read_bytes(req).await?;
     let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
         ApiError::new(
@@ -451,19 +522,40 @@ pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<(PatchType, 
             format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"),
         )
     })?;
+    let mut repeated_key = None;
     let value = if patch_type == PatchType::Apply {
-        serde_yaml_ng::from_slice::<Value>(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the patch is not valid YAML: {e}")))?
+        let value = serde_yaml_ng::from_slice::<Value>(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid YAML: {e}")))?;
+        repeated_key = repeated_yaml_key(&bytes);
+        value
     } else {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?
     };
-    Ok((patch_type, value))
+    Ok(Patch {
+        patch_type,
+        value,
+        repeated_key,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_yaml_keys_are_found_where_they_repeat() {
+        let yaml = "\napiVersion: v1\nkind: X\nspec:\n  unknown: 1\n  foo: a\n  bar:\n    foo: c\n  foo: b\n";
+        assert_eq!(
+            repeated_yaml_key(yaml.as_bytes()).as_deref(),
+            Some("line 9: key \"foo\" already set in map")
+        );
+        assert_eq!(
+            repeated_yaml_key(b"a: 1\nb: {c: 1, c: 2}\n").as_deref(),
+            Some("line 2: key \"c\" already set in map")
+        );
+        assert_eq!(repeated_yaml_key(b"a: 1\nb: [1, 1]\n"), None);
+    }
 
     #[test]
     fn query_is_percent_decoded() {

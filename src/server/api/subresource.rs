@@ -217,7 +217,9 @@ impl ApiServer {
             Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
             Method::PUT => request::read_body(req).await?.value,
             Method::PATCH => {
-                let (patch_type, body) = request::read_patch(req).await?;
+                let patch = request::read_patch(req).await?;
+                patch.check_repeated_keys(write)?;
+                let (patch_type, body) = (patch.patch_type, patch.value);
                 match patch_type {
                     PatchType::Json => crate::api::patch::json_patch(&scale, &body),
                     // An applied Scale sets the replicas it names; the

@@ -597,6 +597,15 @@ fn parse_rv(rv: &str) -> Result<Revision, ApiError> {
     })
 }
 
+/// A body that does not decode, in upstream's transformDecodeError's
+/// words (the version alone, not the group).
+fn cannot_handle(res: &Resource, cause: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: {cause}",
+        res.kind, res.version, res.kind
+    ))
+}
+
 /// The names of fields in `input` that the typed round trip dropped.
 fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
     match (input, typed) {
@@ -819,6 +828,31 @@ impl Registry {
         })
     }
 
+    /// The 400 a Strict write gets for `duplicates` (fields a JSON body
+    /// repeats) and the unknown fields of `obj`, as upstream's strict
+    /// decoding words it: a custom resource's duplicates first, as its
+    /// decoder finds them before pruning; a built-in kind's unknown fields
+    /// first.
+    pub fn strict_decoding_error(
+        &self,
+        res: &Resource,
+        obj: &Value,
+        duplicates: &[String],
+    ) -> ApiError {
+        let mut unknown = Vec::new();
+        if let Some(Ok(typed)) = self.strategy(res).round_trip(obj) {
+            unknown_fields(obj, &typed, "", &mut unknown);
+        }
+        let unknown = unknown.iter().map(|f| format!("unknown field {f:?}"));
+        let duplicates = duplicates.iter().map(|f| format!("duplicate field {f:?}"));
+        let all: Vec<String> = if res.custom.is_some() {
+            duplicates.chain(unknown).collect()
+        } else {
+            unknown.chain(duplicates).collect()
+        };
+        cannot_handle(res, &format!("strict decoding error: {}", all.join(", ")))
+    }
+
     /// Check the typed schema: wrong types are a 400, unknown fields a 400
     /// (Strict) or a warning (Warn). Returns the object pruned to known fields.
     fn decode(
@@ -831,13 +865,7 @@ impl Registry {
         let Some(typed) = self.strategy(res).round_trip(&obj) else {
             return Ok(obj);
         };
-        // Upstream's transformDecodeError: the version alone, not the group.
-        let cannot_handle = |cause: String| {
-            ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: {cause}",
-                res.kind, res.version, res.kind
-            ))
-        };
+        let cannot_handle = |cause: String| cannot_handle(res, &cause);
         let typed = typed.map_err(|e| cannot_handle(e.to_string()))?;
         if validation != FieldValidation::Ignore {
             let mut unknown = Vec::new();
@@ -1330,9 +1358,13 @@ impl Registry {
         let typed_error = |msg: String| {
             let ns = namespace.unwrap_or_default();
             let gvk = format!("{}, Kind={}", gv_string(res), res.kind);
-            ApiError::internal_occurred(&format!(
-                "failed to create typed patch object ({ns}/{name}; {gvk}): {msg}"
-            ))
+            // A plain error upstream, so its ErrorToAPIStatus answers a
+            // 500 with no reason.
+            ApiError::new(
+                500,
+                "",
+                format!("failed to create typed patch object ({ns}/{name}; {gvk}): {msg}"),
+            )
         };
         let explicit = config.pointer("/metadata/resourceVersion").is_some();
         let mut attempts = 0;
