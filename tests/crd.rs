@@ -920,6 +920,101 @@ fn custom_objects_are_collected_with_their_built_in_owners() {
 }
 
 #[test]
+fn a_built_in_owner_deleted_in_the_foreground_waits_for_its_custom_dependents() {
+    let server = Cluster::start();
+    install(&server, "gadgets.yaml", TWO_VERSIONS, "gadgets.example.com");
+    server.ok(
+        "1.33",
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.local/web:1",
+            "--replicas=0",
+        ],
+    );
+    let uid = server.ok(
+        "1.33",
+        &["get", "deployment", "web", "-o", "jsonpath={.metadata.uid}"],
+    );
+    // A custom dependent that blocks the Deployment's deletion, held by a
+    // finalizer.
+    let gadget = server.write(
+        "gadget.yaml",
+        &format!(
+            "apiVersion: example.com/v1\nkind: Gadget\nmetadata:\n  name: part\n  finalizers: [example.com/hold]\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: Deployment, name: web, uid: {uid}, blockOwnerDeletion: true}}\n"
+        ),
+    );
+    server.ok("1.33", &["apply", "-f", gadget.to_str().unwrap()]);
+    until_true(secs(15), "the Deployment has its ReplicaSet", || {
+        !server
+            .ok("1.33", &["get", "replicasets", "-o", "name"])
+            .is_empty()
+    });
+    server.ok(
+        "1.33",
+        &[
+            "delete",
+            "deployment",
+            "web",
+            "--cascade=foreground",
+            "--wait=false",
+        ],
+    );
+    let deletion = |what: &str| {
+        server
+            .kubectl(
+                "1.33",
+                &["get", what, "-o", "jsonpath={.metadata.deletionTimestamp}"],
+            )
+            .stdout
+    };
+    until_true(secs(15), "the gadget is being deleted", || {
+        !deletion("gadget/part").is_empty()
+    });
+    until_true(secs(15), "the ReplicaSet is gone", || {
+        server
+            .ok("1.33", &["get", "replicasets", "-o", "name"])
+            .is_empty()
+    });
+    // The Deployment's informer-tracked dependents are gone; it still
+    // waits for the held gadget.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let finalizers = server.ok(
+        "1.33",
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
+    );
+    assert!(finalizers.contains("foregroundDeletion"), "{finalizers}");
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            "gadget",
+            "part",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+    );
+    until_true(
+        secs(15),
+        "the Deployment is gone once the gadget is",
+        || {
+            !server
+                .kubectl("1.33", &["get", "deployment", "web"])
+                .status
+                .success()
+        },
+    );
+}
+
+#[test]
 fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
     let server = Cluster::start();
     install(&server, "gadgets.yaml", TWO_VERSIONS, "gadgets.example.com");

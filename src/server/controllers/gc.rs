@@ -57,9 +57,22 @@ fn dependent_informers(ctx: &Context) -> [&Arc<Informer>; 4] {
     ]
 }
 
+/// Uids of built-in owners being deleted in the foreground whose other
+/// dependents (those [`any_owner`] tracks: ConfigMaps, custom objects…)
+/// no longer block them. [`reconcile`] drops such an owner's finalizer
+/// only once it is here and its informer-tracked dependents are gone too.
+type Cleared = Arc<std::sync::Mutex<HashSet<String>>>;
+
+fn lock(cleared: &Cleared) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    cleared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     // Keys are "<owner kind>|<uid>|<object key>" of owners to look at.
     let queue = Queue::new();
+    let cleared = Cleared::default();
     for informer in owner_informers(&ctx) {
         let kind = informer.res.kind.clone();
         let queue = queue.clone();
@@ -164,11 +177,11 @@ pub fn start(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         });
     }
     {
-        let ctx = ctx.clone();
-        tasks.spawn(async move { any_owner::run(ctx).await });
+        let (ctx, cleared) = (ctx.clone(), cleared.clone());
+        tasks.spawn(async move { any_owner::run(ctx, cleared).await });
     }
     run_workers(tasks, "garbage-collector", queue, 2, move |key| {
-        reconcile(ctx.clone(), key)
+        reconcile(ctx.clone(), cleared.clone(), key)
     });
 }
 
@@ -184,9 +197,10 @@ const DEPENDENT_KINDS: [&str; 4] = ["ReplicaSet", "Job", "ControllerRevision", "
 /// the server was down are collected at start, and so are dependents
 /// created after all their owners were gone. Owners whose kind is not
 /// served (a custom resource whose definition is not installed yet) count
-/// as alive. Owners of the other kinds (custom resources among them)
-/// deleted in the foreground wait here for their blocking dependents
-/// (`blockOwnerDeletion`), which are deleted in the foreground too.
+/// as alive. Owners deleted in the foreground wait here for the blocking
+/// dependents (`blockOwnerDeletion`) indexed here, which are deleted in
+/// the foreground too; a built-in owner of the informer-tracked kinds also
+/// waits for its informer-tracked dependents ([`Cleared`]).
 mod any_owner {
     use std::collections::{BTreeSet, HashMap};
     use std::sync::Arc;
@@ -196,7 +210,7 @@ mod any_owner {
 
     use crate::api::catalog::{Catalog, Resource};
 
-    use super::{Context, DEPENDENT_KINDS, OWNER_KINDS, delete_dependent, meta_str};
+    use super::{Cleared, Context, DEPENDENT_KINDS, OWNER_KINDS, delete_dependent, lock, meta_str};
     use crate::server::registry::ListQuery;
     use crate::store::{self, EventKind, Revision};
 
@@ -359,14 +373,12 @@ mod any_owner {
     /// that takes.
     type Foreground = HashMap<String, Value>;
 
-    /// Whether `obj` is an owner this collector deletes in the foreground:
-    /// one marked so, of a kind the informer-driven collector does not own.
+    /// Whether `obj` is an owner being deleted in the foreground. Those of
+    /// the kinds the informer-driven collector owns wait here only for the
+    /// dependents indexed here.
     fn foreground_owner(obj: &Value) -> Option<(String, Value)> {
         let kind = obj["kind"].as_str().unwrap_or_default();
-        (super::is_deleting(obj)
-            && super::has_finalizer(obj, super::FOREGROUND)
-            && !OWNER_KINDS.contains(&kind))
-        .then(|| {
+        (super::is_deleting(obj) && super::has_finalizer(obj, super::FOREGROUND)).then(|| {
             let stub = json!({"apiVersion": obj["apiVersion"], "kind": kind,
                 "metadata": {"namespace": meta_str(obj, "namespace"), "name": meta_str(obj, "name"),
                     "uid": meta_str(obj, "uid")}});
@@ -376,11 +388,16 @@ mod any_owner {
 
     /// Foreground deletion of `owner`: its dependents go first (in the
     /// foreground themselves, as upstream deletes them), and once none that
-    /// blocks it is left, the `foregroundDeletion` finalizer is dropped.
-    /// Whether the owner is finished.
-    async fn drive_foreground(ctx: &Context, index: &Index, uid: &str, owner: &Value) -> bool {
+    /// blocks it is left, it is finished ([`finish`]). Whether it is.
+    async fn drive_foreground(
+        ctx: &Context,
+        cleared: &Cleared,
+        index: &Index,
+        uid: &str,
+        owner: &Value,
+    ) -> bool {
         if !index.blocked(uid) {
-            return super::drop_foreground(ctx, owner).await;
+            return finish(ctx, cleared, uid, owner).await;
         }
         let deps: Vec<Dependent> = index
             .by_owner
@@ -391,6 +408,18 @@ mod any_owner {
             delete_dependent(ctx, &dep.as_object(), Some("Foreground"), Some(uid)).await;
         }
         false
+    }
+
+    /// An owner nothing indexed here blocks any more: its
+    /// `foregroundDeletion` finalizer is dropped, or, for a kind the
+    /// informer-driven collector owns, that collector is told it may drop
+    /// it. Whether that is done.
+    async fn finish(ctx: &Context, cleared: &Cleared, uid: &str, owner: &Value) -> bool {
+        if OWNER_KINDS.contains(&owner["kind"].as_str().unwrap_or_default()) {
+            lock(cleared).insert(uid.to_owned());
+            return true;
+        }
+        super::drop_foreground(ctx, owner).await
     }
 
     /// List everything: the index, the owners being deleted in the
@@ -437,6 +466,7 @@ mod any_owner {
     /// foreground deletions among its objects.
     async fn add_listed(
         ctx: &Context,
+        cleared: &Cleared,
         res: &Resource,
         index: &mut Index,
         foreground: &mut Foreground,
@@ -455,14 +485,14 @@ mod any_owner {
                 }
             }
             if let Some((uid, owner)) = foreground_owner(&obj)
-                && !drive_foreground(ctx, index, &uid, &owner).await
+                && !drive_foreground(ctx, cleared, index, &uid, &owner).await
             {
                 foreground.insert(uid, owner);
             }
         }
     }
 
-    pub(super) async fn run(ctx: Arc<Context>) {
+    pub(super) async fn run(ctx: Arc<Context>, cleared: Cleared) {
         loop {
             let mut catalog = ctx.registry.catalog();
             let mut served: BTreeSet<String> = listable(&catalog).iter().map(name_of).collect();
@@ -472,7 +502,7 @@ mod any_owner {
             };
             let mut finished = Vec::new();
             for (uid, owner) in &foreground {
-                if drive_foreground(&ctx, &index, uid, owner).await {
+                if drive_foreground(&ctx, &cleared, &index, uid, owner).await {
                     finished.push(uid.clone());
                 }
             }
@@ -513,7 +543,7 @@ mod any_owner {
                     catalog = now;
                     for res in listable(&catalog) {
                         if served.insert(name_of(&res)) {
-                            add_listed(&ctx, &res, &mut index, &mut foreground).await;
+                            add_listed(&ctx, &cleared, &res, &mut index, &mut foreground).await;
                         }
                     }
                 }
@@ -543,7 +573,7 @@ mod any_owner {
                             }
                         }
                         if let Some((uid, owner)) = foreground_owner(&obj) {
-                            if drive_foreground(&ctx, &index, &uid, &owner).await {
+                            if drive_foreground(&ctx, &cleared, &index, &uid, &owner).await {
                                 foreground.remove(&uid);
                             } else {
                                 foreground.insert(uid, owner);
@@ -560,6 +590,7 @@ mod any_owner {
                         let uid = meta_str(&obj, "uid").to_owned();
                         let owners = index.remove(&uid);
                         foreground.remove(&uid);
+                        lock(&cleared).remove(&uid);
                         let deps = index.take(&uid);
                         if !deps.is_empty() {
                             collect(&ctx, &uid, deps).await;
@@ -568,7 +599,7 @@ mod any_owner {
                         for owner in owners {
                             if let Some(stub) = foreground.get(&owner).cloned()
                                 && !index.blocked(&owner)
-                                && super::drop_foreground(&ctx, &stub).await
+                                && finish(&ctx, &cleared, &owner, &stub).await
                             {
                                 foreground.remove(&owner);
                             }
@@ -745,7 +776,7 @@ fn dependents(ctx: &Context, uid: &str) -> Vec<Arc<Value>> {
         .collect()
 }
 
-async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
+async fn reconcile(ctx: Arc<Context>, cleared: Cleared, key: String) -> Result<Action, ApiError> {
     let mut parts = key.splitn(3, '|');
     let (Some(kind), Some(uid), Some(owner_key)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -801,6 +832,11 @@ async fn reconcile(ctx: Arc<Context>, key: String) -> Result<Action, ApiError> {
                 delete_dependent(&ctx, dep, Some(policy), Some(uid)).await;
             }
             if deps.is_empty() {
+                // The collector for any owner has not cleared it yet: it
+                // still has other blocking dependents, or has not seen it.
+                if !lock(&cleared).contains(uid) {
+                    return Ok(Action::RequeueAfter(Duration::from_millis(200)));
+                }
                 if drop_foreground(&ctx, &owner).await {
                     Ok(Action::AwaitChange)
                 } else {
