@@ -8,6 +8,7 @@ mod support;
 
 use std::process::Command;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -430,6 +431,72 @@ async fn kube_rs_applies_and_sees_conflicts() {
         .await
         .expect("forced apply");
     assert_eq!(forced.data.unwrap()["k"], "2");
+
+    // An applied Scale is the manager's Apply on /scale: it owns the
+    // replicas, and another applier conflicts on them.
+    let deployments: Api<Deployment> = Api::namespaced(cms.into_client(), "default");
+    let web = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "registry.local/web:1"}]}}}});
+    deployments
+        .patch("web", &PatchParams::apply("deployer"), &Patch::Apply(&web))
+        .await
+        .expect("apply the Deployment");
+    let scale = |n: i32| json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"}, "spec": {"replicas": n}});
+    let scaled = deployments
+        .patch_scale(
+            "web",
+            &PatchParams::apply("autoscaler").force(),
+            &Patch::Apply(&scale(3)),
+        )
+        .await
+        .expect("apply the scale");
+    assert_eq!(scaled.spec.unwrap().replicas, Some(3));
+    let now = deployments.get("web").await.unwrap();
+    assert_eq!(now.spec.unwrap().replicas, Some(3));
+    let entries = now.metadata.managed_fields.unwrap();
+    let autoscaler = entries
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("autoscaler"))
+        .unwrap_or_else(|| panic!("no autoscaler entry in {entries:#?}"));
+    assert_eq!(autoscaler.operation.as_deref(), Some("Apply"));
+    assert_eq!(autoscaler.subresource.as_deref(), Some("scale"));
+    assert_eq!(
+        autoscaler.fields_v1.as_ref().unwrap().0,
+        json!({"f:spec": {"f:replicas": {}}})
+    );
+    // The deployer's forced apply took replicas over; the deployer no
+    // longer owns them.
+    let deployer = entries
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("deployer"))
+        .unwrap();
+    assert!(
+        deployer.fields_v1.as_ref().unwrap().0["f:spec"]
+            .get("f:replicas")
+            .is_none(),
+        "{deployer:#?}"
+    );
+    let err = deployments
+        .patch_scale(
+            "web",
+            &PatchParams::apply("other"),
+            &Patch::Apply(&scale(5)),
+        )
+        .await
+        .expect_err("a conflict on the replicas");
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 409);
+            assert_eq!(
+                status.message,
+                // An Apply entry is named without its apiVersion.
+                r#"Apply failed with 1 conflict: conflict with "autoscaler" with subresource "scale": .spec.replicas"#
+            );
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
 }
 
 #[test]

@@ -213,6 +213,7 @@ impl ApiServer {
         let method = req.method().clone();
         let obj = registry.get(res, ns, name).await?;
         let scale = scale_of(res, &obj);
+        let mut applied = false;
         let wanted = match method {
             Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
             Method::PUT => request::read_body(req).await?.value,
@@ -220,10 +221,11 @@ impl ApiServer {
                 let patch = request::read_patch(req).await?;
                 patch.check_repeated_keys(write)?;
                 let (patch_type, body) = (patch.patch_type, patch.value);
+                applied = patch_type == PatchType::Apply;
                 match patch_type {
                     PatchType::Json => crate::api::patch::json_patch(&scale, &body),
-                    // An applied Scale sets the replicas it names; the
-                    // write is tracked as the manager's, on /scale.
+                    // An applied Scale sets the replicas it names (applied
+                    // below as the manager's, on /scale).
                     PatchType::Merge | PatchType::Strategic | PatchType::Apply => {
                         crate::api::patch::merge_patch(&scale, &body)
                     }
@@ -255,7 +257,14 @@ impl ApiServer {
                 )],
             ));
         }
-        let mut updated = obj.clone();
+        // An apply sets only the replicas, as the manager's Apply on
+        // /scale (owning them, conflicting with their other owners);
+        // other writes change the object read.
+        let mut updated = if applied {
+            json!({"apiVersion": res.api_version(), "kind": res.kind, "metadata": {"name": name}})
+        } else {
+            obj.clone()
+        };
         match res.custom.as_ref().and_then(|c| c.scale.as_ref()) {
             Some(scale) => {
                 if !crate::api::custom::set(&mut updated, &scale.spec_replicas, json!(replicas)) {
@@ -274,9 +283,15 @@ impl ApiServer {
         {
             updated["metadata"]["resourceVersion"] = json!(rv);
         }
-        let written = registry
-            .update(res, ns, name, updated, Some("scale"), write)
-            .await?;
+        let written = if applied {
+            registry
+                .apply(res, ns, name, &updated, Some("scale"), write)
+                .await?
+        } else {
+            registry
+                .update(res, ns, name, updated, Some("scale"), write)
+                .await?
+        };
         Ok(json_response(
             StatusCode::OK,
             &scale_of(res, &written.object),

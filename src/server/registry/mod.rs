@@ -1341,7 +1341,7 @@ impl Registry {
     /// 400 for a configuration of another kind or with managedFields, 409
     /// when it changes fields other managers own (without `force`), and
     /// what a create or update of the result gets.
-    async fn apply(
+    pub async fn apply(
         &self,
         res: &Resource,
         namespace: Option<&str>,
