@@ -919,6 +919,30 @@ fn custom_objects_are_collected_with_their_built_in_owners() {
     });
 }
 
+/// `owner`, deleted in the foreground, still has its `foregroundDeletion`
+/// finalizer while `held` (a blocking dependent with a finalizer of its
+/// own) is; once `held`'s finalizer is removed, both go.
+fn owner_waits_for_its_held_dependent(server: &Cluster, owner: &str, held: &str) {
+    let finalizers = server.ok(
+        "1.33",
+        &["get", owner, "-o", "jsonpath={.metadata.finalizers}"],
+    );
+    assert!(finalizers.contains("foregroundDeletion"), "{finalizers}");
+    server.ok(
+        "1.33",
+        &[
+            "patch",
+            held,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ],
+    );
+    until_true(secs(15), "the owner is gone once its dependent is", || {
+        !server.kubectl("1.33", &["get", owner]).status.success()
+    });
+}
+
 #[test]
 fn a_built_in_owner_deleted_in_the_foreground_waits_for_its_custom_dependents() {
     let server = Cluster::start();
@@ -980,38 +1004,7 @@ fn a_built_in_owner_deleted_in_the_foreground_waits_for_its_custom_dependents() 
     // The Deployment's informer-tracked dependents are gone; it still
     // waits for the held gadget.
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let finalizers = server.ok(
-        "1.33",
-        &[
-            "get",
-            "deployment",
-            "web",
-            "-o",
-            "jsonpath={.metadata.finalizers}",
-        ],
-    );
-    assert!(finalizers.contains("foregroundDeletion"), "{finalizers}");
-    server.ok(
-        "1.33",
-        &[
-            "patch",
-            "gadget",
-            "part",
-            "--type=merge",
-            "-p",
-            r#"{"metadata":{"finalizers":null}}"#,
-        ],
-    );
-    until_true(
-        secs(15),
-        "the Deployment is gone once the gadget is",
-        || {
-            !server
-                .kubectl("1.33", &["get", "deployment", "web"])
-                .status
-                .success()
-        },
-    );
+    owner_waits_for_its_held_dependent(&server, "deployment/web", "gadget/part");
 }
 
 #[test]
@@ -1058,34 +1051,7 @@ fn a_custom_owner_deleted_in_the_foreground_waits_for_its_dependents() {
     });
     // The owner waits, with its finalizer, while the dependent is held.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let finalizers = server.ok(
-        "1.33",
-        &[
-            "get",
-            "gadget",
-            "parent",
-            "-o",
-            "jsonpath={.metadata.finalizers}",
-        ],
-    );
-    assert!(finalizers.contains("foregroundDeletion"), "{finalizers}");
-    server.ok(
-        "1.33",
-        &[
-            "patch",
-            "configmap",
-            "child",
-            "--type=merge",
-            "-p",
-            r#"{"metadata":{"finalizers":null}}"#,
-        ],
-    );
-    until_true(secs(15), "the owner is gone once its dependent is", || {
-        !server
-            .kubectl("1.33", &["get", "gadget", "parent"])
-            .status
-            .success()
-    });
+    owner_waits_for_its_held_dependent(&server, "gadget/parent", "configmap/child");
     // A dependent created after its owner was deleted is collected too.
     let late = server.write(
         "late.yaml",
