@@ -655,6 +655,49 @@ fn field_validation_answers_as_upstreams_conformance_tests_expect() {
             "failed to create typed patch object (default/sops; /v1, Kind=ConfigMap): .sops: field not declared in schema"
         );
     }
+    // An apply sent as CBOR (client-go with its CBOR gates on):
+    // self-described, as upstream's serializer writes it.
+    use ciborium::Value as C;
+    let text = |s: &str| C::Text(s.into());
+    let config = C::Map(vec![
+        (text("apiVersion"), text("v1")),
+        (text("kind"), text("ConfigMap")),
+        (text("metadata"), C::Map(vec![(text("name"), text("cbor"))])),
+        (text("data"), C::Map(vec![(text("via"), text("cbor"))])),
+    ]);
+    let mut cbor = Vec::new();
+    ciborium::ser::into_writer(&C::Tag(55799, Box::new(config)), &mut cbor).unwrap();
+    let path = "/api/v1/namespaces/default/configmaps/cbor?fieldManager=cbor-client";
+    let created = api.call(
+        "PATCH",
+        path,
+        "application/apply-patch+cbor",
+        Some(&cbor),
+        true,
+    );
+    assert_eq!(created.code, 201, "{}", created.body);
+    let created = created.json();
+    assert_eq!(created["data"]["via"], "cbor");
+    assert_eq!(
+        created["metadata"]["managedFields"][0]["operation"],
+        "Apply"
+    );
+    let garbled = api.call(
+        "PATCH",
+        path,
+        "application/apply-patch+cbor",
+        Some(b"\xff\x00"),
+        true,
+    );
+    let err = garbled.status(400, "BadRequest");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the patch is not valid CBOR"),
+        "{err}"
+    );
+
     let err = api
         .call(
             "PATCH",

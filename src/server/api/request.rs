@@ -513,6 +513,51 @@ fn repeated_yaml_key(bytes: &[u8]) -> Option<String> {
     Some(format!("line {line}: key {key:?} already set in map"))
 }
 
+/// A CBOR value as the JSON it stands for: tags (the self-describing
+/// 55799 upstream writes first) unwrapped, byte strings base64 as in JSON,
+/// map keys text.
+fn cbor_to_json(v: ciborium::Value) -> Result<Value, String> {
+    use ciborium::Value as C;
+    Ok(match v {
+        C::Null => Value::Null,
+        C::Bool(b) => Value::Bool(b),
+        C::Integer(i) => {
+            let i = i128::from(i);
+            match (i64::try_from(i), u64::try_from(i)) {
+                (Ok(n), _) => Value::from(n),
+                (_, Ok(n)) => Value::from(n),
+                _ => return Err(format!("integer {i} is out of range")),
+            }
+        }
+        C::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{f} is not a JSON number"))?,
+        C::Text(t) => Value::String(t),
+        C::Bytes(b) => {
+            use base64::Engine;
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        C::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(cbor_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
+        C::Map(entries) => {
+            let mut map = serde_json::Map::with_capacity(entries.len());
+            for (k, v) in entries {
+                let C::Text(k) = k else {
+                    return Err(format!("map keys must be text strings, not {k:?}"));
+                };
+                map.insert(k, cbor_to_json(v)?);
+            }
+            Value::Object(map)
+        }
+        C::Tag(_, inner) => cbor_to_json(*inner)?,
+        other => return Err(format!("unsupported value {other:?}")),
+    })
+}
+
 pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<Patch, ApiError> {
     let (ct, bytes) = read_bytes(req).await?;
     let patch_type = PatchType::from_content_type(&ct).ok_or_else(|| {
@@ -523,7 +568,15 @@ pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<Patch, ApiEr
         )
     })?;
     let mut repeated_key = None;
-    let value = if patch_type == PatchType::Apply {
+    let cbor = ct.split(';').next().unwrap_or_default().trim() == "application/apply-patch+cbor";
+    let value = if cbor {
+        // CBOR as upstream's serializer writes it: self-described (tag
+        // 55799, skipped like any tag), text keys.
+        ciborium::de::from_reader::<ciborium::Value, _>(bytes.as_ref())
+            .map_err(|e| e.to_string())
+            .and_then(cbor_to_json)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid CBOR: {e}")))?
+    } else if patch_type == PatchType::Apply {
         let value = serde_yaml_ng::from_slice::<Value>(&bytes)
             .map_err(|e| ApiError::bad_request(format!("the patch is not valid YAML: {e}")))?;
         repeated_key = repeated_yaml_key(&bytes);
@@ -542,6 +595,27 @@ pub(super) async fn read_patch(req: Request<RequestBody>) -> Result<Patch, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn self_described_cbor_decodes_as_json() {
+        use ciborium::Value as C;
+        let config = C::Map(vec![
+            (C::Text("apiVersion".into()), C::Text("v1".into())),
+            (C::Text("kind".into()), C::Text("ConfigMap".into())),
+            (
+                C::Text("data".into()),
+                C::Map(vec![(C::Text("n".into()), C::Integer(3.into()))]),
+            ),
+        ]);
+        let mut bytes = Vec::new();
+        ciborium::ser::into_writer(&C::Tag(55799, Box::new(config)), &mut bytes).unwrap();
+        assert_eq!(&bytes[..3], [0xd9, 0xd9, 0xf7]);
+        let value = cbor_to_json(ciborium::de::from_reader(bytes.as_slice()).unwrap()).unwrap();
+        assert_eq!(
+            value,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"n": 3}})
+        );
+    }
 
     #[test]
     fn repeated_yaml_keys_are_found_where_they_repeat() {
