@@ -221,18 +221,42 @@ pub fn definition_problems(schema: &Value, path: &str) -> Vec<FieldError> {
     errs
 }
 
-/// A compiled rule whose references are all declared ([`cel::check`]):
-/// `self` and `oldSelf`, of `schema`'s type, for rules and message
-/// expressions alike (`root` for the definition's top-level schema).
-fn checked(
-    program: Arc<cel::Program>,
+/// What a rule or message expression (`what`) is compiled and checked
+/// for: its references ([`cel::check`]; `self` and `oldSelf` are of
+/// `schema`'s type, `root` for the definition's top-level schema) and,
+/// where it is known, the type of its result. The error is upstream's
+/// detail: "compilation failed: …", "cel expression must evaluate to a
+/// bool", "messageExpression must evaluate to a string".
+fn compiled(
+    what: Expression,
+    source: &str,
     schema: &Value,
     root: bool,
     optional_old_self: bool,
 ) -> Result<Arc<cel::Program>, String> {
+    let failed = |e: String| match what {
+        Expression::Rule => format!("compilation failed: {e}"),
+        Expression::Message => format!("messageExpression compilation failed: {e}"),
+    };
+    let program = cel::compile(source).map_err(failed)?;
     let ty = cel::rule_type(schema, root);
     let old = if optional_old_self { cel::Ty::Dyn } else { ty };
-    cel::check(&program, &[("self", ty), ("oldSelf", old)]).map(|()| program)
+    let result = cel::check(&program, &[("self", ty), ("oldSelf", old)]).map_err(failed)?;
+    match (what, result) {
+        (Expression::Rule, Some(t)) if t != "bool" => {
+            Err("cel expression must evaluate to a bool".into())
+        }
+        (Expression::Message, Some(t)) if t != "string" => {
+            Err("messageExpression must evaluate to a string".into())
+        }
+        _ => Ok(program),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Expression {
+    Rule,
+    Message,
 }
 
 fn problems_at(
@@ -255,14 +279,11 @@ fn problems_at(
                 continue;
             }
             let optional = rule.get("optionalOldSelf") == Some(&Value::Bool(true));
-            match cel::compile(source).and_then(|p| checked(p, schema, root, optional)) {
+            match compiled(Expression::Rule, source, schema, root, optional) {
                 Err(e) => errs.push(FieldError {
                     reason: "FieldValueInvalid",
                     field: format!("{at}.rule"),
-                    message: format!(
-                        "Invalid value: {}: compilation failed: {e}",
-                        rule_struct(rule)
-                    ),
+                    message: format!("Invalid value: {}: {e}", rule_struct(rule)),
                 }),
                 Ok(program) => {
                     if optional && !cel::uses_old_self(&program) {
@@ -283,15 +304,12 @@ fn problems_at(
                 }
             }
             if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str)
-                && let Err(e) = cel::compile(expr).and_then(|p| checked(p, schema, root, optional))
+                && let Err(e) = compiled(Expression::Message, expr, schema, root, optional)
             {
                 errs.push(FieldError {
                     reason: "FieldValueInvalid",
                     field: format!("{at}.messageExpression"),
-                    message: format!(
-                        "Invalid value: {}: messageExpression compilation failed: {e}",
-                        rule_struct(rule)
-                    ),
+                    message: format!("Invalid value: {}: {e}", rule_struct(rule)),
                 });
             }
             if let Some(reason) = rule.get("reason").and_then(Value::as_str)
@@ -464,6 +482,49 @@ mod tests {
                 .starts_with("Forbidden: estimated rule cost exceeds budget by factor of"),
             "{}",
             errs[2].message
+        );
+    }
+
+    #[test]
+    fn rules_must_be_bool_and_messages_strings_where_known() {
+        let schema = json!({"type": "object", "properties": {
+        "replicas": {"type": "integer"}, "enabled": {"type": "boolean"},
+        "name": {"type": "string"}},
+        "x-kubernetes-validations": [
+            {"rule": "self.replicas", "message": "m"},
+            {"rule": "'yes'"},
+            {"rule": "self.enabled", "messageExpression": "self.replicas"},
+            {"rule": "has(self.name) && self.enabled",
+                "messageExpression": "'name ' + self.name"},
+            {"rule": "size(self.name)"},
+            {"rule": "self.replicas > 1 ? true : false", "messageExpression": "self.name"},
+        ]});
+        let errs = definition_problems(&schema, "spec.validation.openAPIV3Schema");
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.rsplit(": ").next().unwrap()))
+            .collect();
+        let p = "spec.validation.openAPIV3Schema.x-kubernetes-validations";
+        assert_eq!(
+            got,
+            [
+                (
+                    &*format!("{p}[0].rule"),
+                    "cel expression must evaluate to a bool"
+                ),
+                (
+                    &*format!("{p}[1].rule"),
+                    "cel expression must evaluate to a bool"
+                ),
+                (
+                    &*format!("{p}[2].messageExpression"),
+                    "messageExpression must evaluate to a string"
+                ),
+                (
+                    &*format!("{p}[4].rule"),
+                    "cel expression must evaluate to a bool"
+                ),
+            ]
         );
     }
 }

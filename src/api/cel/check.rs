@@ -59,6 +59,8 @@ fn declared(function: &str) -> bool {
 #[derive(Clone, Copy)]
 pub enum Ty<'s> {
     Schema(&'s Value, bool),
+    /// A CEL type known from the expression (a literal, an operator).
+    Known(&'static str),
     Dyn,
 }
 
@@ -99,6 +101,32 @@ impl<'s> Ty<'s> {
         }
     }
 
+    /// The CEL type, where it is known: a schema node's by its type and
+    /// format.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Ty::Known(name) => Some(name),
+            Ty::Dyn => None,
+            Ty::Schema(s, _) => {
+                let format = s.get("format").and_then(Value::as_str);
+                Some(match s.get("type").and_then(Value::as_str)? {
+                    "boolean" => "bool",
+                    "integer" => "int",
+                    "number" => "double",
+                    "string" => match format {
+                        Some("byte") => "bytes",
+                        Some("date" | "date-time") => "google.protobuf.Timestamp",
+                        Some("duration") => "google.protobuf.Duration",
+                        _ => "string",
+                    },
+                    "array" => "list",
+                    "object" => "map",
+                    _ => return None,
+                })
+            }
+        }
+    }
+
     fn node(s: &'s Value) -> Ty<'s> {
         if s.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
             return Ty::Dyn;
@@ -117,7 +145,7 @@ impl<'s> Ty<'s> {
                 .or_else(|| s.get("additionalProperties"))
                 .filter(|n| n.is_object())
                 .map_or(Ty::Dyn, Ty::node),
-            Ty::Dyn => Ty::Dyn,
+            Ty::Known(_) | Ty::Dyn => Ty::Dyn,
         }
     }
 
@@ -136,22 +164,23 @@ impl<'s> Ty<'s> {
 pub fn rule_type(schema: &Value, root: bool) -> Ty<'_> {
     match Ty::node(schema) {
         Ty::Schema(s, embedded) => Ty::Schema(s, embedded || root),
-        Ty::Dyn => Ty::Dyn,
+        other => other,
     }
 }
 
 /// Check `program`'s references, with `variables` declared and typed.
+/// Returns the type of its result, where it is known.
 ///
 /// # Errors
 /// cel-go's message for the first undeclared variable or function, or
 /// undefined field, with its position.
-pub fn check(program: &Program, variables: &[(&str, Ty)]) -> Result<(), String> {
+pub fn check(program: &Program, variables: &[(&str, Ty)]) -> Result<Option<&'static str>, String> {
     let mut scope: Vec<(String, Ty)> = variables
         .iter()
         .map(|(v, t)| ((*v).to_owned(), *t))
         .collect();
     match walk(program.expression(), &mut scope) {
-        Ok(_) => Ok(()),
+        Ok(ty) => Ok(ty.name()),
         Err((id, message)) => {
             let source = &program.source_info().source;
             let offset = program
@@ -201,9 +230,17 @@ fn walk<'s>(e: &IdedExpr, scope: &mut Vec<(String, Ty<'s>)>) -> Result<Ty<'s>, P
                 Err(undeclared(e.id, name))
             }
         }
-        Expr::Select(select) => walk(&select.operand, scope)?
-            .field(&select.field)
-            .map_err(|()| (e.id, format!("undefined field '{}'", select.field))),
+        Expr::Select(select) => {
+            let field = walk(&select.operand, scope)?
+                .field(&select.field)
+                .map_err(|()| (e.id, format!("undefined field '{}'", select.field)))?;
+            // `has(self.field)`
+            Ok(if select.test {
+                Ty::Known("bool")
+            } else {
+                field
+            })
+        }
         Expr::Call(call) => {
             if let Some(target) = &call.target {
                 // `math.greatest(…)`, `format.dns1123Label()`: a function
@@ -238,6 +275,21 @@ fn walk<'s>(e: &IdedExpr, scope: &mut Vec<(String, Ty<'s>)>) -> Result<Ty<'s>, P
                     }
                     Ty::Dyn
                 }
+                (
+                    "_==_"
+                    | "_!=_"
+                    | "_<_"
+                    | "_<=_"
+                    | "_>_"
+                    | "_>=_"
+                    | "_&&_"
+                    | "_||_"
+                    | "!_"
+                    | "@in"
+                    | "@not_strictly_false",
+                    _,
+                ) => Ty::Known("bool"),
+                ("size", _) => Ty::Known("int"),
                 _ => Ty::Dyn,
             })
         }
@@ -281,7 +333,16 @@ fn walk<'s>(e: &IdedExpr, scope: &mut Vec<(String, Ty<'s>)>) -> Result<Ty<'s>, P
             }
             Ok(Ty::Dyn)
         }
-        Expr::Literal(_) | Expr::Unspecified => Ok(Ty::Dyn),
+        Expr::Literal(literal) => Ok(Ty::Known(match literal {
+            LiteralValue::Boolean(_) => "bool",
+            LiteralValue::Bytes(_) => "bytes",
+            LiteralValue::Double(_) => "double",
+            LiteralValue::Int(_) => "int",
+            LiteralValue::Null => "null_type",
+            LiteralValue::String(_) => "string",
+            LiteralValue::UInt(_) => "uint",
+        })),
+        Expr::Unspecified => Ok(Ty::Dyn),
     }
 }
 
@@ -302,7 +363,7 @@ fn qualified(e: &Expr) -> Option<Vec<&str>> {
 mod tests {
     use super::*;
 
-    fn checked(rule: &str) -> Result<(), String> {
+    fn checked(rule: &str) -> Result<Option<&'static str>, String> {
         check(
             &super::super::compile(rule).unwrap(),
             &[("self", Ty::Dyn), ("oldSelf", Ty::Dyn)],
@@ -331,7 +392,7 @@ mod tests {
             "{'a': 1}.size() == 1 && self.x in [1, 2]",
             "self.?x.orValue(0) == 0",
         ] {
-            assert_eq!(checked(rule), Ok(()), "{rule}");
+            assert!(checked(rule).is_ok(), "{rule}: {:?}", checked(rule));
         }
     }
 
@@ -393,7 +454,7 @@ mod tests {
             "self.spec.template.metadata.name != '' && has(self.spec.template.spec)",
             "self.spec.?x.orValue(0) == 0",
         ] {
-            assert_eq!(run(rule), Ok(()), "{rule}");
+            assert!(run(rule).is_ok(), "{rule}: {:?}", run(rule));
         }
         assert_eq!(
             run("self.spec.z == 100"),
