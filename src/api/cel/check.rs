@@ -8,8 +8,11 @@
 //! one that reads `self.z` of an object without `z` with "undefined field
 //! 'z'", instead of being accepted to fail on every write.
 //!
-//! Only fields are typed: a function applied to the wrong type of value
-//! still fails when the rule runs.
+//! Types are followed only as far as they are evident (schema nodes,
+//! literals, comparisons and logical operators, `size`, `has`), enough to
+//! refuse a rule that is not a bool or a message that is not a string; a
+//! function applied to the wrong type of value still fails when the rule
+//! runs.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -54,8 +57,8 @@ fn declared(function: &str) -> bool {
 }
 
 /// What a rule's value is known to be: a schema node (`resource` when it
-/// is a resource's root: the object itself, or an embedded resource), or
-/// anything.
+/// is a resource's root: the object itself, or an embedded resource), a
+/// CEL type evident from the expression, or anything.
 #[derive(Clone, Copy)]
 pub enum Ty<'s> {
     Schema(&'s Value, bool),
