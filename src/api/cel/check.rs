@@ -10,8 +10,9 @@
 //!
 //! Types are followed only as far as they are evident (schema nodes,
 //! literals, comparisons and logical operators, `size`, `has`), enough to
-//! refuse a rule that is not a bool or a message that is not a string; a
-//! function applied to the wrong type of value still fails when the rule
+//! refuse a rule that is not a bool, a message that is not a string, and
+//! an operator between plainly different types (`'n: ' + self.replicas`);
+//! a function applied to the wrong type of value still fails when the rule
 //! runs.
 
 use std::collections::HashSet;
@@ -266,6 +267,11 @@ fn walk<'s>(e: &IdedExpr, scope: &mut Vec<(String, Ty<'s>)>) -> Result<Ty<'s>, P
             for a in &call.args {
                 args.push(walk(a, scope)?);
             }
+            if let [a, b] = args.as_slice()
+                && let Some(problem) = mismatch(&call.func_name, *a, *b)
+            {
+                return Err((e.id, problem));
+            }
             Ok(match (call.func_name.as_str(), args.as_slice()) {
                 ("_[_]", [of, _]) => of.element(),
                 // `self.?field`
@@ -349,6 +355,30 @@ fn walk<'s>(e: &IdedExpr, scope: &mut Vec<(String, Ty<'s>)>) -> Result<Ty<'s>, P
     }
 }
 
+/// What a binary operator applied to two values of evident, plainly
+/// incompatible types is to cel-go's checker: a number and a string, a
+/// string and a bool… (`'replicas ' + self.replicas`). Only such pairs are
+/// named; numbers of different kinds, timestamps with durations, nulls and
+/// anything less evident are left to run.
+fn mismatch(op: &str, a: Ty, b: Ty) -> Option<String> {
+    let operator = matches!(
+        op,
+        "_==_" | "_!=_" | "_<_" | "_<=_" | "_>_" | "_>=_" | "_+_" | "_-_" | "_*_" | "_/_" | "_%_"
+    );
+    let plain = |t: Ty| {
+        let name = t.name()?;
+        let family = match name {
+            "int" | "uint" | "double" => "number",
+            "string" | "bool" | "bytes" => name,
+            _ => return None,
+        };
+        Some((name, family))
+    };
+    let ((a, fa), (b, fb)) = (plain(a)?, plain(b)?);
+    (operator && fa != fb)
+        .then(|| format!("found no matching overload for '{op}' applied to '({a}, {b})'"))
+}
+
 /// The segments of `a.b.c`, when the expression is only that.
 fn qualified(e: &Expr) -> Option<Vec<&str>> {
     match e {
@@ -423,6 +453,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("'oldSelf'"), "{err}");
+    }
+
+    #[test]
+    fn operands_of_plainly_different_types_are_refused() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "replicas": {"type": "integer"}, "ratio": {"type": "number"},
+            "name": {"type": "string"}, "on": {"type": "boolean"},
+            "at": {"type": "string", "format": "date-time"},
+            "wait": {"type": "string", "format": "duration"}}});
+        let run = |rule: &str| {
+            let ty = rule_type(&schema, false);
+            check(
+                &super::super::compile(rule).unwrap(),
+                &[("self", ty), ("oldSelf", ty)],
+            )
+        };
+        for ok in [
+            "self.replicas < self.ratio",
+            "self.replicas == 3 && self.name != 'a' && self.on == true",
+            "'n' + self.name + string(self.replicas)",
+            "self.at + self.wait > self.at",
+            "self.name == null || self.replicas * 2 > 1",
+        ] {
+            assert!(run(ok).is_ok(), "{ok}: {:?}", run(ok));
+        }
+        assert_eq!(
+            run("'replicas ' + self.replicas"),
+            Err("ERROR: <input>:1:13: found no matching overload for '_+_' applied to '(string, int)'\n | 'replicas ' + self.replicas\n | ............^".into())
+        );
+        for (bad, types) in [
+            ("self.replicas == '3'", "'_==_' applied to '(int, string)'"),
+            ("self.on > 1", "'_>_' applied to '(bool, int)'"),
+            (
+                "self.name < self.ratio",
+                "'_<_' applied to '(string, double)'",
+            ),
+        ] {
+            let err = run(bad).unwrap_err();
+            assert!(err.contains(types), "{bad}: {err}");
+        }
     }
 
     #[test]
