@@ -303,7 +303,7 @@ fn go_duration(s: &str) -> Option<chrono::Duration> {
         let mut place = scale;
         for digit in fraction.bytes() {
             place /= 10;
-            part += i128::from(digit - b'0') * place;
+            part = part.checked_add(i128::from(digit - b'0') * place)?;
         }
         nanos = nanos.checked_add(part)?;
     }

@@ -214,6 +214,7 @@ impl ApiServer {
         let obj = registry.get(res, ns, name).await?;
         let scale = scale_of(res, &obj);
         let mut applied = false;
+        let mut sent = Value::Null;
         let wanted = match method {
             Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
             Method::PUT => request::read_body(req).await?.value,
@@ -222,6 +223,7 @@ impl ApiServer {
                 patch.check_repeated_keys(write)?;
                 let (patch_type, body) = (patch.patch_type, patch.value);
                 applied = patch_type == PatchType::Apply;
+                sent = body.clone();
                 match patch_type {
                     PatchType::Json => crate::api::patch::json_patch(&scale, &body),
                     // An applied Scale sets the replicas it names (applied
@@ -276,7 +278,10 @@ impl ApiServer {
             }
             None => updated["spec"]["replicas"] = json!(replicas),
         }
-        if let Some(rv) = wanted
+        // The Scale read above carries the object's resourceVersion; only
+        // one the client sent is a precondition of an apply.
+        let sent_rv = if applied { &sent } else { &wanted };
+        if let Some(rv) = sent_rv
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
