@@ -121,6 +121,14 @@ pub fn config_problems(value: &Value, shape: &Shape, resource: bool) -> Vec<Stri
     problems
 }
 
+/// structured-merge-diff's words for a field at `path` the schema lacks.
+fn undeclared(path: &[Element]) -> String {
+    format!(
+        "{}: field not declared in schema",
+        super::path::display(path)
+    )
+}
+
 fn check_config(
     value: &Value,
     shape: &Shape,
@@ -147,18 +155,12 @@ fn check_config(
                     for field in meta.into_iter().flat_map(Map::keys) {
                         if !crate::api::schema::OBJECT_META_FIELDS.contains(&field.as_str()) {
                             path.push(Element::Field(field.clone()));
-                            problems.push(format!(
-                                "{}: field not declared in schema",
-                                super::path::display(path)
-                            ));
+                            problems.push(undeclared(path));
                             path.pop();
                         }
                     }
                 } else if !shape.declares(key) {
-                    problems.push(format!(
-                        "{}: field not declared in schema",
-                        super::path::display(path)
-                    ));
+                    problems.push(undeclared(path));
                 } else {
                     check_config(child, &shape.field(key).0, false, path, problems);
                 }
